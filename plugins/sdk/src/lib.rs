@@ -1,0 +1,159 @@
+//! Write a legsync policy plugin in Rust.
+//!
+//! Implement [`Policy`] for your type (every method but `init` has a default
+//! that rebuilds everything), then call [`export_policy!`] once:
+//!
+//! ```ignore
+//! use legsync_plugin_sdk::{export_policy, CallLeg, Decision, Policy};
+//!
+//! struct NoPremium;
+//!
+//! impl Policy for NoPremium {
+//!     fn init(_rules: &str) -> Result<Self, String> {
+//!         Ok(NoPremium)
+//!     }
+//!     fn on_call_leg_sync(&mut self, leg: &CallLeg) -> Decision {
+//!         if leg.called.starts_with("1900") { Decision::Refuse } else { Decision::Rebuild }
+//!     }
+//! }
+//!
+//! export_policy!(NoPremium);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2`: the `.wasm` in
+//! `target/wasm32-wasip2/release/` is a component ready for `legsync plugin
+//! check`. The host batches legs into lists; the SDK turns each list into
+//! per-item calls so that a plugin author never sees the raw bindings.
+
+use __private::bindings;
+
+pub use bindings::legsync::policy::types::{
+    CallLeg, Decision, Direction, Link, Protocol, TerminatedLeg, TerminationReason,
+};
+
+/// The contract version this SDK builds plugins for.
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
+/// A policy: the decisions of one plugin. One value lives per plugin instance,
+/// created by `init` and kept until the host discards the instance.
+pub trait Policy: Sized + 'static {
+    /// Builds the policy from its rules text (the plugin's `NAME.rules`
+    /// sidecar, or empty). An error rejects the plugin with that message.
+    fn init(rules: &str) -> Result<Self, String>;
+
+    /// `OnCallLegSync` for one leg the host did not know.
+    fn on_call_leg_sync(&mut self, _leg: &CallLeg) -> Decision {
+        Decision::Rebuild
+    }
+
+    /// `OnLinkSync` for one link whose two legs were rebuilt.
+    fn on_link_sync(&mut self, _link: &Link) -> Decision {
+        Decision::Rebuild
+    }
+
+    /// `OnCallLegTerminated` for one leg that ended.
+    fn on_call_leg_terminated(&mut self, _leg: &CallLeg, _reason: TerminationReason) {}
+
+    /// A whole batch of legs; override only to share work across a batch.
+    /// Must return exactly one decision per leg, in order.
+    fn on_call_leg_sync_batch(&mut self, legs: &[CallLeg]) -> Vec<Decision> {
+        legs.iter().map(|leg| self.on_call_leg_sync(leg)).collect()
+    }
+
+    /// A whole batch of links; must return exactly one decision per link.
+    fn on_link_sync_batch(&mut self, links: &[Link]) -> Vec<Decision> {
+        links.iter().map(|link| self.on_link_sync(link)).collect()
+    }
+}
+
+/// Structured logging to the host log, tagged with the plugin's name. The
+/// host caps the number of lines per call.
+pub mod log {
+    use crate::bindings::legsync::policy::host::{self, Level};
+
+    pub fn trace(message: &str) {
+        host::log(Level::Trace, message);
+    }
+    pub fn debug(message: &str) {
+        host::log(Level::Debug, message);
+    }
+    pub fn info(message: &str) {
+        host::log(Level::Info, message);
+    }
+    pub fn warn(message: &str) {
+        host::log(Level::Warn, message);
+    }
+    pub fn error(message: &str) {
+        host::log(Level::Error, message);
+    }
+}
+
+/// The host's wall clock in Unix milliseconds (compare with
+/// `CallLeg::answered_at_ms` for call ages).
+pub fn now_ms() -> u64 {
+    bindings::legsync::policy::host::now_ms()
+}
+
+/// Used by [`export_policy!`]; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    /// The raw bindings generated from `wit/`.
+    pub mod bindings {
+        wit_bindgen::generate!({
+            world: "policy-plugin",
+            path: "../../wit",
+            pub_export_macro: true,
+            default_bindings_module: "legsync_plugin_sdk::__private::bindings",
+        });
+    }
+    pub use crate::bindings::exports::legsync::policy::policy::Guest;
+
+    pub fn with_policy<P, R>(slot: &mut Option<P>, f: impl FnOnce(&mut P) -> R) -> R {
+        f(slot
+            .as_mut()
+            .expect("legsync: a policy export was called before init"))
+    }
+}
+
+/// Exports a [`Policy`] type as the plugin's implementation of the contract.
+#[macro_export]
+macro_rules! export_policy {
+    ($policy:ty) => {
+        const _: () = {
+            use $crate::Policy as _;
+            use $crate::__private::with_policy;
+
+            ::std::thread_local! {
+                static STATE: ::core::cell::RefCell<::core::option::Option<$policy>> =
+                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
+            }
+
+            struct Export;
+
+            impl $crate::__private::Guest for Export {
+                fn init(config: String) -> Result<(), String> {
+                    let policy = <$policy as $crate::Policy>::init(&config)?;
+                    STATE.with(|s| *s.borrow_mut() = Some(policy));
+                    Ok(())
+                }
+                fn on_call_leg_sync(legs: Vec<$crate::CallLeg>) -> Vec<$crate::Decision> {
+                    STATE.with(|s| with_policy(&mut s.borrow_mut(), |p| p.on_call_leg_sync_batch(&legs)))
+                }
+                fn on_link_sync(links: Vec<$crate::Link>) -> Vec<$crate::Decision> {
+                    STATE.with(|s| with_policy(&mut s.borrow_mut(), |p| p.on_link_sync_batch(&links)))
+                }
+                fn on_call_leg_terminated(legs: Vec<$crate::TerminatedLeg>) {
+                    STATE.with(|s| {
+                        with_policy(&mut s.borrow_mut(), |p| {
+                            for ended in &legs {
+                                p.on_call_leg_terminated(&ended.leg, ended.reason);
+                            }
+                        })
+                    })
+                }
+            }
+
+            $crate::__private::bindings::export!(Export with_types_in $crate::__private::bindings);
+        };
+    };
+}
