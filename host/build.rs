@@ -14,7 +14,9 @@ const WASM_TARGET: &str = "wasm32-wasip2";
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-    let repo = manifest_dir.parent().expect("host/ lives in the repository root");
+    let repo = manifest_dir
+        .parent()
+        .expect("host/ lives in the repository root");
     let plugins = repo.join("plugins");
     println!("cargo:rerun-if-changed={}", plugins.display());
     println!("cargo:rerun-if-changed={}", repo.join("wit").display());
@@ -26,7 +28,13 @@ fn main() {
     let mut build = Command::new(cargo);
     build
         .current_dir(&plugins)
-        .args(["build", "--release", "--target", WASM_TARGET, "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            WASM_TARGET,
+            "--target-dir",
+        ])
         .arg(&target_dir);
     // What the outer build sets for itself must not leak into the guest build.
     for var in [
@@ -44,7 +52,9 @@ fn main() {
     ] {
         build.env_remove(var);
     }
-    let output = build.output().expect("cannot run cargo to build the plugins");
+    let output = build
+        .output()
+        .expect("cannot run cargo to build the plugins");
     if !output.status.success() {
         panic!(
             "building the plugins in {} for {WASM_TARGET} failed:\n{}",

@@ -129,7 +129,8 @@ impl RuleSet {
     pub fn parse(text: &str) -> Result<Self, RulesError> {
         let trimmed = text.trim_start();
         let set: RuleSet = if trimmed.starts_with('{') {
-            serde_json::from_str(text).map_err(|e| RulesError(format!("invalid JSON rules: {e}")))?
+            serde_json::from_str(text)
+                .map_err(|e| RulesError(format!("invalid JSON rules: {e}")))?
         } else {
             toml::from_str(text).map_err(|e| RulesError(format!("invalid TOML rules: {e}")))?
         };
@@ -257,7 +258,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(set.decide(&leg("1"), NOW), Action::Rebuild);
-        let isdn = LegView { protocol: Protocol::Isdn, ..leg("1") };
+        let isdn = LegView {
+            protocol: Protocol::Isdn,
+            ..leg("1")
+        };
         assert_eq!(set.decide(&isdn, NOW), Action::Refuse);
     }
 
@@ -265,9 +269,15 @@ mod tests {
     fn age_conditions_apply_to_answered_legs_only() {
         let set = RuleSet::parse("[[rule]]\naction = \"refuse\"\nmin_age_secs = 30\n").unwrap();
         assert_eq!(set.decide(&leg("1"), NOW), Action::Refuse);
-        let young = LegView { answered_at_ms: Some(NOW - 10_000), ..leg("1") };
+        let young = LegView {
+            answered_at_ms: Some(NOW - 10_000),
+            ..leg("1")
+        };
         assert_eq!(set.decide(&young, NOW), Action::Rebuild);
-        let unanswered = LegView { answered_at_ms: None, ..leg("1") };
+        let unanswered = LegView {
+            answered_at_ms: None,
+            ..leg("1")
+        };
         assert_eq!(set.decide(&unanswered, NOW), Action::Rebuild);
     }
 
@@ -278,7 +288,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(set.decide(&leg("1"), NOW), Action::Refuse);
-        let out = LegView { direction: Direction::Outbound, ..leg("1") };
+        let out = LegView {
+            direction: Direction::Outbound,
+            ..leg("1")
+        };
         assert_eq!(set.decide(&out, NOW), Action::Rebuild);
     }
 

@@ -1,0 +1,3 @@
+//! legsync: a call-leg resynchronization host.
+pub mod model;
+pub mod policy;

@@ -1,0 +1,124 @@
+//! The call model shared by every layer: legs, links, decisions and reasons.
+//!
+//! These are the host's own types. The wire protocol serializes them, the leg
+//! table stores them, and the policy runtime converts them to the WIT types at
+//! the plugin boundary, so no layer depends on another's encoding.
+
+use serde::{Deserialize, Serialize};
+
+/// The engine's id of a call leg. Stable across engine restarts for answered
+/// legs (the engine rebuilds them from its media units).
+pub type LegId = u64;
+/// The engine's id of a link (two joined legs).
+pub type LinkId = u64;
+
+/// Which way a leg was set up, seen from the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    #[default]
+    Inbound,
+    Outbound,
+}
+
+/// The signalling protocol of a leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    #[default]
+    Sip,
+    Isdn,
+    Ss7,
+    Cas,
+    MediaOnly,
+}
+
+/// Where a leg is in its life, as the engine sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LegState {
+    /// Offered to the peer, not yet ringing (transient).
+    Offered,
+    /// Ringing (transient).
+    Ringing,
+    /// Answered: the only state that survives an engine restart.
+    #[default]
+    Answered,
+    /// Being released (transient).
+    Terminating,
+}
+
+impl LegState {
+    /// Transient and terminating legs are dropped when the engine restarts.
+    pub fn survives_engine_restart(self) -> bool {
+        self == LegState::Answered
+    }
+}
+
+/// One side of a call towards one peer over one protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallLeg {
+    pub id: LegId,
+    #[serde(default)]
+    pub session_id: u64,
+    #[serde(default)]
+    pub direction: Direction,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Network Access Point (trunk group) name.
+    #[serde(default)]
+    pub nap: String,
+    /// Calling party (A) number.
+    #[serde(default)]
+    pub calling: String,
+    /// Called party (B) number.
+    #[serde(default)]
+    pub called: String,
+    /// Unix milliseconds.
+    #[serde(default)]
+    pub offered_at_ms: u64,
+    /// Unix milliseconds; `None` until answered.
+    #[serde(default)]
+    pub answered_at_ms: Option<u64>,
+    /// The leg this one is linked to, if any.
+    #[serde(default)]
+    pub linked_to: Option<LegId>,
+    #[serde(default)]
+    pub state: LegState,
+}
+
+/// Two legs joined together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    pub id: LinkId,
+    pub leg_a: LegId,
+    pub leg_b: LegId,
+}
+
+/// What to do with a leg or link the host did not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decision {
+    Rebuild,
+    Refuse,
+}
+
+/// Why a leg ended in the host (`OnCallLegTerminated`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TerminationReason {
+    Released,
+    AbsentAfterResync,
+    GraceExpired,
+    RefusedByPolicy,
+    HostShutdown,
+}
+
+/// Wall clock in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,71 @@
+//! The generated bindings for `wit/policy.wit`, kept private to the policy
+//! runtime, and the conversions between the host's model and the WIT types.
+
+use crate::model;
+
+wasmtime::component::bindgen!({
+    world: "policy-plugin",
+    path: "../wit",
+});
+
+pub use legsync::policy::host::Level;
+pub use legsync::policy::types as wit;
+
+impl From<&model::CallLeg> for wit::CallLeg {
+    fn from(leg: &model::CallLeg) -> Self {
+        wit::CallLeg {
+            id: leg.id,
+            session_id: leg.session_id,
+            direction: match leg.direction {
+                model::Direction::Inbound => wit::Direction::Inbound,
+                model::Direction::Outbound => wit::Direction::Outbound,
+            },
+            protocol: match leg.protocol {
+                model::Protocol::Sip => wit::Protocol::Sip,
+                model::Protocol::Isdn => wit::Protocol::Isdn,
+                model::Protocol::Ss7 => wit::Protocol::Ss7,
+                model::Protocol::Cas => wit::Protocol::Cas,
+                model::Protocol::MediaOnly => wit::Protocol::MediaOnly,
+            },
+            nap: leg.nap.clone(),
+            calling: leg.calling.clone(),
+            called: leg.called.clone(),
+            offered_at_ms: leg.offered_at_ms,
+            answered_at_ms: leg.answered_at_ms,
+            linked_to: leg.linked_to,
+        }
+    }
+}
+
+impl From<&model::Link> for wit::Link {
+    fn from(link: &model::Link) -> Self {
+        wit::Link {
+            id: link.id,
+            leg_a: link.leg_a,
+            leg_b: link.leg_b,
+        }
+    }
+}
+
+impl From<wit::Decision> for model::Decision {
+    fn from(decision: wit::Decision) -> Self {
+        match decision {
+            wit::Decision::Rebuild => model::Decision::Rebuild,
+            wit::Decision::Refuse => model::Decision::Refuse,
+        }
+    }
+}
+
+impl From<model::TerminationReason> for wit::TerminationReason {
+    fn from(reason: model::TerminationReason) -> Self {
+        match reason {
+            model::TerminationReason::Released => wit::TerminationReason::Released,
+            model::TerminationReason::AbsentAfterResync => {
+                wit::TerminationReason::AbsentAfterResync
+            }
+            model::TerminationReason::GraceExpired => wit::TerminationReason::GraceExpired,
+            model::TerminationReason::RefusedByPolicy => wit::TerminationReason::RefusedByPolicy,
+            model::TerminationReason::HostShutdown => wit::TerminationReason::HostShutdown,
+        }
+    }
+}

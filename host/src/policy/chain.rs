@@ -1,0 +1,142 @@
+//! The plugin chain: plugins in order, first refusal wins, every decision
+//! records the plugin that made it.
+
+use super::bindings::wit;
+use super::error::{FailureKind, PluginFailure};
+use super::plugin::Plugin;
+use crate::model::{CallLeg, Decision, Link, TerminationReason};
+use std::sync::Arc;
+
+/// The name recorded when no plugin is loaded and the host rebuilds by default.
+pub const NO_PLUGIN: &str = "(no plugins)";
+
+/// One decision and who made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub decision: Decision,
+    /// The plugin that refused, or for a rebuild the last plugin that agreed.
+    pub plugin: Arc<str>,
+    /// Set when the decision is the plugin's failure policy, not its answer.
+    pub failure: Option<FailureKind>,
+}
+
+/// An ordered set of loaded plugins.
+#[derive(Debug)]
+pub struct PolicyChain {
+    plugins: Vec<Plugin>,
+    batch_size: usize,
+    default_name: Arc<str>,
+}
+
+impl PolicyChain {
+    pub fn new(plugins: Vec<Plugin>, batch_size: usize) -> Self {
+        PolicyChain {
+            plugins,
+            batch_size: batch_size.max(1),
+            default_name: NO_PLUGIN.into(),
+        }
+    }
+
+    pub fn plugins(&self) -> &[Plugin] {
+        &self.plugins
+    }
+
+    pub fn plugin(&self, name: &str) -> Option<&Plugin> {
+        self.plugins.iter().find(|p| &**p.name() == name)
+    }
+
+    /// `OnCallLegSync` for legs the host did not know: one verdict per leg.
+    pub fn decide_legs(&self, legs: &[CallLeg]) -> Vec<Verdict> {
+        self.decide(legs, |leg| wit::CallLeg::from(leg), Plugin::sync_legs)
+    }
+
+    /// `OnLinkSync` for links whose two legs were rebuilt.
+    pub fn decide_links(&self, links: &[Link]) -> Vec<Verdict> {
+        self.decide(links, |link| wit::Link::from(link), Plugin::sync_links)
+    }
+
+    /// `OnCallLegTerminated`, to every plugin. Failures are logged (and count
+    /// towards quarantine) but decide nothing.
+    pub fn notify_terminated(&self, ended: &[(CallLeg, TerminationReason)]) {
+        if self.plugins.is_empty() {
+            return;
+        }
+        for chunk in ended.chunks(self.batch_size) {
+            let batch: Vec<wit::TerminatedLeg> = chunk
+                .iter()
+                .map(|(leg, reason)| wit::TerminatedLeg {
+                    leg: leg.into(),
+                    reason: (*reason).into(),
+                })
+                .collect();
+            for plugin in &self.plugins {
+                // The failure is already logged and counted by the plugin.
+                let _ = plugin.notify_terminated(&batch);
+            }
+        }
+    }
+
+    fn decide<I, W: Clone>(
+        &self,
+        items: &[I],
+        to_wit: impl Fn(&I) -> W,
+        call: impl Fn(&Plugin, &[W]) -> Result<Vec<Decision>, PluginFailure>,
+    ) -> Vec<Verdict> {
+        let mut verdicts = Vec::with_capacity(items.len());
+        for chunk in items.chunks(self.batch_size) {
+            let batch: Vec<W> = chunk.iter().map(&to_wit).collect();
+            verdicts.extend(self.decide_batch(&batch, &call));
+        }
+        verdicts
+    }
+
+    fn decide_batch<W: Clone>(
+        &self,
+        batch: &[W],
+        call: &impl Fn(&Plugin, &[W]) -> Result<Vec<Decision>, PluginFailure>,
+    ) -> Vec<Verdict> {
+        let rebuild = Verdict {
+            decision: Decision::Rebuild,
+            plugin: self.default_name.clone(),
+            failure: None,
+        };
+        let mut verdicts = vec![rebuild; batch.len()];
+        // Indices still rebuilt so far: the only ones later plugins see.
+        let mut pending: Vec<usize> = (0..batch.len()).collect();
+        for plugin in &self.plugins {
+            if pending.is_empty() {
+                break;
+            }
+            let subset: Vec<W>;
+            let offered: &[W] = if pending.len() == batch.len() {
+                batch
+            } else {
+                subset = pending.iter().map(|&i| batch[i].clone()).collect();
+                &subset
+            };
+            match call(plugin, offered) {
+                Ok(decisions) => {
+                    for (&i, decision) in pending.iter().zip(decisions) {
+                        verdicts[i] = Verdict {
+                            decision,
+                            plugin: plugin.name().clone(),
+                            failure: None,
+                        };
+                    }
+                }
+                Err(failure) => {
+                    let decision = plugin.settings().failure.decision();
+                    for &i in &pending {
+                        verdicts[i] = Verdict {
+                            decision,
+                            plugin: plugin.name().clone(),
+                            failure: Some(failure.kind),
+                        };
+                    }
+                }
+            }
+            pending.retain(|&i| verdicts[i].decision == Decision::Rebuild);
+        }
+        verdicts
+    }
+}

@@ -1,0 +1,188 @@
+//! The `[policy]` section of the host config: where plugins come from, and
+//! per-plugin limits and failure policy.
+//!
+//! ```toml
+//! [policy]
+//! plugin_dir = "/etc/legsync/plugins.d"
+//! cache_dir = "/var/cache/legsync"
+//! batch_size = 1024
+//!
+//! [policy.defaults]          # every plugin
+//! failure = "fail-open"
+//! memory_mb = 64
+//! deadline_ms = 100
+//!
+//! [policy.plugins.20-rules]  # one plugin, by file stem
+//! failure = "fail-closed"
+//! deadline_ms = 20
+//! ```
+
+use super::limits::{Limits, LimitsConfig};
+use super::quarantine::QuarantinePolicy;
+use crate::model::Decision;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What the host decides for the items of a plugin that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Rebuild: a broken plugin never drops answered calls. The default.
+    #[default]
+    FailOpen,
+    /// Refuse: a broken plugin never lets an unchecked call through.
+    FailClosed,
+}
+
+impl FailurePolicy {
+    pub fn decision(self) -> Decision {
+        match self {
+            FailurePolicy::FailOpen => Decision::Rebuild,
+            FailurePolicy::FailClosed => Decision::Refuse,
+        }
+    }
+}
+
+/// Settings of one plugin, as written in the config (everything optional).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    pub failure: Option<FailurePolicy>,
+    #[serde(flatten)]
+    pub limits: LimitsConfig,
+    /// Consecutive failures before quarantine (default 3).
+    pub quarantine_after: Option<u32>,
+    /// First quarantine length in milliseconds (default 1000; doubles).
+    pub quarantine_base_ms: Option<u64>,
+}
+
+impl PluginConfig {
+    /// `self` over `base`.
+    fn over(&self, base: &PluginConfig) -> PluginConfig {
+        PluginConfig {
+            failure: self.failure.or(base.failure),
+            limits: LimitsConfig {
+                memory_mb: self.limits.memory_mb.or(base.limits.memory_mb),
+                deadline_ms: self.limits.deadline_ms.or(base.limits.deadline_ms),
+            },
+            quarantine_after: self.quarantine_after.or(base.quarantine_after),
+            quarantine_base_ms: self.quarantine_base_ms.or(base.quarantine_base_ms),
+        }
+    }
+}
+
+/// The resolved settings of one plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PluginSettings {
+    pub limits: Limits,
+    pub failure: FailurePolicy,
+    pub quarantine: QuarantinePolicy,
+}
+
+/// The `[policy]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The drop-in directory of `*.wasm` plugins (and `*.rules` sidecars).
+    #[serde(default)]
+    pub plugin_dir: Option<PathBuf>,
+    /// Where compiled plugins are cached; none disables the cache.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// Legs per plugin call (default 1024). Bigger batches amortize the call,
+    /// smaller ones bound the work lost to one failure.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub defaults: PluginConfig,
+    /// Per-plugin overrides, by file stem (`20-rules` for `20-rules.wasm`).
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+fn default_batch_size() -> usize {
+    1024
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            plugin_dir: None,
+            cache_dir: None,
+            batch_size: default_batch_size(),
+            defaults: PluginConfig::default(),
+            plugins: BTreeMap::new(),
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// The settings of the plugin named `name`.
+    pub fn settings_for(&self, name: &str) -> PluginSettings {
+        let cfg = self
+            .plugins
+            .get(name)
+            .map_or(self.defaults, |p| p.over(&self.defaults));
+        let default_quarantine = QuarantinePolicy::default();
+        PluginSettings {
+            limits: cfg.limits.apply(Limits::default()),
+            failure: cfg.failure.unwrap_or_default(),
+            quarantine: QuarantinePolicy {
+                threshold: cfg
+                    .quarantine_after
+                    .unwrap_or(default_quarantine.threshold)
+                    .max(1),
+                base: cfg
+                    .quarantine_base_ms
+                    .map_or(default_quarantine.base, Duration::from_millis),
+                max: default_quarantine.max,
+            },
+        }
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batch_size == 0 {
+            return Err("policy.batch_size must be at least 1".into());
+        }
+        for (name, cfg) in std::iter::once(("defaults", &self.defaults))
+            .chain(self.plugins.iter().map(|(n, c)| (n.as_str(), c)))
+        {
+            if cfg.limits.memory_mb == Some(0) {
+                return Err(format!("policy.{name}.memory_mb must be at least 1"));
+            }
+            if cfg.limits.deadline_ms == Some(0) {
+                return Err(format!("policy.{name}.deadline_ms must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_plugin_settings_override_the_defaults() {
+        let cfg: PolicyConfig = toml::from_str(
+            "[defaults]\nmemory_mb = 32\nfailure = \"fail-closed\"\n[plugins.20-rules]\ndeadline_ms = 7\n",
+        )
+        .unwrap();
+        let rules = cfg.settings_for("20-rules");
+        assert_eq!(rules.limits.memory_bytes, 32 << 20);
+        assert_eq!(rules.limits.call_deadline, Duration::from_millis(7));
+        assert_eq!(rules.failure, FailurePolicy::FailClosed);
+        let other = cfg.settings_for("10-other");
+        assert_eq!(other.limits.call_deadline, Limits::default().call_deadline);
+    }
+
+    #[test]
+    fn unknown_keys_and_zero_limits_are_rejected() {
+        assert!(toml::from_str::<PolicyConfig>("[defaults]\nmemroy_mb = 1\n").is_err());
+        let cfg: PolicyConfig = toml::from_str("[defaults]\nmemory_mb = 0\n").unwrap();
+        assert!(cfg.validate().unwrap_err().contains("memory_mb"));
+    }
+}

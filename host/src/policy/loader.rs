@@ -1,0 +1,107 @@
+//! Loading a plugin set from a drop-in directory, `conf.d` style.
+//!
+//! Every `*.wasm` in the directory is a plugin, named by its file stem; the
+//! chain runs them in file-name order (`10-allow.wasm` before
+//! `20-rules.wasm`). A sidecar `NAME.rules` holds the plugin's rules text,
+//! passed verbatim to its `init`. Any plugin that fails to load fails the
+//! whole set: a partial chain would decide differently from what the operator
+//! wrote.
+
+use super::chain::PolicyChain;
+use super::config::PolicyConfig;
+use super::error::PolicyError;
+use super::plugin::Plugin;
+use super::runtime::PolicyRuntime;
+use std::path::{Path, PathBuf};
+
+/// One plugin found in the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginFile {
+    pub name: String,
+    pub wasm: PathBuf,
+    /// The `NAME.rules` sidecar, when present.
+    pub rules: Option<PathBuf>,
+}
+
+/// Lists the plugins of `dir` in chain order.
+pub fn scan(dir: &Path) -> Result<Vec<PluginFile>, PolicyError> {
+    let read_error = |source| PolicyError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_error)? {
+        let path = entry.map_err(read_error)?.path();
+        if path.extension().is_none_or(|e| e != "wasm") || !path.is_file() {
+            continue;
+        }
+        let Some(name) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let rules = path.with_extension("rules");
+        files.push(PluginFile {
+            name,
+            rules: rules.is_file().then_some(rules),
+            wasm: path,
+        });
+    }
+    files.sort_by(|a, b| a.wasm.file_name().cmp(&b.wasm.file_name()));
+    Ok(files)
+}
+
+/// Loads one plugin file with its sidecar and configured settings.
+pub fn load_plugin(
+    runtime: &PolicyRuntime,
+    file: &PluginFile,
+    config: &PolicyConfig,
+) -> Result<Plugin, PolicyError> {
+    let wasm = std::fs::read(&file.wasm).map_err(|source| PolicyError::Read {
+        path: file.wasm.clone(),
+        source,
+    })?;
+    let rules = match &file.rules {
+        Some(path) => std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.clone(),
+            source,
+        })?,
+        None => String::new(),
+    };
+    Plugin::load(
+        runtime,
+        &file.name,
+        &wasm,
+        rules,
+        config.settings_for(&file.name),
+    )
+    .map_err(|e| match e {
+        PolicyError::NotAComponent { reason, .. } => PolicyError::NotAComponent {
+            path: file.wasm.clone(),
+            reason,
+        },
+        other => other,
+    })
+}
+
+/// Loads every plugin of `dir` into a chain; fails if any plugin fails.
+pub fn load_dir(
+    runtime: &PolicyRuntime,
+    dir: &Path,
+    config: &PolicyConfig,
+) -> Result<PolicyChain, PolicyError> {
+    config.validate().map_err(PolicyError::Config)?;
+    let files = scan(dir)?;
+    for configured in config.plugins.keys() {
+        if !files.iter().any(|f| &f.name == configured) {
+            tracing::warn!(plugin = %configured, dir = %dir.display(), "the config has settings for a plugin that is not in the plugin directory");
+        }
+    }
+    let plugins = files
+        .iter()
+        .map(|file| load_plugin(runtime, file, config))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PolicyChain::new(plugins, config.batch_size))
+}

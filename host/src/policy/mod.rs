@@ -1,0 +1,31 @@
+//! The policy runtime: WebAssembly plugins that decide every resync.
+//!
+//! - [`runtime`]: the one wasmtime engine, its linker and compile cache.
+//! - [`plugin`]: one plugin: compiled once, instantiated from an
+//!   `InstancePre`, run under its [`limits`], re-instantiated after a failure,
+//!   [`quarantine`]d when it keeps failing.
+//! - [`chain`]: plugins in order; first refusal wins; verdicts name the plugin.
+//! - [`loader`]: a plugin set from a drop-in directory, with `*.rules` sidecars.
+//! - [`sandbox`]: what a plugin can reach: nothing but a capped log and a clock.
+//! - [`contract`]: the contract version check; [`cache`]: the compile cache.
+
+mod bindings;
+pub mod cache;
+pub mod chain;
+pub mod config;
+pub mod contract;
+pub mod error;
+pub mod limits;
+pub mod loader;
+pub mod plugin;
+pub mod quarantine;
+pub mod runtime;
+pub mod sandbox;
+
+pub use cache::{CacheOutcome, CompileCache};
+pub use chain::{PolicyChain, Verdict};
+pub use config::{FailurePolicy, PluginSettings, PolicyConfig};
+pub use error::{FailureKind, PluginFailure, PolicyError};
+pub use limits::Limits;
+pub use plugin::{Plugin, PluginStats};
+pub use runtime::PolicyRuntime;

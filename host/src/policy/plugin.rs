@@ -1,0 +1,336 @@
+//! One loaded plugin: compiled once, instantiated from a pre-linked
+//! `InstancePre`, run in its own store under its limits, re-instantiated after
+//! any failure and quarantined when it keeps failing.
+
+use super::bindings::{PolicyPlugin, PolicyPluginPre, wit};
+use super::cache::{CacheOutcome, hex};
+use super::config::PluginSettings;
+use super::contract::{self, ContractInfo};
+use super::error::{FailureKind, PluginFailure, PolicyError};
+use super::limits::deadline_ticks;
+use super::quarantine::Health;
+use super::runtime::PolicyRuntime;
+use super::sandbox::PluginState;
+use crate::model::Decision;
+use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use wasmtime::Store;
+
+/// A live instance: its store and its typed exports.
+struct Live {
+    store: Store<PluginState>,
+    bindings: PolicyPlugin,
+}
+
+/// Counters of one plugin, for metrics and tests.
+#[derive(Debug, Default)]
+struct Counters {
+    calls: AtomicU64,
+    instantiations: AtomicU64,
+    failures: AtomicU64,
+    quarantined_skips: AtomicU64,
+}
+
+/// A snapshot of a plugin's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PluginStats {
+    /// Calls that reached the guest (including failed ones).
+    pub calls: u64,
+    /// Instances created (the first, then one after each failure).
+    pub instantiations: u64,
+    /// Calls that failed (trap, deadline, memory, malformed answer).
+    pub failures: u64,
+    /// Calls not made because the plugin was quarantined.
+    pub quarantined_skips: u64,
+}
+
+/// A plugin ready to decide.
+pub struct Plugin {
+    name: Arc<str>,
+    /// SHA-256 of the `.wasm`, hex: the plugin's version in logs and audits.
+    hash: String,
+    contract: ContractInfo,
+    cache: CacheOutcome,
+    rules: String,
+    settings: PluginSettings,
+    pre: PolicyPluginPre<PluginState>,
+    runtime: PolicyRuntime,
+    live: Mutex<Option<Live>>,
+    health: Mutex<Health>,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("hash", &self.hash)
+            .finish()
+    }
+}
+
+impl Plugin {
+    /// Compiles, checks the contract version, pre-links and instantiates the
+    /// component, then runs `init` with `rules`. Any failure rejects it.
+    pub fn load(
+        runtime: &PolicyRuntime,
+        name: &str,
+        wasm: &[u8],
+        rules: String,
+        settings: PluginSettings,
+    ) -> Result<Plugin, PolicyError> {
+        let (component, cache) = runtime
+            .compile(wasm)
+            .map_err(|e| PolicyError::NotAComponent {
+                path: name.into(),
+                reason: format!("{e:#}"),
+            })?;
+        let contract = contract::check(name, &component, runtime.engine())?;
+        let instantiate_error = |e: wasmtime::Error| PolicyError::Instantiate {
+            plugin: name.into(),
+            reason: format!("{e:#}"),
+        };
+        let pre = runtime
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(instantiate_error)?;
+        let pre = PolicyPluginPre::new(pre).map_err(instantiate_error)?;
+        let plugin = Plugin {
+            name: name.into(),
+            hash: hex(&Sha256::digest(wasm)),
+            contract,
+            cache,
+            rules,
+            settings,
+            pre,
+            runtime: runtime.clone(),
+            live: Mutex::new(None),
+            health: Mutex::new(Health::default()),
+            counters: Counters::default(),
+        };
+        let live = plugin.instantiate().map_err(|failure| match failure.kind {
+            FailureKind::Instantiate if failure.detail.starts_with(INIT_REJECTED) => {
+                PolicyError::InitRejected {
+                    plugin: name.into(),
+                    message: failure.detail[INIT_REJECTED.len()..].to_string(),
+                }
+            }
+            _ => PolicyError::InitFailed {
+                plugin: name.into(),
+                failure,
+            },
+        })?;
+        *plugin.lock_live() = Some(live);
+        Ok(plugin)
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The hex SHA-256 of the component: its version.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    pub fn contract(&self) -> &ContractInfo {
+        &self.contract
+    }
+
+    /// What the compile cache did when this plugin was loaded.
+    pub fn cache_outcome(&self) -> &CacheOutcome {
+        &self.cache
+    }
+
+    pub fn settings(&self) -> &PluginSettings {
+        &self.settings
+    }
+
+    pub fn stats(&self) -> PluginStats {
+        let c = &self.counters;
+        PluginStats {
+            calls: c.calls.load(Ordering::Relaxed),
+            instantiations: c.instantiations.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+            quarantined_skips: c.quarantined_skips.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the plugin is benched right now.
+    pub fn is_quarantined(&self) -> bool {
+        self.lock_health().quarantined_at(Instant::now())
+    }
+
+    /// `on-call-leg-sync` for one batch: one decision per leg, or a failure.
+    pub fn sync_legs(&self, legs: &[wit::CallLeg]) -> Result<Vec<Decision>, PluginFailure> {
+        self.call(legs.len(), |plugin, store| {
+            plugin
+                .legsync_policy_policy()
+                .call_on_call_leg_sync(store, legs)
+        })
+    }
+
+    /// `on-link-sync` for one batch.
+    pub fn sync_links(&self, links: &[wit::Link]) -> Result<Vec<Decision>, PluginFailure> {
+        self.call(links.len(), |plugin, store| {
+            plugin
+                .legsync_policy_policy()
+                .call_on_link_sync(store, links)
+        })
+    }
+
+    /// `on-call-leg-terminated` for one batch (notification only).
+    pub fn notify_terminated(&self, legs: &[wit::TerminatedLeg]) -> Result<(), PluginFailure> {
+        self.call_guest(|plugin, store| {
+            plugin
+                .legsync_policy_policy()
+                .call_on_call_leg_terminated(store, legs)
+        })
+    }
+
+    fn call(
+        &self,
+        expected: usize,
+        f: impl FnOnce(&PolicyPlugin, &mut Store<PluginState>) -> wasmtime::Result<Vec<wit::Decision>>,
+    ) -> Result<Vec<Decision>, PluginFailure> {
+        self.call_guest(|plugin, store| {
+            let decisions = f(plugin, store)?;
+            if decisions.len() != expected {
+                return Err(wasmtime::Error::new(Malformed(format!(
+                    "returned {} decisions for {expected} items",
+                    decisions.len()
+                ))));
+            }
+            Ok(decisions.into_iter().map(Decision::from).collect())
+        })
+    }
+
+    /// Runs one guest call with the deadline armed; on any failure discards
+    /// the instance and updates the health record.
+    fn call_guest<R>(
+        &self,
+        f: impl FnOnce(&PolicyPlugin, &mut Store<PluginState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginFailure> {
+        if self.lock_health().quarantined_at(Instant::now()) {
+            self.counters
+                .quarantined_skips
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(PluginFailure::new(
+                FailureKind::Quarantined,
+                "plugin is quarantined",
+            ));
+        }
+        let mut live = self.lock_live();
+        if live.is_none() {
+            match self.instantiate() {
+                Ok(fresh) => *live = Some(fresh),
+                Err(failure) => return Err(self.failed(failure)),
+            }
+        }
+        let instance = live.as_mut().expect("instantiated above");
+        instance
+            .store
+            .set_epoch_deadline(deadline_ticks(self.settings.limits.call_deadline));
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        let result = f(&instance.bindings, &mut instance.store);
+        instance.store.data_mut().end_call();
+        match result {
+            Ok(value) => {
+                self.lock_health().record_success();
+                Ok(value)
+            }
+            Err(error) => {
+                let failure = classify(&error, instance.store.data().memory.exceeded);
+                // Never reuse an instance whose state may be broken.
+                *live = None;
+                Err(self.failed(failure))
+            }
+        }
+    }
+
+    fn failed(&self, failure: PluginFailure) -> PluginFailure {
+        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        let benched = self
+            .lock_health()
+            .record_failure(Instant::now(), &self.settings.quarantine);
+        tracing::warn!(plugin = %self.name, kind = ?failure.kind, detail = %failure.detail, "plugin call failed; instance discarded");
+        if let Some(length) = benched {
+            tracing::error!(plugin = %self.name, seconds = length.as_secs_f64(), "plugin keeps failing; quarantined");
+        }
+        failure
+    }
+
+    /// A fresh instance with `init` run, under the plugin's limits.
+    fn instantiate(&self) -> Result<Live, PluginFailure> {
+        self.counters.instantiations.fetch_add(1, Ordering::Relaxed);
+        let limits = self.settings.limits;
+        let mut store = Store::new(
+            self.runtime.engine(),
+            PluginState::new(self.name.clone(), limits.memory_bytes),
+        );
+        store.limiter(|state| &mut state.memory);
+        store.set_epoch_deadline(deadline_ticks(limits.call_deadline));
+        store.epoch_deadline_trap();
+        let to_failure = |store: &Store<PluginState>, e: wasmtime::Error| {
+            let mut failure = classify(&e, store.data().memory.exceeded);
+            if failure.kind == FailureKind::Trap {
+                failure.kind = FailureKind::Instantiate;
+            }
+            failure
+        };
+        let bindings = match self.pre.instantiate(&mut store) {
+            Ok(bindings) => bindings,
+            Err(e) => return Err(to_failure(&store, e)),
+        };
+        let init = bindings
+            .legsync_policy_policy()
+            .call_init(&mut store, &self.rules);
+        store.data_mut().end_call();
+        match init {
+            Ok(Ok(())) => Ok(Live { store, bindings }),
+            Ok(Err(message)) => Err(PluginFailure::new(
+                FailureKind::Instantiate,
+                format!("{INIT_REJECTED}{message}"),
+            )),
+            Err(e) => Err(to_failure(&store, e)),
+        }
+    }
+
+    fn lock_live(&self) -> MutexGuard<'_, Option<Live>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_health(&self) -> MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Marks an `init` that returned an error (as opposed to trapping).
+const INIT_REJECTED: &str = "init rejected the rules: ";
+
+/// A guest answer that does not fit the contract.
+#[derive(Debug)]
+struct Malformed(String);
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Malformed {}
+
+fn classify(error: &wasmtime::Error, memory_exceeded: bool) -> PluginFailure {
+    if memory_exceeded {
+        return PluginFailure::new(FailureKind::MemoryCap, format!("{error:#}"));
+    }
+    if let Some(malformed) = error.downcast_ref::<Malformed>() {
+        return PluginFailure::new(FailureKind::Malformed, malformed.0.clone());
+    }
+    if error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+        return PluginFailure::new(FailureKind::Deadline, "call deadline exceeded");
+    }
+    PluginFailure::new(FailureKind::Trap, format!("{error:#}"))
+}

@@ -1,0 +1,73 @@
+//! The one wasmtime engine of the host, its linker and its compile cache.
+
+use super::bindings::PolicyPlugin;
+use super::cache::{CacheOutcome, CompileCache};
+use super::limits::EpochTicker;
+use super::sandbox::PluginState;
+use std::sync::Arc;
+use wasmtime::component::{Component, HasSelf, Linker};
+
+/// Shared by every plugin of every set: compiled code is only compatible with
+/// the engine that compiled it, and one epoch thread serves all stores.
+#[derive(Clone)]
+pub struct PolicyRuntime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: wasmtime::Engine,
+    linker: Linker<PluginState>,
+    cache: Option<CompileCache>,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for PolicyRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyRuntime")
+            .field("cache", &self.inner.cache)
+            .finish()
+    }
+}
+
+impl PolicyRuntime {
+    /// Builds the engine. `cache` is the compile-cache directory, if any.
+    pub fn new(cache: Option<CompileCache>) -> anyhow::Result<Self> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = wasmtime::Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        // Components built by other toolchains import WASI even when they do
+        // no I/O; link it, with a context that grants nothing (see sandbox).
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        PolicyPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(PolicyRuntime {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                cache,
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    pub fn engine(&self) -> &wasmtime::Engine {
+        &self.inner.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<PluginState> {
+        &self.inner.linker
+    }
+
+    /// Compiles a component, through the cache when there is one.
+    pub fn compile(&self, wasm: &[u8]) -> wasmtime::Result<(Component, CacheOutcome)> {
+        match &self.inner.cache {
+            Some(cache) => cache.load(&self.inner.engine, wasm),
+            None => Ok((
+                Component::new(&self.inner.engine, wasm)?,
+                CacheOutcome::Disabled,
+            )),
+        }
+    }
+}

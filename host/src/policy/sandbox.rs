@@ -1,0 +1,231 @@
+//! The per-instance store state: a WASI context with no capabilities, the
+//! memory cap, and the plugin's log, stdout and stderr routed to the host log
+//! with caps, so a chatty plugin can neither flood the log nor the memory.
+
+use super::bindings::{Level, legsync};
+use super::limits::MemoryCap;
+use bytes::Bytes;
+use std::sync::{Arc, Mutex};
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// How many `log` lines a plugin may write per call; the rest are counted.
+pub const LOG_LINES_PER_CALL: u32 = 64;
+/// How many bytes of stdout + stderr a plugin may write per call.
+pub const OUTPUT_BYTES_PER_CALL: usize = 16 * 1024;
+/// Longest log message forwarded; longer ones are cut.
+const MAX_LOG_MESSAGE: usize = 1024;
+
+/// What one store holds for its plugin instance.
+pub struct PluginState {
+    plugin: Arc<str>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub memory: MemoryCap,
+    output: CapturedOutput,
+    log_lines: u32,
+    /// Log lines and output bytes dropped by the caps during the current call.
+    pub dropped_log_lines: u32,
+}
+
+impl PluginState {
+    pub fn new(plugin: Arc<str>, memory_cap: usize) -> Self {
+        let output = CapturedOutput::default();
+        // `WasiCtxBuilder::new` grants nothing: no preopened directories, no
+        // environment, no arguments, stdin closed, every socket address denied,
+        // name lookup off. Only stdout/stderr are set, to our capped capture.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(output.clone())
+            .stderr(output.clone())
+            .build();
+        PluginState {
+            plugin,
+            wasi,
+            table: ResourceTable::new(),
+            memory: MemoryCap::new(memory_cap),
+            output,
+            log_lines: 0,
+            dropped_log_lines: 0,
+        }
+    }
+
+    /// Resets the per-call budgets; forwards what the last call printed.
+    pub fn end_call(&mut self) {
+        let (text, dropped_bytes) = self.output.take();
+        for line in String::from_utf8_lossy(&text)
+            .lines()
+            .filter(|l| !l.is_empty())
+        {
+            tracing::info!(target: "legsync::plugin", plugin = %self.plugin, stream = "stdout", "{line}");
+        }
+        if self.dropped_log_lines > 0 || dropped_bytes > 0 {
+            tracing::warn!(
+                plugin = %self.plugin,
+                dropped_log_lines = self.dropped_log_lines,
+                dropped_output_bytes = dropped_bytes,
+                "plugin output over its per-call cap was dropped"
+            );
+        }
+        self.log_lines = 0;
+        self.dropped_log_lines = 0;
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl legsync::policy::types::Host for PluginState {}
+
+impl legsync::policy::host::Host for PluginState {
+    fn log(&mut self, level: Level, message: String) {
+        if self.log_lines >= LOG_LINES_PER_CALL {
+            self.dropped_log_lines = self.dropped_log_lines.saturating_add(1);
+            return;
+        }
+        self.log_lines += 1;
+        let message = truncate(&message, MAX_LOG_MESSAGE);
+        let plugin = &*self.plugin;
+        match level {
+            Level::Trace => tracing::trace!(target: "legsync::plugin", plugin, "{message}"),
+            Level::Debug => tracing::debug!(target: "legsync::plugin", plugin, "{message}"),
+            Level::Info => tracing::info!(target: "legsync::plugin", plugin, "{message}"),
+            Level::Warn => tracing::warn!(target: "legsync::plugin", plugin, "{message}"),
+            Level::Error => tracing::error!(target: "legsync::plugin", plugin, "{message}"),
+        }
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        crate::model::now_ms()
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// stdout and stderr of a plugin: kept up to [`OUTPUT_BYTES_PER_CALL`], the
+/// rest silently dropped and counted (a full pipe must not trap the guest).
+#[derive(Clone, Default)]
+struct CapturedOutput {
+    inner: Arc<Mutex<Captured>>,
+}
+
+#[derive(Default)]
+struct Captured {
+    buffer: Vec<u8>,
+    dropped: usize,
+}
+
+impl CapturedOutput {
+    fn take(&self) -> (Vec<u8>, usize) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let dropped = std::mem::take(&mut inner.dropped);
+        (std::mem::take(&mut inner.buffer), dropped)
+    }
+
+    fn write_capped(&self, bytes: &[u8]) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let room = OUTPUT_BYTES_PER_CALL.saturating_sub(inner.buffer.len());
+        let kept = bytes.len().min(room);
+        inner.buffer.extend_from_slice(&bytes[..kept]);
+        inner.dropped += bytes.len() - kept;
+    }
+}
+
+impl IsTerminal for CapturedOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CapturedOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for CapturedOutput {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for CapturedOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.write_capped(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for CapturedOutput {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.write_capped(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_capped_and_the_rest_counted() {
+        let out = CapturedOutput::default();
+        out.write_capped(&vec![b'x'; OUTPUT_BYTES_PER_CALL - 1]);
+        out.write_capped(b"abc");
+        let (kept, dropped) = out.take();
+        assert_eq!(kept.len(), OUTPUT_BYTES_PER_CALL);
+        assert_eq!(dropped, 2);
+        assert_eq!(out.take(), (Vec::new(), 0));
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("hello", 10), "hello");
+    }
+}
