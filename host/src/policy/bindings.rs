@@ -8,8 +8,8 @@ wasmtime::component::bindgen!({
     path: "../wit",
 });
 
-pub use legsync::policy::host::Level;
-pub use legsync::policy::types as wit;
+pub use self::legsync::policy::host::Level;
+pub use self::legsync::policy::types as wit;
 
 impl From<&model::CallLeg> for wit::CallLeg {
     fn from(leg: &model::CallLeg) -> Self {

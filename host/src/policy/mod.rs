@@ -17,6 +17,7 @@ pub mod contract;
 pub mod error;
 pub mod limits;
 pub mod loader;
+pub mod native;
 pub mod plugin;
 pub mod quarantine;
 pub mod runtime;

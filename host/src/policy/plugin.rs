@@ -31,6 +31,8 @@ struct Counters {
     instantiations: AtomicU64,
     failures: AtomicU64,
     quarantined_skips: AtomicU64,
+    dropped_log_lines: AtomicU64,
+    dropped_output_bytes: AtomicU64,
 }
 
 /// A snapshot of a plugin's counters.
@@ -44,6 +46,10 @@ pub struct PluginStats {
     pub failures: u64,
     /// Calls not made because the plugin was quarantined.
     pub quarantined_skips: u64,
+    /// Log lines over the per-call cap, dropped.
+    pub dropped_log_lines: u64,
+    /// stdout/stderr bytes over the per-call cap, dropped.
+    pub dropped_output_bytes: u64,
 }
 
 /// A plugin ready to decide.
@@ -155,6 +161,8 @@ impl Plugin {
             instantiations: c.instantiations.load(Ordering::Relaxed),
             failures: c.failures.load(Ordering::Relaxed),
             quarantined_skips: c.quarantined_skips.load(Ordering::Relaxed),
+            dropped_log_lines: c.dropped_log_lines.load(Ordering::Relaxed),
+            dropped_output_bytes: c.dropped_output_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -235,7 +243,7 @@ impl Plugin {
             .set_epoch_deadline(deadline_ticks(self.settings.limits.call_deadline));
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         let result = f(&instance.bindings, &mut instance.store);
-        instance.store.data_mut().end_call();
+        self.count_dropped(instance.store.data_mut().end_call());
         match result {
             Ok(value) => {
                 self.lock_health().record_success();
@@ -296,6 +304,11 @@ impl Plugin {
             )),
             Err(e) => Err(to_failure(&store, e)),
         }
+    }
+
+    fn count_dropped(&self, (lines, bytes): (u32, usize)) {
+        self.counters.dropped_log_lines.fetch_add(lines.into(), Ordering::Relaxed);
+        self.counters.dropped_output_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     fn lock_live(&self) -> MutexGuard<'_, Option<Live>> {

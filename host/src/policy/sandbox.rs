@@ -51,8 +51,9 @@ impl PluginState {
         }
     }
 
-    /// Resets the per-call budgets; forwards what the last call printed.
-    pub fn end_call(&mut self) {
+    /// Resets the per-call budgets and forwards what the last call printed.
+    /// Returns what the caps dropped: (log lines, output bytes).
+    pub fn end_call(&mut self) -> (u32, usize) {
         let (text, dropped_bytes) = self.output.take();
         for line in String::from_utf8_lossy(&text)
             .lines()
@@ -69,7 +70,7 @@ impl PluginState {
             );
         }
         self.log_lines = 0;
-        self.dropped_log_lines = 0;
+        (std::mem::take(&mut self.dropped_log_lines), dropped_bytes)
     }
 }
 

@@ -1,0 +1,47 @@
+//! Helpers shared by the integration tests: real plugins built from
+//! `plugins/`, copied into drop-in directories the way an operator would.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use legsync::model::{CallLeg, Direction, LegState, Protocol};
+use std::path::{Path, PathBuf};
+
+/// The built component of the plugin crate `crate_name` (e.g. `nap-cap`).
+pub fn built_plugin(crate_name: &str) -> PathBuf {
+    let path = Path::new(legsync::BUILT_PLUGINS_DIR).join(format!("{}.wasm", crate_name.replace('-', "_")));
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// A plugin directory holding `(file stem, plugin crate, rules text)` entries.
+pub fn plugin_dir(entries: &[(&str, &str, Option<&str>)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (stem, crate_name, rules) in entries {
+        install(dir.path(), stem, crate_name, *rules);
+    }
+    dir
+}
+
+/// Copies a built plugin into `dir` as `STEM.wasm`, with its rules sidecar.
+pub fn install(dir: &Path, stem: &str, crate_name: &str, rules: Option<&str>) {
+    std::fs::copy(built_plugin(crate_name), dir.join(format!("{stem}.wasm"))).unwrap();
+    if let Some(rules) = rules {
+        std::fs::write(dir.join(format!("{stem}.rules")), rules).unwrap();
+    }
+}
+
+/// An answered SIP leg with the given id, NAP and called number.
+pub fn leg(id: u64, nap: &str, called: &str) -> CallLeg {
+    CallLeg {
+        id,
+        session_id: id / 2,
+        direction: Direction::Inbound,
+        protocol: Protocol::Sip,
+        nap: nap.into(),
+        calling: "5145550100".into(),
+        called: called.into(),
+        offered_at_ms: legsync::model::now_ms() - 120_000,
+        answered_at_ms: Some(legsync::model::now_ms() - 110_000),
+        linked_to: None,
+        state: LegState::Answered,
+    }
+}
