@@ -10,6 +10,8 @@
 
 pub mod model;
 pub mod policy;
+pub mod protocol;
+pub mod sim;
 
 /// Where `host/build.rs` put the plugins built from `plugins/` (one
 /// `NAME.wasm` per crate, `-` in crate names turned into `_`). Used by the

@@ -23,7 +23,11 @@ fn load(dir: &Path, config_toml: &str) -> Result<PolicyChain, PolicyError> {
 }
 
 fn decisions(chain: &PolicyChain, legs: &[legsync::model::CallLeg]) -> Vec<(Decision, String)> {
-    chain.decide_legs(legs).into_iter().map(|v| (v.decision, v.plugin.to_string())).collect()
+    chain
+        .decide_legs(legs)
+        .into_iter()
+        .map(|v| (v.decision, v.plugin.to_string()))
+        .collect()
 }
 
 #[test]
@@ -36,7 +40,11 @@ fn accept_all_rebuilds_every_leg_and_link() {
         assert_eq!(&*verdict.plugin, "10-accept-all");
         assert_eq!(verdict.failure, None);
     }
-    let links = [Link { id: 9, leg_a: 1, leg_b: 2 }];
+    let links = [Link {
+        id: 9,
+        leg_a: 1,
+        leg_b: 2,
+    }];
     assert_eq!(chain.decide_links(&links)[0].decision, Decision::Rebuild);
 }
 
@@ -81,7 +89,11 @@ fn rules_plugin_decides_like_the_native_rule_engine() {
         Decision::Refuse,
         Decision::Refuse,
     ];
-    let got: Vec<_> = chain.decide_legs(&legs).into_iter().map(|v| v.decision).collect();
+    let got: Vec<_> = chain
+        .decide_legs(&legs)
+        .into_iter()
+        .map(|v| v.decision)
+        .collect();
     assert_eq!(got, expected);
 
     // The same rules compiled natively give the same answers.
@@ -90,21 +102,46 @@ fn rules_plugin_decides_like_the_native_rule_engine() {
     for (leg, want) in legs.iter().zip(expected) {
         let view = legsync::policy::native::leg_view(leg);
         let action = native.decide(&view, now);
-        assert_eq!(legsync::policy::native::decision(action), want, "leg {}", leg.id);
+        assert_eq!(
+            legsync::policy::native::decision(action),
+            want,
+            "leg {}",
+            leg.id
+        );
     }
 }
 
 #[test]
 fn nap_cap_refuses_past_the_cap_and_frees_slots_on_termination() {
-    let dir = plugin_dir(&[("30-nap-cap", "nap-cap", Some("default_max = 5\n[max]\nSIP_A = 2\n"))]);
+    let dir = plugin_dir(&[(
+        "30-nap-cap",
+        "nap-cap",
+        Some("default_max = 5\n[max]\nSIP_A = 2\n"),
+    )]);
     let chain = load(dir.path(), "").unwrap();
     let legs: Vec<_> = (1..=4).map(|i| leg(i, "SIP_A", "1")).collect();
-    let got: Vec<_> = chain.decide_legs(&legs).into_iter().map(|v| v.decision).collect();
-    assert_eq!(got, [Decision::Rebuild, Decision::Rebuild, Decision::Refuse, Decision::Refuse]);
+    let got: Vec<_> = chain
+        .decide_legs(&legs)
+        .into_iter()
+        .map(|v| v.decision)
+        .collect();
+    assert_eq!(
+        got,
+        [
+            Decision::Rebuild,
+            Decision::Rebuild,
+            Decision::Refuse,
+            Decision::Refuse
+        ]
+    );
 
     chain.notify_terminated(&[(legs[0].clone(), TerminationReason::Released)]);
     let again = chain.decide_legs(&[leg(5, "SIP_A", "1"), leg(6, "SIP_A", "1")]);
-    assert_eq!(again[0].decision, Decision::Rebuild, "a released call frees its slot");
+    assert_eq!(
+        again[0].decision,
+        Decision::Rebuild,
+        "a released call frees its slot"
+    );
     assert_eq!(again[1].decision, Decision::Refuse);
 }
 
@@ -122,14 +159,26 @@ fn nap_cap_rejects_bad_rules_at_load() {
 fn chain_runs_in_file_name_order_and_first_refusal_wins() {
     let dir = plugin_dir(&[
         ("10-accept-all", "accept-all", None),
-        ("20-rules", "rules", Some("[[rule]]\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n")),
+        (
+            "20-rules",
+            "rules",
+            Some("[[rule]]\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n"),
+        ),
         ("30-nap-cap", "nap-cap", Some("[max]\nSIP_A = 1\n")),
     ]);
     let chain = load(dir.path(), "").unwrap();
-    let names: Vec<_> = chain.plugins().iter().map(|p| p.name().to_string()).collect();
+    let names: Vec<_> = chain
+        .plugins()
+        .iter()
+        .map(|p| p.name().to_string())
+        .collect();
     assert_eq!(names, ["10-accept-all", "20-rules", "30-nap-cap"]);
 
-    let legs = [leg(1, "SIP_A", "19001"), leg(2, "SIP_A", "514"), leg(3, "SIP_A", "514")];
+    let legs = [
+        leg(1, "SIP_A", "19001"),
+        leg(2, "SIP_A", "514"),
+        leg(3, "SIP_A", "514"),
+    ];
     assert_eq!(
         decisions(&chain, &legs),
         [
@@ -145,7 +194,11 @@ fn chain_runs_in_file_name_order_and_first_refusal_wins() {
     // slot on leg 1, which the rules then refuse.
     let reordered = plugin_dir(&[
         ("10-nap-cap", "nap-cap", Some("[max]\nSIP_A = 1\n")),
-        ("20-rules", "rules", Some("[[rule]]\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n")),
+        (
+            "20-rules",
+            "rules",
+            Some("[[rule]]\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n"),
+        ),
     ]);
     let chain = load(reordered.path(), "").unwrap();
     assert_eq!(
@@ -162,7 +215,10 @@ fn chain_runs_in_file_name_order_and_first_refusal_wins() {
 fn an_empty_directory_rebuilds_by_default() {
     let dir = plugin_dir(&[]);
     let chain = load(dir.path(), "").unwrap();
-    assert_eq!(decisions(&chain, &[leg(1, "A", "1")]), [(Decision::Rebuild, "(no plugins)".to_string())]);
+    assert_eq!(
+        decisions(&chain, &[leg(1, "A", "1")]),
+        [(Decision::Rebuild, "(no plugins)".to_string())]
+    );
 }
 
 /// Loads one hostile fixture with `config` and runs one batch through it;
@@ -173,7 +229,10 @@ fn run_fixture(fixture: &str, config: &str) -> (legsync::policy::Verdict, Durati
     let started = Instant::now();
     let verdicts = chain.decide_legs(&[leg(1, "SIP_A", "1"), leg(2, "SIP_A", "2")]);
     let elapsed = started.elapsed();
-    assert!(verdicts.iter().all(|v| v == &verdicts[0]), "one failure covers the batch");
+    assert!(
+        verdicts.iter().all(|v| v == &verdicts[0]),
+        "one failure covers the batch"
+    );
     (verdicts[0].clone(), elapsed, chain)
 }
 
@@ -181,11 +240,21 @@ fn run_fixture(fixture: &str, config: &str) -> (legsync::policy::Verdict, Durati
 fn an_endless_loop_is_stopped_at_its_deadline_and_fails_open() {
     let (verdict, elapsed, chain) =
         run_fixture("fixture-spin", "[plugins.50-hostile]\ndeadline_ms = 50\n");
-    assert_eq!(verdict.decision, Decision::Rebuild, "fail-open is the default");
+    assert_eq!(
+        verdict.decision,
+        Decision::Rebuild,
+        "fail-open is the default"
+    );
     assert_eq!(verdict.failure, Some(FailureKind::Deadline));
     assert_eq!(&*verdict.plugin, "50-hostile");
-    assert!(elapsed >= Duration::from_millis(50), "stopped early: {elapsed:?}");
-    assert!(elapsed < Duration::from_millis(1000), "not stopped near its deadline: {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(50),
+        "stopped early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(1000),
+        "not stopped near its deadline: {elapsed:?}"
+    );
     assert_eq!(chain.plugins()[0].stats().failures, 1);
 }
 
@@ -214,7 +283,11 @@ fn a_panic_traps_and_the_next_call_gets_a_fresh_instance() {
     let chain = load(dir.path(), "").unwrap();
     let first = chain.decide_legs(&[leg(1, "SIP_A", "666"), leg(2, "SIP_A", "514")]);
     assert_eq!(first[0].failure, Some(FailureKind::Trap));
-    assert_eq!(first[1].failure, Some(FailureKind::Trap), "the whole batch gets the failure policy");
+    assert_eq!(
+        first[1].failure,
+        Some(FailureKind::Trap),
+        "the whole batch gets the failure policy"
+    );
 
     let second = chain.decide_legs(&[leg(3, "SIP_A", "514")]);
     assert_eq!(second[0].failure, None, "a fresh instance answers normally");
@@ -228,8 +301,16 @@ fn a_panic_traps_and_the_next_call_gets_a_fresh_instance() {
 fn a_wrong_number_of_decisions_is_a_malformed_answer() {
     let (verdict, _, chain) = run_fixture("fixture-miscount", "");
     assert_eq!(verdict.failure, Some(FailureKind::Malformed));
-    assert_eq!(verdict.decision, Decision::Rebuild, "its refusals are not trusted");
-    assert_eq!(chain.plugins()[0].stats().instantiations, 1, "discarded, not yet replaced");
+    assert_eq!(
+        verdict.decision,
+        Decision::Rebuild,
+        "its refusals are not trusted"
+    );
+    assert_eq!(
+        chain.plugins()[0].stats().instantiations,
+        1,
+        "discarded, not yet replaced"
+    );
 }
 
 #[test]
@@ -237,8 +318,14 @@ fn a_chatty_plugin_is_capped_and_stopped() {
     let (verdict, _, chain) = run_fixture("fixture-chatty", "[defaults]\ndeadline_ms = 300\n");
     assert_eq!(verdict.failure, Some(FailureKind::Deadline));
     let stats = chain.plugins()[0].stats();
-    assert!(stats.dropped_log_lines > 0, "log lines over the cap are dropped: {stats:?}");
-    assert!(stats.dropped_output_bytes > 0, "stdout over the cap is dropped: {stats:?}");
+    assert!(
+        stats.dropped_log_lines > 0,
+        "log lines over the cap are dropped: {stats:?}"
+    );
+    assert!(
+        stats.dropped_output_bytes > 0,
+        "stdout over the cap is dropped: {stats:?}"
+    );
 }
 
 #[test]
@@ -250,13 +337,20 @@ fn a_plugin_that_keeps_failing_is_quarantined() {
     )
     .unwrap();
     for _ in 0..3 {
-        assert_eq!(chain.decide_legs(&[leg(1, "A", "1")])[0].failure, Some(FailureKind::Trap));
+        assert_eq!(
+            chain.decide_legs(&[leg(1, "A", "1")])[0].failure,
+            Some(FailureKind::Trap)
+        );
     }
     let plugin = &chain.plugins()[0];
     assert!(plugin.is_quarantined());
     let benched = chain.decide_legs(&[leg(2, "A", "1")]);
     assert_eq!(benched[0].failure, Some(FailureKind::Quarantined));
-    assert_eq!(benched[0].decision, Decision::Rebuild, "the host keeps deciding");
+    assert_eq!(
+        benched[0].decision,
+        Decision::Rebuild,
+        "the host keeps deciding"
+    );
     let stats = plugin.stats();
     assert_eq!(stats.calls, 3, "a quarantined plugin is not called");
     assert_eq!(stats.quarantined_skips, 1);
@@ -268,7 +362,11 @@ fn the_sandbox_grants_no_files_environment_or_network() {
     let chain = load(dir.path(), "").unwrap();
     let verdict = &chain.decide_legs(&[leg(1, "A", "1")])[0];
     assert_eq!(verdict.failure, None);
-    assert_eq!(verdict.decision, Decision::Rebuild, "the snoop reached something outside");
+    assert_eq!(
+        verdict.decision,
+        Decision::Rebuild,
+        "the snoop reached something outside"
+    );
 }
 
 #[test]
@@ -293,7 +391,9 @@ fn a_plugin_for_another_contract_version_is_rejected_naming_both() {
 fn rules_refused_by_init_reject_the_plugin_with_the_message() {
     let dir = plugin_dir(&[("20-rules", "rules", Some("[[rule]]\naction = \"maybe\"\n"))]);
     let err = load(dir.path(), "").unwrap_err();
-    let PolicyError::InitRejected { plugin, message } = &err else { panic!("{err}") };
+    let PolicyError::InitRejected { plugin, message } = &err else {
+        panic!("{err}")
+    };
     assert_eq!(plugin, "20-rules");
     assert!(message.contains("invalid TOML rules"), "{message}");
 }
@@ -306,13 +406,19 @@ fn the_compile_cache_survives_a_corrupt_entry() {
     let config = PolicyConfig::default();
     let outcome = |runtime: &PolicyRuntime| {
         let chain = load_dir(runtime, dir.path(), &config).unwrap();
-        assert_eq!(chain.decide_legs(&[leg(1, "A", "1")])[0].decision, Decision::Rebuild);
+        assert_eq!(
+            chain.decide_legs(&[leg(1, "A", "1")])[0].decision,
+            Decision::Rebuild
+        );
         chain.plugins()[0].cache_outcome().clone()
     };
     assert_eq!(outcome(&runtime), CacheOutcome::Miss);
     assert_eq!(outcome(&runtime), CacheOutcome::Hit);
 
-    let entries: Vec<_> = std::fs::read_dir(cache_dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    let entries: Vec<_> = std::fs::read_dir(cache_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(entries.len(), 1);
     let mut bytes = std::fs::read(&entries[0]).unwrap();
     let middle = bytes.len() / 2;
@@ -322,7 +428,11 @@ fn the_compile_cache_survives_a_corrupt_entry() {
         CacheOutcome::Rebuilt { reason } => assert!(reason.contains("checksum"), "{reason}"),
         other => panic!("a corrupt entry must be rebuilt, got {other:?}"),
     }
-    assert_eq!(outcome(&runtime), CacheOutcome::Hit, "the rebuilt entry is valid");
+    assert_eq!(
+        outcome(&runtime),
+        CacheOutcome::Hit,
+        "the rebuilt entry is valid"
+    );
 
     std::fs::write(&entries[0], b"LSYNCC01short").unwrap();
     assert!(matches!(outcome(&runtime), CacheOutcome::Rebuilt { .. }));
@@ -331,17 +441,34 @@ fn the_compile_cache_survives_a_corrupt_entry() {
 #[test]
 fn a_missing_directory_is_a_clear_error() {
     let err = load(Path::new("/nonexistent/legsync-plugins"), "").unwrap_err();
-    assert!(err.to_string().contains("/nonexistent/legsync-plugins"), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/legsync-plugins"),
+        "{err}"
+    );
 }
 
 #[test]
 fn termination_notices_reach_every_plugin_without_deciding() {
     let dir = plugin_dir(&[("10-accept-all", "accept-all", None)]);
-    install(dir.path(), "20-nap-cap", "nap-cap", Some("[max]\nSIP_A = 1\n"));
+    install(
+        dir.path(),
+        "20-nap-cap",
+        "nap-cap",
+        Some("[max]\nSIP_A = 1\n"),
+    );
     let chain = load(dir.path(), "").unwrap();
     let first = leg(1, "SIP_A", "1");
-    assert_eq!(chain.decide_legs(std::slice::from_ref(&first))[0].decision, Decision::Rebuild);
-    assert_eq!(chain.decide_legs(&[leg(2, "SIP_A", "1")])[0].decision, Decision::Refuse);
+    assert_eq!(
+        chain.decide_legs(std::slice::from_ref(&first))[0].decision,
+        Decision::Rebuild
+    );
+    assert_eq!(
+        chain.decide_legs(&[leg(2, "SIP_A", "1")])[0].decision,
+        Decision::Refuse
+    );
     chain.notify_terminated(&[(first, TerminationReason::GraceExpired)]);
-    assert_eq!(chain.decide_legs(&[leg(3, "SIP_A", "1")])[0].decision, Decision::Rebuild);
+    assert_eq!(
+        chain.decide_legs(&[leg(3, "SIP_A", "1")])[0].decision,
+        Decision::Rebuild
+    );
 }

@@ -48,7 +48,9 @@ impl NativeRules {
     /// One decision per leg, judged at one instant like the plugin does.
     pub fn decide_legs(&self, legs: &[CallLeg]) -> Vec<Decision> {
         let now = crate::model::now_ms();
-        legs.iter().map(|leg| decision(self.set.decide(&leg_view(leg), now))).collect()
+        legs.iter()
+            .map(|leg| decision(self.set.decide(&leg_view(leg), now)))
+            .collect()
     }
 
     pub fn link_decision(&self) -> Decision {

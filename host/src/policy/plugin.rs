@@ -307,8 +307,12 @@ impl Plugin {
     }
 
     fn count_dropped(&self, (lines, bytes): (u32, usize)) {
-        self.counters.dropped_log_lines.fetch_add(lines.into(), Ordering::Relaxed);
-        self.counters.dropped_output_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.counters
+            .dropped_log_lines
+            .fetch_add(lines.into(), Ordering::Relaxed);
+        self.counters
+            .dropped_output_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     fn lock_live(&self) -> MutexGuard<'_, Option<Live>> {

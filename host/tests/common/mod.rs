@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 /// The built component of the plugin crate `crate_name` (e.g. `nap-cap`).
 pub fn built_plugin(crate_name: &str) -> PathBuf {
-    let path = Path::new(legsync::BUILT_PLUGINS_DIR).join(format!("{}.wasm", crate_name.replace('-', "_")));
+    let path = Path::new(legsync::BUILT_PLUGINS_DIR)
+        .join(format!("{}.wasm", crate_name.replace('-', "_")));
     assert!(path.is_file(), "{} was not built", path.display());
     path
 }

@@ -1,0 +1,230 @@
+//! Framing: `u32` big-endian payload length, then the payload: one version
+//! byte and a postcard-encoded message. A bad frame is an error for the
+//! connection, never a panic.
+
+use super::PROTOCOL_VERSION;
+use bytes::{Buf, BufMut, BytesMut};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Why a connection's byte stream could not be understood.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    Oversized { len: usize, max: usize },
+    #[error("empty frame (no version byte)")]
+    Empty,
+    #[error("frame of protocol version {found}; this side speaks {PROTOCOL_VERSION}")]
+    UnknownVersion { found: u8 },
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+impl ProtocolError {
+    /// True when the peer sent bytes we cannot trust (as opposed to the
+    /// connection itself failing).
+    pub fn is_peer_fault(&self) -> bool {
+        !matches!(self, ProtocolError::Io(_))
+    }
+}
+
+/// Decodes `In` frames and encodes `Out` frames.
+#[derive(Debug)]
+pub struct FrameCodec<In, Out> {
+    max_frame: usize,
+    _types: PhantomData<fn(Out) -> In>,
+}
+
+impl<In, Out> FrameCodec<In, Out> {
+    pub fn new(max_frame: usize) -> Self {
+        FrameCodec {
+            max_frame,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
+    type Item = In;
+    type Error = ProtocolError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, ProtocolError> {
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(src[..4].try_into().expect("4 bytes")) as usize;
+        if len > self.max_frame {
+            return Err(ProtocolError::Oversized {
+                len,
+                max: self.max_frame,
+            });
+        }
+        if src.len() < 4 + len {
+            src.reserve(4 + len - src.len());
+            return Ok(None);
+        }
+        src.advance(4);
+        let payload = src.split_to(len);
+        let (&version, body) = payload.split_first().ok_or(ProtocolError::Empty)?;
+        if version != PROTOCOL_VERSION {
+            return Err(ProtocolError::UnknownVersion { found: version });
+        }
+        Ok(Some(postcard::from_bytes(body)?))
+    }
+}
+
+impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
+    type Error = ProtocolError;
+
+    fn encode(&mut self, item: Out, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        let body = postcard::to_allocvec(&item)?;
+        let len = body.len() + 1;
+        if len > self.max_frame {
+            return Err(ProtocolError::Oversized {
+                len,
+                max: self.max_frame,
+            });
+        }
+        dst.reserve(4 + len);
+        dst.put_u32(len as u32);
+        dst.put_u8(PROTOCOL_VERSION);
+        dst.extend_from_slice(&body);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{CallLeg, Link};
+    use crate::protocol::{EngineEvent, EngineMessage, HostMessage};
+
+    type EngineSide = FrameCodec<HostMessage, EngineMessage>;
+    type HostSide = FrameCodec<EngineMessage, HostMessage>;
+
+    fn leg(id: u64) -> CallLeg {
+        CallLeg {
+            id,
+            session_id: 7,
+            direction: Default::default(),
+            protocol: Default::default(),
+            nap: "SIP_A".into(),
+            calling: "5145550100".into(),
+            called: "18005550199".into(),
+            offered_at_ms: 1,
+            answered_at_ms: Some(2),
+            linked_to: Some(id + 1),
+            state: Default::default(),
+        }
+    }
+
+    fn encode(msg: EngineMessage) -> BytesMut {
+        let mut buf = BytesMut::new();
+        EngineSide::new(1 << 20).encode(msg, &mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let messages = vec![
+            EngineMessage::Hello {
+                protocol: 1,
+                boot_id: 42,
+                engine: "sim".into(),
+            },
+            EngineMessage::SnapshotLegs(vec![leg(1), leg(2)]),
+            EngineMessage::SnapshotLinks(vec![Link {
+                id: 1,
+                leg_a: 1,
+                leg_b: 2,
+            }]),
+            EngineMessage::Event(EngineEvent::LegAnswered { leg: 3, at_ms: 9 }),
+            EngineMessage::SnapshotEnd,
+        ];
+        let mut buf = BytesMut::new();
+        for m in &messages {
+            buf.extend_from_slice(&encode(m.clone()));
+        }
+        let mut codec = HostSide::new(1 << 20);
+        for m in messages {
+            assert_eq!(codec.decode(&mut buf).unwrap(), Some(m));
+        }
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_truncated_frame_waits_for_more_bytes() {
+        let full = encode(EngineMessage::SnapshotLegs(vec![leg(1)]));
+        let mut codec = HostSide::new(1 << 20);
+        for cut in 0..full.len() {
+            let mut partial = BytesMut::from(&full[..cut]);
+            assert_eq!(codec.decode(&mut partial).unwrap(), None, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn an_oversized_frame_is_rejected_before_it_is_buffered() {
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xf0][..]);
+        let err = HostSide::new(1024).decode(&mut buf).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ProtocolError::Oversized {
+                    len: 0xffff_fff0,
+                    max: 1024
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.is_peer_fault());
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        let mut codec = HostSide::new(1 << 20);
+        for seed in 0u32..500 {
+            let body: Vec<u8> = (0..(seed % 40))
+                .map(|i| (seed.wrapping_mul(2654435761) >> (i % 24)) as u8)
+                .collect();
+            let mut buf = BytesMut::new();
+            buf.put_u32(body.len() as u32 + 1);
+            buf.put_u8(PROTOCOL_VERSION);
+            buf.extend_from_slice(&body);
+            // Any outcome but a panic is fine; most are Malformed.
+            let _ = codec.decode(&mut buf);
+        }
+        let mut buf = BytesMut::from(&[0, 0, 0, 3, PROTOCOL_VERSION, 0xff, 0xff][..]);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(ProtocolError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn an_unknown_version_and_an_empty_frame_are_rejected() {
+        let mut buf = BytesMut::from(&[0, 0, 0, 2, 9, 0][..]);
+        let err = HostSide::new(1 << 20).decode(&mut buf).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::UnknownVersion { found: 9 }),
+            "{err}"
+        );
+        let mut buf = BytesMut::from(&[0, 0, 0, 0][..]);
+        assert!(matches!(
+            HostSide::new(1 << 20).decode(&mut buf),
+            Err(ProtocolError::Empty)
+        ));
+    }
+
+    #[test]
+    fn encoding_past_the_maximum_fails_and_leaves_the_buffer_clean() {
+        let mut buf = BytesMut::from(&b"prior"[..]);
+        let big = EngineMessage::SnapshotLegs((0..100).map(leg).collect());
+        assert!(EngineSide::new(100).encode(big, &mut buf).is_err());
+        assert_eq!(&buf[..], b"prior");
+    }
+}

@@ -1,0 +1,79 @@
+//! The messages of the protocol. Every frame holds exactly one.
+
+use crate::model::{CallLeg, LegId, Link, LinkId};
+use serde::{Deserialize, Serialize};
+
+/// Engine to host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EngineMessage {
+    /// First frame on a connection. `boot_id` changes at every engine start,
+    /// so the host can tell an engine restart from a network blip.
+    Hello {
+        protocol: u8,
+        boot_id: u64,
+        engine: String,
+    },
+    /// Sent every heartbeat interval; silence means the link is dead.
+    Heartbeat,
+    /// The snapshot of active legs and links follows, in chunks.
+    SnapshotBegin { legs: u64, links: u64 },
+    /// A chunk of active legs.
+    SnapshotLegs(Vec<CallLeg>),
+    /// A chunk of links (sent after every leg chunk).
+    SnapshotLinks(Vec<Link>),
+    /// The snapshot is complete; live events follow.
+    SnapshotEnd,
+    /// Something changed in the engine.
+    Event(EngineEvent),
+    /// The outcome of a host command.
+    Ack { command: u64, result: CommandResult },
+    /// The engine already serves another host; the connection will close.
+    Busy { reason: String },
+}
+
+/// Host to engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostMessage {
+    /// First frame on a connection.
+    Hello { protocol: u8, host: String },
+    /// Sent every heartbeat interval.
+    Heartbeat,
+    /// A command; the engine answers with `Ack { command: id, .. }`.
+    Command { id: u64, command: Command },
+}
+
+/// A live change in the engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EngineEvent {
+    /// A new leg (offered or ringing).
+    LegOffered(CallLeg),
+    /// A leg started ringing.
+    LegRinging(LegId),
+    /// A leg was answered at `at_ms` (Unix milliseconds).
+    LegAnswered { leg: LegId, at_ms: u64 },
+    /// A leg started releasing.
+    LegTerminating(LegId),
+    /// A leg is gone.
+    LegReleased(LegId),
+    /// Two legs were joined.
+    LinkCreated(Link),
+    /// A link was undone (its legs may live on).
+    LinkRemoved(LinkId),
+}
+
+/// What the host asks of the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Release a leg (a refused leg, for instance).
+    DropLeg(LegId),
+    /// Undo a link.
+    DropLink(LinkId),
+}
+
+/// The engine's answer to a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    Done,
+    /// The leg or link did not exist (already gone): nothing to do.
+    NotFound,
+}

@@ -1,0 +1,23 @@
+//! The wire protocol between legsync and the engine (see `docs/protocol.md`).
+//!
+//! - [`message`]: what each side says: hello, heartbeat, the snapshot stream,
+//!   live events, commands and their acknowledgements.
+//! - [`codec`]: frames: a 4-byte big-endian length, a version byte, then the
+//!   message in postcard (compact serde). Pure, unit-tested.
+
+pub mod codec;
+pub mod message;
+
+pub use codec::{FrameCodec, ProtocolError};
+pub use message::{Command, CommandResult, EngineEvent, EngineMessage, HostMessage};
+
+/// The protocol version both sides put in every frame and in their hello.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// The default largest frame accepted, in bytes. A snapshot chunk of 1,024
+/// legs is about 70 KB, so this leaves room without letting a broken peer
+/// make us allocate without bound.
+pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+
+/// Legs (or links) per snapshot chunk.
+pub const SNAPSHOT_CHUNK: usize = 1024;

@@ -1,0 +1,239 @@
+//! The simulator's control port: one text command per line, one reply.
+//!
+//! Scripts and tests drive the simulated calls with nothing but a TCP socket
+//! (`nc 127.0.0.1 PORT`). Every reply is `OK [value]` or `ERR message` on one
+//! line, except `list`, which sends one line per leg and link, then `END`.
+//! The full list is in `docs/protocol.md`.
+
+use super::state::EngineState;
+use crate::model::{Direction, Protocol};
+
+/// A parsed control command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlCommand {
+    Ring {
+        nap: String,
+        calling: String,
+        called: String,
+        direction: Direction,
+        protocol: Protocol,
+    },
+    Answer(u64),
+    Terminate(u64),
+    Release(u64),
+    Link(u64, u64),
+    Unlink(u64),
+    List,
+    Counts,
+    /// Save the media-unit view to the state file now.
+    Sync,
+    Boot,
+}
+
+pub const HELP: &str = "commands: ring NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media] | answer LEG | terminate LEG | release LEG | link LEG LEG | unlink LINK | list | counts | sync | boot";
+
+impl ControlCommand {
+    pub fn parse(line: &str) -> Result<ControlCommand, String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let id = |i: usize| -> Result<u64, String> {
+            let word = words
+                .get(i)
+                .ok_or_else(|| format!("missing argument {i}; {HELP}"))?;
+            word.parse().map_err(|_| format!("`{word}` is not an id"))
+        };
+        let exact = |n: usize| -> Result<(), String> {
+            if words.len() == n {
+                Ok(())
+            } else {
+                Err(format!("`{}` takes {} argument(s)", words[0], n - 1))
+            }
+        };
+        let Some(&verb) = words.first() else {
+            return Err(format!("empty command; {HELP}"));
+        };
+        let command = match verb {
+            "ring" => {
+                if !(4..=6).contains(&words.len()) {
+                    return Err(format!(
+                        "usage: ring NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media]"
+                    ));
+                }
+                let direction = match words.get(4) {
+                    None | Some(&"in") => Direction::Inbound,
+                    Some(&"out") => Direction::Outbound,
+                    Some(other) => return Err(format!("direction `{other}` is not in|out")),
+                };
+                let protocol = match words.get(5) {
+                    None | Some(&"sip") => Protocol::Sip,
+                    Some(&"isdn") => Protocol::Isdn,
+                    Some(&"ss7") => Protocol::Ss7,
+                    Some(&"cas") => Protocol::Cas,
+                    Some(&"media") => Protocol::MediaOnly,
+                    Some(other) => {
+                        return Err(format!("protocol `{other}` is not sip|isdn|ss7|cas|media"));
+                    }
+                };
+                ControlCommand::Ring {
+                    nap: words[1].into(),
+                    calling: words[2].into(),
+                    called: words[3].into(),
+                    direction,
+                    protocol,
+                }
+            }
+            "answer" => exact(2).and(id(1)).map(ControlCommand::Answer)?,
+            "terminate" => exact(2).and(id(1)).map(ControlCommand::Terminate)?,
+            "release" => exact(2).and(id(1)).map(ControlCommand::Release)?,
+            "link" => {
+                exact(3)?;
+                ControlCommand::Link(id(1)?, id(2)?)
+            }
+            "unlink" => exact(2).and(id(1)).map(ControlCommand::Unlink)?,
+            "list" => exact(1).map(|_| ControlCommand::List)?,
+            "counts" => exact(1).map(|_| ControlCommand::Counts)?,
+            "sync" => exact(1).map(|_| ControlCommand::Sync)?,
+            "boot" => exact(1).map(|_| ControlCommand::Boot)?,
+            other => return Err(format!("unknown command `{other}`; {HELP}")),
+        };
+        Ok(command)
+    }
+
+    /// Whether the command changes the media-unit view (and must be saved
+    /// before it is acknowledged).
+    pub fn mutates(&self) -> bool {
+        !matches!(
+            self,
+            ControlCommand::List | ControlCommand::Counts | ControlCommand::Boot
+        )
+    }
+}
+
+/// Runs a command; returns the reply text (without the final newline).
+pub fn execute(
+    state: &mut EngineState,
+    command: &ControlCommand,
+    boot_id: u64,
+    now_ms: u64,
+) -> String {
+    let done = |r: Result<(), super::state::SimError>| match r {
+        Ok(()) => "OK".to_string(),
+        Err(e) => format!("ERR {e}"),
+    };
+    match command {
+        ControlCommand::Ring {
+            nap,
+            calling,
+            called,
+            direction,
+            protocol,
+        } => {
+            format!(
+                "OK {}",
+                state.ring(nap, calling, called, *direction, *protocol, now_ms)
+            )
+        }
+        ControlCommand::Answer(id) => done(state.answer(*id, now_ms)),
+        ControlCommand::Terminate(id) => done(state.terminate(*id)),
+        ControlCommand::Release(id) => done(state.release(*id)),
+        ControlCommand::Link(a, b) => match state.link(*a, *b) {
+            Ok(id) => format!("OK {id}"),
+            Err(e) => format!("ERR {e}"),
+        },
+        ControlCommand::Unlink(id) => done(state.unlink(*id)),
+        ControlCommand::List => {
+            let mut legs: Vec<_> = state.legs().collect();
+            legs.sort_by_key(|l| l.id);
+            let mut out = String::new();
+            for l in legs {
+                let linked = l.linked_to.map_or("-".to_string(), |x| x.to_string());
+                out.push_str(&format!(
+                    "leg {} {:?} {} {} {} linked={linked}\n",
+                    l.id, l.state, l.nap, l.calling, l.called
+                ));
+            }
+            let mut links: Vec<_> = state.links().collect();
+            links.sort_by_key(|l| l.id);
+            for l in links {
+                out.push_str(&format!("link {} {} {}\n", l.id, l.leg_a, l.leg_b));
+            }
+            out.push_str("END");
+            out
+        }
+        ControlCommand::Counts => {
+            let c = state.counts();
+            let host = if state.host_attached() {
+                "connected"
+            } else {
+                "none"
+            };
+            format!(
+                "OK legs={} answered={} transient={} terminating={} links={} host={host}",
+                c.legs, c.answered, c.transient, c.terminating, c.links
+            )
+        }
+        ControlCommand::Sync => "OK".into(),
+        ControlCommand::Boot => format!("OK {boot_id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_with_defaults_and_clear_errors() {
+        assert_eq!(
+            ControlCommand::parse("ring SIP_A 100 200").unwrap(),
+            ControlCommand::Ring {
+                nap: "SIP_A".into(),
+                calling: "100".into(),
+                called: "200".into(),
+                direction: Direction::Inbound,
+                protocol: Protocol::Sip
+            }
+        );
+        assert_eq!(
+            ControlCommand::parse("link 1 2").unwrap(),
+            ControlCommand::Link(1, 2)
+        );
+        assert!(
+            ControlCommand::parse("answer x")
+                .unwrap_err()
+                .contains("`x` is not an id")
+        );
+        assert!(
+            ControlCommand::parse("answer")
+                .unwrap_err()
+                .contains("takes 1 argument")
+        );
+        assert!(
+            ControlCommand::parse("fly")
+                .unwrap_err()
+                .contains("unknown command")
+        );
+        assert!(
+            ControlCommand::parse("ring N 1 2 sideways")
+                .unwrap_err()
+                .contains("in|out")
+        );
+    }
+
+    #[test]
+    fn execute_drives_the_state() {
+        let mut state = EngineState::default();
+        let ring = ControlCommand::parse("ring SIP_A 100 200 out isdn").unwrap();
+        assert_eq!(execute(&mut state, &ring, 1, 5), "OK 1");
+        assert_eq!(execute(&mut state, &ControlCommand::Answer(1), 1, 6), "OK");
+        assert_eq!(
+            execute(&mut state, &ControlCommand::Answer(1), 1, 6),
+            "ERR leg 1 is Answered, not ringing"
+        );
+        assert!(
+            execute(&mut state, &ControlCommand::Counts, 1, 6).starts_with("OK legs=1 answered=1")
+        );
+        assert_eq!(
+            execute(&mut state, &ControlCommand::List, 1, 6),
+            "leg 1 Answered SIP_A 100 200 linked=-\nEND"
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! `legsync engine-sim`: a stand-in for the media gateway's engine.
+//!
+//! - [`state`]: legs, links and their transitions (pure).
+//! - [`persist`]: the state file, the media units' view of active calls.
+//! - [`control`]: the line-based control port for scripts and tests.
+//! - [`server`]: the engine port (one host at a time) and the control port.
+//! - [`process`]: runs the simulator as a child process (demo, tests, bench).
+//!
+//! Restarting the process is an engine restart: the boot id changes, and only
+//! the answered legs and their links come back, with the same ids.
+
+pub mod control;
+pub mod persist;
+pub mod process;
+pub mod server;
+pub mod state;
+
+use anyhow::Context;
+use server::Shared;
+use state::EngineState;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How the simulator runs.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub listen: SocketAddr,
+    pub control: Option<SocketAddr>,
+    pub state_file: PathBuf,
+    /// Start with this many answered legs (in pairs, linked) if the state
+    /// file holds none.
+    pub preload: Option<u64>,
+    pub heartbeat: Duration,
+    pub heartbeat_timeout: Duration,
+    pub max_frame: usize,
+}
+
+/// The line the simulator prints on stdout once it listens; parents parse it.
+pub const READY_PREFIX: &str = "engine-sim ready";
+
+/// Runs until `shutdown`; saves the state file on the way out.
+pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let units = persist::load(&options.state_file)?;
+    let mut state = EngineState::from_media_units(units);
+    if let Some(count) = options.preload
+        && state.counts().legs == 0
+    {
+        state.preload(count, crate::model::now_ms());
+    }
+    let boot_id = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let shared = Arc::new(Shared {
+        state: Mutex::new(state),
+        boot_id,
+        state_file: options.state_file.clone(),
+        heartbeat: options.heartbeat,
+        heartbeat_timeout: options.heartbeat_timeout,
+        max_frame: options.max_frame,
+        persist_lock: tokio::sync::Mutex::new(()),
+    });
+    shared.persist_if_dirty().await?;
+
+    let engine = TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let control = match options.control {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    let control_addr = control.as_ref().map(|l| l.local_addr()).transpose()?;
+    let counts = shared.lock().counts();
+    let line = format!(
+        "{READY_PREFIX} listen={} control={} boot={boot_id} legs={} links={}\n",
+        engine.local_addr()?,
+        control_addr.map_or("-".to_string(), |a| a.to_string()),
+        counts.legs,
+        counts.links,
+    );
+    let mut stdout = tokio::io::stdout();
+    stdout.write_all(line.as_bytes()).await?;
+    stdout.flush().await?;
+
+    let tasks = TaskTracker::new();
+    tasks.spawn(server::accept_hosts(
+        shared.clone(),
+        engine,
+        shutdown.clone(),
+    ));
+    if let Some(control) = control {
+        tasks.spawn(server::accept_control(
+            shared.clone(),
+            control,
+            shutdown.clone(),
+        ));
+    }
+    // Host commands (drops) are saved within a fraction of a second.
+    let flusher = shared.clone();
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = flusher.persist_if_dirty().await {
+                        tracing::error!(error = format!("{e:#}"), "cannot save the state file");
+                    }
+                }
+            }
+        }
+    });
+    tasks.close();
+    shutdown.cancelled().await;
+    tasks.wait().await;
+    shared.persist_if_dirty().await
+}

@@ -1,0 +1,262 @@
+//! The simulator's two listeners: the engine port, serving one controlling
+//! host at a time, and the text control port.
+
+use super::control::{ControlCommand, execute};
+use super::persist;
+use super::state::EngineState;
+use crate::model::now_ms;
+use crate::protocol::{
+    Command, EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION, SNAPSHOT_CHUNK,
+};
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, interval, timeout};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+/// What every connection handler shares.
+pub struct Shared {
+    pub state: Mutex<EngineState>,
+    pub boot_id: u64,
+    pub state_file: PathBuf,
+    pub heartbeat: Duration,
+    pub heartbeat_timeout: Duration,
+    pub max_frame: usize,
+    /// Serializes writes of the state file.
+    pub persist_lock: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, EngineState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Saves the media-unit view if it changed.
+    pub async fn persist_if_dirty(self: &Arc<Self>) -> anyhow::Result<()> {
+        let _guard = self.persist_lock.lock().await;
+        let units = {
+            let mut state = self.lock();
+            if !state.dirty {
+                return Ok(());
+            }
+            state.dirty = false;
+            state.media_units()
+        };
+        let path = self.state_file.clone();
+        tokio::task::spawn_blocking(move || persist::save(&path, &units)).await?
+    }
+}
+
+pub async fn accept_hosts(shared: Arc<Shared>, listener: TcpListener, shutdown: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            match serve_host(&shared, stream, &shutdown).await {
+                Ok(()) => tracing::info!(%peer, "host disconnected"),
+                Err(e) => tracing::warn!(%peer, error = format!("{e:#}"), "host connection closed"),
+            }
+        });
+    }
+}
+
+async fn serve_host(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut framed = Framed::new(
+        stream,
+        FrameCodec::<HostMessage, EngineMessage>::new(shared.max_frame),
+    );
+    if shared.lock().host_attached() {
+        framed
+            .send(EngineMessage::Busy {
+                reason: "another host is connected".into(),
+            })
+            .await?;
+        bail!("refused a second host");
+    }
+    framed
+        .send(EngineMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            boot_id: shared.boot_id,
+            engine: "legsync engine-sim".into(),
+        })
+        .await?;
+    match timeout(shared.heartbeat_timeout, framed.next()).await {
+        Ok(Some(Ok(HostMessage::Hello { protocol, host }))) if protocol == PROTOCOL_VERSION => {
+            tracing::info!(%host, "host connected");
+        }
+        Ok(Some(Ok(HostMessage::Hello { protocol, .. }))) => {
+            bail!("host speaks protocol {protocol}")
+        }
+        Ok(Some(Ok(other))) => bail!("expected a hello, got {other:?}"),
+        Ok(Some(Err(e))) => return Err(e).context("bad hello frame"),
+        Ok(None) => bail!("host closed before its hello"),
+        Err(_) => bail!("no hello from the host"),
+    }
+
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let (legs, links) = {
+        let mut state = shared.lock();
+        if state.host_attached() {
+            bail!("another host attached first");
+        }
+        state.attach_host(events_tx)
+    };
+    let result = async {
+        stream_snapshot(&mut framed, legs, links).await?;
+        serve_attached(shared, &mut framed, &mut events, shutdown).await
+    }
+    .await;
+    shared.lock().detach_host();
+    result
+}
+
+async fn stream_snapshot(
+    framed: &mut Framed<TcpStream, FrameCodec<HostMessage, EngineMessage>>,
+    legs: Vec<crate::model::CallLeg>,
+    links: Vec<crate::model::Link>,
+) -> anyhow::Result<()> {
+    framed
+        .feed(EngineMessage::SnapshotBegin {
+            legs: legs.len() as u64,
+            links: links.len() as u64,
+        })
+        .await?;
+    let mut legs = legs.into_iter();
+    loop {
+        let chunk: Vec<_> = legs.by_ref().take(SNAPSHOT_CHUNK).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        framed.feed(EngineMessage::SnapshotLegs(chunk)).await?;
+    }
+    for chunk in links.chunks(SNAPSHOT_CHUNK) {
+        framed
+            .feed(EngineMessage::SnapshotLinks(chunk.to_vec()))
+            .await?;
+    }
+    framed.send(EngineMessage::SnapshotEnd).await?;
+    Ok(())
+}
+
+async fn serve_attached(
+    shared: &Arc<Shared>,
+    framed: &mut Framed<TcpStream, FrameCodec<HostMessage, EngineMessage>>,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<crate::protocol::EngineEvent>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut heartbeat = interval(shared.heartbeat);
+    let mut last_seen = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            Some(event) = events.recv() => {
+                framed.feed(EngineMessage::Event(event)).await?;
+                while let Ok(event) = events.try_recv() {
+                    framed.feed(EngineMessage::Event(event)).await?;
+                }
+                framed.flush().await?;
+            }
+            _ = heartbeat.tick() => {
+                if last_seen.elapsed() > shared.heartbeat_timeout {
+                    bail!("no heartbeat from the host for {:?}", shared.heartbeat_timeout);
+                }
+                framed.send(EngineMessage::Heartbeat).await?;
+            }
+            frame = framed.next() => {
+                last_seen = Instant::now();
+                match frame {
+                    None => return Ok(()),
+                    Some(Err(e)) => return Err(e).context("bad frame from the host"),
+                    Some(Ok(HostMessage::Heartbeat)) => {}
+                    Some(Ok(HostMessage::Command { id, command })) => {
+                        let result = {
+                            let mut state = shared.lock();
+                            match command {
+                                Command::DropLeg(leg) => state.drop_leg(leg),
+                                Command::DropLink(link) => state.drop_link(link),
+                            }
+                        };
+                        framed.feed(EngineMessage::Ack { command: id, result }).await?;
+                    }
+                    Some(Ok(HostMessage::Hello { .. })) => bail!("unexpected second hello"),
+                }
+                // Acks are flushed once the burst of commands read so far is done.
+                if framed.read_buffer().is_empty() {
+                    framed.flush().await?;
+                }
+            }
+        }
+    }
+}
+
+pub async fn accept_control(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_control(&shared, stream).await {
+                tracing::debug!(error = %e, "control connection ended");
+            }
+        });
+    }
+}
+
+async fn serve_control(shared: &Arc<Shared>, stream: TcpStream) -> anyhow::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let reply = match ControlCommand::parse(&line) {
+            Err(e) => format!("ERR {e}"),
+            Ok(command) => {
+                let reply = execute(&mut shared.lock(), &command, shared.boot_id, now_ms());
+                // The media units are the truth: a change is saved before
+                // it is acknowledged.
+                if command.mutates() && !reply.starts_with("ERR") {
+                    if let Err(e) = shared.persist_if_dirty().await {
+                        format!("ERR cannot save the state file: {e:#}")
+                    } else {
+                        reply
+                    }
+                } else {
+                    reply
+                }
+            }
+        };
+        write.write_all(reply.as_bytes()).await?;
+        write.write_all(b"\n").await?;
+    }
+    Ok(())
+}
