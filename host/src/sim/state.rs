@@ -24,7 +24,7 @@ pub struct MediaUnits {
 }
 
 /// Every leg and link of the engine.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EngineState {
     legs: HashMap<LegId, CallLeg>,
     links: HashMap<LinkId, Link>,
@@ -54,6 +54,13 @@ const NAPS: [(&str, Protocol); 6] = [
     ("SS7_LINKSET_2", Protocol::Ss7),
     ("CAS_R2_3", Protocol::Cas),
 ];
+
+impl Default for EngineState {
+    /// An engine with no calls; ids start at 1.
+    fn default() -> Self {
+        EngineState::from_media_units(MediaUnits::default())
+    }
+}
 
 impl EngineState {
     /// The state after an engine (re)start: only the media units' legs.
