@@ -8,6 +8,8 @@
 //! - [`model`]: legs, links, decisions, termination reasons.
 //! - [`policy`]: the wasmtime plugin runtime: load, limits, chain, failures.
 
+pub mod cdr;
+pub mod legs;
 pub mod model;
 pub mod policy;
 pub mod protocol;
