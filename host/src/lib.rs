@@ -8,12 +8,20 @@
 //! - [`model`]: legs, links, decisions, termination reasons.
 //! - [`policy`]: the wasmtime plugin runtime: load, limits, chain, failures.
 
+pub mod app;
 pub mod cdr;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod events;
 pub mod legs;
 pub mod model;
 pub mod policy;
 pub mod protocol;
+pub mod resync;
 pub mod sim;
+pub mod supervisor;
 
 /// Where `host/build.rs` put the plugins built from `plugins/` (one
 /// `NAME.wasm` per crate, `-` in crate names turned into `_`). Used by the

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `legsync` binary: see `legsync --help`.
+
+fn main() -> std::process::ExitCode {
+    legsync::cli::main()
+}

@@ -1,0 +1,60 @@
+//! Wiring: from a config to a ready [`Host`], shared by `legsync run`, the
+//! demo and the tests so they all start the host the same way.
+
+use crate::cdr::CdrWriter;
+use crate::config::HostConfig;
+use crate::engine::LinkOptions;
+use crate::events::Events;
+use crate::policy::{CompileCache, Decider, PolicyHandle, PolicyRuntime, loader};
+use crate::supervisor::{Host, HostOptions};
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The default compile-cache directory: `$XDG_CACHE_HOME/legsync` or
+/// `$HOME/.cache/legsync`; none when neither is set.
+pub fn default_cache_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))
+        .map(|base| base.join("legsync"))
+}
+
+/// Builds the policy runtime and loads the plugin set named by the config.
+pub fn load_policy(config: &HostConfig) -> anyhow::Result<(PolicyRuntime, Decider)> {
+    let cache = config.policy.cache_dir.clone().or_else(default_cache_dir).map(CompileCache::new);
+    let runtime = PolicyRuntime::new(cache).context("cannot start the WebAssembly runtime")?;
+    let decider = match &config.policy.plugin_dir {
+        Some(dir) => Decider::Chain(Arc::new(
+            loader::load_dir(&runtime, dir, &config.policy)
+                .with_context(|| format!("cannot load the plugins in {}", dir.display()))?,
+        )),
+        None => {
+            tracing::warn!("no plugin directory configured: every unknown leg will be rebuilt");
+            Decider::Chain(Arc::new(crate::policy::PolicyChain::new(Vec::new(), config.policy.batch_size)))
+        }
+    };
+    Ok((runtime, decider))
+}
+
+/// A host ready to run, with its policy handle (for reloads) and events.
+pub fn build_host(config: &HostConfig, decider: Decider, events: Events) -> anyhow::Result<(Host, PolicyHandle)> {
+    let engine = config.engine.context("no engine address: pass --engine or set `engine` in the config")?;
+    let link = &config.link;
+    let options = HostOptions {
+        link: LinkOptions {
+            engine,
+            connect_timeout: Duration::from_millis(link.connect_timeout_ms),
+            heartbeat: Duration::from_millis(link.heartbeat_ms),
+            heartbeat_timeout: Duration::from_millis(link.heartbeat_timeout_ms),
+            max_frame: link.max_frame_bytes,
+            host_name: format!("legsync {}", env!("CARGO_PKG_VERSION")),
+        },
+        grace: config.grace(),
+        backoff_base: Duration::from_millis(link.backoff_base_ms),
+        backoff_max: Duration::from_millis(link.backoff_max_ms),
+    };
+    let cdr = CdrWriter::open(&config.cdr)?;
+    let policy = PolicyHandle::new(decider);
+    Ok((Host::new(options, policy.clone(), cdr, events), policy))
+}

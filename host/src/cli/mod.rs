@@ -1,0 +1,70 @@
+//! The command line: one binary, one subcommand per job.
+
+mod plugin;
+mod run;
+mod sim;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "legsync", version, about = "Call-leg resynchronization host with WebAssembly policy plugins")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Run the host against an engine.
+    Run(run::RunArgs),
+    /// Run the engine simulator (a stand-in for the media gateway's engine).
+    EngineSim(sim::SimArgs),
+    /// Play the reference scenarios end to end against a real simulator.
+    Demo(crate::demo::DemoArgs),
+    /// Tools for plugin authors.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+}
+
+/// Parses the command line, runs the command, maps errors to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(matches!(cli.command, Commands::Demo(_)));
+    let result = match cli.command {
+        Commands::Run(args) => block_on(run::run(args)),
+        Commands::EngineSim(args) => block_on(sim::run(args)),
+        Commands::Demo(args) => block_on(crate::demo::run(args)),
+        Commands::Plugin(command) => plugin::run(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("legsync: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn block_on(future: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(future)
+}
+
+fn init_logging(quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub(crate) async fn termination() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,120 @@
+//! `legsync plugin check` and `legsync plugin eval`: the plugin author's loop.
+
+use crate::model::{CallLeg, Link};
+use crate::policy::{PolicyChain, PolicyConfig, PolicyRuntime, Verdict, loader};
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Load a plugin, check it against the contract, run its init.
+    Check(CheckArgs),
+    /// Run a plugin (or a plugin directory, as a chain) over legs and links
+    /// from JSON files; print one JSON line per decision.
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The component (`.wasm`).
+    plugin: PathBuf,
+    /// Its rules text (default: the `NAME.rules` sidecar, if any).
+    #[arg(long)]
+    rules: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The component (`.wasm`), or a plugin directory for the whole chain.
+    plugin: PathBuf,
+    /// Its rules text (single plugin only; default: the sidecar).
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// A JSON array of legs (see docs/plugin-guide.md).
+    #[arg(long)]
+    legs: PathBuf,
+    /// A JSON array of links.
+    #[arg(long)]
+    links: Option<PathBuf>,
+}
+
+pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PluginCommand::Check(args) => check(args),
+        PluginCommand::Eval(args) => eval(args),
+    }
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let chain = load(&args.plugin, args.rules.as_deref())?;
+    let plugin = &chain.plugins()[0];
+    println!("ok: {} loads, matches the contract and accepts its rules", args.plugin.display());
+    println!("name: {}", plugin.name());
+    println!("contract: legsync:policy@{}", plugin.contract().version);
+    println!("sha256: {}", plugin.hash());
+    println!("imports:");
+    for import in &plugin.contract().imports {
+        println!("  {import}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leg: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link: Option<u64>,
+    decision: crate::model::Decision,
+    plugin: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure: Option<crate::policy::FailureKind>,
+}
+
+fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let chain = if args.plugin.is_dir() {
+        anyhow::ensure!(args.rules.is_none(), "--rules applies to a single plugin; a directory uses its sidecars");
+        let runtime = PolicyRuntime::new(None)?;
+        loader::load_dir(&runtime, &args.plugin, &PolicyConfig::default())?
+    } else {
+        load(&args.plugin, args.rules.as_deref())?
+    };
+    let legs: Vec<CallLeg> = read_json(&args.legs)?;
+    let links: Vec<Link> = match &args.links {
+        Some(path) => read_json(path)?,
+        None => Vec::new(),
+    };
+    let print = |leg: Option<u64>, link: Option<u64>, v: &Verdict| -> anyhow::Result<()> {
+        let line = Line { leg, link, decision: v.decision, plugin: &v.plugin, failure: v.failure };
+        println!("{}", serde_json::to_string(&line)?);
+        Ok(())
+    };
+    for (leg, verdict) in legs.iter().zip(chain.decide_legs(&legs)) {
+        print(Some(leg.id), None, &verdict)?;
+    }
+    for (link, verdict) in links.iter().zip(chain.decide_links(&links)) {
+        print(None, Some(link.id), &verdict)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads one plugin file as a chain of one.
+fn load(path: &Path, rules: Option<&Path>) -> anyhow::Result<PolicyChain> {
+    anyhow::ensure!(path.is_file(), "{} is not a file", path.display());
+    let runtime = PolicyRuntime::new(None)?;
+    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_string();
+    let sidecar = path.with_extension("rules");
+    let rules = rules.map(Path::to_path_buf).or_else(|| sidecar.is_file().then_some(sidecar));
+    let file = loader::PluginFile { name, wasm: path.to_path_buf(), rules };
+    let config = PolicyConfig::default();
+    let plugin = loader::load_plugin(&runtime, &file, &config)?;
+    Ok(PolicyChain::new(vec![plugin], config.batch_size))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid: expected a JSON array as in docs/plugin-guide.md", path.display()))
+}

@@ -1,0 +1,78 @@
+//! `legsync run`.
+
+use crate::app;
+use crate::config::HostConfig;
+use crate::events::Events;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The engine's address (overrides `engine` in the config).
+    #[arg(long)]
+    engine: Option<SocketAddr>,
+    /// The config file (TOML; see docs/operations.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The plugin directory (overrides `policy.plugin_dir`).
+    #[arg(long)]
+    plugin_dir: Option<PathBuf>,
+    /// The CDR file (overrides `cdr`).
+    #[arg(long)]
+    cdr: Option<PathBuf>,
+    /// The event log, one JSON line per callback (overrides `events`).
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// Grace time in seconds (overrides `grace_secs`).
+    #[arg(long)]
+    grace: Option<f64>,
+}
+
+impl RunArgs {
+    /// The config file with the flags applied on top.
+    pub fn config(&self) -> anyhow::Result<HostConfig> {
+        let mut config = match &self.config {
+            Some(path) => HostConfig::load(path)?,
+            None => HostConfig::default(),
+        };
+        if let Some(engine) = self.engine {
+            config.engine = Some(engine);
+        }
+        if let Some(dir) = &self.plugin_dir {
+            config.policy.plugin_dir = Some(dir.clone());
+        }
+        if let Some(cdr) = &self.cdr {
+            config.cdr = cdr.clone();
+        }
+        if let Some(events) = &self.events {
+            config.events = Some(events.clone());
+        }
+        if let Some(grace) = self.grace {
+            config.grace_secs = grace;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config()?;
+    let events = match &config.events {
+        Some(path) => Events::with_file(path)?,
+        None => Events::new(),
+    };
+    let (_runtime, decider) = app::load_policy(&config)?;
+    tracing::info!(plugins = ?decider.describe(), "active plugin set");
+    let (host, _policy) = app::build_host(&config, decider, events)?;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        super::termination().await;
+        stop.cancel();
+    });
+    host.run(shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,51 @@
+//! `legsync engine-sim`.
+
+use crate::sim::{SimOptions, run as run_sim};
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Where hosts connect (one at a time).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// The media-unit state file (active calls survive restarts through it).
+    #[arg(long)]
+    state: PathBuf,
+    /// The line-based control port (see docs/protocol.md).
+    #[arg(long)]
+    control: Option<SocketAddr>,
+    /// Start with N answered legs in N/2 links when the state file is empty.
+    #[arg(long)]
+    preload: Option<u64>,
+    /// Heartbeat interval, ms.
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_ms: u64,
+    /// Host silence after which it is dropped, ms.
+    #[arg(long, default_value_t = 3000)]
+    heartbeat_timeout_ms: u64,
+}
+
+pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    let options = SimOptions {
+        listen: args.listen,
+        control: args.control,
+        state_file: args.state,
+        preload: args.preload,
+        heartbeat: Duration::from_millis(args.heartbeat_ms),
+        heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms),
+        max_frame: crate::protocol::DEFAULT_MAX_FRAME,
+    };
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        super::termination().await;
+        stop.cancel();
+    });
+    run_sim(options, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}

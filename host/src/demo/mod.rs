@@ -1,0 +1,10 @@
+//! `legsync demo` (placeholder wiring; see demo scenarios).
+use clap::Args;
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {}
+
+pub async fn run(_args: DemoArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("not yet")
+}

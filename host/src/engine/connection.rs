@@ -1,0 +1,191 @@
+//! One connection to the engine: a reader task and a writer task.
+//!
+//! The reader forwards frames to the supervisor and declares the link dead
+//! when nothing arrives for the heartbeat timeout (a peer frozen without
+//! closing its socket is caught this way). The writer sends commands and a
+//! heartbeat every interval. Both run apart from the supervisor, so a long
+//! decision batch never starves the heartbeats.
+
+use crate::protocol::{
+    Command, EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION, ProtocolError,
+};
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+/// Link settings.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    pub engine: SocketAddr,
+    pub connect_timeout: Duration,
+    pub heartbeat: Duration,
+    /// Silence longer than this means the link is dead.
+    pub heartbeat_timeout: Duration,
+    pub max_frame: usize,
+    /// Our name in the hello.
+    pub host_name: String,
+}
+
+/// Why the link is down (or could not come up).
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot connect to the engine at {addr}: {source}")]
+    Connect { addr: SocketAddr, source: std::io::Error },
+    #[error("the engine at {0} did not answer within the connect timeout")]
+    ConnectTimeout(SocketAddr),
+    #[error("the engine is busy: {0}")]
+    Busy(String),
+    #[error("the engine speaks protocol {found}, we speak {PROTOCOL_VERSION}")]
+    Version { found: u8 },
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("no frame from the engine for {0:?} (heartbeat lost)")]
+    HeartbeatLost(Duration),
+    #[error("the engine closed the connection")]
+    Closed,
+    #[error("unexpected message from the engine: {0}")]
+    Unexpected(String),
+}
+
+impl LinkError {
+    /// The engine sent something we cannot trust (bad frames, a wrong hello).
+    pub fn is_peer_fault(&self) -> bool {
+        match self {
+            LinkError::Protocol(e) => e.is_peer_fault(),
+            LinkError::Version { .. } | LinkError::Unexpected(_) => true,
+            _ => false,
+        }
+    }
+}
+
+type HostFramed = Framed<TcpStream, FrameCodec<EngineMessage, HostMessage>>;
+
+/// A live connection.
+#[derive(Debug)]
+pub struct Connection {
+    /// The engine's boot id from its hello.
+    pub boot_id: u64,
+    /// Frames from the engine; ends with the error that closed the link.
+    pub inbound: mpsc::Receiver<Result<EngineMessage, LinkError>>,
+    commands: mpsc::UnboundedSender<(u64, Command)>,
+    next_command: u64,
+    cancel: CancellationToken,
+}
+
+impl Connection {
+    /// Connects, exchanges hellos and starts the reader and writer.
+    pub async fn open(options: &LinkOptions) -> Result<Connection, LinkError> {
+        let addr = options.engine;
+        let stream = match timeout(options.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => return Err(LinkError::Connect { addr, source }),
+            Err(_) => return Err(LinkError::ConnectTimeout(addr)),
+        };
+        let _ = stream.set_nodelay(true);
+        let mut framed = Framed::new(stream, FrameCodec::new(options.max_frame));
+        framed.send(HostMessage::Hello { protocol: PROTOCOL_VERSION, host: options.host_name.clone() }).await?;
+        let boot_id = match timeout(options.connect_timeout, framed.next()).await {
+            Err(_) => return Err(LinkError::ConnectTimeout(addr)),
+            Ok(None) => return Err(LinkError::Closed),
+            Ok(Some(frame)) => match frame? {
+                EngineMessage::Hello { protocol, boot_id, .. } if protocol == PROTOCOL_VERSION => boot_id,
+                EngineMessage::Hello { protocol, .. } => return Err(LinkError::Version { found: protocol }),
+                EngineMessage::Busy { reason } => return Err(LinkError::Busy(reason)),
+                other => return Err(LinkError::Unexpected(format!("{other:?} before hello"))),
+            },
+        };
+        let (sink, stream) = framed.split();
+        let cancel = CancellationToken::new();
+        // Bounded: a snapshot of a million legs waits for the supervisor
+        // instead of piling up in memory.
+        let (inbound_tx, inbound) = mpsc::channel(64);
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        tokio::spawn(read_loop(stream, inbound_tx, options.heartbeat_timeout, cancel.clone()));
+        tokio::spawn(write_loop(sink, commands_rx, options.heartbeat, cancel.clone()));
+        Ok(Connection { boot_id, inbound, commands, next_command: 1, cancel })
+    }
+
+    /// Queues a command; returns its id (acknowledged by `Ack { command }`).
+    pub fn send(&mut self, command: Command) -> u64 {
+        let id = self.next_command;
+        self.next_command += 1;
+        let _ = self.commands.send((id, command));
+        id
+    }
+
+    /// The next frame, or the error that closed the link.
+    pub async fn next(&mut self) -> Result<EngineMessage, LinkError> {
+        match self.inbound.recv().await {
+            Some(result) => result,
+            None => Err(LinkError::Closed),
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn read_loop(
+    mut stream: futures_util::stream::SplitStream<HostFramed>,
+    inbound: mpsc::Sender<Result<EngineMessage, LinkError>>,
+    heartbeat_timeout: Duration,
+    cancel: CancellationToken,
+) {
+    let outcome = loop {
+        let frame = tokio::select! {
+            _ = cancel.cancelled() => return,
+            frame = timeout(heartbeat_timeout, stream.next()) => frame,
+        };
+        match frame {
+            Err(_) => break LinkError::HeartbeatLost(heartbeat_timeout),
+            Ok(None) => break LinkError::Closed,
+            Ok(Some(Err(e))) => break LinkError::Protocol(e),
+            Ok(Some(Ok(EngineMessage::Heartbeat))) => {}
+            Ok(Some(Ok(message))) => {
+                if inbound.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    cancel.cancel();
+    let _ = inbound.send(Err(outcome)).await;
+}
+
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<HostFramed, HostMessage>,
+    mut commands: mpsc::UnboundedReceiver<(u64, Command)>,
+    heartbeat: Duration,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(heartbeat);
+    loop {
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => sink.send(HostMessage::Heartbeat).await,
+            Some((id, command)) = commands.recv() => {
+                let mut result = sink.feed(HostMessage::Command { id, command }).await;
+                while let (Ok(()), Ok((id, command))) = (&result, commands.try_recv()) {
+                    result = sink.feed(HostMessage::Command { id, command }).await;
+                }
+                match result {
+                    Ok(()) => sink.flush().await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "engine link write failed");
+            cancel.cancel();
+            return;
+        }
+    }
+}

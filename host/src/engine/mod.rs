@@ -1,0 +1,8 @@
+//! The link to the engine: connect, hello, heartbeats both ways, and
+//! reconnect [`backoff`]. See [`connection`].
+
+pub mod backoff;
+pub mod connection;
+
+pub use backoff::Backoff;
+pub use connection::{Connection, LinkError, LinkOptions};

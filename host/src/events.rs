@@ -1,0 +1,135 @@
+//! The host's audit trail: one event per callback and state change.
+//!
+//! Every event goes to subscribers in the process (the demo, tests) and, with
+//! `--events FILE`, to a JSON-lines file flushed as written, so anyone can
+//! audit what the host decided and why.
+
+use crate::model::{Decision, LegId, LinkId, TerminationReason};
+use crate::policy::FailureKind;
+use anyhow::Context;
+use serde::Serialize;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum HostEvent {
+    /// `OnCallLegSync`: an unknown leg was decided.
+    CallLegSync { leg: LegId, decision: Decision, plugin: Arc<str>, #[serde(skip_serializing_if = "Option::is_none")] failure: Option<FailureKind> },
+    /// `OnLinkSync`: an unknown link was decided.
+    LinkSync { link: LinkId, legs: [LegId; 2], decision: Decision, plugin: Arc<str>, #[serde(skip_serializing_if = "Option::is_none")] failure: Option<FailureKind> },
+    /// A link the engine offered was dropped because one of its legs was refused.
+    LinkDropped { link: LinkId, legs: [LegId; 2] },
+    /// `OnCallLegTerminated`.
+    CallLegTerminated { leg: LegId, reason: TerminationReason },
+    /// The engine link changed state.
+    Link { state: LinkState, #[serde(skip_serializing_if = "Option::is_none")] boot_id: Option<u64>, #[serde(skip_serializing_if = "Option::is_none")] detail: Option<String> },
+    /// A resync finished.
+    ResyncDone(ResyncSummary),
+    /// A plugin set was loaded (or failed to load).
+    Reload { outcome: String, plugins: Vec<String>, #[serde(skip_serializing_if = "Option::is_none")] error: Option<String>, swap_micros: u64 },
+}
+
+/// The engine link's state, as the supervisor sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkState {
+    /// Connected, resync in progress.
+    Resyncing,
+    /// Connected and in sync; live events flow.
+    Connected,
+    /// The link is down; the grace timer runs.
+    Disconnected,
+    /// The grace timer expired: every context was destroyed.
+    Purged,
+}
+
+/// The counts of one resync.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ResyncSummary {
+    pub engine_restarted: bool,
+    pub known: u64,
+    pub rebuilt: u64,
+    pub refused: u64,
+    pub absent: u64,
+    pub links_rebuilt: u64,
+    pub links_refused: u64,
+    pub millis: u64,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time_ms: u64,
+    #[serde(flatten)]
+    event: &'a HostEvent,
+}
+
+/// Where events go.
+#[derive(Clone)]
+pub struct Events {
+    subscribers: broadcast::Sender<HostEvent>,
+    file: Option<Arc<Mutex<std::io::BufWriter<std::fs::File>>>>,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events").field("file", &self.file.is_some()).finish()
+    }
+}
+
+impl Events {
+    /// Events for subscribers only.
+    pub fn new() -> Self {
+        let (subscribers, _) = broadcast::channel(1 << 16);
+        Events { subscribers, file: None }
+    }
+
+    /// Events also appended to `path`.
+    pub fn with_file(path: &Path) -> anyhow::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open the event log {}", path.display()))?;
+        Ok(Events { file: Some(Arc::new(Mutex::new(std::io::BufWriter::new(file)))), ..Self::new() })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<HostEvent> {
+        self.subscribers.subscribe()
+    }
+
+    pub fn emit(&self, event: HostEvent) {
+        self.emit_all(std::iter::once(event));
+    }
+
+    /// Emits a batch: one flush of the file for the whole batch.
+    pub fn emit_all(&self, events: impl IntoIterator<Item = HostEvent>) {
+        let time_ms = crate::model::now_ms();
+        let mut file = self.file.as_ref().map(|f| f.lock().unwrap_or_else(|e| e.into_inner()));
+        let listening = self.subscribers.receiver_count() > 0;
+        for event in events {
+            if let Some(file) = file.as_mut()
+                && let Err(e) = serde_json::to_writer(&mut **file, &Line { time_ms, event: &event }).map_err(std::io::Error::from).and_then(|()| file.write_all(b"\n"))
+            {
+                tracing::error!(error = %e, "cannot write the event log");
+            }
+            if listening {
+                let _ = self.subscribers.send(event);
+            }
+        }
+        if let Some(file) = file.as_mut()
+            && let Err(e) = file.flush()
+        {
+            tracing::error!(error = %e, "cannot flush the event log");
+        }
+    }
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self::new()
+    }
+}

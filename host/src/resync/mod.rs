@@ -1,0 +1,138 @@
+//! The diff of a resync: the engine's snapshot against the host's table.
+//!
+//! Fed chunk by chunk as the snapshot streams in, it sorts every leg into
+//! known (stays valid, no callback), unknown (to be decided) and, at the end,
+//! absent (known to the host, gone from the engine). Links follow the same
+//! rule once the legs are settled. Pure: the supervisor does the I/O.
+
+use crate::legs::LegTable;
+use crate::model::{CallLeg, LegId, Link, LinkId};
+use std::collections::HashSet;
+
+/// The diff in progress.
+#[derive(Debug, Default)]
+pub struct SnapshotDiff {
+    /// Legs the host does not know, in snapshot order.
+    pub unknown: Vec<CallLeg>,
+    /// Every link in the snapshot.
+    pub links: Vec<Link>,
+    /// How many snapshot legs the host already knew.
+    pub known: u64,
+}
+
+/// What the links of a snapshot come to, once the legs are decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LinkPlan {
+    /// Unknown links whose two legs the host now has: offered to `OnLinkSync`.
+    pub offer: Vec<Link>,
+    /// Unknown links with a refused leg: dropped at the engine.
+    pub drop: Vec<Link>,
+    /// Links the host knew that the engine no longer has.
+    pub gone: Vec<LinkId>,
+}
+
+impl SnapshotDiff {
+    /// Starts a resync against `table`.
+    pub fn begin(table: &mut LegTable) -> Self {
+        table.begin_generation();
+        SnapshotDiff::default()
+    }
+
+    /// Takes in a chunk of snapshot legs.
+    pub fn legs(&mut self, table: &mut LegTable, chunk: Vec<CallLeg>) {
+        for leg in chunk {
+            if table.mark_seen(&leg) {
+                self.known += 1;
+            } else {
+                self.unknown.push(leg);
+            }
+        }
+    }
+
+    /// Takes in a chunk of snapshot links.
+    pub fn links(&mut self, chunk: Vec<Link>) {
+        self.links.extend(chunk);
+    }
+
+    /// The known legs the snapshot did not contain.
+    pub fn absent(table: &LegTable) -> Vec<LegId> {
+        table.unseen()
+    }
+
+    /// Sorts the snapshot's links once the unknown legs are decided (rebuilt
+    /// legs are in `table`, refused ones in `refused`).
+    pub fn plan_links(&self, table: &LegTable, refused: &HashSet<LegId>) -> LinkPlan {
+        let present: HashSet<LinkId> = self.links.iter().map(|l| l.id).collect();
+        let mut plan = LinkPlan { gone: table.links_not_in(&present), ..LinkPlan::default() };
+        for link in table.unknown_links(&self.links) {
+            if refused.contains(&link.leg_a) || refused.contains(&link.leg_b) {
+                plan.drop.push(link);
+            } else if table.contains(link.leg_a) && table.contains(link.leg_b) {
+                plan.offer.push(link);
+            } else {
+                tracing::warn!(link = link.id, "the snapshot links a leg it did not list; ignored");
+            }
+        }
+        plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LegState;
+
+    fn leg(id: LegId) -> CallLeg {
+        CallLeg {
+            id,
+            session_id: 1,
+            direction: Default::default(),
+            protocol: Default::default(),
+            nap: "N".into(),
+            calling: "1".into(),
+            called: "2".into(),
+            offered_at_ms: 1,
+            answered_at_ms: Some(2),
+            linked_to: None,
+            state: LegState::Answered,
+        }
+    }
+
+    #[test]
+    fn known_unknown_and_absent_legs() {
+        let mut table = LegTable::new();
+        for id in [1, 2, 3] {
+            table.insert(leg(id), "live".into());
+        }
+        let mut diff = SnapshotDiff::begin(&mut table);
+        diff.legs(&mut table, vec![leg(1), leg(4)]);
+        diff.legs(&mut table, vec![leg(3), leg(5)]);
+        assert_eq!(diff.known, 2);
+        assert_eq!(diff.unknown.iter().map(|l| l.id).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(SnapshotDiff::absent(&table), [2]);
+    }
+
+    #[test]
+    fn links_are_offered_dropped_kept_or_gone() {
+        let mut table = LegTable::new();
+        for id in [1, 2, 3, 4] {
+            table.insert(leg(id), "live".into());
+        }
+        table.insert_link(Link { id: 10, leg_a: 1, leg_b: 2 });
+        table.insert_link(Link { id: 11, leg_a: 3, leg_b: 4 });
+        let mut diff = SnapshotDiff::begin(&mut table);
+        diff.links(vec![
+            Link { id: 10, leg_a: 1, leg_b: 2 },
+            Link { id: 12, leg_a: 5, leg_b: 6 },
+            Link { id: 13, leg_a: 7, leg_b: 8 },
+        ]);
+        // 5 and 6 were rebuilt; 7 was refused.
+        table.insert(leg(5), "p".into());
+        table.insert(leg(6), "p".into());
+        table.insert(leg(8), "p".into());
+        let plan = diff.plan_links(&table, &HashSet::from([7]));
+        assert_eq!(plan.offer, [Link { id: 12, leg_a: 5, leg_b: 6 }]);
+        assert_eq!(plan.drop, [Link { id: 13, leg_a: 7, leg_b: 8 }]);
+        assert_eq!(plan.gone, [11]);
+    }
+}

@@ -1,0 +1,184 @@
+//! The supervisor: the host's state machine around one engine link.
+//!
+//! ```text
+//!            connect ok                 snapshot done
+//! Disconnected ──────────▶ Resyncing ───────────────▶ Connected
+//!   ▲   │  (grace timer runs)   │ link lost                │ link lost
+//!   │   │ timer expires         ▼                          │
+//!   │   └──────────▶ Purged ◀── (arm timer) ◀──────────────┘
+//!   └───────────────────┘ (keep connecting, with backoff)
+//! ```
+//!
+//! - [`grace`]: the grace timer (armed at a loss, disarmed by a completed
+//!   resync; at expiry every context ends and answered calls get a CDR END).
+//! - `resync`: snapshot in, decisions out, drops sent and acknowledged.
+//! - `live`: engine events between resyncs, through the same table.
+//! - `endings`: every termination: event, CDR, plugin notification.
+
+mod endings;
+pub mod grace;
+mod live;
+mod resync;
+
+use crate::cdr::CdrWriter;
+use crate::engine::{Backoff, Connection, LinkError, LinkOptions};
+use crate::events::{Events, HostEvent, LinkState};
+use crate::legs::LegTable;
+use crate::policy::PolicyHandle;
+use grace::GraceTimer;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+/// Host settings (see `docs/operations.md`).
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    pub link: LinkOptions,
+    /// How long contexts stay valid while the engine is away (default 10 s).
+    pub grace: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+/// What the host looks like from outside, updated as it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostStatus {
+    /// `None` until the first connection.
+    pub link: Option<LinkState>,
+    pub boot_id: Option<u64>,
+    pub legs: usize,
+    pub links: usize,
+    /// Completed resyncs.
+    pub resyncs: u64,
+}
+
+/// How the live phase ended.
+enum Exit {
+    Shutdown,
+    Lost(LinkError),
+}
+
+/// The host: the leg table, its engine link, its policy, its CDRs.
+pub struct Host {
+    options: HostOptions,
+    table: LegTable,
+    policy: PolicyHandle,
+    cdr: CdrWriter,
+    events: Events,
+    status: watch::Sender<HostStatus>,
+    grace: GraceTimer,
+    last_boot: Option<u64>,
+}
+
+impl Host {
+    pub fn new(options: HostOptions, policy: PolicyHandle, cdr: CdrWriter, events: Events) -> Self {
+        let (status, _) = watch::channel(HostStatus { link: None, boot_id: None, legs: 0, links: 0, resyncs: 0 });
+        Host { options, table: LegTable::new(), policy, cdr, events, status, grace: GraceTimer::default(), last_boot: None }
+    }
+
+    /// Follows the host's state.
+    pub fn status(&self) -> watch::Receiver<HostStatus> {
+        self.status.subscribe()
+    }
+
+    /// Runs until `shutdown` is cancelled. Returns an error only for what the
+    /// host cannot go on without (the CDR file failing).
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut backoff = Backoff::new(self.options.backoff_base, self.options.backoff_max);
+        let mut retry_at = Instant::now();
+        loop {
+            let link = self.options.link.clone();
+            let attempt = async move {
+                sleep_until(retry_at).await;
+                Connection::open(&link).await
+            };
+            let deadline = self.grace.deadline();
+            let mut connection = tokio::select! {
+                _ = shutdown.cancelled() => return self.shut_down().await,
+                _ = until(deadline) => {
+                    self.purge().await?;
+                    continue;
+                }
+                result = attempt => match result {
+                    Ok(connection) => connection,
+                    Err(e) => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "engine unreachable");
+                        retry_at = Instant::now() + delay;
+                        continue;
+                    }
+                },
+            };
+            match self.resync(&mut connection).await {
+                Ok(()) => {
+                    self.grace.disarm();
+                    backoff.reset();
+                }
+                Err(ResyncError::Link(e)) => {
+                    self.lost(e);
+                    retry_at = Instant::now() + backoff.next_delay();
+                    continue;
+                }
+                Err(ResyncError::Fatal(e)) => return Err(e),
+            }
+            match self.live(&mut connection, &shutdown).await? {
+                Exit::Shutdown => return self.shut_down().await,
+                Exit::Lost(e) => {
+                    self.lost(e);
+                    retry_at = Instant::now() + backoff.next_delay();
+                }
+            }
+        }
+    }
+
+    /// The link went down: contexts stay valid for the grace time.
+    fn lost(&mut self, error: LinkError) {
+        if error.is_peer_fault() {
+            tracing::error!(error = %error, "the engine sent something invalid; dropping the link to resync");
+        } else {
+            tracing::warn!(error = %error, "engine link lost");
+        }
+        if !self.table.is_empty() {
+            self.grace.arm(self.options.grace);
+        }
+        self.events.emit(HostEvent::Link { state: LinkState::Disconnected, boot_id: None, detail: Some(error.to_string()) });
+        self.publish(Some(LinkState::Disconnected), None);
+    }
+
+    fn publish(&self, link: Option<LinkState>, boot_id: Option<u64>) {
+        let (legs, links) = (self.table.len(), self.table.links_len());
+        self.status.send_modify(|status| {
+            if link.is_some() {
+                status.link = link;
+            }
+            if boot_id.is_some() {
+                status.boot_id = boot_id;
+            }
+            status.legs = legs;
+            status.links = links;
+        });
+    }
+}
+
+/// Completes at `deadline`; never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Why a resync stopped.
+enum ResyncError {
+    /// The link failed: reconnect and resync again.
+    Link(LinkError),
+    /// Something the host cannot go on without.
+    Fatal(anyhow::Error),
+}
+
+impl From<LinkError> for ResyncError {
+    fn from(e: LinkError) -> Self {
+        ResyncError::Link(e)
+    }
+}
