@@ -22,7 +22,12 @@ pub fn default_cache_dir() -> Option<std::path::PathBuf> {
 
 /// Builds the policy runtime and loads the plugin set named by the config.
 pub fn load_policy(config: &HostConfig) -> anyhow::Result<(PolicyRuntime, Decider)> {
-    let cache = config.policy.cache_dir.clone().or_else(default_cache_dir).map(CompileCache::new);
+    let cache = config
+        .policy
+        .cache_dir
+        .clone()
+        .or_else(default_cache_dir)
+        .map(CompileCache::new);
     let runtime = PolicyRuntime::new(cache).context("cannot start the WebAssembly runtime")?;
     let decider = match &config.policy.plugin_dir {
         Some(dir) => Decider::Chain(Arc::new(
@@ -31,15 +36,24 @@ pub fn load_policy(config: &HostConfig) -> anyhow::Result<(PolicyRuntime, Decide
         )),
         None => {
             tracing::warn!("no plugin directory configured: every unknown leg will be rebuilt");
-            Decider::Chain(Arc::new(crate::policy::PolicyChain::new(Vec::new(), config.policy.batch_size)))
+            Decider::Chain(Arc::new(crate::policy::PolicyChain::new(
+                Vec::new(),
+                config.policy.batch_size,
+            )))
         }
     };
     Ok((runtime, decider))
 }
 
 /// A host ready to run, with its policy handle (for reloads) and events.
-pub fn build_host(config: &HostConfig, decider: Decider, events: Events) -> anyhow::Result<(Host, PolicyHandle)> {
-    let engine = config.engine.context("no engine address: pass --engine or set `engine` in the config")?;
+pub fn build_host(
+    config: &HostConfig,
+    decider: Decider,
+    events: Events,
+) -> anyhow::Result<(Host, PolicyHandle)> {
+    let engine = config
+        .engine
+        .context("no engine address: pass --engine or set `engine` in the config")?;
     let link = &config.link;
     let options = HostOptions {
         link: LinkOptions {

@@ -98,24 +98,40 @@ impl Default for HostConfig {
 impl HostConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> anyhow::Result<HostConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        let config: HostConfig = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
-        config.validate().with_context(|| format!("invalid config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let config: HostConfig =
+            toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("invalid config {}", path.display()))?;
         Ok(config)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.grace_secs.is_finite() && self.grace_secs >= 0.0, "grace_secs must be a number of seconds >= 0");
+        anyhow::ensure!(
+            self.grace_secs.is_finite() && self.grace_secs >= 0.0,
+            "grace_secs must be a number of seconds >= 0"
+        );
         let link = &self.link;
-        anyhow::ensure!(link.heartbeat_ms > 0, "link.heartbeat_ms must be at least 1");
+        anyhow::ensure!(
+            link.heartbeat_ms > 0,
+            "link.heartbeat_ms must be at least 1"
+        );
         anyhow::ensure!(
             link.heartbeat_timeout_ms > link.heartbeat_ms,
             "link.heartbeat_timeout_ms ({}) must exceed link.heartbeat_ms ({})",
             link.heartbeat_timeout_ms,
             link.heartbeat_ms
         );
-        anyhow::ensure!(link.backoff_base_ms > 0 && link.backoff_max_ms >= link.backoff_base_ms, "link.backoff_max_ms must be >= link.backoff_base_ms > 0");
-        anyhow::ensure!(link.max_frame_bytes >= 1024, "link.max_frame_bytes must be at least 1024");
+        anyhow::ensure!(
+            link.backoff_base_ms > 0 && link.backoff_max_ms >= link.backoff_base_ms,
+            "link.backoff_max_ms must be >= link.backoff_base_ms > 0"
+        );
+        anyhow::ensure!(
+            link.max_frame_bytes >= 1024,
+            "link.max_frame_bytes must be at least 1024"
+        );
         self.policy.validate().map_err(anyhow::Error::msg)
     }
 
@@ -130,7 +146,8 @@ mod tests {
 
     #[test]
     fn defaults_and_overrides() {
-        let config: HostConfig = toml::from_str("grace_secs = 2.5\n[link]\nheartbeat_ms = 200\n").unwrap();
+        let config: HostConfig =
+            toml::from_str("grace_secs = 2.5\n[link]\nheartbeat_ms = 200\n").unwrap();
         assert_eq!(config.grace(), Duration::from_millis(2500));
         assert_eq!(config.link.heartbeat_ms, 200);
         assert_eq!(config.link.heartbeat_timeout_ms, 3_000);
@@ -139,9 +156,17 @@ mod tests {
 
     #[test]
     fn mistakes_are_named() {
-        let err = toml::from_str::<HostConfig>("grace = 3\n").unwrap_err().to_string();
+        let err = toml::from_str::<HostConfig>("grace = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `grace`"), "{err}");
         let config: HostConfig = toml::from_str("[link]\nheartbeat_ms = 5000\n").unwrap();
-        assert!(config.validate().unwrap_err().to_string().contains("heartbeat_timeout_ms"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("heartbeat_timeout_ms")
+        );
     }
 }

@@ -18,19 +18,47 @@ use tokio::sync::broadcast;
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum HostEvent {
     /// `OnCallLegSync`: an unknown leg was decided.
-    CallLegSync { leg: LegId, decision: Decision, plugin: Arc<str>, #[serde(skip_serializing_if = "Option::is_none")] failure: Option<FailureKind> },
+    CallLegSync {
+        leg: LegId,
+        decision: Decision,
+        plugin: Arc<str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        failure: Option<FailureKind>,
+    },
     /// `OnLinkSync`: an unknown link was decided.
-    LinkSync { link: LinkId, legs: [LegId; 2], decision: Decision, plugin: Arc<str>, #[serde(skip_serializing_if = "Option::is_none")] failure: Option<FailureKind> },
+    LinkSync {
+        link: LinkId,
+        legs: [LegId; 2],
+        decision: Decision,
+        plugin: Arc<str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        failure: Option<FailureKind>,
+    },
     /// A link the engine offered was dropped because one of its legs was refused.
     LinkDropped { link: LinkId, legs: [LegId; 2] },
     /// `OnCallLegTerminated`.
-    CallLegTerminated { leg: LegId, reason: TerminationReason },
+    CallLegTerminated {
+        leg: LegId,
+        reason: TerminationReason,
+    },
     /// The engine link changed state.
-    Link { state: LinkState, #[serde(skip_serializing_if = "Option::is_none")] boot_id: Option<u64>, #[serde(skip_serializing_if = "Option::is_none")] detail: Option<String> },
+    Link {
+        state: LinkState,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        boot_id: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
     /// A resync finished.
     ResyncDone(ResyncSummary),
     /// A plugin set was loaded (or failed to load).
-    Reload { outcome: String, plugins: Vec<String>, #[serde(skip_serializing_if = "Option::is_none")] error: Option<String>, swap_micros: u64 },
+    Reload {
+        outcome: String,
+        plugins: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        swap_micros: u64,
+    },
 }
 
 /// The engine link's state, as the supervisor sees it.
@@ -76,7 +104,9 @@ pub struct Events {
 
 impl std::fmt::Debug for Events {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Events").field("file", &self.file.is_some()).finish()
+        f.debug_struct("Events")
+            .field("file", &self.file.is_some())
+            .finish()
     }
 }
 
@@ -84,7 +114,10 @@ impl Events {
     /// Events for subscribers only.
     pub fn new() -> Self {
         let (subscribers, _) = broadcast::channel(1 << 16);
-        Events { subscribers, file: None }
+        Events {
+            subscribers,
+            file: None,
+        }
     }
 
     /// Events also appended to `path`.
@@ -94,7 +127,10 @@ impl Events {
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open the event log {}", path.display()))?;
-        Ok(Events { file: Some(Arc::new(Mutex::new(std::io::BufWriter::new(file)))), ..Self::new() })
+        Ok(Events {
+            file: Some(Arc::new(Mutex::new(std::io::BufWriter::new(file)))),
+            ..Self::new()
+        })
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<HostEvent> {
@@ -108,11 +144,22 @@ impl Events {
     /// Emits a batch: one flush of the file for the whole batch.
     pub fn emit_all(&self, events: impl IntoIterator<Item = HostEvent>) {
         let time_ms = crate::model::now_ms();
-        let mut file = self.file.as_ref().map(|f| f.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut file = self
+            .file
+            .as_ref()
+            .map(|f| f.lock().unwrap_or_else(|e| e.into_inner()));
         let listening = self.subscribers.receiver_count() > 0;
         for event in events {
             if let Some(file) = file.as_mut()
-                && let Err(e) = serde_json::to_writer(&mut **file, &Line { time_ms, event: &event }).map_err(std::io::Error::from).and_then(|()| file.write_all(b"\n"))
+                && let Err(e) = serde_json::to_writer(
+                    &mut **file,
+                    &Line {
+                        time_ms,
+                        event: &event,
+                    },
+                )
+                .map_err(std::io::Error::from)
+                .and_then(|()| file.write_all(b"\n"))
             {
                 tracing::error!(error = %e, "cannot write the event log");
             }

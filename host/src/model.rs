@@ -98,7 +98,7 @@ pub struct Link {
 }
 
 /// What to do with a leg or link the host did not know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Decision {
     Rebuild,
@@ -106,7 +106,7 @@ pub enum Decision {
 }
 
 /// Why a leg ended in the host (`OnCallLegTerminated`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TerminationReason {
     Released,

@@ -51,7 +51,10 @@ pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let chain = load(&args.plugin, args.rules.as_deref())?;
     let plugin = &chain.plugins()[0];
-    println!("ok: {} loads, matches the contract and accepts its rules", args.plugin.display());
+    println!(
+        "ok: {} loads, matches the contract and accepts its rules",
+        args.plugin.display()
+    );
     println!("name: {}", plugin.name());
     println!("contract: legsync:policy@{}", plugin.contract().version);
     println!("sha256: {}", plugin.hash());
@@ -76,7 +79,10 @@ struct Line<'a> {
 
 fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let chain = if args.plugin.is_dir() {
-        anyhow::ensure!(args.rules.is_none(), "--rules applies to a single plugin; a directory uses its sidecars");
+        anyhow::ensure!(
+            args.rules.is_none(),
+            "--rules applies to a single plugin; a directory uses its sidecars"
+        );
         let runtime = PolicyRuntime::new(None)?;
         loader::load_dir(&runtime, &args.plugin, &PolicyConfig::default())?
     } else {
@@ -88,7 +94,13 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         None => Vec::new(),
     };
     let print = |leg: Option<u64>, link: Option<u64>, v: &Verdict| -> anyhow::Result<()> {
-        let line = Line { leg, link, decision: v.decision, plugin: &v.plugin, failure: v.failure };
+        let line = Line {
+            leg,
+            link,
+            decision: v.decision,
+            plugin: &v.plugin,
+            failure: v.failure,
+        };
         println!("{}", serde_json::to_string(&line)?);
         Ok(())
     };
@@ -105,16 +117,32 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
 fn load(path: &Path, rules: Option<&Path>) -> anyhow::Result<PolicyChain> {
     anyhow::ensure!(path.is_file(), "{} is not a file", path.display());
     let runtime = PolicyRuntime::new(None)?;
-    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_string();
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("plugin")
+        .to_string();
     let sidecar = path.with_extension("rules");
-    let rules = rules.map(Path::to_path_buf).or_else(|| sidecar.is_file().then_some(sidecar));
-    let file = loader::PluginFile { name, wasm: path.to_path_buf(), rules };
+    let rules = rules
+        .map(Path::to_path_buf)
+        .or_else(|| sidecar.is_file().then_some(sidecar));
+    let file = loader::PluginFile {
+        name,
+        wasm: path.to_path_buf(),
+        rules,
+    };
     let config = PolicyConfig::default();
     let plugin = loader::load_plugin(&runtime, &file, &config)?;
     Ok(PolicyChain::new(vec![plugin], config.batch_size))
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not valid: expected a JSON array as in docs/plugin-guide.md", path.display()))
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not valid: expected a JSON array as in docs/plugin-guide.md",
+            path.display()
+        )
+    })
 }

@@ -1,4 +1,5 @@
 //! `legsync demo` (placeholder wiring; see demo scenarios).
+pub mod harness;
 use clap::Args;
 use std::process::ExitCode;
 

@@ -12,7 +12,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, max: Duration) -> Self {
-        Backoff { base, max, next: base }
+        Backoff {
+            base,
+            max,
+            next: base,
+        }
     }
 
     /// The delay before the next attempt.

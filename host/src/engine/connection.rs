@@ -35,7 +35,10 @@ pub struct LinkOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error("cannot connect to the engine at {addr}: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the engine at {0} did not answer within the connect timeout")]
     ConnectTimeout(SocketAddr),
     #[error("the engine is busy: {0}")]
@@ -88,13 +91,22 @@ impl Connection {
         };
         let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, FrameCodec::new(options.max_frame));
-        framed.send(HostMessage::Hello { protocol: PROTOCOL_VERSION, host: options.host_name.clone() }).await?;
+        framed
+            .send(HostMessage::Hello {
+                protocol: PROTOCOL_VERSION,
+                host: options.host_name.clone(),
+            })
+            .await?;
         let boot_id = match timeout(options.connect_timeout, framed.next()).await {
             Err(_) => return Err(LinkError::ConnectTimeout(addr)),
             Ok(None) => return Err(LinkError::Closed),
             Ok(Some(frame)) => match frame? {
-                EngineMessage::Hello { protocol, boot_id, .. } if protocol == PROTOCOL_VERSION => boot_id,
-                EngineMessage::Hello { protocol, .. } => return Err(LinkError::Version { found: protocol }),
+                EngineMessage::Hello {
+                    protocol, boot_id, ..
+                } if protocol == PROTOCOL_VERSION => boot_id,
+                EngineMessage::Hello { protocol, .. } => {
+                    return Err(LinkError::Version { found: protocol });
+                }
                 EngineMessage::Busy { reason } => return Err(LinkError::Busy(reason)),
                 other => return Err(LinkError::Unexpected(format!("{other:?} before hello"))),
             },
@@ -105,9 +117,25 @@ impl Connection {
         // instead of piling up in memory.
         let (inbound_tx, inbound) = mpsc::channel(64);
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        tokio::spawn(read_loop(stream, inbound_tx, options.heartbeat_timeout, cancel.clone()));
-        tokio::spawn(write_loop(sink, commands_rx, options.heartbeat, cancel.clone()));
-        Ok(Connection { boot_id, inbound, commands, next_command: 1, cancel })
+        tokio::spawn(read_loop(
+            stream,
+            inbound_tx,
+            options.heartbeat_timeout,
+            cancel.clone(),
+        ));
+        tokio::spawn(write_loop(
+            sink,
+            commands_rx,
+            options.heartbeat,
+            cancel.clone(),
+        ));
+        Ok(Connection {
+            boot_id,
+            inbound,
+            commands,
+            next_command: 1,
+            cancel,
+        })
     }
 
     /// Queues a command; returns its id (acknowledged by `Ack { command }`).

@@ -29,7 +29,11 @@ impl Decider {
                 rules
                     .decide_legs(legs)
                     .into_iter()
-                    .map(|decision| Verdict { decision, plugin: name.clone(), failure: None })
+                    .map(|decision| Verdict {
+                        decision,
+                        plugin: name.clone(),
+                        failure: None,
+                    })
                     .collect()
             }
         }
@@ -41,7 +45,14 @@ impl Decider {
             Decider::Native(rules) => {
                 let name: Arc<str> = NATIVE.into();
                 let decision = rules.link_decision();
-                links.iter().map(|_| Verdict { decision, plugin: name.clone(), failure: None }).collect()
+                links
+                    .iter()
+                    .map(|_| Verdict {
+                        decision,
+                        plugin: name.clone(),
+                        failure: None,
+                    })
+                    .collect()
             }
         }
     }
@@ -73,16 +84,24 @@ pub struct PolicyHandle {
 
 impl PolicyHandle {
     pub fn new(decider: Decider) -> Self {
-        PolicyHandle { current: Arc::new(RwLock::new(decider)) }
+        PolicyHandle {
+            current: Arc::new(RwLock::new(decider)),
+        }
     }
 
     /// The decider to use for one resync or one batch.
     pub fn current(&self) -> Decider {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Replaces the decider atomically; returns the old one.
     pub fn swap(&self, decider: Decider) -> Decider {
-        std::mem::replace(&mut *self.current.write().unwrap_or_else(|e| e.into_inner()), decider)
+        std::mem::replace(
+            &mut *self.current.write().unwrap_or_else(|e| e.into_inner()),
+            decider,
+        )
     }
 }

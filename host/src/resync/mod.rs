@@ -63,14 +63,20 @@ impl SnapshotDiff {
     /// legs are in `table`, refused ones in `refused`).
     pub fn plan_links(&self, table: &LegTable, refused: &HashSet<LegId>) -> LinkPlan {
         let present: HashSet<LinkId> = self.links.iter().map(|l| l.id).collect();
-        let mut plan = LinkPlan { gone: table.links_not_in(&present), ..LinkPlan::default() };
+        let mut plan = LinkPlan {
+            gone: table.links_not_in(&present),
+            ..LinkPlan::default()
+        };
         for link in table.unknown_links(&self.links) {
             if refused.contains(&link.leg_a) || refused.contains(&link.leg_b) {
                 plan.drop.push(link);
             } else if table.contains(link.leg_a) && table.contains(link.leg_b) {
                 plan.offer.push(link);
             } else {
-                tracing::warn!(link = link.id, "the snapshot links a leg it did not list; ignored");
+                tracing::warn!(
+                    link = link.id,
+                    "the snapshot links a leg it did not list; ignored"
+                );
             }
         }
         plan
@@ -108,7 +114,10 @@ mod tests {
         diff.legs(&mut table, vec![leg(1), leg(4)]);
         diff.legs(&mut table, vec![leg(3), leg(5)]);
         assert_eq!(diff.known, 2);
-        assert_eq!(diff.unknown.iter().map(|l| l.id).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(
+            diff.unknown.iter().map(|l| l.id).collect::<Vec<_>>(),
+            [4, 5]
+        );
         assert_eq!(SnapshotDiff::absent(&table), [2]);
     }
 
@@ -118,21 +127,55 @@ mod tests {
         for id in [1, 2, 3, 4] {
             table.insert(leg(id), "live".into());
         }
-        table.insert_link(Link { id: 10, leg_a: 1, leg_b: 2 });
-        table.insert_link(Link { id: 11, leg_a: 3, leg_b: 4 });
+        table.insert_link(Link {
+            id: 10,
+            leg_a: 1,
+            leg_b: 2,
+        });
+        table.insert_link(Link {
+            id: 11,
+            leg_a: 3,
+            leg_b: 4,
+        });
         let mut diff = SnapshotDiff::begin(&mut table);
         diff.links(vec![
-            Link { id: 10, leg_a: 1, leg_b: 2 },
-            Link { id: 12, leg_a: 5, leg_b: 6 },
-            Link { id: 13, leg_a: 7, leg_b: 8 },
+            Link {
+                id: 10,
+                leg_a: 1,
+                leg_b: 2,
+            },
+            Link {
+                id: 12,
+                leg_a: 5,
+                leg_b: 6,
+            },
+            Link {
+                id: 13,
+                leg_a: 7,
+                leg_b: 8,
+            },
         ]);
         // 5 and 6 were rebuilt; 7 was refused.
         table.insert(leg(5), "p".into());
         table.insert(leg(6), "p".into());
         table.insert(leg(8), "p".into());
         let plan = diff.plan_links(&table, &HashSet::from([7]));
-        assert_eq!(plan.offer, [Link { id: 12, leg_a: 5, leg_b: 6 }]);
-        assert_eq!(plan.drop, [Link { id: 13, leg_a: 7, leg_b: 8 }]);
+        assert_eq!(
+            plan.offer,
+            [Link {
+                id: 12,
+                leg_a: 5,
+                leg_b: 6
+            }]
+        );
+        assert_eq!(
+            plan.drop,
+            [Link {
+                id: 13,
+                leg_a: 7,
+                leg_b: 8
+            }]
+        );
         assert_eq!(plan.gone, [11]);
     }
 }

@@ -28,9 +28,12 @@ pub enum ControlCommand {
     /// Save the media-unit view to the state file now.
     Sync,
     Boot,
+    /// Cut the host off for this many milliseconds (its connection closes
+    /// and new ones are refused), as a network drop would.
+    Partition(u64),
 }
 
-pub const HELP: &str = "commands: ring NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media] | answer LEG | terminate LEG | release LEG | link LEG LEG | unlink LINK | list | counts | sync | boot";
+pub const HELP: &str = "commands: ring NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media] | answer LEG | terminate LEG | release LEG | link LEG LEG | unlink LINK | list | counts | sync | boot | partition MS";
 
 impl ControlCommand {
     pub fn parse(line: &str) -> Result<ControlCommand, String> {
@@ -93,6 +96,7 @@ impl ControlCommand {
             "counts" => exact(1).map(|_| ControlCommand::Counts)?,
             "sync" => exact(1).map(|_| ControlCommand::Sync)?,
             "boot" => exact(1).map(|_| ControlCommand::Boot)?,
+            "partition" => exact(2).and(id(1)).map(ControlCommand::Partition)?,
             other => return Err(format!("unknown command `{other}`; {HELP}")),
         };
         Ok(command)
@@ -173,6 +177,8 @@ pub fn execute(
         }
         ControlCommand::Sync => "OK".into(),
         ControlCommand::Boot => format!("OK {boot_id}"),
+        // Handled by the server, which owns the connections.
+        ControlCommand::Partition(_) => "OK".into(),
     }
 }
 

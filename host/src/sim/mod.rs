@@ -65,6 +65,8 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         heartbeat_timeout: options.heartbeat_timeout,
         max_frame: options.max_frame,
         persist_lock: tokio::sync::Mutex::new(()),
+        partitioned_until: Mutex::new(None),
+        host_cancel: Mutex::new(None),
     });
     shared.persist_if_dirty().await?;
 

@@ -29,11 +29,39 @@ pub struct Shared {
     pub max_frame: usize,
     /// Serializes writes of the state file.
     pub persist_lock: tokio::sync::Mutex<()>,
+    /// Until when hosts are cut off (the `partition` control command).
+    pub partitioned_until: Mutex<Option<Instant>>,
+    /// Closes the attached host's connection.
+    pub host_cancel: Mutex<Option<CancellationToken>>,
 }
 
 impl Shared {
     pub fn lock(&self) -> MutexGuard<'_, EngineState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Cuts the host off for `duration`: its connection closes now and new
+    /// ones are closed on accept until the time is up.
+    pub fn partition(&self, duration: Duration) {
+        *self
+            .partitioned_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + duration);
+        if let Some(cancel) = self
+            .host_cancel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            cancel.cancel();
+        }
+    }
+
+    fn partitioned(&self) -> bool {
+        self.partitioned_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| Instant::now() < until)
     }
 
     /// Saves the media-unit view if it changed.
@@ -64,6 +92,10 @@ pub async fn accept_hosts(shared: Arc<Shared>, listener: TcpListener, shutdown: 
                 }
             },
         };
+        if shared.partitioned() {
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let shutdown = shutdown.clone();
@@ -121,9 +153,11 @@ async fn serve_host(
         }
         state.attach_host(events_tx)
     };
+    let cancel = shutdown.child_token();
+    *shared.host_cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some(cancel.clone());
     let result = async {
         stream_snapshot(&mut framed, legs, links).await?;
-        serve_attached(shared, &mut framed, &mut events, shutdown).await
+        serve_attached(shared, &mut framed, &mut events, &cancel).await
     }
     .await;
     shared.lock().detach_host();
@@ -240,6 +274,10 @@ async fn serve_control(shared: &Arc<Shared>, stream: TcpStream) -> anyhow::Resul
         }
         let reply = match ControlCommand::parse(&line) {
             Err(e) => format!("ERR {e}"),
+            Ok(ControlCommand::Partition(ms)) => {
+                shared.partition(Duration::from_millis(ms));
+                "OK".to_string()
+            }
             Ok(command) => {
                 let reply = execute(&mut shared.lock(), &command, shared.boot_id, now_ms());
                 // The media units are the truth: a change is saved before

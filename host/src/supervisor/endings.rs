@@ -8,13 +8,24 @@ use crate::policy::Decider;
 
 impl Host {
     /// Ends `legs` (already removed from the table) for `reason`.
-    pub(super) async fn end_legs(&mut self, legs: Vec<CallLeg>, reason: TerminationReason, decider: &Decider) -> anyhow::Result<()> {
+    pub(super) async fn end_legs(
+        &mut self,
+        legs: Vec<CallLeg>,
+        reason: TerminationReason,
+        decider: &Decider,
+    ) -> anyhow::Result<()> {
         if legs.is_empty() {
             return Ok(());
         }
-        self.events.emit_all(legs.iter().map(|leg| HostEvent::CallLegTerminated { leg: leg.id, reason }));
-        let ended: Vec<(CallLeg, TerminationReason)> = legs.into_iter().map(|leg| (leg, reason)).collect();
-        if reason != TerminationReason::HostShutdown && reason != TerminationReason::RefusedByPolicy {
+        self.events
+            .emit_all(legs.iter().map(|leg| HostEvent::CallLegTerminated {
+                leg: leg.id,
+                reason,
+            }));
+        let ended: Vec<(CallLeg, TerminationReason)> =
+            legs.into_iter().map(|leg| (leg, reason)).collect();
+        if reason != TerminationReason::HostShutdown && reason != TerminationReason::RefusedByPolicy
+        {
             self.cdr.end(&ended, now_ms()).await?;
         }
         notify(decider, ended).await;
@@ -25,10 +36,18 @@ impl Host {
     pub(super) async fn purge(&mut self) -> anyhow::Result<()> {
         self.grace.disarm();
         let legs = self.table.drain();
-        tracing::warn!(legs = legs.len(), "grace timer expired: destroying every context");
+        tracing::warn!(
+            legs = legs.len(),
+            "grace timer expired: destroying every context"
+        );
         let decider = self.policy.current();
-        self.end_legs(legs, TerminationReason::GraceExpired, &decider).await?;
-        self.events.emit(HostEvent::Link { state: LinkState::Purged, boot_id: None, detail: None });
+        self.end_legs(legs, TerminationReason::GraceExpired, &decider)
+            .await?;
+        self.events.emit(HostEvent::Link {
+            state: LinkState::Purged,
+            boot_id: None,
+            detail: None,
+        });
         self.publish(Some(LinkState::Purged), None);
         Ok(())
     }
@@ -39,7 +58,8 @@ impl Host {
         let legs: Vec<CallLeg> = self.table.legs().map(|e| e.leg.clone()).collect();
         tracing::info!(legs = legs.len(), "host shutting down");
         let decider = self.policy.current();
-        self.end_legs(legs, TerminationReason::HostShutdown, &decider).await
+        self.end_legs(legs, TerminationReason::HostShutdown, &decider)
+            .await
     }
 }
 

@@ -45,7 +45,12 @@ mod tests {
     fn fired(timer: &GraceTimer) -> bool {
         let mut expired = pin!(timer.expired());
         let waker = std::task::Waker::noop();
-        matches!(expired.as_mut().poll(&mut std::task::Context::from_waker(waker)), Poll::Ready(()))
+        matches!(
+            expired
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(waker)),
+            Poll::Ready(())
+        )
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,7 +9,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 impl Host {
-    pub(super) async fn live(&mut self, connection: &mut Connection, shutdown: &CancellationToken) -> anyhow::Result<Exit> {
+    pub(super) async fn live(
+        &mut self,
+        connection: &mut Connection,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Exit> {
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(Exit::Shutdown),
@@ -28,13 +32,20 @@ impl Host {
 
     /// Handles one message outside a snapshot. The outer error is fatal; the
     /// inner one drops the link.
-    pub(super) async fn handle(&mut self, message: EngineMessage) -> anyhow::Result<Result<(), LinkError>> {
+    pub(super) async fn handle(
+        &mut self,
+        message: EngineMessage,
+    ) -> anyhow::Result<Result<(), LinkError>> {
         match message {
             EngineMessage::Event(event) => self.apply(event).await?,
             EngineMessage::Ack { command, result } => {
                 tracing::debug!(command, ?result, "command acknowledged late");
             }
-            other => return Ok(Err(LinkError::Unexpected(format!("{other:?} outside a snapshot")))),
+            other => {
+                return Ok(Err(LinkError::Unexpected(format!(
+                    "{other:?} outside a snapshot"
+                ))));
+            }
         }
         Ok(Ok(()))
     }
@@ -46,12 +57,15 @@ impl Host {
                 self.table.insert(leg, Arc::from("live"));
             }
             EngineEvent::LegRinging(id) => self.set_state(id, LegState::Ringing, None),
-            EngineEvent::LegAnswered { leg, at_ms } => self.set_state(leg, LegState::Answered, Some(at_ms)),
+            EngineEvent::LegAnswered { leg, at_ms } => {
+                self.set_state(leg, LegState::Answered, Some(at_ms))
+            }
             EngineEvent::LegTerminating(id) => self.set_state(id, LegState::Terminating, None),
             EngineEvent::LegReleased(id) => {
                 if let Some(leg) = self.table.remove(id) {
                     let decider = self.policy.current();
-                    self.end_legs(vec![leg], TerminationReason::Released, &decider).await?;
+                    self.end_legs(vec![leg], TerminationReason::Released, &decider)
+                        .await?;
                 }
             }
             EngineEvent::LinkCreated(link) => {

@@ -73,8 +73,23 @@ pub struct Host {
 
 impl Host {
     pub fn new(options: HostOptions, policy: PolicyHandle, cdr: CdrWriter, events: Events) -> Self {
-        let (status, _) = watch::channel(HostStatus { link: None, boot_id: None, legs: 0, links: 0, resyncs: 0 });
-        Host { options, table: LegTable::new(), policy, cdr, events, status, grace: GraceTimer::default(), last_boot: None }
+        let (status, _) = watch::channel(HostStatus {
+            link: None,
+            boot_id: None,
+            legs: 0,
+            links: 0,
+            resyncs: 0,
+        });
+        Host {
+            options,
+            table: LegTable::new(),
+            policy,
+            cdr,
+            events,
+            status,
+            grace: GraceTimer::default(),
+            last_boot: None,
+        }
     }
 
     /// Follows the host's state.
@@ -142,7 +157,11 @@ impl Host {
         if !self.table.is_empty() {
             self.grace.arm(self.options.grace);
         }
-        self.events.emit(HostEvent::Link { state: LinkState::Disconnected, boot_id: None, detail: Some(error.to_string()) });
+        self.events.emit(HostEvent::Link {
+            state: LinkState::Disconnected,
+            boot_id: None,
+            detail: Some(error.to_string()),
+        });
         self.publish(Some(LinkState::Disconnected), None);
     }
 

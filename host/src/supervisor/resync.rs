@@ -21,12 +21,25 @@ impl Host {
         self.last_boot = Some(boot_id);
         // One decider for the whole resync, even if a reload swaps it.
         let decider = self.policy.current();
-        tracing::info!(boot_id, engine_restarted, known = self.table.len(), "engine connected; resyncing");
-        self.events.emit(HostEvent::Link { state: LinkState::Resyncing, boot_id: Some(boot_id), detail: None });
+        tracing::info!(
+            boot_id,
+            engine_restarted,
+            known = self.table.len(),
+            "engine connected; resyncing"
+        );
+        self.events.emit(HostEvent::Link {
+            state: LinkState::Resyncing,
+            boot_id: Some(boot_id),
+            detail: None,
+        });
         self.publish(Some(LinkState::Resyncing), Some(boot_id));
 
         let mut diff = self.receive_snapshot(connection).await?;
-        let mut summary = ResyncSummary { engine_restarted, known: diff.known, ..ResyncSummary::default() };
+        let mut summary = ResyncSummary {
+            engine_restarted,
+            known: diff.known,
+            ..ResyncSummary::default()
+        };
         let mut pending = HashSet::new();
 
         let unknown = std::mem::take(&mut diff.unknown);
@@ -38,33 +51,53 @@ impl Host {
         for link in &plan.drop {
             pending.insert(connection.send(Command::DropLink(link.id)));
         }
-        self.events.emit_all(plan.drop.iter().map(|l| HostEvent::LinkDropped { link: l.id, legs: [l.leg_a, l.leg_b] }));
+        self.events
+            .emit_all(plan.drop.iter().map(|l| HostEvent::LinkDropped {
+                link: l.id,
+                legs: [l.leg_a, l.leg_b],
+            }));
         for id in &refused {
             pending.insert(connection.send(Command::DropLeg(*id)));
         }
-        self.decide_links(connection, &decider, plan.offer, &mut summary, &mut pending).await?;
+        self.decide_links(connection, &decider, plan.offer, &mut summary, &mut pending)
+            .await?;
 
-        let absent: Vec<CallLeg> =
-            SnapshotDiff::absent(&self.table).into_iter().filter_map(|id| self.table.remove(id)).collect();
+        let absent: Vec<CallLeg> = SnapshotDiff::absent(&self.table)
+            .into_iter()
+            .filter_map(|id| self.table.remove(id))
+            .collect();
         summary.absent = absent.len() as u64;
-        self.end_legs(absent, TerminationReason::AbsentAfterResync, &decider).await.map_err(ResyncError::Fatal)?;
+        self.end_legs(absent, TerminationReason::AbsentAfterResync, &decider)
+            .await
+            .map_err(ResyncError::Fatal)?;
 
         self.await_acks(connection, pending).await?;
         summary.millis = started.elapsed().as_millis() as u64;
         tracing::info!(?summary, "resync done");
         self.events.emit_all([
             HostEvent::ResyncDone(summary),
-            HostEvent::Link { state: LinkState::Connected, boot_id: Some(boot_id), detail: None },
+            HostEvent::Link {
+                state: LinkState::Connected,
+                boot_id: Some(boot_id),
+                detail: None,
+            },
         ]);
         self.status.send_modify(|s| s.resyncs += 1);
         self.publish(Some(LinkState::Connected), Some(boot_id));
         Ok(())
     }
 
-    async fn receive_snapshot(&mut self, connection: &mut Connection) -> Result<SnapshotDiff, LinkError> {
+    async fn receive_snapshot(
+        &mut self,
+        connection: &mut Connection,
+    ) -> Result<SnapshotDiff, LinkError> {
         match connection.next().await? {
             EngineMessage::SnapshotBegin { legs, .. } => self.table.reserve(legs as usize),
-            other => return Err(LinkError::Unexpected(format!("{other:?} instead of a snapshot"))),
+            other => {
+                return Err(LinkError::Unexpected(format!(
+                    "{other:?} instead of a snapshot"
+                )));
+            }
         }
         let mut diff = SnapshotDiff::begin(&mut self.table);
         loop {
@@ -72,7 +105,11 @@ impl Host {
                 EngineMessage::SnapshotLegs(chunk) => diff.legs(&mut self.table, chunk),
                 EngineMessage::SnapshotLinks(chunk) => diff.links(chunk),
                 EngineMessage::SnapshotEnd => return Ok(diff),
-                other => return Err(LinkError::Unexpected(format!("{other:?} inside a snapshot"))),
+                other => {
+                    return Err(LinkError::Unexpected(format!(
+                        "{other:?} inside a snapshot"
+                    )));
+                }
             }
         }
     }
@@ -84,11 +121,17 @@ impl Host {
         unknown: Vec<CallLeg>,
         summary: &mut ResyncSummary,
     ) -> Result<HashSet<LegId>, ResyncError> {
-        let (unknown, verdicts) = decide_blocking(decider, unknown, |d, legs| d.decide_legs(legs)).await?;
+        let (unknown, verdicts) =
+            decide_blocking(decider, unknown, |d, legs| d.decide_legs(legs)).await?;
         let mut refused = HashSet::new();
         let mut rebuilt = Vec::new();
         let mut refused_legs = Vec::new();
-        self.events.emit_all(unknown.iter().zip(&verdicts).map(|(leg, v)| sync_event(leg.id, v)));
+        self.events.emit_all(
+            unknown
+                .iter()
+                .zip(&verdicts)
+                .map(|(leg, v)| sync_event(leg.id, v)),
+        );
         for (mut leg, verdict) in unknown.into_iter().zip(verdicts) {
             match verdict.decision {
                 Decision::Rebuild => {
@@ -105,8 +148,13 @@ impl Host {
         summary.rebuilt = rebuilt.len() as u64;
         summary.refused = refused.len() as u64;
         // A call ended at a grace deadline and adopted again gets a RESUME.
-        self.cdr.resume(&rebuilt).await.map_err(ResyncError::Fatal)?;
-        self.end_legs(refused_legs, TerminationReason::RefusedByPolicy, decider).await.map_err(ResyncError::Fatal)?;
+        self.cdr
+            .resume(&rebuilt)
+            .await
+            .map_err(ResyncError::Fatal)?;
+        self.end_legs(refused_legs, TerminationReason::RefusedByPolicy, decider)
+            .await
+            .map_err(ResyncError::Fatal)?;
         Ok(refused)
     }
 
@@ -119,7 +167,8 @@ impl Host {
         summary: &mut ResyncSummary,
         pending: &mut HashSet<u64>,
     ) -> Result<(), ResyncError> {
-        let (offer, verdicts) = decide_blocking(decider, offer, |d, links| d.decide_links(links)).await?;
+        let (offer, verdicts) =
+            decide_blocking(decider, offer, |d, links| d.decide_links(links)).await?;
         let mut events = Vec::with_capacity(offer.len());
         for (link, verdict) in offer.into_iter().zip(verdicts) {
             match verdict.decision {
@@ -146,7 +195,11 @@ impl Host {
 
     /// Waits until the engine acknowledged every drop, applying live events
     /// that arrive meanwhile.
-    async fn await_acks(&mut self, connection: &mut Connection, mut pending: HashSet<u64>) -> Result<(), ResyncError> {
+    async fn await_acks(
+        &mut self,
+        connection: &mut Connection,
+        mut pending: HashSet<u64>,
+    ) -> Result<(), ResyncError> {
         while !pending.is_empty() {
             match connection.next().await? {
                 EngineMessage::Ack { command, result } => {

@@ -1,0 +1,113 @@
+//! A host running in this process against a simulator process, with its
+//! events and status observable. The demo narrates with it; the integration
+//! tests assert with it.
+
+use crate::app;
+use crate::config::HostConfig;
+use crate::events::{Events, HostEvent};
+use crate::policy::{Decider, PolicyHandle};
+use crate::supervisor::HostStatus;
+use anyhow::{Context, bail};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A running host.
+pub struct RunningHost {
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+    events: broadcast::Receiver<HostEvent>,
+    status: watch::Receiver<HostStatus>,
+    pub policy: PolicyHandle,
+}
+
+impl RunningHost {
+    /// Starts a host with `config` and `decider`.
+    pub fn start(config: &HostConfig, decider: Decider) -> anyhow::Result<RunningHost> {
+        let sink = match &config.events {
+            Some(path) => Events::with_file(path)?,
+            None => Events::new(),
+        };
+        let events = sink.subscribe();
+        let (host, policy) = app::build_host(config, decider, sink)?;
+        let status = host.status();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(host.run(shutdown.clone()));
+        Ok(RunningHost {
+            shutdown,
+            task,
+            events,
+            status,
+            policy,
+        })
+    }
+
+    /// Stops the host and waits for it to finish.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        (&mut self.task).await.context("host task panicked")?
+    }
+
+    pub fn status(&self) -> HostStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until the status satisfies `ready`.
+    pub async fn wait_status(
+        &mut self,
+        within: Duration,
+        ready: impl Fn(&HostStatus) -> bool,
+    ) -> anyhow::Result<HostStatus> {
+        let mut status = self.status.clone();
+        let reached = tokio::time::timeout(within, status.wait_for(|s| ready(s))).await;
+        match reached {
+            Ok(Ok(status)) => Ok(status.clone()),
+            Ok(Err(_)) => bail!("host stopped"),
+            Err(_) => bail!(
+                "status not reached within {within:?}; last: {:?}",
+                self.status.borrow()
+            ),
+        }
+    }
+
+    /// Collects events up to and including the first that satisfies `last`.
+    pub async fn events_until(
+        &mut self,
+        within: Duration,
+        last: impl Fn(&HostEvent) -> bool,
+    ) -> anyhow::Result<Vec<HostEvent>> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => bail!("event not seen within {within:?}; saw {seen:#?}"),
+                Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
+                    bail!("{n} events were lost (subscriber too slow)")
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    bail!("host stopped; saw {seen:#?}")
+                }
+                Ok(Ok(event)) => {
+                    let done = last(&event);
+                    seen.push(event);
+                    if done {
+                        return Ok(seen);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Events up to the end of the next resync.
+    pub async fn next_resync(&mut self, within: Duration) -> anyhow::Result<Vec<HostEvent>> {
+        self.events_until(within, |e| matches!(e, HostEvent::ResyncDone(_)))
+            .await
+    }
+}
+
+impl Drop for RunningHost {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

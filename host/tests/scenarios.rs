@@ -1,0 +1,334 @@
+//! The four reference scenarios of ARCHITECTURE.md, the billing trap, and a
+//! refusal, each against a real engine-sim process over TCP with real
+//! plugins.
+
+mod common;
+
+use common::world::{WAIT, World, links_synced, synced, terminated};
+use legsync::cdr::record::RecordKind;
+use legsync::events::{HostEvent, LinkState};
+use legsync::model::{Decision, TerminationReason};
+
+const RULES: &str =
+    "[[rule]]\nname = \"no premium\"\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n";
+
+fn standard_plugins() -> Vec<(&'static str, &'static str, Option<&'static str>)> {
+    vec![
+        ("10-accept-all", "accept-all", None),
+        ("20-rules", "rules", Some(RULES)),
+    ]
+}
+
+fn resync_summary(events: &[HostEvent]) -> legsync::events::ResyncSummary {
+    events
+        .iter()
+        .find_map(|e| match e {
+            HostEvent::ResyncDone(s) => Some(*s),
+            _ => None,
+        })
+        .expect("a resync summary")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_1_engine_restart_within_grace_keeps_active_calls() {
+    let mut world = World::new(None, &standard_plugins()).await;
+    let (mut host, _) = world.host(10.0).await;
+    let calls = world.reference_calls(&mut host).await;
+    let old_boot = world.sim.boot_id;
+
+    world.sim.restart().await.unwrap();
+    assert_ne!(world.sim.boot_id, old_boot);
+    let events = host.next_resync(WAIT).await.unwrap();
+
+    assert_eq!(
+        terminated(&events),
+        [
+            (calls.a, TerminationReason::AbsentAfterResync),
+            (calls.b, TerminationReason::AbsentAfterResync)
+        ]
+    );
+    assert!(
+        synced(&events).is_empty(),
+        "known calls stay valid with no callback: {events:#?}"
+    );
+    assert!(links_synced(&events).is_empty());
+    let summary = resync_summary(&events);
+    assert!(summary.engine_restarted, "the boot id told a restart");
+    assert_eq!((summary.known, summary.absent), (3, 2));
+    let status = host.status();
+    assert_eq!((status.legs, status.links), (3, 1));
+    assert!(
+        world.cdrs().is_empty(),
+        "A and B never answered, C-E go on: no CDR"
+    );
+    host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_2_engine_down_past_grace_purges_then_rebuilds() {
+    let mut world = World::new(None, &standard_plugins()).await;
+    let (mut host, _) = world.host(1.0).await;
+    let calls = world.reference_calls(&mut host).await;
+
+    world.sim.kill().await.unwrap();
+    let purge = host
+        .events_until(WAIT, |e| {
+            matches!(
+                e,
+                HostEvent::Link {
+                    state: LinkState::Purged,
+                    ..
+                }
+            )
+        })
+        .await
+        .unwrap();
+    let all = [calls.a, calls.b, calls.c, calls.d, calls.e];
+    assert_eq!(
+        terminated(&purge),
+        all.map(|leg| (leg, TerminationReason::GraceExpired))
+    );
+    assert_eq!(host.status().legs, 0, "every context destroyed locally");
+    let ends = world.cdrs();
+    let mut ended: Vec<u64> = ends.iter().map(|r| r.leg).collect();
+    ended.sort();
+    assert_eq!(
+        ended,
+        [calls.c, calls.d, calls.e],
+        "CDR END for each answered call only"
+    );
+    assert!(ends.iter().all(
+        |r| r.kind == RecordKind::End && r.end_reason == Some(TerminationReason::GraceExpired)
+    ));
+
+    world.sim.start_again().await.unwrap();
+    let events = host.next_resync(WAIT).await.unwrap();
+    assert_eq!(
+        synced(&events),
+        [calls.c, calls.d, calls.e].map(|leg| (leg, Decision::Rebuild))
+    );
+    assert_eq!(links_synced(&events), [(calls.cd, Decision::Rebuild)]);
+    let resumes: Vec<_> = world
+        .cdrs()
+        .into_iter()
+        .filter(|r| r.kind == RecordKind::Resume)
+        .collect();
+    assert_eq!(
+        resumes.len(),
+        3,
+        "each re-adopted call is marked as resumed"
+    );
+    for resume in &resumes {
+        let end = ends.iter().find(|e| e.leg == resume.leg).unwrap();
+        assert_eq!(resume.resumes, Some(end.record));
+        assert_eq!(resume.answer_time_ms, end.answer_time_ms);
+    }
+    host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_3_host_cold_restart_offers_every_active_call() {
+    let world = World::new(None, &standard_plugins()).await;
+    let (mut first, _) = world.host(10.0).await;
+    let calls = world.reference_calls(&mut first).await;
+    first.stop().await.unwrap();
+
+    let (second, events) = world.host(10.0).await;
+    assert_eq!(
+        synced(&events),
+        [calls.c, calls.d, calls.e].map(|leg| (leg, Decision::Rebuild))
+    );
+    assert_eq!(links_synced(&events), [(calls.cd, Decision::Rebuild)]);
+    assert!(terminated(&events).is_empty());
+    let plugin = events.iter().find_map(|e| match e {
+        HostEvent::CallLegSync { plugin, .. } => Some(plugin.to_string()),
+        _ => None,
+    });
+    assert_eq!(
+        plugin.as_deref(),
+        Some("20-rules"),
+        "the last plugin of the chain agreed"
+    );
+    assert!(
+        world.cdrs().is_empty(),
+        "a planned host restart bills nothing"
+    );
+    second.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_4_short_network_drop_keeps_known_calls() {
+    let world = World::new(None, &standard_plugins()).await;
+    let (mut host, _) = world.host(10.0).await;
+    let calls = world.reference_calls(&mut host).await;
+
+    world.sim.ok("partition 1500").await.unwrap();
+    host.events_until(WAIT, |e| {
+        matches!(
+            e,
+            HostEvent::Link {
+                state: LinkState::Disconnected,
+                ..
+            }
+        )
+    })
+    .await
+    .unwrap();
+    // E hangs up while the host is cut off.
+    world.sim.ok(&format!("release {}", calls.e)).await.unwrap();
+    let events = host.next_resync(WAIT).await.unwrap();
+
+    assert_eq!(
+        terminated(&events),
+        [
+            (calls.a, TerminationReason::AbsentAfterResync),
+            (calls.b, TerminationReason::AbsentAfterResync),
+            (calls.e, TerminationReason::AbsentAfterResync),
+        ]
+    );
+    assert!(synced(&events).is_empty());
+    assert!(
+        !resync_summary(&events).engine_restarted,
+        "same boot id: a network blip"
+    );
+    assert_eq!((host.status().legs, host.status().links), (2, 1));
+    let cdrs = world.cdrs();
+    assert_eq!(cdrs.len(), 1);
+    assert_eq!(
+        (cdrs[0].leg, cdrs[0].end_reason),
+        (calls.e, Some(TerminationReason::AbsentAfterResync))
+    );
+    host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_leg_and_its_link_are_dropped_at_the_engine() {
+    let world = World::new(None, &standard_plugins()).await;
+    let sim = &world.sim;
+    let premium = sim
+        .ok_id("ring SIP_CARRIER_B 15145550100 19005550100")
+        .await
+        .unwrap();
+    let other = sim
+        .ok_id("ring SIP_CARRIER_B 15145550101 15145550199 out")
+        .await
+        .unwrap();
+    let keep = sim
+        .ok_id("ring SIP_CARRIER_B 15145550102 15145550299")
+        .await
+        .unwrap();
+    for id in [premium, other, keep] {
+        sim.ok(&format!("answer {id}")).await.unwrap();
+    }
+    let link = sim.ok_id(&format!("link {premium} {other}")).await.unwrap();
+
+    let (host, events) = world.host(10.0).await;
+    assert_eq!(
+        synced(&events),
+        [
+            (premium, Decision::Refuse),
+            (other, Decision::Rebuild),
+            (keep, Decision::Rebuild)
+        ]
+    );
+    let refusal = events.iter().find_map(|e| match e {
+        HostEvent::CallLegSync { leg, plugin, .. } if *leg == premium => Some(plugin.to_string()),
+        _ => None,
+    });
+    assert_eq!(
+        refusal.as_deref(),
+        Some("20-rules"),
+        "the refusal names its plugin"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, HostEvent::LinkDropped { link: l, .. } if *l == link))
+    );
+    assert_eq!(
+        terminated(&events),
+        [(premium, TerminationReason::RefusedByPolicy)]
+    );
+
+    // The drops were acknowledged before the resync finished.
+    let list = sim.control("list").await.unwrap();
+    assert!(!list.contains(&format!("leg {premium} ")), "{list}");
+    assert!(!list.contains("link "), "{list}");
+    assert!(list.contains(&format!("leg {other} Answered")), "{list}");
+    assert_eq!(host.status().legs, 2);
+
+    // The event log on disk has the same story, one JSON line per event.
+    let log = std::fs::read_to_string(world.events_path()).unwrap();
+    let refused_line = log
+        .lines()
+        .find(|l| l.contains(&format!("\"leg\":{premium},")) && l.contains("call-leg-sync"))
+        .unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(refused_line).unwrap();
+    assert_eq!(parsed["decision"], "refuse");
+    assert_eq!(parsed["plugin"], "20-rules");
+    assert!(parsed["time_ms"].as_u64().unwrap() > 0);
+    host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_trap_across_a_host_restart_bills_each_call_once() {
+    let mut world = World::new(None, &standard_plugins()).await;
+    let (mut host, _) = world.host(1.0).await;
+    let calls = world.reference_calls(&mut host).await;
+    world.sim.kill().await.unwrap();
+    host.events_until(WAIT, |e| {
+        matches!(
+            e,
+            HostEvent::Link {
+                state: LinkState::Purged,
+                ..
+            }
+        )
+    })
+    .await
+    .unwrap();
+    // The host itself restarts while the engine is still away.
+    host.stop().await.unwrap();
+    let config = world.config(1.0);
+    let mut host =
+        legsync::demo::harness::RunningHost::start(&config, world.decider(&config)).unwrap();
+
+    world.sim.start_again().await.unwrap();
+    host.next_resync(WAIT).await.unwrap();
+    world.sim.ok(&format!("release {}", calls.c)).await.unwrap();
+    host.events_until(
+        WAIT,
+        |e| matches!(e, HostEvent::CallLegTerminated { leg, .. } if *leg == calls.c),
+    )
+    .await
+    .unwrap();
+
+    let records: Vec<_> = world
+        .cdrs()
+        .into_iter()
+        .filter(|r| r.leg == calls.c)
+        .collect();
+    let kinds: Vec<_> = records.iter().map(|r| r.kind).collect();
+    assert_eq!(
+        kinds,
+        [RecordKind::End, RecordKind::Resume, RecordKind::End]
+    );
+    let (first, resume, last) = (&records[0], &records[1], &records[2]);
+    assert_eq!(
+        resume.resumes,
+        Some(first.record),
+        "the restarted host remembered the first END"
+    );
+    assert_eq!(
+        last.supersedes,
+        Some(first.record),
+        "the final END replaces the first"
+    );
+    assert_eq!(last.answer_time_ms, first.answer_time_ms);
+    assert!(
+        last.duration_ms.unwrap() > first.duration_ms.unwrap(),
+        "billed from the original answer"
+    );
+    assert_eq!(last.end_reason, Some(TerminationReason::Released));
+    host.stop().await.unwrap();
+}
