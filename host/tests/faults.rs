@@ -1,0 +1,195 @@
+//! Link faults: a frozen engine (SIGSTOP, no FIN), a peer sending garbage,
+//! and reconnect backoff, all over real TCP.
+
+mod common;
+
+use bytes::BytesMut;
+use common::world::{WAIT, World, synced, terminated};
+use futures_util::SinkExt;
+use legsync::config::HostConfig;
+use legsync::demo::harness::RunningHost;
+use legsync::events::{HostEvent, LinkState};
+use legsync::policy::{Decider, PolicyChain};
+use legsync::protocol::{EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{Encoder, FramedWrite};
+
+fn disconnected(e: &HostEvent) -> Option<String> {
+    match e {
+        HostEvent::Link {
+            state: LinkState::Disconnected,
+            detail,
+            ..
+        } => Some(detail.clone().unwrap_or_default()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_engine_is_detected_by_missing_heartbeats() {
+    let world = World::new(None, &[("10-accept-all", "accept-all", None)]).await;
+    let (mut host, _) = world.host(10.0).await;
+    let calls = world.reference_calls(&mut host).await;
+
+    world.sim.freeze().unwrap();
+    let frozen_at = Instant::now();
+    let events = host
+        .events_until(WAIT, |e| disconnected(e).is_some())
+        .await
+        .unwrap();
+    let detected_after = frozen_at.elapsed();
+    let detail = events.iter().find_map(disconnected).unwrap();
+    assert!(detail.contains("heartbeat lost"), "{detail}");
+    // The configured timeout is 600 ms.
+    assert!(
+        detected_after >= Duration::from_millis(500),
+        "{detected_after:?}"
+    );
+    assert!(
+        detected_after < Duration::from_secs(3),
+        "{detected_after:?}"
+    );
+    assert_eq!(
+        host.status().legs,
+        5,
+        "contexts stay valid during the grace time"
+    );
+
+    world.sim.thaw().unwrap();
+    let events = host.next_resync(WAIT).await.unwrap();
+    assert!(synced(&events).is_empty(), "C, D, E stay known");
+    let ended: Vec<u64> = terminated(&events).iter().map(|(leg, _)| *leg).collect();
+    assert_eq!(
+        ended,
+        [calls.a, calls.b],
+        "the engine dropped the transient legs while cut off"
+    );
+    host.stop().await.unwrap();
+}
+
+/// A host with no plugins pointed at `addr`, with fast retries.
+fn host_at(addr: std::net::SocketAddr, dir: &std::path::Path) -> RunningHost {
+    let mut config = HostConfig {
+        engine: Some(addr),
+        ..HostConfig::default()
+    };
+    config.cdr = dir.join("cdr.jsonl");
+    config.link.heartbeat_ms = 100;
+    config.link.heartbeat_timeout_ms = 600;
+    config.link.backoff_base_ms = 50;
+    config.link.backoff_max_ms = 400;
+    config.link.max_frame_bytes = 64 * 1024;
+    RunningHost::start(
+        &config,
+        Decider::Chain(Arc::new(PolicyChain::new(Vec::new(), 1024))),
+    )
+    .unwrap()
+}
+
+/// Accepts one host, answers its hello properly, then sends `bytes`.
+async fn hello_then(listener: &TcpListener, bytes: &[u8]) -> TcpStream {
+    let (mut stream, _) = listener.accept().await.unwrap();
+    let mut hello = [0u8; 5];
+    stream.read_exact(&mut hello).await.unwrap();
+    let mut frame = BytesMut::new();
+    FrameCodec::<HostMessage, EngineMessage>::new(1 << 20)
+        .encode(
+            EngineMessage::Hello {
+                protocol: PROTOCOL_VERSION,
+                boot_id: 1,
+                engine: "garbage".into(),
+            },
+            &mut frame,
+        )
+        .unwrap();
+    frame.extend_from_slice(bytes);
+    stream.write_all(&frame).await.unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_the_engine_closes_the_link_and_the_host_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut host = host_at(listener.local_addr().unwrap(), dir.path());
+
+    let cases: [(&[u8], &str); 4] = [
+        (
+            &[0, 0, 0, 3, PROTOCOL_VERSION, 0xff, 0xff],
+            "malformed frame",
+        ),
+        (&[0x7f, 0xff, 0xff, 0xff], "exceeds the maximum of 65536"),
+        (&[0, 0, 0, 2, 9, 0], "protocol version 9"),
+        (&[0, 0, 0, 0], "empty frame"),
+    ];
+    for (bytes, expected) in cases {
+        let _peer = hello_then(&listener, bytes).await;
+        let events = host
+            .events_until(WAIT, |e| disconnected(e).is_some())
+            .await
+            .unwrap();
+        let detail = events.iter().find_map(disconnected).unwrap();
+        assert!(
+            detail.contains(expected),
+            "expected `{expected}` in `{detail}`"
+        );
+    }
+    // And a well-behaved engine afterwards gets a normal resync.
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut engine = FramedWrite::new(
+        stream,
+        FrameCodec::<HostMessage, EngineMessage>::new(1 << 20),
+    );
+    engine
+        .send(EngineMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            boot_id: 2,
+            engine: "good".into(),
+        })
+        .await
+        .unwrap();
+    engine
+        .send(EngineMessage::SnapshotBegin { legs: 0, links: 0 })
+        .await
+        .unwrap();
+    engine.send(EngineMessage::SnapshotEnd).await.unwrap();
+    host.next_resync(WAIT).await.unwrap();
+    assert_eq!(host.status().link, Some(LinkState::Connected));
+    drop(engine);
+    host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_backoff_doubles_up_to_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = host_at(listener.local_addr().unwrap(), dir.path());
+    let mut accepted = Vec::new();
+    for _ in 0..8 {
+        let (stream, _) = tokio::time::timeout(WAIT, listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        accepted.push(Instant::now());
+        drop(stream); // closes at once: the hello goes unanswered
+    }
+    let gaps: Vec<u128> = accepted
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    let expected = [50u128, 100, 200, 400, 400, 400, 400];
+    for (gap, want) in gaps.iter().zip(expected) {
+        assert!(
+            *gap >= want * 9 / 10,
+            "gaps {gaps:?} should follow {expected:?}"
+        );
+        assert!(
+            *gap < want + 300,
+            "gaps {gaps:?} should follow {expected:?}"
+        );
+    }
+    host.stop().await.unwrap();
+}
