@@ -60,7 +60,8 @@ fn block_on(
 }
 
 fn init_logging(quiet: bool) {
-    let default = if quiet { "warn" } else { "info" };
+    // The demo narrates on stdout; only errors go to the log unless RUST_LOG says otherwise.
+    let default = if quiet { "error" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()

@@ -45,7 +45,7 @@ pub enum LinkError {
     Busy(String),
     #[error("the engine speaks protocol {found}, we speak {PROTOCOL_VERSION}")]
     Version { found: u8 },
-    #[error("protocol error: {0}")]
+    #[error("{0}")]
     Protocol(#[from] ProtocolError),
     #[error("no frame from the engine for {0:?} (heartbeat lost)")]
     HeartbeatLost(Duration),

@@ -57,9 +57,9 @@ impl ControlCommand {
         let command = match verb {
             "ring" => {
                 if !(4..=6).contains(&words.len()) {
-                    return Err(format!(
-                        "usage: ring NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media]"
-                    ));
+                    return Err(
+                        "usage: ring NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media]".into(),
+                    );
                 }
                 let direction = match words.get(4) {
                     None | Some(&"in") => Direction::Inbound,

@@ -26,7 +26,11 @@ struct NapCap {
 
 impl Policy for NapCap {
     fn init(rules: &str) -> Result<Self, String> {
-        let mut policy = NapCap { default_max: None, max: HashMap::new(), active: HashMap::new() };
+        let mut policy = NapCap {
+            default_max: None,
+            max: HashMap::new(),
+            active: HashMap::new(),
+        };
         let mut in_max_table = false;
         for (number, raw) in rules.lines().enumerate() {
             let line = raw.split('#').next().unwrap_or("").trim();
@@ -36,7 +40,10 @@ impl Policy for NapCap {
             if line.starts_with('[') {
                 in_max_table = line == "[max]";
                 if !in_max_table {
-                    return Err(format!("line {}: unknown table {line}; only [max] exists", number + 1));
+                    return Err(format!(
+                        "line {}: unknown table {line}; only [max] exists",
+                        number + 1
+                    ));
                 }
                 continue;
             }
@@ -44,16 +51,21 @@ impl Policy for NapCap {
                 .split_once('=')
                 .ok_or_else(|| format!("line {}: expected `key = number`", number + 1))?;
             let key = key.trim().trim_matches('"');
-            let value: u32 = value
-                .trim()
-                .parse()
-                .map_err(|_| format!("line {}: `{}` is not a whole number", number + 1, value.trim()))?;
+            let value: u32 = value.trim().parse().map_err(|_| {
+                format!(
+                    "line {}: `{}` is not a whole number",
+                    number + 1,
+                    value.trim()
+                )
+            })?;
             match (in_max_table, key) {
                 (true, nap) => {
                     policy.max.insert(nap.to_string(), value);
                 }
                 (false, "default_max") => policy.default_max = Some(value),
-                (false, other) => return Err(format!("line {}: unknown key `{other}`", number + 1)),
+                (false, other) => {
+                    return Err(format!("line {}: unknown key `{other}`", number + 1));
+                }
             }
         }
         Ok(policy)
@@ -64,7 +76,10 @@ impl Policy for NapCap {
         let count = self.active.entry(leg.nap.clone()).or_insert(0);
         match cap {
             Some(cap) if *count >= cap => {
-                log::debug(&format!("leg {} refused: NAP {} at its cap of {cap}", leg.id, leg.nap));
+                log::debug(&format!(
+                    "leg {} refused: NAP {} at its cap of {cap}",
+                    leg.id, leg.nap
+                ));
                 Decision::Refuse
             }
             _ => {

@@ -120,8 +120,8 @@ pub mod __private {
 macro_rules! export_policy {
     ($policy:ty) => {
         const _: () = {
-            use $crate::Policy as _;
             use $crate::__private::with_policy;
+            use $crate::Policy as _;
 
             ::std::thread_local! {
                 static STATE: ::core::cell::RefCell<::core::option::Option<$policy>> =
@@ -137,10 +137,14 @@ macro_rules! export_policy {
                     Ok(())
                 }
                 fn on_call_leg_sync(legs: Vec<$crate::CallLeg>) -> Vec<$crate::Decision> {
-                    STATE.with(|s| with_policy(&mut s.borrow_mut(), |p| p.on_call_leg_sync_batch(&legs)))
+                    STATE.with(|s| {
+                        with_policy(&mut s.borrow_mut(), |p| p.on_call_leg_sync_batch(&legs))
+                    })
                 }
                 fn on_link_sync(links: Vec<$crate::Link>) -> Vec<$crate::Decision> {
-                    STATE.with(|s| with_policy(&mut s.borrow_mut(), |p| p.on_link_sync_batch(&links)))
+                    STATE.with(|s| {
+                        with_policy(&mut s.borrow_mut(), |p| p.on_link_sync_batch(&links))
+                    })
                 }
                 fn on_call_leg_terminated(legs: Vec<$crate::TerminatedLeg>) {
                     STATE.with(|s| {
@@ -149,7 +153,7 @@ macro_rules! export_policy {
                                 p.on_call_leg_terminated(&ended.leg, ended.reason);
                             }
                         })
-                    })
+            })
                 }
             }
 

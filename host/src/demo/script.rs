@@ -1,0 +1,566 @@
+//! The demo's scenarios, narrated and checked.
+
+use super::harness::RunningHost;
+use crate::cdr::CdrWriter;
+use crate::cdr::record::{CdrRecord, RecordKind};
+use crate::config::HostConfig;
+use crate::events::{HostEvent, LinkState};
+use crate::model::{Decision, TerminationReason};
+use crate::policy::{CompileCache, Decider, PolicyRuntime, loader};
+use crate::sim::process::SimProcess;
+use anyhow::Context;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+const RULES: &str = "# Refuse premium-rate calls when they are offered for resync.\n[[rule]]\nname = \"no premium\"\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n";
+
+pub struct Demo {
+    dir: PathBuf,
+    sim: SimProcess,
+    host: Option<RunningHost>,
+    config: HostConfig,
+    runtime: PolicyRuntime,
+    /// Leg ids by the names the narration uses (A, B, C...).
+    names: BTreeMap<u64, String>,
+    failures: std::cell::Cell<usize>,
+    cdrs_seen: std::cell::Cell<usize>,
+}
+
+impl Demo {
+    pub async fn new(dir: &Path, built: &Path, grace: f64) -> anyhow::Result<Demo> {
+        let plugins = dir.join("plugins.d");
+        std::fs::create_dir_all(&plugins)?;
+        for (stem, file) in [
+            ("10-accept-all", "accept_all"),
+            ("20-rules", "rules"),
+            ("30-nap-cap", "nap_cap"),
+        ] {
+            let source = built.join(format!("{file}.wasm"));
+            std::fs::copy(&source, plugins.join(format!("{stem}.wasm")))
+                .with_context(|| format!("cannot copy the built plugin {}", source.display()))?;
+        }
+        std::fs::write(plugins.join("20-rules.rules"), RULES)?;
+        std::fs::write(plugins.join("30-nap-cap.rules"), "default_max = 1000\n")?;
+        for stale in ["cdr.jsonl", "events.jsonl", "engine.state"] {
+            let _ = std::fs::remove_file(dir.join(stale));
+        }
+        let exe = std::env::current_exe()?;
+        let sim = SimProcess::spawn(
+            &exe,
+            &dir.join("engine.state"),
+            None,
+            &["--heartbeat-ms", "200", "--heartbeat-timeout-ms", "1500"],
+        )
+        .await?;
+        let mut config = HostConfig {
+            engine: Some(sim.listen),
+            grace_secs: grace,
+            ..HostConfig::default()
+        };
+        config.cdr = dir.join("cdr.jsonl");
+        config.events = Some(dir.join("events.jsonl"));
+        config.link.heartbeat_ms = 200;
+        config.link.heartbeat_timeout_ms = 1000;
+        config.link.backoff_base_ms = 50;
+        config.link.backoff_max_ms = 500;
+        config.policy.plugin_dir = Some(plugins);
+        config.policy.cache_dir = Some(dir.join("cache"));
+        let runtime = PolicyRuntime::new(config.policy.cache_dir.clone().map(CompileCache::new))?;
+        Ok(Demo {
+            dir: dir.to_path_buf(),
+            sim,
+            host: None,
+            config,
+            runtime,
+            names: BTreeMap::new(),
+            failures: Default::default(),
+            cdrs_seen: Default::default(),
+        })
+    }
+
+    pub async fn play(&mut self) -> anyhow::Result<usize> {
+        println!(
+            "legsync demo: engine-sim pid {:?} on {}, files in {}",
+            self.sim.pid(),
+            self.sim.listen,
+            self.dir.display()
+        );
+        println!(
+            "plugin chain: 10-accept-all -> 20-rules (refuse called 1900*) -> 30-nap-cap; grace {} s",
+            self.config.grace_secs
+        );
+        self.start_host().await?;
+        self.host()?.next_resync(WAIT).await?;
+        self.scenario_1().await?;
+        self.scenario_2().await?;
+        self.scenario_3().await?;
+        self.scenario_4().await?;
+        self.refusal().await?;
+        self.billing_trap().await?;
+        Ok(self.failures.get())
+    }
+
+    pub async fn finish(&mut self) {
+        if let Some(host) = self.host.take() {
+            let _ = host.stop().await;
+        }
+    }
+
+    async fn start_host(&mut self) -> anyhow::Result<()> {
+        let chain = loader::load_dir(
+            &self.runtime,
+            self.config.policy.plugin_dir.as_ref().expect("set"),
+            &self.config.policy,
+        )?;
+        self.host = Some(RunningHost::start(
+            &self.config,
+            Decider::Chain(Arc::new(chain)),
+        )?);
+        Ok(())
+    }
+
+    fn status(&self) -> crate::supervisor::HostStatus {
+        self.host
+            .as_ref()
+            .map(|h| h.status())
+            .unwrap_or_else(|| crate::supervisor::HostStatus {
+                link: None,
+                boot_id: None,
+                legs: 0,
+                links: 0,
+                resyncs: 0,
+            })
+    }
+
+    fn host(&mut self) -> anyhow::Result<&mut RunningHost> {
+        self.host.as_mut().context("no host running")
+    }
+
+    /// A ringing A and a terminating B (never answered), as each scenario starts.
+    async fn transient_legs(&mut self) -> anyhow::Result<(u64, u64)> {
+        let a = self
+            .sim
+            .ok_id("ring SIP_CARRIER_A 15145550001 15145559001")
+            .await?;
+        let b = self
+            .sim
+            .ok_id("ring SIP_CARRIER_A 15145550002 15145559002 out")
+            .await?;
+        self.sim.ok(&format!("terminate {b}")).await?;
+        self.names.insert(a, "A".into());
+        self.names.insert(b, "B".into());
+        Ok((a, b))
+    }
+
+    async fn answered(&mut self, name: &str, nap: &str, called: &str) -> anyhow::Result<u64> {
+        let id = self
+            .sim
+            .ok_id(&format!(
+                "ring {nap} 1438555{:04} {called}",
+                self.names.len()
+            ))
+            .await?;
+        self.sim.ok(&format!("answer {id}")).await?;
+        self.names.insert(id, name.into());
+        Ok(id)
+    }
+
+    async fn scenario_1(&mut self) -> anyhow::Result<()> {
+        heading("Scenario 1: the engine restarts quickly (back within the grace time)");
+        let (a, b) = self.transient_legs().await?;
+        let c = self.answered("C", "ISDN_SPAN_1", "15145551003").await?;
+        let d = self.answered("D", "SIP_CARRIER_B", "15145551004").await?;
+        self.answered("E", "SIP_CARRIER_B", "15145551005").await?;
+        self.sim.ok(&format!("link {c} {d}")).await?;
+        self.host()?
+            .wait_status(WAIT, |s| s.legs == 5 && s.links == 1)
+            .await?;
+        step(
+            "A ringing, B terminating, C D E answered, C-D linked. Restarting the engine (kill -9, start).",
+        );
+        self.sim.restart().await?;
+        let events = self.host()?.next_resync(WAIT).await?;
+        self.narrate(&events);
+        self.check(
+            "A and B end with OnCallLegTerminated",
+            ended(&events)
+                == [
+                    (a, TerminationReason::AbsentAfterResync),
+                    (b, TerminationReason::AbsentAfterResync),
+                ],
+        );
+        self.check(
+            "C, D, E and the C-D link stay valid with no callback",
+            synced(&events).is_empty() && self.status().legs == 3 && self.status().links == 1,
+        );
+        self.check("no CDR written", self.new_cdrs().is_empty());
+        Ok(())
+    }
+
+    async fn scenario_2(&mut self) -> anyhow::Result<()> {
+        heading("Scenario 2: the engine is down longer than the grace time");
+        let (a, b) = self.transient_legs().await?;
+        self.host()?.wait_status(WAIT, |s| s.legs == 5).await?;
+        let [c, d, e] = self.ids(["C", "D", "E"]);
+        step("Killing the engine and leaving it down past the grace timer.");
+        self.sim.kill().await?;
+        let events = self
+            .host()?
+            .events_until(WAIT, |e| {
+                matches!(
+                    e,
+                    HostEvent::Link {
+                        state: LinkState::Purged,
+                        ..
+                    }
+                )
+            })
+            .await?;
+        self.narrate(&events);
+        let mut expected: Vec<_> = [a, b, c, d, e]
+            .into_iter()
+            .map(|l| (l, TerminationReason::GraceExpired))
+            .collect();
+        expected.sort();
+        self.check(
+            "at the deadline A-E all end with OnCallLegTerminated",
+            ended(&events) == expected,
+        );
+        let cdrs = self.new_cdrs();
+        self.check(
+            "a CDR END for C, D and E",
+            legs_of(&cdrs, RecordKind::End) == sorted([c, d, e]),
+        );
+        step("Starting the engine again.");
+        self.sim.start_again().await?;
+        let events = self.host()?.next_resync(WAIT).await?;
+        self.narrate(&events);
+        self.check(
+            "C, D, E come back through OnCallLegSync (rebuild)",
+            synced(&events)
+                == sorted([c, d, e])
+                    .into_iter()
+                    .map(|l| (l, Decision::Rebuild))
+                    .collect::<Vec<_>>(),
+        );
+        self.check(
+            "C-D comes back through OnLinkSync",
+            events.iter().any(|e| {
+                matches!(
+                    e,
+                    HostEvent::LinkSync {
+                        decision: Decision::Rebuild,
+                        ..
+                    }
+                )
+            }),
+        );
+        let cdrs = self.new_cdrs();
+        self.check(
+            "each re-adopted call gets a RESUME naming its END",
+            legs_of(&cdrs, RecordKind::Resume) == sorted([c, d, e])
+                && cdrs.iter().all(|r| r.resumes.is_some()),
+        );
+        Ok(())
+    }
+
+    async fn scenario_3(&mut self) -> anyhow::Result<()> {
+        heading("Scenario 3: the application (host) restarts cold");
+        self.transient_legs().await?;
+        self.host()?.wait_status(WAIT, |s| s.legs == 5).await?;
+        step("Stopping the host and starting a new one with no contexts.");
+        self.host.take().context("no host")?.stop().await?;
+        self.start_host().await?;
+        let events = self.host()?.next_resync(WAIT).await?;
+        self.narrate(&events);
+        let [c, d, e] = self.ids(["C", "D", "E"]);
+        self.check(
+            "C, D, E come through OnCallLegSync",
+            synced(&events)
+                == sorted([c, d, e])
+                    .into_iter()
+                    .map(|l| (l, Decision::Rebuild))
+                    .collect::<Vec<_>>(),
+        );
+        self.check(
+            "C-D comes through OnLinkSync",
+            events.iter().any(|e| {
+                matches!(
+                    e,
+                    HostEvent::LinkSync {
+                        decision: Decision::Rebuild,
+                        ..
+                    }
+                )
+            }),
+        );
+        self.check(
+            "no CDR written (the calls go on)",
+            self.new_cdrs().is_empty(),
+        );
+        Ok(())
+    }
+
+    async fn scenario_4(&mut self) -> anyhow::Result<()> {
+        heading("Scenario 4: the network drops for less than the grace time");
+        let (a, b) = self.transient_legs().await?;
+        self.host()?.wait_status(WAIT, |s| s.legs == 5).await?;
+        let [e] = self.ids(["E"]);
+        step("Cutting the host off for 1 s; E hangs up meanwhile.");
+        self.sim.ok("partition 1000").await?;
+        self.host()?
+            .events_until(WAIT, |e| {
+                matches!(
+                    e,
+                    HostEvent::Link {
+                        state: LinkState::Disconnected,
+                        ..
+                    }
+                )
+            })
+            .await?;
+        self.sim.ok(&format!("release {e}")).await?;
+        let events = self.host()?.next_resync(WAIT).await?;
+        self.narrate(&events);
+        let mut expected: Vec<_> = [a, b, e]
+            .into_iter()
+            .map(|l| (l, TerminationReason::AbsentAfterResync))
+            .collect();
+        expected.sort();
+        self.check(
+            "legs that ended meanwhile (A, B, E) end with OnCallLegTerminated",
+            ended(&events) == expected,
+        );
+        self.check(
+            "C and D stay valid with no callback",
+            synced(&events).is_empty() && self.status().legs == 2,
+        );
+        let cdrs = self.new_cdrs();
+        self.check("a CDR END for E", legs_of(&cdrs, RecordKind::End) == [e]);
+        Ok(())
+    }
+
+    async fn refusal(&mut self) -> anyhow::Result<()> {
+        heading("A refusal by the rules plugin");
+        step("While the host is cut off, F (called 1900...) and G are answered and linked.");
+        self.sim.ok("partition 1000").await?;
+        self.host()?
+            .events_until(WAIT, |e| {
+                matches!(
+                    e,
+                    HostEvent::Link {
+                        state: LinkState::Disconnected,
+                        ..
+                    }
+                )
+            })
+            .await?;
+        let f = self.answered("F", "SIP_CARRIER_A", "19005550123").await?;
+        let g = self.answered("G", "SIP_CARRIER_A", "15145550124").await?;
+        self.sim.ok(&format!("link {f} {g}")).await?;
+        let events = self.host()?.next_resync(WAIT).await?;
+        self.narrate(&events);
+        let refused_by = events.iter().find_map(|e| match e {
+            HostEvent::CallLegSync {
+                leg,
+                decision: Decision::Refuse,
+                plugin,
+                ..
+            } if *leg == f => Some(plugin.to_string()),
+            _ => None,
+        });
+        self.check(
+            "F is refused by 20-rules",
+            refused_by.as_deref() == Some("20-rules"),
+        );
+        self.check(
+            "G is rebuilt",
+            synced(&events).contains(&(g, Decision::Rebuild)),
+        );
+        self.check(
+            "the F-G link is dropped",
+            events
+                .iter()
+                .any(|e| matches!(e, HostEvent::LinkDropped { .. })),
+        );
+        let list = self.sim.control("list").await?;
+        self.check(
+            "the engine no longer has F",
+            !list.contains(&format!("leg {f} ")),
+        );
+        Ok(())
+    }
+
+    async fn billing_trap(&mut self) -> anyhow::Result<()> {
+        heading("The billing trap: C was ended at a grace deadline, re-adopted, and now hangs up");
+        let [c] = self.ids(["C"]);
+        self.sim.ok(&format!("release {c}")).await?;
+        let events = self
+            .host()?
+            .events_until(
+                WAIT,
+                |e| matches!(e, HostEvent::CallLegTerminated { leg, .. } if *leg == c),
+            )
+            .await?;
+        self.narrate(&events);
+        let cdrs = self.new_cdrs();
+        let all = CdrWriter::read_all(&self.config.cdr)?;
+        let first_end = all
+            .iter()
+            .find(|r| r.leg == c && r.kind == RecordKind::End)
+            .map(|r| r.record);
+        let last = cdrs.iter().find(|r| r.leg == c);
+        self.check(
+            "the final END supersedes the first, so C is billed once",
+            last.is_some_and(|r| r.supersedes == first_end && first_end.is_some()),
+        );
+        self.check(
+            "and is billed from its original answer time",
+            last.is_some_and(|r| {
+                all.iter().any(|x| {
+                    x.record == first_end.unwrap_or(0) && x.answer_time_ms == r.answer_time_ms
+                })
+            }),
+        );
+        Ok(())
+    }
+
+    fn ids<const N: usize>(&self, names: [&str; N]) -> [u64; N] {
+        names.map(|n| {
+            self.names
+                .iter()
+                .find(|(_, v)| v.as_str() == n)
+                .map(|(k, _)| *k)
+                .unwrap_or(0)
+        })
+    }
+
+    fn name(&self, leg: u64) -> String {
+        self.names
+            .get(&leg)
+            .map_or(format!("leg {leg}"), |n| format!("{n} (leg {leg})"))
+    }
+
+    fn narrate(&self, events: &[HostEvent]) {
+        for event in events {
+            let line = match event {
+                HostEvent::CallLegSync {
+                    leg,
+                    decision,
+                    plugin,
+                    ..
+                } => format!(
+                    "OnCallLegSync      {:<12} -> {decision:?} by {plugin}",
+                    self.name(*leg)
+                ),
+                HostEvent::LinkSync {
+                    legs,
+                    decision,
+                    plugin,
+                    ..
+                } => format!(
+                    "OnLinkSync         {}-{} -> {decision:?} by {plugin}",
+                    self.name(legs[0]),
+                    self.name(legs[1])
+                ),
+                HostEvent::LinkDropped { legs, .. } => format!(
+                    "link dropped       {}-{} (a leg was refused)",
+                    self.name(legs[0]),
+                    self.name(legs[1])
+                ),
+                HostEvent::CallLegTerminated { leg, reason } => {
+                    format!("OnCallLegTerminated {:<11} ({reason:?})", self.name(*leg))
+                }
+                HostEvent::Link { state, .. } => format!("link               {state:?}"),
+                HostEvent::ResyncDone(s) => format!(
+                    "resync done        known {} rebuilt {} refused {} absent {} (engine restarted: {})",
+                    s.known, s.rebuilt, s.refused, s.absent, s.engine_restarted
+                ),
+                HostEvent::Reload { .. } => continue,
+            };
+            println!("    {line}");
+        }
+    }
+
+    /// CDR records written since the last call, printed.
+    fn new_cdrs(&self) -> Vec<CdrRecord> {
+        let all = CdrWriter::read_all(&self.config.cdr).unwrap_or_default();
+        let fresh: Vec<CdrRecord> = all.into_iter().skip(self.cdrs_seen.get()).collect();
+        self.cdrs_seen.set(self.cdrs_seen.get() + fresh.len());
+        for r in &fresh {
+            let extra = match (r.resumes, r.supersedes) {
+                (Some(end), _) => format!(" resumes END #{end}"),
+                (_, Some(end)) => format!(" supersedes END #{end}"),
+                _ => String::new(),
+            };
+            println!(
+                "    CDR #{} {:?} {} reason {:?} duration {:?} ms{extra}",
+                r.record,
+                r.kind,
+                self.name(r.leg),
+                r.end_reason,
+                r.duration_ms
+            );
+        }
+        fresh
+    }
+
+    fn check(&self, what: &str, ok: bool) {
+        if ok {
+            println!("  ✓ {what}");
+        } else {
+            println!("  ✗ {what}");
+            self.failures.set(self.failures.get() + 1);
+        }
+    }
+}
+
+fn heading(text: &str) {
+    println!("\n== {text}");
+}
+
+fn step(text: &str) {
+    println!("  {text}");
+}
+
+fn ended(events: &[HostEvent]) -> Vec<(u64, TerminationReason)> {
+    let mut out: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            HostEvent::CallLegTerminated { leg, reason } => Some((*leg, *reason)),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn synced(events: &[HostEvent]) -> Vec<(u64, Decision)> {
+    let mut out: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            HostEvent::CallLegSync { leg, decision, .. } => Some((*leg, *decision)),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn legs_of(records: &[CdrRecord], kind: RecordKind) -> Vec<u64> {
+    let mut legs: Vec<u64> = records
+        .iter()
+        .filter(|r| r.kind == kind)
+        .map(|r| r.leg)
+        .collect();
+    legs.sort();
+    legs
+}
+
+fn sorted<const N: usize>(mut ids: [u64; N]) -> Vec<u64> {
+    ids.sort();
+    ids.to_vec()
+}
