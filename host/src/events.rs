@@ -52,13 +52,7 @@ pub enum HostEvent {
     /// A resync finished.
     ResyncDone(ResyncSummary),
     /// A plugin set was loaded (or failed to load).
-    Reload {
-        outcome: String,
-        plugins: Vec<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        error: Option<String>,
-        swap_micros: u64,
-    },
+    Reload(ReloadReport),
 }
 
 /// The engine link's state, as the supervisor sees it.
@@ -88,6 +82,47 @@ pub struct ResyncSummary {
     pub millis: u64,
 }
 
+/// What a reload attempt did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReloadReport {
+    /// What asked for it: `watch`, `SIGHUP`, `retry`, `api`.
+    pub trigger: String,
+    pub outcome: ReloadOutcome,
+    /// `name@sha256-prefix` of every plugin of the set now deciding.
+    pub plugins: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Building the new set (compile, instantiate, init), off to the side.
+    pub build_micros: u64,
+    /// The swap itself: the only time decisions could wait.
+    pub swap_micros: u64,
+}
+
+/// The outcome of a reload attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReloadOutcome {
+    /// The new set replaced the old one.
+    Applied,
+    /// The new set failed; the old one stays; another attempt follows.
+    RejectedWillRetry,
+    /// The new set failed; the old one stays.
+    Rejected,
+}
+
+impl HostEvent {
+    /// Per-leg and per-link events, as opposed to state changes.
+    pub fn is_per_item(&self) -> bool {
+        matches!(
+            self,
+            HostEvent::CallLegSync { .. }
+                | HostEvent::LinkSync { .. }
+                | HostEvent::LinkDropped { .. }
+                | HostEvent::CallLegTerminated { .. }
+        )
+    }
+}
+
 #[derive(Serialize)]
 struct Line<'a> {
     time_ms: u64,
@@ -99,6 +134,9 @@ struct Line<'a> {
 #[derive(Clone)]
 pub struct Events {
     subscribers: broadcast::Sender<HostEvent>,
+    /// Only state changes, resync summaries and reloads: a subscriber that
+    /// cannot keep up with a million per-leg events still sees these.
+    summaries: broadcast::Sender<HostEvent>,
     file: Option<Arc<Mutex<std::io::BufWriter<std::fs::File>>>>,
 }
 
@@ -114,8 +152,10 @@ impl Events {
     /// Events for subscribers only.
     pub fn new() -> Self {
         let (subscribers, _) = broadcast::channel(1 << 16);
+        let (summaries, _) = broadcast::channel(1 << 10);
         Events {
             subscribers,
+            summaries,
             file: None,
         }
     }
@@ -137,6 +177,11 @@ impl Events {
         self.subscribers.subscribe()
     }
 
+    /// Every event but the per-leg and per-link ones.
+    pub fn subscribe_summaries(&self) -> broadcast::Receiver<HostEvent> {
+        self.summaries.subscribe()
+    }
+
     pub fn emit(&self, event: HostEvent) {
         self.emit_all(std::iter::once(event));
     }
@@ -149,6 +194,7 @@ impl Events {
             .as_ref()
             .map(|f| f.lock().unwrap_or_else(|e| e.into_inner()));
         let listening = self.subscribers.receiver_count() > 0;
+        let summarizing = self.summaries.receiver_count() > 0;
         for event in events {
             if let Some(file) = file.as_mut()
                 && let Err(e) = serde_json::to_writer(
@@ -162,6 +208,9 @@ impl Events {
                 .and_then(|()| file.write_all(b"\n"))
             {
                 tracing::error!(error = %e, "cannot write the event log");
+            }
+            if summarizing && !event.is_per_item() {
+                let _ = self.summaries.send(event.clone());
             }
             if listening {
                 let _ = self.subscribers.send(event);

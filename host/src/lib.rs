@@ -19,6 +19,7 @@ pub mod legs;
 pub mod model;
 pub mod policy;
 pub mod protocol;
+pub mod reload;
 pub mod resync;
 pub mod sim;
 pub mod supervisor;

@@ -162,7 +162,7 @@ async fn scenario_4_short_network_drop_keeps_known_calls() {
     let (mut host, _) = world.host(10.0).await;
     let calls = world.reference_calls(&mut host).await;
 
-    world.sim.ok("partition 1500").await.unwrap();
+    world.sim.ok("partition 60000").await.unwrap();
     host.events_until(WAIT, |e| {
         matches!(
             e,
@@ -176,6 +176,7 @@ async fn scenario_4_short_network_drop_keeps_known_calls() {
     .unwrap();
     // E hangs up while the host is cut off.
     world.sim.ok(&format!("release {}", calls.e)).await.unwrap();
+    world.sim.ok("partition 0").await.unwrap();
     let events = host.next_resync(WAIT).await.unwrap();
 
     assert_eq!(

@@ -3,10 +3,12 @@
 use crate::app;
 use crate::config::HostConfig;
 use crate::events::Events;
+use crate::reload::{PolicySource, Reloader};
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
@@ -64,15 +66,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Events::with_file(path)?,
         None => Events::new(),
     };
-    let (_runtime, decider) = app::load_policy(&config)?;
+    let (runtime, decider) = app::load_policy(&config)?;
     tracing::info!(plugins = ?decider.describe(), "active plugin set");
-    let (host, _policy) = app::build_host(&config, decider, events)?;
+    let (host, policy) = app::build_host(&config, decider, events.clone())?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
         super::termination().await;
         stop.cancel();
     });
-    host.run(shutdown).await?;
+    let source = PolicySource {
+        config_file: args.config.clone(),
+        plugin_dir_override: args.plugin_dir.clone(),
+        fallback: config.policy.clone(),
+    };
+    let reloader = Arc::new(Reloader::new(runtime, source, policy, events));
+    let watching = reloader.spawn(shutdown.clone())?;
+    host.run(shutdown.clone()).await?;
+    shutdown.cancel();
+    watching.await??;
     Ok(ExitCode::SUCCESS)
 }

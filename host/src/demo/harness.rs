@@ -20,17 +20,33 @@ pub struct RunningHost {
     events: broadcast::Receiver<HostEvent>,
     status: watch::Receiver<HostStatus>,
     pub policy: PolicyHandle,
+    /// The host's event sink (a reloader reports into it).
+    pub sink: Events,
 }
 
 impl RunningHost {
-    /// Starts a host with `config` and `decider`.
+    /// Starts a host with `config` and `decider`, observing every event.
     pub fn start(config: &HostConfig, decider: Decider) -> anyhow::Result<RunningHost> {
+        Self::start_with(config, decider, Events::subscribe)
+    }
+
+    /// Starts a host observing only state changes, resync summaries and
+    /// reloads (for runs with very many legs).
+    pub fn start_summaries(config: &HostConfig, decider: Decider) -> anyhow::Result<RunningHost> {
+        Self::start_with(config, decider, Events::subscribe_summaries)
+    }
+
+    fn start_with(
+        config: &HostConfig,
+        decider: Decider,
+        subscribe: fn(&Events) -> broadcast::Receiver<HostEvent>,
+    ) -> anyhow::Result<RunningHost> {
         let sink = match &config.events {
             Some(path) => Events::with_file(path)?,
             None => Events::new(),
         };
-        let events = sink.subscribe();
-        let (host, policy) = app::build_host(config, decider, sink)?;
+        let events = subscribe(&sink);
+        let (host, policy) = app::build_host(config, decider, sink.clone())?;
         let status = host.status();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(host.run(shutdown.clone()));
@@ -40,6 +56,7 @@ impl RunningHost {
             events,
             status,
             policy,
+            sink,
         })
     }
 

@@ -309,8 +309,8 @@ impl Demo {
         let (a, b) = self.transient_legs().await?;
         self.host()?.wait_status(WAIT, |s| s.legs == 5).await?;
         let [e] = self.ids(["E"]);
-        step("Cutting the host off for 1 s; E hangs up meanwhile.");
-        self.sim.ok("partition 1000").await?;
+        step("Cutting the host off; E hangs up meanwhile; the network comes back.");
+        self.sim.ok("partition 60000").await?;
         self.host()?
             .events_until(WAIT, |e| {
                 matches!(
@@ -323,6 +323,7 @@ impl Demo {
             })
             .await?;
         self.sim.ok(&format!("release {e}")).await?;
+        self.sim.ok("partition 0").await?;
         let events = self.host()?.next_resync(WAIT).await?;
         self.narrate(&events);
         let mut expected: Vec<_> = [a, b, e]
@@ -346,7 +347,7 @@ impl Demo {
     async fn refusal(&mut self) -> anyhow::Result<()> {
         heading("A refusal by the rules plugin");
         step("While the host is cut off, F (called 1900...) and G are answered and linked.");
-        self.sim.ok("partition 1000").await?;
+        self.sim.ok("partition 60000").await?;
         self.host()?
             .events_until(WAIT, |e| {
                 matches!(
@@ -361,6 +362,7 @@ impl Demo {
         let f = self.answered("F", "SIP_CARRIER_A", "19005550123").await?;
         let g = self.answered("G", "SIP_CARRIER_A", "15145550124").await?;
         self.sim.ok(&format!("link {f} {g}")).await?;
+        self.sim.ok("partition 0").await?;
         let events = self.host()?.next_resync(WAIT).await?;
         self.narrate(&events);
         let refused_by = events.iter().find_map(|e| match e {
@@ -479,7 +481,7 @@ impl Demo {
                     "resync done        known {} rebuilt {} refused {} absent {} (engine restarted: {})",
                     s.known, s.rebuilt, s.refused, s.absent, s.engine_restarted
                 ),
-                HostEvent::Reload { .. } => continue,
+                HostEvent::Reload(_) => continue,
             };
             println!("    {line}");
         }

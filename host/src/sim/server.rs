@@ -55,6 +55,11 @@ impl Shared {
         {
             cancel.cancel();
         }
+        // Detached now, not when its task winds down: no event slips through
+        // to the host once the partition is acknowledged.
+        if duration > Duration::ZERO {
+            self.lock().detach_host();
+        }
     }
 
     fn partitioned(&self) -> bool {
@@ -151,7 +156,7 @@ async fn serve_host(
         if state.host_attached() {
             bail!("another host attached first");
         }
-        state.attach_host(events_tx)
+        state.attach_host(events_tx.clone())
     };
     let cancel = shutdown.child_token();
     *shared.host_cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some(cancel.clone());
@@ -160,7 +165,7 @@ async fn serve_host(
         serve_attached(shared, &mut framed, &mut events, &cancel).await
     }
     .await;
-    shared.lock().detach_host();
+    shared.lock().detach_host_if(&events_tx);
     result
 }
 

@@ -136,6 +136,18 @@ impl EngineState {
     /// dropped, and terminating legs finish releasing.
     pub fn detach_host(&mut self) {
         self.host = None;
+        self.drop_transient();
+    }
+
+    /// Detaches the host that was given `events`, if it is still the one
+    /// attached (a newer host may have attached since).
+    pub fn detach_host_if(&mut self, events: &UnboundedSender<EngineEvent>) {
+        if self.host.as_ref().is_some_and(|h| h.same_channel(events)) {
+            self.detach_host();
+        }
+    }
+
+    fn drop_transient(&mut self) {
         let gone: Vec<LegId> = self
             .legs
             .values()

@@ -40,6 +40,7 @@ impl Host {
             legs = legs.len(),
             "grace timer expired: destroying every context"
         );
+        self.publish(Some(LinkState::Purged), None);
         let decider = self.policy.current();
         self.end_legs(legs, TerminationReason::GraceExpired, &decider)
             .await?;
@@ -48,7 +49,6 @@ impl Host {
             boot_id: None,
             detail: None,
         });
-        self.publish(Some(LinkState::Purged), None);
         Ok(())
     }
 

@@ -63,6 +63,7 @@ impl Host {
             EngineEvent::LegTerminating(id) => self.set_state(id, LegState::Terminating, None),
             EngineEvent::LegReleased(id) => {
                 if let Some(leg) = self.table.remove(id) {
+                    self.publish(None, None);
                     let decider = self.policy.current();
                     self.end_legs(vec![leg], TerminationReason::Released, &decider)
                         .await?;

@@ -157,12 +157,12 @@ impl Host {
         if !self.table.is_empty() {
             self.grace.arm(self.options.grace);
         }
+        self.publish(Some(LinkState::Disconnected), None);
         self.events.emit(HostEvent::Link {
             state: LinkState::Disconnected,
             boot_id: None,
             detail: Some(error.to_string()),
         });
-        self.publish(Some(LinkState::Disconnected), None);
     }
 
     fn publish(&self, link: Option<LinkState>, boot_id: Option<u64>) {

@@ -27,12 +27,12 @@ impl Host {
             known = self.table.len(),
             "engine connected; resyncing"
         );
+        self.publish(Some(LinkState::Resyncing), Some(boot_id));
         self.events.emit(HostEvent::Link {
             state: LinkState::Resyncing,
             boot_id: Some(boot_id),
             detail: None,
         });
-        self.publish(Some(LinkState::Resyncing), Some(boot_id));
 
         let mut diff = self.receive_snapshot(connection).await?;
         let mut summary = ResyncSummary {
@@ -74,6 +74,9 @@ impl Host {
         self.await_acks(connection, pending).await?;
         summary.millis = started.elapsed().as_millis() as u64;
         tracing::info!(?summary, "resync done");
+        // The status first: whoever sees the event then sees the new state.
+        self.status.send_modify(|s| s.resyncs += 1);
+        self.publish(Some(LinkState::Connected), Some(boot_id));
         self.events.emit_all([
             HostEvent::ResyncDone(summary),
             HostEvent::Link {
@@ -82,8 +85,6 @@ impl Host {
                 detail: None,
             },
         ]);
-        self.status.send_modify(|s| s.resyncs += 1);
-        self.publish(Some(LinkState::Connected), Some(boot_id));
         Ok(())
     }
 

@@ -1,0 +1,260 @@
+//! Hot reload of the plugin set: watch the plugin directory and the config
+//! file (debounced), and SIGHUP.
+//!
+//! A new set is built off to the side (compiled through the disk cache,
+//! instantiated, `init`-ed with its rules) while the old one keeps deciding.
+//! Only a set that loads completely replaces the old one, in one swap of the
+//! [`PolicyHandle`]; a resync in progress keeps the decider it started with,
+//! so it finishes on the old set and the next one uses the new. A set that
+//! fails is reported (file and reason) and the old one stays.
+//!
+//! A file being copied shows up as a burst of events: the debounce waits for
+//! the directory to be quiet, and a failed attempt is retried once after a
+//! pause, so a half-written `.wasm` costs one retry, not a storm of failures.
+
+use crate::config::HostConfig;
+use crate::events::{Events, HostEvent, ReloadOutcome, ReloadReport};
+use crate::policy::{Decider, PolicyConfig, PolicyHandle, PolicyRuntime, loader};
+use anyhow::Context;
+use notify::{EventKind, RecursiveMode, Watcher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Quiet time after the last file event before a reload.
+pub const DEBOUNCE: Duration = Duration::from_millis(300);
+/// Pause before the one retry of a failed reload.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Where the policy settings come from at each reload.
+#[derive(Debug, Clone)]
+pub struct PolicySource {
+    /// The host config file, re-read at each reload (its `[policy]` section).
+    pub config_file: Option<PathBuf>,
+    /// `--plugin-dir`, which overrides the file.
+    pub plugin_dir_override: Option<PathBuf>,
+    /// The settings when there is no config file.
+    pub fallback: PolicyConfig,
+}
+
+impl PolicySource {
+    /// The policy settings as they are now.
+    pub fn load(&self) -> anyhow::Result<PolicyConfig> {
+        let mut policy = match &self.config_file {
+            Some(path) => HostConfig::load(path)?.policy,
+            None => self.fallback.clone(),
+        };
+        if let Some(dir) = &self.plugin_dir_override {
+            policy.plugin_dir = Some(dir.clone());
+        }
+        Ok(policy)
+    }
+
+    fn plugin_dir(&self) -> Option<PathBuf> {
+        self.load()
+            .ok()
+            .and_then(|p| p.plugin_dir)
+            .or_else(|| self.plugin_dir_override.clone())
+    }
+}
+
+/// Reloads the plugin set into a [`PolicyHandle`].
+pub struct Reloader {
+    runtime: PolicyRuntime,
+    source: PolicySource,
+    policy: PolicyHandle,
+    events: Events,
+}
+
+impl Reloader {
+    pub fn new(
+        runtime: PolicyRuntime,
+        source: PolicySource,
+        policy: PolicyHandle,
+        events: Events,
+    ) -> Self {
+        Reloader {
+            runtime,
+            source,
+            policy,
+            events,
+        }
+    }
+
+    /// One reload attempt: build, and swap if the whole set loaded. Blocks
+    /// (compiling); run it off the async threads.
+    pub fn reload(&self, trigger: &str, will_retry: bool) -> ReloadReport {
+        let started = Instant::now();
+        let built = self.source.load().and_then(|config| {
+            let dir = config
+                .plugin_dir
+                .clone()
+                .context("no plugin directory configured")?;
+            Ok(loader::load_dir(&self.runtime, &dir, &config)?)
+        });
+        let build_micros = started.elapsed().as_micros() as u64;
+        let report = match built {
+            Ok(chain) => {
+                let decider = Decider::Chain(Arc::new(chain));
+                let plugins = decider.describe();
+                let swap_started = Instant::now();
+                let old = self.policy.swap(decider);
+                let swap_micros = swap_started.elapsed().as_micros() as u64;
+                drop(old);
+                tracing::info!(
+                    trigger,
+                    ?plugins,
+                    build_micros,
+                    swap_micros,
+                    "plugin set reloaded"
+                );
+                ReloadReport {
+                    trigger: trigger.into(),
+                    outcome: ReloadOutcome::Applied,
+                    plugins,
+                    error: None,
+                    build_micros,
+                    swap_micros,
+                }
+            }
+            Err(error) => {
+                let error = format!("{error:#}");
+                let outcome = if will_retry {
+                    ReloadOutcome::RejectedWillRetry
+                } else {
+                    ReloadOutcome::Rejected
+                };
+                if will_retry {
+                    tracing::warn!(trigger, %error, "new plugin set rejected; the current set stays; retrying once");
+                } else {
+                    tracing::error!(trigger, %error, "new plugin set rejected; the current set stays");
+                }
+                let plugins = self.policy.current().describe();
+                ReloadReport {
+                    trigger: trigger.into(),
+                    outcome,
+                    plugins,
+                    error: Some(error),
+                    build_micros,
+                    swap_micros: 0,
+                }
+            }
+        };
+        self.events.emit(HostEvent::Reload(report.clone()));
+        report
+    }
+
+    /// Starts watching the files and SIGHUP until `shutdown`. The watcher
+    /// and the signal handler are in place when this returns, so no change
+    /// made afterwards is missed.
+    pub fn spawn(
+        self: Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+        let (changes, changed) = mpsc::unbounded_channel();
+        let watcher = self.watch(changes)?;
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
+        Ok(tokio::spawn(self.run(watcher, changed, hangup, shutdown)))
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        _watcher: notify::RecommendedWatcher,
+        mut changed: mpsc::UnboundedReceiver<()>,
+        mut hangup: tokio::signal::unix::Signal,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        loop {
+            let trigger = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = hangup.recv() => "SIGHUP",
+                Some(()) = changed.recv() => {
+                    quiet(&mut changed, DEBOUNCE).await;
+                    "watch"
+                }
+            };
+            let report = self.attempt(trigger, true).await?;
+            if report.outcome == ReloadOutcome::RejectedWillRetry {
+                // New changes during the pause restart the debounce; either
+                // way one more attempt follows, and it is the last.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(RETRY_AFTER) => {}
+                    Some(()) = changed.recv() => quiet(&mut changed, DEBOUNCE).await,
+                }
+                self.attempt("retry", false).await?;
+            }
+        }
+    }
+
+    async fn attempt(
+        self: &Arc<Self>,
+        trigger: &'static str,
+        will_retry: bool,
+    ) -> anyhow::Result<ReloadReport> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.reload(trigger, will_retry))
+            .await
+            .context("reload task failed")
+    }
+
+    /// Starts the file watcher; relevant changes are sent to `changes`.
+    fn watch(
+        &self,
+        changes: mpsc::UnboundedSender<()>,
+    ) -> anyhow::Result<notify::RecommendedWatcher> {
+        let plugin_dir = self.source.plugin_dir();
+        let config_file = self.source.config_file.clone();
+        let filter_dir = plugin_dir.clone();
+        let filter_config = config_file.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                if matches!(event.kind, EventKind::Access(_)) {
+                    return; // our own reads of the files
+                }
+                let relevant = event.paths.iter().any(|path| {
+                    filter_config.as_deref() == Some(path.as_path())
+                        || (filter_dir.as_deref() == path.parent() && is_plugin_file(path))
+                });
+                if relevant {
+                    let _ = changes.send(());
+                }
+            })
+            .context("cannot start the file watcher")?;
+        if let Some(dir) = &plugin_dir {
+            watcher
+                .watch(dir, RecursiveMode::NonRecursive)
+                .with_context(|| format!("cannot watch {}", dir.display()))?;
+        }
+        if let Some(parent) = config_file.as_deref().and_then(Path::parent) {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            watcher
+                .watch(parent, RecursiveMode::NonRecursive)
+                .with_context(|| format!("cannot watch {}", parent.display()))?;
+        }
+        Ok(watcher)
+    }
+}
+
+fn is_plugin_file(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e == "wasm" || e == "rules")
+}
+
+/// Returns once no change arrived for `quiet_for`.
+async fn quiet(changed: &mut mpsc::UnboundedReceiver<()>, quiet_for: Duration) {
+    loop {
+        match tokio::time::timeout(quiet_for, changed.recv()).await {
+            Ok(Some(())) => continue,
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
