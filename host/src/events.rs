@@ -80,6 +80,24 @@ pub struct ResyncSummary {
     pub links_rebuilt: u64,
     pub links_refused: u64,
     pub millis: u64,
+    pub phases: ResyncPhases,
+}
+
+/// Where the time of one resync went, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ResyncPhases {
+    /// Hello to the end of the snapshot, with the diff done as chunks arrive.
+    pub snapshot: u64,
+    /// `OnCallLegSync` for the unknown legs.
+    pub decisions: u64,
+    /// Adopting rebuilt legs, RESUME records, refused-leg notices.
+    pub adopt: u64,
+    /// `OnLinkSync`.
+    pub link_decisions: u64,
+    /// Absent legs: events, CDR ENDs, notices.
+    pub absent: u64,
+    /// Waiting for the engine to acknowledge the drops.
+    pub drop_acks: u64,
 }
 
 /// What a reload attempt did.
@@ -188,13 +206,16 @@ impl Events {
 
     /// Emits a batch: one flush of the file for the whole batch.
     pub fn emit_all(&self, events: impl IntoIterator<Item = HostEvent>) {
+        let listening = self.subscribers.receiver_count() > 0;
+        let summarizing = self.summaries.receiver_count() > 0;
+        if self.file.is_none() && !listening && !summarizing {
+            return; // nobody to tell: do not even build the events
+        }
         let time_ms = crate::model::now_ms();
         let mut file = self
             .file
             .as_ref()
             .map(|f| f.lock().unwrap_or_else(|e| e.into_inner()));
-        let listening = self.subscribers.receiver_count() > 0;
-        let summarizing = self.summaries.receiver_count() > 0;
         for event in events {
             if let Some(file) = file.as_mut()
                 && let Err(e) = serde_json::to_writer(

@@ -9,6 +9,7 @@
 //! - [`policy`]: the wasmtime plugin runtime: load, limits, chain, failures.
 
 pub mod app;
+pub mod bench;
 pub mod cdr;
 pub mod cli;
 pub mod config;

@@ -107,10 +107,15 @@ impl CdrWriter {
     }
 
     /// Writes RESUME records for re-adopted legs whose calls had an END.
-    pub async fn resume(&self, legs: &[CallLeg]) -> anyhow::Result<Vec<CdrRecord>> {
+    pub async fn resume<'a>(
+        &self,
+        legs: impl IntoIterator<Item = &'a CallLeg>,
+    ) -> anyhow::Result<Vec<CdrRecord>> {
         let records: Vec<CdrRecord> = {
             let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-            legs.iter().filter_map(|leg| index.resume(leg)).collect()
+            legs.into_iter()
+                .filter_map(|leg| index.resume(leg))
+                .collect()
         };
         self.append(records).await
     }

@@ -26,6 +26,8 @@ enum Commands {
     EngineSim(sim::SimArgs),
     /// Play the reference scenarios end to end against a real simulator.
     Demo(crate::demo::DemoArgs),
+    /// Measure resync throughput against a preloaded engine-sim.
+    Bench(crate::bench::BenchArgs),
     /// Tools for plugin authors.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -34,11 +36,15 @@ enum Commands {
 /// Parses the command line, runs the command, maps errors to exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Commands::Demo(_)));
+    init_logging(matches!(
+        cli.command,
+        Commands::Demo(_) | Commands::Bench(_)
+    ));
     let result = match cli.command {
         Commands::Run(args) => block_on(run::run(args)),
         Commands::EngineSim(args) => block_on(sim::run(args)),
         Commands::Demo(args) => block_on(crate::demo::run(args)),
+        Commands::Bench(args) => block_on(crate::bench::run(args)),
         Commands::Plugin(command) => plugin::run(command),
     };
     match result {

@@ -66,6 +66,11 @@ impl RunningHost {
         (&mut self.task).await.context("host task panicked")?
     }
 
+    /// A receiver of status changes.
+    pub fn status_receiver(&self) -> watch::Receiver<HostStatus> {
+        self.status.clone()
+    }
+
     pub fn status(&self) -> HostStatus {
         self.status.borrow().clone()
     }

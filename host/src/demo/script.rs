@@ -126,13 +126,7 @@ impl Demo {
         self.host
             .as_ref()
             .map(|h| h.status())
-            .unwrap_or_else(|| crate::supervisor::HostStatus {
-                link: None,
-                boot_id: None,
-                legs: 0,
-                links: 0,
-                resyncs: 0,
-            })
+            .unwrap_or_else(|| crate::supervisor::HostStatus::default())
     }
 
     fn host(&mut self) -> anyhow::Result<&mut RunningHost> {

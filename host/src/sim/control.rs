@@ -28,12 +28,14 @@ pub enum ControlCommand {
     /// Save the media-unit view to the state file now.
     Sync,
     Boot,
+    /// Release this many answered legs and answer this many new ones.
+    Churn(u64, u64),
     /// Cut the host off for this many milliseconds (its connection closes
     /// and new ones are refused), as a network drop would.
     Partition(u64),
 }
 
-pub const HELP: &str = "commands: ring NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media] | answer LEG | terminate LEG | release LEG | link LEG LEG | unlink LINK | list | counts | sync | boot | partition MS";
+pub const HELP: &str = "commands: ring NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media] | answer LEG | terminate LEG | release LEG | link LEG LEG | unlink LINK | list | counts | sync | boot | partition MS | churn RELEASE ADD";
 
 impl ControlCommand {
     pub fn parse(line: &str) -> Result<ControlCommand, String> {
@@ -97,6 +99,10 @@ impl ControlCommand {
             "sync" => exact(1).map(|_| ControlCommand::Sync)?,
             "boot" => exact(1).map(|_| ControlCommand::Boot)?,
             "partition" => exact(2).and(id(1)).map(ControlCommand::Partition)?,
+            "churn" => {
+                exact(3)?;
+                ControlCommand::Churn(id(1)?, id(2)?)
+            }
             other => return Err(format!("unknown command `{other}`; {HELP}")),
         };
         Ok(command)
@@ -177,6 +183,10 @@ pub fn execute(
         }
         ControlCommand::Sync => "OK".into(),
         ControlCommand::Boot => format!("OK {boot_id}"),
+        ControlCommand::Churn(release, add) => {
+            state.churn(*release as usize, *add, now_ms);
+            "OK".into()
+        }
         // Handled by the server, which owns the connections.
         ControlCommand::Partition(_) => "OK".into(),
     }

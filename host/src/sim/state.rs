@@ -121,6 +121,23 @@ impl EngineState {
         self.dirty = true;
     }
 
+    /// Releases `release` answered legs (spread over the id range) and adds
+    /// `add` answered legs in linked pairs: the churn of a short outage.
+    pub fn churn(&mut self, release: usize, add: u64, now_ms: u64) {
+        let mut answered: Vec<LegId> = self
+            .legs
+            .values()
+            .filter(|l| l.state == LegState::Answered)
+            .map(|l| l.id)
+            .collect();
+        answered.sort_unstable();
+        let step = (answered.len() / release.max(1)).max(1);
+        for id in answered.into_iter().step_by(step).take(release) {
+            let _ = self.release(id);
+        }
+        self.preload(add, now_ms);
+    }
+
     /// Attaches a host: events go to `events` from now on. Returns the
     /// snapshot taken atomically with the attach, so no event is missed or
     /// duplicated.

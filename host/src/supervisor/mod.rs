@@ -42,7 +42,7 @@ pub struct HostOptions {
 }
 
 /// What the host looks like from outside, updated as it changes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostStatus {
     /// `None` until the first connection.
     pub link: Option<LinkState>,
@@ -51,6 +51,10 @@ pub struct HostStatus {
     pub links: usize,
     /// Completed resyncs.
     pub resyncs: u64,
+    /// Legs received so far in the current (or last) snapshot.
+    pub snapshot_received: u64,
+    /// Legs the current (or last) snapshot announced.
+    pub snapshot_expected: u64,
 }
 
 /// How the live phase ended.
@@ -73,13 +77,7 @@ pub struct Host {
 
 impl Host {
     pub fn new(options: HostOptions, policy: PolicyHandle, cdr: CdrWriter, events: Events) -> Self {
-        let (status, _) = watch::channel(HostStatus {
-            link: None,
-            boot_id: None,
-            legs: 0,
-            links: 0,
-            resyncs: 0,
-        });
+        let (status, _) = watch::channel(HostStatus::default());
         Host {
             options,
             table: LegTable::new(),

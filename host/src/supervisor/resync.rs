@@ -40,6 +40,7 @@ impl Host {
             known: diff.known,
             ..ResyncSummary::default()
         };
+        summary.phases.snapshot = micros(started);
         let mut pending = HashSet::new();
 
         let unknown = std::mem::take(&mut diff.unknown);
@@ -59,8 +60,11 @@ impl Host {
         for id in &refused {
             pending.insert(connection.send(Command::DropLeg(*id)));
         }
+        let phase = Instant::now();
         self.decide_links(connection, &decider, plan.offer, &mut summary, &mut pending)
             .await?;
+        summary.phases.link_decisions = micros(phase);
+        let phase = Instant::now();
 
         let absent: Vec<CallLeg> = SnapshotDiff::absent(&self.table)
             .into_iter()
@@ -71,7 +75,10 @@ impl Host {
             .await
             .map_err(ResyncError::Fatal)?;
 
+        summary.phases.absent = micros(phase);
+        let phase = Instant::now();
         self.await_acks(connection, pending).await?;
+        summary.phases.drop_acks = micros(phase);
         summary.millis = started.elapsed().as_millis() as u64;
         tracing::info!(?summary, "resync done");
         // The status first: whoever sees the event then sees the new state.
@@ -93,7 +100,13 @@ impl Host {
         connection: &mut Connection,
     ) -> Result<SnapshotDiff, LinkError> {
         match connection.next().await? {
-            EngineMessage::SnapshotBegin { legs, .. } => self.table.reserve(legs as usize),
+            EngineMessage::SnapshotBegin { legs, .. } => {
+                self.table.reserve(legs as usize);
+                self.status.send_modify(|s| {
+                    s.snapshot_expected = legs;
+                    s.snapshot_received = 0;
+                });
+            }
             other => {
                 return Err(LinkError::Unexpected(format!(
                     "{other:?} instead of a snapshot"
@@ -103,7 +116,11 @@ impl Host {
         let mut diff = SnapshotDiff::begin(&mut self.table);
         loop {
             match connection.next().await? {
-                EngineMessage::SnapshotLegs(chunk) => diff.legs(&mut self.table, chunk),
+                EngineMessage::SnapshotLegs(chunk) => {
+                    let received = chunk.len() as u64;
+                    diff.legs(&mut self.table, chunk);
+                    self.status.send_modify(|s| s.snapshot_received += received);
+                }
                 EngineMessage::SnapshotLinks(chunk) => diff.links(chunk),
                 EngineMessage::SnapshotEnd => return Ok(diff),
                 other => {
@@ -122,23 +139,32 @@ impl Host {
         unknown: Vec<CallLeg>,
         summary: &mut ResyncSummary,
     ) -> Result<HashSet<LegId>, ResyncError> {
+        let phase = Instant::now();
         let (unknown, verdicts) =
             decide_blocking(decider, unknown, |d, legs| d.decide_legs(legs)).await?;
-        let mut refused = HashSet::new();
-        let mut rebuilt = Vec::new();
-        let mut refused_legs = Vec::new();
+        summary.phases.decisions = micros(phase);
+        let phase = Instant::now();
         self.events.emit_all(
             unknown
                 .iter()
                 .zip(&verdicts)
                 .map(|(leg, v)| sync_event(leg.id, v)),
         );
+        // A call ended at a grace deadline and adopted again gets a RESUME.
+        let rebuilt = unknown
+            .iter()
+            .zip(&verdicts)
+            .filter(|(_, v)| v.decision == Decision::Rebuild)
+            .map(|(leg, _)| leg);
+        self.cdr.resume(rebuilt).await.map_err(ResyncError::Fatal)?;
+        let mut refused = HashSet::new();
+        let mut refused_legs = Vec::new();
         for (mut leg, verdict) in unknown.into_iter().zip(verdicts) {
             match verdict.decision {
                 Decision::Rebuild => {
                     leg.linked_to = None;
-                    rebuilt.push(leg.clone());
                     self.table.insert(leg, verdict.plugin);
+                    summary.rebuilt += 1;
                 }
                 Decision::Refuse => {
                     refused.insert(leg.id);
@@ -146,16 +172,11 @@ impl Host {
                 }
             }
         }
-        summary.rebuilt = rebuilt.len() as u64;
         summary.refused = refused.len() as u64;
-        // A call ended at a grace deadline and adopted again gets a RESUME.
-        self.cdr
-            .resume(&rebuilt)
-            .await
-            .map_err(ResyncError::Fatal)?;
         self.end_legs(refused_legs, TerminationReason::RefusedByPolicy, decider)
             .await
             .map_err(ResyncError::Fatal)?;
+        summary.phases.adopt = micros(phase);
         Ok(refused)
     }
 
@@ -216,6 +237,10 @@ impl Host {
         }
         Ok(())
     }
+}
+
+fn micros(since: Instant) -> u64 {
+    since.elapsed().as_micros() as u64
 }
 
 fn sync_event(leg: LegId, verdict: &Verdict) -> HostEvent {

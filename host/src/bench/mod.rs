@@ -1,0 +1,262 @@
+//! `legsync bench`: how fast a host re-adopts every call, measured end to end
+//! against a real engine-sim process on loopback.
+//!
+//! - `cold`: a host with no contexts connects and resyncs everything (every
+//!   leg and link decided, refusals dropped at the engine, CDRs written);
+//! - `warm`: a host that knows every leg comes back after a short drop during
+//!   which 1 % of the legs were released and 1 % new ones answered;
+//! - `transfer`: only streaming and decoding the snapshot: the floor.
+
+mod report;
+
+use crate::config::HostConfig;
+use crate::demo::harness::RunningHost;
+use crate::engine::{Connection, LinkOptions};
+use crate::events::{HostEvent, LinkState, ResyncSummary};
+use crate::policy::native::NativeRules;
+use crate::policy::{Decider, PolicyChain, PolicyConfig, PolicyRuntime, loader};
+use crate::protocol::EngineMessage;
+use crate::sim::process::SimProcess;
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use report::BenchReport;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The rules both policies run: refuse premium-rate numbers (1 % of the
+/// simulator's preloaded calls).
+pub const BENCH_RULES: &str =
+    "[[rule]]\nname = \"no premium\"\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n";
+
+const LONG: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicyKind {
+    /// The `rules` plugin (or `--plugin`), through wasmtime.
+    Wasm,
+    /// The same rules compiled into the host.
+    Native,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Cold,
+    Warm,
+    Transfer,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Legs preloaded in the engine (in N/2 links).
+    #[arg(long, default_value_t = 1_000_000)]
+    legs: u64,
+    #[arg(long, value_enum, default_value = "wasm")]
+    policy: PolicyKind,
+    /// The plugin for `--policy wasm` (default: the built `rules` plugin).
+    #[arg(long)]
+    plugin: Option<PathBuf>,
+    /// Rules text for the policy (default: refuse called numbers 1900*).
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "cold")]
+    mode: Mode,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let dir = tempfile::tempdir()?;
+    let exe = std::env::current_exe()?;
+    eprintln!("preloading {} legs in engine-sim...", args.legs);
+    let sim = SimProcess::spawn(
+        &exe,
+        &dir.path().join("engine.state"),
+        Some(args.legs),
+        &["--heartbeat-timeout-ms", "600000"],
+    )
+    .await?;
+    let rules = match &args.rules {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => BENCH_RULES.to_string(),
+    };
+    let report = match args.mode {
+        Mode::Transfer => transfer(&sim, &args).await?,
+        Mode::Cold | Mode::Warm => resync(&sim, &args, &rules, dir.path()).await?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn link_options(sim: &SimProcess) -> LinkOptions {
+    LinkOptions {
+        engine: sim.listen,
+        connect_timeout: Duration::from_secs(10),
+        heartbeat: Duration::from_secs(1),
+        heartbeat_timeout: Duration::from_secs(600),
+        max_frame: crate::protocol::DEFAULT_MAX_FRAME,
+        host_name: "legsync bench".into(),
+    }
+}
+
+/// Streams and decodes the snapshot, nothing else.
+async fn transfer(sim: &SimProcess, args: &BenchArgs) -> anyhow::Result<BenchReport> {
+    let started = Instant::now();
+    let mut connection = Connection::open(&link_options(sim)).await?;
+    let mut legs = 0u64;
+    loop {
+        match connection.next().await? {
+            EngineMessage::SnapshotLegs(chunk) => legs += chunk.len() as u64,
+            EngineMessage::SnapshotEnd => break,
+            _ => {}
+        }
+    }
+    let wall = started.elapsed();
+    anyhow::ensure!(
+        legs == args.legs,
+        "received {legs} legs, expected {}",
+        args.legs
+    );
+    let summary = ResyncSummary {
+        known: 0,
+        ..ResyncSummary::default()
+    };
+    Ok(BenchReport::new(
+        "transfer", "none", args.legs, wall, summary,
+    ))
+}
+
+async fn resync(
+    sim: &SimProcess,
+    args: &BenchArgs,
+    rules: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<BenchReport> {
+    let mut config = HostConfig {
+        engine: Some(sim.listen),
+        grace_secs: 3600.0,
+        ..HostConfig::default()
+    };
+    config.cdr = dir.join("cdr.jsonl");
+    config.link.heartbeat_timeout_ms = 600_000;
+    config.link.connect_timeout_ms = 10_000;
+    let (decider, policy_name) = decider(args, rules, dir)?;
+    let mut host = RunningHost::start_summaries(&config, decider)?;
+    let progress = show_progress(&host);
+    let first = next_summary(&mut host).await?;
+    let summary = match args.mode {
+        Mode::Warm => {
+            sim.ok("partition 3600000").await?;
+            host.wait_status(LONG, |s| s.link == Some(LinkState::Disconnected))
+                .await?;
+            let churn = (args.legs / 100).max(2) / 2 * 2;
+            sim.ok(&format!("churn {churn} {churn}")).await?;
+            sim.ok("partition 0").await?;
+            next_summary(&mut host).await?
+        }
+        _ => first,
+    };
+    if let Some(progress) = progress {
+        progress.abort();
+        eprint!("\r\x1b[K");
+    }
+    host.stop().await?;
+    let mode = if args.mode == Mode::Warm {
+        "warm"
+    } else {
+        "cold"
+    };
+    let wall = Duration::from_micros(summary.phases.total());
+    Ok(BenchReport::new(
+        mode,
+        &policy_name,
+        args.legs,
+        wall,
+        summary,
+    ))
+}
+
+async fn next_summary(host: &mut RunningHost) -> anyhow::Result<ResyncSummary> {
+    let events = host
+        .events_until(LONG, |e| matches!(e, HostEvent::ResyncDone(_)))
+        .await?;
+    match events.last() {
+        Some(HostEvent::ResyncDone(summary)) => Ok(*summary),
+        _ => anyhow::bail!("no resync summary"),
+    }
+}
+
+fn decider(
+    args: &BenchArgs,
+    rules: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Decider, String)> {
+    match args.policy {
+        PolicyKind::Native => {
+            let set = legsync_rules::RuleSet::parse(rules)?;
+            Ok((
+                Decider::Native(Arc::new(NativeRules::new(set))),
+                "native".into(),
+            ))
+        }
+        PolicyKind::Wasm => {
+            let plugin = args
+                .plugin
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(crate::BUILT_PLUGINS_DIR).join("rules.wasm"));
+            let plugins = dir.join("plugins.d");
+            std::fs::create_dir_all(&plugins)?;
+            std::fs::copy(&plugin, plugins.join("10-bench.wasm"))
+                .with_context(|| format!("cannot copy {}", plugin.display()))?;
+            std::fs::write(plugins.join("10-bench.rules"), rules)?;
+            let runtime = PolicyRuntime::new(None)?;
+            let chain: PolicyChain =
+                loader::load_dir(&runtime, &plugins, &PolicyConfig::default())?;
+            let name = format!(
+                "wasm ({})",
+                plugin
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("plugin")
+            );
+            Ok((Decider::Chain(Arc::new(chain)), name))
+        }
+    }
+}
+
+/// A one-line progress display on a terminal for runs over a second.
+fn show_progress(host: &RunningHost) -> Option<tokio::task::JoinHandle<()>> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let mut status = host.status_receiver();
+    Some(tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        loop {
+            let line = {
+                let s = status.borrow_and_update();
+                let total = s.snapshot_expected.max(1);
+                let filled = (s.snapshot_received * 30 / total) as usize;
+                format!(
+                    "\r\x1b[K[{}{}] {}/{} legs received, {} held ({:?})",
+                    "#".repeat(filled.min(30)),
+                    " ".repeat(30 - filled.min(30)),
+                    s.snapshot_received,
+                    s.snapshot_expected,
+                    s.legs,
+                    s.link,
+                )
+            };
+            eprint!("{line}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }))
+}
