@@ -200,6 +200,12 @@ impl Events {
         self.summaries.subscribe()
     }
 
+    /// Whether anyone takes per-leg events (a file or a full subscriber);
+    /// when not, callers skip building them (a million per resync).
+    pub fn wants_items(&self) -> bool {
+        self.file.is_some() || self.subscribers.receiver_count() > 0
+    }
+
     pub fn emit(&self, event: HostEvent) {
         self.emit_all(std::iter::once(event));
     }

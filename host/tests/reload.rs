@@ -177,12 +177,17 @@ async fn a_swap_during_a_million_leg_resync_leaves_that_resync_on_the_old_set() 
     const LEGS: u64 = 1_000_000;
     // engine-sim's preload sends 1 call in 100 to a 1900 number: 10,000 legs.
     const PREMIUM_LEGS: u64 = 10_000;
-    let world = World::new(Some(LEGS), &[("10-policy", "rules", Some(REFUSE_PREMIUM))]).await;
+    let world = World::with_sim_timeout(
+        Some(LEGS),
+        &[("10-policy", "rules", Some(REFUSE_PREMIUM))],
+        60_000,
+    )
+    .await;
     // Long grace: in a debug build, saving a million-leg state file for each
     // control command takes seconds.
     let mut config = world.config(600.0);
     config.events = None;
-    config.link.heartbeat_timeout_ms = 5_000;
+    config.link.heartbeat_timeout_ms = 60_000;
     let runtime =
         PolicyRuntime::new(config.policy.cache_dir.clone().map(CompileCache::new)).unwrap();
     let mut host = RunningHost::start_summaries(&config, world.decider(&config)).unwrap();
@@ -226,6 +231,16 @@ async fn a_swap_during_a_million_leg_resync_leaves_that_resync_on_the_old_set() 
     assert!(
         events.iter().any(|e| matches!(e, HostEvent::Reload(_))),
         "the swap happened during the resync"
+    );
+    assert!(
+        !events.iter().any(|e| matches!(
+            e,
+            HostEvent::Link {
+                state: LinkState::Disconnected,
+                ..
+            }
+        )),
+        "one uninterrupted resync: {events:?}"
     );
     let HostEvent::ResyncDone(first) = events.last().unwrap() else {
         unreachable!()

@@ -6,7 +6,9 @@
 //! one pass without a million-entry "seen" set.
 
 use crate::model::{CallLeg, LegId, Link, LinkId};
-use std::collections::HashMap;
+// Leg and link ids come from the engine, a trusted peer: a fast
+// non-keyed hash is safe here and twice as fast as SipHash.
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 /// One known leg.
@@ -22,9 +24,15 @@ pub struct LegEntry {
 }
 
 /// The contexts.
+///
+/// Entries live in one vector (a slab) with a small id-to-slot index beside
+/// it: at a million legs a `HashMap<LegId, LegEntry>` would spend about
+/// twice the entry size per leg on its buckets; this layout spends the entry
+/// plus 16 bytes of index.
 #[derive(Debug, Default)]
 pub struct LegTable {
-    legs: HashMap<LegId, LegEntry>,
+    slots: Vec<LegEntry>,
+    index: HashMap<LegId, u32>,
     links: HashMap<LinkId, Link>,
     generation: u32,
 }
@@ -35,32 +43,39 @@ impl LegTable {
     }
 
     pub fn len(&self) -> usize {
-        self.legs.len()
+        self.slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.legs.is_empty()
+        self.slots.is_empty()
     }
 
     pub fn links_len(&self) -> usize {
         self.links.len()
     }
 
+    /// Makes room for `legs` more legs (and half as many links).
     pub fn reserve(&mut self, legs: usize) {
-        self.legs.reserve(legs);
+        self.slots.reserve_exact(legs.saturating_sub(self.slots.capacity() - self.slots.len()));
+        self.index.reserve(legs);
         self.links.reserve(legs / 2);
     }
 
+    fn slot(&self, id: LegId) -> Option<usize> {
+        self.index.get(&id).map(|&slot| slot as usize)
+    }
+
     pub fn get(&self, id: LegId) -> Option<&LegEntry> {
-        self.legs.get(&id)
+        self.slot(id).map(|slot| &self.slots[slot])
     }
 
     pub fn get_mut(&mut self, id: LegId) -> Option<&mut CallLeg> {
-        self.legs.get_mut(&id).map(|e| &mut e.leg)
+        let slot = self.slot(id)?;
+        Some(&mut self.slots[slot].leg)
     }
 
     pub fn contains(&self, id: LegId) -> bool {
-        self.legs.contains_key(&id)
+        self.index.contains_key(&id)
     }
 
     pub fn link(&self, id: LinkId) -> Option<&Link> {
@@ -68,43 +83,47 @@ impl LegTable {
     }
 
     pub fn legs(&self) -> impl Iterator<Item = &LegEntry> {
-        self.legs.values()
+        self.slots.iter()
     }
 
     /// Adds (or replaces) a leg, marked as seen by the current resync.
     pub fn insert(&mut self, leg: CallLeg, adopted_by: Arc<str>) {
         let generation = self.generation;
-        let link = self.legs.get(&leg.id).and_then(|e| e.link);
-        self.legs.insert(
-            leg.id,
-            LegEntry {
-                leg,
-                adopted_by,
-                link,
-                generation,
-            },
-        );
+        match self.slot(leg.id) {
+            Some(slot) => {
+                let entry = &mut self.slots[slot];
+                *entry = LegEntry { leg, adopted_by, link: entry.link, generation };
+            }
+            None => {
+                self.index.insert(leg.id, self.slots.len() as u32);
+                self.slots.push(LegEntry { leg, adopted_by, link: None, generation });
+            }
+        }
     }
 
     /// Removes a leg and any link it was part of; returns the leg.
     pub fn remove(&mut self, id: LegId) -> Option<CallLeg> {
-        let link = self.legs.get(&id)?.link;
-        if let Some(link) = link {
+        let slot = self.slot(id)?;
+        if let Some(link) = self.slots[slot].link {
             self.remove_link(link);
         }
-        self.legs.remove(&id).map(|entry| entry.leg)
+        self.index.remove(&id);
+        let entry = self.slots.swap_remove(slot);
+        if let Some(moved) = self.slots.get(slot) {
+            self.index.insert(moved.leg.id, slot as u32);
+        }
+        Some(entry.leg)
     }
 
     /// Adds a link between two known legs; false if either is unknown.
     pub fn insert_link(&mut self, link: Link) -> bool {
-        if !(self.legs.contains_key(&link.leg_a) && self.legs.contains_key(&link.leg_b)) {
+        let (Some(a), Some(b)) = (self.slot(link.leg_a), self.slot(link.leg_b)) else {
             return false;
-        }
-        for (leg, other) in [(link.leg_a, link.leg_b), (link.leg_b, link.leg_a)] {
-            if let Some(entry) = self.legs.get_mut(&leg) {
-                entry.leg.linked_to = Some(other);
-                entry.link = Some(link.id);
-            }
+        };
+        for (slot, other) in [(a, link.leg_b), (b, link.leg_a)] {
+            let entry = &mut self.slots[slot];
+            entry.leg.linked_to = Some(other);
+            entry.link = Some(link.id);
         }
         self.links.insert(link.id, link);
         true
@@ -113,7 +132,8 @@ impl LegTable {
     pub fn remove_link(&mut self, id: LinkId) -> Option<Link> {
         let link = self.links.remove(&id)?;
         for leg in [link.leg_a, link.leg_b] {
-            if let Some(entry) = self.legs.get_mut(&leg) {
+            if let Some(slot) = self.slot(leg) {
+                let entry = &mut self.slots[slot];
                 entry.leg.linked_to = None;
                 entry.link = None;
             }
@@ -129,51 +149,39 @@ impl LegTable {
     /// Marks a leg as seen by the current resync, refreshing what the engine
     /// reports about it. Returns false if the host does not know the leg.
     pub fn mark_seen(&mut self, leg: &CallLeg) -> bool {
-        match self.legs.get_mut(&leg.id) {
-            Some(entry) => {
-                entry.generation = self.generation;
-                entry.leg.state = leg.state;
-                if leg.answered_at_ms.is_some() {
-                    entry.leg.answered_at_ms = leg.answered_at_ms;
-                }
-                true
-            }
-            None => false,
+        let Some(slot) = self.slot(leg.id) else {
+            return false;
+        };
+        let entry = &mut self.slots[slot];
+        entry.generation = self.generation;
+        entry.leg.state = leg.state;
+        if leg.answered_at_ms.is_some() {
+            entry.leg.answered_at_ms = leg.answered_at_ms;
         }
+        true
     }
 
     /// The legs the current resync did not see.
     pub fn unseen(&self) -> Vec<LegId> {
-        self.legs
-            .values()
-            .filter(|e| e.generation != self.generation)
-            .map(|e| e.leg.id)
-            .collect()
+        self.slots.iter().filter(|e| e.generation != self.generation).map(|e| e.leg.id).collect()
     }
 
     /// The links whose id the host does not know, among `links`; known links
     /// are kept.
     pub fn unknown_links(&self, links: &[Link]) -> Vec<Link> {
-        links
-            .iter()
-            .filter(|l| !self.links.contains_key(&l.id))
-            .copied()
-            .collect()
+        links.iter().filter(|l| !self.links.contains_key(&l.id)).copied().collect()
     }
 
     /// Known links not in `present`: the engine no longer has them.
-    pub fn links_not_in(&self, present: &std::collections::HashSet<LinkId>) -> Vec<LinkId> {
-        self.links
-            .keys()
-            .filter(|id| !present.contains(id))
-            .copied()
-            .collect()
+    pub fn links_not_in(&self, present: &rustc_hash::FxHashSet<LinkId>) -> Vec<LinkId> {
+        self.links.keys().filter(|id| !present.contains(id)).copied().collect()
     }
 
     /// Empties the table, returning every leg (the grace timer expired).
     pub fn drain(&mut self) -> Vec<CallLeg> {
         self.links.clear();
-        self.legs.drain().map(|(_, e)| e.leg).collect()
+        self.index.clear();
+        std::mem::take(&mut self.slots).into_iter().map(|e| e.leg).collect()
     }
 }
 
@@ -211,6 +219,19 @@ mod tests {
         let mut unseen = table.unseen();
         unseen.sort();
         assert_eq!(unseen, [2, 4]);
+    }
+
+    #[test]
+    fn removal_keeps_the_index_right_for_the_moved_entry() {
+        let mut table = LegTable::new();
+        for id in 1..=3 {
+            table.insert(leg(id), "live".into());
+        }
+        assert_eq!(table.remove(1).map(|l| l.id), Some(1));
+        assert_eq!(table.get(3).map(|e| e.leg.id), Some(3), "3 moved into 1's slot");
+        assert_eq!(table.remove(3).map(|l| l.id), Some(3));
+        assert_eq!(table.len(), 1);
+        assert!(table.get(2).is_some() && table.get(1).is_none());
     }
 
     #[test]

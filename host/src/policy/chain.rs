@@ -47,7 +47,7 @@ impl PolicyChain {
 
     /// `OnCallLegSync` for legs the host did not know: one verdict per leg.
     pub fn decide_legs(&self, legs: &[CallLeg]) -> Vec<Verdict> {
-        self.decide(legs, |leg| wit::CallLeg::from(leg), Plugin::sync_legs)
+        self.decide(legs, |leg| leg, Plugin::sync_legs)
     }
 
     /// `OnLinkSync` for links whose two legs were rebuilt.
@@ -76,10 +76,10 @@ impl PolicyChain {
         }
     }
 
-    fn decide<I, W: Clone>(
+    fn decide<'a, I, W: Clone>(
         &self,
-        items: &[I],
-        to_wit: impl Fn(&I) -> W,
+        items: &'a [I],
+        to_wit: impl Fn(&'a I) -> W,
         call: impl Fn(&Plugin, &[W]) -> Result<Vec<Decision>, PluginFailure>,
     ) -> Vec<Verdict> {
         let mut verdicts = Vec::with_capacity(items.len());

@@ -2,7 +2,9 @@
 //! `InstancePre`, run in its own store under its limits, re-instantiated after
 //! any failure and quarantined when it keeps failing.
 
-use super::bindings::{PolicyPlugin, PolicyPluginPre, wit};
+use super::bindings::{CallLegRef, PolicyPlugin, PolicyPluginPre, wit};
+use crate::model::CallLeg;
+use wasmtime::component::Func;
 use super::cache::{CacheOutcome, hex};
 use super::config::PluginSettings;
 use super::contract::{self, ContractInfo};
@@ -21,8 +23,17 @@ use wasmtime::Store;
 /// A live instance: its store and its typed exports.
 struct Live {
     store: Store<PluginState>,
-    bindings: PolicyPlugin,
+    exports: Exports,
 }
+
+/// The instance's exports: the generated bindings, and `on-call-leg-sync` as
+/// a raw function so legs can be lowered without copying their strings.
+struct Exports {
+    bindings: PolicyPlugin,
+    leg_sync: Func,
+}
+
+type LegSyncFn<'a> = (&'a [CallLegRef<'a>],);
 
 /// Counters of one plugin, for metrics and tests.
 #[derive(Debug, Default)]
@@ -172,18 +183,19 @@ impl Plugin {
     }
 
     /// `on-call-leg-sync` for one batch: one decision per leg, or a failure.
-    pub fn sync_legs(&self, legs: &[wit::CallLeg]) -> Result<Vec<Decision>, PluginFailure> {
-        self.call(legs.len(), |plugin, store| {
-            plugin
-                .legsync_policy_policy()
-                .call_on_call_leg_sync(store, legs)
+    pub fn sync_legs(&self, legs: &[&CallLeg]) -> Result<Vec<Decision>, PluginFailure> {
+        let lowered: Vec<CallLegRef<'_>> = legs.iter().map(|leg| CallLegRef::from(*leg)).collect();
+        self.call(legs.len(), |exports, store| {
+            let func = exports.leg_sync.typed::<LegSyncFn<'_>, (Vec<wit::Decision>,)>(&*store)?;
+            Ok(func.call(store, (&lowered,))?.0)
         })
     }
 
     /// `on-link-sync` for one batch.
     pub fn sync_links(&self, links: &[wit::Link]) -> Result<Vec<Decision>, PluginFailure> {
-        self.call(links.len(), |plugin, store| {
-            plugin
+        self.call(links.len(), |exports, store| {
+            exports
+                .bindings
                 .legsync_policy_policy()
                 .call_on_link_sync(store, links)
         })
@@ -191,8 +203,9 @@ impl Plugin {
 
     /// `on-call-leg-terminated` for one batch (notification only).
     pub fn notify_terminated(&self, legs: &[wit::TerminatedLeg]) -> Result<(), PluginFailure> {
-        self.call_guest(|plugin, store| {
-            plugin
+        self.call_guest(|exports, store| {
+            exports
+                .bindings
                 .legsync_policy_policy()
                 .call_on_call_leg_terminated(store, legs)
         })
@@ -201,7 +214,7 @@ impl Plugin {
     fn call(
         &self,
         expected: usize,
-        f: impl FnOnce(&PolicyPlugin, &mut Store<PluginState>) -> wasmtime::Result<Vec<wit::Decision>>,
+        f: impl FnOnce(&Exports, &mut Store<PluginState>) -> wasmtime::Result<Vec<wit::Decision>>,
     ) -> Result<Vec<Decision>, PluginFailure> {
         self.call_guest(|plugin, store| {
             let decisions = f(plugin, store)?;
@@ -219,7 +232,7 @@ impl Plugin {
     /// the instance and updates the health record.
     fn call_guest<R>(
         &self,
-        f: impl FnOnce(&PolicyPlugin, &mut Store<PluginState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Exports, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {
         if self.lock_health().quarantined_at(Instant::now()) {
             self.counters
@@ -242,7 +255,7 @@ impl Plugin {
             .store
             .set_epoch_deadline(deadline_ticks(self.settings.limits.call_deadline));
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
-        let result = f(&instance.bindings, &mut instance.store);
+        let result = f(&instance.exports, &mut instance.store);
         self.count_dropped(instance.store.data_mut().end_call());
         match result {
             Ok(value) => {
@@ -288,16 +301,17 @@ impl Plugin {
             }
             failure
         };
-        let bindings = match self.pre.instantiate(&mut store) {
-            Ok(bindings) => bindings,
+        let exports = match self.instantiate_exports(&mut store) {
+            Ok(exports) => exports,
             Err(e) => return Err(to_failure(&store, e)),
         };
+        let bindings = &exports.bindings;
         let init = bindings
             .legsync_policy_policy()
             .call_init(&mut store, &self.rules);
         store.data_mut().end_call();
         match init {
-            Ok(Ok(())) => Ok(Live { store, bindings }),
+            Ok(Ok(())) => Ok(Live { store, exports }),
             Ok(Err(message)) => Err(PluginFailure::new(
                 FailureKind::Instantiate,
                 format!("{INIT_REJECTED}{message}"),
@@ -315,6 +329,19 @@ impl Plugin {
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
+    fn instantiate_exports(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Exports> {
+        let instance = self.pre.instance_pre().instantiate(&mut *store)?;
+        let bindings = PolicyPlugin::new(&mut *store, &instance)?;
+        let interface = instance
+            .get_export_index(&mut *store, None, POLICY_EXPORT)
+            .ok_or_else(|| wasmtime::format_err!("no export {POLICY_EXPORT}"))?;
+        let leg_sync = instance
+            .get_export_index(&mut *store, Some(&interface), "on-call-leg-sync")
+            .and_then(|index| instance.get_func(&mut *store, index))
+            .ok_or_else(|| wasmtime::format_err!("no export on-call-leg-sync"))?;
+        Ok(Exports { bindings, leg_sync })
+    }
+
     fn lock_live(&self) -> MutexGuard<'_, Option<Live>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -323,6 +350,9 @@ impl Plugin {
         self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// The exported interface, by its versioned name.
+const POLICY_EXPORT: &str = "legsync:policy/policy@0.1.0";
 
 /// Marks an `init` that returned an error (as opposed to trapping).
 const INIT_REJECTED: &str = "init rejected the rules: ";

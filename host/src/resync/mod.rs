@@ -7,13 +7,11 @@
 
 use crate::legs::LegTable;
 use crate::model::{CallLeg, LegId, Link, LinkId};
-use std::collections::HashSet;
+use rustc_hash::FxHashSet as HashSet;
 
 /// The diff in progress.
 #[derive(Debug, Default)]
 pub struct SnapshotDiff {
-    /// Legs the host does not know, in snapshot order.
-    pub unknown: Vec<CallLeg>,
     /// Every link in the snapshot.
     pub links: Vec<Link>,
     /// How many snapshot legs the host already knew.
@@ -38,15 +36,17 @@ impl SnapshotDiff {
         SnapshotDiff::default()
     }
 
-    /// Takes in a chunk of snapshot legs.
-    pub fn legs(&mut self, table: &mut LegTable, chunk: Vec<CallLeg>) {
-        for leg in chunk {
-            if table.mark_seen(&leg) {
-                self.known += 1;
-            } else {
-                self.unknown.push(leg);
-            }
-        }
+    /// Takes in a chunk of snapshot legs; returns those the host does not
+    /// know, to be decided now (a million unknown legs are never all held
+    /// at once).
+    pub fn legs(&mut self, table: &mut LegTable, chunk: Vec<CallLeg>) -> Vec<CallLeg> {
+        let before = chunk.len();
+        let unknown: Vec<CallLeg> = chunk
+            .into_iter()
+            .filter(|leg| !table.mark_seen(leg))
+            .collect();
+        self.known += (before - unknown.len()) as u64;
+        unknown
     }
 
     /// Takes in a chunk of snapshot links.
@@ -111,13 +111,10 @@ mod tests {
             table.insert(leg(id), "live".into());
         }
         let mut diff = SnapshotDiff::begin(&mut table);
-        diff.legs(&mut table, vec![leg(1), leg(4)]);
-        diff.legs(&mut table, vec![leg(3), leg(5)]);
+        let mut unknown = diff.legs(&mut table, vec![leg(1), leg(4)]);
+        unknown.extend(diff.legs(&mut table, vec![leg(3), leg(5)]));
         assert_eq!(diff.known, 2);
-        assert_eq!(
-            diff.unknown.iter().map(|l| l.id).collect::<Vec<_>>(),
-            [4, 5]
-        );
+        assert_eq!(unknown.iter().map(|l| l.id).collect::<Vec<_>>(), [4, 5]);
         assert_eq!(SnapshotDiff::absent(&table), [2]);
     }
 
@@ -159,7 +156,7 @@ mod tests {
         table.insert(leg(5), "p".into());
         table.insert(leg(6), "p".into());
         table.insert(leg(8), "p".into());
-        let plan = diff.plan_links(&table, &HashSet::from([7]));
+        let plan = diff.plan_links(&table, &HashSet::from_iter([7]));
         assert_eq!(
             plan.offer,
             [Link {

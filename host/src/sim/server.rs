@@ -151,17 +151,17 @@ async fn serve_host(
     }
 
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let (legs, links) = {
+    let (count, frames, links) = {
         let mut state = shared.lock();
         if state.host_attached() {
             bail!("another host attached first");
         }
-        state.attach_host(events_tx.clone())
+        state.attach_host_frames(events_tx.clone(), SNAPSHOT_CHUNK, shared.max_frame)?
     };
     let cancel = shutdown.child_token();
     *shared.host_cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some(cancel.clone());
     let result = async {
-        stream_snapshot(&mut framed, legs, links).await?;
+        stream_snapshot(&mut framed, count, frames, links).await?;
         serve_attached(shared, &mut framed, &mut events, &cancel).await
     }
     .await;
@@ -171,27 +171,20 @@ async fn serve_host(
 
 async fn stream_snapshot(
     framed: &mut Framed<TcpStream, FrameCodec<HostMessage, EngineMessage>>,
-    legs: Vec<crate::model::CallLeg>,
+    legs: u64,
+    frames: Vec<bytes::Bytes>,
     links: Vec<crate::model::Link>,
 ) -> anyhow::Result<()> {
     framed
-        .feed(EngineMessage::SnapshotBegin {
-            legs: legs.len() as u64,
-            links: links.len() as u64,
-        })
+        .send(EngineMessage::SnapshotBegin { legs, links: links.len() as u64 })
         .await?;
-    let mut legs = legs.into_iter();
-    loop {
-        let chunk: Vec<_> = legs.by_ref().take(SNAPSHOT_CHUNK).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        framed.feed(EngineMessage::SnapshotLegs(chunk)).await?;
+    // The leg frames are already encoded: straight to the socket.
+    let socket = framed.get_mut();
+    for frame in frames {
+        socket.write_all(&frame).await?;
     }
     for chunk in links.chunks(SNAPSHOT_CHUNK) {
-        framed
-            .feed(EngineMessage::SnapshotLinks(chunk.to_vec()))
-            .await?;
+        framed.feed(EngineMessage::SnapshotLinks(chunk.to_vec())).await?;
     }
     framed.send(EngineMessage::SnapshotEnd).await?;
     Ok(())

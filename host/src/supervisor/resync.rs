@@ -1,7 +1,10 @@
-//! One resync: the snapshot streams in, the diff sorts it, the decider
-//! decides the unknown legs then links, refusals go back to the engine as
-//! drop commands, absent legs end. Decisions run on blocking threads (plugin
-//! calls block) while the link's own tasks keep the heartbeats going.
+//! One resync: the snapshot streams in; each chunk is diffed against the
+//! table and its unknown legs decided and adopted at once (so a million
+//! unknown legs are never all held twice, and decoding the next chunk
+//! overlaps deciding this one); then links are decided, refusals go back to
+//! the engine as drop commands (links first), and absent legs end. Plugin
+//! calls run on blocking threads while the link's own tasks keep the
+//! heartbeats going.
 
 use super::{Host, ResyncError};
 use crate::engine::{Connection, LinkError};
@@ -10,8 +13,17 @@ use crate::model::{CallLeg, Decision, LegId, Link, TerminationReason};
 use crate::policy::{Decider, Verdict};
 use crate::protocol::{Command, EngineMessage};
 use crate::resync::SnapshotDiff;
-use std::collections::HashSet;
+use rustc_hash::FxHashSet as HashSet;
 use std::time::Instant;
+
+/// What one resync accumulates.
+#[derive(Default)]
+struct Run {
+    summary: ResyncSummary,
+    refused: Vec<CallLeg>,
+    /// Commands sent, not yet acknowledged.
+    pending: HashSet<u64>,
+}
 
 impl Host {
     pub(super) async fn resync(&mut self, connection: &mut Connection) -> Result<(), ResyncError> {
@@ -34,52 +46,61 @@ impl Host {
             detail: None,
         });
 
-        let mut diff = self.receive_snapshot(connection).await?;
-        let mut summary = ResyncSummary {
-            engine_restarted,
-            known: diff.known,
-            ..ResyncSummary::default()
-        };
-        summary.phases.snapshot = micros(started);
-        let mut pending = HashSet::new();
+        let mut run = Run::default();
+        run.summary.engine_restarted = engine_restarted;
+        let diff = self
+            .receive_snapshot(connection, &decider, &mut run)
+            .await?;
+        let phases = &mut run.summary.phases;
+        phases.snapshot = micros(started).saturating_sub(phases.decisions + phases.adopt);
+        run.summary.known = diff.known;
 
-        let unknown = std::mem::take(&mut diff.unknown);
-        let refused = self.decide_legs(&decider, unknown, &mut summary).await?;
-        let plan = diff.plan_links(&self.table, &refused);
+        // Refused legs: their links are dropped first, then the legs.
+        let refused_ids: HashSet<LegId> = run.refused.iter().map(|l| l.id).collect();
+        let plan = diff.plan_links(&self.table, &refused_ids);
         for id in &plan.gone {
             self.table.remove_link(*id);
         }
         for link in &plan.drop {
-            pending.insert(connection.send(Command::DropLink(link.id)));
+            run.pending
+                .insert(connection.send(Command::DropLink(link.id)));
         }
         self.events
             .emit_all(plan.drop.iter().map(|l| HostEvent::LinkDropped {
                 link: l.id,
                 legs: [l.leg_a, l.leg_b],
             }));
-        for id in &refused {
-            pending.insert(connection.send(Command::DropLeg(*id)));
+        for id in &refused_ids {
+            run.pending.insert(connection.send(Command::DropLeg(*id)));
         }
         let phase = Instant::now();
-        self.decide_links(connection, &decider, plan.offer, &mut summary, &mut pending)
+        let refused = std::mem::take(&mut run.refused);
+        self.end_legs(refused, TerminationReason::RefusedByPolicy, &decider)
+            .await
+            .map_err(ResyncError::Fatal)?;
+        self.decide_links(connection, &decider, plan.offer, &mut run)
             .await?;
-        summary.phases.link_decisions = micros(phase);
-        let phase = Instant::now();
+        run.summary.phases.link_decisions = micros(phase);
 
+        let phase = Instant::now();
         let absent: Vec<CallLeg> = SnapshotDiff::absent(&self.table)
             .into_iter()
             .filter_map(|id| self.table.remove(id))
             .collect();
-        summary.absent = absent.len() as u64;
+        run.summary.absent = absent.len() as u64;
         self.end_legs(absent, TerminationReason::AbsentAfterResync, &decider)
             .await
             .map_err(ResyncError::Fatal)?;
+        run.summary.phases.absent = micros(phase);
 
-        summary.phases.absent = micros(phase);
         let phase = Instant::now();
-        self.await_acks(connection, pending).await?;
-        summary.phases.drop_acks = micros(phase);
-        summary.millis = started.elapsed().as_millis() as u64;
+        self.await_acks(connection, std::mem::take(&mut run.pending))
+            .await?;
+        run.summary.phases.drop_acks = micros(phase);
+        let summary = ResyncSummary {
+            millis: started.elapsed().as_millis() as u64,
+            ..run.summary
+        };
         tracing::info!(?summary, "resync done");
         // The status first: whoever sees the event then sees the new state.
         self.status.send_modify(|s| s.resyncs += 1);
@@ -98,7 +119,9 @@ impl Host {
     async fn receive_snapshot(
         &mut self,
         connection: &mut Connection,
-    ) -> Result<SnapshotDiff, LinkError> {
+        decider: &Decider,
+        run: &mut Run,
+    ) -> Result<SnapshotDiff, ResyncError> {
         match connection.next().await? {
             EngineMessage::SnapshotBegin { legs, .. } => {
                 self.table.reserve(legs as usize);
@@ -108,9 +131,9 @@ impl Host {
                 });
             }
             other => {
-                return Err(LinkError::Unexpected(format!(
-                    "{other:?} instead of a snapshot"
-                )));
+                return Err(
+                    LinkError::Unexpected(format!("{other:?} instead of a snapshot")).into(),
+                );
             }
         }
         let mut diff = SnapshotDiff::begin(&mut self.table);
@@ -118,38 +141,39 @@ impl Host {
             match connection.next().await? {
                 EngineMessage::SnapshotLegs(chunk) => {
                     let received = chunk.len() as u64;
-                    diff.legs(&mut self.table, chunk);
+                    let unknown = diff.legs(&mut self.table, chunk);
+                    if !unknown.is_empty() {
+                        self.decide_legs(decider, unknown, run).await?;
+                    }
                     self.status.send_modify(|s| s.snapshot_received += received);
                 }
                 EngineMessage::SnapshotLinks(chunk) => diff.links(chunk),
                 EngineMessage::SnapshotEnd => return Ok(diff),
                 other => {
-                    return Err(LinkError::Unexpected(format!(
-                        "{other:?} inside a snapshot"
-                    )));
+                    return Err(
+                        LinkError::Unexpected(format!("{other:?} inside a snapshot")).into(),
+                    );
                 }
             }
         }
     }
 
-    /// `OnCallLegSync` for the unknown legs; returns the refused ids.
+    /// `OnCallLegSync` for a chunk of unknown legs: rebuilt legs join the
+    /// table at once; refused ones are kept for the drops.
     async fn decide_legs(
         &mut self,
         decider: &Decider,
         unknown: Vec<CallLeg>,
-        summary: &mut ResyncSummary,
-    ) -> Result<HashSet<LegId>, ResyncError> {
+        run: &mut Run,
+    ) -> Result<(), ResyncError> {
         let phase = Instant::now();
         let (unknown, verdicts) =
             decide_blocking(decider, unknown, |d, legs| d.decide_legs(legs)).await?;
-        summary.phases.decisions = micros(phase);
+        run.summary.phases.decisions += micros(phase);
         let phase = Instant::now();
-        self.events.emit_all(
-            unknown
-                .iter()
-                .zip(&verdicts)
-                .map(|(leg, v)| sync_event(leg.id, v)),
-        );
+        if self.events.wants_items() {
+            self.events.emit_all(unknown.iter().zip(&verdicts).map(|(leg, v)| sync_event(leg.id, v)));
+        }
         // A call ended at a grace deadline and adopted again gets a RESUME.
         let rebuilt = unknown
             .iter()
@@ -157,27 +181,21 @@ impl Host {
             .filter(|(_, v)| v.decision == Decision::Rebuild)
             .map(|(leg, _)| leg);
         self.cdr.resume(rebuilt).await.map_err(ResyncError::Fatal)?;
-        let mut refused = HashSet::new();
-        let mut refused_legs = Vec::new();
         for (mut leg, verdict) in unknown.into_iter().zip(verdicts) {
             match verdict.decision {
                 Decision::Rebuild => {
                     leg.linked_to = None;
                     self.table.insert(leg, verdict.plugin);
-                    summary.rebuilt += 1;
+                    run.summary.rebuilt += 1;
                 }
                 Decision::Refuse => {
-                    refused.insert(leg.id);
-                    refused_legs.push(leg);
+                    run.summary.refused += 1;
+                    run.refused.push(leg);
                 }
             }
         }
-        summary.refused = refused.len() as u64;
-        self.end_legs(refused_legs, TerminationReason::RefusedByPolicy, decider)
-            .await
-            .map_err(ResyncError::Fatal)?;
-        summary.phases.adopt = micros(phase);
-        Ok(refused)
+        run.summary.phases.adopt += micros(phase);
+        Ok(())
     }
 
     /// `OnLinkSync` for unknown links whose legs the host now holds.
@@ -186,22 +204,26 @@ impl Host {
         connection: &mut Connection,
         decider: &Decider,
         offer: Vec<Link>,
-        summary: &mut ResyncSummary,
-        pending: &mut HashSet<u64>,
+        run: &mut Run,
     ) -> Result<(), ResyncError> {
         let (offer, verdicts) =
             decide_blocking(decider, offer, |d, links| d.decide_links(links)).await?;
-        let mut events = Vec::with_capacity(offer.len());
+        let wanted = self.events.wants_items();
+        let mut events = Vec::with_capacity(if wanted { offer.len() } else { 0 });
         for (link, verdict) in offer.into_iter().zip(verdicts) {
             match verdict.decision {
                 Decision::Rebuild => {
                     self.table.insert_link(link);
-                    summary.links_rebuilt += 1;
+                    run.summary.links_rebuilt += 1;
                 }
                 Decision::Refuse => {
-                    pending.insert(connection.send(Command::DropLink(link.id)));
-                    summary.links_refused += 1;
+                    run.pending
+                        .insert(connection.send(Command::DropLink(link.id)));
+                    run.summary.links_refused += 1;
                 }
+            }
+            if !wanted {
+                continue;
             }
             events.push(HostEvent::LinkSync {
                 link: link.id,

@@ -33,6 +33,16 @@ pub struct Calls {
 
 impl World {
     pub async fn new(preload: Option<u64>, plugins: &[(&str, &str, Option<&str>)]) -> World {
+        Self::with_sim_timeout(preload, plugins, 1000).await
+    }
+
+    /// Like `new`, with the engine's host-silence timeout in ms (large runs
+    /// in debug builds need more than the default second).
+    pub async fn with_sim_timeout(
+        preload: Option<u64>,
+        plugins: &[(&str, &str, Option<&str>)],
+        timeout_ms: u64,
+    ) -> World {
         let dir = tempfile::tempdir().unwrap();
         let plugin_dir = dir.path().join("plugins.d");
         std::fs::create_dir(&plugin_dir).unwrap();
@@ -43,7 +53,12 @@ impl World {
             Path::new(env!("CARGO_BIN_EXE_legsync")),
             &dir.path().join("engine.state"),
             preload,
-            &["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "1000"],
+            &[
+                "--heartbeat-ms",
+                "100",
+                "--heartbeat-timeout-ms",
+                &timeout_ms.to_string(),
+            ],
         )
         .await
         .unwrap();

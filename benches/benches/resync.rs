@@ -1,0 +1,119 @@
+//! The parts of a resync at 10,000, 100,000 and 1,000,000 legs: the diff of
+//! the table against a snapshot, batched decisions (native, WASM chain of 1
+//! and of 3 plugins), and snapshot decode.
+
+use bytes::BytesMut;
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use legsync::legs::LegTable;
+use legsync::policy::PolicyRuntime;
+use legsync::policy::native::NativeRules;
+use legsync::protocol::{EngineMessage, FrameCodec, HostMessage, SNAPSHOT_CHUNK};
+use legsync::resync::SnapshotDiff;
+use legsync_benches::{RULES, chain, legs, plugin_dir};
+use std::time::Duration;
+use tokio_util::codec::{Decoder, Encoder};
+
+const SIZES: [u64; 3] = [10_000, 100_000, 1_000_000];
+
+fn diff(c: &mut Criterion) {
+    let mut group = c.benchmark_group("diff");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    for n in SIZES {
+        let (legs, _) = legs(n);
+        // The host knows 99 % of the legs (a warm resync).
+        let mut table = LegTable::new();
+        for leg in legs.iter().skip(legs.len() / 100) {
+            table.insert(leg.clone(), "live".into());
+        }
+        group.throughput(Throughput::Elements(n));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &legs, |b, legs| {
+            b.iter_batched(
+                || {
+                    legs.chunks(SNAPSHOT_CHUNK)
+                        .map(<[_]>::to_vec)
+                        .collect::<Vec<_>>()
+                },
+                |chunks| {
+                    let mut diff = SnapshotDiff::begin(&mut table);
+                    for chunk in chunks {
+                        diff.legs(&mut table, chunk);
+                    }
+                    (diff.unknown.len(), SnapshotDiff::absent(&table).len())
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+fn decisions(c: &mut Criterion) {
+    let runtime = PolicyRuntime::new(None).unwrap();
+    let one = plugin_dir(&[("10-rules", "rules", Some(RULES))]);
+    let three = plugin_dir(&[
+        ("10-accept-all", "accept_all", None),
+        ("20-rules", "rules", Some(RULES)),
+        ("30-nap-cap", "nap_cap", Some("default_max = 100000000\n")),
+    ]);
+    let chain1 = chain(&runtime, one.path(), 1024);
+    let chain3 = chain(&runtime, three.path(), 1024);
+    let native = NativeRules::new(legsync_rules::RuleSet::parse(RULES).unwrap());
+    let mut group = c.benchmark_group("resync-decisions");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    for n in SIZES {
+        let (legs, _) = legs(n);
+        group.throughput(Throughput::Elements(n));
+        group.bench_with_input(BenchmarkId::new("native", n), &legs, |b, l| {
+            b.iter(|| native.decide_legs(l))
+        });
+        group.bench_with_input(BenchmarkId::new("wasm-chain-1", n), &legs, |b, l| {
+            b.iter(|| chain1.decide_legs(l))
+        });
+        group.bench_with_input(BenchmarkId::new("wasm-chain-3", n), &legs, |b, l| {
+            b.iter(|| chain3.decide_legs(l))
+        });
+    }
+    group.finish();
+}
+
+fn decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("snapshot-decode");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    for n in SIZES {
+        let (legs, _) = legs(n);
+        let mut wire = BytesMut::new();
+        let mut encoder = FrameCodec::<HostMessage, EngineMessage>::new(1 << 20);
+        for chunk in legs.chunks(SNAPSHOT_CHUNK) {
+            encoder
+                .encode(EngineMessage::SnapshotLegs(chunk.to_vec()), &mut wire)
+                .unwrap();
+        }
+        group.throughput(Throughput::Elements(n));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &wire, |b, wire| {
+            b.iter_batched(
+                || wire.clone(),
+                |mut buf| {
+                    let mut decoder = FrameCodec::<EngineMessage, HostMessage>::new(1 << 20);
+                    let mut count = 0;
+                    while let Some(EngineMessage::SnapshotLegs(chunk)) =
+                        decoder.decode(&mut buf).unwrap()
+                    {
+                        count += chunk.len();
+                    }
+                    count
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, diff, decisions, decode);
+criterion_main!(benches);
