@@ -135,7 +135,7 @@ fn nap_cap_refuses_past_the_cap_and_frees_slots_on_termination() {
         ]
     );
 
-    chain.notify_terminated(&[(legs[0].clone(), TerminationReason::Released)]);
+    chain.notify_terminated(std::slice::from_ref(&legs[0]), TerminationReason::Released);
     let again = chain.decide_legs(&[leg(5, "SIP_A", "1"), leg(6, "SIP_A", "1")]);
     assert_eq!(
         again[0].decision,
@@ -466,7 +466,7 @@ fn termination_notices_reach_every_plugin_without_deciding() {
         chain.decide_legs(&[leg(2, "SIP_A", "1")])[0].decision,
         Decision::Refuse
     );
-    chain.notify_terminated(&[(first, TerminationReason::GraceExpired)]);
+    chain.notify_terminated(&[first], TerminationReason::GraceExpired);
     assert_eq!(
         chain.decide_legs(&[leg(3, "SIP_A", "1")])[0].decision,
         Decision::Rebuild

@@ -168,20 +168,16 @@ async fn resync(
         progress.abort();
         eprint!("\r\x1b[K");
     }
-    host.stop().await?;
     let mode = if args.mode == Mode::Warm {
         "warm"
     } else {
         "cold"
     };
-    let wall = Duration::from_micros(summary.phases.total());
-    Ok(BenchReport::new(
-        mode,
-        &policy_name,
-        args.legs,
-        wall,
-        summary,
-    ))
+    let wall = Duration::from_millis(summary.millis);
+    // Measured while the host still holds every context.
+    let report = BenchReport::new(mode, &policy_name, args.legs, wall, summary);
+    host.stop().await?;
+    Ok(report)
 }
 
 async fn next_summary(host: &mut RunningHost) -> anyhow::Result<ResyncSummary> {

@@ -16,6 +16,8 @@ pub struct BenchReport {
     /// Peak resident memory of this (the host's) process.
     pub peak_rss_bytes: u64,
     pub rss_bytes_per_leg: f64,
+    /// Resident memory when the run ended (the table still held).
+    pub final_rss_bytes: u64,
     pub phases_seconds: Phases,
     pub known: u64,
     pub rebuilt: u64,
@@ -53,12 +55,21 @@ fn secs(micros: u64) -> f64 {
 
 /// `VmHWM` of this process, in bytes.
 pub fn peak_rss_bytes() -> u64 {
+    proc_status_bytes("VmHWM:")
+}
+
+/// `VmRSS` of this process, in bytes.
+pub fn rss_bytes() -> u64 {
+    proc_status_bytes("VmRSS:")
+}
+
+fn proc_status_bytes(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
@@ -76,6 +87,7 @@ impl BenchReport {
             legs_per_second: legs as f64 / wall.as_secs_f64().max(1e-9),
             peak_rss_bytes: peak,
             rss_bytes_per_leg: peak as f64 / legs.max(1) as f64,
+            final_rss_bytes: rss_bytes(),
             phases_seconds: Phases {
                 snapshot_transfer_and_diff: if mode == "transfer" {
                     wall.as_secs_f64()
@@ -133,9 +145,10 @@ impl fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "peak RSS {:.1} MB ({:.0} bytes per leg)",
+            "peak RSS {:.1} MB ({:.0} bytes per leg), {:.1} MB at the end",
             self.peak_rss_bytes as f64 / 1e6,
-            self.rss_bytes_per_leg
+            self.rss_bytes_per_leg,
+            self.final_rss_bytes as f64 / 1e6
         )
     }
 }

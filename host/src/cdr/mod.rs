@@ -93,14 +93,15 @@ impl CdrWriter {
     /// skipped). Returns the records, durable.
     pub async fn end(
         &self,
-        ended: &[(CallLeg, TerminationReason)],
+        ended: &[CallLeg],
+        reason: TerminationReason,
         end_ms: u64,
     ) -> anyhow::Result<Vec<CdrRecord>> {
         let records: Vec<CdrRecord> = {
             let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
             ended
                 .iter()
-                .filter_map(|(leg, reason)| index.end(leg, *reason, end_ms))
+                .filter_map(|leg| index.end(leg, reason, end_ms))
                 .collect()
         };
         self.append(records).await
@@ -202,11 +203,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cdr.jsonl");
         let writer = CdrWriter::open(&path).unwrap();
-        let ended = [
-            (answered(1), TerminationReason::GraceExpired),
-            (answered(2), TerminationReason::GraceExpired),
-        ];
-        assert_eq!(writer.end(&ended, 5_000).await.unwrap().len(), 2);
+        let ended = [answered(1), answered(2)];
+        assert_eq!(
+            writer
+                .end(&ended, TerminationReason::GraceExpired, 5_000)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
         drop(writer);
         // A crash mid-write leaves half a line.
         let mut file = std::fs::OpenOptions::new()
@@ -218,7 +223,11 @@ mod tests {
 
         let writer = CdrWriter::open(&path).unwrap();
         assert!(
-            writer.end(&ended, 6_000).await.unwrap().is_empty(),
+            writer
+                .end(&ended, TerminationReason::GraceExpired, 6_000)
+                .await
+                .unwrap()
+                .is_empty(),
             "already ended: not written twice"
         );
         let resumed = writer.resume(&[answered(1)]).await.unwrap();

@@ -126,7 +126,7 @@ impl Demo {
         self.host
             .as_ref()
             .map(|h| h.status())
-            .unwrap_or_else(|| crate::supervisor::HostStatus::default())
+            .unwrap_or_default()
     }
 
     fn host(&mut self) -> anyhow::Result<&mut RunningHost> {

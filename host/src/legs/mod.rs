@@ -54,11 +54,14 @@ impl LegTable {
         self.links.len()
     }
 
-    /// Makes room for `legs` more legs (and half as many links).
-    pub fn reserve(&mut self, legs: usize) {
-        self.slots.reserve_exact(legs.saturating_sub(self.slots.capacity() - self.slots.len()));
-        self.index.reserve(legs);
-        self.links.reserve(legs / 2);
+    /// Makes room for `legs` legs in all (and half as many links): a
+    /// snapshot announces its size, most of which the host may already hold.
+    pub fn reserve_total(&mut self, legs: usize) {
+        let more = legs.saturating_sub(self.slots.len());
+        self.slots.reserve_exact(more);
+        self.index.reserve(more);
+        self.links
+            .reserve((legs / 2).saturating_sub(self.links.len()));
     }
 
     fn slot(&self, id: LegId) -> Option<usize> {
@@ -92,11 +95,21 @@ impl LegTable {
         match self.slot(leg.id) {
             Some(slot) => {
                 let entry = &mut self.slots[slot];
-                *entry = LegEntry { leg, adopted_by, link: entry.link, generation };
+                *entry = LegEntry {
+                    leg,
+                    adopted_by,
+                    link: entry.link,
+                    generation,
+                };
             }
             None => {
                 self.index.insert(leg.id, self.slots.len() as u32);
-                self.slots.push(LegEntry { leg, adopted_by, link: None, generation });
+                self.slots.push(LegEntry {
+                    leg,
+                    adopted_by,
+                    link: None,
+                    generation,
+                });
             }
         }
     }
@@ -163,25 +176,40 @@ impl LegTable {
 
     /// The legs the current resync did not see.
     pub fn unseen(&self) -> Vec<LegId> {
-        self.slots.iter().filter(|e| e.generation != self.generation).map(|e| e.leg.id).collect()
+        self.slots
+            .iter()
+            .filter(|e| e.generation != self.generation)
+            .map(|e| e.leg.id)
+            .collect()
     }
 
     /// The links whose id the host does not know, among `links`; known links
     /// are kept.
     pub fn unknown_links(&self, links: &[Link]) -> Vec<Link> {
-        links.iter().filter(|l| !self.links.contains_key(&l.id)).copied().collect()
+        links
+            .iter()
+            .filter(|l| !self.links.contains_key(&l.id))
+            .copied()
+            .collect()
     }
 
     /// Known links not in `present`: the engine no longer has them.
     pub fn links_not_in(&self, present: &rustc_hash::FxHashSet<LinkId>) -> Vec<LinkId> {
-        self.links.keys().filter(|id| !present.contains(id)).copied().collect()
+        self.links
+            .keys()
+            .filter(|id| !present.contains(id))
+            .copied()
+            .collect()
     }
 
     /// Empties the table, returning every leg (the grace timer expired).
     pub fn drain(&mut self) -> Vec<CallLeg> {
         self.links.clear();
         self.index.clear();
-        std::mem::take(&mut self.slots).into_iter().map(|e| e.leg).collect()
+        std::mem::take(&mut self.slots)
+            .into_iter()
+            .map(|e| e.leg)
+            .collect()
     }
 }
 
@@ -228,7 +256,11 @@ mod tests {
             table.insert(leg(id), "live".into());
         }
         assert_eq!(table.remove(1).map(|l| l.id), Some(1));
-        assert_eq!(table.get(3).map(|e| e.leg.id), Some(3), "3 moved into 1's slot");
+        assert_eq!(
+            table.get(3).map(|e| e.leg.id),
+            Some(3),
+            "3 moved into 1's slot"
+        );
         assert_eq!(table.remove(3).map(|l| l.id), Some(3));
         assert_eq!(table.len(), 1);
         assert!(table.get(2).is_some() && table.get(1).is_none());

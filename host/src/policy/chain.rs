@@ -52,21 +52,21 @@ impl PolicyChain {
 
     /// `OnLinkSync` for links whose two legs were rebuilt.
     pub fn decide_links(&self, links: &[Link]) -> Vec<Verdict> {
-        self.decide(links, |link| wit::Link::from(link), Plugin::sync_links)
+        self.decide(links, wit::Link::from, Plugin::sync_links)
     }
 
     /// `OnCallLegTerminated`, to every plugin. Failures are logged (and count
     /// towards quarantine) but decide nothing.
-    pub fn notify_terminated(&self, ended: &[(CallLeg, TerminationReason)]) {
+    pub fn notify_terminated(&self, ended: &[CallLeg], reason: TerminationReason) {
         if self.plugins.is_empty() {
             return;
         }
         for chunk in ended.chunks(self.batch_size) {
             let batch: Vec<wit::TerminatedLeg> = chunk
                 .iter()
-                .map(|(leg, reason)| wit::TerminatedLeg {
+                .map(|leg| wit::TerminatedLeg {
                     leg: leg.into(),
-                    reason: (*reason).into(),
+                    reason: reason.into(),
                 })
                 .collect();
             for plugin in &self.plugins {

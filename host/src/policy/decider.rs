@@ -57,9 +57,9 @@ impl Decider {
         }
     }
 
-    pub fn notify_terminated(&self, ended: &[(CallLeg, TerminationReason)]) {
+    pub fn notify_terminated(&self, ended: &[CallLeg], reason: TerminationReason) {
         if let Decider::Chain(chain) = self {
-            chain.notify_terminated(ended);
+            chain.notify_terminated(ended, reason);
         }
     }
 

@@ -3,8 +3,6 @@
 //! any failure and quarantined when it keeps failing.
 
 use super::bindings::{CallLegRef, PolicyPlugin, PolicyPluginPre, wit};
-use crate::model::CallLeg;
-use wasmtime::component::Func;
 use super::cache::{CacheOutcome, hex};
 use super::config::PluginSettings;
 use super::contract::{self, ContractInfo};
@@ -13,12 +11,14 @@ use super::limits::deadline_ticks;
 use super::quarantine::Health;
 use super::runtime::PolicyRuntime;
 use super::sandbox::PluginState;
+use crate::model::CallLeg;
 use crate::model::Decision;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use wasmtime::Store;
+use wasmtime::component::Func;
 
 /// A live instance: its store and its typed exports.
 struct Live {
@@ -186,7 +186,9 @@ impl Plugin {
     pub fn sync_legs(&self, legs: &[&CallLeg]) -> Result<Vec<Decision>, PluginFailure> {
         let lowered: Vec<CallLegRef<'_>> = legs.iter().map(|leg| CallLegRef::from(*leg)).collect();
         self.call(legs.len(), |exports, store| {
-            let func = exports.leg_sync.typed::<LegSyncFn<'_>, (Vec<wit::Decision>,)>(&*store)?;
+            let func = exports
+                .leg_sync
+                .typed::<LegSyncFn<'_>, (Vec<wit::Decision>,)>(&*store)?;
             Ok(func.call(store, (&lowered,))?.0)
         })
     }

@@ -110,13 +110,19 @@ enum BorrowedLegs<'a> {
 }
 
 /// One whole `SnapshotLegs` frame (length prefix included) for `legs`.
-pub fn encode_legs_frame(legs: &[&crate::model::CallLeg], max_frame: usize) -> Result<bytes::Bytes, ProtocolError> {
+pub fn encode_legs_frame(
+    legs: &[&crate::model::CallLeg],
+    max_frame: usize,
+) -> Result<bytes::Bytes, ProtocolError> {
     let mut frame = Vec::with_capacity(8 + legs.len() * 80);
     frame.extend_from_slice(&[0, 0, 0, 0, PROTOCOL_VERSION]);
     let mut frame = postcard::to_extend(&BorrowedLegs::SnapshotLegs(legs), frame)?;
     let len = frame.len() - 4;
     if len > max_frame {
-        return Err(ProtocolError::Oversized { len, max: max_frame });
+        return Err(ProtocolError::Oversized {
+            len,
+            max: max_frame,
+        });
     }
     frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(frame.into())
@@ -187,7 +193,10 @@ mod tests {
         let legs = [leg(1), leg(2)];
         let borrowed: Vec<&CallLeg> = legs.iter().collect();
         let fast = encode_legs_frame(&borrowed, 1 << 20).unwrap();
-        assert_eq!(&fast[..], &encode(EngineMessage::SnapshotLegs(legs.to_vec()))[..]);
+        assert_eq!(
+            &fast[..],
+            &encode(EngineMessage::SnapshotLegs(legs.to_vec()))[..]
+        );
     }
 
     #[test]

@@ -176,7 +176,10 @@ async fn stream_snapshot(
     links: Vec<crate::model::Link>,
 ) -> anyhow::Result<()> {
     framed
-        .send(EngineMessage::SnapshotBegin { legs, links: links.len() as u64 })
+        .send(EngineMessage::SnapshotBegin {
+            legs,
+            links: links.len() as u64,
+        })
         .await?;
     // The leg frames are already encoded: straight to the socket.
     let socket = framed.get_mut();
@@ -184,7 +187,9 @@ async fn stream_snapshot(
         socket.write_all(&frame).await?;
     }
     for chunk in links.chunks(SNAPSHOT_CHUNK) {
-        framed.feed(EngineMessage::SnapshotLinks(chunk.to_vec())).await?;
+        framed
+            .feed(EngineMessage::SnapshotLinks(chunk.to_vec()))
+            .await?;
     }
     framed.send(EngineMessage::SnapshotEnd).await?;
     Ok(())

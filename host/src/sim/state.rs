@@ -217,7 +217,11 @@ impl EngineState {
     /// The snapshot as ready-to-send `SnapshotLegs` frames, encoded straight
     /// from the table (no copy of a leg; a million legs take ~100 ms), and
     /// the links. Taken atomically with the attach, like [`Self::snapshot`].
-    pub fn snapshot_frames(&self, chunk: usize, max_frame: usize) -> Result<(u64, Vec<bytes::Bytes>, Vec<Link>), crate::protocol::ProtocolError> {
+    pub fn snapshot_frames(
+        &self,
+        chunk: usize,
+        max_frame: usize,
+    ) -> Result<(u64, Vec<bytes::Bytes>, Vec<Link>), crate::protocol::ProtocolError> {
         let mut frames = Vec::with_capacity(self.legs.len() / chunk + 1);
         let mut batch: Vec<&CallLeg> = Vec::with_capacity(chunk);
         let mut count = 0u64;
@@ -225,15 +229,28 @@ impl EngineState {
             batch.push(leg);
             count += 1;
             if batch.len() == chunk {
-                frames.push(crate::protocol::codec::encode_legs_frame(&batch, max_frame)?);
+                frames.push(crate::protocol::codec::encode_legs_frame(
+                    &batch, max_frame,
+                )?);
                 batch.clear();
             }
         }
         if !batch.is_empty() {
-            frames.push(crate::protocol::codec::encode_legs_frame(&batch, max_frame)?);
+            frames.push(crate::protocol::codec::encode_legs_frame(
+                &batch, max_frame,
+            )?);
         }
-        let answered = |id: &LegId| self.legs.get(id).is_some_and(|l| l.state == LegState::Answered);
-        let links = self.links.values().filter(|l| answered(&l.leg_a) && answered(&l.leg_b)).copied().collect();
+        let answered = |id: &LegId| {
+            self.legs
+                .get(id)
+                .is_some_and(|l| l.state == LegState::Answered)
+        };
+        let links = self
+            .links
+            .values()
+            .filter(|l| answered(&l.leg_a) && answered(&l.leg_b))
+            .copied()
+            .collect();
         Ok((count, frames, links))
     }
 

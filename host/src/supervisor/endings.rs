@@ -22,13 +22,11 @@ impl Host {
                 leg: leg.id,
                 reason,
             }));
-        let ended: Vec<(CallLeg, TerminationReason)> =
-            legs.into_iter().map(|leg| (leg, reason)).collect();
         if reason != TerminationReason::HostShutdown && reason != TerminationReason::RefusedByPolicy
         {
-            self.cdr.end(&ended, now_ms()).await?;
+            self.cdr.end(&legs, reason, now_ms()).await?;
         }
-        notify(decider, ended).await;
+        notify(decider, legs, reason).await;
         Ok(())
     }
 
@@ -55,7 +53,7 @@ impl Host {
     /// The host stops: plugins hear of it; no CDR is written, since the
     /// calls go on in the engine and the next host re-adopts them.
     pub(super) async fn shut_down(mut self) -> anyhow::Result<()> {
-        let legs: Vec<CallLeg> = self.table.legs().map(|e| e.leg.clone()).collect();
+        let legs = self.table.drain();
         tracing::info!(legs = legs.len(), "host shutting down");
         let decider = self.policy.current();
         self.end_legs(legs, TerminationReason::HostShutdown, &decider)
@@ -64,9 +62,11 @@ impl Host {
 }
 
 /// Tells the plugins, off the async threads (plugin calls block).
-pub(super) async fn notify(decider: &Decider, ended: Vec<(CallLeg, TerminationReason)>) {
+pub(super) async fn notify(decider: &Decider, ended: Vec<CallLeg>, reason: TerminationReason) {
     let decider = decider.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || decider.notify_terminated(&ended)).await {
+    if let Err(e) =
+        tokio::task::spawn_blocking(move || decider.notify_terminated(&ended, reason)).await
+    {
         tracing::error!(error = %e, "termination notification task failed");
     }
 }

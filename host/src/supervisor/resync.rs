@@ -16,10 +16,16 @@ use crate::resync::SnapshotDiff;
 use rustc_hash::FxHashSet as HashSet;
 use std::time::Instant;
 
+/// A chunk being decided: its legs, their verdicts, and the microseconds
+/// the decision took.
+type Deciding = tokio::task::JoinHandle<(Vec<CallLeg>, Vec<Verdict>, u64)>;
+
 /// What one resync accumulates.
 #[derive(Default)]
 struct Run {
     summary: ResyncSummary,
+    /// Microseconds the snapshot loop waited for decisions to finish.
+    waited: u64,
     refused: Vec<CallLeg>,
     /// Commands sent, not yet acknowledged.
     pending: HashSet<u64>,
@@ -52,7 +58,8 @@ impl Host {
             .receive_snapshot(connection, &decider, &mut run)
             .await?;
         let phases = &mut run.summary.phases;
-        phases.snapshot = micros(started).saturating_sub(phases.decisions + phases.adopt);
+        // Decisions overlap the snapshot: count only the time spent waiting.
+        phases.snapshot = micros(started).saturating_sub(run.waited + phases.adopt);
         run.summary.known = diff.known;
 
         // Refused legs: their links are dropped first, then the legs.
@@ -124,7 +131,7 @@ impl Host {
     ) -> Result<SnapshotDiff, ResyncError> {
         match connection.next().await? {
             EngineMessage::SnapshotBegin { legs, .. } => {
-                self.table.reserve(legs as usize);
+                self.table.reserve_total(legs as usize);
                 self.status.send_modify(|s| {
                     s.snapshot_expected = legs;
                     s.snapshot_received = 0;
@@ -137,18 +144,29 @@ impl Host {
             }
         }
         let mut diff = SnapshotDiff::begin(&mut self.table);
+        // One chunk is decided on a blocking thread while the previous one is
+        // adopted and the next one received and diffed.
+        let mut deciding: Option<Deciding> = None;
         loop {
             match connection.next().await? {
                 EngineMessage::SnapshotLegs(chunk) => {
                     let received = chunk.len() as u64;
                     let unknown = diff.legs(&mut self.table, chunk);
                     if !unknown.is_empty() {
-                        self.decide_legs(decider, unknown, run).await?;
+                        let next = spawn_decision(decider, unknown);
+                        if let Some(previous) = deciding.replace(next) {
+                            self.adopt(previous, run).await?;
+                        }
                     }
                     self.status.send_modify(|s| s.snapshot_received += received);
                 }
                 EngineMessage::SnapshotLinks(chunk) => diff.links(chunk),
-                EngineMessage::SnapshotEnd => return Ok(diff),
+                EngineMessage::SnapshotEnd => {
+                    if let Some(last) = deciding.take() {
+                        self.adopt(last, run).await?;
+                    }
+                    return Ok(diff);
+                }
                 other => {
                     return Err(
                         LinkError::Unexpected(format!("{other:?} inside a snapshot")).into(),
@@ -158,21 +176,23 @@ impl Host {
         }
     }
 
-    /// `OnCallLegSync` for a chunk of unknown legs: rebuilt legs join the
+    /// Waits for a chunk's `OnCallLegSync` verdicts: rebuilt legs join the
     /// table at once; refused ones are kept for the drops.
-    async fn decide_legs(
-        &mut self,
-        decider: &Decider,
-        unknown: Vec<CallLeg>,
-        run: &mut Run,
-    ) -> Result<(), ResyncError> {
-        let phase = Instant::now();
-        let (unknown, verdicts) =
-            decide_blocking(decider, unknown, |d, legs| d.decide_legs(legs)).await?;
-        run.summary.phases.decisions += micros(phase);
+    async fn adopt(&mut self, deciding: Deciding, run: &mut Run) -> Result<(), ResyncError> {
+        let waited = Instant::now();
+        let (unknown, verdicts, took) = deciding
+            .await
+            .map_err(|e| ResyncError::Fatal(anyhow::anyhow!("decision task failed: {e}")))?;
+        run.summary.phases.decisions += took;
+        run.waited += micros(waited);
         let phase = Instant::now();
         if self.events.wants_items() {
-            self.events.emit_all(unknown.iter().zip(&verdicts).map(|(leg, v)| sync_event(leg.id, v)));
+            self.events.emit_all(
+                unknown
+                    .iter()
+                    .zip(&verdicts)
+                    .map(|(leg, v)| sync_event(leg.id, v)),
+            );
         }
         // A call ended at a grace deadline and adopted again gets a RESUME.
         let rebuilt = unknown
@@ -272,6 +292,16 @@ fn sync_event(leg: LegId, verdict: &Verdict) -> HostEvent {
         plugin: verdict.plugin.clone(),
         failure: verdict.failure,
     }
+}
+
+/// Starts deciding a chunk of legs on a blocking thread.
+fn spawn_decision(decider: &Decider, legs: Vec<CallLeg>) -> Deciding {
+    let decider = decider.clone();
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let verdicts = decider.decide_legs(&legs);
+        (legs, verdicts, micros(started))
+    })
 }
 
 /// Runs a decision on a blocking thread; gives the items back with verdicts.
