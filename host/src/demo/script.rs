@@ -123,10 +123,7 @@ impl Demo {
     }
 
     fn status(&self) -> crate::supervisor::HostStatus {
-        self.host
-            .as_ref()
-            .map(|h| h.status())
-            .unwrap_or_default()
+        self.host.as_ref().map(|h| h.status()).unwrap_or_default()
     }
 
     fn host(&mut self) -> anyhow::Result<&mut RunningHost> {

@@ -35,6 +35,11 @@ pub struct LegTable {
     index: HashMap<LegId, u32>,
     links: HashMap<LinkId, Link>,
     generation: u32,
+    /// Where the last `mark_seen` found its leg, plus one. An engine streams
+    /// its snapshot in a stable order and the table keeps the order it
+    /// adopted legs in, so the next leg is usually in the next slot: a warm
+    /// resync then walks the slots instead of hashing a million ids.
+    cursor: usize,
 }
 
 impl LegTable {
@@ -157,14 +162,21 @@ impl LegTable {
     /// Starts a resync: from now on, legs not marked are absent.
     pub fn begin_generation(&mut self) {
         self.generation = self.generation.wrapping_add(1);
+        self.cursor = 0;
     }
 
     /// Marks a leg as seen by the current resync, refreshing what the engine
     /// reports about it. Returns false if the host does not know the leg.
     pub fn mark_seen(&mut self, leg: &CallLeg) -> bool {
-        let Some(slot) = self.slot(leg.id) else {
-            return false;
+        let next = self.cursor;
+        let slot = match self.slots.get(next) {
+            Some(entry) if entry.leg.id == leg.id => next,
+            _ => match self.slot(leg.id) {
+                Some(slot) => slot,
+                None => return false,
+            },
         };
+        self.cursor = slot + 1;
         let entry = &mut self.slots[slot];
         entry.generation = self.generation;
         entry.leg.state = leg.state;

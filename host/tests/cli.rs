@@ -1,0 +1,143 @@
+//! The plugin author's tools, run as the real `legsync` binary.
+
+mod common;
+
+use common::built_plugin;
+use std::process::{Command, Output};
+
+fn legsync(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_legsync"))
+        .args(args)
+        .output()
+        .expect("legsync runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn plugin_check_reports_the_contract_and_imports() {
+    let plugin = built_plugin("rules");
+    let out = legsync(&["plugin", "check", plugin.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("contract: legsync:policy@0.1.0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("legsync:policy/host@0.1.0"),
+        "the host import is listed: {stdout}"
+    );
+    assert!(
+        stdout.contains("wasi:"),
+        "WASI imports are listed: {stdout}"
+    );
+}
+
+#[test]
+fn plugin_check_fails_precisely() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"not wasm at all").unwrap();
+    let out = legsync(&["plugin", "check", garbage.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is not a valid WebAssembly component"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let future = built_plugin("fixture-future-contract");
+    let out = legsync(&["plugin", "check", future.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("legsync:policy@0.2.0") && stderr.contains("legsync:policy@0.1.0"),
+        "{stderr}"
+    );
+
+    let rules = dir.path().join("bad.rules");
+    std::fs::write(&rules, "[[rule]]\naction = \"refuse\"\nnap = 3\n").unwrap();
+    let plugin = built_plugin("rules");
+    let out = legsync(&[
+        "plugin",
+        "check",
+        plugin.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("rejected its rules: invalid TOML rules"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn plugin_eval_prints_one_json_line_per_leg_and_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("no-premium.rules");
+    std::fs::write(
+        &rules,
+        "[[rule]]\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n",
+    )
+    .unwrap();
+    let legs = dir.path().join("legs.json");
+    std::fs::write(
+        &legs,
+        r#"[{"id": 1, "nap": "SIP_A", "called": "19005550100", "answered_at_ms": 1795800000000},
+            {"id": 2, "nap": "ISDN_1", "called": "15145550199", "protocol": "isdn"}]"#,
+    )
+    .unwrap();
+    let links = dir.path().join("links.json");
+    std::fs::write(&links, r#"[{"id": 10, "leg_a": 1, "leg_b": 2}]"#).unwrap();
+    let plugin = built_plugin("rules");
+    let out = legsync(&[
+        "plugin",
+        "eval",
+        plugin.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+        "--legs",
+        legs.to_str().unwrap(),
+        "--links",
+        links.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(
+        (lines[0]["leg"].as_u64(), lines[0]["decision"].as_str()),
+        (Some(1), Some("refuse"))
+    );
+    assert_eq!(
+        (lines[1]["leg"].as_u64(), lines[1]["decision"].as_str()),
+        (Some(2), Some("rebuild"))
+    );
+    assert_eq!(
+        (lines[2]["link"].as_u64(), lines[2]["decision"].as_str()),
+        (Some(10), Some("rebuild"))
+    );
+    assert_eq!(lines[0]["plugin"], "rules");
+
+    std::fs::write(&legs, "{\"not\": \"an array\"}").unwrap();
+    let out = legsync(&[
+        "plugin",
+        "eval",
+        plugin.to_str().unwrap(),
+        "--legs",
+        legs.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("legs.json is not valid"),
+        "{}",
+        text(&out.stderr)
+    );
+}
