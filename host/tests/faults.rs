@@ -4,10 +4,11 @@
 mod common;
 
 use bytes::BytesMut;
-use common::world::{WAIT, World, synced, terminated};
+use common::world::{WAIT, World};
 use futures_util::SinkExt;
 use legsync::config::HostConfig;
 use legsync::demo::harness::RunningHost;
+use legsync::demo::harness::{synced, terminated};
 use legsync::events::{HostEvent, LinkState};
 use legsync::policy::{Decider, PolicyChain};
 use legsync::protocol::{EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION};

@@ -4,8 +4,9 @@
 
 mod common;
 
-use common::world::{WAIT, World, synced};
+use common::world::{WAIT, World};
 use legsync::demo::harness::RunningHost;
+use legsync::demo::harness::synced;
 use legsync::events::{HostEvent, LinkState, ReloadOutcome, ReloadReport};
 use legsync::model::Decision;
 use legsync::policy::{CompileCache, PolicyRuntime};

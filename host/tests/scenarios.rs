@@ -4,8 +4,9 @@
 
 mod common;
 
-use common::world::{WAIT, World, links_synced, synced, terminated};
+use common::world::{WAIT, World};
 use legsync::cdr::record::RecordKind;
+use legsync::demo::harness::{links_synced, synced, terminated};
 use legsync::events::{HostEvent, LinkState};
 use legsync::model::{Decision, TerminationReason};
 

@@ -133,3 +133,33 @@ impl Drop for RunningHost {
         self.shutdown.cancel();
     }
 }
+
+/// `(leg, decision)` of every `OnCallLegSync` among `events`, sorted.
+pub fn synced(events: &[HostEvent]) -> Vec<(u64, crate::model::Decision)> {
+    sorted(events.iter().filter_map(|e| match e {
+        HostEvent::CallLegSync { leg, decision, .. } => Some((*leg, *decision)),
+        _ => None,
+    }))
+}
+
+/// `(leg, reason)` of every `OnCallLegTerminated` among `events`, sorted.
+pub fn terminated(events: &[HostEvent]) -> Vec<(u64, crate::model::TerminationReason)> {
+    sorted(events.iter().filter_map(|e| match e {
+        HostEvent::CallLegTerminated { leg, reason } => Some((*leg, *reason)),
+        _ => None,
+    }))
+}
+
+/// `(link, decision)` of every `OnLinkSync` among `events`, sorted.
+pub fn links_synced(events: &[HostEvent]) -> Vec<(u64, crate::model::Decision)> {
+    sorted(events.iter().filter_map(|e| match e {
+        HostEvent::LinkSync { link, decision, .. } => Some((*link, *decision)),
+        _ => None,
+    }))
+}
+
+fn sorted<T: Ord>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut items: Vec<T> = items.collect();
+    items.sort();
+    items
+}

@@ -1,6 +1,6 @@
 //! The demo's scenarios, narrated and checked.
 
-use super::harness::RunningHost;
+use super::harness::{RunningHost, synced, terminated};
 use crate::cdr::CdrWriter;
 use crate::cdr::record::{CdrRecord, RecordKind};
 use crate::config::HostConfig;
@@ -177,7 +177,7 @@ impl Demo {
         self.narrate(&events);
         self.check(
             "A and B end with OnCallLegTerminated",
-            ended(&events)
+            terminated(&events)
                 == [
                     (a, TerminationReason::AbsentAfterResync),
                     (b, TerminationReason::AbsentAfterResync),
@@ -218,7 +218,7 @@ impl Demo {
         expected.sort();
         self.check(
             "at the deadline A-E all end with OnCallLegTerminated",
-            ended(&events) == expected,
+            terminated(&events) == expected,
         );
         let cdrs = self.new_cdrs();
         self.check(
@@ -324,7 +324,7 @@ impl Demo {
         expected.sort();
         self.check(
             "legs that ended meanwhile (A, B, E) end with OnCallLegTerminated",
-            ended(&events) == expected,
+            terminated(&events) == expected,
         );
         self.check(
             "C and D stay valid with no callback",
@@ -517,30 +517,6 @@ fn heading(text: &str) {
 
 fn step(text: &str) {
     println!("  {text}");
-}
-
-fn ended(events: &[HostEvent]) -> Vec<(u64, TerminationReason)> {
-    let mut out: Vec<_> = events
-        .iter()
-        .filter_map(|e| match e {
-            HostEvent::CallLegTerminated { leg, reason } => Some((*leg, *reason)),
-            _ => None,
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-fn synced(events: &[HostEvent]) -> Vec<(u64, Decision)> {
-    let mut out: Vec<_> = events
-        .iter()
-        .filter_map(|e| match e {
-            HostEvent::CallLegSync { leg, decision, .. } => Some((*leg, *decision)),
-            _ => None,
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 fn legs_of(records: &[CdrRecord], kind: RecordKind) -> Vec<u64> {

@@ -156,38 +156,3 @@ impl World {
         Calls { a, b, c, d, e, cd }
     }
 }
-
-/// The ids of legs with a given kind of event.
-pub fn synced(events: &[HostEvent]) -> Vec<(u64, legsync::model::Decision)> {
-    let mut out: Vec<_> = events
-        .iter()
-        .filter_map(|e| match e {
-            HostEvent::CallLegSync { leg, decision, .. } => Some((*leg, *decision)),
-            _ => None,
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-pub fn terminated(events: &[HostEvent]) -> Vec<(u64, legsync::model::TerminationReason)> {
-    let mut out: Vec<_> = events
-        .iter()
-        .filter_map(|e| match e {
-            HostEvent::CallLegTerminated { leg, reason } => Some((*leg, *reason)),
-            _ => None,
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-pub fn links_synced(events: &[HostEvent]) -> Vec<(u64, legsync::model::Decision)> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            HostEvent::LinkSync { link, decision, .. } => Some((*link, *decision)),
-            _ => None,
-        })
-        .collect()
-}
