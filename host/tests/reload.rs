@@ -329,3 +329,132 @@ async fn wait_for_line(path: &std::path::Path, needle: &str) -> String {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Reports up to and including the first final outcome (not a will-retry).
+async fn reports_until_final(host: &mut RunningHost) -> Vec<ReloadReport> {
+    let events = host
+        .events_until(WAIT, |e| reload_report(e).is_some())
+        .await
+        .unwrap();
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            HostEvent::Reload(report) => Some(report),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_files_reorders_the_chain() {
+    let world = World::new(
+        None,
+        &[
+            ("10-accept-all", "accept-all", None),
+            ("20-rules", "rules", Some(REFUSE_PREMIUM)),
+        ],
+    )
+    .await;
+    let (mut host, stop) = watched_host(&world).await;
+    std::fs::rename(
+        world.plugins.join("10-accept-all.wasm"),
+        world.plugins.join("30-accept-all.wasm"),
+    )
+    .unwrap();
+    let report = reports_until_final(&mut host).await.pop().unwrap();
+    assert_eq!(report.outcome, ReloadOutcome::Applied, "{report:?}");
+    let order: Vec<&str> = report
+        .plugins
+        .iter()
+        .map(|p| p.split('@').next().unwrap())
+        .collect();
+    assert_eq!(order, ["20-rules", "30-accept-all"]);
+    assert_eq!(
+        decision_for_new_leg(&world, &mut host, "15145550001").await,
+        (Decision::Rebuild, "30-accept-all".into())
+    );
+    stop.cancel();
+    host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_edit_reloads_the_policy() {
+    let world = World::new(None, &[("20-rules", "rules", Some(REFUSE_PREMIUM))]).await;
+    let other = world.dir.path().join("other.d");
+    std::fs::create_dir(&other).unwrap();
+    common::install(&other, "10-accept-all", "accept-all", None);
+    let config_file = world.dir.path().join("legsync.toml");
+    let write_config = |dir: &std::path::Path| {
+        std::fs::write(
+            &config_file,
+            format!("[policy]\nplugin_dir = {:?}\n", dir.to_str().unwrap()),
+        )
+        .unwrap();
+    };
+    write_config(&world.plugins);
+
+    let config = world.config(10.0);
+    let mut host = RunningHost::start(&config, world.decider(&config)).unwrap();
+    host.next_resync(WAIT).await.unwrap();
+    let runtime = PolicyRuntime::new(None).unwrap();
+    let source = PolicySource {
+        config_file: Some(config_file.clone()),
+        plugin_dir_override: None,
+        fallback: config.policy.clone(),
+    };
+    let reloader = Arc::new(Reloader::new(
+        runtime,
+        source,
+        host.policy.clone(),
+        host.sink.clone(),
+    ));
+    let stop = CancellationToken::new();
+    reloader.spawn(stop.clone()).unwrap();
+
+    write_config(&other);
+    let report = reports_until_final(&mut host).await.pop().unwrap();
+    assert_eq!(report.outcome, ReloadOutcome::Applied, "{report:?}");
+    assert!(
+        report.plugins.len() == 1 && report.plugins[0].starts_with("10-accept-all@"),
+        "{report:?}"
+    );
+
+    std::fs::write(&config_file, "[policy]\nplugin_dri = \"typo\"\n").unwrap();
+    let report = reports_until_final(&mut host).await.pop().unwrap();
+    assert_eq!(report.outcome, ReloadOutcome::Rejected);
+    assert!(
+        report.error.as_deref().unwrap().contains("plugin_dri"),
+        "{report:?}"
+    );
+    assert!(
+        report.plugins[0].starts_with("10-accept-all@"),
+        "the working set stays"
+    );
+    stop.cancel();
+    host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_copied_in_two_writes_loads_without_a_failure_storm() {
+    let world = World::new(None, &[("20-rules", "rules", Some(REFUSE_PREMIUM))]).await;
+    let (mut host, stop) = watched_host(&world).await;
+    let bytes = std::fs::read(common::built_plugin("accept-all")).unwrap();
+    let target = world.plugins.join("30-late.wasm");
+    // A slow copy: half the file, a pause shorter than the debounce, the rest.
+    std::fs::write(&target, &bytes[..bytes.len() / 2]).unwrap();
+    tokio::time::sleep(legsync::reload::DEBOUNCE / 3).await;
+    std::fs::write(&target, &bytes).unwrap();
+    let reports = reports_until_final(&mut host).await;
+    let last = reports.last().unwrap();
+    assert_eq!(last.outcome, ReloadOutcome::Applied, "{reports:?}");
+    assert!(
+        reports.len() <= 2,
+        "at most one failed attempt before it loads: {reports:?}"
+    );
+    assert!(
+        last.plugins.iter().any(|p| p.starts_with("30-late@")),
+        "{last:?}"
+    );
+    stop.cancel();
+    host.stop().await.unwrap();
+}
