@@ -153,11 +153,11 @@ macro_rules! export_policy {
                                 p.on_call_leg_terminated(&ended.leg, ended.reason);
                             }
                         })
-            })
+                    })
                 }
             }
 
-            $crate::__private::bindings::export!(Export with_types_in $crate::__private::bindings);
+    $crate::__private::bindings::export!(Export with_types_in $crate::__private::bindings);
         };
     };
 }
