@@ -11,6 +11,8 @@ use wasmtime::component::Component;
 /// The contract version this host speaks.
 pub const CONTRACT_VERSION: &str = "0.1.0";
 const EXPORT_PREFIX: &str = "legsync:policy/policy";
+/// The exported interface's full name for [`CONTRACT_VERSION`].
+pub const POLICY_EXPORT: &str = "legsync:policy/policy@0.1.0";
 
 /// What a component declares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,5 +63,15 @@ pub fn check(
                 exports.join(", ")
             },
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_export_name_carries_the_contract_version() {
+        assert_eq!(POLICY_EXPORT, format!("{EXPORT_PREFIX}@{CONTRACT_VERSION}"));
     }
 }

@@ -5,7 +5,7 @@
 use super::bindings::{CallLegRef, PolicyPlugin, PolicyPluginPre, wit};
 use super::cache::{CacheOutcome, hex};
 use super::config::PluginSettings;
-use super::contract::{self, ContractInfo};
+use super::contract::{self, ContractInfo, POLICY_EXPORT};
 use super::error::{FailureKind, PluginFailure, PolicyError};
 use super::limits::deadline_ticks;
 use super::quarantine::Health;
@@ -352,9 +352,6 @@ impl Plugin {
         self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
-
-/// The exported interface, by its versioned name.
-const POLICY_EXPORT: &str = "legsync:policy/policy@0.1.0";
 
 /// Marks an `init` that returned an error (as opposed to trapping).
 const INIT_REJECTED: &str = "init rejected the rules: ";
