@@ -125,3 +125,21 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// An answered leg with placeholder fields, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_leg(id: LegId, answered_at_ms: u64) -> CallLeg {
+    CallLeg {
+        id,
+        session_id: id,
+        direction: Direction::Inbound,
+        protocol: Protocol::Sip,
+        nap: "N".into(),
+        calling: "1".into(),
+        called: "2".into(),
+        offered_at_ms: answered_at_ms.saturating_sub(5),
+        answered_at_ms: Some(answered_at_ms),
+        linked_to: None,
+        state: LegState::Answered,
+    }
+}

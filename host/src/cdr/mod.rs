@@ -180,22 +180,9 @@ fn write_loop(mut file: std::fs::File, batches: std::sync::mpsc::Receiver<Batch>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::LegState;
 
     fn answered(id: u64) -> CallLeg {
-        CallLeg {
-            id,
-            session_id: id,
-            direction: Default::default(),
-            protocol: Default::default(),
-            nap: "N".into(),
-            calling: "1".into(),
-            called: "2".into(),
-            offered_at_ms: 1,
-            answered_at_ms: Some(1_000),
-            linked_to: None,
-            state: LegState::Answered,
-        }
+        crate::model::test_leg(id, 1_000)
     }
 
     #[tokio::test]

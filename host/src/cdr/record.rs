@@ -166,19 +166,7 @@ mod tests {
     use super::*;
 
     fn answered(id: LegId, at: u64) -> CallLeg {
-        CallLeg {
-            id,
-            session_id: 3,
-            direction: Default::default(),
-            protocol: Default::default(),
-            nap: "N".into(),
-            calling: "1".into(),
-            called: "2".into(),
-            offered_at_ms: at - 5,
-            answered_at_ms: Some(at),
-            linked_to: None,
-            state: Default::default(),
-        }
+        crate::model::test_leg(id, at)
     }
 
     #[test]

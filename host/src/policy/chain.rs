@@ -41,10 +41,6 @@ impl PolicyChain {
         &self.plugins
     }
 
-    pub fn plugin(&self, name: &str) -> Option<&Plugin> {
-        self.plugins.iter().find(|p| &**p.name() == name)
-    }
-
     /// `OnCallLegSync` for legs the host did not know: one verdict per leg.
     pub fn decide_legs(&self, legs: &[CallLeg]) -> Vec<Verdict> {
         self.decide(legs, |leg| leg, Plugin::sync_legs)

@@ -86,22 +86,9 @@ impl SnapshotDiff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::LegState;
 
     fn leg(id: LegId) -> CallLeg {
-        CallLeg {
-            id,
-            session_id: 1,
-            direction: Default::default(),
-            protocol: Default::default(),
-            nap: "N".into(),
-            calling: "1".into(),
-            called: "2".into(),
-            offered_at_ms: 1,
-            answered_at_ms: Some(2),
-            linked_to: None,
-            state: LegState::Answered,
-        }
+        crate::model::test_leg(id, 2)
     }
 
     #[test]

@@ -148,17 +148,6 @@ impl EngineState {
         self.preload(add, now_ms);
     }
 
-    /// Attaches a host: events go to `events` from now on. Returns the
-    /// snapshot taken atomically with the attach, so no event is missed or
-    /// duplicated.
-    pub fn attach_host(
-        &mut self,
-        events: UnboundedSender<EngineEvent>,
-    ) -> (Vec<CallLeg>, Vec<Link>) {
-        self.host = Some(events);
-        self.snapshot()
-    }
-
     /// The host went away: nothing can answer transient legs, so they are
     /// dropped, and terminating legs finish releasing.
     pub fn detach_host(&mut self) {
@@ -501,8 +490,9 @@ mod tests {
         let mut state = EngineState::default();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         state.preload(4, 100_000_000);
-        let (legs, links) = state.attach_host(tx);
-        assert_eq!((legs.len(), links.len()), (4, 2));
+        let (legs, links) = state.snapshot();
+        let (count, _, sent_links) = state.attach_host_frames(tx, 1024, 1 << 20).unwrap();
+        assert_eq!((count, sent_links.len()), (4, 2));
         state.release(legs[0].id).unwrap();
         assert_eq!(
             rx.try_recv().unwrap(),
