@@ -5,38 +5,51 @@
 mod common;
 
 use common::world::{WAIT, World};
+use legsync::config::HostConfig;
 use legsync::demo::harness::RunningHost;
 use legsync::demo::harness::synced;
 use legsync::events::{HostEvent, LinkState, ReloadOutcome, ReloadReport};
 use legsync::model::Decision;
 use legsync::policy::{CompileCache, PolicyRuntime};
 use legsync::reload::{PolicySource, Reloader};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 const REFUSE_PREMIUM: &str = "[[rule]]\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n";
 
+/// A reloader for `host`, reading its settings from `config_file` (or
+/// from `config` when there is none), compiling through `config`'s cache.
+fn reloader_for(
+    host: &RunningHost,
+    config: &HostConfig,
+    config_file: Option<PathBuf>,
+) -> Arc<Reloader> {
+    let runtime =
+        PolicyRuntime::new(config.policy.cache_dir.clone().map(CompileCache::new)).unwrap();
+    let source = PolicySource {
+        config_file,
+        plugin_dir_override: None,
+        fallback: config.policy.clone(),
+    };
+    Arc::new(Reloader::new(
+        runtime,
+        source,
+        host.policy.clone(),
+        host.sink.clone(),
+    ))
+}
+
 /// A host plus a reloader watching the world's plugin directory.
 async fn watched_host(world: &World) -> (RunningHost, CancellationToken) {
     let config = world.config(10.0);
     let mut host = RunningHost::start(&config, world.decider(&config)).unwrap();
     host.next_resync(WAIT).await.unwrap();
-    let runtime =
-        PolicyRuntime::new(config.policy.cache_dir.clone().map(CompileCache::new)).unwrap();
-    let source = PolicySource {
-        config_file: None,
-        plugin_dir_override: None,
-        fallback: config.policy.clone(),
-    };
-    let reloader = Arc::new(Reloader::new(
-        runtime,
-        source,
-        host.policy.clone(),
-        host.sink.clone(),
-    ));
     let stop = CancellationToken::new();
-    reloader.spawn(stop.clone()).unwrap();
+    reloader_for(&host, &config, None)
+        .spawn(stop.clone())
+        .unwrap();
     (host, stop)
 }
 
@@ -189,20 +202,8 @@ async fn a_swap_during_a_million_leg_resync_leaves_that_resync_on_the_old_set() 
     let mut config = world.config(600.0);
     config.events = None;
     config.link.heartbeat_timeout_ms = 60_000;
-    let runtime =
-        PolicyRuntime::new(config.policy.cache_dir.clone().map(CompileCache::new)).unwrap();
     let mut host = RunningHost::start_summaries(&config, world.decider(&config)).unwrap();
-    let source = PolicySource {
-        config_file: None,
-        plugin_dir_override: None,
-        fallback: config.policy.clone(),
-    };
-    let reloader = Arc::new(Reloader::new(
-        runtime,
-        source,
-        host.policy.clone(),
-        host.sink.clone(),
-    ));
+    let reloader = reloader_for(&host, &config, None);
 
     host.wait_status(WAIT, |s| s.link == Some(LinkState::Resyncing))
         .await
@@ -396,20 +397,10 @@ async fn a_config_file_edit_reloads_the_policy() {
     let config = world.config(10.0);
     let mut host = RunningHost::start(&config, world.decider(&config)).unwrap();
     host.next_resync(WAIT).await.unwrap();
-    let runtime = PolicyRuntime::new(None).unwrap();
-    let source = PolicySource {
-        config_file: Some(config_file.clone()),
-        plugin_dir_override: None,
-        fallback: config.policy.clone(),
-    };
-    let reloader = Arc::new(Reloader::new(
-        runtime,
-        source,
-        host.policy.clone(),
-        host.sink.clone(),
-    ));
     let stop = CancellationToken::new();
-    reloader.spawn(stop.clone()).unwrap();
+    reloader_for(&host, &config, Some(config_file.clone()))
+        .spawn(stop.clone())
+        .unwrap();
 
     write_config(&other);
     let report = reports_until_final(&mut host).await.pop().unwrap();
