@@ -356,6 +356,91 @@ fn a_plugin_that_keeps_failing_is_quarantined() {
     assert_eq!(stats.quarantined_skips, 1);
 }
 
+/// Renders a leg the way the `fixture-fields` plugin does.
+fn render_fields(leg: &legsync::model::CallLeg) -> String {
+    let direction = match leg.direction {
+        Direction::Inbound => "in",
+        Direction::Outbound => "out",
+    };
+    let protocol = match leg.protocol {
+        Protocol::Sip => "sip",
+        Protocol::Isdn => "isdn",
+        Protocol::Ss7 => "ss7",
+        Protocol::Cas => "cas",
+        Protocol::MediaOnly => "media",
+    };
+    let option = |value: Option<u64>| value.map_or("-".to_string(), |v| v.to_string());
+    format!(
+        "{}|{}|{direction}|{protocol}|{}|{}|{}|{}|{}",
+        leg.id,
+        leg.session_id,
+        leg.nap,
+        leg.calling,
+        leg.offered_at_ms,
+        option(leg.answered_at_ms),
+        option(leg.linked_to),
+    )
+}
+
+#[test]
+fn every_leg_field_reaches_the_plugin_intact() {
+    let dir = plugin_dir(&[("50-fields", "fixture-fields", None)]);
+    let chain = load(dir.path(), "").unwrap();
+    let directions = [Direction::Inbound, Direction::Outbound];
+    let protocols = [
+        Protocol::Sip,
+        Protocol::Isdn,
+        Protocol::Ss7,
+        Protocol::Cas,
+        Protocol::MediaOnly,
+    ];
+    let mut legs: Vec<_> = (0..40u64)
+        .map(|i| {
+            let mut leg = leg(u64::MAX - i, "", "");
+            leg.session_id = i << 40 | 7;
+            leg.direction = directions[i as usize % 2];
+            leg.protocol = protocols[i as usize % 5];
+            // Empty, short, inline-sized and heap-sized strings, and UTF-8.
+            leg.nap = "N".repeat(i as usize % 30).into();
+            leg.calling = if i % 3 == 0 {
+                ""
+            } else {
+                "+33 1 23 45 67 89 é"
+            }
+            .into();
+            leg.offered_at_ms = 1_700_000_000_000 + i;
+            leg.answered_at_ms = (i % 2 == 0).then_some(u64::MAX - 1);
+            leg.linked_to = (i % 4 < 2).then_some(i * 1_000_003);
+            leg.called = render_fields(&leg).into();
+            leg
+        })
+        .collect();
+    let verdicts = chain.decide_legs(&legs);
+    let refused: Vec<_> = verdicts
+        .iter()
+        .zip(&legs)
+        .filter(|(v, _)| v.decision != Decision::Rebuild || v.failure.is_some())
+        .map(|(_, leg)| leg.called.to_string())
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "fields changed on the way in: {refused:?}"
+    );
+
+    // The check can fail: one field off and the plugin sees it.
+    legs[7].linked_to = Some(1);
+    legs[8].offered_at_ms += 1;
+    let decisions: Vec<_> = chain
+        .decide_legs(&legs[6..9])
+        .iter()
+        .map(|v| v.decision)
+        .collect();
+    assert_eq!(
+        decisions,
+        [Decision::Rebuild, Decision::Refuse, Decision::Refuse]
+    );
+}
+
 #[test]
 fn the_sandbox_grants_no_files_environment_or_network() {
     let dir = plugin_dir(&[("50-snoop", "fixture-snoop", None)]);

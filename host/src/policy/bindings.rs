@@ -11,59 +11,24 @@ wasmtime::component::bindgen!({
 pub use self::legsync::policy::host::Level;
 pub use self::legsync::policy::types as wit;
 
-/// `call-leg` lowered straight from the host's leg, borrowing its strings:
-/// the generated `wit::CallLeg` owns `String`s, and copying three of them per
-/// leg would cost more than the plugin call itself.
-#[derive(wasmtime::component::ComponentType, wasmtime::component::Lower)]
-#[component(record)]
-pub struct CallLegRef<'a> {
-    pub id: u64,
-    #[component(name = "session-id")]
-    pub session_id: u64,
-    pub direction: wit::Direction,
-    pub protocol: wit::Protocol,
-    pub nap: &'a str,
-    pub calling: &'a str,
-    pub called: &'a str,
-    #[component(name = "offered-at-ms")]
-    pub offered_at_ms: u64,
-    #[component(name = "answered-at-ms")]
-    pub answered_at_ms: Option<u64>,
-    #[component(name = "linked-to")]
-    pub linked_to: Option<u64>,
-}
-
-impl<'a> From<&'a model::CallLeg> for CallLegRef<'a> {
-    fn from(leg: &'a model::CallLeg) -> Self {
-        CallLegRef {
-            id: leg.id,
-            session_id: leg.session_id,
-            direction: direction(leg.direction),
-            protocol: protocol(leg.protocol),
-            nap: &leg.nap,
-            calling: &leg.calling,
-            called: &leg.called,
-            offered_at_ms: leg.offered_at_ms,
-            answered_at_ms: leg.answered_at_ms,
-            linked_to: leg.linked_to,
+impl From<model::Direction> for wit::Direction {
+    fn from(direction: model::Direction) -> Self {
+        match direction {
+            model::Direction::Inbound => wit::Direction::Inbound,
+            model::Direction::Outbound => wit::Direction::Outbound,
         }
     }
 }
 
-fn direction(direction: model::Direction) -> wit::Direction {
-    match direction {
-        model::Direction::Inbound => wit::Direction::Inbound,
-        model::Direction::Outbound => wit::Direction::Outbound,
-    }
-}
-
-fn protocol(protocol: model::Protocol) -> wit::Protocol {
-    match protocol {
-        model::Protocol::Sip => wit::Protocol::Sip,
-        model::Protocol::Isdn => wit::Protocol::Isdn,
-        model::Protocol::Ss7 => wit::Protocol::Ss7,
-        model::Protocol::Cas => wit::Protocol::Cas,
-        model::Protocol::MediaOnly => wit::Protocol::MediaOnly,
+impl From<model::Protocol> for wit::Protocol {
+    fn from(protocol: model::Protocol) -> Self {
+        match protocol {
+            model::Protocol::Sip => wit::Protocol::Sip,
+            model::Protocol::Isdn => wit::Protocol::Isdn,
+            model::Protocol::Ss7 => wit::Protocol::Ss7,
+            model::Protocol::Cas => wit::Protocol::Cas,
+            model::Protocol::MediaOnly => wit::Protocol::MediaOnly,
+        }
     }
 }
 
@@ -72,8 +37,8 @@ impl From<&model::CallLeg> for wit::CallLeg {
         wit::CallLeg {
             id: leg.id,
             session_id: leg.session_id,
-            direction: direction(leg.direction),
-            protocol: protocol(leg.protocol),
+            direction: leg.direction.into(),
+            protocol: leg.protocol.into(),
             nap: leg.nap.to_string(),
             calling: leg.calling.to_string(),
             called: leg.called.to_string(),

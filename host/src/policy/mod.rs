@@ -8,6 +8,7 @@
 //! - [`loader`]: a plugin set from a drop-in directory, with `*.rules` sidecars.
 //! - [`sandbox`]: what a plugin can reach: nothing but a capped log and a clock.
 //! - [`contract`]: the contract version check; [`cache`]: the compile cache.
+//! - `lower`: legs written straight into a plugin's memory (the hot path).
 
 mod bindings;
 pub mod cache;
@@ -18,6 +19,7 @@ pub mod decider;
 pub mod error;
 pub mod limits;
 pub mod loader;
+mod lower;
 pub mod native;
 pub mod plugin;
 pub mod quarantine;

@@ -2,12 +2,13 @@
 //! `InstancePre`, run in its own store under its limits, re-instantiated after
 //! any failure and quarantined when it keeps failing.
 
-use super::bindings::{CallLegRef, PolicyPlugin, PolicyPluginPre, wit};
+use super::bindings::{PolicyPlugin, PolicyPluginPre, wit};
 use super::cache::{CacheOutcome, hex};
 use super::config::PluginSettings;
 use super::contract::{self, ContractInfo, POLICY_EXPORT};
 use super::error::{FailureKind, PluginFailure, PolicyError};
 use super::limits::deadline_ticks;
+use super::lower::CallLegRef;
 use super::quarantine::Health;
 use super::runtime::PolicyRuntime;
 use super::sandbox::PluginState;

@@ -27,6 +27,15 @@
 
 use __private::bindings;
 
+#[cfg(target_arch = "wasm32")]
+mod arena;
+
+/// Export arguments live in an arena reset after each call (see the `arena`
+/// module); a plugin built with the SDK must not set its own global allocator.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: arena::ArenaAwareAllocator = arena::ArenaAwareAllocator;
+
 pub use bindings::legsync::policy::types::{
     CallLeg, Decision, Direction, Link, Protocol, TerminatedLeg, TerminationReason,
 };
@@ -108,6 +117,18 @@ pub mod __private {
     }
     pub use crate::bindings::exports::legsync::policy::policy::Guest;
 
+    /// Runs one export: its arguments (lowered into the arena) are dropped
+    /// before the arena is reused for the next call.
+    pub fn export_call<A, R>(args: A, body: impl FnOnce(&A) -> R) -> R {
+        #[cfg(target_arch = "wasm32")]
+        crate::arena::begin_export();
+        let result = body(&args);
+        drop(args);
+        #[cfg(target_arch = "wasm32")]
+        crate::arena::end_export();
+        result
+    }
+
     pub fn with_policy<P, R>(slot: &mut Option<P>, f: impl FnOnce(&mut P) -> R) -> R {
         f(slot
             .as_mut()
@@ -120,7 +141,7 @@ pub mod __private {
 macro_rules! export_policy {
     ($policy:ty) => {
         const _: () = {
-            use $crate::__private::with_policy;
+            use $crate::__private::{export_call, with_policy};
             use $crate::Policy as _;
 
             ::std::thread_local! {
@@ -132,26 +153,34 @@ macro_rules! export_policy {
 
             impl $crate::__private::Guest for Export {
                 fn init(config: String) -> Result<(), String> {
-                    let policy = <$policy as $crate::Policy>::init(&config)?;
-                    STATE.with(|s| *s.borrow_mut() = Some(policy));
-                    Ok(())
+                    export_call(config, |config| {
+                        let policy = <$policy as $crate::Policy>::init(config)?;
+                        STATE.with(|s| *s.borrow_mut() = Some(policy));
+                        Ok(())
+                    })
                 }
                 fn on_call_leg_sync(legs: Vec<$crate::CallLeg>) -> Vec<$crate::Decision> {
-                    STATE.with(|s| {
-                        with_policy(&mut s.borrow_mut(), |p| p.on_call_leg_sync_batch(&legs))
+                    export_call(legs, |legs| {
+                        STATE.with(|s| {
+                            with_policy(&mut s.borrow_mut(), |p| p.on_call_leg_sync_batch(legs))
+                        })
                     })
                 }
                 fn on_link_sync(links: Vec<$crate::Link>) -> Vec<$crate::Decision> {
-                    STATE.with(|s| {
-                        with_policy(&mut s.borrow_mut(), |p| p.on_link_sync_batch(&links))
+                    export_call(links, |links| {
+                        STATE.with(|s| {
+                            with_policy(&mut s.borrow_mut(), |p| p.on_link_sync_batch(links))
+                        })
                     })
                 }
                 fn on_call_leg_terminated(legs: Vec<$crate::TerminatedLeg>) {
-                    STATE.with(|s| {
-                        with_policy(&mut s.borrow_mut(), |p| {
-                            for ended in &legs {
-                                p.on_call_leg_terminated(&ended.leg, ended.reason);
-                            }
+                    export_call(legs, |legs| {
+                        STATE.with(|s| {
+                            with_policy(&mut s.borrow_mut(), |p| {
+                                for ended in legs {
+                                    p.on_call_leg_terminated(&ended.leg, ended.reason);
+                                }
+                            })
                         })
                     })
                 }
