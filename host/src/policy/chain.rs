@@ -91,15 +91,12 @@ impl PolicyChain {
         batch: &[W],
         call: &impl Fn(&Plugin, &[W]) -> Result<Vec<Decision>, PluginFailure>,
     ) -> Vec<Verdict> {
-        let rebuild = Verdict {
-            decision: Decision::Rebuild,
-            plugin: self.default_name.clone(),
-            failure: None,
-        };
-        let mut verdicts = vec![rebuild; batch.len()];
+        // Plain copies while deciding; each verdict takes its plugin's name
+        // once at the end (names are shared, and cloning one is atomic).
+        let mut slots = vec![Slot::default(); batch.len()];
         // Indices still rebuilt so far: the only ones later plugins see.
         let mut pending: Vec<usize> = (0..batch.len()).collect();
-        for plugin in &self.plugins {
+        for (index, plugin) in self.plugins.iter().enumerate() {
             if pending.is_empty() {
                 break;
             }
@@ -110,29 +107,52 @@ impl PolicyChain {
                 subset = pending.iter().map(|&i| batch[i].clone()).collect();
                 &subset
             };
-            match call(plugin, offered) {
-                Ok(decisions) => {
-                    for (&i, decision) in pending.iter().zip(decisions) {
-                        verdicts[i] = Verdict {
-                            decision,
-                            plugin: plugin.name().clone(),
-                            failure: None,
-                        };
-                    }
-                }
-                Err(failure) => {
-                    let decision = plugin.settings().failure.decision();
-                    for &i in &pending {
-                        verdicts[i] = Verdict {
-                            decision,
-                            plugin: plugin.name().clone(),
-                            failure: Some(failure.kind),
-                        };
-                    }
-                }
+            let answer = call(plugin, offered);
+            let failed = plugin.settings().failure.decision();
+            for (k, &i) in pending.iter().enumerate() {
+                slots[i] = match &answer {
+                    Ok(decisions) => Slot {
+                        decision: decisions[k],
+                        by: Some(index),
+                        failure: None,
+                    },
+                    Err(failure) => Slot {
+                        decision: failed,
+                        by: Some(index),
+                        failure: Some(failure.kind),
+                    },
+                };
             }
-            pending.retain(|&i| verdicts[i].decision == Decision::Rebuild);
+            pending.retain(|&i| slots[i].decision == Decision::Rebuild);
         }
-        verdicts
+        slots
+            .into_iter()
+            .map(|slot| Verdict {
+                decision: slot.decision,
+                plugin: match slot.by {
+                    Some(index) => self.plugins[index].name().clone(),
+                    None => self.default_name.clone(),
+                },
+                failure: slot.failure,
+            })
+            .collect()
+    }
+}
+
+/// A verdict while the chain decides: who decided, by index.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    decision: Decision,
+    by: Option<usize>,
+    failure: Option<FailureKind>,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            decision: Decision::Rebuild,
+            by: None,
+            failure: None,
+        }
     }
 }
