@@ -442,6 +442,41 @@ fn every_leg_field_reaches_the_plugin_intact() {
 }
 
 #[test]
+fn every_link_field_reaches_the_plugin_intact() {
+    let dir = plugin_dir(&[("50-fields", "fixture-fields", None)]);
+    let chain = load(dir.path(), "").unwrap();
+    let link = |leg_a: u64, leg_b: u64| Link {
+        id: leg_a.wrapping_mul(3) ^ leg_b,
+        leg_a,
+        leg_b,
+    };
+    let mut links: Vec<Link> = (0..3000u64)
+        .map(|i| link(u64::MAX - i * 7, i << 33 | 5))
+        .collect();
+    let verdicts = chain.decide_links(&links);
+    assert!(
+        verdicts
+            .iter()
+            .all(|v| v.decision == Decision::Rebuild && v.failure.is_none()),
+        "link fields changed on the way in"
+    );
+    // Swapped legs and a wrong id are seen.
+    let (a, b) = (links[1].leg_a, links[1].leg_b);
+    links[1].leg_a = b;
+    links[1].leg_b = a;
+    links[2].id += 1;
+    let decisions: Vec<_> = chain
+        .decide_links(&links[..3])
+        .iter()
+        .map(|v| v.decision)
+        .collect();
+    assert_eq!(
+        decisions,
+        [Decision::Rebuild, Decision::Refuse, Decision::Refuse]
+    );
+}
+
+#[test]
 fn the_sandbox_grants_no_files_environment_or_network() {
     let dir = plugin_dir(&[("50-snoop", "fixture-snoop", None)]);
     let chain = load(dir.path(), "").unwrap();

@@ -49,16 +49,6 @@ impl From<&model::CallLeg> for wit::CallLeg {
     }
 }
 
-impl From<&model::Link> for wit::Link {
-    fn from(link: &model::Link) -> Self {
-        wit::Link {
-            id: link.id,
-            leg_a: link.leg_a,
-            leg_b: link.leg_b,
-        }
-    }
-}
-
 impl From<wit::Decision> for model::Decision {
     fn from(decision: wit::Decision) -> Self {
         match decision {

@@ -3,6 +3,7 @@
 
 use super::bindings::wit;
 use super::error::{FailureKind, PluginFailure};
+use super::lower::LinkRecord;
 use super::plugin::Plugin;
 use crate::model::{CallLeg, Decision, Link, TerminationReason};
 use std::sync::Arc;
@@ -48,7 +49,7 @@ impl PolicyChain {
 
     /// `OnLinkSync` for links whose two legs were rebuilt.
     pub fn decide_links(&self, links: &[Link]) -> Vec<Verdict> {
-        self.decide(links, wit::Link::from, Plugin::sync_links)
+        self.decide(links, LinkRecord::from, Plugin::sync_links)
     }
 
     /// `OnCallLegTerminated`, to every plugin. Failures are logged (and count

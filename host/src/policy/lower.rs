@@ -1,7 +1,8 @@
-//! `call-leg` lowered straight from the host's legs into a plugin's memory.
+//! `call-leg` and `link` lists lowered straight from the host's model into a
+//! plugin's memory.
 //!
 //! This is the hottest path of a resync: a million legs cross into the plugin
-//! as lists of records with three strings each. Wasmtime's derived lowering
+//! as lists of records with three strings each, then half a million links. Wasmtime's derived lowering
 //! writes every field through its own bounds-checked view of guest memory
 //! (about twenty memory look-ups per leg, most of the cost of a call). The
 //! hand-written list lowering below allocates every string first (each
@@ -222,6 +223,87 @@ impl CallLegRef<'_> {
                 &value.unwrap_or(0).to_le_bytes(),
             );
         }
+    }
+}
+
+/// A `link` record, lowered a whole list at a time.
+#[derive(ComponentType, Clone, Copy)]
+#[component(record)]
+pub struct LinkRecord {
+    pub id: u64,
+    #[component(name = "leg-a")]
+    pub leg_a: u64,
+    #[component(name = "leg-b")]
+    pub leg_b: u64,
+}
+
+impl From<&model::Link> for LinkRecord {
+    fn from(link: &model::Link) -> Self {
+        LinkRecord {
+            id: link.id,
+            leg_a: link.leg_a,
+            leg_b: link.leg_b,
+        }
+    }
+}
+
+unsafe impl Lower for LinkRecord {
+    fn linear_lower_to_flat<T>(
+        &self,
+        cx: &mut LowerContext<'_, T>,
+        ty: InterfaceType,
+        dst: &mut MaybeUninit<Self::Lower>,
+    ) -> wasmtime::Result<()> {
+        let fields = match ty {
+            InterfaceType::Record(i) => &cx.types[i].fields,
+            _ => bad_type_info(),
+        };
+        let (f0, f1, f2) = (fields[0].ty, fields[1].ty, fields[2].ty);
+        self.id
+            .linear_lower_to_flat(cx, f0, map_maybe_uninit!(dst.id))?;
+        self.leg_a
+            .linear_lower_to_flat(cx, f1, map_maybe_uninit!(dst.leg_a))?;
+        self.leg_b
+            .linear_lower_to_flat(cx, f2, map_maybe_uninit!(dst.leg_b))?;
+        Ok(())
+    }
+
+    fn linear_lower_to_memory<T>(
+        &self,
+        cx: &mut LowerContext<'_, T>,
+        ty: InterfaceType,
+        offset: usize,
+    ) -> wasmtime::Result<()> {
+        Self::linear_store_list_to_memory(cx, ty, offset, std::slice::from_ref(self))
+    }
+
+    /// Three `u64`s per link, no allocation: one view of memory for the list.
+    fn linear_store_list_to_memory<T>(
+        cx: &mut LowerContext<'_, T>,
+        ty: InterfaceType,
+        offset: usize,
+        links: &[Self],
+    ) -> wasmtime::Result<()> {
+        if !matches!(ty, InterfaceType::Record(_)) {
+            bad_type_info()
+        }
+        let mut offsets = [0; 3];
+        let mut end = 0;
+        for field in &mut offsets {
+            *field = u64::ABI.next_field32_size(&mut end);
+        }
+        debug_assert_eq!(end, LinkRecord::SIZE32);
+        let size = links.len() * LinkRecord::SIZE32;
+        let list = cx
+            .as_slice_mut()
+            .get_mut(offset..offset + size)
+            .ok_or_else(|| wasmtime::format_err!("link lowering out of guest memory"))?;
+        for (link, record) in links.iter().zip(list.chunks_exact_mut(LinkRecord::SIZE32)) {
+            for (at, value) in offsets.into_iter().zip([link.id, link.leg_a, link.leg_b]) {
+                record[at..at + 8].copy_from_slice(&value.to_le_bytes());
+            }
+        }
+        Ok(())
     }
 }
 

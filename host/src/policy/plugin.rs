@@ -8,7 +8,7 @@ use super::config::PluginSettings;
 use super::contract::{self, ContractInfo, POLICY_EXPORT};
 use super::error::{FailureKind, PluginFailure, PolicyError};
 use super::limits::deadline_ticks;
-use super::lower::CallLegRef;
+use super::lower::{CallLegRef, LinkRecord};
 use super::quarantine::Health;
 use super::runtime::PolicyRuntime;
 use super::sandbox::PluginState;
@@ -27,14 +27,18 @@ struct Live {
     exports: Exports,
 }
 
-/// The instance's exports: the generated bindings, and `on-call-leg-sync` as
-/// a raw function so legs can be lowered without copying their strings.
+/// The instance's exports: the generated bindings, and the two sync exports
+/// as raw functions so batches are lowered by `lower` (no string copies, one
+/// pass over guest memory).
 struct Exports {
     bindings: PolicyPlugin,
     leg_sync: Func,
+    link_sync: Func,
 }
 
 type LegSyncFn<'a> = (&'a [CallLegRef<'a>],);
+type LinkSyncFn<'a> = (&'a [LinkRecord],);
+type Decisions = (Vec<wit::Decision>,);
 
 /// Counters of one plugin, for metrics and tests.
 #[derive(Debug, Default)]
@@ -189,18 +193,18 @@ impl Plugin {
         self.call(legs.len(), |exports, store| {
             let func = exports
                 .leg_sync
-                .typed::<LegSyncFn<'_>, (Vec<wit::Decision>,)>(&*store)?;
+                .typed::<LegSyncFn<'_>, Decisions>(&*store)?;
             Ok(func.call(store, (&lowered,))?.0)
         })
     }
 
     /// `on-link-sync` for one batch.
-    pub fn sync_links(&self, links: &[wit::Link]) -> Result<Vec<Decision>, PluginFailure> {
+    pub fn sync_links(&self, links: &[LinkRecord]) -> Result<Vec<Decision>, PluginFailure> {
         self.call(links.len(), |exports, store| {
-            exports
-                .bindings
-                .legsync_policy_policy()
-                .call_on_link_sync(store, links)
+            let func = exports
+                .link_sync
+                .typed::<LinkSyncFn<'_>, Decisions>(&*store)?;
+            Ok(func.call(store, (links,))?.0)
         })
     }
 
@@ -338,11 +342,17 @@ impl Plugin {
         let interface = instance
             .get_export_index(&mut *store, None, POLICY_EXPORT)
             .ok_or_else(|| wasmtime::format_err!("no export {POLICY_EXPORT}"))?;
-        let leg_sync = instance
-            .get_export_index(&mut *store, Some(&interface), "on-call-leg-sync")
-            .and_then(|index| instance.get_func(&mut *store, index))
-            .ok_or_else(|| wasmtime::format_err!("no export on-call-leg-sync"))?;
-        Ok(Exports { bindings, leg_sync })
+        let mut func = |name: &str| {
+            instance
+                .get_export_index(&mut *store, Some(&interface), name)
+                .and_then(|index| instance.get_func(&mut *store, index))
+                .ok_or_else(|| wasmtime::format_err!("no export {name}"))
+        };
+        Ok(Exports {
+            leg_sync: func("on-call-leg-sync")?,
+            link_sync: func("on-link-sync")?,
+            bindings,
+        })
     }
 
     fn lock_live(&self) -> MutexGuard<'_, Option<Live>> {
