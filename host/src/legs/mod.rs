@@ -33,7 +33,8 @@ pub struct LegEntry {
 pub struct LegTable {
     slots: Vec<LegEntry>,
     index: HashMap<LegId, u32>,
-    links: HashMap<LinkId, Link>,
+    /// Each link with the generation of the last resync that saw it.
+    links: HashMap<LinkId, (Link, u32)>,
     generation: u32,
     /// Where the last `mark_seen` found its leg, plus one. An engine streams
     /// its snapshot in a stable order and the table keeps the order it
@@ -139,12 +140,12 @@ impl LegTable {
             entry.leg.linked_to = Some(other);
             entry.link = Some(link.id);
         }
-        self.links.insert(link.id, link);
+        self.links.insert(link.id, (link, self.generation));
         true
     }
 
     pub fn remove_link(&mut self, id: LinkId) -> Option<Link> {
-        let link = self.links.remove(&id)?;
+        let (link, _) = self.links.remove(&id)?;
         for leg in [link.leg_a, link.leg_b] {
             if let Some(slot) = self.slot(leg) {
                 let entry = &mut self.slots[slot];
@@ -191,22 +192,25 @@ impl LegTable {
             .collect()
     }
 
-    /// The links whose id the host does not know, among `links`; known links
-    /// are kept.
-    pub fn unknown_links(&self, links: &[Link]) -> Vec<Link> {
-        links
-            .iter()
-            .filter(|l| !self.links.contains_key(&l.id))
-            .copied()
-            .collect()
+    /// Marks a snapshot link as seen by the current resync. Returns false if
+    /// the host does not know the link.
+    pub fn mark_link_seen(&mut self, id: LinkId) -> bool {
+        match self.links.get_mut(&id) {
+            Some((_, generation)) => {
+                *generation = self.generation;
+                true
+            }
+            None => false,
+        }
     }
 
-    /// Known links not in `present`: the engine no longer has them.
-    pub fn links_not_in(&self, present: &rustc_hash::FxHashSet<LinkId>) -> Vec<LinkId> {
+    /// Known links the current resync did not see: the engine no longer has
+    /// them.
+    pub fn unseen_links(&self) -> Vec<LinkId> {
         self.links
-            .keys()
-            .filter(|id| !present.contains(id))
-            .copied()
+            .iter()
+            .filter(|(_, (_, generation))| *generation != self.generation)
+            .map(|(id, _)| *id)
             .collect()
     }
 

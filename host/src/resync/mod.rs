@@ -12,8 +12,8 @@ use rustc_hash::FxHashSet as HashSet;
 /// The diff in progress.
 #[derive(Debug, Default)]
 pub struct SnapshotDiff {
-    /// Every link in the snapshot.
-    pub links: Vec<Link>,
+    /// The snapshot's links the host did not know.
+    pub unknown_links: Vec<Link>,
     /// How many snapshot legs the host already knew.
     pub known: u64,
 }
@@ -49,9 +49,11 @@ impl SnapshotDiff {
         unknown
     }
 
-    /// Takes in a chunk of snapshot links.
-    pub fn links(&mut self, chunk: Vec<Link>) {
-        self.links.extend(chunk);
+    /// Takes in a chunk of snapshot links: known ones are marked seen as
+    /// they stream in, unknown ones wait for their legs to be decided.
+    pub fn links(&mut self, table: &mut LegTable, chunk: Vec<Link>) {
+        self.unknown_links
+            .extend(chunk.into_iter().filter(|l| !table.mark_link_seen(l.id)));
     }
 
     /// The known legs the snapshot did not contain.
@@ -62,12 +64,11 @@ impl SnapshotDiff {
     /// Sorts the snapshot's links once the unknown legs are decided (rebuilt
     /// legs are in `table`, refused ones in `refused`).
     pub fn plan_links(&self, table: &LegTable, refused: &HashSet<LegId>) -> LinkPlan {
-        let present: HashSet<LinkId> = self.links.iter().map(|l| l.id).collect();
         let mut plan = LinkPlan {
-            gone: table.links_not_in(&present),
+            gone: table.unseen_links(),
             ..LinkPlan::default()
         };
-        for link in table.unknown_links(&self.links) {
+        for &link in &self.unknown_links {
             if refused.contains(&link.leg_a) || refused.contains(&link.leg_b) {
                 plan.drop.push(link);
             } else if table.contains(link.leg_a) && table.contains(link.leg_b) {
@@ -122,23 +123,26 @@ mod tests {
             leg_b: 4,
         });
         let mut diff = SnapshotDiff::begin(&mut table);
-        diff.links(vec![
-            Link {
-                id: 10,
-                leg_a: 1,
-                leg_b: 2,
-            },
-            Link {
-                id: 12,
-                leg_a: 5,
-                leg_b: 6,
-            },
-            Link {
-                id: 13,
-                leg_a: 7,
-                leg_b: 8,
-            },
-        ]);
+        diff.links(
+            &mut table,
+            vec![
+                Link {
+                    id: 10,
+                    leg_a: 1,
+                    leg_b: 2,
+                },
+                Link {
+                    id: 12,
+                    leg_a: 5,
+                    leg_b: 6,
+                },
+                Link {
+                    id: 13,
+                    leg_a: 7,
+                    leg_b: 8,
+                },
+            ],
+        );
         // 5 and 6 were rebuilt; 7 was refused.
         table.insert(leg(5), "p".into());
         table.insert(leg(6), "p".into());

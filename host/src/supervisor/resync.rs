@@ -160,7 +160,7 @@ impl Host {
                     }
                     self.status.send_modify(|s| s.snapshot_received += received);
                 }
-                EngineMessage::SnapshotLinks(chunk) => diff.links(chunk),
+                EngineMessage::SnapshotLinks(chunk) => diff.links(&mut self.table, chunk),
                 EngineMessage::SnapshotEnd => {
                     if let Some(last) = deciding.take() {
                         self.adopt(last, run).await?;
