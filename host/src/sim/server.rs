@@ -4,9 +4,11 @@
 use super::control::{ControlCommand, execute};
 use super::persist;
 use super::state::EngineState;
-use crate::model::now_ms;
+use crate::model::{CallLeg, Link, now_ms};
+use crate::protocol::codec::encode_legs_frame;
 use crate::protocol::{
-    Command, EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION, SNAPSHOT_CHUNK,
+    Command, EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION, ProtocolError,
+    SNAPSHOT_CHUNK,
 };
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
@@ -151,17 +153,17 @@ async fn serve_host(
     }
 
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let (count, frames, links) = {
+    let (legs, links) = {
         let mut state = shared.lock();
         if state.host_attached() {
             bail!("another host attached first");
         }
-        state.attach_host_frames(events_tx.clone(), SNAPSHOT_CHUNK, shared.max_frame)?
+        state.attach_host(events_tx.clone())
     };
     let cancel = shutdown.child_token();
     *shared.host_cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some(cancel.clone());
     let result = async {
-        stream_snapshot(&mut framed, count, frames, links).await?;
+        stream_snapshot(&mut framed, legs, links, shared.max_frame).await?;
         serve_attached(shared, &mut framed, &mut events, &cancel).await
     }
     .await;
@@ -169,23 +171,41 @@ async fn serve_host(
     result
 }
 
+/// Frames encoded ahead of the socket: enough to keep it busy, little memory.
+const FRAMES_AHEAD: usize = 16;
+
+/// Streams the snapshot: a blocking thread encodes `SnapshotLegs` frames
+/// while this task writes the previous ones, so the host starts decoding
+/// the first chunk while the last is still being encoded (as a real engine
+/// walks its table). No lock is held here.
 async fn stream_snapshot(
     framed: &mut Framed<TcpStream, FrameCodec<HostMessage, EngineMessage>>,
-    legs: u64,
-    frames: Vec<bytes::Bytes>,
-    links: Vec<crate::model::Link>,
+    legs: Vec<Arc<CallLeg>>,
+    links: Vec<Link>,
+    max_frame: usize,
 ) -> anyhow::Result<()> {
     framed
         .send(EngineMessage::SnapshotBegin {
-            legs,
+            legs: legs.len() as u64,
             links: links.len() as u64,
         })
         .await?;
-    // The leg frames are already encoded: straight to the socket.
+    let (frames_tx, mut frames) = tokio::sync::mpsc::channel(FRAMES_AHEAD);
+    let encoder = tokio::task::spawn_blocking(move || {
+        for chunk in legs.chunks(SNAPSHOT_CHUNK) {
+            let refs: Vec<&CallLeg> = chunk.iter().map(|leg| &**leg).collect();
+            let frame = encode_legs_frame(&refs, max_frame)?;
+            if frames_tx.blocking_send(frame).is_err() {
+                break; // The connection is gone.
+            }
+        }
+        Ok::<_, ProtocolError>(())
+    });
     let socket = framed.get_mut();
-    for frame in frames {
+    while let Some(frame) = frames.recv().await {
         socket.write_all(&frame).await?;
     }
+    encoder.await.context("snapshot encoder")??;
     for chunk in links.chunks(SNAPSHOT_CHUNK) {
         framed
             .feed(EngineMessage::SnapshotLinks(chunk.to_vec()))

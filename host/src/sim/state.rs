@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 // Leg and link ids come from the engine, a trusted peer: a fast
 // non-keyed hash is safe here and twice as fast as SipHash.
 use rustc_hash::FxHashMap as HashMap;
+use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// A control or host command the state refused.
@@ -28,7 +29,9 @@ pub struct MediaUnits {
 /// Every leg and link of the engine.
 #[derive(Debug)]
 pub struct EngineState {
-    legs: HashMap<LegId, CallLeg>,
+    /// Shared so that a host's snapshot is a million reference counts, not
+    /// a million copies (a change after the snapshot copies that one leg).
+    legs: HashMap<LegId, Arc<CallLeg>>,
     links: HashMap<LinkId, Link>,
     /// The link of each linked leg (so a release finds it without a scan).
     link_of: HashMap<LegId, LinkId>,
@@ -81,7 +84,11 @@ impl EngineState {
             .flat_map(|l| [(l.leg_a, l.id), (l.leg_b, l.id)])
             .collect();
         EngineState {
-            legs: units.legs.into_iter().map(|l| (l.id, l)).collect(),
+            legs: units
+                .legs
+                .into_iter()
+                .map(|l| (l.id, Arc::new(l)))
+                .collect(),
             links: units.links.into_iter().map(|l| (l.id, l)).collect(),
             link_of,
             next_leg,
@@ -123,7 +130,7 @@ impl EngineState {
                 linked_to: None,
                 state: LegState::Answered,
             };
-            self.legs.insert(id, leg);
+            self.legs.insert(id, Arc::new(leg));
             if i % 2 == 1 {
                 self.link(id - 1, id).expect("fresh legs link");
             }
@@ -185,7 +192,7 @@ impl EngineState {
             .legs
             .values()
             .filter(|l| l.state == LegState::Answered)
-            .cloned()
+            .map(|l| (**l).clone())
             .collect();
         legs.sort_unstable_by_key(|l| l.id);
         let answered = |id: &LegId| {
@@ -203,32 +210,15 @@ impl EngineState {
         (legs, links)
     }
 
-    /// The snapshot as ready-to-send `SnapshotLegs` frames, encoded straight
-    /// from the table (no copy of a leg; a million legs take ~100 ms), and
-    /// the links. Taken atomically with the attach, like [`Self::snapshot`].
-    pub fn snapshot_frames(
-        &self,
-        chunk: usize,
-        max_frame: usize,
-    ) -> Result<(u64, Vec<bytes::Bytes>, Vec<Link>), crate::protocol::ProtocolError> {
-        let mut frames = Vec::with_capacity(self.legs.len() / chunk + 1);
-        let mut batch: Vec<&CallLeg> = Vec::with_capacity(chunk);
-        let mut count = 0u64;
-        for leg in self.legs.values().filter(|l| l.state == LegState::Answered) {
-            batch.push(leg);
-            count += 1;
-            if batch.len() == chunk {
-                frames.push(crate::protocol::codec::encode_legs_frame(
-                    &batch, max_frame,
-                )?);
-                batch.clear();
-            }
-        }
-        if !batch.is_empty() {
-            frames.push(crate::protocol::codec::encode_legs_frame(
-                &batch, max_frame,
-            )?);
-        }
+    /// The active legs in table order (stable from one snapshot to the next,
+    /// as a real engine walks its own table) and the links between them.
+    fn snapshot_in_table_order(&self) -> (Vec<Arc<CallLeg>>, Vec<Link>) {
+        let legs = self
+            .legs
+            .values()
+            .filter(|l| l.state == LegState::Answered)
+            .cloned()
+            .collect();
         let answered = |id: &LegId| {
             self.legs
                 .get(id)
@@ -240,20 +230,20 @@ impl EngineState {
             .filter(|l| answered(&l.leg_a) && answered(&l.leg_b))
             .copied()
             .collect();
-        Ok((count, frames, links))
+        (legs, links)
     }
 
-    /// Attaches a host and returns the snapshot as frames (see
-    /// [`Self::snapshot_frames`]).
-    pub fn attach_host_frames(
+    /// Attaches a host and returns the snapshot it must receive, taken
+    /// atomically with the attach: every later change reaches the host as
+    /// an event. Sharing the legs is all that happens under the lock; they
+    /// are encoded while streaming.
+    pub fn attach_host(
         &mut self,
         events: UnboundedSender<EngineEvent>,
-        chunk: usize,
-        max_frame: usize,
-    ) -> Result<(u64, Vec<bytes::Bytes>, Vec<Link>), crate::protocol::ProtocolError> {
-        let snapshot = self.snapshot_frames(chunk, max_frame)?;
+    ) -> (Vec<Arc<CallLeg>>, Vec<Link>) {
+        let snapshot = self.snapshot_in_table_order();
         self.host = Some(events);
-        Ok(snapshot)
+        snapshot
     }
 
     /// What the media units hold right now.
@@ -284,7 +274,7 @@ impl EngineState {
     }
 
     pub fn legs(&self) -> impl Iterator<Item = &CallLeg> {
-        self.legs.values()
+        self.legs.values().map(|leg| &**leg)
     }
 
     pub fn links(&self) -> impl Iterator<Item = &Link> {
@@ -316,7 +306,7 @@ impl EngineState {
             linked_to: None,
             state: LegState::Ringing,
         };
-        self.legs.insert(id, leg.clone());
+        self.legs.insert(id, Arc::new(leg.clone()));
         self.emit(EngineEvent::LegOffered(leg));
         id
     }
@@ -396,7 +386,7 @@ impl EngineState {
         for leg in [link.leg_a, link.leg_b] {
             self.link_of.remove(&leg);
             if let Some(leg) = self.legs.get_mut(&leg) {
-                leg.linked_to = None;
+                Arc::make_mut(leg).linked_to = None;
             }
         }
         self.dirty = true;
@@ -423,6 +413,7 @@ impl EngineState {
     fn leg_mut(&mut self, id: LegId) -> Result<&mut CallLeg, SimError> {
         self.legs
             .get_mut(&id)
+            .map(Arc::make_mut)
             .ok_or_else(|| SimError(format!("no leg {id}")))
     }
 
