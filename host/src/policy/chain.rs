@@ -3,7 +3,7 @@
 
 use super::bindings::wit;
 use super::error::{FailureKind, PluginFailure};
-use super::lower::LinkRecord;
+use super::lower::{CallLegRef, LinkRecord};
 use super::plugin::Plugin;
 use crate::model::{CallLeg, Decision, Link, TerminationReason};
 use std::sync::Arc;
@@ -44,7 +44,7 @@ impl PolicyChain {
 
     /// `OnCallLegSync` for legs the host did not know: one verdict per leg.
     pub fn decide_legs(&self, legs: &[CallLeg]) -> Vec<Verdict> {
-        self.decide(legs, |leg| leg, Plugin::sync_legs)
+        self.decide(legs, CallLegRef::from, Plugin::sync_legs)
     }
 
     /// `OnLinkSync` for links whose two legs were rebuilt.

@@ -27,7 +27,7 @@ use wasmtime::component::{ComponentType, Lower};
 /// A `call-leg` record borrowing the host leg's strings: the generated
 /// `wit::CallLeg` owns `String`s, and copying three of them per leg would cost
 /// more than the plugin call itself.
-#[derive(ComponentType)]
+#[derive(ComponentType, Clone, Copy)]
 #[component(record)]
 pub struct CallLegRef<'a> {
     pub id: u64,

@@ -12,7 +12,6 @@ use super::lower::{CallLegRef, LinkRecord};
 use super::quarantine::Health;
 use super::runtime::PolicyRuntime;
 use super::sandbox::PluginState;
-use crate::model::CallLeg;
 use crate::model::Decision;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -188,13 +187,12 @@ impl Plugin {
     }
 
     /// `on-call-leg-sync` for one batch: one decision per leg, or a failure.
-    pub fn sync_legs(&self, legs: &[&CallLeg]) -> Result<Vec<Decision>, PluginFailure> {
-        let lowered: Vec<CallLegRef<'_>> = legs.iter().map(|leg| CallLegRef::from(*leg)).collect();
+    pub fn sync_legs(&self, legs: &[CallLegRef<'_>]) -> Result<Vec<Decision>, PluginFailure> {
         self.call(legs.len(), |exports, store| {
             let func = exports
                 .leg_sync
                 .typed::<LegSyncFn<'_>, Decisions>(&*store)?;
-            Ok(func.call(store, (&lowered,))?.0)
+            Ok(func.call(store, (legs,))?.0)
         })
     }
 
