@@ -356,6 +356,10 @@ fn a_plugin_that_keeps_failing_is_quarantined() {
     assert_eq!(stats.quarantined_skips, 1);
 }
 
+fn decided(verdicts: &[legsync::policy::Verdict]) -> Vec<Decision> {
+    verdicts.iter().map(|v| v.decision).collect()
+}
+
 /// Renders a leg the way the `fixture-fields` plugin does.
 fn render_fields(leg: &legsync::model::CallLeg) -> String {
     let direction = match leg.direction {
@@ -430,13 +434,8 @@ fn every_leg_field_reaches_the_plugin_intact() {
     // The check can fail: one field off and the plugin sees it.
     legs[7].linked_to = Some(1);
     legs[8].offered_at_ms += 1;
-    let decisions: Vec<_> = chain
-        .decide_legs(&legs[6..9])
-        .iter()
-        .map(|v| v.decision)
-        .collect();
     assert_eq!(
-        decisions,
+        decided(&chain.decide_legs(&legs[6..9])),
         [Decision::Rebuild, Decision::Refuse, Decision::Refuse]
     );
 }
@@ -465,13 +464,8 @@ fn every_link_field_reaches_the_plugin_intact() {
     links[1].leg_a = b;
     links[1].leg_b = a;
     links[2].id += 1;
-    let decisions: Vec<_> = chain
-        .decide_links(&links[..3])
-        .iter()
-        .map(|v| v.decision)
-        .collect();
     assert_eq!(
-        decisions,
+        decided(&chain.decide_links(&links[..3])),
         [Decision::Rebuild, Decision::Refuse, Decision::Refuse]
     );
 }

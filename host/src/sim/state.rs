@@ -482,9 +482,14 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         state.preload(4, 100_000_000);
         let (legs, links) = state.snapshot();
-        let (count, _, sent_links) = state.attach_host_frames(tx, 1024, 1 << 20).unwrap();
-        assert_eq!((count, sent_links.len()), (4, 2));
+        let (sent_legs, sent_links) = state.attach_host(tx);
+        assert_eq!((sent_legs.len(), sent_links.len()), (4, 2));
         state.release(legs[0].id).unwrap();
+        // The snapshot being streamed is the state at attach: later changes
+        // reach the host as events only.
+        let sent = |id| sent_legs.iter().find(|l| l.id == id).unwrap();
+        assert_eq!(sent(legs[0].id).state, LegState::Answered);
+        assert_eq!(sent(legs[1].id).linked_to, Some(legs[0].id));
         assert_eq!(
             rx.try_recv().unwrap(),
             EngineEvent::LinkRemoved(links[0].id)
