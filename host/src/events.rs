@@ -88,6 +88,8 @@ pub struct ResyncSummary {
 pub struct ResyncPhases {
     /// Hello to the end of the snapshot, with the diff done as chunks arrive.
     pub snapshot: u64,
+    /// Of which diffing the chunks against the table (legs and links).
+    pub diff: u64,
     /// `OnCallLegSync` for the unknown legs.
     pub decisions: u64,
     /// Adopting rebuilt legs, RESUME records, refused-leg notices.

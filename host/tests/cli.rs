@@ -141,3 +141,55 @@ fn plugin_eval_prints_one_json_line_per_leg_and_link() {
         text(&out.stderr)
     );
 }
+
+fn bench_json(args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["bench", "--json"];
+    all.extend_from_slice(args);
+    let out = legsync(&all);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect()
+}
+
+#[test]
+fn bench_cold_runs_both_policies_side_by_side() {
+    let runs = bench_json(&["--legs", "2000", "--mode", "cold", "--policy", "both"]);
+    let policies: Vec<&str> = runs.iter().map(|r| r["policy"].as_str().unwrap()).collect();
+    assert_eq!(policies, ["native", "wasm (rules.wasm)"]);
+    for run in &runs {
+        assert_eq!(run["mode"], "cold");
+        assert_eq!(run["legs"], 2000);
+        // The bench rules refuse the 1 % premium-rate calls (both legs).
+        assert_eq!(
+            (run["rebuilt"].as_u64(), run["refused"].as_u64()),
+            (Some(1980), Some(20))
+        );
+        assert_eq!(run["links_rebuilt"], 990);
+        for key in ["wall_seconds", "legs_per_second"] {
+            assert!(run[key].as_f64().unwrap() > 0.0, "{key}: {run}");
+        }
+        assert!(run["peak_rss_bytes"].as_u64().unwrap() > 0);
+        assert!(run["phases_seconds"]["decisions"].as_f64().is_some());
+    }
+}
+
+#[test]
+fn bench_warm_and_transfer_report_what_they_measured() {
+    let warm = bench_json(&["--legs", "2000", "--mode", "warm", "--policy", "native"]);
+    let [warm] = &warm[..] else {
+        panic!("one report: {warm:?}")
+    };
+    // The host held the 1,980 legs its first resync kept; 1 % of the calls
+    // were released and 1 % answered while it was away.
+    assert_eq!(warm["absent"], 20);
+    assert_eq!(warm["known"].as_u64().unwrap() + 20, 1980);
+    let unknown = warm["rebuilt"].as_u64().unwrap() + warm["refused"].as_u64().unwrap();
+    assert_eq!(unknown, 20);
+
+    let transfer = bench_json(&["--legs", "2000", "--mode", "transfer"]);
+    assert_eq!(transfer.len(), 1);
+    assert_eq!(transfer[0]["mode"], "transfer");
+    assert_eq!(transfer[0]["legs"], 2000);
+}

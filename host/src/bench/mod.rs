@@ -39,6 +39,9 @@ pub enum PolicyKind {
     Wasm,
     /// The same rules compiled into the host.
     Native,
+    /// Native, then WASM, side by side: each run in its own process with
+    /// its own engine-sim, so peak RSS and the engine's state stay per run.
+    Both,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -63,12 +66,36 @@ pub struct BenchArgs {
     rules: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "cold")]
     mode: Mode,
-    /// Print one JSON object instead of text.
+    /// Print one JSON object instead of text (one line per run with
+    /// `--policy both`).
     #[arg(long)]
     json: bool,
 }
 
+impl PolicyKind {
+    fn arg(self) -> &'static str {
+        match self {
+            PolicyKind::Wasm => "wasm",
+            PolicyKind::Native => "native",
+            PolicyKind::Both => "both",
+        }
+    }
+}
+
+impl Mode {
+    fn arg(self) -> &'static str {
+        match self {
+            Mode::Cold => "cold",
+            Mode::Warm => "warm",
+            Mode::Transfer => "transfer",
+        }
+    }
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.policy == PolicyKind::Both && args.mode != Mode::Transfer {
+        return side_by_side(&args).await;
+    }
     let dir = tempfile::tempdir()?;
     let exe = std::env::current_exe()?;
     eprintln!("preloading {} legs in engine-sim...", args.legs);
@@ -94,6 +121,58 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         print!("{report}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--policy both`: runs this command once per policy, each in a child
+/// process, and compares them.
+async fn side_by_side(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let mut reports = Vec::new();
+    for policy in [PolicyKind::Native, PolicyKind::Wasm] {
+        let report = run_child(args, policy).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            print!("{report}");
+            println!();
+        }
+        reports.push(report);
+    }
+    if !args.json {
+        let (native, wasm) = (&reports[0], &reports[1]);
+        let extra_ns = (wasm.wall_seconds - native.wall_seconds) * 1e9 / args.legs.max(1) as f64;
+        println!(
+            "WASM / native: {:.2}x wall ({extra_ns:+.0} ns per leg for the plugin boundary)",
+            wasm.wall_seconds / native.wall_seconds.max(1e-9),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One run of `legsync bench --json` with `policy`, in a child process.
+async fn run_child(args: &BenchArgs, policy: PolicyKind) -> anyhow::Result<BenchReport> {
+    let legs = args.legs.to_string();
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command.args(["bench", "--json", "--legs", &legs]);
+    command.args(["--mode", args.mode.arg(), "--policy", policy.arg()]);
+    if let Some(plugin) = &args.plugin {
+        command.arg("--plugin").arg(plugin);
+    }
+    if let Some(rules) = &args.rules {
+        command.arg("--rules").arg(rules);
+    }
+    let output = command
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .context("cannot run the bench child process")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the {} run failed ({})",
+        policy.arg(),
+        output.status
+    );
+    serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("the {} run printed no report", policy.arg()))
 }
 
 fn link_options(sim: &SimProcess) -> LinkOptions {
@@ -196,6 +275,7 @@ fn decider(
     dir: &std::path::Path,
 ) -> anyhow::Result<(Decider, String)> {
     match args.policy {
+        PolicyKind::Both => anyhow::bail!("--policy both runs each policy in its own process"),
         PolicyKind::Native => {
             let set = legsync_rules::RuleSet::parse(rules)?;
             Ok((

@@ -1,12 +1,12 @@
 //! What `legsync bench` prints.
 
 use crate::events::{ResyncPhases, ResyncSummary};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
 
 /// One run's figures. JSON keys are stable (scripts compare runs).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchReport {
     pub mode: String,
     pub policy: String,
@@ -27,9 +27,12 @@ pub struct BenchReport {
     pub links_refused: u64,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Phases {
     pub snapshot_transfer_and_diff: f64,
+    /// Diffing the chunks against the table: part of the snapshot phase
+    /// (it overlaps the transfer), shown on its own.
+    pub diff: f64,
     pub decisions: f64,
     pub adopt_and_cdr: f64,
     pub link_decisions: f64,
@@ -94,6 +97,7 @@ impl BenchReport {
                 } else {
                     secs(p.snapshot)
                 },
+                diff: secs(p.diff),
                 decisions: secs(p.decisions),
                 adopt_and_cdr: secs(p.adopt),
                 link_decisions: secs(p.link_decisions),
@@ -125,6 +129,7 @@ impl fmt::Display for BenchReport {
         let p = &self.phases_seconds;
         for (name, value) in [
             ("snapshot transfer + diff", p.snapshot_transfer_and_diff),
+            ("  of which diff", p.diff),
             ("decisions (OnCallLegSync)", p.decisions),
             ("adopt, CDR RESUME", p.adopt_and_cdr),
             ("link decisions (OnLinkSync)", p.link_decisions),

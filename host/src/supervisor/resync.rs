@@ -151,7 +151,9 @@ impl Host {
             match connection.next().await? {
                 EngineMessage::SnapshotLegs(chunk) => {
                     let received = chunk.len() as u64;
+                    let diffing = Instant::now();
                     let unknown = diff.legs(&mut self.table, chunk);
+                    run.summary.phases.diff += micros(diffing);
                     if !unknown.is_empty() {
                         let next = spawn_decision(decider, unknown);
                         if let Some(previous) = deciding.replace(next) {
@@ -160,7 +162,11 @@ impl Host {
                     }
                     self.status.send_modify(|s| s.snapshot_received += received);
                 }
-                EngineMessage::SnapshotLinks(chunk) => diff.links(&mut self.table, chunk),
+                EngineMessage::SnapshotLinks(chunk) => {
+                    let diffing = Instant::now();
+                    diff.links(&mut self.table, chunk);
+                    run.summary.phases.diff += micros(diffing);
+                }
                 EngineMessage::SnapshotEnd => {
                     if let Some(last) = deciding.take() {
                         self.adopt(last, run).await?;
