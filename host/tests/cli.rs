@@ -193,3 +193,26 @@ fn bench_warm_and_transfer_report_what_they_measured() {
     assert_eq!(transfer[0]["mode"], "transfer");
     assert_eq!(transfer[0]["legs"], 2000);
 }
+
+#[test]
+fn bench_repeat_alternates_policies_and_prints_medians() {
+    let out = legsync(&[
+        "bench", "--legs", "2000", "--policy", "both", "--repeat", "2",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("cold native, 2 runs: wall median")
+            && stdout.contains("cold wasm (rules.wasm), 2 runs: wall median"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("WASM / native: "), "{stdout}");
+    assert!(stdout.contains("per round: median "), "{stdout}");
+    // The rounds alternate: native, wasm, native, wasm.
+    let rounds: Vec<&str> = text(&out.stderr)
+        .lines()
+        .filter_map(|l| l.strip_prefix("round "))
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(rounds, ["native", "wasm", "native", "wasm"]);
+}

@@ -8,6 +8,7 @@
 //! - `transfer`: only streaming and decoding the snapshot: the floor.
 
 mod report;
+mod series;
 
 use crate::config::HostConfig;
 use crate::demo::harness::RunningHost;
@@ -67,13 +68,18 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "cold")]
     mode: Mode,
     /// Print one JSON object instead of text (one line per run with
-    /// `--policy both`).
+    /// `--policy both` or `--repeat`).
     #[arg(long)]
     json: bool,
+    /// Runs the measurement this many times, each in its own process with
+    /// its own engine-sim, alternating the policies of `--policy both`, and
+    /// prints medians: on a shared or noisy machine one run proves little.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
 }
 
 impl PolicyKind {
-    fn arg(self) -> &'static str {
+    pub(crate) fn arg(self) -> &'static str {
         match self {
             PolicyKind::Wasm => "wasm",
             PolicyKind::Native => "native",
@@ -83,7 +89,7 @@ impl PolicyKind {
 }
 
 impl Mode {
-    fn arg(self) -> &'static str {
+    pub(crate) fn arg(self) -> &'static str {
         match self {
             Mode::Cold => "cold",
             Mode::Warm => "warm",
@@ -93,8 +99,8 @@ impl Mode {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    if args.policy == PolicyKind::Both && args.mode != Mode::Transfer {
-        return side_by_side(&args).await;
+    if args.repeat > 1 || (args.policy == PolicyKind::Both && args.mode != Mode::Transfer) {
+        return series::run(&args).await;
     }
     let dir = tempfile::tempdir()?;
     let exe = std::env::current_exe()?;
@@ -121,58 +127,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         print!("{report}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `--policy both`: runs this command once per policy, each in a child
-/// process, and compares them.
-async fn side_by_side(args: &BenchArgs) -> anyhow::Result<ExitCode> {
-    let mut reports = Vec::new();
-    for policy in [PolicyKind::Native, PolicyKind::Wasm] {
-        let report = run_child(args, policy).await?;
-        if args.json {
-            println!("{}", serde_json::to_string(&report)?);
-        } else {
-            print!("{report}");
-            println!();
-        }
-        reports.push(report);
-    }
-    if !args.json {
-        let (native, wasm) = (&reports[0], &reports[1]);
-        let extra_ns = (wasm.wall_seconds - native.wall_seconds) * 1e9 / args.legs.max(1) as f64;
-        println!(
-            "WASM / native: {:.2}x wall ({extra_ns:+.0} ns per leg for the plugin boundary)",
-            wasm.wall_seconds / native.wall_seconds.max(1e-9),
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// One run of `legsync bench --json` with `policy`, in a child process.
-async fn run_child(args: &BenchArgs, policy: PolicyKind) -> anyhow::Result<BenchReport> {
-    let legs = args.legs.to_string();
-    let mut command = tokio::process::Command::new(std::env::current_exe()?);
-    command.args(["bench", "--json", "--legs", &legs]);
-    command.args(["--mode", args.mode.arg(), "--policy", policy.arg()]);
-    if let Some(plugin) = &args.plugin {
-        command.arg("--plugin").arg(plugin);
-    }
-    if let Some(rules) = &args.rules {
-        command.arg("--rules").arg(rules);
-    }
-    let output = command
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .await
-        .context("cannot run the bench child process")?;
-    anyhow::ensure!(
-        output.status.success(),
-        "the {} run failed ({})",
-        policy.arg(),
-        output.status
-    );
-    serde_json::from_slice(&output.stdout)
-        .with_context(|| format!("the {} run printed no report", policy.arg()))
 }
 
 fn link_options(sim: &SimProcess) -> LinkOptions {
