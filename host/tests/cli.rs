@@ -209,7 +209,8 @@ fn bench_repeat_alternates_policies_and_prints_medians() {
     assert!(stdout.contains("WASM / native: "), "{stdout}");
     assert!(stdout.contains("per round: median "), "{stdout}");
     // The rounds alternate: native, wasm, native, wasm.
-    let rounds: Vec<&str> = text(&out.stderr)
+    let stderr = text(&out.stderr);
+    let rounds: Vec<&str> = stderr
         .lines()
         .filter_map(|l| l.strip_prefix("round "))
         .map(|l| l.rsplit(' ').next().unwrap())
