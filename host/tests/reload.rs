@@ -78,17 +78,7 @@ async fn decision_for_new_leg(
     called: &str,
 ) -> (Decision, String) {
     world.sim.ok("partition 60000").await.unwrap();
-    host.events_until(WAIT, |e| {
-        matches!(
-            e,
-            HostEvent::Link {
-                state: LinkState::Disconnected,
-                ..
-            }
-        )
-    })
-    .await
-    .unwrap();
+    host.wait_disconnected(WAIT).await.unwrap();
     let leg = world
         .sim
         .ok_id(&format!("ring SIP_CARRIER_A 15145550000 {called}"))

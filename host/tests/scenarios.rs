@@ -164,17 +164,7 @@ async fn scenario_4_short_network_drop_keeps_known_calls() {
     let calls = world.reference_calls(&mut host).await;
 
     world.sim.ok("partition 60000").await.unwrap();
-    host.events_until(WAIT, |e| {
-        matches!(
-            e,
-            HostEvent::Link {
-                state: LinkState::Disconnected,
-                ..
-            }
-        )
-    })
-    .await
-    .unwrap();
+    host.wait_disconnected(WAIT).await.unwrap();
     // E hangs up while the host is cut off.
     world.sim.ok(&format!("release {}", calls.e)).await.unwrap();
     world.sim.ok("partition 0").await.unwrap();

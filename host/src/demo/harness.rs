@@ -4,7 +4,7 @@
 
 use crate::app;
 use crate::config::HostConfig;
-use crate::events::{Events, HostEvent};
+use crate::events::{Events, HostEvent, LinkState};
 use crate::policy::{Decider, PolicyHandle};
 use crate::supervisor::HostStatus;
 use anyhow::{Context, bail};
@@ -119,6 +119,20 @@ impl RunningHost {
                 }
             }
         }
+    }
+
+    /// Events up to the moment the host loses the engine.
+    pub async fn wait_disconnected(&mut self, within: Duration) -> anyhow::Result<Vec<HostEvent>> {
+        self.events_until(within, |e| {
+            matches!(
+                e,
+                HostEvent::Link {
+                    state: LinkState::Disconnected,
+                    ..
+                }
+            )
+        })
+        .await
     }
 
     /// Events up to the end of the next resync.

@@ -1,6 +1,6 @@
 //! The demo's scenarios, narrated and checked.
 
-use super::harness::{RunningHost, synced, terminated};
+use super::harness::{RunningHost, links_synced, synced, terminated};
 use crate::cdr::CdrWriter;
 use crate::cdr::record::{CdrRecord, RecordKind};
 use crate::config::HostConfig;
@@ -231,23 +231,13 @@ impl Demo {
         self.narrate(&events);
         self.check(
             "C, D, E come back through OnCallLegSync (rebuild)",
-            synced(&events)
-                == sorted([c, d, e])
-                    .into_iter()
-                    .map(|l| (l, Decision::Rebuild))
-                    .collect::<Vec<_>>(),
+            synced(&events) == all_rebuilt([c, d, e]),
         );
         self.check(
             "C-D comes back through OnLinkSync",
-            events.iter().any(|e| {
-                matches!(
-                    e,
-                    HostEvent::LinkSync {
-                        decision: Decision::Rebuild,
-                        ..
-                    }
-                )
-            }),
+            links_synced(&events)
+                .iter()
+                .any(|(_, d)| *d == Decision::Rebuild),
         );
         let cdrs = self.new_cdrs();
         self.check(
@@ -270,23 +260,13 @@ impl Demo {
         let [c, d, e] = self.ids(["C", "D", "E"]);
         self.check(
             "C, D, E come through OnCallLegSync",
-            synced(&events)
-                == sorted([c, d, e])
-                    .into_iter()
-                    .map(|l| (l, Decision::Rebuild))
-                    .collect::<Vec<_>>(),
+            synced(&events) == all_rebuilt([c, d, e]),
         );
         self.check(
             "C-D comes through OnLinkSync",
-            events.iter().any(|e| {
-                matches!(
-                    e,
-                    HostEvent::LinkSync {
-                        decision: Decision::Rebuild,
-                        ..
-                    }
-                )
-            }),
+            links_synced(&events)
+                .iter()
+                .any(|(_, d)| *d == Decision::Rebuild),
         );
         self.check(
             "no CDR written (the calls go on)",
@@ -302,17 +282,7 @@ impl Demo {
         let [e] = self.ids(["E"]);
         step("Cutting the host off; E hangs up meanwhile; the network comes back.");
         self.sim.ok("partition 60000").await?;
-        self.host()?
-            .events_until(WAIT, |e| {
-                matches!(
-                    e,
-                    HostEvent::Link {
-                        state: LinkState::Disconnected,
-                        ..
-                    }
-                )
-            })
-            .await?;
+        self.host()?.wait_disconnected(WAIT).await?;
         self.sim.ok(&format!("release {e}")).await?;
         self.sim.ok("partition 0").await?;
         let events = self.host()?.next_resync(WAIT).await?;
@@ -339,17 +309,7 @@ impl Demo {
         heading("A refusal by the rules plugin");
         step("While the host is cut off, F (called 1900...) and G are answered and linked.");
         self.sim.ok("partition 60000").await?;
-        self.host()?
-            .events_until(WAIT, |e| {
-                matches!(
-                    e,
-                    HostEvent::Link {
-                        state: LinkState::Disconnected,
-                        ..
-                    }
-                )
-            })
-            .await?;
+        self.host()?.wait_disconnected(WAIT).await?;
         let f = self.answered("F", "SIP_CARRIER_A", "19005550123").await?;
         let g = self.answered("G", "SIP_CARRIER_A", "15145550124").await?;
         self.sim.ok(&format!("link {f} {g}")).await?;
@@ -527,6 +487,14 @@ fn legs_of(records: &[CdrRecord], kind: RecordKind) -> Vec<u64> {
         .collect();
     legs.sort();
     legs
+}
+
+/// What `synced` gives when every one of `legs` was rebuilt.
+fn all_rebuilt<const N: usize>(legs: [u64; N]) -> Vec<(u64, Decision)> {
+    sorted(legs)
+        .into_iter()
+        .map(|leg| (leg, Decision::Rebuild))
+        .collect()
 }
 
 fn sorted<const N: usize>(mut ids: [u64; N]) -> Vec<u64> {
