@@ -78,26 +78,6 @@ pub struct BenchArgs {
     repeat: u32,
 }
 
-impl PolicyKind {
-    pub(crate) fn arg(self) -> &'static str {
-        match self {
-            PolicyKind::Wasm => "wasm",
-            PolicyKind::Native => "native",
-            PolicyKind::Both => "both",
-        }
-    }
-}
-
-impl Mode {
-    pub(crate) fn arg(self) -> &'static str {
-        match self {
-            Mode::Cold => "cold",
-            Mode::Warm => "warm",
-            Mode::Transfer => "transfer",
-        }
-    }
-}
-
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.repeat > 1 || (args.policy == PolicyKind::Both && args.mode != Mode::Transfer) {
         return series::run(&args).await;

@@ -10,6 +10,7 @@
 use super::report::BenchReport;
 use super::{BenchArgs, Mode, PolicyKind};
 use anyhow::Context;
+use clap::ValueEnum;
 use std::process::ExitCode;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
@@ -22,7 +23,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     for round in 1..=args.repeat {
         for (index, &policy) in policies.iter().enumerate() {
             if args.repeat > 1 {
-                eprintln!("round {round}/{}: {}", args.repeat, policy.arg());
+                eprintln!("round {round}/{}: {}", args.repeat, arg_name(policy));
             }
             let report = run_child(args, policy).await?;
             if args.json {
@@ -97,10 +98,10 @@ fn median(values: &[f64]) -> f64 {
 
 /// One run of `legsync bench --json` with `policy`, in a child process.
 async fn run_child(args: &BenchArgs, policy: PolicyKind) -> anyhow::Result<BenchReport> {
-    let legs = args.legs.to_string();
+    let (legs, mode, name) = (args.legs.to_string(), arg_name(args.mode), arg_name(policy));
     let mut command = tokio::process::Command::new(std::env::current_exe()?);
     command.args(["bench", "--json", "--legs", &legs]);
-    command.args(["--mode", args.mode.arg(), "--policy", policy.arg()]);
+    command.args(["--mode", &mode, "--policy", &name]);
     if let Some(plugin) = &args.plugin {
         command.arg("--plugin").arg(plugin);
     }
@@ -114,12 +115,20 @@ async fn run_child(args: &BenchArgs, policy: PolicyKind) -> anyhow::Result<Bench
         .context("cannot run the bench child process")?;
     anyhow::ensure!(
         output.status.success(),
-        "the {} run failed ({})",
-        policy.arg(),
+        "the {name} run failed ({})",
         output.status
     );
     serde_json::from_slice(&output.stdout)
-        .with_context(|| format!("the {} run printed no report", policy.arg()))
+        .with_context(|| format!("the {name} run printed no report"))
+}
+
+/// How a value is spelled on the command line (what clap parses it from).
+fn arg_name(value: impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .expect("bench values are never skipped")
+        .get_name()
+        .to_string()
 }
 
 #[cfg(test)]

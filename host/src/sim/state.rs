@@ -188,24 +188,9 @@ impl EngineState {
 
     /// The active legs and the links between them, sorted by id.
     pub fn snapshot(&self) -> (Vec<CallLeg>, Vec<Link>) {
-        let mut legs: Vec<CallLeg> = self
-            .legs
-            .values()
-            .filter(|l| l.state == LegState::Answered)
-            .map(|l| (**l).clone())
-            .collect();
+        let (shared, mut links) = self.snapshot_in_table_order();
+        let mut legs: Vec<CallLeg> = shared.iter().map(|l| (**l).clone()).collect();
         legs.sort_unstable_by_key(|l| l.id);
-        let answered = |id: &LegId| {
-            self.legs
-                .get(id)
-                .is_some_and(|l| l.state == LegState::Answered)
-        };
-        let mut links: Vec<Link> = self
-            .links
-            .values()
-            .filter(|l| answered(&l.leg_a) && answered(&l.leg_b))
-            .copied()
-            .collect();
         links.sort_unstable_by_key(|l| l.id);
         (legs, links)
     }
