@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use wasmtime::Store;
-use wasmtime::component::Func;
+use wasmtime::component::{ComponentType, Func, Lower};
 
 /// A live instance: its store and its typed exports.
 struct Live {
@@ -35,8 +35,6 @@ struct Exports {
     link_sync: Func,
 }
 
-type LegSyncFn<'a> = (&'a [CallLegRef<'a>],);
-type LinkSyncFn<'a> = (&'a [LinkRecord],);
 type Decisions = (Vec<wit::Decision>,);
 
 /// Counters of one plugin, for metrics and tests.
@@ -188,22 +186,12 @@ impl Plugin {
 
     /// `on-call-leg-sync` for one batch: one decision per leg, or a failure.
     pub fn sync_legs(&self, legs: &[CallLegRef<'_>]) -> Result<Vec<Decision>, PluginFailure> {
-        self.call(legs.len(), |exports, store| {
-            let func = exports
-                .leg_sync
-                .typed::<LegSyncFn<'_>, Decisions>(&*store)?;
-            Ok(func.call(store, (legs,))?.0)
-        })
+        self.decide(|exports| &exports.leg_sync, legs)
     }
 
     /// `on-link-sync` for one batch.
     pub fn sync_links(&self, links: &[LinkRecord]) -> Result<Vec<Decision>, PluginFailure> {
-        self.call(links.len(), |exports, store| {
-            let func = exports
-                .link_sync
-                .typed::<LinkSyncFn<'_>, Decisions>(&*store)?;
-            Ok(func.call(store, (links,))?.0)
-        })
+        self.decide(|exports| &exports.link_sync, links)
     }
 
     /// `on-call-leg-terminated` for one batch (notification only).
@@ -216,17 +204,20 @@ impl Plugin {
         })
     }
 
-    fn call(
+    /// One sync export over `items`: exactly one decision per item.
+    fn decide<T: ComponentType + Lower>(
         &self,
-        expected: usize,
-        f: impl FnOnce(&Exports, &mut Store<PluginState>) -> wasmtime::Result<Vec<wit::Decision>>,
+        export: fn(&Exports) -> &Func,
+        items: &[T],
     ) -> Result<Vec<Decision>, PluginFailure> {
-        self.call_guest(|plugin, store| {
-            let decisions = f(plugin, store)?;
-            if decisions.len() != expected {
+        self.call_guest(|exports, store| {
+            let func = export(exports).typed::<(&[T],), Decisions>(&*store)?;
+            let decisions = func.call(store, (items,))?.0;
+            if decisions.len() != items.len() {
                 return Err(wasmtime::Error::new(Malformed(format!(
-                    "returned {} decisions for {expected} items",
-                    decisions.len()
+                    "returned {} decisions for {} items",
+                    decisions.len(),
+                    items.len()
                 ))));
             }
             Ok(decisions.into_iter().map(Decision::from).collect())
