@@ -3,7 +3,7 @@
 //! connection, never a panic.
 
 use super::PROTOCOL_VERSION;
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::marker::PhantomData;
@@ -81,18 +81,7 @@ impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
     type Error = ProtocolError;
 
     fn encode(&mut self, item: Out, dst: &mut BytesMut) -> Result<(), ProtocolError> {
-        let body = postcard::to_allocvec(&item)?;
-        let len = body.len() + 1;
-        if len > self.max_frame {
-            return Err(ProtocolError::Oversized {
-                len,
-                max: self.max_frame,
-            });
-        }
-        dst.reserve(4 + len);
-        dst.put_u32(len as u32);
-        dst.put_u8(PROTOCOL_VERSION);
-        dst.extend_from_slice(&body);
+        dst.extend_from_slice(&encode_frame(&item, self.max_frame)?);
         Ok(())
     }
 }
@@ -114,9 +103,25 @@ pub fn encode_legs_frame(
     legs: &[&crate::model::CallLeg],
     max_frame: usize,
 ) -> Result<bytes::Bytes, ProtocolError> {
-    let mut frame = Vec::with_capacity(8 + legs.len() * 80);
+    encode_with_capacity(&BorrowedLegs::SnapshotLegs(legs), 8 + legs.len() * 80, max_frame)
+}
+
+/// One whole frame (length prefix included) for `message`.
+pub fn encode_frame(
+    message: &impl Serialize,
+    max_frame: usize,
+) -> Result<bytes::Bytes, ProtocolError> {
+    encode_with_capacity(message, 64, max_frame)
+}
+
+fn encode_with_capacity(
+    message: &impl Serialize,
+    capacity: usize,
+    max_frame: usize,
+) -> Result<bytes::Bytes, ProtocolError> {
+    let mut frame = Vec::with_capacity(capacity);
     frame.extend_from_slice(&[0, 0, 0, 0, PROTOCOL_VERSION]);
-    let mut frame = postcard::to_extend(&BorrowedLegs::SnapshotLegs(legs), frame)?;
+    let mut frame = postcard::to_extend(message, frame)?;
     let len = frame.len() - 4;
     if len > max_frame {
         return Err(ProtocolError::Oversized {
@@ -133,6 +138,7 @@ mod tests {
     use super::*;
     use crate::model::{CallLeg, Link};
     use crate::protocol::{EngineEvent, EngineMessage, HostMessage};
+    use bytes::BufMut;
 
     type EngineSide = FrameCodec<HostMessage, EngineMessage>;
     type HostSide = FrameCodec<EngineMessage, HostMessage>;

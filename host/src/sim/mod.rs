@@ -1,6 +1,8 @@
 //! `legsync engine-sim`: a stand-in for the media gateway's engine.
 //!
 //! - [`state`]: legs, links and their transitions (pure).
+//! - [`media`]: the media units' view (answered legs and their links),
+//!   shared copy-on-write with snapshots and saves.
 //! - [`persist`]: the state file, the media units' view of active calls.
 //! - [`control`]: the line-based control port for scripts and tests.
 //! - [`server`]: the engine port (one host at a time) and the control port.
@@ -10,6 +12,7 @@
 //! the answered legs and their links come back, with the same ids.
 
 pub mod control;
+pub mod media;
 pub mod persist;
 pub mod process;
 pub mod server;

@@ -2,7 +2,7 @@
 //! survives an engine restart. Written whole, beside the old one, then
 //! renamed, so a crash leaves either the old or the new view, never half.
 
-use super::state::MediaUnits;
+use super::media::MediaUnits;
 use anyhow::Context;
 use std::path::Path;
 

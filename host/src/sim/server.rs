@@ -3,9 +3,10 @@
 
 use super::control::{ControlCommand, execute};
 use super::persist;
+use super::media::MediaView;
 use super::state::EngineState;
 use crate::model::{CallLeg, Link, now_ms};
-use crate::protocol::codec::encode_legs_frame;
+use crate::protocol::codec::{encode_frame, encode_legs_frame};
 use crate::protocol::{
     Command, EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION, ProtocolError,
     SNAPSHOT_CHUNK,
@@ -74,16 +75,17 @@ impl Shared {
     /// Saves the media-unit view if it changed.
     pub async fn persist_if_dirty(self: &Arc<Self>) -> anyhow::Result<()> {
         let _guard = self.persist_lock.lock().await;
-        let units = {
+        let view = {
             let mut state = self.lock();
             if !state.dirty {
                 return Ok(());
             }
             state.dirty = false;
-            state.media_units()
+            state.media_view()
         };
+        // Sorted and written outside the lock: hosts and commands go on.
         let path = self.state_file.clone();
-        tokio::task::spawn_blocking(move || persist::save(&path, &units)).await?
+        tokio::task::spawn_blocking(move || persist::save(&path, &view.to_units())).await?
     }
 }
 
@@ -153,7 +155,7 @@ async fn serve_host(
     }
 
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let (legs, links) = {
+    let snapshot = {
         let mut state = shared.lock();
         if state.host_attached() {
             bail!("another host attached first");
@@ -163,7 +165,7 @@ async fn serve_host(
     let cancel = shutdown.child_token();
     *shared.host_cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some(cancel.clone());
     let result = async {
-        stream_snapshot(&mut framed, legs, links, shared.max_frame).await?;
+        stream_snapshot(&mut framed, snapshot, shared.max_frame).await?;
         serve_attached(shared, &mut framed, &mut events, &cancel).await
     }
     .await;
@@ -174,43 +176,51 @@ async fn serve_host(
 /// Frames encoded ahead of the socket: enough to keep it busy, little memory.
 const FRAMES_AHEAD: usize = 16;
 
-/// Streams the snapshot: a blocking thread encodes `SnapshotLegs` frames
-/// while this task writes the previous ones, so the host starts decoding
-/// the first chunk while the last is still being encoded (as a real engine
-/// walks its table). No lock is held here.
+/// Streams the snapshot: a blocking thread walks the media view and encodes
+/// `SnapshotLegs` then `SnapshotLinks` frames while this task writes the
+/// previous ones, so the host starts decoding the first chunk while the
+/// last is still being encoded (as a real engine walks its table). No lock
+/// is held here: the view is shared copy-on-write with the live state.
 async fn stream_snapshot(
     framed: &mut Framed<TcpStream, FrameCodec<HostMessage, EngineMessage>>,
-    legs: Vec<Arc<CallLeg>>,
-    links: Vec<Link>,
+    snapshot: MediaView,
     max_frame: usize,
 ) -> anyhow::Result<()> {
     framed
         .send(EngineMessage::SnapshotBegin {
-            legs: legs.len() as u64,
-            links: links.len() as u64,
+            legs: snapshot.legs.len() as u64,
+            links: snapshot.links.len() as u64,
         })
         .await?;
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel(FRAMES_AHEAD);
     let encoder = tokio::task::spawn_blocking(move || {
-        for chunk in legs.chunks(SNAPSHOT_CHUNK) {
-            let refs: Vec<&CallLeg> = chunk.iter().map(|leg| &**leg).collect();
-            let frame = encode_legs_frame(&refs, max_frame)?;
-            if frames_tx.blocking_send(frame).is_err() {
-                break; // The connection is gone.
+        let send = |frame| frames_tx.blocking_send(frame).is_ok();
+        let mut legs = snapshot.legs.values();
+        loop {
+            let chunk: Vec<&CallLeg> = legs.by_ref().take(SNAPSHOT_CHUNK).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            if !send(encode_legs_frame(&chunk, max_frame)?) {
+                return Ok(()); // The connection is gone.
             }
         }
-        Ok::<_, ProtocolError>(())
+        let mut links = snapshot.links.values().copied();
+        loop {
+            let chunk: Vec<Link> = links.by_ref().take(SNAPSHOT_CHUNK).collect();
+            if chunk.is_empty() {
+                return Ok::<_, ProtocolError>(());
+            }
+            if !send(encode_frame(&EngineMessage::SnapshotLinks(chunk), max_frame)?) {
+                return Ok(());
+            }
+        }
     });
     let socket = framed.get_mut();
     while let Some(frame) = frames.recv().await {
         socket.write_all(&frame).await?;
     }
     encoder.await.context("snapshot encoder")??;
-    for chunk in links.chunks(SNAPSHOT_CHUNK) {
-        framed
-            .feed(EngineMessage::SnapshotLinks(chunk.to_vec()))
-            .await?;
-    }
     framed.send(EngineMessage::SnapshotEnd).await?;
     Ok(())
 }

@@ -1,10 +1,14 @@
 //! The simulated engine's call state: legs in their states and links, with
 //! the transitions a real engine makes. Pure (no I/O): the server feeds it
 //! commands and forwards the events it emits to the attached host.
+//!
+//! Answered legs and the links between them live in the media view (see
+//! [`super::media`]), shared copy-on-write with snapshots and saves; the
+//! other legs and links live in signalling maps, lost at a restart.
 
+use super::media::{LegMap, LinkMap, MediaUnits, MediaView};
 use crate::model::{CallLeg, Direction, LegId, LegState, Link, LinkId, Protocol};
 use crate::protocol::{CommandResult, EngineEvent};
-use serde::{Deserialize, Serialize};
 // Leg and link ids come from the engine, a trusted peer: a fast
 // non-keyed hash is safe here and twice as fast as SipHash.
 use rustc_hash::FxHashMap as HashMap;
@@ -16,27 +20,18 @@ use tokio::sync::mpsc::UnboundedSender;
 #[error("{0}")]
 pub struct SimError(pub String);
 
-/// What survives an engine restart: the active legs and their links, as the
-/// media units hold them. Saved in the state file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MediaUnits {
-    pub legs: Vec<CallLeg>,
-    pub links: Vec<Link>,
-    pub next_leg: u64,
-    pub next_link: u64,
-}
-
 /// Every leg and link of the engine.
 #[derive(Debug)]
 pub struct EngineState {
-    /// Shared so that a host's snapshot is a million reference counts, not
-    /// a million copies (a change after the snapshot copies that one leg).
-    legs: HashMap<LegId, Arc<CallLeg>>,
-    links: HashMap<LinkId, Link>,
+    /// Answered legs and the links between two of them (`next_leg` and
+    /// `next_link` are kept here too).
+    media: MediaView,
+    /// Offered, ringing and terminating legs.
+    signalling: LegMap,
+    /// Links with at least one leg in `signalling`.
+    signalling_links: LinkMap,
     /// The link of each linked leg (so a release finds it without a scan).
     link_of: HashMap<LegId, LinkId>,
-    next_leg: u64,
-    next_link: u64,
     /// Events go to the attached host, if any.
     host: Option<UnboundedSender<EngineEvent>>,
     /// The media-unit view changed since it was last saved.
@@ -78,34 +73,37 @@ impl EngineState {
         let next_link = units
             .next_link
             .max(units.links.iter().map(|l| l.id + 1).max().unwrap_or(1));
-        let link_of = units
-            .links
-            .iter()
-            .flat_map(|l| [(l.leg_a, l.id), (l.leg_b, l.id)])
-            .collect();
-        EngineState {
-            legs: units
-                .legs
-                .into_iter()
-                .map(|l| (l.id, Arc::new(l)))
-                .collect(),
-            links: units.links.into_iter().map(|l| (l.id, l)).collect(),
-            link_of,
-            next_leg,
-            next_link,
+        let mut state = EngineState {
+            media: MediaView {
+                next_leg,
+                next_link,
+                ..MediaView::default()
+            },
+            signalling: LegMap::default(),
+            signalling_links: LinkMap::default(),
+            link_of: HashMap::default(),
             host: None,
             dirty: false,
+        };
+        for leg in units.legs {
+            state.put_leg(leg);
         }
+        for link in units.links {
+            state.link_of.insert(link.leg_a, link.id);
+            state.link_of.insert(link.leg_b, link.id);
+            state.put_link(link);
+        }
+        state
     }
 
     /// `count` answered legs joined in `count / 2` links, with realistic
     /// NAPs and numbers; 1 % of the calls go to `1900` premium numbers.
     pub fn preload(&mut self, count: u64, now_ms: u64) {
-        self.legs.reserve(count as usize);
-        self.links.reserve(count as usize / 2);
+        Arc::make_mut(&mut self.media.legs).reserve(count as usize);
+        Arc::make_mut(&mut self.media.links).reserve(count as usize / 2);
         for i in 0..count {
-            let id = self.next_leg;
-            self.next_leg += 1;
+            let id = self.media.next_leg;
+            self.media.next_leg += 1;
             let call = i / 2;
             let (nap, protocol) = NAPS[(i % NAPS.len() as u64) as usize];
             let called = if call % 100 == 7 {
@@ -113,7 +111,7 @@ impl EngineState {
             } else {
                 compact_str::format_compact!("1514{:07}", (call * 7919) % 10_000_000)
             };
-            let leg = CallLeg {
+            self.put_leg(CallLeg {
                 id,
                 session_id: call + 1,
                 direction: if i % 2 == 0 {
@@ -129,8 +127,7 @@ impl EngineState {
                 answered_at_ms: Some(now_ms - 55_000 - (call % 3_600) * 1000),
                 linked_to: None,
                 state: LegState::Answered,
-            };
-            self.legs.insert(id, Arc::new(leg));
+            });
             if i % 2 == 1 {
                 self.link(id - 1, id).expect("fresh legs link");
             }
@@ -141,12 +138,7 @@ impl EngineState {
     /// Releases `release` answered legs (spread over the id range) and adds
     /// `add` answered legs in linked pairs: the churn of a short outage.
     pub fn churn(&mut self, release: usize, add: u64, now_ms: u64) {
-        let mut answered: Vec<LegId> = self
-            .legs
-            .values()
-            .filter(|l| l.state == LegState::Answered)
-            .map(|l| l.id)
-            .collect();
+        let mut answered: Vec<LegId> = self.media.legs.keys().copied().collect();
         answered.sort_unstable();
         let step = (answered.len() / release.max(1)).max(1);
         for id in answered.into_iter().step_by(step).take(release) {
@@ -171,12 +163,7 @@ impl EngineState {
     }
 
     fn drop_transient(&mut self) {
-        let gone: Vec<LegId> = self
-            .legs
-            .values()
-            .filter(|l| !l.state.survives_engine_restart())
-            .map(|l| l.id)
-            .collect();
+        let gone: Vec<LegId> = self.signalling.keys().copied().collect();
         for id in gone {
             let _ = self.release(id);
         }
@@ -188,82 +175,52 @@ impl EngineState {
 
     /// The active legs and the links between them, sorted by id.
     pub fn snapshot(&self) -> (Vec<CallLeg>, Vec<Link>) {
-        let (shared, mut links) = self.snapshot_in_table_order();
-        let mut legs: Vec<CallLeg> = shared.iter().map(|l| (**l).clone()).collect();
-        legs.sort_unstable_by_key(|l| l.id);
-        links.sort_unstable_by_key(|l| l.id);
-        (legs, links)
-    }
-
-    /// The active legs in table order (stable from one snapshot to the next,
-    /// as a real engine walks its own table) and the links between them.
-    fn snapshot_in_table_order(&self) -> (Vec<Arc<CallLeg>>, Vec<Link>) {
-        let legs = self
-            .legs
-            .values()
-            .filter(|l| l.state == LegState::Answered)
-            .cloned()
-            .collect();
-        let answered = |id: &LegId| {
-            self.legs
-                .get(id)
-                .is_some_and(|l| l.state == LegState::Answered)
-        };
-        let links = self
-            .links
-            .values()
-            .filter(|l| answered(&l.leg_a) && answered(&l.leg_b))
-            .copied()
-            .collect();
-        (legs, links)
+        let units = self.media_units();
+        (units.legs, units.links)
     }
 
     /// Attaches a host and returns the snapshot it must receive, taken
     /// atomically with the attach: every later change reaches the host as
-    /// an event. Sharing the legs is all that happens under the lock; they
-    /// are encoded while streaming.
-    pub fn attach_host(
-        &mut self,
-        events: UnboundedSender<EngineEvent>,
-    ) -> (Vec<Arc<CallLeg>>, Vec<Link>) {
-        let snapshot = self.snapshot_in_table_order();
+    /// an event. Only reference counts are taken under the lock; the legs
+    /// are walked and encoded while streaming.
+    pub fn attach_host(&mut self, events: UnboundedSender<EngineEvent>) -> MediaView {
         self.host = Some(events);
-        snapshot
+        self.media.clone()
     }
 
-    /// What the media units hold right now.
+    /// What the media units hold right now, shared: cheap under a lock.
+    pub fn media_view(&self) -> MediaView {
+        self.media.clone()
+    }
+
+    /// What the media units hold right now, sorted by id.
     pub fn media_units(&self) -> MediaUnits {
-        let (legs, links) = self.snapshot();
-        MediaUnits {
-            legs,
-            links,
-            next_leg: self.next_leg,
-            next_link: self.next_link,
-        }
+        self.media.to_units()
     }
 
     pub fn counts(&self) -> Counts {
         let mut counts = Counts {
-            legs: self.legs.len(),
-            links: self.links.len(),
+            legs: self.media.legs.len() + self.signalling.len(),
+            answered: self.media.legs.len(),
+            links: self.media.links.len() + self.signalling_links.len(),
             ..Counts::default()
         };
-        for leg in self.legs.values() {
+        for leg in self.signalling.values() {
             match leg.state {
-                LegState::Answered => counts.answered += 1,
                 LegState::Terminating => counts.terminating += 1,
                 LegState::Offered | LegState::Ringing => counts.transient += 1,
+                LegState::Answered => unreachable!("answered legs live in the media view"),
             }
         }
         counts
     }
 
     pub fn legs(&self) -> impl Iterator<Item = &CallLeg> {
-        self.legs.values().map(|leg| &**leg)
+        self.media.legs.values().chain(self.signalling.values())
     }
 
     pub fn links(&self) -> impl Iterator<Item = &Link> {
-        self.links.values()
+        self.media.links.values().chain(self.signalling_links.values())
     }
 
     /// A new ringing leg.
@@ -276,8 +233,8 @@ impl EngineState {
         protocol: Protocol,
         now_ms: u64,
     ) -> LegId {
-        let id = self.next_leg;
-        self.next_leg += 1;
+        let id = self.media.next_leg;
+        self.media.next_leg += 1;
         let leg = CallLeg {
             id,
             session_id: id,
@@ -291,21 +248,23 @@ impl EngineState {
             linked_to: None,
             state: LegState::Ringing,
         };
-        self.legs.insert(id, Arc::new(leg.clone()));
+        self.put_leg(leg.clone());
         self.emit(EngineEvent::LegOffered(leg));
         id
     }
 
     pub fn answer(&mut self, id: LegId, now_ms: u64) -> Result<(), SimError> {
-        let leg = self.leg_mut(id)?;
+        let leg = self.leg(id)?;
         if !matches!(leg.state, LegState::Offered | LegState::Ringing) {
             return Err(SimError(format!(
                 "leg {id} is {:?}, not ringing",
                 leg.state
             )));
         }
+        let mut leg = self.take_leg(id).expect("leg exists");
         leg.state = LegState::Answered;
         leg.answered_at_ms = Some(now_ms);
+        self.put_leg(leg);
         self.dirty = true;
         self.emit(EngineEvent::LegAnswered {
             leg: id,
@@ -315,11 +274,12 @@ impl EngineState {
     }
 
     pub fn terminate(&mut self, id: LegId) -> Result<(), SimError> {
-        let leg = self.leg_mut(id)?;
-        if leg.state == LegState::Terminating {
+        if self.leg(id)?.state == LegState::Terminating {
             return Err(SimError(format!("leg {id} is already terminating")));
         }
+        let mut leg = self.take_leg(id).expect("leg exists");
         leg.state = LegState::Terminating;
+        self.put_leg(leg);
         self.dirty = true;
         self.emit(EngineEvent::LegTerminating(id));
         Ok(())
@@ -327,11 +287,11 @@ impl EngineState {
 
     /// Releases a leg, undoing its link first.
     pub fn release(&mut self, id: LegId) -> Result<(), SimError> {
-        self.leg_mut(id)?;
+        self.leg(id)?;
         if let Some(link) = self.link_of.get(&id).copied() {
             self.unlink(link)?;
         }
-        self.legs.remove(&id);
+        self.take_leg(id);
         self.dirty = true;
         self.emit(EngineEvent::LegReleased(id));
         Ok(())
@@ -342,22 +302,22 @@ impl EngineState {
             return Err(SimError("a leg cannot be linked to itself".into()));
         }
         for id in [a, b] {
-            if let Some(other) = self.leg_mut(id)?.linked_to {
+            if let Some(other) = self.leg(id)?.linked_to {
                 return Err(SimError(format!("leg {id} is already linked to {other}")));
             }
         }
-        let id = self.next_link;
-        self.next_link += 1;
+        let id = self.media.next_link;
+        self.media.next_link += 1;
         self.leg_mut(a)?.linked_to = Some(b);
         self.leg_mut(b)?.linked_to = Some(a);
+        self.link_of.insert(a, id);
+        self.link_of.insert(b, id);
         let link = Link {
             id,
             leg_a: a,
             leg_b: b,
         };
-        self.links.insert(id, link);
-        self.link_of.insert(a, id);
-        self.link_of.insert(b, id);
+        self.put_link(link);
         self.dirty = true;
         self.emit(EngineEvent::LinkCreated(link));
         Ok(id)
@@ -365,13 +325,12 @@ impl EngineState {
 
     pub fn unlink(&mut self, id: LinkId) -> Result<(), SimError> {
         let link = self
-            .links
-            .remove(&id)
+            .take_link(id)
             .ok_or_else(|| SimError(format!("no link {id}")))?;
         for leg in [link.leg_a, link.leg_b] {
             self.link_of.remove(&leg);
-            if let Some(leg) = self.legs.get_mut(&leg) {
-                Arc::make_mut(leg).linked_to = None;
+            if let Ok(leg) = self.leg_mut(leg) {
+                leg.linked_to = None;
             }
         }
         self.dirty = true;
@@ -395,11 +354,66 @@ impl EngineState {
         }
     }
 
-    fn leg_mut(&mut self, id: LegId) -> Result<&mut CallLeg, SimError> {
-        self.legs
-            .get_mut(&id)
-            .map(Arc::make_mut)
+    fn leg(&self, id: LegId) -> Result<&CallLeg, SimError> {
+        self.media
+            .legs
+            .get(&id)
+            .or_else(|| self.signalling.get(&id))
             .ok_or_else(|| SimError(format!("no leg {id}")))
+    }
+
+    fn leg_mut(&mut self, id: LegId) -> Result<&mut CallLeg, SimError> {
+        let leg = if self.media.legs.contains_key(&id) {
+            Arc::make_mut(&mut self.media.legs).get_mut(&id)
+        } else {
+            self.signalling.get_mut(&id)
+        };
+        leg.ok_or_else(|| SimError(format!("no leg {id}")))
+    }
+
+    /// Puts a leg in the map its state belongs to, and moves its link to
+    /// the media view when both of its legs are answered.
+    fn put_leg(&mut self, leg: CallLeg) {
+        let id = leg.id;
+        if leg.state == LegState::Answered {
+            Arc::make_mut(&mut self.media.legs).insert(id, leg);
+        } else {
+            self.signalling.insert(id, leg);
+        }
+        if let Some(link) = self.link_of.get(&id).copied().and_then(|l| self.take_link(l)) {
+            self.put_link(link);
+        }
+    }
+
+    /// Takes a leg out of its map, and its link out of the media view.
+    fn take_leg(&mut self, id: LegId) -> Option<CallLeg> {
+        let leg = if self.media.legs.contains_key(&id) {
+            Arc::make_mut(&mut self.media.legs).remove(&id)
+        } else {
+            self.signalling.remove(&id)
+        };
+        if let Some(link) = self.link_of.get(&id).copied().and_then(|l| self.take_link(l)) {
+            self.signalling_links.insert(link.id, link);
+        }
+        leg
+    }
+
+    /// Puts a link in the media view if both of its legs are answered.
+    fn put_link(&mut self, link: Link) {
+        let answered = |id| self.media.legs.contains_key(&id);
+        if answered(link.leg_a) && answered(link.leg_b) {
+            Arc::make_mut(&mut self.media.links).insert(link.id, link);
+        } else {
+            self.signalling_links.insert(link.id, link);
+        }
+    }
+
+    fn take_link(&mut self, id: LinkId) -> Option<Link> {
+        if self.media.links.contains_key(&id) {
+            Arc::make_mut(&mut self.media.links).remove(&id)
+        } else {
+            self.signalling_links.remove(&id)
+        }
     }
 
     fn emit(&mut self, event: EngineEvent) {
@@ -440,7 +454,7 @@ mod tests {
             }]
         );
         assert!(restarted.legs().all(|l| l.id != a));
-        assert!(restarted.next_leg > d, "new ids never reuse old ones");
+        assert!(restarted.media.next_leg > d, "new ids never reuse old ones");
     }
 
     #[test]
@@ -467,14 +481,14 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         state.preload(4, 100_000_000);
         let (legs, links) = state.snapshot();
-        let (sent_legs, sent_links) = state.attach_host(tx);
-        assert_eq!((sent_legs.len(), sent_links.len()), (4, 2));
+        let sent = state.attach_host(tx);
+        assert_eq!((sent.legs.len(), sent.links.len()), (4, 2));
         state.release(legs[0].id).unwrap();
         // The snapshot being streamed is the state at attach: later changes
         // reach the host as events only.
-        let sent = |id| sent_legs.iter().find(|l| l.id == id).unwrap();
-        assert_eq!(sent(legs[0].id).state, LegState::Answered);
-        assert_eq!(sent(legs[1].id).linked_to, Some(legs[0].id));
+        assert_eq!(sent.legs[&legs[0].id].state, LegState::Answered);
+        assert_eq!(sent.legs[&legs[1].id].linked_to, Some(legs[0].id));
+        assert_eq!(sent.links.len(), 2);
         assert_eq!(
             rx.try_recv().unwrap(),
             EngineEvent::LinkRemoved(links[0].id)

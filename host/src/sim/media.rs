@@ -1,0 +1,54 @@
+//! The media units' view: the answered legs and the links between two of
+//! them. It is all that survives an engine restart, all that a host's
+//! snapshot carries and all that the state file holds.
+//!
+//! The live state keeps this view in maps shared copy-on-write, so a host's
+//! snapshot or a save of the state file takes two reference counts under the
+//! engine's lock and walks the maps outside it: at a million legs the lock is
+//! held for nanoseconds instead of the ~100 ms a walk takes. A change while a
+//! view is out copies the changed map once (as costly as the walk it spared).
+
+use crate::model::{CallLeg, LegId, Link, LinkId};
+use rustc_hash::FxHashMap as HashMap;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+pub type LegMap = HashMap<LegId, CallLeg>;
+pub type LinkMap = HashMap<LinkId, Link>;
+
+/// The media units at one instant, shared with the live state.
+#[derive(Debug, Clone, Default)]
+pub struct MediaView {
+    /// Answered legs, in table order (stable from one view to the next, as
+    /// a real engine walks its own table).
+    pub legs: Arc<LegMap>,
+    /// Links whose two legs are answered.
+    pub links: Arc<LinkMap>,
+    pub next_leg: u64,
+    pub next_link: u64,
+}
+
+impl MediaView {
+    /// The view sorted by id, as the state file stores it.
+    pub fn to_units(&self) -> MediaUnits {
+        let mut legs: Vec<CallLeg> = self.legs.values().cloned().collect();
+        legs.sort_unstable_by_key(|l| l.id);
+        let mut links: Vec<Link> = self.links.values().copied().collect();
+        links.sort_unstable_by_key(|l| l.id);
+        MediaUnits {
+            legs,
+            links,
+            next_leg: self.next_leg,
+            next_link: self.next_link,
+        }
+    }
+}
+
+/// The media units as the state file stores them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaUnits {
+    pub legs: Vec<CallLeg>,
+    pub links: Vec<Link>,
+    pub next_leg: u64,
+    pub next_link: u64,
+}
