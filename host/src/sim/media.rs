@@ -44,9 +44,30 @@ impl MediaView {
     }
 }
 
+/// Saved as [`MediaUnits`] without copying or sorting a leg: the state
+/// file holds the legs in table order.
+impl Serialize for MediaView {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Values<'a, T>(&'a HashMap<u64, T>);
+        impl<T: Serialize> Serialize for Values<'_, T> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.values())
+            }
+        }
+        let mut units = serializer.serialize_struct("MediaUnits", 4)?;
+        units.serialize_field("legs", &Values(&self.legs))?;
+        units.serialize_field("links", &Values(&self.links))?;
+        units.serialize_field("next_leg", &self.next_leg)?;
+        units.serialize_field("next_link", &self.next_link)?;
+        units.end()
+    }
+}
+
 /// The media units as the state file stores them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MediaUnits {
+    /// In the order the engine's table held them.
     pub legs: Vec<CallLeg>,
     pub links: Vec<Link>,
     pub next_leg: u64,

@@ -83,9 +83,9 @@ impl Shared {
             state.dirty = false;
             state.media_view()
         };
-        // Sorted and written outside the lock: hosts and commands go on.
+        // Written outside the lock: hosts and commands go on meanwhile.
         let path = self.state_file.clone();
-        tokio::task::spawn_blocking(move || persist::save(&path, &view.to_units())).await?
+        tokio::task::spawn_blocking(move || persist::save(&path, &view)).await?
     }
 }
 

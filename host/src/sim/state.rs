@@ -502,6 +502,28 @@ mod tests {
     }
 
     #[test]
+    fn a_link_is_in_the_snapshot_only_while_both_legs_are_answered() {
+        let mut state = EngineState::default();
+        let a = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1);
+        let b = state.ring("N", "1", "2", Direction::Outbound, Protocol::Sip, 1);
+        state.answer(a, 2).unwrap();
+        let link = state.link(a, b).unwrap();
+        let in_snapshot = |state: &EngineState| {
+            let (legs, links) = state.snapshot();
+            (legs.len(), links.iter().any(|l| l.id == link))
+        };
+        assert_eq!(in_snapshot(&state), (1, false));
+        state.answer(b, 3).unwrap();
+        assert_eq!(in_snapshot(&state), (2, true));
+        state.terminate(a).unwrap();
+        assert_eq!(in_snapshot(&state), (1, false));
+        assert_eq!(state.counts().links, 1, "the link lives on in signalling");
+        state.release(a).unwrap();
+        assert_eq!(state.counts().links, 0);
+        assert_eq!(state.leg(b).unwrap().linked_to, None);
+    }
+
+    #[test]
     fn invalid_transitions_are_refused() {
         let mut state = EngineState::default();
         let a = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1);
