@@ -4,7 +4,7 @@
 //! `--events FILE`, to a JSON-lines file flushed as written, so anyone can
 //! audit what the host decided and why.
 
-use crate::model::{Decision, LegId, LinkId, TerminationReason};
+use crate::model::{Decision, LegId, LinkId, PluginName, TerminationReason};
 use crate::policy::FailureKind;
 use anyhow::Context;
 use serde::Serialize;
@@ -21,7 +21,7 @@ pub enum HostEvent {
     CallLegSync {
         leg: LegId,
         decision: Decision,
-        plugin: Arc<str>,
+        plugin: PluginName,
         #[serde(skip_serializing_if = "Option::is_none")]
         failure: Option<FailureKind>,
     },
@@ -30,7 +30,7 @@ pub enum HostEvent {
         link: LinkId,
         legs: [LegId; 2],
         decision: Decision,
-        plugin: Arc<str>,
+        plugin: PluginName,
         #[serde(skip_serializing_if = "Option::is_none")]
         failure: Option<FailureKind>,
     },

@@ -119,6 +119,73 @@ pub enum TerminationReason {
     HostShutdown,
 }
 
+/// Who adopted a leg or decided a link: a plugin's name, or `live` /
+/// `native-rules`.
+///
+/// Interned: copying one copies a pointer. A resync hands one to each of a
+/// million verdicts and table entries; with a reference-counted string every
+/// copy was an atomic operation on one counter shared by the deciding and
+/// the adopting threads. Each distinct name is kept for the life of the
+/// process: there are a handful of plugins, and a few more per renaming
+/// reload.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PluginName(&'static str);
+
+impl PluginName {
+    pub fn new(name: &str) -> Self {
+        use std::collections::HashSet;
+        use std::sync::{Mutex, OnceLock};
+        static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+        let mut names = NAMES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match names.get(name) {
+            Some(known) => PluginName(known),
+            None => {
+                let leaked: &'static str = Box::leak(name.into());
+                names.insert(leaked);
+                PluginName(leaked)
+            }
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl From<&str> for PluginName {
+    fn from(name: &str) -> Self {
+        PluginName::new(name)
+    }
+}
+
+impl std::ops::Deref for PluginName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.0
+    }
+}
+
+impl std::fmt::Display for PluginName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::fmt::Debug for PluginName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.0, f)
+    }
+}
+
+impl Serialize for PluginName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.0)
+    }
+}
+
 /// Wall clock in Unix milliseconds.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -141,5 +208,20 @@ pub(crate) fn test_leg(id: LegId, answered_at_ms: u64) -> CallLeg {
         answered_at_ms: Some(answered_at_ms),
         linked_to: None,
         state: LegState::Answered,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PluginName;
+
+    #[test]
+    fn a_plugin_name_is_interned_once() {
+        let a = PluginName::new("10-interned");
+        let b = PluginName::new(&String::from("10-interned"));
+        assert_eq!(a, b);
+        assert!(std::ptr::eq(a.as_str(), b.as_str()));
+        assert_eq!(&*a, "10-interned");
+        assert_eq!(serde_json::to_string(&a).unwrap(), "\"10-interned\"");
     }
 }

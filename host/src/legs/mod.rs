@@ -5,11 +5,12 @@
 //! with the new generation, so the legs absent from the engine are found in
 //! one pass without a million-entry "seen" set.
 
-use crate::model::{CallLeg, LegId, Link, LinkId};
+mod prefault;
+
+use crate::model::{CallLeg, LegId, Link, LinkId, PluginName};
 // Leg and link ids come from the engine, a trusted peer: a fast
 // non-keyed hash is safe here and twice as fast as SipHash.
 use rustc_hash::FxHashMap as HashMap;
-use std::sync::Arc;
 
 /// One known leg.
 #[derive(Debug, Clone)]
@@ -17,7 +18,7 @@ pub struct LegEntry {
     pub leg: CallLeg,
     /// Who adopted it: a plugin name for a leg rebuilt at resync, `live` for
     /// a leg the host saw being set up.
-    pub adopted_by: Arc<str>,
+    pub adopted_by: PluginName,
     /// The link this leg is part of (an index, so removal is O(1)).
     link: Option<LinkId>,
     generation: u32,
@@ -62,9 +63,12 @@ impl LegTable {
 
     /// Makes room for `legs` legs in all (and half as many links): a
     /// snapshot announces its size, most of which the host may already hold.
+    /// The new slots' pages are populated in the background (see
+    /// [`prefault`]).
     pub fn reserve_total(&mut self, legs: usize) {
         let more = legs.saturating_sub(self.slots.len());
         self.slots.reserve_exact(more);
+        prefault::populate_in_background(self.slots.spare_capacity_mut());
         self.index.reserve(more);
         self.links
             .reserve((legs / 2).saturating_sub(self.links.len()));
@@ -92,7 +96,7 @@ impl LegTable {
     }
 
     /// Adds (or replaces) a leg, marked as seen by the current resync.
-    pub fn insert(&mut self, leg: CallLeg, adopted_by: Arc<str>) {
+    pub fn insert(&mut self, leg: CallLeg, adopted_by: PluginName) {
         let generation = self.generation;
         match self.slot(leg.id) {
             Some(slot) => {

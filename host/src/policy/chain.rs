@@ -5,8 +5,7 @@ use super::bindings::wit;
 use super::error::{FailureKind, PluginFailure};
 use super::lower::{CallLegRef, LinkRecord};
 use super::plugin::Plugin;
-use crate::model::{CallLeg, Decision, Link, TerminationReason};
-use std::sync::Arc;
+use crate::model::{CallLeg, Decision, Link, PluginName, TerminationReason};
 
 /// The name recorded when no plugin is loaded and the host rebuilds by default.
 pub const NO_PLUGIN: &str = "(no plugins)";
@@ -16,7 +15,7 @@ pub const NO_PLUGIN: &str = "(no plugins)";
 pub struct Verdict {
     pub decision: Decision,
     /// The plugin that refused, or for a rebuild the last plugin that agreed.
-    pub plugin: Arc<str>,
+    pub plugin: PluginName,
     /// Set when the decision is the plugin's failure policy, not its answer.
     pub failure: Option<FailureKind>,
 }
@@ -26,7 +25,7 @@ pub struct Verdict {
 pub struct PolicyChain {
     plugins: Vec<Plugin>,
     batch_size: usize,
-    default_name: Arc<str>,
+    default_name: PluginName,
 }
 
 impl PolicyChain {
@@ -93,7 +92,7 @@ impl PolicyChain {
         call: &impl Fn(&Plugin, &[W]) -> Result<Vec<Decision>, PluginFailure>,
     ) -> Vec<Verdict> {
         // Plain copies while deciding; each verdict takes its plugin's name
-        // once at the end (names are shared, and cloning one is atomic).
+        // once at the end.
         let mut slots = vec![Slot::default(); batch.len()];
         // Indices still rebuilt so far: the only ones later plugins see.
         let mut pending: Vec<usize> = (0..batch.len()).collect();
@@ -131,8 +130,8 @@ impl PolicyChain {
             .map(|slot| Verdict {
                 decision: slot.decision,
                 plugin: match slot.by {
-                    Some(index) => self.plugins[index].name().clone(),
-                    None => self.default_name.clone(),
+                    Some(index) => self.plugins[index].name(),
+                    None => self.default_name,
                 },
                 failure: slot.failure,
             })

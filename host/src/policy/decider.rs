@@ -7,7 +7,7 @@
 
 use super::chain::{PolicyChain, Verdict};
 use super::native::NativeRules;
-use crate::model::{CallLeg, Link, TerminationReason};
+use crate::model::{CallLeg, Link, PluginName, TerminationReason};
 use std::sync::{Arc, RwLock};
 
 /// The name recorded for decisions of the native rules.
@@ -25,13 +25,13 @@ impl Decider {
         match self {
             Decider::Chain(chain) => chain.decide_legs(legs),
             Decider::Native(rules) => {
-                let name: Arc<str> = NATIVE.into();
+                let name = PluginName::new(NATIVE);
                 rules
                     .decide_legs(legs)
                     .into_iter()
                     .map(|decision| Verdict {
                         decision,
-                        plugin: name.clone(),
+                        plugin: name,
                         failure: None,
                     })
                     .collect()
@@ -43,13 +43,13 @@ impl Decider {
         match self {
             Decider::Chain(chain) => chain.decide_links(links),
             Decider::Native(rules) => {
-                let name: Arc<str> = NATIVE.into();
+                let name = PluginName::new(NATIVE);
                 let decision = rules.link_decision();
                 links
                     .iter()
                     .map(|_| Verdict {
                         decision,
-                        plugin: name.clone(),
+                        plugin: name,
                         failure: None,
                     })
                     .collect()

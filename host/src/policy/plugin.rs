@@ -12,10 +12,10 @@ use super::lower::{CallLegRef, LinkRecord};
 use super::quarantine::Health;
 use super::runtime::PolicyRuntime;
 use super::sandbox::PluginState;
-use crate::model::Decision;
+use crate::model::{Decision, PluginName};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 use wasmtime::Store;
 use wasmtime::component::{ComponentType, Func, Lower};
@@ -67,7 +67,7 @@ pub struct PluginStats {
 
 /// A plugin ready to decide.
 pub struct Plugin {
-    name: Arc<str>,
+    name: PluginName,
     /// SHA-256 of the `.wasm`, hex: the plugin's version in logs and audits.
     hash: String,
     contract: ContractInfo,
@@ -145,8 +145,8 @@ impl Plugin {
         Ok(plugin)
     }
 
-    pub fn name(&self) -> &Arc<str> {
-        &self.name
+    pub fn name(&self) -> PluginName {
+        self.name
     }
 
     /// The hex SHA-256 of the component: its version.
@@ -285,7 +285,7 @@ impl Plugin {
         let limits = self.settings.limits;
         let mut store = Store::new(
             self.runtime.engine(),
-            PluginState::new(self.name.clone(), limits.memory_bytes),
+            PluginState::new(self.name, limits.memory_bytes),
         );
         store.limiter(|state| &mut state.memory);
         store.set_epoch_deadline(deadline_ticks(limits.call_deadline));

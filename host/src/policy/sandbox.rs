@@ -4,6 +4,7 @@
 
 use super::bindings::{Level, legsync};
 use super::limits::MemoryCap;
+use crate::model::PluginName;
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use wasmtime::component::ResourceTable;
@@ -20,7 +21,7 @@ const MAX_LOG_MESSAGE: usize = 1024;
 
 /// What one store holds for its plugin instance.
 pub struct PluginState {
-    plugin: Arc<str>,
+    plugin: PluginName,
     wasi: WasiCtx,
     table: ResourceTable,
     pub memory: MemoryCap,
@@ -31,7 +32,7 @@ pub struct PluginState {
 }
 
 impl PluginState {
-    pub fn new(plugin: Arc<str>, memory_cap: usize) -> Self {
+    pub fn new(plugin: PluginName, memory_cap: usize) -> Self {
         let output = CapturedOutput::default();
         // `WasiCtxBuilder::new` grants nothing: no preopened directories, no
         // environment, no arguments, stdin closed, every socket address denied,

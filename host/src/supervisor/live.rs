@@ -5,7 +5,6 @@ use super::{Exit, Host};
 use crate::engine::{Connection, LinkError};
 use crate::model::{LegState, TerminationReason};
 use crate::protocol::{EngineEvent, EngineMessage};
-use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 impl Host {
@@ -54,7 +53,7 @@ impl Host {
         match event {
             EngineEvent::LegOffered(mut leg) => {
                 leg.linked_to = None;
-                self.table.insert(leg, Arc::from("live"));
+                self.table.insert(leg, "live".into());
             }
             EngineEvent::LegRinging(id) => self.set_state(id, LegState::Ringing, None),
             EngineEvent::LegAnswered { leg, at_ms } => {

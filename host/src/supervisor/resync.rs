@@ -295,7 +295,7 @@ fn sync_event(leg: LegId, verdict: &Verdict) -> HostEvent {
     HostEvent::CallLegSync {
         leg,
         decision: verdict.decision,
-        plugin: verdict.plugin.clone(),
+        plugin: verdict.plugin,
         failure: verdict.failure,
     }
 }
