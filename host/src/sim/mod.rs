@@ -45,6 +45,11 @@ pub struct SimOptions {
     pub max_frame: usize,
 }
 
+/// How often the state file is considered for saving.
+const FLUSH_TICK: Duration = Duration::from_millis(200);
+/// A change is saved at most this many ticks after it was made.
+const FLUSH_WITHIN_TICKS: u32 = 5;
+
 /// The line the simulator prints on stdout once it listens; parents parse it.
 pub const READY_PREFIX: &str = "engine-sim ready";
 
@@ -110,15 +115,31 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
             shutdown.clone(),
         ));
     }
-    // Host commands (drops) are saved within a fraction of a second.
+    // Host commands (drops) are saved once a burst of them is over (one
+    // quiet tick), and at most a second after the first: saving in the
+    // middle of a resync's drops would copy a million-leg view at the next
+    // drop (see `media`).
     let flusher = shared.clone();
     let stop = shutdown.clone();
     tasks.spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut tick = tokio::time::interval(FLUSH_TICK);
+        let mut previous: Option<u64> = None;
+        let mut dirty_ticks = 0;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {
+                    let (dirty, changes) = {
+                        let state = flusher.lock();
+                        (state.dirty, state.changes())
+                    };
+                    dirty_ticks = if dirty { dirty_ticks + 1 } else { 0 };
+                    let quiet = previous == Some(changes);
+                    previous = Some(changes);
+                    if !dirty || !(quiet || dirty_ticks >= FLUSH_WITHIN_TICKS) {
+                        continue;
+                    }
+                    dirty_ticks = 0;
                     if let Err(e) = flusher.persist_if_dirty().await {
                         tracing::error!(error = format!("{e:#}"), "cannot save the state file");
                     }

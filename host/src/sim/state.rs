@@ -36,6 +36,8 @@ pub struct EngineState {
     host: Option<UnboundedSender<EngineEvent>>,
     /// The media-unit view changed since it was last saved.
     pub dirty: bool,
+    /// Changes so far, so a saver can tell a quiet moment from a burst.
+    changes: u64,
 }
 
 /// Counts by state, for the `counts` control command.
@@ -84,6 +86,7 @@ impl EngineState {
             link_of: HashMap::default(),
             host: None,
             dirty: false,
+            changes: 0,
         };
         for leg in units.legs {
             state.put_leg(leg);
@@ -132,7 +135,7 @@ impl EngineState {
                 self.link(id - 1, id).expect("fresh legs link");
             }
         }
-        self.dirty = true;
+        self.touch();
     }
 
     /// Releases `release` answered legs (spread over the id range) and adds
@@ -265,7 +268,7 @@ impl EngineState {
         leg.state = LegState::Answered;
         leg.answered_at_ms = Some(now_ms);
         self.put_leg(leg);
-        self.dirty = true;
+        self.touch();
         self.emit(EngineEvent::LegAnswered {
             leg: id,
             at_ms: now_ms,
@@ -280,7 +283,7 @@ impl EngineState {
         let mut leg = self.take_leg(id).expect("leg exists");
         leg.state = LegState::Terminating;
         self.put_leg(leg);
-        self.dirty = true;
+        self.touch();
         self.emit(EngineEvent::LegTerminating(id));
         Ok(())
     }
@@ -292,7 +295,7 @@ impl EngineState {
             self.unlink(link)?;
         }
         self.take_leg(id);
-        self.dirty = true;
+        self.touch();
         self.emit(EngineEvent::LegReleased(id));
         Ok(())
     }
@@ -318,7 +321,7 @@ impl EngineState {
             leg_b: b,
         };
         self.put_link(link);
-        self.dirty = true;
+        self.touch();
         self.emit(EngineEvent::LinkCreated(link));
         Ok(id)
     }
@@ -333,7 +336,7 @@ impl EngineState {
                 leg.linked_to = None;
             }
         }
-        self.dirty = true;
+        self.touch();
         self.emit(EngineEvent::LinkRemoved(id));
         Ok(())
     }
@@ -414,6 +417,16 @@ impl EngineState {
         } else {
             self.signalling_links.remove(&id)
         }
+    }
+
+    /// Changes made so far (any change, saved or not).
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    fn touch(&mut self) {
+        self.dirty = true;
+        self.changes += 1;
     }
 
     fn emit(&mut self, event: EngineEvent) {
