@@ -5,8 +5,8 @@ use super::control::{ControlCommand, execute};
 use super::persist;
 use super::media::MediaView;
 use super::state::EngineState;
-use crate::model::{CallLeg, Link, now_ms};
-use crate::protocol::codec::{encode_frame, encode_legs_frame};
+use crate::model::{Link, now_ms};
+use crate::protocol::codec::{encode_encoded_legs_frame, encode_frame};
 use crate::protocol::{
     Command, EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION, ProtocolError,
     SNAPSHOT_CHUNK,
@@ -176,8 +176,8 @@ async fn serve_host(
 /// Frames encoded ahead of the socket: enough to keep it busy, little memory.
 const FRAMES_AHEAD: usize = 16;
 
-/// Streams the snapshot: a blocking thread walks the media view and encodes
-/// `SnapshotLegs` then `SnapshotLinks` frames while this task writes the
+/// Streams the snapshot: a blocking thread walks the media view and builds
+/// `SnapshotLegs` frames (from the legs' stored encodings) then `SnapshotLinks` frames while this task writes the
 /// previous ones, so the host starts decoding the first chunk while the
 /// last is still being encoded (as a real engine walks its table). No lock
 /// is held here: the view is shared copy-on-write with the live state.
@@ -197,11 +197,15 @@ async fn stream_snapshot(
         let send = |frame| frames_tx.blocking_send(frame).is_ok();
         let mut legs = snapshot.legs.values();
         loop {
-            let chunk: Vec<&CallLeg> = legs.by_ref().take(SNAPSHOT_CHUNK).collect();
+            let chunk: Vec<&[u8]> = legs
+                .by_ref()
+                .take(SNAPSHOT_CHUNK)
+                .map(|stored| &*stored.wire)
+                .collect();
             if chunk.is_empty() {
                 break;
             }
-            if !send(encode_legs_frame(&chunk, max_frame)?) {
+            if !send(encode_encoded_legs_frame(&chunk, max_frame)?) {
                 return Ok(()); // The connection is gone.
             }
         }

@@ -6,7 +6,7 @@
 //! [`super::media`]), shared copy-on-write with snapshots and saves; the
 //! other legs and links live in signalling maps, lost at a restart.
 
-use super::media::{LegMap, LinkMap, MediaUnits, MediaView};
+use super::media::{LegMap, LinkMap, MediaUnits, MediaView, StoredLeg};
 use crate::model::{CallLeg, Direction, LegId, LegState, Link, LinkId, Protocol};
 use crate::protocol::{CommandResult, EngineEvent};
 // Leg and link ids come from the engine, a trusted peer: a fast
@@ -219,7 +219,11 @@ impl EngineState {
     }
 
     pub fn legs(&self) -> impl Iterator<Item = &CallLeg> {
-        self.media.legs.values().chain(self.signalling.values())
+        self.media
+            .legs
+            .values()
+            .map(|stored| &stored.leg)
+            .chain(self.signalling.values())
     }
 
     pub fn links(&self) -> impl Iterator<Item = &Link> {
@@ -311,8 +315,8 @@ impl EngineState {
         }
         let id = self.media.next_link;
         self.media.next_link += 1;
-        self.leg_mut(a)?.linked_to = Some(b);
-        self.leg_mut(b)?.linked_to = Some(a);
+        self.set_linked_to(a, Some(b));
+        self.set_linked_to(b, Some(a));
         self.link_of.insert(a, id);
         self.link_of.insert(b, id);
         let link = Link {
@@ -332,9 +336,7 @@ impl EngineState {
             .ok_or_else(|| SimError(format!("no link {id}")))?;
         for leg in [link.leg_a, link.leg_b] {
             self.link_of.remove(&leg);
-            if let Ok(leg) = self.leg_mut(leg) {
-                leg.linked_to = None;
-            }
+            self.set_linked_to(leg, None);
         }
         self.touch();
         self.emit(EngineEvent::LinkRemoved(id));
@@ -361,17 +363,24 @@ impl EngineState {
         self.media
             .legs
             .get(&id)
+            .map(|stored| &stored.leg)
             .or_else(|| self.signalling.get(&id))
             .ok_or_else(|| SimError(format!("no leg {id}")))
     }
 
-    fn leg_mut(&mut self, id: LegId) -> Result<&mut CallLeg, SimError> {
-        let leg = if self.media.legs.contains_key(&id) {
-            Arc::make_mut(&mut self.media.legs).get_mut(&id)
-        } else {
-            self.signalling.get_mut(&id)
-        };
-        leg.ok_or_else(|| SimError(format!("no leg {id}")))
+    /// Sets a leg's link peer (re-encoding it if answered); no-op for an
+    /// unknown leg.
+    fn set_linked_to(&mut self, id: LegId, peer: Option<LegId>) {
+        if self.media.legs.contains_key(&id) {
+            let legs = Arc::make_mut(&mut self.media.legs);
+            if let Some(stored) = legs.get_mut(&id) {
+                let mut leg = stored.leg.clone();
+                leg.linked_to = peer;
+                *stored = StoredLeg::new(leg);
+            }
+        } else if let Some(leg) = self.signalling.get_mut(&id) {
+            leg.linked_to = peer;
+        }
     }
 
     /// Puts a leg in the map its state belongs to, and moves its link to
@@ -379,7 +388,7 @@ impl EngineState {
     fn put_leg(&mut self, leg: CallLeg) {
         let id = leg.id;
         if leg.state == LegState::Answered {
-            Arc::make_mut(&mut self.media.legs).insert(id, leg);
+            Arc::make_mut(&mut self.media.legs).insert(id, StoredLeg::new(leg));
         } else {
             self.signalling.insert(id, leg);
         }
@@ -391,7 +400,9 @@ impl EngineState {
     /// Takes a leg out of its map, and its link out of the media view.
     fn take_leg(&mut self, id: LegId) -> Option<CallLeg> {
         let leg = if self.media.legs.contains_key(&id) {
-            Arc::make_mut(&mut self.media.legs).remove(&id)
+            Arc::make_mut(&mut self.media.legs)
+                .remove(&id)
+                .map(|stored| stored.leg)
         } else {
             self.signalling.remove(&id)
         };
@@ -499,8 +510,8 @@ mod tests {
         state.release(legs[0].id).unwrap();
         // The snapshot being streamed is the state at attach: later changes
         // reach the host as events only.
-        assert_eq!(sent.legs[&legs[0].id].state, LegState::Answered);
-        assert_eq!(sent.legs[&legs[1].id].linked_to, Some(legs[0].id));
+        assert_eq!(sent.legs[&legs[0].id].leg.state, LegState::Answered);
+        assert_eq!(sent.legs[&legs[1].id].leg.linked_to, Some(legs[0].id));
         assert_eq!(sent.links.len(), 2);
         assert_eq!(
             rx.try_recv().unwrap(),
