@@ -259,6 +259,32 @@ fn an_endless_loop_is_stopped_at_its_deadline_and_fails_open() {
 }
 
 #[test]
+fn a_plugin_with_two_instances_decides_a_batch_while_another_is_running() {
+    let dir = plugin_dir(&[("50-hostile", "fixture-spin", None)]);
+    let config = "[plugins.50-hostile]\ndeadline_ms = 5000\ninstances = 2\n";
+    let chain = std::sync::Arc::new(load(dir.path(), config).unwrap());
+    let slow = {
+        let chain = chain.clone();
+        std::thread::spawn(move || chain.decide_legs(&[leg(1, "SIP_A", "1")]))
+    };
+    // A call is counted while its instance is held: from then on the first
+    // instance is busy spinning until its deadline.
+    while chain.plugins()[0].stats().calls == 0 {
+        std::thread::yield_now();
+    }
+    let quick = chain.decide_legs(&[leg(2, "QUICK", "2")]);
+    assert_eq!(quick[0].decision, Decision::Rebuild);
+    assert_eq!(quick[0].failure, None, "decided by a second instance");
+    assert!(
+        !slow.is_finished(),
+        "the second batch waited for the first instead of using another instance"
+    );
+    assert_eq!(chain.plugins()[0].stats().instantiations, 2);
+    let slow = slow.join().unwrap();
+    assert_eq!(slow[0].failure, Some(FailureKind::Deadline));
+}
+
+#[test]
 fn a_fail_closed_plugin_refuses_what_it_could_not_decide() {
     let (verdict, _, _) = run_fixture(
         "fixture-spin",

@@ -65,6 +65,11 @@ pub struct BenchArgs {
     /// Rules text for the policy (default: refuse called numbers 1900*).
     #[arg(long)]
     rules: Option<PathBuf>,
+    /// Plugin instances deciding at once (the `instances` setting). Default:
+    /// 2 for the built `rules` plugin (it keeps no state across calls), 1
+    /// for a `--plugin`, which may.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=crate::policy::MAX_INSTANCES as i64))]
+    instances: Option<u32>,
     #[arg(long, value_enum, default_value = "cold")]
     mode: Mode,
     /// Print one JSON object instead of text (one line per run with
@@ -228,8 +233,12 @@ fn decider(
                 .with_context(|| format!("cannot copy {}", plugin.display()))?;
             std::fs::write(plugins.join("10-bench.rules"), rules)?;
             let runtime = PolicyRuntime::new(None)?;
-            let chain: PolicyChain =
-                loader::load_dir(&runtime, &plugins, &PolicyConfig::default())?;
+            let mut config = PolicyConfig::default();
+            config.defaults.instances = Some(args.instances.unwrap_or(match args.plugin {
+                None => 2,
+                Some(_) => 1,
+            }));
+            let chain: PolicyChain = loader::load_dir(&runtime, &plugins, &config)?;
             let name = format!(
                 "wasm ({})",
                 plugin

@@ -108,6 +108,9 @@ async fn run_child(args: &BenchArgs, policy: PolicyKind) -> anyhow::Result<Bench
     if let Some(rules) = &args.rules {
         command.arg("--rules").arg(rules);
     }
+    if let Some(instances) = args.instances {
+        command.arg("--instances").arg(instances.to_string());
+    }
     let output = command
         .stderr(std::process::Stdio::inherit())
         .output()

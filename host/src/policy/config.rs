@@ -15,6 +15,7 @@
 //! [policy.plugins.20-rules]  # one plugin, by file stem
 //! failure = "fail-closed"
 //! deadline_ms = 20
+//! instances = 2              # stateless: decide two batches at once
 //! ```
 
 use super::limits::{Limits, LimitsConfig};
@@ -56,6 +57,10 @@ pub struct PluginConfig {
     pub quarantine_after: Option<u32>,
     /// First quarantine length in milliseconds (default 1000; doubles).
     pub quarantine_base_ms: Option<u64>,
+    /// Instances that may decide at once (default 1). Each has its own
+    /// memory and state, so more than one suits only plugins that keep no
+    /// state across calls (rules, not counters such as a cap per NAP).
+    pub instances: Option<u32>,
 }
 
 impl PluginConfig {
@@ -69,17 +74,34 @@ impl PluginConfig {
             },
             quarantine_after: self.quarantine_after.or(base.quarantine_after),
             quarantine_base_ms: self.quarantine_base_ms.or(base.quarantine_base_ms),
+            instances: self.instances.or(base.instances),
         }
     }
 }
 
 /// The resolved settings of one plugin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PluginSettings {
     pub limits: Limits,
     pub failure: FailurePolicy,
     pub quarantine: QuarantinePolicy,
+    /// At least 1.
+    pub instances: u32,
 }
+
+impl Default for PluginSettings {
+    fn default() -> Self {
+        PluginSettings {
+            limits: Limits::default(),
+            failure: FailurePolicy::default(),
+            quarantine: QuarantinePolicy::default(),
+            instances: 1,
+        }
+    }
+}
+
+/// Most instances one plugin may run (the host has few cores to give).
+pub const MAX_INSTANCES: u32 = 16;
 
 /// The `[policy]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -139,6 +161,7 @@ impl PolicyConfig {
                     .map_or(default_quarantine.base, Duration::from_millis),
                 max: default_quarantine.max,
             },
+            instances: cfg.instances.unwrap_or(1),
         }
     }
 
@@ -155,6 +178,13 @@ impl PolicyConfig {
             }
             if cfg.limits.deadline_ms == Some(0) {
                 return Err(format!("policy.{name}.deadline_ms must be at least 1"));
+            }
+            if let Some(n) = cfg.instances
+                && !(1..=MAX_INSTANCES).contains(&n)
+            {
+                return Err(format!(
+                    "policy.{name}.instances must be between 1 and {MAX_INSTANCES}, not {n}"
+                ));
             }
         }
         Ok(())
@@ -175,8 +205,13 @@ mod tests {
         assert_eq!(rules.limits.memory_bytes, 32 << 20);
         assert_eq!(rules.limits.call_deadline, Duration::from_millis(7));
         assert_eq!(rules.failure, FailurePolicy::FailClosed);
+        assert_eq!(rules.instances, 1);
         let other = cfg.settings_for("10-other");
         assert_eq!(other.limits.call_deadline, Limits::default().call_deadline);
+        let cfg: PolicyConfig =
+            toml::from_str("[defaults]\ninstances = 2\n[plugins.30-cap]\ninstances = 1\n").unwrap();
+        assert_eq!(cfg.settings_for("20-rules").instances, 2);
+        assert_eq!(cfg.settings_for("30-cap").instances, 1);
     }
 
     #[test]
@@ -184,5 +219,11 @@ mod tests {
         assert!(toml::from_str::<PolicyConfig>("[defaults]\nmemroy_mb = 1\n").is_err());
         let cfg: PolicyConfig = toml::from_str("[defaults]\nmemory_mb = 0\n").unwrap();
         assert!(cfg.validate().unwrap_err().contains("memory_mb"));
+        for bad in [0, MAX_INSTANCES + 1] {
+            let cfg: PolicyConfig =
+                toml::from_str(&format!("[plugins.20-rules]\ninstances = {bad}\n")).unwrap();
+            let err = cfg.validate().unwrap_err();
+            assert!(err.contains("policy.20-rules.instances must be between 1 and 16"), "{err}");
+        }
     }
 }

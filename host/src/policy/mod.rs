@@ -28,7 +28,7 @@ pub mod sandbox;
 
 pub use cache::{CacheOutcome, CompileCache};
 pub use chain::{PolicyChain, Verdict};
-pub use config::{FailurePolicy, PluginSettings, PolicyConfig};
+pub use config::{FailurePolicy, MAX_INSTANCES, PluginSettings, PolicyConfig};
 pub use decider::{Decider, PolicyHandle};
 pub use error::{FailureKind, PluginFailure, PolicyError};
 pub use limits::Limits;

@@ -1,6 +1,8 @@
 //! One loaded plugin: compiled once, instantiated from a pre-linked
 //! `InstancePre`, run in its own store under its limits, re-instantiated after
-//! any failure and quarantined when it keeps failing.
+//! any failure and quarantined when it keeps failing. A plugin configured
+//! with `instances = N` keeps up to N instances, so N batches (from the
+//! resync's overlapping decisions) are decided at once.
 
 use super::bindings::{PolicyPlugin, PolicyPluginPre, wit};
 use super::cache::{CacheOutcome, hex};
@@ -14,7 +16,7 @@ use super::runtime::PolicyRuntime;
 use super::sandbox::PluginState;
 use crate::model::{Decision, PluginName};
 use sha2::{Digest, Sha256};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 use wasmtime::Store;
@@ -76,7 +78,11 @@ pub struct Plugin {
     settings: PluginSettings,
     pre: PolicyPluginPre<PluginState>,
     runtime: PolicyRuntime,
-    live: Mutex<Option<Live>>,
+    /// One slot per configured instance; the first is filled at load, the
+    /// others when first needed.
+    live: Vec<Mutex<Option<Live>>>,
+    /// Which slot to wait for when all are busy (round robin).
+    next_wait: AtomicUsize,
     health: Mutex<Health>,
     counters: Counters,
 }
@@ -125,7 +131,10 @@ impl Plugin {
             settings,
             pre,
             runtime: runtime.clone(),
-            live: Mutex::new(None),
+            live: (0..settings.instances.max(1))
+                .map(|_| Mutex::new(None))
+                .collect(),
+            next_wait: AtomicUsize::new(0),
             health: Mutex::new(Health::default()),
             counters: Counters::default(),
         };
@@ -141,7 +150,7 @@ impl Plugin {
                 failure,
             },
         })?;
-        *plugin.lock_live() = Some(live);
+        *lock(&plugin.live[0]) = Some(live);
         Ok(plugin)
     }
 
@@ -344,13 +353,26 @@ impl Plugin {
         })
     }
 
+    /// A free instance slot, or (all busy) one to wait for.
     fn lock_live(&self) -> MutexGuard<'_, Option<Live>> {
-        self.live.lock().unwrap_or_else(|e| e.into_inner())
+        for slot in &self.live {
+            match slot.try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        let next = self.next_wait.fetch_add(1, Ordering::Relaxed);
+        lock(&self.live[next % self.live.len()])
     }
 
     fn lock_health(&self) -> MutexGuard<'_, Health> {
-        self.health.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.health)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Marks an `init` that returned an error (as opposed to trapping).
