@@ -23,11 +23,11 @@ fn plugin_check_reports_the_contract_and_imports() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(
-        stdout.contains("contract: legsync:policy@0.1.0"),
+        stdout.contains("contract: legsync:policy@0.2.0"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("legsync:policy/host@0.1.0"),
+        stdout.contains("legsync:policy/host@0.2.0"),
         "the host import is listed: {stdout}"
     );
     assert!(
@@ -54,7 +54,7 @@ fn plugin_check_fails_precisely() {
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("legsync:policy@0.2.0") && stderr.contains("legsync:policy@0.1.0"),
+        stderr.contains("legsync:policy@0.3.0") && stderr.contains("legsync:policy@0.2.0"),
         "{stderr}"
     );
 

@@ -3,7 +3,7 @@
 
 use super::bindings::wit;
 use super::error::{FailureKind, PluginFailure};
-use super::lower::{CallLegRef, LinkRecord};
+use super::lower::{LegBatch, LinkRecord};
 use super::plugin::Plugin;
 use crate::model::{CallLeg, Decision, Link, PluginName, TerminationReason};
 
@@ -43,7 +43,9 @@ impl PolicyChain {
 
     /// `OnCallLegSync` for legs the host did not know: one verdict per leg.
     pub fn decide_legs(&self, legs: &[CallLeg]) -> Vec<Verdict> {
-        self.decide(legs, CallLegRef::from, Plugin::sync_legs)
+        self.decide(legs, |leg| leg, |plugin, legs| {
+            plugin.sync_legs(&LegBatch::new(legs.iter().copied()))
+        })
     }
 
     /// `OnLinkSync` for links whose two legs were rebuilt.

@@ -1,7 +1,7 @@
 //! Which version of the contract a component was built against.
 //!
 //! The exported interface's name carries the package version
-//! (`legsync:policy/policy@0.1.0`), so the version is read from the component
+//! (`legsync:policy/policy@0.2.0`), so the version is read from the component
 //! before anything is instantiated, and a mismatch is reported with both
 //! versions instead of a bare link error.
 
@@ -9,10 +9,10 @@ use super::error::PolicyError;
 use wasmtime::component::Component;
 
 /// The contract version this host speaks.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.2.0";
 const EXPORT_PREFIX: &str = "legsync:policy/policy";
 /// The exported interface's full name for [`CONTRACT_VERSION`].
-pub const POLICY_EXPORT: &str = "legsync:policy/policy@0.1.0";
+pub const POLICY_EXPORT: &str = "legsync:policy/policy@0.2.0";
 
 /// What a component declares.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use super::config::PluginSettings;
 use super::contract::{self, ContractInfo, POLICY_EXPORT};
 use super::error::{FailureKind, PluginFailure, PolicyError};
 use super::limits::deadline_ticks;
-use super::lower::{CallLegRef, LinkRecord};
+use super::lower::{LegBatch, LinkRecord};
 use super::quarantine::Health;
 use super::runtime::PolicyRuntime;
 use super::sandbox::PluginState;
@@ -194,13 +194,13 @@ impl Plugin {
     }
 
     /// `on-call-leg-sync` for one batch: one decision per leg, or a failure.
-    pub fn sync_legs(&self, legs: &[CallLegRef<'_>]) -> Result<Vec<Decision>, PluginFailure> {
-        self.decide(|exports| &exports.leg_sync, legs)
+    pub fn sync_legs(&self, legs: &LegBatch) -> Result<Vec<Decision>, PluginFailure> {
+        self.decide(|exports| &exports.leg_sync, legs.as_ref(), legs.len())
     }
 
     /// `on-link-sync` for one batch.
     pub fn sync_links(&self, links: &[LinkRecord]) -> Result<Vec<Decision>, PluginFailure> {
-        self.decide(|exports| &exports.link_sync, links)
+        self.decide(|exports| &exports.link_sync, links, links.len())
     }
 
     /// `on-call-leg-terminated` for one batch (notification only).
@@ -213,20 +213,21 @@ impl Plugin {
         })
     }
 
-    /// One sync export over `items`: exactly one decision per item.
-    fn decide<T: ComponentType + Lower>(
+    /// One sync export over a batch of `count` items: exactly one decision
+    /// per item.
+    fn decide<P: ComponentType + Lower>(
         &self,
         export: fn(&Exports) -> &Func,
-        items: &[T],
+        batch: P,
+        count: usize,
     ) -> Result<Vec<Decision>, PluginFailure> {
         self.call_guest(|exports, store| {
-            let func = export(exports).typed::<(&[T],), Decisions>(&*store)?;
-            let decisions = func.call(store, (items,))?.0;
-            if decisions.len() != items.len() {
+            let func = export(exports).typed::<(P,), Decisions>(&*store)?;
+            let decisions = func.call(store, (batch,))?.0;
+            if decisions.len() != count {
                 return Err(wasmtime::Error::new(Malformed(format!(
-                    "returned {} decisions for {} items",
+                    "returned {} decisions for {count} items",
                     decisions.len(),
-                    items.len()
                 ))));
             }
             Ok(decisions.into_iter().map(Decision::from).collect())

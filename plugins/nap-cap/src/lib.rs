@@ -72,8 +72,8 @@ impl Policy for NapCap {
     }
 
     fn on_call_leg_sync(&mut self, leg: &CallLeg) -> Decision {
-        let cap = self.max.get(&leg.nap).copied().or(self.default_max);
-        let count = self.active.entry(leg.nap.clone()).or_insert(0);
+        let cap = self.max.get(leg.nap).copied().or(self.default_max);
+        let count = self.active.entry(leg.nap.to_string()).or_insert(0);
         match cap {
             Some(cap) if *count >= cap => {
                 log::debug(&format!(
@@ -90,7 +90,7 @@ impl Policy for NapCap {
     }
 
     fn on_call_leg_terminated(&mut self, leg: &CallLeg, _reason: TerminationReason) {
-        if let Some(count) = self.active.get_mut(&leg.nap) {
+        if let Some(count) = self.active.get_mut(leg.nap) {
             *count = count.saturating_sub(1);
         }
     }

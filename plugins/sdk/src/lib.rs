@@ -37,11 +37,78 @@ mod arena;
 static ALLOCATOR: arena::ArenaAwareAllocator = arena::ArenaAwareAllocator;
 
 pub use bindings::legsync::policy::types::{
-    CallLeg, Decision, Direction, Link, Protocol, TerminatedLeg, TerminationReason,
+    Decision, Direction, Link, Protocol, TerminationReason,
 };
+use bindings::legsync::policy::types as wit;
 
 /// The contract version this SDK builds plugins for.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.2.0";
+
+/// A call leg as the engine reports it. Its strings are borrowed from the
+/// batch the host sent (one buffer for the whole batch): copy what you keep
+/// beyond the call (`leg.nap.to_string()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLeg<'a> {
+    /// The engine's id of the leg; stable across engine restarts for
+    /// answered legs.
+    pub id: u64,
+    /// The call session the leg belongs to (both legs of a call share it).
+    pub session_id: u64,
+    pub direction: Direction,
+    pub protocol: Protocol,
+    /// The Network Access Point (trunk group), e.g. `SIP_CARRIER_A`.
+    pub nap: &'a str,
+    /// The calling party number (A number).
+    pub calling: &'a str,
+    /// The called party number (B number).
+    pub called: &'a str,
+    /// Unix milliseconds.
+    pub offered_at_ms: u64,
+    /// Unix milliseconds; none for a leg that never answered.
+    pub answered_at_ms: Option<u64>,
+    /// The leg this one is linked to, if any.
+    pub linked_to: Option<u64>,
+}
+
+impl<'a> CallLeg<'a> {
+    /// A leg of a `leg-batch`, its spans read from the batch's text.
+    fn packed(text: &'a str, leg: &wit::PackedLeg) -> Self {
+        // The host always sends whole strings; a span that is not one
+        // reads as empty rather than trapping the plugin.
+        let span = |span: wit::TextSpan| {
+            let start = span.start as usize;
+            text.get(start..start + span.len as usize).unwrap_or("")
+        };
+        CallLeg {
+            id: leg.id,
+            session_id: leg.session_id,
+            direction: leg.direction,
+            protocol: leg.protocol,
+            nap: span(leg.nap),
+            calling: span(leg.calling),
+            called: span(leg.called),
+            offered_at_ms: leg.offered_at_ms,
+            answered_at_ms: leg.answered_at_ms,
+            linked_to: leg.linked_to,
+        }
+    }
+
+    /// A leg of a termination notice.
+    fn unpacked(leg: &'a wit::CallLeg) -> Self {
+        CallLeg {
+            id: leg.id,
+            session_id: leg.session_id,
+            direction: leg.direction,
+            protocol: leg.protocol,
+            nap: &leg.nap,
+            calling: &leg.calling,
+            called: &leg.called,
+            offered_at_ms: leg.offered_at_ms,
+            answered_at_ms: leg.answered_at_ms,
+            linked_to: leg.linked_to,
+        }
+    }
+}
 
 /// A policy: the decisions of one plugin. One value lives per plugin instance,
 /// created by `init` and kept until the host discards the instance.
@@ -51,7 +118,7 @@ pub trait Policy: Sized + 'static {
     fn init(rules: &str) -> Result<Self, String>;
 
     /// `OnCallLegSync` for one leg the host did not know.
-    fn on_call_leg_sync(&mut self, _leg: &CallLeg) -> Decision {
+    fn on_call_leg_sync(&mut self, _leg: &CallLeg<'_>) -> Decision {
         Decision::Rebuild
     }
 
@@ -61,11 +128,11 @@ pub trait Policy: Sized + 'static {
     }
 
     /// `OnCallLegTerminated` for one leg that ended.
-    fn on_call_leg_terminated(&mut self, _leg: &CallLeg, _reason: TerminationReason) {}
+    fn on_call_leg_terminated(&mut self, _leg: &CallLeg<'_>, _reason: TerminationReason) {}
 
     /// A whole batch of legs; override only to share work across a batch.
     /// Must return exactly one decision per leg, in order.
-    fn on_call_leg_sync_batch(&mut self, legs: &[CallLeg]) -> Vec<Decision> {
+    fn on_call_leg_sync_batch(&mut self, legs: &[CallLeg<'_>]) -> Vec<Decision> {
         legs.iter().map(|leg| self.on_call_leg_sync(leg)).collect()
     }
 
@@ -116,6 +183,22 @@ pub mod __private {
         });
     }
     pub use crate::bindings::exports::legsync::policy::policy::Guest;
+    pub use crate::bindings::legsync::policy::types::{LegBatch, TerminatedLeg};
+    use crate::CallLeg;
+
+    /// The views of a batch's legs, for `on_call_leg_sync_batch`.
+    pub fn batch_legs(batch: &LegBatch) -> Vec<CallLeg<'_>> {
+        batch
+            .legs
+            .iter()
+            .map(|leg| CallLeg::packed(&batch.text, leg))
+            .collect()
+    }
+
+    /// The view of a terminated leg.
+    pub fn terminated_leg(ended: &TerminatedLeg) -> CallLeg<'_> {
+        CallLeg::unpacked(&ended.leg)
+    }
 
     /// Runs one export: its arguments (lowered into the arena) are dropped
     /// before the arena is reused for the next call.
@@ -141,7 +224,7 @@ pub mod __private {
 macro_rules! export_policy {
     ($policy:ty) => {
         const _: () = {
-            use $crate::__private::{export_call, with_policy};
+            use $crate::__private::{batch_legs, export_call, terminated_leg, with_policy};
             use $crate::Policy as _;
 
             ::std::thread_local! {
@@ -159,10 +242,13 @@ macro_rules! export_policy {
                         Ok(())
                     })
                 }
-                fn on_call_leg_sync(legs: Vec<$crate::CallLeg>) -> Vec<$crate::Decision> {
-                    export_call(legs, |legs| {
+                fn on_call_leg_sync(
+                    batch: $crate::__private::LegBatch,
+                ) -> Vec<$crate::Decision> {
+                    export_call(batch, |batch| {
+                        let legs = batch_legs(batch);
                         STATE.with(|s| {
-                            with_policy(&mut s.borrow_mut(), |p| p.on_call_leg_sync_batch(legs))
+                            with_policy(&mut s.borrow_mut(), |p| p.on_call_leg_sync_batch(&legs))
                         })
                     })
                 }
@@ -173,12 +259,12 @@ macro_rules! export_policy {
                         })
                     })
                 }
-                fn on_call_leg_terminated(legs: Vec<$crate::TerminatedLeg>) {
+                fn on_call_leg_terminated(legs: Vec<$crate::__private::TerminatedLeg>) {
                     export_call(legs, |legs| {
                         STATE.with(|s| {
                             with_policy(&mut s.borrow_mut(), |p| {
                                 for ended in legs {
-                                    p.on_call_leg_terminated(&ended.leg, ended.reason);
+                                    p.on_call_leg_terminated(&terminated_leg(ended), ended.reason);
                                 }
                             })
                         })
