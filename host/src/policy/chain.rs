@@ -43,9 +43,11 @@ impl PolicyChain {
 
     /// `OnCallLegSync` for legs the host did not know: one verdict per leg.
     pub fn decide_legs(&self, legs: &[CallLeg]) -> Vec<Verdict> {
-        self.decide(legs, |leg| leg, |plugin, legs| {
-            plugin.sync_legs(&LegBatch::new(legs.iter().copied()))
-        })
+        self.decide(
+            legs,
+            |leg| leg,
+            |plugin, legs| plugin.sync_legs(&LegBatch::new(legs.iter().copied())),
+        )
     }
 
     /// `OnLinkSync` for links whose two legs were rebuilt.

@@ -223,7 +223,10 @@ mod tests {
             let cfg: PolicyConfig =
                 toml::from_str(&format!("[plugins.20-rules]\ninstances = {bad}\n")).unwrap();
             let err = cfg.validate().unwrap_err();
-            assert!(err.contains("policy.20-rules.instances must be between 1 and 16"), "{err}");
+            assert!(
+                err.contains("policy.20-rules.instances must be between 1 and 16"),
+                "{err}"
+            );
         }
     }
 }

@@ -150,7 +150,11 @@ fn layout() -> &'static Layout {
             session_id: next(u64::ABI),
             direction: next(wit::Direction::ABI),
             protocol: next(wit::Protocol::ABI),
-            spans: [next(TextSpan::ABI), next(TextSpan::ABI), next(TextSpan::ABI)],
+            spans: [
+                next(TextSpan::ABI),
+                next(TextSpan::ABI),
+                next(TextSpan::ABI),
+            ],
             offered_at_ms: next(u64::ABI),
             answered_at_ms: next(Option::<u64>::ABI),
             linked_to: next(Option::<u64>::ABI),
@@ -258,7 +262,11 @@ impl PackedLeg {
         put(layout.session_id, &self.session_id.to_le_bytes());
         put(layout.direction, &[self.direction as u8]);
         put(layout.protocol, &[self.protocol as u8]);
-        for (&at, span) in layout.spans.iter().zip([self.nap, self.calling, self.called]) {
+        for (&at, span) in layout
+            .spans
+            .iter()
+            .zip([self.nap, self.calling, self.called])
+        {
             put(at, &span.start.to_le_bytes());
             put(at + layout.span_len, &span.len.to_le_bytes());
         }
@@ -356,4 +364,3 @@ unsafe impl Lower for LinkRecord {
         Ok(())
     }
 }
-

@@ -2,8 +2,8 @@
 //! host at a time, and the text control port.
 
 use super::control::{ControlCommand, execute};
-use super::persist;
 use super::media::MediaView;
+use super::persist;
 use super::state::EngineState;
 use crate::model::{Link, now_ms};
 use crate::protocol::codec::{encode_encoded_legs_frame, encode_frame};
@@ -215,7 +215,10 @@ async fn stream_snapshot(
             if chunk.is_empty() {
                 return Ok::<_, ProtocolError>(());
             }
-            if !send(encode_frame(&EngineMessage::SnapshotLinks(chunk), max_frame)?) {
+            if !send(encode_frame(
+                &EngineMessage::SnapshotLinks(chunk),
+                max_frame,
+            )?) {
                 return Ok(());
             }
         }

@@ -227,7 +227,10 @@ impl EngineState {
     }
 
     pub fn links(&self) -> impl Iterator<Item = &Link> {
-        self.media.links.values().chain(self.signalling_links.values())
+        self.media
+            .links
+            .values()
+            .chain(self.signalling_links.values())
     }
 
     /// A new ringing leg.
@@ -392,7 +395,12 @@ impl EngineState {
         } else {
             self.signalling.insert(id, leg);
         }
-        if let Some(link) = self.link_of.get(&id).copied().and_then(|l| self.take_link(l)) {
+        if let Some(link) = self
+            .link_of
+            .get(&id)
+            .copied()
+            .and_then(|l| self.take_link(l))
+        {
             self.put_link(link);
         }
     }
@@ -406,7 +414,12 @@ impl EngineState {
         } else {
             self.signalling.remove(&id)
         };
-        if let Some(link) = self.link_of.get(&id).copied().and_then(|l| self.take_link(l)) {
+        if let Some(link) = self
+            .link_of
+            .get(&id)
+            .copied()
+            .and_then(|l| self.take_link(l))
+        {
             self.signalling_links.insert(link.id, link);
         }
         leg

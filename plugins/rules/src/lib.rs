@@ -37,9 +37,9 @@ impl Policy for Rules {
                 Protocol::Cas => legsync_rules::Protocol::Cas,
                 Protocol::MediaOnly => legsync_rules::Protocol::MediaOnly,
             },
-            nap: &leg.nap,
-            calling: &leg.calling,
-            called: &leg.called,
+            nap: leg.nap,
+            calling: leg.calling,
+            called: leg.called,
             answered_at_ms: leg.answered_at_ms,
         };
         to_decision(self.set.decide(&view, self.now_ms))

@@ -36,10 +36,10 @@ mod arena;
 #[global_allocator]
 static ALLOCATOR: arena::ArenaAwareAllocator = arena::ArenaAwareAllocator;
 
+use bindings::legsync::policy::types as wit;
 pub use bindings::legsync::policy::types::{
     Decision, Direction, Link, Protocol, TerminationReason,
 };
-use bindings::legsync::policy::types as wit;
 
 /// The contract version this SDK builds plugins for.
 pub const CONTRACT_VERSION: &str = "0.2.0";
@@ -182,9 +182,9 @@ pub mod __private {
             default_bindings_module: "legsync_plugin_sdk::__private::bindings",
         });
     }
+    use crate::CallLeg;
     pub use crate::bindings::exports::legsync::policy::policy::Guest;
     pub use crate::bindings::legsync::policy::types::{LegBatch, TerminatedLeg};
-    use crate::CallLeg;
 
     /// The views of a batch's legs, for `on_call_leg_sync_batch`.
     pub fn batch_legs(batch: &LegBatch) -> Vec<CallLeg<'_>> {
@@ -242,9 +242,7 @@ macro_rules! export_policy {
                         Ok(())
                     })
                 }
-                fn on_call_leg_sync(
-                    batch: $crate::__private::LegBatch,
-                ) -> Vec<$crate::Decision> {
+                fn on_call_leg_sync(batch: $crate::__private::LegBatch) -> Vec<$crate::Decision> {
                     export_call(batch, |batch| {
                         let legs = batch_legs(batch);
                         STATE.with(|s| {
@@ -272,7 +270,7 @@ macro_rules! export_policy {
                 }
             }
 
-    $crate::__private::bindings::export!(Export with_types_in $crate::__private::bindings);
+            $crate::__private::bindings::export!(Export with_types_in $crate::__private::bindings);
         };
     };
 }
