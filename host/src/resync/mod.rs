@@ -16,6 +16,10 @@ pub struct SnapshotDiff {
     pub unknown_links: Vec<Link>,
     /// How many snapshot legs the host already knew.
     pub known: u64,
+    /// The host knew nothing when the resync began (a cold start): every
+    /// snapshot leg and link is unknown, without a look-up each (a million
+    /// look-ups that cannot hit are a tenth of a cold resync's own work).
+    cold: bool,
 }
 
 /// What the links of a snapshot come to, once the legs are decided.
@@ -33,13 +37,24 @@ impl SnapshotDiff {
     /// Starts a resync against `table`.
     pub fn begin(table: &mut LegTable) -> Self {
         table.begin_generation();
-        SnapshotDiff::default()
+        SnapshotDiff {
+            cold: table.is_empty() && table.links_len() == 0,
+            ..SnapshotDiff::default()
+        }
     }
 
     /// Takes in a chunk of snapshot legs; returns those the host does not
     /// know, to be decided now (a million unknown legs are never all held
     /// at once).
+    ///
+    /// In a cold resync an engine that lists a leg twice gets both copies
+    /// decided, and the second replaces the first in the table (see
+    /// [`LegTable::insert`]); with a table to diff against, the second copy
+    /// counts as known.
     pub fn legs(&mut self, table: &mut LegTable, chunk: Vec<CallLeg>) -> Vec<CallLeg> {
+        if self.cold {
+            return chunk;
+        }
         let before = chunk.len();
         let unknown: Vec<CallLeg> = chunk
             .into_iter()
@@ -52,6 +67,10 @@ impl SnapshotDiff {
     /// Takes in a chunk of snapshot links: known ones are marked seen as
     /// they stream in, unknown ones wait for their legs to be decided.
     pub fn links(&mut self, table: &mut LegTable, chunk: Vec<Link>) {
+        if self.cold {
+            self.unknown_links.extend(chunk);
+            return;
+        }
         self.unknown_links
             .extend(chunk.into_iter().filter(|l| !table.mark_link_seen(l.id)));
     }
@@ -104,6 +123,31 @@ mod tests {
         assert_eq!(diff.known, 2);
         assert_eq!(unknown.iter().map(|l| l.id).collect::<Vec<_>>(), [4, 5]);
         assert_eq!(SnapshotDiff::absent(&table), [2]);
+    }
+
+    #[test]
+    fn against_an_empty_table_everything_is_unknown_and_nothing_absent() {
+        let mut table = LegTable::new();
+        let mut diff = SnapshotDiff::begin(&mut table);
+        let unknown = diff.legs(&mut table, vec![leg(1), leg(2)]);
+        assert_eq!(unknown.len(), 2);
+        for leg in unknown {
+            table.insert(leg, "p".into());
+        }
+        let unknown = diff.legs(&mut table, vec![leg(3)]);
+        assert_eq!(unknown.iter().map(|l| l.id).collect::<Vec<_>>(), [3]);
+        table.insert(leg(3), "p".into());
+        let link = Link {
+            id: 9,
+            leg_a: 1,
+            leg_b: 2,
+        };
+        diff.links(&mut table, vec![link]);
+        assert_eq!(diff.known, 0);
+        assert_eq!(diff.unknown_links, [link]);
+        assert!(SnapshotDiff::absent(&table).is_empty());
+        let plan = diff.plan_links(&table, &HashSet::default());
+        assert_eq!((plan.offer, plan.gone), (vec![link], vec![]));
     }
 
     #[test]
