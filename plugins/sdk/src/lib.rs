@@ -270,7 +270,7 @@ macro_rules! export_policy {
                 }
             }
 
-            $crate::__private::bindings::export!(Export with_types_in $crate::__private::bindings);
+    $crate::__private::bindings::export!(Export with_types_in $crate::__private::bindings);
         };
     };
 }
