@@ -12,10 +12,6 @@ use crate::model::{CallLeg, LegId, Link, LinkId, PluginName};
 // non-keyed hash is safe here and twice as fast as SipHash.
 use rustc_hash::FxHashMap as HashMap;
 
-/// The slots of a link's two legs (see [`LegTable::link_slots`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LinkSlots([usize; 2]);
-
 /// One known leg.
 #[derive(Debug, Clone)]
 pub struct LegEntry {
@@ -140,30 +136,9 @@ impl LegTable {
 
     /// Adds a link between two known legs; false if either is unknown.
     pub fn insert_link(&mut self, link: Link) -> bool {
-        match self.link_slots(&link) {
-            Some(slots) => self.insert_link_at(link, slots),
-            None => false,
-        }
-    }
-
-    /// Where a link's two legs sit, if the table has both: found once when
-    /// a resync plans its links, used again to insert them (half a million
-    /// links, each leg looked up once instead of twice).
-    pub fn link_slots(&self, link: &Link) -> Option<LinkSlots> {
-        Some(LinkSlots([self.slot(link.leg_a)?, self.slot(link.leg_b)?]))
-    }
-
-    /// [`insert_link`](Self::insert_link) at slots from
-    /// [`link_slots`](Self::link_slots); if a leg has moved since (a
-    /// removal moves the last entry), they are looked up again.
-    pub fn insert_link_at(&mut self, link: Link, LinkSlots([a, b]): LinkSlots) -> bool {
-        let holds = |slot: usize, id: LegId| self.slots.get(slot).is_some_and(|e| e.leg.id == id);
-        if !(holds(a, link.leg_a) && holds(b, link.leg_b)) {
-            return match self.link_slots(&link) {
-                Some(fresh) if fresh != LinkSlots([a, b]) => self.insert_link_at(link, fresh),
-                _ => false,
-            };
-        }
+        let (Some(a), Some(b)) = (self.slot(link.leg_a), self.slot(link.leg_b)) else {
+            return false;
+        };
         for (slot, other) in [(a, link.leg_b), (b, link.leg_a)] {
             let entry = &mut self.slots[slot];
             entry.leg.linked_to = Some(other);
@@ -292,31 +267,6 @@ mod tests {
         assert_eq!(table.remove(3).map(|l| l.id), Some(3));
         assert_eq!(table.len(), 1);
         assert!(table.get(2).is_some() && table.get(1).is_none());
-    }
-
-    #[test]
-    fn a_link_inserted_at_stale_slots_finds_its_legs_again() {
-        let mut table = LegTable::new();
-        for id in 1..=4 {
-            table.insert(leg(id), "live".into());
-        }
-        let link = Link {
-            id: 7,
-            leg_a: 2,
-            leg_b: 4,
-        };
-        let slots = table.link_slots(&link).unwrap();
-        table.remove(1);
-        table.remove(3); // 4 moved twice since the slots were taken
-        assert!(table.insert_link_at(link, slots));
-        assert_eq!(table.get(2).unwrap().leg.linked_to, Some(4));
-        assert_eq!(table.get(4).unwrap().leg.linked_to, Some(2));
-        table.remove(2);
-        assert!(
-            !table.insert_link_at(link, slots),
-            "a leg that is gone is not linked"
-        );
-        assert_eq!(table.links_len(), 0);
     }
 
     #[test]

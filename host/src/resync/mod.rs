@@ -5,7 +5,7 @@
 //! absent (known to the host, gone from the engine). Links follow the same
 //! rule once the legs are settled. Pure: the supervisor does the I/O.
 
-use crate::legs::{LegTable, LinkSlots};
+use crate::legs::LegTable;
 use crate::model::{CallLeg, LegId, Link, LinkId};
 use rustc_hash::FxHashSet as HashSet;
 
@@ -27,9 +27,6 @@ pub struct SnapshotDiff {
 pub struct LinkPlan {
     /// Unknown links whose two legs the host now has: offered to `OnLinkSync`.
     pub offer: Vec<Link>,
-    /// Where the legs of each offered link sit in the table, in `offer`'s
-    /// order (for [`LegTable::insert_link_at`]).
-    pub offer_slots: Vec<LinkSlots>,
     /// Unknown links with a refused leg: dropped at the engine.
     pub drop: Vec<Link>,
     /// Links the host knew that the engine no longer has.
@@ -93,9 +90,8 @@ impl SnapshotDiff {
         for &link in &self.unknown_links {
             if refused.contains(&link.leg_a) || refused.contains(&link.leg_b) {
                 plan.drop.push(link);
-            } else if let Some(slots) = table.link_slots(&link) {
+            } else if table.contains(link.leg_a) && table.contains(link.leg_b) {
                 plan.offer.push(link);
-                plan.offer_slots.push(slots);
             } else {
                 tracing::warn!(
                     link = link.id,

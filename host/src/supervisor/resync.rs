@@ -9,7 +9,6 @@
 use super::{Host, ResyncError};
 use crate::engine::{Connection, LinkError};
 use crate::events::{HostEvent, LinkState, ResyncSummary};
-use crate::legs::LinkSlots;
 use crate::model::{CallLeg, Decision, LegId, Link, TerminationReason};
 use crate::policy::{Decider, Verdict};
 use crate::protocol::{Command, EngineMessage};
@@ -86,7 +85,7 @@ impl Host {
         self.end_legs(refused, TerminationReason::RefusedByPolicy, &decider)
             .await
             .map_err(ResyncError::Fatal)?;
-        self.decide_links(connection, &decider, plan.offer, plan.offer_slots, &mut run)
+        self.decide_links(connection, &decider, plan.offer, &mut run)
             .await?;
         run.summary.phases.link_decisions = micros(phase);
 
@@ -231,17 +230,16 @@ impl Host {
         connection: &mut Connection,
         decider: &Decider,
         offer: Vec<Link>,
-        slots: Vec<LinkSlots>,
         run: &mut Run,
     ) -> Result<(), ResyncError> {
         let (offer, verdicts) =
             decide_blocking(decider, offer, |d, links| d.decide_links(links)).await?;
         let wanted = self.events.wants_items();
         let mut events = Vec::with_capacity(if wanted { offer.len() } else { 0 });
-        for ((link, verdict), slots) in offer.into_iter().zip(verdicts).zip(slots) {
+        for (link, verdict) in offer.into_iter().zip(verdicts) {
             match verdict.decision {
                 Decision::Rebuild => {
-                    self.table.insert_link_at(link, slots);
+                    self.table.insert_link(link);
                     run.summary.links_rebuilt += 1;
                 }
                 Decision::Refuse => {
