@@ -10,7 +10,10 @@ mod prefault;
 use crate::model::{CallLeg, LegId, Link, LinkId, PluginName};
 // Leg and link ids come from the engine, a trusted peer: a fast
 // non-keyed hash is safe here and twice as fast as SipHash.
-use rustc_hash::FxHashMap as HashMap;
+use prefault::Prefaulting;
+
+/// A map whose large blocks are prefaulted (see [`prefault`]).
+type HashMap<K, V> = hashbrown::HashMap<K, V, rustc_hash::FxBuildHasher, Prefaulting>;
 
 /// One known leg.
 #[derive(Debug, Clone)]
