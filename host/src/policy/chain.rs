@@ -42,17 +42,28 @@ impl PolicyChain {
     }
 
     /// `OnCallLegSync` for legs the host did not know: one verdict per leg.
+    /// Each chunk is packed once; a later plugin in the chain gets the legs
+    /// still rebuilt, pointing into the same text.
     pub fn decide_legs(&self, legs: &[CallLeg]) -> Vec<Verdict> {
-        self.decide(
-            legs,
-            |leg| leg,
-            |plugin, legs| plugin.sync_legs(&LegBatch::new(legs.iter().copied())),
-        )
+        legs.chunks(self.batch_size)
+            .flat_map(|chunk| {
+                let batch = LegBatch::new(chunk);
+                self.decide_batch(batch.legs(), &|plugin, offered| {
+                    plugin.sync_legs(batch.with_legs(offered))
+                })
+            })
+            .collect()
     }
 
     /// `OnLinkSync` for links whose two legs were rebuilt.
     pub fn decide_links(&self, links: &[Link]) -> Vec<Verdict> {
-        self.decide(links, LinkRecord::from, Plugin::sync_links)
+        links
+            .chunks(self.batch_size)
+            .flat_map(|chunk| {
+                let batch: Vec<LinkRecord> = chunk.iter().map(LinkRecord::from).collect();
+                self.decide_batch(&batch, &Plugin::sync_links)
+            })
+            .collect()
     }
 
     /// `OnCallLegTerminated`, to every plugin. Failures are logged (and count
@@ -74,20 +85,6 @@ impl PolicyChain {
                 let _ = plugin.notify_terminated(&batch);
             }
         }
-    }
-
-    fn decide<'a, I, W: Clone>(
-        &self,
-        items: &'a [I],
-        to_wit: impl Fn(&'a I) -> W,
-        call: impl Fn(&Plugin, &[W]) -> Result<Vec<Decision>, PluginFailure>,
-    ) -> Vec<Verdict> {
-        let mut verdicts = Vec::with_capacity(items.len());
-        for chunk in items.chunks(self.batch_size) {
-            let batch: Vec<W> = chunk.iter().map(&to_wit).collect();
-            verdicts.extend(self.decide_batch(&batch, &call));
-        }
-        verdicts
     }
 
     fn decide_batch<W: Clone>(

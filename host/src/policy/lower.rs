@@ -71,7 +71,7 @@ pub struct LegBatch {
 }
 
 impl LegBatch {
-    pub fn new<'a>(legs: impl ExactSizeIterator<Item = &'a model::CallLeg>) -> Self {
+    pub fn new(legs: &[model::CallLeg]) -> Self {
         let mut batch = LegBatch {
             text: String::with_capacity(legs.len() * 40),
             legs: Vec::with_capacity(legs.len()),
@@ -107,18 +107,17 @@ impl LegBatch {
         span
     }
 
-    pub fn len(&self) -> usize {
-        self.legs.len()
+    /// Every leg of the batch.
+    pub fn legs(&self) -> &[PackedLeg] {
+        &self.legs
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.legs.is_empty()
-    }
-
-    pub fn as_ref(&self) -> LegBatchRef<'_> {
+    /// The batch's text with `legs`, all or some of the batch's own legs
+    /// (their spans point into that text).
+    pub fn with_legs<'a>(&'a self, legs: &'a [PackedLeg]) -> LegBatchRef<'a> {
         LegBatchRef {
             text: &self.text,
-            legs: &self.legs,
+            legs,
         }
     }
 }

@@ -10,7 +10,7 @@ use super::config::PluginSettings;
 use super::contract::{self, ContractInfo, POLICY_EXPORT};
 use super::error::{FailureKind, PluginFailure, PolicyError};
 use super::limits::deadline_ticks;
-use super::lower::{LegBatch, LinkRecord};
+use super::lower::{LegBatchRef, LinkRecord};
 use super::quarantine::Health;
 use super::runtime::PolicyRuntime;
 use super::sandbox::PluginState;
@@ -194,8 +194,8 @@ impl Plugin {
     }
 
     /// `on-call-leg-sync` for one batch: one decision per leg, or a failure.
-    pub fn sync_legs(&self, legs: &LegBatch) -> Result<Vec<Decision>, PluginFailure> {
-        self.decide(|exports| &exports.leg_sync, legs.as_ref(), legs.len())
+    pub fn sync_legs(&self, batch: LegBatchRef<'_>) -> Result<Vec<Decision>, PluginFailure> {
+        self.decide(|exports| &exports.leg_sync, batch, batch.legs.len())
     }
 
     /// `on-link-sync` for one batch.
