@@ -241,15 +241,9 @@ unsafe impl Lower for PackedLeg {
             );
         }
         let layout = layout();
-        let size = legs.len() * PackedLeg::SIZE32;
-        let list = cx
-            .as_slice_mut()
-            .get_mut(offset..offset + size)
-            .ok_or_else(|| wasmtime::format_err!("leg lowering out of guest memory"))?;
-        for (leg, record) in legs.iter().zip(list.chunks_exact_mut(PackedLeg::SIZE32)) {
-            leg.write_record(record, layout);
-        }
-        Ok(())
+        store_records(cx, offset, legs, |leg, record| {
+            leg.write_record(record, layout)
+        })
     }
 }
 
@@ -350,16 +344,30 @@ unsafe impl Lower for LinkRecord {
             *field = u64::ABI.next_field32_size(&mut end);
         }
         debug_assert_eq!(end, LinkRecord::SIZE32);
-        let size = links.len() * LinkRecord::SIZE32;
-        let list = cx
-            .as_slice_mut()
-            .get_mut(offset..offset + size)
-            .ok_or_else(|| wasmtime::format_err!("link lowering out of guest memory"))?;
-        for (link, record) in links.iter().zip(list.chunks_exact_mut(LinkRecord::SIZE32)) {
+        store_records(cx, offset, links, |link, record| {
             for (at, value) in offsets.into_iter().zip([link.id, link.leg_a, link.leg_b]) {
                 record[at..at + 8].copy_from_slice(&value.to_le_bytes());
             }
-        }
-        Ok(())
+        })
     }
+}
+
+/// Writes a list of records with no strings or lists inside (so nothing to
+/// allocate) at `offset`, where `lower_list` has reserved and checked room
+/// for them, through one view of guest memory: `write` fills one record.
+fn store_records<T, R: ComponentType>(
+    cx: &mut LowerContext<'_, T>,
+    offset: usize,
+    items: &[R],
+    write: impl Fn(&R, &mut [u8]),
+) -> wasmtime::Result<()> {
+    let size = items.len() * R::SIZE32;
+    let list = cx
+        .as_slice_mut()
+        .get_mut(offset..offset + size)
+        .ok_or_else(|| wasmtime::format_err!("list lowering out of guest memory"))?;
+    for (item, record) in items.iter().zip(list.chunks_exact_mut(R::SIZE32)) {
+        write(item, record);
+    }
+    Ok(())
 }
