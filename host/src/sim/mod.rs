@@ -131,7 +131,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
                 _ = tick.tick() => {
                     let (dirty, changes) = {
                         let state = flusher.lock();
-                        (state.dirty, state.changes())
+                        (state.unsaved(), state.changes())
                     };
                     dirty_ticks = if dirty { dirty_ticks + 1 } else { 0 };
                     let quiet = previous == Some(changes);

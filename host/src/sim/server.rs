@@ -5,7 +5,7 @@ use super::control::{ControlCommand, execute};
 use super::media::MediaView;
 use super::persist;
 use super::state::EngineState;
-use crate::model::{Link, now_ms};
+use crate::model::now_ms;
 use crate::protocol::codec::{encode_encoded_legs_frame, encode_frame};
 use crate::protocol::{
     Command, EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION, ProtocolError,
@@ -77,11 +77,10 @@ impl Shared {
         let _guard = self.persist_lock.lock().await;
         let view = {
             let mut state = self.lock();
-            if !state.dirty {
+            if !state.unsaved() {
                 return Ok(());
             }
-            state.dirty = false;
-            state.media_view()
+            state.view_to_save()
         };
         // Written outside the lock: hosts and commands go on meanwhile.
         let path = self.state_file.clone();
@@ -177,10 +176,11 @@ async fn serve_host(
 const FRAMES_AHEAD: usize = 16;
 
 /// Streams the snapshot: a blocking thread walks the media view and builds
-/// `SnapshotLegs` frames (from the legs' stored encodings) then `SnapshotLinks` frames while this task writes the
-/// previous ones, so the host starts decoding the first chunk while the
-/// last is still being encoded (as a real engine walks its table). No lock
-/// is held here: the view is shared copy-on-write with the live state.
+/// `SnapshotLegs` frames (from the legs' stored encodings), then
+/// `SnapshotLinks` frames, while this task writes the previous ones, so the
+/// host starts decoding the first chunk while the last is still being
+/// encoded (as a real engine walks its table). No lock is held here: the
+/// view is shared copy-on-write with the live state.
 async fn stream_snapshot(
     framed: &mut Framed<TcpStream, FrameCodec<HostMessage, EngineMessage>>,
     snapshot: MediaView,
@@ -194,34 +194,17 @@ async fn stream_snapshot(
         .await?;
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel(FRAMES_AHEAD);
     let encoder = tokio::task::spawn_blocking(move || {
-        let send = |frame| frames_tx.blocking_send(frame).is_ok();
-        let mut legs = snapshot.legs.values();
-        loop {
-            let chunk: Vec<&[u8]> = legs
-                .by_ref()
-                .take(SNAPSHOT_CHUNK)
-                .map(|stored| &*stored.wire)
-                .collect();
-            if chunk.is_empty() {
-                break;
-            }
-            if !send(encode_encoded_legs_frame(&chunk, max_frame)?) {
-                return Ok(()); // The connection is gone.
-            }
+        let legs = snapshot.legs.values().map(|stored| &*stored.wire);
+        let sent = send_chunks(&frames_tx, legs, |chunk| {
+            encode_encoded_legs_frame(&chunk, max_frame)
+        })?;
+        let links = snapshot.links.values().copied();
+        if sent {
+            send_chunks(&frames_tx, links, |chunk| {
+                encode_frame(&EngineMessage::SnapshotLinks(chunk), max_frame)
+            })?;
         }
-        let mut links = snapshot.links.values().copied();
-        loop {
-            let chunk: Vec<Link> = links.by_ref().take(SNAPSHOT_CHUNK).collect();
-            if chunk.is_empty() {
-                return Ok::<_, ProtocolError>(());
-            }
-            if !send(encode_frame(
-                &EngineMessage::SnapshotLinks(chunk),
-                max_frame,
-            )?) {
-                return Ok(());
-            }
-        }
+        Ok::<_, ProtocolError>(())
     });
     let socket = framed.get_mut();
     while let Some(frame) = frames.recv().await {
@@ -230,6 +213,24 @@ async fn stream_snapshot(
     encoder.await.context("snapshot encoder")??;
     framed.send(EngineMessage::SnapshotEnd).await?;
     Ok(())
+}
+
+/// Encodes `items` a `SNAPSHOT_CHUNK` at a time and sends the frames;
+/// false if the connection went away first.
+fn send_chunks<T>(
+    frames: &tokio::sync::mpsc::Sender<bytes::Bytes>,
+    mut items: impl Iterator<Item = T>,
+    encode: impl Fn(Vec<T>) -> Result<bytes::Bytes, ProtocolError>,
+) -> Result<bool, ProtocolError> {
+    loop {
+        let chunk: Vec<T> = items.by_ref().take(SNAPSHOT_CHUNK).collect();
+        if chunk.is_empty() {
+            return Ok(true);
+        }
+        if frames.blocking_send(encode(chunk)?).is_err() {
+            return Ok(false);
+        }
+    }
 }
 
 async fn serve_attached(

@@ -34,10 +34,10 @@ pub struct EngineState {
     link_of: HashMap<LegId, LinkId>,
     /// Events go to the attached host, if any.
     host: Option<UnboundedSender<EngineEvent>>,
-    /// The media-unit view changed since it was last saved.
-    pub dirty: bool,
     /// Changes so far, so a saver can tell a quiet moment from a burst.
     changes: u64,
+    /// `changes` when the view was last taken for saving.
+    saved: u64,
 }
 
 /// Counts by state, for the `counts` control command.
@@ -85,8 +85,8 @@ impl EngineState {
             signalling_links: LinkMap::default(),
             link_of: HashMap::default(),
             host: None,
-            dirty: false,
             changes: 0,
+            saved: 0,
         };
         for leg in units.legs {
             state.put_leg(leg);
@@ -448,8 +448,18 @@ impl EngineState {
         self.changes
     }
 
+    /// Something changed since the view was last taken for saving.
+    pub fn unsaved(&self) -> bool {
+        self.changes != self.saved
+    }
+
+    /// The view to save; later changes count as unsaved.
+    pub fn view_to_save(&mut self) -> MediaView {
+        self.saved = self.changes;
+        self.media_view()
+    }
+
     fn touch(&mut self) {
-        self.dirty = true;
         self.changes += 1;
     }
 
