@@ -68,7 +68,7 @@ pub fn build_host(
         backoff_base: Duration::from_millis(link.backoff_base_ms),
         backoff_max: Duration::from_millis(link.backoff_max_ms),
     };
-    let cdr = CdrWriter::open(&config.cdr)?;
+    let ledger = CdrWriter::open(&config.cdr)?;
     let policy = PolicyHandle::new(decider);
-    Ok((Host::new(options, policy.clone(), cdr, events), policy))
+    Ok((Host::new(options, policy.clone(), ledger, events), policy))
 }

@@ -117,6 +117,12 @@ pub enum TerminationReason {
     GraceExpired,
     RefusedByPolicy,
     HostShutdown,
+    /// The engine reported another call under this leg's id (a restart, a
+    /// bug or a wrapped counter): this call is over, the other one is new.
+    Replaced,
+    /// The ledger had the call open when the host started, and the engine
+    /// no longer has it: it ended while no host was watching.
+    HostLost,
 }
 
 /// Who adopted a leg or decided a link: a plugin's name, or `live` /

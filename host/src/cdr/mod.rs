@@ -1,32 +1,55 @@
-//! The CDR file: append-only, one JSON record per line.
+//! The ledger: the CDR file, the host's durable memory of money.
 //!
-//! - [`record`]: the records and the per-call index (END / RESUME rules).
-//! - The writer below: a dedicated thread appends batches and fsyncs once
-//!   per batch; a caller's records are durable when its `await` returns. At
-//!   open, a torn last line (a crash mid-write) is cut off and the index is
-//!   rebuilt from the file, so a restart never duplicates a record.
+//! - [`record`]: one line (START / END / RESUME) and what names a call.
+//! - [`index`]: what the ledger says about each call, so every record is
+//!   written once.
+//! - [`bill`]: the billing rule and the ledger checks (`legsync cdr`).
+//! - The writer below: a dedicated thread encodes and appends batches and
+//!   fsyncs once for every batch waiting (group commit); records are durable
+//!   when [`Pending::durable`] returns, and the host reports or acts on them
+//!   only then. At open, a torn last line (a crash mid-write) is cut off and
+//!   the index rebuilt, and the calls the ledger still has open come back as
+//!   [`RecoveredCall`]s: the supervisor ends those the engine no longer has,
+//!   so no crash, at any moment, loses a call.
 
+pub mod bill;
+pub mod index;
 pub mod record;
 
-use crate::model::{CallLeg, TerminationReason};
+use crate::model::{CallLeg, TerminationReason, now_ms};
 use anyhow::Context;
-use record::{CdrIndex, CdrRecord};
+use index::LedgerIndex;
+use record::{CdrRecord, RecordKind, StartReason};
+use rustc_hash::FxHashMap as HashMap;
 use std::io::{BufRead, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
-struct Batch {
-    lines: Vec<u8>,
-    done: oneshot::Sender<std::io::Result<()>>,
+/// What the writer thread is asked to do.
+enum Job {
+    /// Append these records, fsync, then answer.
+    Append(Vec<CdrRecord>, oneshot::Sender<std::io::Result<()>>),
+    /// The host was in sync with the engine at this time (Unix ms).
+    Alive(u64),
 }
 
-/// Appends CDR records durably.
+/// A call the ledger had open when the host started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredCall {
+    pub leg: CallLeg,
+    /// The latest time the host can prove the call was up: its last record,
+    /// or the last moment the host was in sync with the engine, whichever
+    /// is later. An END for a call lost while the host was down ends here.
+    pub proven_up_ms: u64,
+}
+
+/// Appends ledger records durably.
 #[derive(Clone)]
 pub struct CdrWriter {
     path: PathBuf,
-    index: Arc<Mutex<CdrIndex>>,
-    batches: std::sync::mpsc::Sender<Batch>,
+    index: Arc<Mutex<LedgerIndex>>,
+    jobs: std::sync::mpsc::Sender<Job>,
 }
 
 impl std::fmt::Debug for CdrWriter {
@@ -37,19 +60,50 @@ impl std::fmt::Debug for CdrWriter {
     }
 }
 
+/// Records handed to the writer thread; durable once awaited.
+#[must_use = "records are durable only once awaited"]
+pub struct Pending {
+    written: Option<oneshot::Receiver<std::io::Result<()>>>,
+    records: usize,
+    path: PathBuf,
+}
+
+impl Pending {
+    /// Waits until the records are on disk; returns how many there were.
+    pub async fn durable(self) -> anyhow::Result<usize> {
+        if let Some(written) = self.written {
+            written
+                .await
+                .context("the CDR writer thread is gone")?
+                .with_context(|| format!("cannot write the CDR file {}", self.path.display()))?;
+        }
+        Ok(self.records)
+    }
+}
+
+/// The sidecar where the writer keeps the host's last moment in sync.
+fn alive_path(ledger: &Path) -> PathBuf {
+    let mut name = ledger.as_os_str().to_owned();
+    name.push(".alive");
+    PathBuf::from(name)
+}
+
 impl CdrWriter {
-    /// Opens (or creates) the CDR file, repairs a torn last line, and
-    /// rebuilds the index from its records.
-    pub fn open(path: &Path) -> anyhow::Result<CdrWriter> {
+    /// Opens (or creates) the ledger, repairs a torn last line, rebuilds the
+    /// index, and returns the calls it has open.
+    pub fn open(path: &Path) -> anyhow::Result<(CdrWriter, Vec<RecoveredCall>)> {
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open the CDR file {}", path.display()))?;
-        let mut index = CdrIndex::default();
+        let mut index = LedgerIndex::default();
+        // The parties of every open call, to write their END if the engine
+        // no longer has them.
+        let mut open: HashMap<u64, CallLeg> = HashMap::default();
         let mut good_len = 0u64;
-        let mut reader = std::io::BufReader::new(&file);
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, &file);
         let mut line = String::new();
         let mut number = 0;
         loop {
@@ -68,6 +122,14 @@ impl CdrWriter {
             let record: CdrRecord = serde_json::from_str(&line)
                 .with_context(|| format!("{} line {number} is not a CDR record", path.display()))?;
             index.replay(&record);
+            match record.kind {
+                RecordKind::Start | RecordKind::Resume => {
+                    open.insert(record.leg, record.call_leg());
+                }
+                RecordKind::End => {
+                    open.remove(&record.leg);
+                }
+            }
             good_len += read as u64;
         }
         drop(reader);
@@ -76,69 +138,92 @@ impl CdrWriter {
             file.sync_all()?;
         }
         file.seek(std::io::SeekFrom::End(0))?;
-        let (batches, receiver) = std::sync::mpsc::channel::<Batch>();
+        let alive_ms = read_alive(&alive_path(path));
+        let recovered = index
+            .open_calls()
+            .filter_map(|(key, seen_ms)| {
+                let leg = open.remove(&key.leg)?;
+                Some(RecoveredCall {
+                    leg,
+                    proven_up_ms: seen_ms.max(alive_ms),
+                })
+            })
+            .collect();
+        let (jobs, receiver) = std::sync::mpsc::channel::<Job>();
+        let alive = alive_path(path);
         std::thread::Builder::new()
             .name("legsync-cdr".into())
-            .spawn(move || write_loop(file, receiver))
+            .spawn(move || write_loop(file, &alive, receiver))
             .context("cannot start the CDR writer thread")?;
-        Ok(CdrWriter {
+        let writer = CdrWriter {
             path: path.to_path_buf(),
             index: Arc::new(Mutex::new(index)),
-            batches,
-        })
-    }
-
-    /// Writes END records for the answered legs among `ended` (legs without
-    /// an answer have nothing to bill; calls that already have an END are
-    /// skipped). Returns the records, durable.
-    pub async fn end(
-        &self,
-        ended: &[CallLeg],
-        reason: TerminationReason,
-        end_ms: u64,
-    ) -> anyhow::Result<Vec<CdrRecord>> {
-        let records: Vec<CdrRecord> = {
-            let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-            ended
-                .iter()
-                .filter_map(|leg| index.end(leg, reason, end_ms))
-                .collect()
+            jobs,
         };
-        self.append(records).await
+        Ok((writer, recovered))
     }
 
-    /// Writes RESUME records for re-adopted legs whose calls had an END.
-    pub async fn resume<'a>(
+    /// START (or RESUME) records for answered legs the host now holds; a
+    /// call the ledger has open already gets nothing.
+    pub fn open_calls<'a>(
         &self,
         legs: impl IntoIterator<Item = &'a CallLeg>,
-    ) -> anyhow::Result<Vec<CdrRecord>> {
-        let records: Vec<CdrRecord> = {
-            let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        reason: StartReason,
+    ) -> Pending {
+        let now = now_ms();
+        let records = {
+            let mut index = self.lock();
             legs.into_iter()
-                .filter_map(|leg| index.resume(leg))
+                .filter_map(|leg| index.open(leg, reason, now))
                 .collect()
         };
-        self.append(records).await
+        self.submit(records)
     }
 
-    async fn append(&self, records: Vec<CdrRecord>) -> anyhow::Result<Vec<CdrRecord>> {
-        if records.is_empty() {
-            return Ok(records);
+    /// END records for the answered calls among `ended`, each ended at its
+    /// own time.
+    pub fn close_calls<'a>(
+        &self,
+        ended: impl IntoIterator<Item = (&'a CallLeg, u64)>,
+        reason: TerminationReason,
+    ) -> Pending {
+        let now = now_ms();
+        let records = {
+            let mut index = self.lock();
+            ended
+                .into_iter()
+                .flat_map(|(leg, end_ms)| index.close(leg, reason, end_ms, now))
+                .collect()
+        };
+        self.submit(records)
+    }
+
+    /// Remembers (beside the ledger, off the caller's thread) that the host
+    /// was in sync with the engine now: the end time the ledger can prove
+    /// for a call lost while the host was down.
+    pub fn mark_alive(&self) {
+        let _ = self.jobs.send(Job::Alive(now_ms()));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LedgerIndex> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn submit(&self, records: Vec<CdrRecord>) -> Pending {
+        let count = records.len();
+        let written = if records.is_empty() {
+            None
+        } else {
+            let (done, written) = oneshot::channel();
+            // A gone writer thread drops `done`: `durable` reports it.
+            let _ = self.jobs.send(Job::Append(records, done));
+            Some(written)
+        };
+        Pending {
+            written,
+            records: count,
+            path: self.path.clone(),
         }
-        let mut lines = Vec::with_capacity(records.len() * 200);
-        for record in &records {
-            serde_json::to_writer(&mut lines, record)?;
-            lines.push(b'\n');
-        }
-        let (done, written) = oneshot::channel();
-        self.batches
-            .send(Batch { lines, done })
-            .map_err(|_| anyhow::anyhow!("the CDR writer thread is gone"))?;
-        written
-            .await
-            .context("the CDR writer thread is gone")?
-            .with_context(|| format!("cannot write the CDR file {}", self.path.display()))?;
-        Ok(records)
     }
 
     /// Reads every record of a CDR file (for tools and tests).
@@ -152,27 +237,58 @@ impl CdrWriter {
     }
 }
 
-/// The writer thread: takes every batch waiting, writes them, one fsync,
-/// then acknowledges them all.
-fn write_loop(mut file: std::fs::File, batches: std::sync::mpsc::Receiver<Batch>) {
-    while let Ok(first) = batches.recv() {
-        let mut group = vec![first];
-        group.extend(batches.try_iter());
-        let mut result = Ok(());
-        for batch in &group {
-            if result.is_ok() {
-                result = file.write_all(&batch.lines);
+fn read_alive(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The writer thread: takes every job waiting, encodes and writes their
+/// records, one fsync, then acknowledges them all.
+fn write_loop(mut file: std::fs::File, alive: &Path, jobs: std::sync::mpsc::Receiver<Job>) {
+    let mut lines = Vec::new();
+    while let Ok(first) = jobs.recv() {
+        let mut waiting = Vec::new();
+        let mut alive_ms = None;
+        for job in std::iter::once(first).chain(jobs.try_iter()) {
+            match job {
+                Job::Append(records, done) => {
+                    for record in &records {
+                        // Encoding a plain struct into memory cannot fail.
+                        let _ = serde_json::to_writer(&mut lines, record);
+                        lines.push(b'\n');
+                    }
+                    waiting.push(done);
+                }
+                Job::Alive(ms) => alive_ms = Some(ms),
             }
         }
-        if result.is_ok() {
-            result = file.sync_data();
+        let result = if waiting.is_empty() {
+            Ok(())
+        } else {
+            file.write_all(&lines).and_then(|()| file.sync_data())
+        };
+        if result.is_err() {
+            // Whatever part was written is past a newline boundary or torn;
+            // the next open cuts a torn line, and no caller was told durable.
+            tracing::error!(error = %result.as_ref().unwrap_err(), "cannot write the CDR file");
         }
-        for batch in group {
+        lines.clear();
+        for done in waiting {
             let outcome = match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
             };
-            let _ = batch.done.send(outcome);
+            let _ = done.send(outcome);
+        }
+        if let Some(ms) = alive_ms {
+            let tmp = alive.with_extension("alive.tmp");
+            if let Err(e) = std::fs::write(&tmp, format!("{ms}\n"))
+                .and_then(|()| std::fs::rename(&tmp, alive))
+            {
+                tracing::warn!(error = %e, file = %alive.display(), "cannot record the last moment in sync");
+            }
         }
     }
 }
@@ -189,39 +305,39 @@ mod tests {
     async fn a_torn_line_is_cut_and_a_restart_never_duplicates() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cdr.jsonl");
-        let writer = CdrWriter::open(&path).unwrap();
-        let ended = [answered(1), answered(2)];
-        assert_eq!(
-            writer
-                .end(&ended, TerminationReason::GraceExpired, 5_000)
-                .await
-                .unwrap()
-                .len(),
-            2
-        );
+        let (writer, recovered) = CdrWriter::open(&path).unwrap();
+        assert!(recovered.is_empty());
+        let calls = [answered(1), answered(2), answered(3)];
+        let written = writer.open_calls(&calls, StartReason::Answered);
+        assert_eq!(written.durable().await.unwrap(), 3);
+        let ended = calls[..2].iter().map(|l| (l, 5_000));
+        let written = writer.close_calls(ended, TerminationReason::GraceExpired);
+        assert_eq!(written.durable().await.unwrap(), 2);
+        writer.mark_alive();
         drop(writer);
         // A crash mid-write leaves half a line.
         let mut file = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
             .unwrap();
-        file.write_all(b"{\"record\":3,\"kind\":\"en").unwrap();
+        file.write_all(b"{\"record\":6,\"kind\":\"en").unwrap();
         drop(file);
 
-        let writer = CdrWriter::open(&path).unwrap();
-        assert!(
-            writer
-                .end(&ended, TerminationReason::GraceExpired, 6_000)
-                .await
-                .unwrap()
-                .is_empty(),
-            "already ended: not written twice"
+        let (writer, recovered) = CdrWriter::open(&path).unwrap();
+        assert_eq!(recovered.len(), 1, "call 3 is still open");
+        assert_eq!(recovered[0].leg.id, 3);
+        assert!(recovered[0].proven_up_ms >= 1_000);
+        let again = writer.close_calls(
+            calls[..2].iter().map(|l| (l, 6_000)),
+            TerminationReason::GraceExpired,
         );
-        let resumed = writer.resume(&[answered(1)]).await.unwrap();
-        assert_eq!(resumed[0].record, 3, "numbering continues after the cut");
+        assert_eq!(again.durable().await.unwrap(), 0, "never written twice");
+        let resumed = writer.open_calls(&calls[..1], StartReason::Found);
+        assert_eq!(resumed.durable().await.unwrap(), 1);
         let records = CdrWriter::read_all(&path).unwrap();
-        assert_eq!(records.len(), 3);
-        assert_eq!(records[2].resumes, Some(1));
+        assert_eq!(records.len(), 6);
+        assert_eq!(records[5].record, 6, "numbering continues after the cut");
+        assert_eq!(records[5].resumes, Some(4));
     }
 
     #[test]

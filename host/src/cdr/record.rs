@@ -1,48 +1,99 @@
-//! CDR records and the per-call index that keeps them unambiguous.
+//! One line of the ledger, and what names a call.
 //!
-//! Billing reads END records. The trap: a call ended at the grace deadline
-//! (END written), re-adopted when the engine returns, ends again later. So:
-//! - re-adopting a call that has an END writes a RESUME record that names
-//!   that END and carries the original answer time;
-//! - the call's next END names, in `supersedes`, the END it replaces, and
-//!   its duration runs from the original answer.
-//!
-//! Billing charges each call once, from its latest END (ignoring any END
-//! another END supersedes). A call is identified by leg id and answer time.
+//! The ledger is RADIUS accounting's shape (Start / Stop, with our RESUME
+//! for the grace-timer trap): START when a call is answered or first found
+//! answered at a resync, END when it ends for the host, RESUME when an ended
+//! call is found alive again. Every record repeats the call's identity and
+//! parties, so a line read alone says which call it is about.
 
-use crate::model::{CallLeg, LegId, TerminationReason};
+use crate::model::{CallLeg, Direction, LegId, LegState, Protocol, TerminationReason};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RecordKind {
+    /// The call is answered and billable from `answer_time_ms`.
+    Start,
     /// The call ended (for the host; see `end_reason`).
     End,
-    /// A call that had an END was re-adopted: it is still up.
+    /// A call that had an END was found alive again: it is still up.
     Resume,
 }
 
-/// One line of the CDR file.
+/// How the host learned that a call was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartReason {
+    /// The engine's live `LegAnswered` event.
+    Answered,
+    /// The call was already answered when the host first saw it (in a
+    /// snapshot, or in an event about a leg the host did not hold).
+    Found,
+}
+
+/// Who a call is: an engine leg id names a leg only while it lives (an
+/// engine restart, a bug or a wrapped counter can give the id to another
+/// call), so the id goes with the session, the offer and the answer time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct CallKey {
+    pub leg: LegId,
+    pub session: u64,
+    pub offered_time_ms: u64,
+    pub answer_time_ms: u64,
+}
+
+impl CallKey {
+    /// The key of an answered leg; `None` before the answer (nothing to bill).
+    pub fn of(leg: &CallLeg) -> Option<CallKey> {
+        Some(CallKey {
+            leg: leg.id,
+            session: leg.session_id,
+            offered_time_ms: leg.offered_at_ms,
+            answer_time_ms: leg.answered_at_ms?,
+        })
+    }
+}
+
+/// Whether two views of a leg with the same id are the same call: same
+/// session and offer, and the same answer time once both are answered.
+pub fn same_call(a: &CallLeg, b: &CallLeg) -> bool {
+    a.id == b.id
+        && a.session_id == b.session_id
+        && a.offered_at_ms == b.offered_at_ms
+        && match (a.answered_at_ms, b.answered_at_ms) {
+            (Some(x), Some(y)) => x == y,
+            _ => true,
+        }
+}
+
+/// One line of the ledger. Field by field in `docs/operations.md`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CdrRecord {
-    /// Unique, increasing within the file.
+    /// Unique, increasing within the ledger (across rotated files too).
     pub record: u64,
     pub kind: RecordKind,
+    /// When the record was written (Unix ms).
+    pub time_ms: u64,
     pub leg: LegId,
     pub session: u64,
     pub nap: String,
     pub calling: String,
     pub called: String,
+    /// When the call was offered (Unix ms): part of its identity.
+    pub offered_time_ms: u64,
     /// The call's original answer time (Unix ms).
     pub answer_time_ms: u64,
+    /// START only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_reason: Option<StartReason>,
     /// END only: when it ended (Unix ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_time_ms: Option<u64>,
     /// END only: end minus answer, in ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
+    /// END only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<TerminationReason>,
     /// RESUME only: the END record this call resumes after.
@@ -53,110 +104,53 @@ pub struct CdrRecord {
     pub supersedes: Option<u64>,
 }
 
-/// What the file says about one call so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct CallHistory {
-    answer_time_ms: u64,
-    /// The latest END of the call.
-    last_end: Option<u64>,
-    /// Set while the call is resumed after `last_end`.
-    resumed: bool,
-}
-
-/// Per-call history, rebuilt from the file at start, so that a restarted
-/// host neither writes an END twice nor forgets a RESUME.
-#[derive(Debug, Default)]
-pub struct CdrIndex {
-    calls: HashMap<LegId, CallHistory>,
-    next_record: u64,
-}
-
-impl CdrIndex {
-    /// Takes a record read back from the file into account.
-    pub fn replay(&mut self, record: &CdrRecord) {
-        self.next_record = self.next_record.max(record.record + 1);
-        let history = self.calls.entry(record.leg).or_insert(CallHistory {
-            answer_time_ms: record.answer_time_ms,
-            last_end: None,
-            resumed: false,
-        });
-        if history.answer_time_ms != record.answer_time_ms {
-            *history = CallHistory {
-                answer_time_ms: record.answer_time_ms,
-                last_end: None,
-                resumed: false,
-            };
-        }
-        match record.kind {
-            RecordKind::End => {
-                history.last_end = Some(record.record);
-                history.resumed = false;
-            }
-            RecordKind::Resume => history.resumed = true,
-        }
-    }
-
-    /// The END record for `leg`, or `None` if the call already has an END
-    /// that nothing resumed (writing another would double-bill).
-    pub fn end(
-        &mut self,
-        leg: &CallLeg,
-        reason: TerminationReason,
-        end_ms: u64,
-    ) -> Option<CdrRecord> {
-        let answer = leg.answered_at_ms?;
-        let supersedes = match self.calls.get(&leg.id) {
-            Some(h) if h.answer_time_ms == answer && h.last_end.is_some() && !h.resumed => {
-                return None;
-            }
-            Some(h) if h.answer_time_ms == answer && h.resumed => h.last_end,
-            _ => None,
-        };
-        let record = self.record(leg, RecordKind::End, answer);
-        let record = CdrRecord {
-            end_time_ms: Some(end_ms),
-            duration_ms: Some(end_ms.saturating_sub(answer)),
-            end_reason: Some(reason),
-            supersedes,
-            ..record
-        };
-        self.replay(&record);
-        Some(record)
-    }
-
-    /// The RESUME record for a re-adopted `leg`, if the call had an END.
-    pub fn resume(&mut self, leg: &CallLeg) -> Option<CdrRecord> {
-        let answer = leg.answered_at_ms?;
-        let history = self.calls.get(&leg.id)?;
-        if history.answer_time_ms != answer || history.resumed {
-            return None;
-        }
-        let ended = history.last_end?;
-        let record = CdrRecord {
-            resumes: Some(ended),
-            ..self.record(leg, RecordKind::Resume, answer)
-        };
-        self.replay(&record);
-        Some(record)
-    }
-
-    fn record(&mut self, leg: &CallLeg, kind: RecordKind, answer_time_ms: u64) -> CdrRecord {
-        let record = self.next_record.max(1);
-        self.next_record = record + 1;
+impl CdrRecord {
+    /// A record about `leg` (which must be answered), numbered `record`.
+    pub fn about(record: u64, kind: RecordKind, leg: &CallLeg, time_ms: u64) -> CdrRecord {
         CdrRecord {
             record,
             kind,
+            time_ms,
             leg: leg.id,
             session: leg.session_id,
             nap: leg.nap.to_string(),
             calling: leg.calling.to_string(),
             called: leg.called.to_string(),
-            answer_time_ms,
+            offered_time_ms: leg.offered_at_ms,
+            answer_time_ms: leg.answered_at_ms.unwrap_or_default(),
+            start_reason: None,
             end_time_ms: None,
             duration_ms: None,
             end_reason: None,
             resumes: None,
             supersedes: None,
+        }
+    }
+
+    pub fn key(&self) -> CallKey {
+        CallKey {
+            leg: self.leg,
+            session: self.session,
+            offered_time_ms: self.offered_time_ms,
+            answer_time_ms: self.answer_time_ms,
+        }
+    }
+
+    /// The call as the record describes it (direction and protocol are not
+    /// billed, so not recorded: they read as the defaults).
+    pub fn call_leg(&self) -> CallLeg {
+        CallLeg {
+            id: self.leg,
+            session_id: self.session,
+            direction: Direction::default(),
+            protocol: Protocol::default(),
+            nap: self.nap.as_str().into(),
+            calling: self.calling.as_str().into(),
+            called: self.called.as_str().into(),
+            offered_at_ms: self.offered_time_ms,
+            answered_at_ms: Some(self.answer_time_ms),
+            linked_to: None,
+            state: LegState::Answered,
         }
     }
 }
@@ -165,78 +159,28 @@ impl CdrIndex {
 mod tests {
     use super::*;
 
-    fn answered(id: LegId, at: u64) -> CallLeg {
-        crate::model::test_leg(id, at)
-    }
-
     #[test]
-    fn the_billing_trap_is_unambiguous() {
-        let mut index = CdrIndex::default();
-        let call = answered(7, 1_000);
-        let first = index
-            .end(&call, TerminationReason::GraceExpired, 11_000)
-            .unwrap();
-        assert_eq!(
-            (first.record, first.duration_ms, first.supersedes),
-            (1, Some(10_000), None)
-        );
-        assert_eq!(
-            index.end(&call, TerminationReason::Released, 12_000),
-            None,
-            "no second END"
-        );
-
-        let resume = index.resume(&call).unwrap();
-        assert_eq!(
-            (resume.kind, resume.resumes, resume.answer_time_ms),
-            (RecordKind::Resume, Some(1), 1_000)
-        );
-        assert_eq!(index.resume(&call), None, "resumed once");
-
-        let last = index
-            .end(&call, TerminationReason::Released, 61_000)
-            .unwrap();
-        assert_eq!(last.supersedes, Some(1));
-        assert_eq!(
-            last.duration_ms,
-            Some(60_000),
-            "billed from the original answer"
-        );
-    }
-
-    #[test]
-    fn replaying_the_file_restores_the_history() {
-        let mut writer = CdrIndex::default();
-        let call = answered(7, 1_000);
-        let end = writer
-            .end(&call, TerminationReason::GraceExpired, 2_000)
-            .unwrap();
-        let mut restarted = CdrIndex::default();
-        restarted.replay(&end);
-        assert_eq!(
-            restarted.end(&call, TerminationReason::Released, 3_000),
-            None
-        );
-        let resume = restarted.resume(&call).unwrap();
-        assert_eq!((resume.record, resume.resumes), (2, Some(1)));
-    }
-
-    #[test]
-    fn unanswered_legs_and_new_calls_on_a_reused_id() {
-        let mut index = CdrIndex::default();
-        let mut ringing = answered(1, 10);
+    fn identity_is_more_than_the_id() {
+        let call = crate::model::test_leg(7, 1_000);
+        let mut ringing = call.clone();
         ringing.answered_at_ms = None;
-        assert_eq!(index.end(&ringing, TerminationReason::Released, 20), None);
-        assert_eq!(index.resume(&ringing), None);
-        index
-            .end(&answered(2, 10), TerminationReason::Released, 20)
-            .unwrap();
-        let other_call = index
-            .end(&answered(2, 50), TerminationReason::Released, 90)
-            .unwrap();
-        assert_eq!(
-            other_call.supersedes, None,
-            "another answer time is another call"
-        );
+        assert!(same_call(&call, &ringing), "the answer completes a call");
+        let mut other_session = call.clone();
+        other_session.session_id += 1;
+        assert!(!same_call(&call, &other_session));
+        let mut other_answer = call.clone();
+        other_answer.answered_at_ms = Some(2_000);
+        assert!(!same_call(&call, &other_answer));
+        assert_eq!(CallKey::of(&ringing), None);
+    }
+
+    #[test]
+    fn a_record_reads_back_as_its_call() {
+        let call = crate::model::test_leg(7, 1_000);
+        let record = CdrRecord::about(1, RecordKind::Start, &call, 1_001);
+        assert_eq!(record.key(), CallKey::of(&call).unwrap());
+        assert!(same_call(&record.call_leg(), &call));
+        let line = serde_json::to_string(&record).unwrap();
+        assert!(line.starts_with(r#"{"record":1,"kind":"start","time_ms":1001,"leg":7"#));
     }
 }

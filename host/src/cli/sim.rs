@@ -28,6 +28,14 @@ pub struct SimArgs {
     /// Host silence after which it is dropped, ms.
     #[arg(long, default_value_t = 3000)]
     heartbeat_timeout_ms: u64,
+    /// Append every answer and release of an answered call to this file,
+    /// one JSON line each (the ground truth to bill a host's ledger against).
+    #[arg(long)]
+    history: Option<PathBuf>,
+    /// Test only: give new legs the ids of legs a restart dropped, as a
+    /// buggy engine or a wrapped counter would.
+    #[arg(long, hide = true)]
+    reuse_ids: bool,
 }
 
 pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
@@ -40,6 +48,8 @@ pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         heartbeat: Duration::from_millis(args.heartbeat_ms),
         heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms),
         max_frame: crate::protocol::DEFAULT_MAX_FRAME,
+        history: args.history,
+        reuse_ids: args.reuse_ids,
     };
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -7,6 +7,7 @@
 
 mod prefault;
 
+use crate::cdr::record::same_call;
 use crate::model::{CallLeg, LegId, Link, LinkId, PluginName};
 // Leg and link ids come from the engine, a trusted peer: a fast
 // non-keyed hash is safe here and twice as fast as SipHash.
@@ -14,6 +15,21 @@ use prefault::Prefaulting;
 
 /// A map whose large blocks are prefaulted (see [`prefault`]).
 type HashMap<K, V> = hashbrown::HashMap<K, V, rustc_hash::FxBuildHasher, Prefaulting>;
+
+/// What a snapshot leg is to the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sighting {
+    /// The host holds this call: it stays valid, no callback.
+    Known,
+    /// The host holds this call, and learns only now that it was answered
+    /// (while the link was down): it becomes billable.
+    NowAnswered,
+    /// The host holds nothing under this id.
+    Unknown,
+    /// The host held another call under this id (taken out of the table
+    /// and returned): that call is over; this one is unknown.
+    Replaced(CallLeg),
+}
 
 /// One known leg.
 #[derive(Debug, Clone)]
@@ -170,24 +186,29 @@ impl LegTable {
     }
 
     /// Marks a leg as seen by the current resync, refreshing what the engine
-    /// reports about it. Returns false if the host does not know the leg.
-    pub fn mark_seen(&mut self, leg: &CallLeg) -> bool {
+    /// reports about it, and says what the sighting means.
+    pub fn mark_seen(&mut self, leg: &CallLeg) -> Sighting {
         let next = self.cursor;
         let slot = match self.slots.get(next) {
             Some(entry) if entry.leg.id == leg.id => next,
             _ => match self.slot(leg.id) {
                 Some(slot) => slot,
-                None => return false,
+                None => return Sighting::Unknown,
             },
         };
+        if !same_call(&self.slots[slot].leg, leg) {
+            let held = self.remove(leg.id).expect("the slot was found");
+            return Sighting::Replaced(held);
+        }
         self.cursor = slot + 1;
         let entry = &mut self.slots[slot];
         entry.generation = self.generation;
         entry.leg.state = leg.state;
-        if leg.answered_at_ms.is_some() {
+        if entry.leg.answered_at_ms.is_none() && leg.answered_at_ms.is_some() {
             entry.leg.answered_at_ms = leg.answered_at_ms;
+            return Sighting::NowAnswered;
         }
-        true
+        Sighting::Known
     }
 
     /// The legs the current resync did not see.
@@ -247,12 +268,28 @@ mod tests {
             table.insert(leg(id), "live".into());
         }
         table.begin_generation();
-        assert!(table.mark_seen(&leg(1)));
-        assert!(table.mark_seen(&leg(3)));
-        assert!(!table.mark_seen(&leg(9)), "unknown legs are reported");
+        assert_eq!(table.mark_seen(&leg(1)), Sighting::Known);
+        assert_eq!(table.mark_seen(&leg(3)), Sighting::Known);
+        assert_eq!(table.mark_seen(&leg(9)), Sighting::Unknown, "unknown legs are reported");
         let mut unseen = table.unseen();
         unseen.sort();
         assert_eq!(unseen, [2, 4]);
+    }
+
+    #[test]
+    fn a_sighting_checks_identity_not_just_the_id() {
+        let mut table = LegTable::new();
+        let mut ringing = leg(1);
+        ringing.answered_at_ms = None;
+        table.insert(ringing, "live".into());
+        table.insert(leg(2), "live".into());
+        table.begin_generation();
+        assert_eq!(table.mark_seen(&leg(1)), Sighting::NowAnswered);
+        assert_eq!(table.get(1).unwrap().leg.answered_at_ms, Some(2));
+        let mut other_call = leg(2);
+        other_call.session_id += 100;
+        assert_eq!(table.mark_seen(&other_call), Sighting::Replaced(leg(2)));
+        assert!(table.get(2).is_none(), "the old call is out of the table");
     }
 
     #[test]

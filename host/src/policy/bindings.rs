@@ -68,6 +68,11 @@ impl From<model::TerminationReason> for wit::TerminationReason {
             model::TerminationReason::GraceExpired => wit::TerminationReason::GraceExpired,
             model::TerminationReason::RefusedByPolicy => wit::TerminationReason::RefusedByPolicy,
             model::TerminationReason::HostShutdown => wit::TerminationReason::HostShutdown,
+            // Contract 0.2.0 has no words for these: to a plugin, the engine
+            // no longer has the call it knew.
+            model::TerminationReason::Replaced | model::TerminationReason::HostLost => {
+                wit::TerminationReason::AbsentAfterResync
+            }
         }
     }
 }

@@ -183,7 +183,7 @@ mod tests {
                 leg_a: 1,
                 leg_b: 2,
             }]),
-            EngineMessage::Event(EngineEvent::LegAnswered { leg: 3, at_ms: 9 }),
+            EngineMessage::Event(EngineEvent::LegAnswered(leg(3))),
             EngineMessage::SnapshotEnd,
         ];
         let mut buf = BytesMut::new();

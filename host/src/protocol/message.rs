@@ -31,6 +31,24 @@ pub enum EngineMessage {
     Busy { reason: String },
 }
 
+impl EngineMessage {
+    /// The message's name, for logs and errors: never its contents (a
+    /// snapshot chunk holds a thousand subscribers' numbers).
+    pub fn name(&self) -> &'static str {
+        match self {
+            EngineMessage::Hello { .. } => "Hello",
+            EngineMessage::Heartbeat => "Heartbeat",
+            EngineMessage::SnapshotBegin { .. } => "SnapshotBegin",
+            EngineMessage::SnapshotLegs(_) => "SnapshotLegs",
+            EngineMessage::SnapshotLinks(_) => "SnapshotLinks",
+            EngineMessage::SnapshotEnd => "SnapshotEnd",
+            EngineMessage::Event(_) => "Event",
+            EngineMessage::Ack { .. } => "Ack",
+            EngineMessage::Busy { .. } => "Busy",
+        }
+    }
+}
+
 /// Host to engine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HostMessage {
@@ -49,8 +67,10 @@ pub enum EngineEvent {
     LegOffered(CallLeg),
     /// A leg started ringing.
     LegRinging(LegId),
-    /// A leg was answered at `at_ms` (Unix milliseconds).
-    LegAnswered { leg: LegId, at_ms: u64 },
+    /// A leg was answered: the whole leg, `answered_at_ms` set, so a host
+    /// that did not hold it can still decide it and bill it, and a host
+    /// that did can tell whether it is the same call.
+    LegAnswered(CallLeg),
     /// A leg started releasing.
     LegTerminating(LegId),
     /// A leg is gone.

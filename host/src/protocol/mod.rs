@@ -12,7 +12,8 @@ pub use codec::{FrameCodec, ProtocolError};
 pub use message::{Command, CommandResult, EngineEvent, EngineMessage, HostMessage};
 
 /// The protocol version both sides put in every frame and in their hello.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// 2: `LegAnswered` carries the whole leg (identity and parties).
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// The default largest frame accepted, in bytes. A snapshot chunk of 1,024
 /// legs is about 70 KB, so this leaves room without letting a broken peer

@@ -5,7 +5,7 @@
 //! absent (known to the host, gone from the engine). Links follow the same
 //! rule once the legs are settled. Pure: the supervisor does the I/O.
 
-use crate::legs::LegTable;
+use crate::legs::{LegTable, Sighting};
 use crate::model::{CallLeg, LegId, Link, LinkId};
 use rustc_hash::FxHashSet as HashSet;
 
@@ -16,6 +16,11 @@ pub struct SnapshotDiff {
     pub unknown_links: Vec<Link>,
     /// How many snapshot legs the host already knew.
     pub known: u64,
+    /// Held legs the engine now reports answered (become billable).
+    pub now_answered: Vec<CallLeg>,
+    /// Held calls whose id the snapshot gives to another call (over; taken
+    /// out of the table).
+    pub replaced: Vec<CallLeg>,
     /// The host knew nothing when the resync began (a cold start): every
     /// snapshot leg and link is unknown, without a look-up each (a million
     /// look-ups that cannot hit are a tenth of a cold resync's own work).
@@ -55,12 +60,21 @@ impl SnapshotDiff {
         if self.cold {
             return chunk;
         }
-        let before = chunk.len();
-        let unknown: Vec<CallLeg> = chunk
-            .into_iter()
-            .filter(|leg| !table.mark_seen(leg))
-            .collect();
-        self.known += (before - unknown.len()) as u64;
+        let mut unknown = Vec::new();
+        for leg in chunk {
+            match table.mark_seen(&leg) {
+                Sighting::Known => self.known += 1,
+                Sighting::NowAnswered => {
+                    self.known += 1;
+                    self.now_answered.push(leg);
+                }
+                Sighting::Unknown => unknown.push(leg),
+                Sighting::Replaced(held) => {
+                    self.replaced.push(held);
+                    unknown.push(leg);
+                }
+            }
+        }
         unknown
     }
 

@@ -136,12 +136,10 @@ pub fn execute(
             called,
             direction,
             protocol,
-        } => {
-            format!(
-                "OK {}",
-                state.ring(nap, calling, called, *direction, *protocol, now_ms)
-            )
-        }
+        } => match state.ring(nap, calling, called, *direction, *protocol, now_ms) {
+            Ok(id) => format!("OK {id}"),
+            Err(e) => format!("ERR {e}"),
+        },
         ControlCommand::Answer(id) => done(state.answer(*id, now_ms)),
         ControlCommand::Terminate(id) => done(state.terminate(*id)),
         ControlCommand::Release(id) => done(state.release(*id)),
@@ -237,6 +235,12 @@ mod tests {
     #[test]
     fn execute_drives_the_state() {
         let mut state = EngineState::default();
+        assert_eq!(
+            execute(&mut state, &ControlCommand::parse("ring N 1 2").unwrap(), 1, 5),
+            "ERR no host is connected: the engine refuses new calls"
+        );
+        let (host, _events) = tokio::sync::mpsc::unbounded_channel();
+        state.attach_host(host);
         let ring = ControlCommand::parse("ring SIP_A 100 200 out isdn").unwrap();
         assert_eq!(execute(&mut state, &ring, 1, 5), "OK 1");
         assert_eq!(execute(&mut state, &ControlCommand::Answer(1), 1, 6), "OK");

@@ -3,6 +3,7 @@
 //! - [`state`]: legs, links and their transitions (pure).
 //! - [`media`]: the media units' view (answered legs and their links),
 //!   shared copy-on-write with snapshots and saves.
+//! - [`history`]: the record of answers and releases tests bill against.
 //! - [`persist`]: the state file, the media units' view of active calls.
 //! - [`control`]: the line-based control port for scripts and tests.
 //! - [`server`]: the engine port (one host at a time) and the control port.
@@ -12,6 +13,7 @@
 //! the answered legs and their links come back, with the same ids.
 
 pub mod control;
+pub mod history;
 pub mod media;
 pub mod persist;
 pub mod process;
@@ -43,6 +45,10 @@ pub struct SimOptions {
     pub heartbeat: Duration,
     pub heartbeat_timeout: Duration,
     pub max_frame: usize,
+    /// Record answers and releases here (the tests' ground truth).
+    pub history: Option<PathBuf>,
+    /// Test-only: give new legs the ids of legs a restart dropped.
+    pub reuse_ids: bool,
 }
 
 /// How often the state file is considered for saving.
@@ -61,6 +67,12 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         && state.counts().legs == 0
     {
         state.preload(count, crate::model::now_ms());
+    }
+    if options.reuse_ids {
+        state.reuse_ids();
+    }
+    if let Some(path) = &options.history {
+        state.set_history(history::History::open(path)?);
     }
     let boot_id = std::collections::hash_map::RandomState::new()
         .build_hasher()

@@ -6,6 +6,7 @@
 //! [`super::media`]), shared copy-on-write with snapshots and saves; the
 //! other legs and links live in signalling maps, lost at a restart.
 
+use super::history::{History, HistoryKind};
 use super::media::{LegMap, LinkMap, MediaUnits, MediaView, StoredLeg};
 use crate::model::{CallLeg, Direction, LegId, LegState, Link, LinkId, Protocol};
 use crate::protocol::{CommandResult, EngineEvent};
@@ -38,6 +39,8 @@ pub struct EngineState {
     changes: u64,
     /// `changes` when the view was last taken for saving.
     saved: u64,
+    /// The record of answers and releases (`--history`), for tests.
+    history: Option<History>,
 }
 
 /// Counts by state, for the `counts` control command.
@@ -87,6 +90,7 @@ impl EngineState {
             host: None,
             changes: 0,
             saved: 0,
+            history: None,
         };
         for leg in units.legs {
             state.put_leg(leg);
@@ -97,6 +101,28 @@ impl EngineState {
             state.put_link(link);
         }
         state
+    }
+
+    /// Starts recording answers and releases in `history`; every answered
+    /// call up now is recorded as `up`.
+    pub fn set_history(&mut self, mut history: History) {
+        for stored in self.media.legs.values() {
+            history.record(HistoryKind::Up, &stored.leg);
+        }
+        self.history = Some(history);
+    }
+
+    /// Test-only (`--reuse-ids`): new legs take ids from just past the
+    /// highest answered leg, so the ids of transient legs a restart dropped
+    /// come again, as a buggy or wrapping engine would give them.
+    pub fn reuse_ids(&mut self) {
+        self.media.next_leg = self.media.legs.keys().max().map_or(1, |id| id + 1);
+    }
+
+    fn record(&mut self, event: HistoryKind, leg: &CallLeg) {
+        if let Some(history) = &mut self.history {
+            history.record(event, leg);
+        }
     }
 
     /// `count` answered legs joined in `count / 2` links, with realistic
@@ -242,7 +268,14 @@ impl EngineState {
         direction: Direction,
         protocol: Protocol,
         now_ms: u64,
-    ) -> LegId {
+    ) -> Result<LegId, SimError> {
+        // With no controlling host nobody can answer the call: the engine
+        // refuses it (as it drops transient legs when its host goes away).
+        if self.host.is_none() {
+            return Err(SimError(
+                "no host is connected: the engine refuses new calls".into(),
+            ));
+        }
         let id = self.media.next_leg;
         self.media.next_leg += 1;
         let leg = CallLeg {
@@ -259,8 +292,10 @@ impl EngineState {
             state: LegState::Ringing,
         };
         self.put_leg(leg.clone());
+        // Saved like any change: a restart never hands this id out again.
+        self.touch();
         self.emit(EngineEvent::LegOffered(leg));
-        id
+        Ok(id)
     }
 
     pub fn answer(&mut self, id: LegId, now_ms: u64) -> Result<(), SimError> {
@@ -274,12 +309,10 @@ impl EngineState {
         let mut leg = self.take_leg(id).expect("leg exists");
         leg.state = LegState::Answered;
         leg.answered_at_ms = Some(now_ms);
-        self.put_leg(leg);
+        self.put_leg(leg.clone());
         self.touch();
-        self.emit(EngineEvent::LegAnswered {
-            leg: id,
-            at_ms: now_ms,
-        });
+        self.record(HistoryKind::Answer, &leg);
+        self.emit(EngineEvent::LegAnswered(leg));
         Ok(())
     }
 
@@ -301,7 +334,9 @@ impl EngineState {
         if let Some(link) = self.link_of.get(&id).copied() {
             self.unlink(link)?;
         }
-        self.take_leg(id);
+        if let Some(leg) = self.take_leg(id) {
+            self.record(HistoryKind::Release, &leg);
+        }
         self.touch();
         self.emit(EngineEvent::LegReleased(id));
         Ok(())
@@ -476,13 +511,24 @@ impl EngineState {
 mod tests {
     use super::*;
 
+    /// An engine with a host attached (it takes new calls only then).
+    fn hosted() -> (
+        EngineState,
+        tokio::sync::mpsc::UnboundedReceiver<EngineEvent>,
+    ) {
+        let mut state = EngineState::default();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        state.attach_host(tx);
+        (state, rx)
+    }
+
     #[test]
     fn a_restart_keeps_only_answered_legs_and_their_links() {
-        let mut state = EngineState::default();
-        let a = state.ring("SIP_A", "1", "2", Direction::Inbound, Protocol::Sip, 1);
-        let b = state.ring("SIP_A", "1", "2", Direction::Inbound, Protocol::Sip, 1);
-        let c = state.ring("SIP_A", "1", "2", Direction::Inbound, Protocol::Sip, 1);
-        let d = state.ring("SIP_A", "1", "2", Direction::Outbound, Protocol::Sip, 1);
+        let (mut state, _events) = hosted();
+        let a = state.ring("SIP_A", "1", "2", Direction::Inbound, Protocol::Sip, 1).unwrap();
+        let b = state.ring("SIP_A", "1", "2", Direction::Inbound, Protocol::Sip, 1).unwrap();
+        let c = state.ring("SIP_A", "1", "2", Direction::Inbound, Protocol::Sip, 1).unwrap();
+        let d = state.ring("SIP_A", "1", "2", Direction::Outbound, Protocol::Sip, 1).unwrap();
         state.answer(b, 2).unwrap();
         state.terminate(b).unwrap();
         state.answer(c, 2).unwrap();
@@ -506,9 +552,9 @@ mod tests {
 
     #[test]
     fn detaching_the_host_drops_transient_and_terminating_legs() {
-        let mut state = EngineState::default();
-        let ringing = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1);
-        let up = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1);
+        let (mut state, _events) = hosted();
+        let ringing = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1).unwrap();
+        let up = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1).unwrap();
         state.answer(up, 2).unwrap();
         state.detach_host();
         assert_eq!(
@@ -550,9 +596,9 @@ mod tests {
 
     #[test]
     fn a_link_is_in_the_snapshot_only_while_both_legs_are_answered() {
-        let mut state = EngineState::default();
-        let a = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1);
-        let b = state.ring("N", "1", "2", Direction::Outbound, Protocol::Sip, 1);
+        let (mut state, _events) = hosted();
+        let a = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1).unwrap();
+        let b = state.ring("N", "1", "2", Direction::Outbound, Protocol::Sip, 1).unwrap();
         state.answer(a, 2).unwrap();
         let link = state.link(a, b).unwrap();
         let in_snapshot = |state: &EngineState| {
@@ -571,9 +617,51 @@ mod tests {
     }
 
     #[test]
+    fn the_history_records_answers_releases_and_calls_up_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        let (mut state, _events) = hosted();
+        let up = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1).unwrap();
+        state.answer(up, 2).unwrap();
+        state.set_history(History::open(&path).unwrap());
+        let a = state.ring("N", "3", "4", Direction::Inbound, Protocol::Sip, 5).unwrap();
+        let ringing = state.ring("N", "5", "6", Direction::Inbound, Protocol::Sip, 5).unwrap();
+        state.answer(a, 7).unwrap();
+        state.release(a).unwrap();
+        state.release(ringing).unwrap();
+        let lines = History::read(&path).unwrap();
+        let seen: Vec<_> = lines.iter().map(|l| (l.event, l.leg, l.answer_time_ms)).collect();
+        assert_eq!(
+            seen,
+            [
+                (HistoryKind::Up, up, 2),
+                (HistoryKind::Answer, a, 7),
+                (HistoryKind::Release, a, 7)
+            ],
+            "unanswered legs are not billable: not recorded"
+        );
+    }
+
+    #[test]
+    fn ids_are_never_reused_unless_asked() {
+        let (mut state, _events) = hosted();
+        let up = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1).unwrap();
+        state.answer(up, 2).unwrap();
+        let dropped = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 3).unwrap();
+        let mut restarted = EngineState::from_media_units(state.media_units());
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        restarted.attach_host(tx);
+        let next = restarted.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 4).unwrap();
+        assert!(next > dropped);
+        restarted.reuse_ids();
+        let reused = restarted.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 5).unwrap();
+        assert_eq!(reused, dropped, "--reuse-ids gives the dropped id again");
+    }
+
+    #[test]
     fn invalid_transitions_are_refused() {
-        let mut state = EngineState::default();
-        let a = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1);
+        let (mut state, _events) = hosted();
+        let a = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1).unwrap();
         state.answer(a, 2).unwrap();
         assert!(state.answer(a, 3).is_err());
         assert!(state.link(a, a).is_err());

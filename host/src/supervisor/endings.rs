@@ -1,5 +1,6 @@
-//! Every way a context ends goes through here: the `OnCallLegTerminated`
-//! event, the CDR END for answered calls, and the plugins' notification.
+//! Every way a context ends goes through here: the ledger END for answered
+//! calls (durable first), then the `OnCallLegTerminated` event, then the
+//! plugins' notification.
 
 use super::Host;
 use crate::events::{HostEvent, LinkState};
@@ -7,26 +8,67 @@ use crate::model::{CallLeg, TerminationReason, now_ms};
 use crate::policy::Decider;
 
 impl Host {
-    /// Ends `legs` (already removed from the table) for `reason`.
+    /// Ends `legs` (already out of the table) for `reason`, now.
     pub(super) async fn end_legs(
         &mut self,
         legs: Vec<CallLeg>,
         reason: TerminationReason,
         decider: &Decider,
     ) -> anyhow::Result<()> {
+        let now = now_ms();
+        self.end_legs_at(legs.into_iter().map(|l| (l, now)).collect(), reason, decider)
+            .await
+    }
+
+    /// Ends `legs`, each at its own time. The END records are durable
+    /// before the event log says so or a plugin hears of it.
+    pub(super) async fn end_legs_at(
+        &mut self,
+        legs: Vec<(CallLeg, u64)>,
+        reason: TerminationReason,
+        decider: &Decider,
+    ) -> anyhow::Result<()> {
         if legs.is_empty() {
             return Ok(());
         }
+        // The calls go on in the engine when the host stops: the next host
+        // adopts them from the ledger, so nothing is written.
+        if reason != TerminationReason::HostShutdown {
+            self.cdr
+                .close_calls(legs.iter().map(|(leg, at)| (leg, *at)), reason)
+                .durable()
+                .await?;
+        }
         self.events
-            .emit_all(legs.iter().map(|leg| HostEvent::CallLegTerminated {
+            .emit_all(legs.iter().map(|(leg, _)| HostEvent::CallLegTerminated {
                 leg: leg.id,
                 reason,
             }));
-        if reason != TerminationReason::HostShutdown && reason != TerminationReason::RefusedByPolicy
-        {
-            self.cdr.end(&legs, reason, now_ms()).await?;
+        notify(decider, legs.into_iter().map(|(leg, _)| leg).collect(), reason).await;
+        Ok(())
+    }
+
+    /// Ends the calls the ledger had open at start that the engine has not
+    /// shown again, at the last moment the host can prove they were up.
+    pub(super) async fn end_recovered(
+        &mut self,
+        reason: TerminationReason,
+        decider: &Decider,
+    ) -> anyhow::Result<()> {
+        if self.recovered.is_empty() {
+            return Ok(());
         }
-        notify(decider, legs, reason).await;
+        let lost: Vec<(CallLeg, u64)> = std::mem::take(&mut self.recovered)
+            .into_values()
+            .map(|call| (call.leg, call.proven_up_ms))
+            .collect();
+        tracing::warn!(
+            calls = lost.len(),
+            reason = reason_text(reason),
+            "calls the ledger had open from the previous run are gone; ending them at their last proven moment"
+        );
+        self.end_legs_at(lost, reason, decider).await?;
+        self.publish(None, None);
         Ok(())
     }
 
@@ -41,6 +83,8 @@ impl Host {
         self.publish(Some(LinkState::Purged), None);
         let decider = self.policy.current();
         self.end_legs(legs, TerminationReason::GraceExpired, &decider)
+            .await?;
+        self.end_recovered(TerminationReason::GraceExpired, &decider)
             .await?;
         self.events.emit(HostEvent::Link {
             state: LinkState::Purged,
@@ -59,6 +103,14 @@ impl Host {
         self.end_legs(legs, TerminationReason::HostShutdown, &decider)
             .await
     }
+}
+
+/// A reason as the logs and the ledger spell it.
+pub(super) fn reason_text(reason: TerminationReason) -> String {
+    serde_json::to_value(reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// Tells the plugins, off the async threads (plugin calls block).

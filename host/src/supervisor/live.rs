@@ -1,11 +1,25 @@
 //! Between resyncs: engine events keep the table current, through the same
-//! table and the same endings as a resync.
+//! table, the same decisions and the same endings as a resync.
+//!
+//! An event never overwrites another call: a leg id names a call only with
+//! its session, offer and answer times (see [`crate::cdr::record`]). An
+//! event that contradicts the held call ends it (`replaced`), and the new
+//! call is handled like any unknown leg. An event about a leg the host does
+//! not hold is never dropped silently: an answer brings the leg in through
+//! `OnCallLegSync`, anything else is logged and counted.
 
 use super::{Exit, Host};
+use crate::cdr::record::{StartReason, same_call};
 use crate::engine::{Connection, LinkError};
-use crate::model::{LegState, TerminationReason};
-use crate::protocol::{EngineEvent, EngineMessage};
+use crate::events::HostEvent;
+use crate::model::{CallLeg, Decision, LegId, LegState, TerminationReason};
+use crate::protocol::{Command, EngineEvent, EngineMessage};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// How often the host records that it is in sync (the end time the ledger
+/// can prove for calls lost while no host was watching).
+const ALIVE_EVERY: Duration = Duration::from_secs(1);
 
 impl Host {
     pub(super) async fn live(
@@ -13,14 +27,19 @@ impl Host {
         connection: &mut Connection,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Exit> {
+        let mut alive = tokio::time::interval(ALIVE_EVERY);
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(Exit::Shutdown),
+                _ = alive.tick() => {
+                    self.cdr.mark_alive();
+                    continue;
+                }
                 message = connection.next() => message,
             };
             match message {
                 Ok(message) => {
-                    if let Err(e) = self.handle(message).await? {
+                    if let Err(e) = self.handle(connection, message).await? {
                         return Ok(Exit::Lost(e));
                     }
                 }
@@ -33,41 +52,48 @@ impl Host {
     /// inner one drops the link.
     pub(super) async fn handle(
         &mut self,
+        connection: &mut Connection,
         message: EngineMessage,
     ) -> anyhow::Result<Result<(), LinkError>> {
         match message {
-            EngineMessage::Event(event) => self.apply(event).await?,
+            EngineMessage::Event(event) => self.apply(connection, event).await?,
             EngineMessage::Ack { command, result } => {
                 tracing::debug!(command, ?result, "command acknowledged late");
             }
             other => {
                 return Ok(Err(LinkError::Unexpected(format!(
-                    "{other:?} outside a snapshot"
+                    "{} outside a snapshot",
+                    other.name()
                 ))));
             }
         }
         Ok(Ok(()))
     }
 
-    async fn apply(&mut self, event: EngineEvent) -> anyhow::Result<()> {
+    async fn apply(&mut self, connection: &mut Connection, event: EngineEvent) -> anyhow::Result<()> {
         match event {
             EngineEvent::LegOffered(mut leg) => {
                 leg.linked_to = None;
-                self.table.insert(leg, "live".into());
+                self.end_contradicted(&leg, "offered again as another call")
+                    .await?;
+                if self.table.contains(leg.id) {
+                    tracing::debug!(leg = leg.id, "the engine offered a leg it had offered already");
+                } else {
+                    self.table.insert(leg, "live".into());
+                }
             }
-            EngineEvent::LegRinging(id) => self.set_state(id, LegState::Ringing, None),
-            EngineEvent::LegAnswered { leg, at_ms } => {
-                self.set_state(leg, LegState::Answered, Some(at_ms))
-            }
-            EngineEvent::LegTerminating(id) => self.set_state(id, LegState::Terminating, None),
-            EngineEvent::LegReleased(id) => {
-                if let Some(leg) = self.table.remove(id) {
+            EngineEvent::LegRinging(id) => self.set_state(id, LegState::Ringing),
+            EngineEvent::LegAnswered(leg) => self.answered(connection, leg).await?,
+            EngineEvent::LegTerminating(id) => self.set_state(id, LegState::Terminating),
+            EngineEvent::LegReleased(id) => match self.table.remove(id) {
+                Some(leg) => {
                     self.publish(None, None);
                     let decider = self.policy.current();
                     self.end_legs(vec![leg], TerminationReason::Released, &decider)
                         .await?;
                 }
-            }
+                None => self.unknown_leg(id, "released"),
+            },
             EngineEvent::LinkCreated(link) => {
                 if !self.table.insert_link(link) {
                     tracing::debug!(link = link.id, "link between legs this host does not hold");
@@ -81,15 +107,118 @@ impl Host {
         Ok(())
     }
 
-    fn set_state(&mut self, id: u64, state: LegState, answered_at_ms: Option<u64>) {
-        match self.table.get_mut(id) {
-            Some(leg) => {
-                leg.state = state;
-                if answered_at_ms.is_some() {
-                    leg.answered_at_ms = answered_at_ms;
-                }
-            }
-            None => tracing::debug!(leg = id, ?state, "event for a leg this host does not hold"),
+    /// `LegAnswered`: the held call becomes billable (START, durable, before
+    /// anything else); a leg the host did not hold, or another call under a
+    /// held id, is decided like an unknown leg at a resync.
+    async fn answered(&mut self, connection: &mut Connection, leg: CallLeg) -> anyhow::Result<()> {
+        if leg.answered_at_ms.is_none() {
+            tracing::warn!(leg = leg.id, "the engine reported an answer without an answer time; ignored");
+            return Ok(());
         }
+        self.end_contradicted(&leg, "answered with another identity or answer time")
+            .await?;
+        let held_unanswered = match self.table.get(leg.id) {
+            Some(entry) if entry.leg.answered_at_ms.is_some() => {
+                tracing::debug!(leg = leg.id, "a repeated answer for a call already answered");
+                return Ok(());
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if held_unanswered {
+            self.cdr
+                .open_calls([&leg], StartReason::Answered)
+                .durable()
+                .await?;
+            if let Some(held) = self.table.get_mut(leg.id) {
+                held.state = LegState::Answered;
+                held.answered_at_ms = leg.answered_at_ms;
+            }
+            return Ok(());
+        }
+        self.adopt_live(connection, leg).await
+    }
+
+    /// `OnCallLegSync` for one answered leg met live: rebuilt, it joins the
+    /// table with a START; refused, it gets its START and END (it was
+    /// answered, it is billed) and is dropped at the engine.
+    async fn adopt_live(&mut self, connection: &mut Connection, mut leg: CallLeg) -> anyhow::Result<()> {
+        tracing::info!(leg = leg.id, "answer for a leg this host did not hold; deciding it");
+        let decider = self.policy.current();
+        let (legs, verdicts) = {
+            let decider = decider.clone();
+            tokio::task::spawn_blocking(move || {
+                let legs = vec![leg];
+                let verdicts = decider.decide_legs(&legs);
+                (legs, verdicts)
+            })
+            .await?
+        };
+        leg = legs.into_iter().next().expect("one leg in, one out");
+        let verdict = verdicts
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("the plugin chain gave no verdict"))?;
+        let event = HostEvent::CallLegSync {
+            leg: leg.id,
+            decision: verdict.decision,
+            plugin: verdict.plugin,
+            failure: verdict.failure,
+        };
+        match verdict.decision {
+            Decision::Rebuild => {
+                self.cdr
+                    .open_calls([&leg], StartReason::Found)
+                    .durable()
+                    .await?;
+                self.events.emit(event);
+                leg.linked_to = None;
+                self.table.insert(leg, verdict.plugin);
+            }
+            Decision::Refuse => {
+                let id = leg.id;
+                self.events.emit(event);
+                self.end_legs(vec![leg], TerminationReason::RefusedByPolicy, &decider)
+                    .await?;
+                connection.send(Command::DropLeg(id));
+            }
+        }
+        Ok(())
+    }
+
+    /// If the host holds another call under `leg`'s id, that call is over:
+    /// it ends (`replaced`, END if answered), and is logged with `why`.
+    async fn end_contradicted(&mut self, leg: &CallLeg, why: &str) -> anyhow::Result<()> {
+        let contradicted = self
+            .table
+            .get(leg.id)
+            .is_some_and(|held| !same_call(&held.leg, leg));
+        if !contradicted {
+            return Ok(());
+        }
+        let held = self.table.remove(leg.id).expect("just seen");
+        tracing::warn!(
+            leg = leg.id,
+            held_session = held.session_id,
+            new_session = leg.session_id,
+            "the engine reported leg {} {why}: the held call ends and the new one is handled on its own",
+            leg.id
+        );
+        let decider = self.policy.current();
+        self.end_legs(vec![held], TerminationReason::Replaced, &decider)
+            .await
+    }
+
+    fn set_state(&mut self, id: LegId, state: LegState) {
+        match self.table.get_mut(id) {
+            Some(leg) => leg.state = state,
+            None => self.unknown_leg(id, if state == LegState::Ringing { "ringing" } else { "terminating" }),
+        }
+    }
+
+    /// An event about a leg the host does not hold: logged and counted.
+    fn unknown_leg(&mut self, id: LegId, what: &str) {
+        tracing::warn!(leg = id, "the engine reports leg {id} {what}, a leg this host does not hold");
+        self.status.send_modify(|s| s.unknown_leg_events += 1);
     }
 }

@@ -20,10 +20,11 @@ pub mod grace;
 mod live;
 mod resync;
 
-use crate::cdr::CdrWriter;
+use crate::cdr::{CdrWriter, RecoveredCall};
 use crate::engine::{Backoff, Connection, LinkError, LinkOptions};
 use crate::events::{Events, HostEvent, LinkState};
 use crate::legs::LegTable;
+use crate::model::LegId;
 use crate::policy::PolicyHandle;
 use grace::GraceTimer;
 use std::time::Duration;
@@ -55,6 +56,10 @@ pub struct HostStatus {
     pub snapshot_received: u64,
     /// Legs the current (or last) snapshot announced.
     pub snapshot_expected: u64,
+    /// Calls the ledger had open at start, not yet matched with the engine.
+    pub recovered: usize,
+    /// Live events about legs the host did not hold (each logged).
+    pub unknown_leg_events: u64,
 }
 
 /// How the live phase ended.
@@ -73,11 +78,35 @@ pub struct Host {
     status: watch::Sender<HostStatus>,
     grace: GraceTimer,
     last_boot: Option<u64>,
+    /// Calls the ledger had open when the host started. The first complete
+    /// resync matches them with the engine: found and adopted, they carry
+    /// on; refused or gone, they get their END. If the engine stays away
+    /// past the grace time, they end like every other context.
+    recovered: rustc_hash::FxHashMap<LegId, RecoveredCall>,
 }
 
 impl Host {
-    pub fn new(options: HostOptions, policy: PolicyHandle, cdr: CdrWriter, events: Events) -> Self {
-        let (status, _) = watch::channel(HostStatus::default());
+    /// A host with `cdr`, the ledger, and the calls it had open
+    /// (`recovered`, from [`CdrWriter::open`]).
+    pub fn new(
+        options: HostOptions,
+        policy: PolicyHandle,
+        (cdr, recovered): (CdrWriter, Vec<RecoveredCall>),
+        events: Events,
+    ) -> Self {
+        let mut grace = GraceTimer::default();
+        if !recovered.is_empty() {
+            tracing::info!(
+                calls = recovered.len(),
+                "the ledger has calls open from the previous run; they are matched with the engine at the first resync"
+            );
+            // Contexts held while the engine is away: the grace timer runs.
+            grace.arm(options.grace);
+        }
+        let (status, _) = watch::channel(HostStatus {
+            recovered: recovered.len(),
+            ..HostStatus::default()
+        });
         Host {
             options,
             table: LegTable::new(),
@@ -85,8 +114,9 @@ impl Host {
             cdr,
             events,
             status,
-            grace: GraceTimer::default(),
+            grace,
             last_boot: None,
+            recovered: recovered.into_iter().map(|c| (c.leg.id, c)).collect(),
         }
     }
 
@@ -152,7 +182,7 @@ impl Host {
         } else {
             tracing::warn!(error = %error, "engine link lost");
         }
-        if !self.table.is_empty() {
+        if !self.table.is_empty() || !self.recovered.is_empty() {
             self.grace.arm(self.options.grace);
         }
         self.publish(Some(LinkState::Disconnected), None);
@@ -165,7 +195,9 @@ impl Host {
 
     fn publish(&self, link: Option<LinkState>, boot_id: Option<u64>) {
         let (legs, links) = (self.table.len(), self.table.links_len());
+        let recovered = self.recovered.len();
         self.status.send_modify(|status| {
+            status.recovered = recovered;
             if link.is_some() {
                 status.link = link;
             }

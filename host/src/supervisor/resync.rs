@@ -5,8 +5,18 @@
 //! the engine as drop commands (links first), and absent legs end. Plugin
 //! calls run on blocking threads while the link's own tasks keep the
 //! heartbeats going.
+//!
+//! The ledger follows the table: every answered call adopted gets its START
+//! (or RESUME), every refused or absent one its END, and the calls the
+//! ledger had open at start that the engine no longer has end too. Records
+//! are handed to the ledger's writer as chunks are adopted (it commits them
+//! in groups while the snapshot streams) and are all durable before the
+//! per-leg events are logged, before any drop command leaves, and before
+//! the resync is reported done.
 
 use super::{Host, ResyncError};
+use crate::cdr::Pending;
+use crate::cdr::record::{StartReason, same_call};
 use crate::engine::{Connection, LinkError};
 use crate::events::{HostEvent, LinkState, ResyncSummary};
 use crate::model::{CallLeg, Decision, LegId, Link, TerminationReason};
@@ -29,6 +39,22 @@ struct Run {
     refused: Vec<CallLeg>,
     /// Commands sent, not yet acknowledged.
     pending: HashSet<u64>,
+    /// Ledger records handed to the writer, not yet known durable.
+    records: Vec<Pending>,
+    /// Per-leg sync events, logged once their records are durable.
+    sync_events: Vec<HostEvent>,
+}
+
+impl Run {
+    /// Waits until every record handed to the ledger is durable, then logs
+    /// the events that depended on them.
+    async fn report(&mut self, host: &Host) -> Result<(), ResyncError> {
+        for pending in self.records.drain(..) {
+            pending.durable().await.map_err(ResyncError::Fatal)?;
+        }
+        host.events.emit_all(self.sync_events.drain(..));
+        Ok(())
+    }
 }
 
 impl Host {
@@ -61,9 +87,21 @@ impl Host {
         // Decisions overlap the snapshot: count only the time spent waiting.
         phases.snapshot = micros(started).saturating_sub(run.waited + phases.adopt);
         run.summary.known = diff.known;
+        run.report(self).await?;
 
-        // Refused legs: their links are dropped first, then the legs.
-        let refused_ids: HashSet<LegId> = run.refused.iter().map(|l| l.id).collect();
+        // Refused legs: their END first (an answered call that was refused
+        // still ran and is billed), then their links are dropped, then the
+        // legs.
+        let phase = Instant::now();
+        let refused = std::mem::take(&mut run.refused);
+        let refused_ids: HashSet<LegId> = refused.iter().map(|l| l.id).collect();
+        self.end_legs(refused, TerminationReason::RefusedByPolicy, &decider)
+            .await
+            .map_err(ResyncError::Fatal)?;
+        // Calls the ledger had open at start that the engine did not list.
+        self.end_recovered(TerminationReason::HostLost, &decider)
+            .await
+            .map_err(ResyncError::Fatal)?;
         let plan = diff.plan_links(&self.table, &refused_ids);
         for id in &plan.gone {
             self.table.remove_link(*id);
@@ -80,11 +118,6 @@ impl Host {
         for id in &refused_ids {
             run.pending.insert(connection.send(Command::DropLeg(*id)));
         }
-        let phase = Instant::now();
-        let refused = std::mem::take(&mut run.refused);
-        self.end_legs(refused, TerminationReason::RefusedByPolicy, &decider)
-            .await
-            .map_err(ResyncError::Fatal)?;
         self.decide_links(connection, &decider, plan.offer, &mut run)
             .await?;
         run.summary.phases.link_decisions = micros(phase);
@@ -104,6 +137,7 @@ impl Host {
         self.await_acks(connection, std::mem::take(&mut run.pending))
             .await?;
         run.summary.phases.drop_acks = micros(phase);
+        self.cdr.mark_alive();
         let summary = ResyncSummary {
             millis: started.elapsed().as_millis() as u64,
             ..run.summary
@@ -139,7 +173,7 @@ impl Host {
             }
             other => {
                 return Err(
-                    LinkError::Unexpected(format!("{other:?} instead of a snapshot")).into(),
+                    LinkError::Unexpected(format!("{} instead of a snapshot", other.name())).into(),
                 );
             }
         }
@@ -154,10 +188,11 @@ impl Host {
                     let diffing = Instant::now();
                     let unknown = diff.legs(&mut self.table, chunk);
                     run.summary.phases.diff += micros(diffing);
+                    self.settle_sightings(&mut diff, decider, run).await?;
                     if !unknown.is_empty() {
                         let next = spawn_decision(decider, unknown);
                         if let Some(previous) = deciding.replace(next) {
-                            self.adopt(previous, run).await?;
+                            self.adopt(previous, decider, run).await?;
                         }
                     }
                     self.status.send_modify(|s| s.snapshot_received += received);
@@ -169,13 +204,13 @@ impl Host {
                 }
                 EngineMessage::SnapshotEnd => {
                     if let Some(last) = deciding.take() {
-                        self.adopt(last, run).await?;
+                        self.adopt(last, decider, run).await?;
                     }
                     return Ok(diff);
                 }
                 other => {
                     return Err(
-                        LinkError::Unexpected(format!("{other:?} inside a snapshot")).into(),
+                        LinkError::Unexpected(format!("{} inside a snapshot", other.name())).into(),
                     );
                 }
             }
@@ -184,7 +219,12 @@ impl Host {
 
     /// Waits for a chunk's `OnCallLegSync` verdicts: rebuilt legs join the
     /// table at once; refused ones are kept for the drops.
-    async fn adopt(&mut self, deciding: Deciding, run: &mut Run) -> Result<(), ResyncError> {
+    async fn adopt(
+        &mut self,
+        deciding: Deciding,
+        decider: &Decider,
+        run: &mut Run,
+    ) -> Result<(), ResyncError> {
         let waited = Instant::now();
         let (unknown, verdicts, took) = deciding
             .await
@@ -192,21 +232,24 @@ impl Host {
         run.summary.phases.decisions += took;
         run.waited += micros(waited);
         let phase = Instant::now();
+        self.match_recovered(&unknown, decider).await?;
         if self.events.wants_items() {
-            self.events.emit_all(
+            run.sync_events.extend(
                 unknown
                     .iter()
                     .zip(&verdicts)
                     .map(|(leg, v)| sync_event(leg.id, v)),
             );
         }
-        // A call ended at a grace deadline and adopted again gets a RESUME.
+        // START for calls new to the ledger, RESUME for calls it had ended
+        // (a grace deadline), nothing for calls it has open (a restart).
         let rebuilt = unknown
             .iter()
             .zip(&verdicts)
             .filter(|(_, v)| v.decision == Decision::Rebuild)
             .map(|(leg, _)| leg);
-        self.cdr.resume(rebuilt).await.map_err(ResyncError::Fatal)?;
+        run.records
+            .push(self.cdr.open_calls(rebuilt, StartReason::Found));
         for (mut leg, verdict) in unknown.into_iter().zip(verdicts) {
             match verdict.decision {
                 Decision::Rebuild => {
@@ -222,6 +265,58 @@ impl Host {
         }
         run.summary.phases.adopt += micros(phase);
         Ok(())
+    }
+
+    /// What the diff of a chunk found besides unknown legs: held calls whose
+    /// id the engine gave to another call end now (before the new call's
+    /// START is written); held legs answered while the link was down become
+    /// billable.
+    async fn settle_sightings(
+        &mut self,
+        diff: &mut SnapshotDiff,
+        decider: &Decider,
+        run: &mut Run,
+    ) -> Result<(), ResyncError> {
+        if !diff.replaced.is_empty() {
+            let replaced = std::mem::take(&mut diff.replaced);
+            tracing::warn!(
+                legs = replaced.len(),
+                "the snapshot gives the ids of held calls to other calls: the held calls end, the new ones are decided"
+            );
+            self.end_legs(replaced, TerminationReason::Replaced, decider)
+                .await
+                .map_err(ResyncError::Fatal)?;
+        }
+        if !diff.now_answered.is_empty() {
+            let answered = std::mem::take(&mut diff.now_answered);
+            run.records
+                .push(self.cdr.open_calls(&answered, StartReason::Found));
+        }
+        Ok(())
+    }
+
+    /// Matches unknown snapshot legs with the calls the ledger had open at
+    /// start: the same call carries on (its ledger entry stays open); a
+    /// different call under the same id means the recovered one is gone.
+    async fn match_recovered(
+        &mut self,
+        unknown: &[CallLeg],
+        decider: &Decider,
+    ) -> Result<(), ResyncError> {
+        if self.recovered.is_empty() {
+            return Ok(());
+        }
+        let mut lost = Vec::new();
+        for leg in unknown {
+            if let Some(call) = self.recovered.remove(&leg.id)
+                && !same_call(&call.leg, leg)
+            {
+                lost.push((call.leg, call.proven_up_ms));
+            }
+        }
+        self.end_legs_at(lost, TerminationReason::HostLost, decider)
+            .await
+            .map_err(ResyncError::Fatal)
     }
 
     /// `OnLinkSync` for unknown links whose legs the host now holds.
@@ -277,7 +372,11 @@ impl Host {
                     tracing::debug!(command, ?result, "drop acknowledged");
                 }
                 other => {
-                    if let Err(e) = self.handle(other).await.map_err(ResyncError::Fatal)? {
+                    if let Err(e) = self
+                        .handle(connection, other)
+                        .await
+                        .map_err(ResyncError::Fatal)?
+                    {
                         return Err(e.into());
                     }
                 }

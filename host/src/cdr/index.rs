@@ -1,0 +1,279 @@
+//! What the ledger says about each call, kept in memory so the host writes
+//! every record once: a START when a call becomes billable, exactly one END
+//! that closes it, a RESUME when an ended call is found alive again.
+//!
+//! Keyed by leg id, one entry per id: the latest call that used it. A new
+//! call on a reused id only starts once the host has ended the old one (the
+//! supervisor's identity rule), so an entry never hides an open call.
+
+use super::record::{CallKey, CdrRecord, RecordKind, StartReason};
+use crate::model::{CallLeg, LegId, TerminationReason};
+use rustc_hash::FxHashMap as HashMap;
+
+/// The ledger's state of one call (about 50 bytes: a million open calls
+/// cost ~80 MB with the map).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CallState {
+    session: u64,
+    offered_time_ms: u64,
+    answer_time_ms: u64,
+    /// The call's latest END.
+    last_end: Option<u64>,
+    /// A START or RESUME stands after `last_end`: the call is up.
+    open: bool,
+    /// The last record written about it: the call was up then.
+    seen_ms: u64,
+}
+
+impl CallState {
+    fn key(&self, leg: LegId) -> CallKey {
+        CallKey {
+            leg,
+            session: self.session,
+            offered_time_ms: self.offered_time_ms,
+            answer_time_ms: self.answer_time_ms,
+        }
+    }
+}
+
+/// The per-call index, rebuilt from the ledger at start.
+#[derive(Debug, Default)]
+pub struct LedgerIndex {
+    calls: HashMap<LegId, CallState>,
+    next_record: u64,
+}
+
+impl LedgerIndex {
+    /// Takes a record read back from the ledger into account.
+    pub fn replay(&mut self, record: &CdrRecord) {
+        self.next_record = self.next_record.max(record.record + 1);
+        let key = record.key();
+        let state = self.calls.entry(record.leg).or_insert(CallState {
+            session: key.session,
+            offered_time_ms: key.offered_time_ms,
+            answer_time_ms: key.answer_time_ms,
+            last_end: None,
+            open: false,
+            seen_ms: record.time_ms,
+        });
+        if state.key(record.leg) != key {
+            *state = CallState {
+                session: key.session,
+                offered_time_ms: key.offered_time_ms,
+                answer_time_ms: key.answer_time_ms,
+                last_end: None,
+                open: false,
+                seen_ms: record.time_ms,
+            };
+        }
+        state.seen_ms = state.seen_ms.max(record.time_ms);
+        match record.kind {
+            RecordKind::Start | RecordKind::Resume => state.open = true,
+            RecordKind::End => {
+                state.last_end = Some(record.record);
+                state.open = false;
+            }
+        }
+    }
+
+    /// Whether the ledger has `key` open (a START or RESUME and no END since).
+    pub fn is_open(&self, key: &CallKey) -> bool {
+        self.calls
+            .get(&key.leg)
+            .is_some_and(|s| s.open && s.key(key.leg) == *key)
+    }
+
+    /// The open calls and the last time the ledger saw each of them up.
+    pub fn open_calls(&self) -> impl Iterator<Item = (CallKey, u64)> + '_ {
+        self.calls
+            .iter()
+            .filter(|(_, s)| s.open)
+            .map(|(&leg, s)| (s.key(leg), s.seen_ms))
+    }
+
+    /// The record that makes the answered `leg` billable: a START if the
+    /// ledger never had the call, a RESUME if it had ended, nothing if it
+    /// is open already (a host restart re-adopting its own calls).
+    pub fn open(&mut self, leg: &CallLeg, reason: StartReason, now_ms: u64) -> Option<CdrRecord> {
+        let key = CallKey::of(leg)?;
+        let record = match self.calls.get(&leg.id) {
+            Some(s) if s.key(leg.id) == key && s.open => return None,
+            Some(s) if s.key(leg.id) == key => CdrRecord {
+                resumes: s.last_end,
+                ..self.record(RecordKind::Resume, leg, now_ms)
+            },
+            other => {
+                self.warn_if_replacing_open(other, leg);
+                CdrRecord {
+                    start_reason: Some(reason),
+                    ..self.record(RecordKind::Start, leg, now_ms)
+                }
+            }
+        };
+        self.replay(&record);
+        Some(record)
+    }
+
+    /// The records that close the call of `leg`, ended at `end_ms`: its END
+    /// (superseding the END a RESUME reopened), preceded by a START if the
+    /// ledger never had it (an answered call refused at its first resync
+    /// still ran, and is billed). Nothing for an unanswered leg, or for a
+    /// call whose END already stands (a second END would double-bill).
+    pub fn close(
+        &mut self,
+        leg: &CallLeg,
+        reason: TerminationReason,
+        end_ms: u64,
+        now_ms: u64,
+    ) -> Vec<CdrRecord> {
+        let Some(key) = CallKey::of(leg) else {
+            return Vec::new();
+        };
+        let mut records = Vec::with_capacity(1);
+        let supersedes = match self.calls.get(&leg.id) {
+            Some(s) if s.key(leg.id) == key && !s.open => return records,
+            Some(s) if s.key(leg.id) == key => s.last_end,
+            other => {
+                self.warn_if_replacing_open(other, leg);
+                let start = CdrRecord {
+                    start_reason: Some(StartReason::Found),
+                    ..self.record(RecordKind::Start, leg, now_ms)
+                };
+                self.replay(&start);
+                records.push(start);
+                None
+            }
+        };
+        // A call cannot end before its answer, nor before the ledger last
+        // saw it up.
+        let end_ms = end_ms.max(key.answer_time_ms);
+        let end = CdrRecord {
+            end_time_ms: Some(end_ms),
+            duration_ms: Some(end_ms - key.answer_time_ms),
+            end_reason: Some(reason),
+            supersedes,
+            ..self.record(RecordKind::End, leg, now_ms)
+        };
+        self.replay(&end);
+        records.push(end);
+        records
+    }
+
+    fn record(&mut self, kind: RecordKind, leg: &CallLeg, now_ms: u64) -> CdrRecord {
+        let number = self.next_record.max(1);
+        self.next_record = number + 1;
+        CdrRecord::about(number, kind, leg, now_ms)
+    }
+
+    /// The supervisor ends a call before another takes its id; if one is
+    /// still open here, that rule was broken, and the ledger says so (the
+    /// old call stays open, visible to `legsync cdr bill`, never merged).
+    fn warn_if_replacing_open(&self, previous: Option<&CallState>, leg: &CallLeg) {
+        if let Some(s) = previous.filter(|s| s.open) {
+            tracing::error!(
+                leg = leg.id,
+                open_session = s.session,
+                new_session = leg.session_id,
+                "a new call takes the id of a call the ledger still has open; the old one stays open"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(id: LegId, at: u64) -> CallLeg {
+        crate::model::test_leg(id, at)
+    }
+
+    #[test]
+    fn start_end_once_and_the_billing_trap_is_unambiguous() {
+        let mut index = LedgerIndex::default();
+        let call = answered(7, 1_000);
+        let start = index.open(&call, StartReason::Answered, 1_000).unwrap();
+        assert_eq!((start.record, start.kind), (1, RecordKind::Start));
+        assert_eq!(index.open(&call, StartReason::Found, 1_500), None);
+        let first = index
+            .close(&call, TerminationReason::GraceExpired, 11_000, 11_000)
+            .pop()
+            .unwrap();
+        assert_eq!(
+            (first.record, first.duration_ms, first.supersedes),
+            (2, Some(10_000), None)
+        );
+        assert!(
+            index
+                .close(&call, TerminationReason::Released, 12_000, 12_000)
+                .is_empty(),
+            "no second END"
+        );
+        let resume = index.open(&call, StartReason::Found, 20_000).unwrap();
+        assert_eq!(
+            (resume.kind, resume.resumes, resume.answer_time_ms),
+            (RecordKind::Resume, Some(2), 1_000)
+        );
+        let last = index
+            .close(&call, TerminationReason::Released, 61_000, 61_000)
+            .pop()
+            .unwrap();
+        assert_eq!(last.supersedes, Some(2));
+        assert_eq!(last.duration_ms, Some(60_000), "from the original answer");
+    }
+
+    #[test]
+    fn a_call_the_ledger_never_had_gets_a_start_before_its_end() {
+        let mut index = LedgerIndex::default();
+        let refused = answered(3, 1_000);
+        let records = index.close(&refused, TerminationReason::RefusedByPolicy, 5_000, 5_000);
+        let kinds: Vec<_> = records.iter().map(|r| r.kind).collect();
+        assert_eq!(kinds, [RecordKind::Start, RecordKind::End]);
+        assert_eq!(records[0].start_reason, Some(StartReason::Found));
+        let mut ringing = answered(4, 10);
+        ringing.answered_at_ms = None;
+        assert!(
+            index
+                .close(&ringing, TerminationReason::Released, 20, 20)
+                .is_empty()
+        );
+        assert_eq!(index.open(&ringing, StartReason::Answered, 20), None);
+    }
+
+    #[test]
+    fn replaying_restores_open_calls_and_their_last_sign_of_life() {
+        let mut writer = LedgerIndex::default();
+        let up = answered(1, 1_000);
+        let gone = answered(2, 1_000);
+        let records: Vec<CdrRecord> = [
+            writer.open(&up, StartReason::Answered, 1_000),
+            writer.open(&gone, StartReason::Answered, 1_000),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(writer.close(&gone, TerminationReason::Released, 3_000, 3_000))
+        .collect();
+        let mut restarted = LedgerIndex::default();
+        records.iter().for_each(|r| restarted.replay(r));
+        let open: Vec<_> = restarted.open_calls().collect();
+        assert_eq!(open, [(CallKey::of(&up).unwrap(), 1_000)]);
+        assert_eq!(restarted.open(&up, StartReason::Found, 9_000), None);
+        let next = restarted
+            .close(&up, TerminationReason::HostLost, 2_000, 9_000)
+            .pop()
+            .unwrap();
+        assert_eq!(next.record, 4, "numbering continues");
+    }
+
+    #[test]
+    fn another_answer_time_is_another_call() {
+        let mut index = LedgerIndex::default();
+        index
+            .close(&answered(2, 10), TerminationReason::Released, 20, 20)
+            .pop()
+            .unwrap();
+        let other_call = index.close(&answered(2, 50), TerminationReason::Released, 90, 90);
+        assert_eq!(other_call.len(), 2, "its own START and END");
+        assert_eq!(other_call[1].supersedes, None);
+    }
+}
