@@ -81,10 +81,9 @@ async fn decision_for_new_leg(
     host.wait_disconnected(WAIT).await.unwrap();
     let leg = world
         .sim
-        .ok_id(&format!("ring SIP_CARRIER_A 15145550000 {called}"))
+        .ok_id(&format!("call SIP_CARRIER_A 15145550000 {called}"))
         .await
         .unwrap();
-    world.sim.ok(&format!("answer {leg}")).await.unwrap();
     world.sim.ok("partition 0").await.unwrap();
     let events = host.next_resync(WAIT).await.unwrap();
     assert_eq!(synced(&events).len(), 1, "{events:#?}");
@@ -250,10 +249,9 @@ async fn a_swap_during_a_million_leg_resync_leaves_that_resync_on_the_old_set() 
         .unwrap();
     let leg = world
         .sim
-        .ok_id("ring SIP_CARRIER_A 15145550000 19005550009")
+        .ok_id("call SIP_CARRIER_A 15145550000 19005550009")
         .await
         .unwrap();
-    world.sim.ok(&format!("answer {leg}")).await.unwrap();
     world.sim.ok("partition 0").await.unwrap();
     let events = host
         .events_until(Duration::from_secs(600), |e| {

@@ -178,9 +178,9 @@ pub fn check(ledgers: &[(String, Vec<Line>)]) -> Vec<String> {
                     return problems.push(format!("{at}: a {field} is missing"));
                 };
                 match by_number.get(&target) {
-                    None => problems.push(format!(
-                        "{at}: {field} {target} names no earlier record"
-                    )),
+                    None => {
+                        problems.push(format!("{at}: {field} {target} names no earlier record"))
+                    }
                     Some(t) if t.key() != key => problems.push(format!(
                         "{at}: {field} {target} is a record of another call (leg {})",
                         t.leg
@@ -196,13 +196,17 @@ pub fn check(ledgers: &[(String, Vec<Line>)]) -> Vec<String> {
                     if is_open == Some(true) {
                         problems.push(format!("{at}: START of a call already open"));
                     } else if is_open == Some(false) {
-                        problems.push(format!("{at}: START of a call that already ended (a RESUME was due)"));
+                        problems.push(format!(
+                            "{at}: START of a call that already ended (a RESUME was due)"
+                        ));
                     }
                     open.insert(key, true);
                 }
                 RecordKind::Resume => {
                     if is_open != Some(false) {
-                        problems.push(format!("{at}: RESUME of a call that has no END to resume after"));
+                        problems.push(format!(
+                            "{at}: RESUME of a call that has no END to resume after"
+                        ));
                     }
                     points_at("resumes", record.resumes, &mut problems);
                     open.insert(key, true);
@@ -210,7 +214,9 @@ pub fn check(ledgers: &[(String, Vec<Line>)]) -> Vec<String> {
                 RecordKind::End => {
                     match is_open {
                         None => problems.push(format!("{at}: END of a call with no START")),
-                        Some(false) => problems.push(format!("{at}: a second END for a call already ended")),
+                        Some(false) => {
+                            problems.push(format!("{at}: a second END for a call already ended"))
+                        }
                         Some(true) => {}
                     }
                     if record.supersedes.is_some() {

@@ -284,8 +284,8 @@ fn write_loop(mut file: std::fs::File, alive: &Path, jobs: std::sync::mpsc::Rece
         }
         if let Some(ms) = alive_ms {
             let tmp = alive.with_extension("alive.tmp");
-            if let Err(e) = std::fs::write(&tmp, format!("{ms}\n"))
-                .and_then(|()| std::fs::rename(&tmp, alive))
+            if let Err(e) =
+                std::fs::write(&tmp, format!("{ms}\n")).and_then(|()| std::fs::rename(&tmp, alive))
             {
                 tracing::warn!(error = %e, file = %alive.display(), "cannot record the last moment in sync");
             }

@@ -1,5 +1,6 @@
 //! The command line: one binary, one subcommand per job.
 
+mod cdr;
 mod plugin;
 mod run;
 mod sim;
@@ -31,6 +32,9 @@ enum Commands {
     /// Tools for plugin authors.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Billing from the ledger (the CDR file): bill and check.
+    #[command(subcommand)]
+    Cdr(cdr::CdrCommand),
 }
 
 /// Parses the command line, runs the command, maps errors to exit codes.
@@ -46,6 +50,7 @@ pub fn main() -> ExitCode {
         Commands::Demo(args) => block_on(crate::demo::run(args)),
         Commands::Bench(args) => block_on(crate::bench::run(args)),
         Commands::Plugin(command) => plugin::run(command),
+        Commands::Cdr(command) => cdr::run(command),
     };
     match result {
         Ok(code) => code,

@@ -7,9 +7,11 @@
 //! the demo exit non-zero.
 //!
 //! - [`harness`]: a host running in this process, observable.
+//! - [`host_process`]: a host as a child process, to crash and restart.
 //! - `script`: the scenarios.
 
 pub mod harness;
+pub mod host_process;
 mod script;
 
 use clap::Args;

@@ -108,7 +108,12 @@ impl Connection {
                     return Err(LinkError::Version { found: protocol });
                 }
                 EngineMessage::Busy { reason } => return Err(LinkError::Busy(reason)),
-                other => return Err(LinkError::Unexpected(format!("{} before hello", other.name()))),
+                other => {
+                    return Err(LinkError::Unexpected(format!(
+                        "{} before hello",
+                        other.name()
+                    )));
+                }
             },
         };
         let (sink, stream) = framed.split();

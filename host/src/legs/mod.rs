@@ -270,7 +270,11 @@ mod tests {
         table.begin_generation();
         assert_eq!(table.mark_seen(&leg(1)), Sighting::Known);
         assert_eq!(table.mark_seen(&leg(3)), Sighting::Known);
-        assert_eq!(table.mark_seen(&leg(9)), Sighting::Unknown, "unknown legs are reported");
+        assert_eq!(
+            table.mark_seen(&leg(9)),
+            Sighting::Unknown,
+            "unknown legs are reported"
+        );
         let mut unseen = table.unseen();
         unseen.sort();
         assert_eq!(unseen, [2, 4]);

@@ -18,6 +18,14 @@ pub enum ControlCommand {
         direction: Direction,
         protocol: Protocol,
     },
+    /// A call answered at once, host or no host.
+    Call {
+        nap: String,
+        calling: String,
+        called: String,
+        direction: Direction,
+        protocol: Protocol,
+    },
     Answer(u64),
     Terminate(u64),
     Release(u64),
@@ -35,7 +43,7 @@ pub enum ControlCommand {
     Partition(u64),
 }
 
-pub const HELP: &str = "commands: ring NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media] | answer LEG | terminate LEG | release LEG | link LEG LEG | unlink LINK | list | counts | sync | boot | partition MS | churn RELEASE ADD";
+pub const HELP: &str = "commands: ring NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media] | call (as ring, answered at once) | answer LEG | terminate LEG | release LEG | link LEG LEG | unlink LINK | list | counts | sync | boot | partition MS | churn RELEASE ADD";
 
 impl ControlCommand {
     pub fn parse(line: &str) -> Result<ControlCommand, String> {
@@ -57,11 +65,11 @@ impl ControlCommand {
             return Err(format!("empty command; {HELP}"));
         };
         let command = match verb {
-            "ring" => {
+            "ring" | "call" => {
                 if !(4..=6).contains(&words.len()) {
-                    return Err(
-                        "usage: ring NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media]".into(),
-                    );
+                    return Err(format!(
+                        "usage: {verb} NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media]"
+                    ));
                 }
                 let direction = match words.get(4) {
                     None | Some(&"in") => Direction::Inbound,
@@ -78,12 +86,23 @@ impl ControlCommand {
                         return Err(format!("protocol `{other}` is not sip|isdn|ss7|cas|media"));
                     }
                 };
-                ControlCommand::Ring {
-                    nap: words[1].into(),
-                    calling: words[2].into(),
-                    called: words[3].into(),
-                    direction,
-                    protocol,
+                let (nap, calling, called) = (words[1].into(), words[2].into(), words[3].into());
+                if verb == "call" {
+                    ControlCommand::Call {
+                        nap,
+                        calling,
+                        called,
+                        direction,
+                        protocol,
+                    }
+                } else {
+                    ControlCommand::Ring {
+                        nap,
+                        calling,
+                        called,
+                        direction,
+                        protocol,
+                    }
                 }
             }
             "answer" => exact(2).and(id(1)).map(ControlCommand::Answer)?,
@@ -140,6 +159,16 @@ pub fn execute(
             Ok(id) => format!("OK {id}"),
             Err(e) => format!("ERR {e}"),
         },
+        ControlCommand::Call {
+            nap,
+            calling,
+            called,
+            direction,
+            protocol,
+        } => format!(
+            "OK {}",
+            state.call(nap, calling, called, *direction, *protocol, now_ms)
+        ),
         ControlCommand::Answer(id) => done(state.answer(*id, now_ms)),
         ControlCommand::Terminate(id) => done(state.terminate(*id)),
         ControlCommand::Release(id) => done(state.release(*id)),
@@ -236,24 +265,39 @@ mod tests {
     fn execute_drives_the_state() {
         let mut state = EngineState::default();
         assert_eq!(
-            execute(&mut state, &ControlCommand::parse("ring N 1 2").unwrap(), 1, 5),
-            "ERR no host is connected: the engine refuses new calls"
+            execute(
+                &mut state,
+                &ControlCommand::parse("ring N 1 2").unwrap(),
+                1,
+                5
+            ),
+            "ERR no host is connected: the engine refuses new calls (`call` makes an answered one)"
+        );
+        assert_eq!(
+            execute(
+                &mut state,
+                &ControlCommand::parse("call N 1 2").unwrap(),
+                1,
+                5
+            ),
+            "OK 1",
+            "an answered call needs no host"
         );
         let (host, _events) = tokio::sync::mpsc::unbounded_channel();
         state.attach_host(host);
         let ring = ControlCommand::parse("ring SIP_A 100 200 out isdn").unwrap();
-        assert_eq!(execute(&mut state, &ring, 1, 5), "OK 1");
-        assert_eq!(execute(&mut state, &ControlCommand::Answer(1), 1, 6), "OK");
+        assert_eq!(execute(&mut state, &ring, 1, 5), "OK 2");
+        assert_eq!(execute(&mut state, &ControlCommand::Answer(2), 1, 6), "OK");
         assert_eq!(
-            execute(&mut state, &ControlCommand::Answer(1), 1, 6),
-            "ERR leg 1 is Answered, not ringing"
+            execute(&mut state, &ControlCommand::Answer(2), 1, 6),
+            "ERR leg 2 is Answered, not ringing"
         );
         assert!(
-            execute(&mut state, &ControlCommand::Counts, 1, 6).starts_with("OK legs=1 answered=1")
+            execute(&mut state, &ControlCommand::Counts, 1, 6).starts_with("OK legs=2 answered=2")
         );
         assert_eq!(
             execute(&mut state, &ControlCommand::List, 1, 6),
-            "leg 1 Answered SIP_A 100 200 linked=-\nEND"
+            "leg 1 Answered N 1 2 linked=-\nleg 2 Answered SIP_A 100 200 linked=-\nEND"
         );
     }
 }

@@ -100,6 +100,14 @@ impl SimProcess {
         Ok(())
     }
 
+    /// Kills the process (SIGKILL) at once, as a crash would: whatever it
+    /// had not saved is lost. It stays down until [`SimProcess::start_again`].
+    pub async fn crash(&mut self) -> anyhow::Result<()> {
+        let _ = self.signal(libc::SIGCONT);
+        self.child.kill().await.context("cannot kill engine-sim")?;
+        Ok(())
+    }
+
     /// Starts the process again on the same ports.
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
         let (child, listen, control, boot_id) = start(

@@ -273,9 +273,38 @@ impl EngineState {
         // refuses it (as it drops transient legs when its host goes away).
         if self.host.is_none() {
             return Err(SimError(
-                "no host is connected: the engine refuses new calls".into(),
+                "no host is connected: the engine refuses new calls (`call` makes an answered one)"
+                    .into(),
             ));
         }
+        Ok(self.offer(nap, calling, called, direction, protocol, now_ms))
+    }
+
+    /// A call answered at once (`call`): what the engine carries when a
+    /// call is set up without its host, by the media units' own logic.
+    pub fn call(
+        &mut self,
+        nap: &str,
+        calling: &str,
+        called: &str,
+        direction: Direction,
+        protocol: Protocol,
+        now_ms: u64,
+    ) -> LegId {
+        let id = self.offer(nap, calling, called, direction, protocol, now_ms);
+        self.answer(id, now_ms).expect("a fresh leg rings");
+        id
+    }
+
+    fn offer(
+        &mut self,
+        nap: &str,
+        calling: &str,
+        called: &str,
+        direction: Direction,
+        protocol: Protocol,
+        now_ms: u64,
+    ) -> LegId {
         let id = self.media.next_leg;
         self.media.next_leg += 1;
         let leg = CallLeg {
@@ -295,7 +324,7 @@ impl EngineState {
         // Saved like any change: a restart never hands this id out again.
         self.touch();
         self.emit(EngineEvent::LegOffered(leg));
-        Ok(id)
+        id
     }
 
     pub fn answer(&mut self, id: LegId, now_ms: u64) -> Result<(), SimError> {
@@ -525,10 +554,18 @@ mod tests {
     #[test]
     fn a_restart_keeps_only_answered_legs_and_their_links() {
         let (mut state, _events) = hosted();
-        let a = state.ring("SIP_A", "1", "2", Direction::Inbound, Protocol::Sip, 1).unwrap();
-        let b = state.ring("SIP_A", "1", "2", Direction::Inbound, Protocol::Sip, 1).unwrap();
-        let c = state.ring("SIP_A", "1", "2", Direction::Inbound, Protocol::Sip, 1).unwrap();
-        let d = state.ring("SIP_A", "1", "2", Direction::Outbound, Protocol::Sip, 1).unwrap();
+        let a = state
+            .ring("SIP_A", "1", "2", Direction::Inbound, Protocol::Sip, 1)
+            .unwrap();
+        let b = state
+            .ring("SIP_A", "1", "2", Direction::Inbound, Protocol::Sip, 1)
+            .unwrap();
+        let c = state
+            .ring("SIP_A", "1", "2", Direction::Inbound, Protocol::Sip, 1)
+            .unwrap();
+        let d = state
+            .ring("SIP_A", "1", "2", Direction::Outbound, Protocol::Sip, 1)
+            .unwrap();
         state.answer(b, 2).unwrap();
         state.terminate(b).unwrap();
         state.answer(c, 2).unwrap();
@@ -553,8 +590,12 @@ mod tests {
     #[test]
     fn detaching_the_host_drops_transient_and_terminating_legs() {
         let (mut state, _events) = hosted();
-        let ringing = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1).unwrap();
-        let up = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1).unwrap();
+        let ringing = state
+            .ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1)
+            .unwrap();
+        let up = state
+            .ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1)
+            .unwrap();
         state.answer(up, 2).unwrap();
         state.detach_host();
         assert_eq!(
@@ -597,8 +638,12 @@ mod tests {
     #[test]
     fn a_link_is_in_the_snapshot_only_while_both_legs_are_answered() {
         let (mut state, _events) = hosted();
-        let a = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1).unwrap();
-        let b = state.ring("N", "1", "2", Direction::Outbound, Protocol::Sip, 1).unwrap();
+        let a = state
+            .ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1)
+            .unwrap();
+        let b = state
+            .ring("N", "1", "2", Direction::Outbound, Protocol::Sip, 1)
+            .unwrap();
         state.answer(a, 2).unwrap();
         let link = state.link(a, b).unwrap();
         let in_snapshot = |state: &EngineState| {
@@ -621,16 +666,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.jsonl");
         let (mut state, _events) = hosted();
-        let up = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1).unwrap();
+        let up = state
+            .ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1)
+            .unwrap();
         state.answer(up, 2).unwrap();
         state.set_history(History::open(&path).unwrap());
-        let a = state.ring("N", "3", "4", Direction::Inbound, Protocol::Sip, 5).unwrap();
-        let ringing = state.ring("N", "5", "6", Direction::Inbound, Protocol::Sip, 5).unwrap();
+        let a = state
+            .ring("N", "3", "4", Direction::Inbound, Protocol::Sip, 5)
+            .unwrap();
+        let ringing = state
+            .ring("N", "5", "6", Direction::Inbound, Protocol::Sip, 5)
+            .unwrap();
         state.answer(a, 7).unwrap();
         state.release(a).unwrap();
         state.release(ringing).unwrap();
         let lines = History::read(&path).unwrap();
-        let seen: Vec<_> = lines.iter().map(|l| (l.event, l.leg, l.answer_time_ms)).collect();
+        let seen: Vec<_> = lines
+            .iter()
+            .map(|l| (l.event, l.leg, l.answer_time_ms))
+            .collect();
         assert_eq!(
             seen,
             [
@@ -645,23 +699,33 @@ mod tests {
     #[test]
     fn ids_are_never_reused_unless_asked() {
         let (mut state, _events) = hosted();
-        let up = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1).unwrap();
+        let up = state
+            .ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1)
+            .unwrap();
         state.answer(up, 2).unwrap();
-        let dropped = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 3).unwrap();
+        let dropped = state
+            .ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 3)
+            .unwrap();
         let mut restarted = EngineState::from_media_units(state.media_units());
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         restarted.attach_host(tx);
-        let next = restarted.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 4).unwrap();
+        let next = restarted
+            .ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 4)
+            .unwrap();
         assert!(next > dropped);
         restarted.reuse_ids();
-        let reused = restarted.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 5).unwrap();
+        let reused = restarted
+            .ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 5)
+            .unwrap();
         assert_eq!(reused, dropped, "--reuse-ids gives the dropped id again");
     }
 
     #[test]
     fn invalid_transitions_are_refused() {
         let (mut state, _events) = hosted();
-        let a = state.ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1).unwrap();
+        let a = state
+            .ring("N", "1", "2", Direction::Inbound, Protocol::Sip, 1)
+            .unwrap();
         state.answer(a, 2).unwrap();
         assert!(state.answer(a, 3).is_err());
         assert!(state.link(a, a).is_err());

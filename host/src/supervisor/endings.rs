@@ -16,8 +16,12 @@ impl Host {
         decider: &Decider,
     ) -> anyhow::Result<()> {
         let now = now_ms();
-        self.end_legs_at(legs.into_iter().map(|l| (l, now)).collect(), reason, decider)
-            .await
+        self.end_legs_at(
+            legs.into_iter().map(|l| (l, now)).collect(),
+            reason,
+            decider,
+        )
+        .await
     }
 
     /// Ends `legs`, each at its own time. The END records are durable
@@ -44,7 +48,12 @@ impl Host {
                 leg: leg.id,
                 reason,
             }));
-        notify(decider, legs.into_iter().map(|(leg, _)| leg).collect(), reason).await;
+        notify(
+            decider,
+            legs.into_iter().map(|(leg, _)| leg).collect(),
+            reason,
+        )
+        .await;
         Ok(())
     }
 

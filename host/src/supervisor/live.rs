@@ -70,14 +70,21 @@ impl Host {
         Ok(Ok(()))
     }
 
-    async fn apply(&mut self, connection: &mut Connection, event: EngineEvent) -> anyhow::Result<()> {
+    async fn apply(
+        &mut self,
+        connection: &mut Connection,
+        event: EngineEvent,
+    ) -> anyhow::Result<()> {
         match event {
             EngineEvent::LegOffered(mut leg) => {
                 leg.linked_to = None;
                 self.end_contradicted(&leg, "offered again as another call")
                     .await?;
                 if self.table.contains(leg.id) {
-                    tracing::debug!(leg = leg.id, "the engine offered a leg it had offered already");
+                    tracing::debug!(
+                        leg = leg.id,
+                        "the engine offered a leg it had offered already"
+                    );
                 } else {
                     self.table.insert(leg, "live".into());
                 }
@@ -112,14 +119,20 @@ impl Host {
     /// held id, is decided like an unknown leg at a resync.
     async fn answered(&mut self, connection: &mut Connection, leg: CallLeg) -> anyhow::Result<()> {
         if leg.answered_at_ms.is_none() {
-            tracing::warn!(leg = leg.id, "the engine reported an answer without an answer time; ignored");
+            tracing::warn!(
+                leg = leg.id,
+                "the engine reported an answer without an answer time; ignored"
+            );
             return Ok(());
         }
         self.end_contradicted(&leg, "answered with another identity or answer time")
             .await?;
         let held_unanswered = match self.table.get(leg.id) {
             Some(entry) if entry.leg.answered_at_ms.is_some() => {
-                tracing::debug!(leg = leg.id, "a repeated answer for a call already answered");
+                tracing::debug!(
+                    leg = leg.id,
+                    "a repeated answer for a call already answered"
+                );
                 return Ok(());
             }
             Some(_) => true,
@@ -142,8 +155,15 @@ impl Host {
     /// `OnCallLegSync` for one answered leg met live: rebuilt, it joins the
     /// table with a START; refused, it gets its START and END (it was
     /// answered, it is billed) and is dropped at the engine.
-    async fn adopt_live(&mut self, connection: &mut Connection, mut leg: CallLeg) -> anyhow::Result<()> {
-        tracing::info!(leg = leg.id, "answer for a leg this host did not hold; deciding it");
+    async fn adopt_live(
+        &mut self,
+        connection: &mut Connection,
+        mut leg: CallLeg,
+    ) -> anyhow::Result<()> {
+        tracing::info!(
+            leg = leg.id,
+            "answer for a leg this host did not hold; deciding it"
+        );
         let decider = self.policy.current();
         let (legs, verdicts) = {
             let decider = decider.clone();
@@ -212,13 +232,23 @@ impl Host {
     fn set_state(&mut self, id: LegId, state: LegState) {
         match self.table.get_mut(id) {
             Some(leg) => leg.state = state,
-            None => self.unknown_leg(id, if state == LegState::Ringing { "ringing" } else { "terminating" }),
+            None => self.unknown_leg(
+                id,
+                if state == LegState::Ringing {
+                    "ringing"
+                } else {
+                    "terminating"
+                },
+            ),
         }
     }
 
     /// An event about a leg the host does not hold: logged and counted.
     fn unknown_leg(&mut self, id: LegId, what: &str) {
-        tracing::warn!(leg = id, "the engine reports leg {id} {what}, a leg this host does not hold");
+        tracing::warn!(
+            leg = id,
+            "the engine reports leg {id} {what}, a leg this host does not hold"
+        );
         self.status.send_modify(|s| s.unknown_leg_events += 1);
     }
 }

@@ -172,9 +172,11 @@ impl Host {
                 });
             }
             other => {
-                return Err(
-                    LinkError::Unexpected(format!("{} instead of a snapshot", other.name())).into(),
-                );
+                return Err(LinkError::Unexpected(format!(
+                    "{} instead of a snapshot",
+                    other.name()
+                ))
+                .into());
             }
         }
         let mut diff = SnapshotDiff::begin(&mut self.table);
@@ -209,9 +211,11 @@ impl Host {
                     return Ok(diff);
                 }
                 other => {
-                    return Err(
-                        LinkError::Unexpected(format!("{} inside a snapshot", other.name())).into(),
-                    );
+                    return Err(LinkError::Unexpected(format!(
+                        "{} inside a snapshot",
+                        other.name()
+                    ))
+                    .into());
                 }
             }
         }

@@ -1,0 +1,531 @@
+//! Billing truth under faults, proven by random histories against the real
+//! processes: an engine-sim process, a `legsync run` process with the
+//! `rules` plugin, real TCP, real kills.
+//!
+//! Each history is a seeded random sequence of operations: ring, answer,
+//! link, unlink, terminate, release; engine kill -9 (back at once, or past
+//! the grace time); network cuts (short and past grace); host kill -9 and
+//! restart (also in the middle of a grace purge and of a resync); rules
+//! flips that refuse answered calls at the next resync. Then everything is
+//! healed, every call released, and the host's ledger is billed with
+//! `legsync cdr bill`'s rule against the engine's own record of answers and
+//! releases (`engine-sim --history`):
+//!
+//! - every answered call the host could have seen is billed exactly once,
+//!   to its NAP and numbers, and no other call is billed;
+//! - its billed end is within 1.5 s of the real release when the host was
+//!   in sync, or within the disruption (±2 s) that hid the release;
+//! - `legsync cdr check` passes on the ledger.
+//!
+//! A call answered and released entirely while the host was cut off is
+//! never reported to any host (the engine pushes only the calls it still
+//! has); such calls are counted, not billed.
+//!
+//! `LEGSYNC_HISTORIES` (default 3) and `LEGSYNC_HISTORY_OPS` (default 30)
+//! size the run; `LEGSYNC_SEED` replays one history. A failure prints the
+//! seed and the history. The soak: `LEGSYNC_HISTORIES=200 cargo test
+//! --release --test histories -- --nocapture`.
+
+mod common;
+
+use common::world::WAIT;
+use legsync::cdr::bill::{self, CallState};
+use legsync::demo::host_process::HostProcess;
+use legsync::sim::history::{History, HistoryKind};
+use legsync::sim::process::SimProcess;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const GRACE_MS: u64 = 1_000;
+/// How long after a disruption the host may take to be in sync again
+/// (heartbeat timeout, reconnect backoff, resync, on a busy machine).
+const SETTLE_MS: u64 = 2_500;
+const NAPS: [&str; 3] = ["SIP_A", "SIP_B", "ISDN_1"];
+
+/// splitmix64: small, seedable, good enough to pick operations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn pick<T: Copy>(&mut self, items: &[T]) -> Option<T> {
+        (!items.is_empty()).then(|| items[self.below(items.len() as u64) as usize])
+    }
+}
+
+fn now() -> u64 {
+    legsync::model::now_ms()
+}
+
+/// One history's processes and files.
+struct Run {
+    dir: tempfile::TempDir,
+    sim: SimProcess,
+    sim_up: bool,
+    host: HostProcess,
+    rules: PathBuf,
+    legs: Vec<u64>,
+    links: Vec<u64>,
+    /// Periods in which the host may not see what the engine does.
+    blind: Vec<(u64, u64)>,
+    /// What was done, for the failure report.
+    log: Vec<String>,
+    refusing: bool,
+}
+
+fn write_rules(path: &Path, refuse_b: bool) {
+    let text = if refuse_b {
+        "[[rule]]\nname = \"no B\"\naction = \"refuse\"\nnap = [\"SIP_B\"]\n"
+    } else {
+        "[[rule]]\nname = \"none\"\naction = \"refuse\"\ncalled_prefix = [\"0000000\"]\n"
+    };
+    // Atomically, as docs/operations.md tells operators to.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+impl Run {
+    async fn start() -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = dir.path().join("plugins.d");
+        std::fs::create_dir(&plugins).unwrap();
+        common::install(&plugins, "20-rules", "rules", None);
+        let rules = plugins.join("20-rules.rules");
+        write_rules(&rules, false);
+        let exe = Path::new(env!("CARGO_BIN_EXE_legsync"));
+        let history = dir.path().join("history.jsonl");
+        let sim = SimProcess::spawn(
+            exe,
+            &dir.path().join("engine.state"),
+            None,
+            &[
+                "--heartbeat-ms",
+                "100",
+                "--heartbeat-timeout-ms",
+                "1000",
+                "--history",
+                history.to_str().unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+        let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile-cache");
+        let config = dir.path().join("legsync.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "engine = \"{}\"\ngrace_secs = {}\ncdr = \"{}\"\nevents = \"{}\"\n\
+                 [link]\nheartbeat_ms = 100\nheartbeat_timeout_ms = 600\nbackoff_base_ms = 50\nbackoff_max_ms = 400\n\
+                 [policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n",
+                sim.listen,
+                GRACE_MS as f64 / 1000.0,
+                dir.path().join("cdr.jsonl").display(),
+                dir.path().join("events.jsonl").display(),
+                plugins.display(),
+                cache.display(),
+            ),
+        )
+        .unwrap();
+        let host = HostProcess::spawn(exe, &config, &dir.path().join("host.log")).unwrap();
+        let mut run = Run {
+            dir,
+            sim,
+            sim_up: true,
+            host,
+            rules,
+            legs: Vec::new(),
+            links: Vec::new(),
+            blind: Vec::new(),
+            log: Vec::new(),
+            refusing: false,
+        };
+        run.wait_in_sync().await;
+        run
+    }
+
+    fn ledger(&self) -> PathBuf {
+        self.dir.path().join("cdr.jsonl")
+    }
+
+    /// A control command; its reply (errors are part of random histories:
+    /// answering a leg a restart dropped, say).
+    async fn control(&mut self, command: &str) -> String {
+        let reply = if self.sim_up {
+            self.sim
+                .control(command)
+                .await
+                .unwrap_or_else(|e| format!("ERR {e}"))
+        } else {
+            "ERR engine down".into()
+        };
+        self.log.push(format!("{command} -> {reply}"));
+        reply
+    }
+
+    /// Waits until the host is connected and handles live events: a probe
+    /// call rung and answered gets its START in the ledger.
+    async fn wait_in_sync(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the host did not come back in sync within {WAIT:?}"
+            );
+            let reply = self.control("ring PROBE 0 0").await;
+            if let Some(id) = reply.strip_prefix("OK ") {
+                let id: u64 = id.parse().unwrap();
+                self.legs.push(id);
+                self.control(&format!("answer {id}")).await;
+                if self.wait_open(id).await {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether the ledger shows leg `id` open within a few seconds.
+    async fn wait_open(&self, id: u64) -> bool {
+        for _ in 0..50 {
+            if let Ok(ledgers) = bill::read_ledgers(&[self.ledger()]) {
+                let billed = bill::bill(&bill::records(&ledgers));
+                if billed
+                    .iter()
+                    .any(|c| c.leg == id && c.state == CallState::Open)
+                {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    fn blind_from(&mut self, start: u64) {
+        self.blind.push((start, now() + SETTLE_MS));
+    }
+
+    async fn step(&mut self, rng: &mut Rng) {
+        // Mostly recent legs: old ones are likely gone.
+        let recent = &self.legs[self.legs.len().saturating_sub(8)..];
+        let leg = rng.pick(recent);
+        match rng.below(100) {
+            0..=17 => {
+                let nap = rng.pick(&NAPS).unwrap();
+                let n = rng.below(10_000);
+                let reply = self
+                    .control(&format!("ring {nap} 1514555{n:04} 1438555{n:04}"))
+                    .await;
+                if let Some(id) = reply.strip_prefix("OK ") {
+                    self.legs.push(id.parse().unwrap());
+                    if rng.below(3) > 0 {
+                        self.control(&format!("answer {id}")).await;
+                    }
+                }
+            }
+            18..=37 => {
+                if let Some(leg) = leg {
+                    self.control(&format!("answer {leg}")).await;
+                }
+            }
+            38..=45 => {
+                if let (Some(a), Some(b)) = (leg, rng.pick(&self.legs)) {
+                    let reply = self.control(&format!("link {a} {b}")).await;
+                    if let Some(id) = reply.strip_prefix("OK ") {
+                        self.links.push(id.parse().unwrap());
+                    }
+                }
+            }
+            46..=49 => {
+                if let Some(link) = rng.pick(&self.links) {
+                    self.control(&format!("unlink {link}")).await;
+                }
+            }
+            50..=53 => {
+                if let Some(leg) = leg {
+                    self.control(&format!("terminate {leg}")).await;
+                }
+            }
+            54..=67 => {
+                if let Some(leg) = leg {
+                    self.control(&format!("release {leg}")).await;
+                }
+            }
+            68..=71 => {
+                let start = now();
+                self.log.push("engine kill -9, back at once".into());
+                self.sim.crash().await.unwrap();
+                self.sim.start_again().await.unwrap();
+                self.blind_from(start);
+            }
+            72..=74 => {
+                let start = now();
+                self.log.push("engine kill -9, down past grace".into());
+                self.sim.crash().await.unwrap();
+                self.sim_up = false;
+                tokio::time::sleep(Duration::from_millis(GRACE_MS + 500)).await;
+                self.sim.start_again().await.unwrap();
+                self.sim_up = true;
+                self.blind_from(start);
+            }
+            75..=78 => {
+                let start = now();
+                let ms = if rng.below(2) == 0 {
+                    300
+                } else {
+                    GRACE_MS + 600
+                };
+                self.control(&format!("partition {ms}")).await;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                self.blind_from(start);
+            }
+            79..=83 => {
+                let start = now() - 1_000; // its last sign of life
+                let down = rng.below(1_500);
+                self.log
+                    .push(format!("host kill -9, restart after {down} ms"));
+                self.host.crash().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(down)).await;
+                self.host.start().unwrap();
+                self.blind_from(start);
+            }
+            84..=85 => {
+                // Mid-purge: the host dies around its grace deadline.
+                let start = now() - 1_000;
+                let at = GRACE_MS + 600 + rng.below(200);
+                self.log.push(format!(
+                    "engine kill -9; host kill -9 at {at} ms (mid-purge); both back"
+                ));
+                self.sim.crash().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(at)).await;
+                self.host.crash().await.unwrap();
+                self.sim.start_again().await.unwrap();
+                self.host.start().unwrap();
+                self.blind_from(start);
+            }
+            86..=87 => {
+                // Mid-resync: killed again shortly after it reconnects.
+                let start = now() - 1_000;
+                let at = rng.below(400);
+                self.log.push(format!(
+                    "host kill -9, restart, kill -9 at {at} ms (mid-resync), restart"
+                ));
+                self.host.crash().await.unwrap();
+                self.host.start().unwrap();
+                tokio::time::sleep(Duration::from_millis(at)).await;
+                self.host.crash().await.unwrap();
+                self.host.start().unwrap();
+                self.blind_from(start);
+            }
+            88..=91 => {
+                self.refusing = !self.refusing;
+                self.log
+                    .push(format!("rules: refuse SIP_B = {}", self.refusing));
+                write_rules(&self.rules, self.refusing);
+            }
+            _ => {
+                let ms = 20 + rng.below(300);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+        }
+    }
+
+    /// Brings everything back, releases every call, and waits until the
+    /// ledger has closed every call it opened.
+    async fn heal_and_release_all(&mut self) {
+        if !self.sim_up {
+            self.sim.start_again().await.unwrap();
+            self.sim_up = true;
+        }
+        self.control("partition 0").await;
+        if !self.host.is_running() {
+            self.host.start().unwrap();
+        }
+        self.wait_in_sync().await;
+        let list = self.control("list").await;
+        for line in list.lines() {
+            if let Some(rest) = line.strip_prefix("leg ") {
+                let id = rest.split_whitespace().next().unwrap().to_string();
+                self.control(&format!("release {id}")).await;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let ledgers = bill::read_ledgers(&[self.ledger()]).unwrap();
+            let billed = bill::bill(&bill::records(&ledgers));
+            if billed.iter().all(|c| c.state == CallState::Closed) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "calls still open in the ledger after every call was released"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.host.stop().await.unwrap();
+    }
+
+    fn in_blind(&self, t: u64) -> Option<(u64, u64)> {
+        self.blind.iter().copied().find(|&(a, b)| a <= t && t <= b)
+    }
+
+    /// Bills the ledger against the engine's history; returns the problems.
+    fn verify(&self) -> (Vec<String>, usize, usize) {
+        let mut problems = Vec::new();
+        let history = History::read(&self.dir.path().join("history.jsonl")).unwrap();
+        // Per call: parties, answer time, last release.
+        let mut truth: BTreeMap<(u64, u64, u64, u64), (String, String, String, Option<u64>)> =
+            BTreeMap::new();
+        for line in &history {
+            let key = (
+                line.leg,
+                line.session,
+                line.offered_time_ms,
+                line.answer_time_ms,
+            );
+            let entry = truth.entry(key).or_insert_with(|| {
+                (
+                    line.nap.clone(),
+                    line.calling.clone(),
+                    line.called.clone(),
+                    None,
+                )
+            });
+            entry.3 = match line.event {
+                HistoryKind::Release => Some(line.time_ms),
+                HistoryKind::Answer | HistoryKind::Up => None,
+            };
+        }
+        let ledgers = bill::read_ledgers(&[self.ledger()]).unwrap();
+        problems.extend(bill::check(&ledgers));
+        let billed = bill::bill(&bill::records(&ledgers));
+        let mut by_key: BTreeMap<(u64, u64, u64, u64), &bill::BilledCall> = BTreeMap::new();
+        for call in &billed {
+            let key = (
+                call.leg,
+                call.session,
+                call.offered_time_ms,
+                call.answer_time_ms,
+            );
+            if by_key.insert(key, call).is_some() {
+                problems.push(format!("leg {} billed twice", call.leg));
+            }
+        }
+        let mut unseen = 0;
+        for (key, (nap, calling, called, released)) in &truth {
+            let Some(released) = *released else {
+                problems.push(format!(
+                    "leg {} is still up in the engine at the end",
+                    key.0
+                ));
+                continue;
+            };
+            let Some(call) = by_key.remove(key) else {
+                let answer = key.3;
+                match (self.in_blind(answer), self.in_blind(released)) {
+                    (Some(a), Some(b)) if a == b => unseen += 1,
+                    _ => problems.push(format!(
+                        "leg {} (answered {answer}, released {released}) was never billed",
+                        key.0
+                    )),
+                }
+                continue;
+            };
+            if (&call.nap, &call.calling, &call.called) != (nap, calling, called) {
+                problems.push(format!(
+                    "leg {} billed to {} {} -> {}, but was {nap} {calling} -> {called}",
+                    key.0, call.nap, call.calling, call.called
+                ));
+            }
+            let Some(end) = call.end_time_ms else {
+                problems.push(format!("leg {} is open in the bill", key.0));
+                continue;
+            };
+            let (low, high) = match self.in_blind(released) {
+                Some((a, b)) => (a.saturating_sub(2_000), b + 2_000),
+                None => (released.saturating_sub(1_500), released + 1_500),
+            };
+            if !(low..=high).contains(&end) {
+                problems.push(format!(
+                    "leg {}: billed end {end} is {} ms from the real release {released} (allowed {low}..={high})",
+                    key.0,
+                    end as i64 - released as i64
+                ));
+            }
+        }
+        for call in by_key.values() {
+            problems.push(format!(
+                "leg {} (session {}) billed, but the engine never answered such a call",
+                call.leg, call.session
+            ));
+        }
+        (problems, truth.len(), unseen)
+    }
+}
+
+async fn one_history(seed: u64, ops: usize) -> (usize, usize) {
+    let mut rng = Rng(seed);
+    let mut run = Run::start().await;
+    for _ in 0..ops {
+        run.step(&mut rng).await;
+    }
+    run.heal_and_release_all().await;
+    let (problems, calls, unseen) = run.verify();
+    if std::env::var_os("LEGSYNC_HISTORY_VERBOSE").is_some() {
+        eprintln!("  {}", run.log.join("\n  "));
+    }
+    if !problems.is_empty() {
+        let keep = run.dir.keep();
+        panic!(
+            "history with seed {seed} ({ops} operations) broke billing truth:\n  {}\n\nhistory:\n  {}\n\n\
+             files kept in {}\nreplay: LEGSYNC_SEED={seed} LEGSYNC_HISTORY_OPS={ops} cargo test --test histories",
+            problems.join("\n  "),
+            run.log.join("\n  "),
+            keep.display(),
+        );
+    }
+    (calls, unseen)
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_histories_bill_every_answered_call_exactly_once() {
+    let ops = env_number("LEGSYNC_HISTORY_OPS", 30) as usize;
+    let seeds: Vec<u64> = match std::env::var("LEGSYNC_SEED") {
+        Ok(seed) => vec![seed.parse().expect("LEGSYNC_SEED is a number")],
+        Err(_) => {
+            let first = now();
+            (0..env_number("LEGSYNC_HISTORIES", 3))
+                .map(|i| first.wrapping_mul(31).wrapping_add(i))
+                .collect()
+        }
+    };
+    let (mut calls, mut unseen) = (0, 0);
+    for &seed in &seeds {
+        eprintln!("history seed {seed}, {ops} operations");
+        let (c, u) = one_history(seed, ops).await;
+        calls += c;
+        unseen += u;
+    }
+    eprintln!(
+        "{} histories, {} operations, {calls} answered calls billed against the engine ({unseen} lived and died unseen inside a cut)",
+        seeds.len(),
+        seeds.len() * ops
+    );
+}
