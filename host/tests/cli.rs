@@ -217,3 +217,88 @@ fn bench_repeat_alternates_policies_and_prints_medians() {
         .collect();
     assert_eq!(rounds, ["native", "wasm", "native", "wasm"]);
 }
+
+/// A ledger written by the host's own index: the grace trap (END, RESUME,
+/// END superseding) and a call still up.
+fn sample_ledger(dir: &std::path::Path) -> std::path::PathBuf {
+    use legsync::cdr::index::LedgerIndex;
+    use legsync::cdr::record::StartReason;
+    use legsync::model::TerminationReason;
+    let mut index = LedgerIndex::default();
+    let call = common::leg(7, "SIP_CARRIER_A", "15145559007");
+    let up = common::leg(9, "ISDN_SPAN_1", "15145559009");
+    let answer = call.answered_at_ms.unwrap();
+    let mut records = Vec::new();
+    records.extend(index.open(&call, StartReason::Answered, answer));
+    records.extend(index.open(&up, StartReason::Answered, answer));
+    records.extend(index.close(
+        &call,
+        TerminationReason::GraceExpired,
+        answer + 10_000,
+        answer + 10_000,
+    ));
+    records.extend(index.open(&call, StartReason::Found, answer + 20_000));
+    records.extend(index.close(
+        &call,
+        TerminationReason::Released,
+        answer + 61_000,
+        answer + 61_000,
+    ));
+    let text: String = records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
+    let path = dir.join("cdr.jsonl");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn cdr_bill_prints_each_call_once_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = sample_ledger(dir.path());
+    let ledger = ledger.to_str().unwrap();
+    let out = legsync(&["cdr", "bill", "--json", ledger]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "one row per call: {rows:?}");
+    let billed = rows.iter().find(|r| r["leg"] == 7).unwrap();
+    assert_eq!(billed["duration_ms"], 61_000, "from the original answer");
+    assert_eq!(billed["state"], "closed");
+    assert_eq!(billed["nap"], "SIP_CARRIER_A");
+    let open = rows.iter().find(|r| r["leg"] == 9).unwrap();
+    assert_eq!(
+        (open["state"].as_str(), open["end_time_ms"].is_null()),
+        (Some("open"), true)
+    );
+
+    let csv = text(&legsync(&["cdr", "bill", "--csv", ledger]).stdout);
+    assert!(csv.starts_with("leg,session,nap,calling,called,answer_ms,end_ms,duration_s,state\n"));
+    assert!(csv.contains(",61.000,closed\n"), "{csv}");
+    let table = text(&legsync(&["cdr", "bill", ledger]).stdout);
+    assert_eq!(table.lines().count(), 3, "{table}");
+}
+
+#[test]
+fn cdr_check_passes_a_good_ledger_and_names_each_violation() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = sample_ledger(dir.path());
+    let out = legsync(&["cdr", "check", ledger.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok: 5 records"));
+
+    // Double-bill: the superseding END loses its `supersedes`.
+    let doctored = std::fs::read_to_string(&ledger)
+        .unwrap()
+        .replace(",\"supersedes\":3", "");
+    std::fs::write(&ledger, doctored + "{\"record\":9").unwrap();
+    let out = legsync(&["cdr", "check", ledger.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("2 billable ENDs"), "{stderr}");
+    assert!(stderr.contains("line 6: torn last line"), "{stderr}");
+    assert!(stderr.contains("2 violation(s)"), "{stderr}");
+}

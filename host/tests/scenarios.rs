@@ -58,9 +58,17 @@ async fn scenario_1_engine_restart_within_grace_keeps_active_calls() {
     assert_eq!((summary.known, summary.absent), (3, 2));
     let status = host.status();
     assert_eq!((status.legs, status.links), (3, 1));
+    let cdrs = world.cdrs();
     assert!(
-        world.cdrs().is_empty(),
-        "A and B never answered, C-E go on: no CDR"
+        cdrs.iter().all(|r| r.kind == RecordKind::Start),
+        "A and B never answered, C-E go on: no END: {cdrs:#?}"
+    );
+    let mut started: Vec<u64> = cdrs.iter().map(|r| r.leg).collect();
+    started.sort();
+    assert_eq!(
+        started,
+        [calls.c, calls.d, calls.e],
+        "a START per answer, once"
     );
     host.stop().await.unwrap();
 }
@@ -91,16 +99,22 @@ async fn scenario_2_engine_down_past_grace_purges_then_rebuilds() {
     );
     assert_eq!(host.status().legs, 0, "every context destroyed locally");
     let ends = world.cdrs();
-    let mut ended: Vec<u64> = ends.iter().map(|r| r.leg).collect();
+    let mut ended: Vec<u64> = ends
+        .iter()
+        .filter(|r| r.kind == RecordKind::End)
+        .map(|r| r.leg)
+        .collect();
     ended.sort();
     assert_eq!(
         ended,
         [calls.c, calls.d, calls.e],
         "CDR END for each answered call only"
     );
-    assert!(ends.iter().all(
-        |r| r.kind == RecordKind::End && r.end_reason == Some(TerminationReason::GraceExpired)
-    ));
+    assert!(
+        ends.iter()
+            .filter(|r| r.kind == RecordKind::End)
+            .all(|r| r.end_reason == Some(TerminationReason::GraceExpired))
+    );
 
     world.sim.start_again().await.unwrap();
     let events = host.next_resync(WAIT).await.unwrap();
@@ -133,6 +147,7 @@ async fn scenario_3_host_cold_restart_offers_every_active_call() {
     let (mut first, _) = world.host(10.0).await;
     let calls = world.reference_calls(&mut first).await;
     first.stop().await.unwrap();
+    let before = world.cdrs();
 
     let (second, events) = world.host(10.0).await;
     assert_eq!(
@@ -150,10 +165,12 @@ async fn scenario_3_host_cold_restart_offers_every_active_call() {
         Some("20-rules"),
         "the last plugin of the chain agreed"
     );
-    assert!(
-        world.cdrs().is_empty(),
-        "a planned host restart bills nothing"
+    assert_eq!(
+        world.cdrs(),
+        before,
+        "a planned host restart bills nothing: the ledger already has the calls open"
     );
+    assert_eq!(before.len(), 3, "one START each for C, D, E");
     second.stop().await.unwrap();
 }
 
@@ -184,10 +201,14 @@ async fn scenario_4_short_network_drop_keeps_known_calls() {
         "same boot id: a network blip"
     );
     assert_eq!((host.status().legs, host.status().links), (2, 1));
-    let cdrs = world.cdrs();
-    assert_eq!(cdrs.len(), 1);
+    let ends: Vec<_> = world
+        .cdrs()
+        .into_iter()
+        .filter(|r| r.kind == RecordKind::End)
+        .collect();
+    assert_eq!(ends.len(), 1);
     assert_eq!(
-        (cdrs[0].leg, cdrs[0].end_reason),
+        (ends[0].leg, ends[0].end_reason),
         (calls.e, Some(TerminationReason::AbsentAfterResync))
     );
     host.stop().await.unwrap();
@@ -197,21 +218,19 @@ async fn scenario_4_short_network_drop_keeps_known_calls() {
 async fn a_refused_leg_and_its_link_are_dropped_at_the_engine() {
     let world = World::new(None, &standard_plugins()).await;
     let sim = &world.sim;
+    // Answered while no host is connected (a cold start finds them).
     let premium = sim
-        .ok_id("ring SIP_CARRIER_B 15145550100 19005550100")
+        .ok_id("call SIP_CARRIER_B 15145550100 19005550100")
         .await
         .unwrap();
     let other = sim
-        .ok_id("ring SIP_CARRIER_B 15145550101 15145550199 out")
+        .ok_id("call SIP_CARRIER_B 15145550101 15145550199 out")
         .await
         .unwrap();
     let keep = sim
-        .ok_id("ring SIP_CARRIER_B 15145550102 15145550299")
+        .ok_id("call SIP_CARRIER_B 15145550102 15145550299")
         .await
         .unwrap();
-    for id in [premium, other, keep] {
-        sim.ok(&format!("answer {id}")).await.unwrap();
-    }
     let link = sim.ok_id(&format!("link {premium} {other}")).await.unwrap();
 
     let (host, events) = world.host(10.0).await;
@@ -240,6 +259,21 @@ async fn a_refused_leg_and_its_link_are_dropped_at_the_engine() {
     assert_eq!(
         terminated(&events),
         [(premium, TerminationReason::RefusedByPolicy)]
+    );
+    // It was answered and talked: refused, it is still billed, once, from
+    // its original answer to the drop.
+    let premium_records: Vec<_> = world
+        .cdrs()
+        .into_iter()
+        .filter(|r| r.leg == premium)
+        .collect();
+    let kinds: Vec<_> = premium_records.iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [RecordKind::Start, RecordKind::End]);
+    let end = &premium_records[1];
+    assert_eq!(end.end_reason, Some(TerminationReason::RefusedByPolicy));
+    assert_eq!(
+        end.duration_ms,
+        Some(end.end_time_ms.unwrap() - end.answer_time_ms)
     );
 
     // The drops were acknowledged before the resync finished.
@@ -303,9 +337,14 @@ async fn billing_trap_across_a_host_restart_bills_each_call_once() {
     let kinds: Vec<_> = records.iter().map(|r| r.kind).collect();
     assert_eq!(
         kinds,
-        [RecordKind::End, RecordKind::Resume, RecordKind::End]
+        [
+            RecordKind::Start,
+            RecordKind::End,
+            RecordKind::Resume,
+            RecordKind::End
+        ]
     );
-    let (first, resume, last) = (&records[0], &records[1], &records[2]);
+    let (first, resume, last) = (&records[1], &records[2], &records[3]);
     assert_eq!(
         resume.resumes,
         Some(first.record),
