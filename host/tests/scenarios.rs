@@ -134,7 +134,10 @@ async fn scenario_2_engine_down_past_grace_purges_then_rebuilds() {
         "each re-adopted call is marked as resumed"
     );
     for resume in &resumes {
-        let end = ends.iter().find(|e| e.leg == resume.leg).unwrap();
+        let end = ends
+            .iter()
+            .find(|e| e.leg == resume.leg && e.kind == RecordKind::End)
+            .unwrap();
         assert_eq!(resume.resumes, Some(end.record));
         assert_eq!(resume.answer_time_ms, end.answer_time_ms);
     }

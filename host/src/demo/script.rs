@@ -150,11 +150,10 @@ impl Demo {
         let id = self
             .sim
             .ok_id(&format!(
-                "ring {nap} 1438555{:04} {called}",
+                "call {nap} 1438555{:04} {called}",
                 self.names.len()
             ))
             .await?;
-        self.sim.ok(&format!("answer {id}")).await?;
         self.names.insert(id, name.into());
         Ok(id)
     }
@@ -164,7 +163,7 @@ impl Demo {
         let (a, b) = self.transient_legs().await?;
         let c = self.answered("C", "ISDN_SPAN_1", "15145551003").await?;
         let d = self.answered("D", "SIP_CARRIER_B", "15145551004").await?;
-        self.answered("E", "SIP_CARRIER_B", "15145551005").await?;
+        let e = self.answered("E", "SIP_CARRIER_B", "15145551005").await?;
         self.sim.ok(&format!("link {c} {d}")).await?;
         self.host()?
             .wait_status(WAIT, |s| s.legs == 5 && s.links == 1)
@@ -187,7 +186,12 @@ impl Demo {
             "C, D, E and the C-D link stay valid with no callback",
             synced(&events).is_empty() && self.status().legs == 3 && self.status().links == 1,
         );
-        self.check("no CDR written", self.new_cdrs().is_empty());
+        let cdrs = self.new_cdrs();
+        self.check(
+            "a START for each answered call (C, D, E) as it was answered, and no END",
+            legs_of(&cdrs, RecordKind::Start) == sorted([c, d, e])
+                && legs_of(&cdrs, RecordKind::End).is_empty(),
+        );
         Ok(())
     }
 
@@ -449,14 +453,18 @@ impl Demo {
                 (_, Some(end)) => format!(" supersedes END #{end}"),
                 _ => String::new(),
             };
-            println!(
-                "    CDR #{} {:?} {} reason {:?} duration {:?} ms{extra}",
-                r.record,
-                r.kind,
-                self.name(r.leg),
-                r.end_reason,
-                r.duration_ms
-            );
+            let what = match (r.kind, r.end_reason, r.duration_ms) {
+                (RecordKind::End, Some(reason), Some(ms)) => format!(
+                    "END    {} {}, {}.{:03} s",
+                    self.name(r.leg),
+                    crate::supervisor::reason_text(reason),
+                    ms / 1000,
+                    ms % 1000
+                ),
+                (RecordKind::Resume, ..) => format!("RESUME {}", self.name(r.leg)),
+                _ => format!("START  {}", self.name(r.leg)),
+            };
+            println!("    CDR #{} {what}{extra}", r.record);
         }
         fresh
     }

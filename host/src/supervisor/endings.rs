@@ -115,7 +115,7 @@ impl Host {
 }
 
 /// A reason as the logs and the ledger spell it.
-pub(super) fn reason_text(reason: TerminationReason) -> String {
+pub fn reason_text(reason: TerminationReason) -> String {
     serde_json::to_value(reason)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
