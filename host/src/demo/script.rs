@@ -1,7 +1,9 @@
 //! The demo's scenarios, narrated and checked.
 
 use super::harness::{RunningHost, links_synced, synced, terminated};
+use super::host_process::HostProcess;
 use crate::cdr::CdrWriter;
+use crate::cdr::bill;
 use crate::cdr::record::{CdrRecord, RecordKind};
 use crate::config::HostConfig;
 use crate::events::{HostEvent, LinkState};
@@ -100,6 +102,7 @@ impl Demo {
         self.scenario_4().await?;
         self.refusal().await?;
         self.billing_trap().await?;
+        self.crash_mid_purge().await?;
         Ok(self.failures.get())
     }
 
@@ -385,6 +388,108 @@ impl Demo {
         Ok(())
     }
 
+    async fn crash_mid_purge(&mut self) -> anyhow::Result<()> {
+        heading("A host crash in the middle of a grace purge, recovered by the ledger");
+        step("The host now runs as its own process (`legsync run`), to be killed for real.");
+        if let Some(host) = self.host.take() {
+            host.stop().await?;
+        }
+        let config = self.dir.join("legsync.toml");
+        std::fs::write(&config, self.config_toml())?;
+        let exe = std::env::current_exe()?;
+        let events = self.config.events.clone().context("the demo logs events")?;
+        let mut host = HostProcess::spawn(&exe, &config, &self.dir.join("host.log"))?;
+        wait_for_line(&events, "resync-done").await?;
+        let [d, g] = self.ids(["D", "G"]);
+        step("The network drops; G hangs up meanwhile; the grace time runs out, and the");
+        step("host is killed (SIGKILL) the moment it starts purging.");
+        self.sim.ok("partition 600000").await?;
+        self.sim.ok(&format!("release {g}")).await?;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !host.log().contains("grace timer expired") {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the host never purged"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        host.crash().await?;
+        let before_crash = self.new_cdrs();
+        step(if before_crash.is_empty() {
+            "  (killed before the purge wrote an END: the calls are open in the ledger)"
+        } else {
+            "  (the purge's ENDs above were durable before the kill; the rest of it was lost)"
+        });
+        step("The network comes back and the host restarts: it reads its ledger first.");
+        self.sim.ok("partition 0").await?;
+        host.start()?;
+        wait_for_line(&events, "resync-done").await?;
+        host.stop().await?;
+        self.new_cdrs();
+        let ledgers = bill::read_ledgers(&[&self.config.cdr])?;
+        let problems = bill::check(&ledgers);
+        let calls = bill::bill(&bill::records(&ledgers));
+        for call in &calls {
+            let end = call.duration_ms.map_or("still up".to_string(), |ms| {
+                format!("{}.{:03} s", ms / 1000, ms % 1000)
+            });
+            println!(
+                "    bill  {:<14} {} -> {}  {end}",
+                self.name(call.leg),
+                call.calling,
+                call.called
+            );
+        }
+        let rows = |leg: u64| calls.iter().filter(|c| c.leg == leg).count();
+        self.check(
+            "`legsync cdr check`: every rule of the ledger holds",
+            problems.is_empty(),
+        );
+        self.check(
+            "G, which hung up during the cut, is billed once and closed",
+            rows(g) == 1
+                && calls
+                    .iter()
+                    .any(|c| c.leg == g && c.state == bill::CallState::Closed),
+        );
+        self.check(
+            "D, still up, is open in the bill (re-adopted after the crash), never lost",
+            calls
+                .iter()
+                .any(|c| c.leg == d && c.state == bill::CallState::Open),
+        );
+        self.check(
+            "every answered call appears exactly once",
+            calls.iter().all(|c| rows(c.leg) == 1),
+        );
+        Ok(())
+    }
+
+    /// The demo's host config as a file, for `legsync run`.
+    fn config_toml(&self) -> String {
+        let c = &self.config;
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        format!(
+            "engine = \"{}\"\ngrace_secs = {}\ncdr = \"{}\"\nevents = \"{}\"\n\
+             [link]\nheartbeat_ms = {}\nheartbeat_timeout_ms = {}\nbackoff_base_ms = {}\nbackoff_max_ms = {}\n\
+             [policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n",
+            self.sim.listen,
+            c.grace_secs,
+            c.cdr.display(),
+            path(&c.events),
+            c.link.heartbeat_ms,
+            c.link.heartbeat_timeout_ms,
+            c.link.backoff_base_ms,
+            c.link.backoff_max_ms,
+            path(&c.policy.plugin_dir),
+            path(&c.policy.cache_dir),
+        )
+    }
+
     fn ids<const N: usize>(&self, names: [&str; N]) -> [u64; N] {
         names.map(|n| {
             self.names
@@ -476,6 +581,28 @@ impl Demo {
             println!("  ✗ {what}");
             self.failures.set(self.failures.get() + 1);
         }
+    }
+}
+
+/// Waits until `path` gains a line containing `needle` after its current
+/// end.
+async fn wait_for_line(path: &Path, needle: &str) -> anyhow::Result<()> {
+    let start = std::fs::metadata(path).map_or(0, |m| m.len()) as usize;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read(path).unwrap_or_default();
+        if text
+            .get(start..)
+            .is_some_and(|new| String::from_utf8_lossy(new).contains(needle))
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no `{needle}` in {} within {WAIT:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
