@@ -66,6 +66,12 @@ fn now() -> u64 {
     legsync::model::now_ms()
 }
 
+/// A call's identity: leg, session, offered, answered.
+type Key = (u64, u64, u64, u64);
+/// What the engine's history says of a call: NAP, calling, called, and its
+/// last release (`None` while up).
+type Truth = (String, String, String, Option<u64>);
+
 /// One history's processes and files.
 struct Run {
     dir: tempfile::TempDir,
@@ -384,8 +390,7 @@ impl Run {
         let mut problems = Vec::new();
         let history = History::read(&self.dir.path().join("history.jsonl")).unwrap();
         // Per call: parties, answer time, last release.
-        let mut truth: BTreeMap<(u64, u64, u64, u64), (String, String, String, Option<u64>)> =
-            BTreeMap::new();
+        let mut truth: BTreeMap<Key, Truth> = BTreeMap::new();
         for line in &history {
             let key = (
                 line.leg,
@@ -409,7 +414,7 @@ impl Run {
         let ledgers = bill::read_ledgers(&[self.ledger()]).unwrap();
         problems.extend(bill::check(&ledgers));
         let billed = bill::bill(&bill::records(&ledgers));
-        let mut by_key: BTreeMap<(u64, u64, u64, u64), &bill::BilledCall> = BTreeMap::new();
+        let mut by_key: BTreeMap<Key, &bill::BilledCall> = BTreeMap::new();
         for call in &billed {
             let key = (
                 call.leg,

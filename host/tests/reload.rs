@@ -247,7 +247,7 @@ async fn a_swap_during_a_million_leg_resync_leaves_that_resync_on_the_old_set() 
     host.wait_status(WAIT, |s| s.link == Some(LinkState::Disconnected))
         .await
         .unwrap();
-    let leg = world
+    world
         .sim
         .ok_id("call SIP_CARRIER_A 15145550000 19005550009")
         .await

@@ -269,10 +269,10 @@ fn write_loop(mut file: std::fs::File, alive: &Path, jobs: std::sync::mpsc::Rece
         } else {
             file.write_all(&lines).and_then(|()| file.sync_data())
         };
-        if result.is_err() {
+        if let Err(e) = &result {
             // Whatever part was written is past a newline boundary or torn;
             // the next open cuts a torn line, and no caller was told durable.
-            tracing::error!(error = %result.as_ref().unwrap_err(), "cannot write the CDR file");
+            tracing::error!(error = %e, "cannot write the CDR file");
         }
         lines.clear();
         for done in waiting {
