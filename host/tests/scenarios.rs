@@ -366,3 +366,68 @@ async fn billing_trap_across_a_host_restart_bills_each_call_once() {
     assert_eq!(last.end_reason, Some(TerminationReason::Released));
     host.stop().await.unwrap();
 }
+
+/// Leg ids are not identities: an engine that gives a gone call's id to a
+/// new call (here engine-sim's test-only `--reuse-ids`) never gets the new
+/// call merged into the old one's bill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_leg_id_is_another_call_never_merged() {
+    let mut world = World::new(None, &standard_plugins()).await;
+    world.sim.set_extra_args(&[
+        "--heartbeat-ms",
+        "100",
+        "--heartbeat-timeout-ms",
+        "1000",
+        "--reuse-ids",
+    ]);
+    let (mut host, _) = world.host(10.0).await;
+    let keep = world
+        .sim
+        .ok_id("call SIP_CARRIER_A 15145550001 15145559001")
+        .await
+        .unwrap();
+    let old = world
+        .sim
+        .ok_id("call SIP_CARRIER_A 15145550002 15145559002")
+        .await
+        .unwrap();
+    host.wait_status(WAIT, |s| s.legs == 2).await.unwrap();
+    host.stop().await.unwrap();
+    // While no host runs, the old call ends and the engine restarts; its
+    // next call takes the old call's id.
+    world.sim.ok(&format!("release {old}")).await.unwrap();
+    world.sim.restart().await.unwrap();
+    let new = world
+        .sim
+        .ok_id("call ISDN_SPAN_1 15145550003 15145559003")
+        .await
+        .unwrap();
+    assert_eq!(new, old, "the engine reused the id");
+
+    let (host, events) = world.host(10.0).await;
+    assert_eq!(
+        synced(&events),
+        [(keep, Decision::Rebuild), (new, Decision::Rebuild)],
+        "the new call is offered like any unknown leg"
+    );
+    assert_eq!(
+        terminated(&events),
+        [(old, TerminationReason::HostLost)],
+        "the old call ends"
+    );
+    let ledgers = legsync::cdr::bill::read_ledgers(&[world.cdr_path()]).unwrap();
+    assert!(legsync::cdr::bill::check(&ledgers).is_empty());
+    let calls = legsync::cdr::bill::bill(&legsync::cdr::bill::records(&ledgers));
+    let on_id: Vec<_> = calls.iter().filter(|c| c.leg == old).collect();
+    assert_eq!(on_id.len(), 2, "two calls on one id: {calls:#?}");
+    assert_eq!(
+        (on_id[0].nap.as_str(), on_id[0].state),
+        ("SIP_CARRIER_A", legsync::cdr::bill::CallState::Closed)
+    );
+    assert_eq!(
+        (on_id[1].nap.as_str(), on_id[1].state),
+        ("ISDN_SPAN_1", legsync::cdr::bill::CallState::Open),
+        "the new call is billed to its own NAP, from its own answer"
+    );
+    host.stop().await.unwrap();
+}

@@ -100,6 +100,11 @@ impl SimProcess {
         Ok(())
     }
 
+    /// The extra arguments of the next start (e.g. a test-only option).
+    pub fn set_extra_args(&mut self, args: &[&str]) {
+        self.extra_args = args.iter().map(|s| s.to_string()).collect();
+    }
+
     /// Kills the process (SIGKILL) at once, as a crash would: whatever it
     /// had not saved is lost. It stays down until [`SimProcess::start_again`].
     pub async fn crash(&mut self) -> anyhow::Result<()> {
