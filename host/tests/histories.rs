@@ -14,12 +14,15 @@
 //! - every answered call the host could have seen is billed exactly once,
 //!   to its NAP and numbers, and no other call is billed;
 //! - its billed end is within 1.5 s of the real release when the host was
-//!   in sync, or within the disruption (±2 s) that hid the release;
+//!   in sync, or within the disruption (±2 s) that hid the release (a call
+//!   lost terminating in an engine restart ended between its terminate and
+//!   that restart);
 //! - `legsync cdr check` passes on the ledger.
 //!
-//! A call answered and released entirely while the host was cut off is
-//! never reported to any host (the engine pushes only the calls it still
-//! has); such calls are counted, not billed.
+//! A call answered and gone from the answered state (terminating or
+//! released) entirely while the host was cut off is never reported to any
+//! host (a snapshot lists answered calls only, and the answer event went
+//! to no host); such calls are counted, not billed.
 //!
 //! `LEGSYNC_HISTORIES` (default 3) and `LEGSYNC_HISTORY_OPS` (default 30)
 //! size the run; `LEGSYNC_SEED` replays one history. A failure prints the
@@ -67,10 +70,27 @@ fn now() -> u64 {
 }
 
 /// A call's identity: leg, session, offered, answered.
-type Key = (u64, u64, u64, u64);
-/// What the engine's history says of a call: NAP, calling, called, and its
-/// last release (`None` while up).
-type Truth = (String, String, String, Option<u64>);
+type Key = legsync::cdr::record::CallKey;
+/// What the engine's history says of a call.
+struct Truth {
+    nap: String,
+    calling: String,
+    called: String,
+    /// When it last stopped being answered (terminate or release).
+    left: Option<u64>,
+    /// How it last ended (`None` while up).
+    ended: Option<Ended>,
+}
+
+/// How a call ended in the engine.
+#[derive(Debug, Clone, Copy)]
+enum Ended {
+    /// Released at this time.
+    Released(u64),
+    /// Started releasing at this time, and the engine restarted before the
+    /// release: it ended somewhere between the two.
+    LostTerminating(u64),
+}
 
 /// One history's processes and files.
 struct Run {
@@ -392,23 +412,22 @@ impl Run {
         // Per call: parties, answer time, last release.
         let mut truth: BTreeMap<Key, Truth> = BTreeMap::new();
         for line in &history {
-            let key = (
-                line.leg,
-                line.session,
-                line.offered_time_ms,
-                line.answer_time_ms,
-            );
-            let entry = truth.entry(key).or_insert_with(|| {
-                (
-                    line.nap.clone(),
-                    line.calling.clone(),
-                    line.called.clone(),
-                    None,
-                )
+            let key = line.key();
+            let entry = truth.entry(key).or_insert_with(|| Truth {
+                nap: line.nap.clone(),
+                calling: line.calling.clone(),
+                called: line.called.clone(),
+                left: None,
+                ended: None,
             });
-            entry.3 = match line.event {
-                HistoryKind::Release => Some(line.time_ms),
+            entry.ended = match line.event {
+                HistoryKind::Release => Some(Ended::Released(line.time_ms)),
+                HistoryKind::Terminate => Some(Ended::LostTerminating(line.time_ms)),
                 HistoryKind::Answer | HistoryKind::Up => None,
+            };
+            entry.left = match line.event {
+                HistoryKind::Answer | HistoryKind::Up => None,
+                HistoryKind::Terminate | HistoryKind::Release => entry.left.or(Some(line.time_ms)),
             };
         }
         let ledgers = bill::read_ledgers(&[self.ledger()]).unwrap();
@@ -416,54 +435,68 @@ impl Run {
         let billed = bill::bill(&bill::records(&ledgers));
         let mut by_key: BTreeMap<Key, &bill::BilledCall> = BTreeMap::new();
         for call in &billed {
-            let key = (
-                call.leg,
-                call.session,
-                call.offered_time_ms,
-                call.answer_time_ms,
-            );
+            let key = call.key();
             if by_key.insert(key, call).is_some() {
                 problems.push(format!("leg {} billed twice", call.leg));
             }
         }
         let mut unseen = 0;
-        for (key, (nap, calling, called, released)) in &truth {
-            let Some(released) = *released else {
+        for (key, truth) in &truth {
+            let (nap, calling, called) = (&truth.nap, &truth.calling, &truth.called);
+            let Some(ended) = truth.ended else {
                 problems.push(format!(
                     "leg {} is still up in the engine at the end",
-                    key.0
+                    key.leg
                 ));
                 continue;
             };
+            // When it ended, and the billed end times that are right for it.
+            let (released, low, high) = match ended {
+                Ended::Released(t) => match self.in_blind(t) {
+                    Some((a, b)) => (t, a.saturating_sub(2_000), b + 2_000),
+                    None => (t, t.saturating_sub(1_500), t + 1_500),
+                },
+                Ended::LostTerminating(t) => {
+                    let Some((a, b)) = self.blind.iter().copied().find(|&(_, b)| b >= t) else {
+                        problems.push(format!(
+                            "leg {} vanished while terminating with no engine restart after",
+                            key.leg
+                        ));
+                        continue;
+                    };
+                    let low = t.saturating_sub(1_500).min(a.saturating_sub(2_000));
+                    (t, low, b + 2_000)
+                }
+            };
             let Some(call) = by_key.remove(key) else {
-                let answer = key.3;
-                match (self.in_blind(answer), self.in_blind(released)) {
-                    (Some(a), Some(b)) if a == b => unseen += 1,
-                    _ => problems.push(format!(
+                // Answered and gone from the answered state inside one
+                // disruption: no host was told, no snapshot listed it.
+                let answer = key.answer_time_ms;
+                let left = truth.left.unwrap_or(released);
+                if self.blind.iter().any(|&(a, b)| a <= answer && left <= b) {
+                    unseen += 1;
+                } else {
+                    problems.push(format!(
                         "leg {} (answered {answer}, released {released}) was never billed",
-                        key.0
-                    )),
+                        key.leg
+                    ));
                 }
                 continue;
             };
             if (&call.nap, &call.calling, &call.called) != (nap, calling, called) {
                 problems.push(format!(
                     "leg {} billed to {} {} -> {}, but was {nap} {calling} -> {called}",
-                    key.0, call.nap, call.calling, call.called
+                    key.leg, call.nap, call.calling, call.called
                 ));
             }
             let Some(end) = call.end_time_ms else {
-                problems.push(format!("leg {} is open in the bill", key.0));
+                problems.push(format!("leg {} is open in the bill", key.leg));
                 continue;
-            };
-            let (low, high) = match self.in_blind(released) {
-                Some((a, b)) => (a.saturating_sub(2_000), b + 2_000),
-                None => (released.saturating_sub(1_500), released + 1_500),
             };
             if !(low..=high).contains(&end) {
                 problems.push(format!(
                     "leg {}: billed end {end} is {} ms from the real release {released} (allowed {low}..={high})",
-                    key.0,
+                    key.leg,
                     end as i64 - released as i64
                 ));
             }

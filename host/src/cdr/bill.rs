@@ -39,6 +39,17 @@ pub struct BilledCall {
     pub state: CallState,
 }
 
+impl BilledCall {
+    pub fn key(&self) -> CallKey {
+        CallKey {
+            leg: self.leg,
+            session: self.session,
+            offered_time_ms: self.offered_time_ms,
+            answer_time_ms: self.answer_time_ms,
+        }
+    }
+}
+
 /// Reads the records of `files`, in order (rotated pieces oldest first). A
 /// torn last line (a crash mid-write: never reported durable) is skipped.
 pub fn read_ledgers(files: &[impl AsRef<Path>]) -> anyhow::Result<Vec<(String, Vec<Line>)>> {

@@ -48,23 +48,18 @@ impl LedgerIndex {
     pub fn replay(&mut self, record: &CdrRecord) {
         self.next_record = self.next_record.max(record.record + 1);
         let key = record.key();
-        let state = self.calls.entry(record.leg).or_insert(CallState {
+        let fresh = CallState {
             session: key.session,
             offered_time_ms: key.offered_time_ms,
             answer_time_ms: key.answer_time_ms,
             last_end: None,
             open: false,
             seen_ms: record.time_ms,
-        });
+        };
+        let state = self.calls.entry(record.leg).or_insert(fresh);
+        // Another call on this id: its history starts afresh.
         if state.key(record.leg) != key {
-            *state = CallState {
-                session: key.session,
-                offered_time_ms: key.offered_time_ms,
-                answer_time_ms: key.answer_time_ms,
-                last_end: None,
-                open: false,
-                seen_ms: record.time_ms,
-            };
+            *state = fresh;
         }
         state.seen_ms = state.seen_ms.max(record.time_ms);
         match record.kind {

@@ -11,20 +11,15 @@ use crate::model::{Direction, Protocol};
 /// A parsed control command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlCommand {
+    /// A new leg: ringing (`ring`), or answered at once, host or no host
+    /// (`call`).
     Ring {
         nap: String,
         calling: String,
         called: String,
         direction: Direction,
         protocol: Protocol,
-    },
-    /// A call answered at once, host or no host.
-    Call {
-        nap: String,
-        calling: String,
-        called: String,
-        direction: Direction,
-        protocol: Protocol,
+        answered: bool,
     },
     Answer(u64),
     Terminate(u64),
@@ -86,23 +81,13 @@ impl ControlCommand {
                         return Err(format!("protocol `{other}` is not sip|isdn|ss7|cas|media"));
                     }
                 };
-                let (nap, calling, called) = (words[1].into(), words[2].into(), words[3].into());
-                if verb == "call" {
-                    ControlCommand::Call {
-                        nap,
-                        calling,
-                        called,
-                        direction,
-                        protocol,
-                    }
-                } else {
-                    ControlCommand::Ring {
-                        nap,
-                        calling,
-                        called,
-                        direction,
-                        protocol,
-                    }
+                ControlCommand::Ring {
+                    nap: words[1].into(),
+                    calling: words[2].into(),
+                    called: words[3].into(),
+                    direction,
+                    protocol,
+                    answered: verb == "call",
                 }
             }
             "answer" => exact(2).and(id(1)).map(ControlCommand::Answer)?,
@@ -155,20 +140,19 @@ pub fn execute(
             called,
             direction,
             protocol,
-        } => match state.ring(nap, calling, called, *direction, *protocol, now_ms) {
-            Ok(id) => format!("OK {id}"),
-            Err(e) => format!("ERR {e}"),
-        },
-        ControlCommand::Call {
-            nap,
-            calling,
-            called,
-            direction,
-            protocol,
-        } => format!(
-            "OK {}",
-            state.call(nap, calling, called, *direction, *protocol, now_ms)
-        ),
+            answered,
+        } => {
+            let (direction, protocol) = (*direction, *protocol);
+            let leg = if *answered {
+                Ok(state.call(nap, calling, called, direction, protocol, now_ms))
+            } else {
+                state.ring(nap, calling, called, direction, protocol, now_ms)
+            };
+            match leg {
+                Ok(id) => format!("OK {id}"),
+                Err(e) => format!("ERR {e}"),
+            }
+        }
         ControlCommand::Answer(id) => done(state.answer(*id, now_ms)),
         ControlCommand::Terminate(id) => done(state.terminate(*id)),
         ControlCommand::Release(id) => done(state.release(*id)),
@@ -232,7 +216,8 @@ mod tests {
                 calling: "100".into(),
                 called: "200".into(),
                 direction: Direction::Inbound,
-                protocol: Protocol::Sip
+                protocol: Protocol::Sip,
+                answered: false
             }
         );
         assert_eq!(

@@ -16,6 +16,10 @@ use std::path::Path;
 pub enum HistoryKind {
     /// The call was answered.
     Answer,
+    /// The call started releasing. If the engine restarts before the
+    /// release, the call is gone with no `release` line: it ended between
+    /// the two.
+    Terminate,
     /// The call was released (by the control port or a host's drop).
     Release,
     /// The engine (re)started with the call up.
@@ -34,6 +38,18 @@ pub struct HistoryLine {
     pub nap: String,
     pub calling: String,
     pub called: String,
+}
+
+impl HistoryLine {
+    /// The call this line is about, as the ledger names it.
+    pub fn key(&self) -> crate::cdr::record::CallKey {
+        crate::cdr::record::CallKey {
+            leg: self.leg,
+            session: self.session,
+            offered_time_ms: self.offered_time_ms,
+            answer_time_ms: self.answer_time_ms,
+        }
+    }
 }
 
 /// The open history file.

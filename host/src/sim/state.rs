@@ -351,6 +351,7 @@ impl EngineState {
         }
         let mut leg = self.take_leg(id).expect("leg exists");
         leg.state = LegState::Terminating;
+        self.record(HistoryKind::Terminate, &leg);
         self.put_leg(leg);
         self.touch();
         self.emit(EngineEvent::LegTerminating(id));
