@@ -125,6 +125,21 @@ pub enum TerminationReason {
     HostLost,
 }
 
+impl TerminationReason {
+    /// The reason as the ledger, the event log and the logs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminationReason::Released => "released",
+            TerminationReason::AbsentAfterResync => "absent-after-resync",
+            TerminationReason::GraceExpired => "grace-expired",
+            TerminationReason::RefusedByPolicy => "refused-by-policy",
+            TerminationReason::HostShutdown => "host-shutdown",
+            TerminationReason::Replaced => "replaced",
+            TerminationReason::HostLost => "host-lost",
+        }
+    }
+}
+
 /// Who adopted a leg or decided a link: a plugin's name, or `live` /
 /// `native-rules`.
 ///

@@ -107,9 +107,9 @@ pub fn bill(records: &[CdrRecord]) -> Vec<BilledCall> {
         let call = calls.entry((order, key)).or_insert_with(|| BilledCall {
             leg: record.leg,
             session: record.session,
-            nap: record.nap.clone(),
-            calling: record.calling.clone(),
-            called: record.called.clone(),
+            nap: record.nap.to_string(),
+            calling: record.calling.to_string(),
+            called: record.called.to_string(),
             offered_time_ms: record.offered_time_ms,
             answer_time_ms: record.answer_time_ms,
             end_time_ms: None,
@@ -119,9 +119,9 @@ pub fn bill(records: &[CdrRecord]) -> Vec<BilledCall> {
         });
         if record.kind == RecordKind::Start {
             (call.nap, call.calling, call.called) = (
-                record.nap.clone(),
-                record.calling.clone(),
-                record.called.clone(),
+                record.nap.to_string(),
+                record.calling.to_string(),
+                record.called.to_string(),
             );
         }
         match record.kind {

@@ -71,6 +71,12 @@ impl LedgerIndex {
         }
     }
 
+    /// Makes room for `calls` calls in all (a snapshot announces its size):
+    /// the map does not rehash a million entries as it grows.
+    pub fn reserve_total(&mut self, calls: usize) {
+        self.calls.reserve(calls.saturating_sub(self.calls.len()));
+    }
+
     /// Whether the ledger has `key` open (a START or RESUME and no END since).
     pub fn is_open(&self, key: &CallKey) -> bool {
         self.calls

@@ -7,7 +7,8 @@
 //! - The writer below: a dedicated thread encodes and appends batches and
 //!   fsyncs once for every batch waiting (group commit); records are durable
 //!   when [`Pending::durable`] returns, and the host reports or acts on them
-//!   only then. At open, a torn last line (a crash mid-write) is cut off and
+//!   only then. A resync stages its STARTs (written as they come) and
+//!   commits once at the end. At open, a torn last line (a crash mid-write) is cut off and
 //!   the index rebuilt, and the calls the ledger still has open come back as
 //!   [`RecoveredCall`]s: the supervisor ends those the engine no longer has,
 //!   so no crash, at any moment, loses a call.
@@ -28,8 +29,14 @@ use tokio::sync::oneshot;
 
 /// What the writer thread is asked to do.
 enum Job {
-    /// Append these records, fsync, then answer.
-    Append(Vec<CdrRecord>, oneshot::Sender<std::io::Result<()>>),
+    /// Append these records; fsync first if `sync`, then answer.
+    Append {
+        records: Vec<CdrRecord>,
+        sync: bool,
+        done: oneshot::Sender<std::io::Result<()>>,
+    },
+    /// Make everything appended so far durable, then answer.
+    Commit(oneshot::Sender<std::io::Result<()>>),
     /// The host was in sync with the engine at this time (Unix ms).
     Alive(u64),
 }
@@ -164,20 +171,50 @@ impl CdrWriter {
     }
 
     /// START (or RESUME) records for answered legs the host now holds; a
-    /// call the ledger has open already gets nothing.
+    /// call the ledger has open already gets nothing. Durable once awaited.
     pub fn open_calls<'a>(
         &self,
         legs: impl IntoIterator<Item = &'a CallLeg>,
         reason: StartReason,
     ) -> Pending {
+        let records = self.start_records(legs, reason);
+        self.submit(records, true)
+    }
+
+    /// Like [`CdrWriter::open_calls`], for a resync's stream of chunks: the
+    /// records are only *written* once awaited; a [`CdrWriter::commit`]
+    /// makes them durable. A million STARTs then cost one wait for the
+    /// disk instead of a thousand.
+    pub fn stage_open_calls<'a>(
+        &self,
+        legs: impl IntoIterator<Item = &'a CallLeg>,
+        reason: StartReason,
+    ) -> Pending {
+        let records = self.start_records(legs, reason);
+        self.submit(records, false)
+    }
+
+    /// Makes every record handed over so far durable.
+    pub fn commit(&self) -> Pending {
+        let (done, written) = oneshot::channel();
+        let _ = self.jobs.send(Job::Commit(done));
+        Pending {
+            written: Some(written),
+            records: 0,
+            path: self.path.clone(),
+        }
+    }
+
+    fn start_records<'a>(
+        &self,
+        legs: impl IntoIterator<Item = &'a CallLeg>,
+        reason: StartReason,
+    ) -> Vec<CdrRecord> {
         let now = now_ms();
-        let records = {
-            let mut index = self.lock();
-            legs.into_iter()
-                .filter_map(|leg| index.open(leg, reason, now))
-                .collect()
-        };
-        self.submit(records)
+        let mut index = self.lock();
+        legs.into_iter()
+            .filter_map(|leg| index.open(leg, reason, now))
+            .collect()
     }
 
     /// END records for the answered calls among `ended`, each ended at its
@@ -195,7 +232,12 @@ impl CdrWriter {
                 .flat_map(|(leg, end_ms)| index.close(leg, reason, end_ms, now))
                 .collect()
         };
-        self.submit(records)
+        self.submit(records, true)
+    }
+
+    /// Makes room in the index for `calls` calls in all.
+    pub fn reserve_total(&self, calls: usize) {
+        self.lock().reserve_total(calls);
     }
 
     /// Remembers (beside the ledger, off the caller's thread) that the host
@@ -209,14 +251,18 @@ impl CdrWriter {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn submit(&self, records: Vec<CdrRecord>) -> Pending {
+    fn submit(&self, records: Vec<CdrRecord>, sync: bool) -> Pending {
         let count = records.len();
         let written = if records.is_empty() {
             None
         } else {
             let (done, written) = oneshot::channel();
             // A gone writer thread drops `done`: `durable` reports it.
-            let _ = self.jobs.send(Job::Append(records, done));
+            let _ = self.jobs.send(Job::Append {
+                records,
+                sync,
+                done,
+            });
             Some(written)
         };
         Pending {
@@ -245,30 +291,41 @@ fn read_alive(path: &Path) -> u64 {
 }
 
 /// The writer thread: takes every job waiting, encodes and writes their
-/// records, one fsync, then acknowledges them all.
+/// records, one fsync if any of them asked for it (group commit), then
+/// acknowledges them all.
 fn write_loop(mut file: std::fs::File, alive: &Path, jobs: std::sync::mpsc::Receiver<Job>) {
     let mut lines = Vec::new();
     while let Ok(first) = jobs.recv() {
         let mut waiting = Vec::new();
+        let mut sync = false;
         let mut alive_ms = None;
         for job in std::iter::once(first).chain(jobs.try_iter()) {
             match job {
-                Job::Append(records, done) => {
+                Job::Append {
+                    records,
+                    sync: now,
+                    done,
+                } => {
                     for record in &records {
-                        // Encoding a plain struct into memory cannot fail.
-                        let _ = serde_json::to_writer(&mut lines, record);
-                        lines.push(b'\n');
+                        record.write_line(&mut lines);
                     }
+                    sync |= now;
+                    waiting.push(done);
+                }
+                Job::Commit(done) => {
+                    sync = true;
                     waiting.push(done);
                 }
                 Job::Alive(ms) => alive_ms = Some(ms),
             }
         }
-        let result = if waiting.is_empty() {
-            Ok(())
-        } else {
-            file.write_all(&lines).and_then(|()| file.sync_data())
-        };
+        // Staged records wait in the page cache for the commit: asking the
+        // kernel to start writing them early (sync_file_range) was measured
+        // and made no difference to a million-leg resync.
+        let mut result = file.write_all(&lines);
+        if result.is_ok() && sync {
+            result = file.sync_data();
+        }
         if let Err(e) = &result {
             // Whatever part was written is past a newline boundary or torn;
             // the next open cuts a torn line, and no caller was told durable.
@@ -338,6 +395,20 @@ mod tests {
         assert_eq!(records.len(), 6);
         assert_eq!(records[5].record, 6, "numbering continues after the cut");
         assert_eq!(records[5].resumes, Some(4));
+    }
+
+    #[tokio::test]
+    async fn staged_records_are_durable_after_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.jsonl");
+        let (writer, _) = CdrWriter::open(&path).unwrap();
+        let staged = writer.stage_open_calls(&[answered(1), answered(2)], StartReason::Found);
+        assert_eq!(staged.durable().await.unwrap(), 2);
+        writer.commit().durable().await.unwrap();
+        let (_, recovered) = CdrWriter::open(&path).unwrap();
+        let mut ids: Vec<u64> = recovered.iter().map(|c| c.leg.id).collect();
+        ids.sort();
+        assert_eq!(ids, [1, 2]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! parties, so a line read alone says which call it is about.
 
 use crate::model::{CallLeg, Direction, LegId, LegState, Protocol, TerminationReason};
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -77,9 +78,11 @@ pub struct CdrRecord {
     pub time_ms: u64,
     pub leg: LegId,
     pub session: u64,
-    pub nap: String,
-    pub calling: String,
-    pub called: String,
+    /// Inline up to 24 bytes (every real NAP and number), as in [`CallLeg`]:
+    /// a resync builds a million records without a heap allocation each.
+    pub nap: CompactString,
+    pub calling: CompactString,
+    pub called: CompactString,
     /// When the call was offered (Unix ms): part of its identity.
     pub offered_time_ms: u64,
     /// The call's original answer time (Unix ms).
@@ -104,7 +107,78 @@ pub struct CdrRecord {
     pub supersedes: Option<u64>,
 }
 
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Start => "start",
+            RecordKind::End => "end",
+            RecordKind::Resume => "resume",
+        }
+    }
+}
+
+impl StartReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartReason::Answered => "answered",
+            StartReason::Found => "found",
+        }
+    }
+}
+
 impl CdrRecord {
+    /// Appends the record as one JSON line, byte for byte what serde_json
+    /// writes for it, about five times faster: keys are literals, numbers go
+    /// through `itoa`, and only a string that needs escaping goes through
+    /// serde_json. The writer encodes a million STARTs in a cold resync.
+    pub fn write_line(&self, out: &mut Vec<u8>) {
+        let mut number = itoa::Buffer::new();
+        let mut num = |out: &mut Vec<u8>, key: &str, value: u64| {
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(number.format(value).as_bytes());
+        };
+        let text = |out: &mut Vec<u8>, key: &str, value: &str| {
+            out.extend_from_slice(key.as_bytes());
+            if value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+                // Serializing a str into memory cannot fail.
+                let _ = serde_json::to_writer(&mut *out, value);
+            } else {
+                out.push(b'"');
+                out.extend_from_slice(value.as_bytes());
+                out.push(b'"');
+            }
+        };
+        num(out, "{\"record\":", self.record);
+        text(out, ",\"kind\":", self.kind.as_str());
+        num(out, ",\"time_ms\":", self.time_ms);
+        num(out, ",\"leg\":", self.leg);
+        num(out, ",\"session\":", self.session);
+        text(out, ",\"nap\":", &self.nap);
+        text(out, ",\"calling\":", &self.calling);
+        text(out, ",\"called\":", &self.called);
+        num(out, ",\"offered_time_ms\":", self.offered_time_ms);
+        num(out, ",\"answer_time_ms\":", self.answer_time_ms);
+        if let Some(reason) = self.start_reason {
+            text(out, ",\"start_reason\":", reason.as_str());
+        }
+        if let Some(end) = self.end_time_ms {
+            num(out, ",\"end_time_ms\":", end);
+        }
+        if let Some(duration) = self.duration_ms {
+            num(out, ",\"duration_ms\":", duration);
+        }
+        if let Some(reason) = self.end_reason {
+            text(out, ",\"end_reason\":", reason.as_str());
+        }
+        if let Some(resumes) = self.resumes {
+            num(out, ",\"resumes\":", resumes);
+        }
+        if let Some(supersedes) = self.supersedes {
+            num(out, ",\"supersedes\":", supersedes);
+        }
+        out.extend_from_slice(b"}\n");
+    }
+
     /// A record about `leg` (which must be answered), numbered `record`.
     pub fn about(record: u64, kind: RecordKind, leg: &CallLeg, time_ms: u64) -> CdrRecord {
         CdrRecord {
@@ -113,9 +187,9 @@ impl CdrRecord {
             time_ms,
             leg: leg.id,
             session: leg.session_id,
-            nap: leg.nap.to_string(),
-            calling: leg.calling.to_string(),
-            called: leg.called.to_string(),
+            nap: leg.nap.clone(),
+            calling: leg.calling.clone(),
+            called: leg.called.clone(),
             offered_time_ms: leg.offered_at_ms,
             answer_time_ms: leg.answered_at_ms.unwrap_or_default(),
             start_reason: None,
@@ -144,9 +218,9 @@ impl CdrRecord {
             session_id: self.session,
             direction: Direction::default(),
             protocol: Protocol::default(),
-            nap: self.nap.as_str().into(),
-            calling: self.calling.as_str().into(),
-            called: self.called.as_str().into(),
+            nap: self.nap.clone(),
+            calling: self.calling.clone(),
+            called: self.called.clone(),
             offered_at_ms: self.offered_time_ms,
             answered_at_ms: Some(self.answer_time_ms),
             linked_to: None,
@@ -172,6 +246,48 @@ mod tests {
         other_answer.answered_at_ms = Some(2_000);
         assert!(!same_call(&call, &other_answer));
         assert_eq!(CallKey::of(&ringing), None);
+    }
+
+    #[test]
+    fn the_fast_line_is_what_serde_writes() {
+        use crate::model::TerminationReason;
+        let mut call = crate::model::test_leg(7, 1_000);
+        call.nap = "ISDN_ŁÓDŹ".into();
+        call.calling = "say \"hi\"\\\n".into();
+        let mut start = CdrRecord::about(1, RecordKind::Start, &call, 1_001);
+        start.start_reason = Some(StartReason::Found);
+        let resume = CdrRecord {
+            resumes: Some(2),
+            ..CdrRecord::about(3, RecordKind::Resume, &call, 3_000)
+        };
+        let mut records = vec![start, resume];
+        for reason in [
+            TerminationReason::Released,
+            TerminationReason::AbsentAfterResync,
+            TerminationReason::GraceExpired,
+            TerminationReason::RefusedByPolicy,
+            TerminationReason::HostShutdown,
+            TerminationReason::Replaced,
+            TerminationReason::HostLost,
+        ] {
+            records.push(CdrRecord {
+                end_time_ms: Some(u64::MAX),
+                duration_ms: Some(0),
+                end_reason: Some(reason),
+                supersedes: Some(2),
+                ..CdrRecord::about(4, RecordKind::End, &call, 4_000)
+            });
+        }
+        for record in &records {
+            let mut fast = Vec::new();
+            record.write_line(&mut fast);
+            let mut serde = serde_json::to_vec(record).unwrap();
+            serde.push(b'\n');
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                String::from_utf8(serde).unwrap()
+            );
+        }
     }
 
     #[test]

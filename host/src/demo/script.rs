@@ -562,7 +562,7 @@ impl Demo {
                 (RecordKind::End, Some(reason), Some(ms)) => format!(
                     "END    {} {}, {}.{:03} s",
                     self.name(r.leg),
-                    crate::supervisor::reason_text(reason),
+                    reason.as_str(),
                     ms / 1000,
                     ms % 1000
                 ),

@@ -73,7 +73,7 @@ impl Host {
             .collect();
         tracing::warn!(
             calls = lost.len(),
-            reason = reason_text(reason),
+            reason = reason.as_str(),
             "calls the ledger had open from the previous run are gone; ending them at their last proven moment"
         );
         self.end_legs_at(lost, reason, decider).await?;
@@ -112,14 +112,6 @@ impl Host {
         self.end_legs(legs, TerminationReason::HostShutdown, &decider)
             .await
     }
-}
-
-/// A reason as the logs and the ledger spell it.
-pub fn reason_text(reason: TerminationReason) -> String {
-    serde_json::to_value(reason)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 /// Tells the plugins, off the async threads (plugin calls block).

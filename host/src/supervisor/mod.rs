@@ -16,7 +16,6 @@
 //! - `endings`: every termination: event, CDR, plugin notification.
 
 mod endings;
-pub use endings::reason_text;
 pub mod grace;
 mod live;
 mod resync;

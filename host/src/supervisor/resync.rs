@@ -39,19 +39,41 @@ struct Run {
     refused: Vec<CallLeg>,
     /// Commands sent, not yet acknowledged.
     pending: HashSet<u64>,
-    /// Ledger records handed to the writer, not yet known durable.
-    records: Vec<Pending>,
+    /// Staged ledger records handed to the writer, not yet known written
+    /// (all are committed, durable, before the resync reports anything).
+    records: std::collections::VecDeque<Pending>,
     /// Per-leg sync events, logged once their records are durable.
     sync_events: Vec<HostEvent>,
 }
 
+/// Batches of ledger records a resync lets the writer fall behind by: enough
+/// to keep it busy (it commits whatever is waiting in one go), few enough
+/// that a million records are never all held in memory at once.
+const RECORDS_IN_FLIGHT: usize = 32;
+
 impl Run {
+    /// Hands a batch of staged records over; waits for the oldest batches
+    /// to be written if too many are in flight.
+    async fn hand_over(&mut self, pending: Pending) -> Result<(), ResyncError> {
+        self.records.push_back(pending);
+        while self.records.len() > RECORDS_IN_FLIGHT {
+            let oldest = self.records.pop_front().expect("more than the bound");
+            oldest.durable().await.map_err(ResyncError::Fatal)?;
+        }
+        Ok(())
+    }
+
     /// Waits until every record handed to the ledger is durable, then logs
     /// the events that depended on them.
     async fn report(&mut self, host: &Host) -> Result<(), ResyncError> {
         for pending in self.records.drain(..) {
             pending.durable().await.map_err(ResyncError::Fatal)?;
         }
+        host.cdr
+            .commit()
+            .durable()
+            .await
+            .map_err(ResyncError::Fatal)?;
         host.events.emit_all(self.sync_events.drain(..));
         Ok(())
     }
@@ -166,6 +188,7 @@ impl Host {
         match connection.next().await? {
             EngineMessage::SnapshotBegin { legs, .. } => {
                 self.table.reserve_total(legs as usize);
+                self.cdr.reserve_total(legs as usize);
                 self.status.send_modify(|s| {
                     s.snapshot_expected = legs;
                     s.snapshot_received = 0;
@@ -252,8 +275,8 @@ impl Host {
             .zip(&verdicts)
             .filter(|(_, v)| v.decision == Decision::Rebuild)
             .map(|(leg, _)| leg);
-        run.records
-            .push(self.cdr.open_calls(rebuilt, StartReason::Found));
+        run.hand_over(self.cdr.stage_open_calls(rebuilt, StartReason::Found))
+            .await?;
         for (mut leg, verdict) in unknown.into_iter().zip(verdicts) {
             match verdict.decision {
                 Decision::Rebuild => {
@@ -293,8 +316,8 @@ impl Host {
         }
         if !diff.now_answered.is_empty() {
             let answered = std::mem::take(&mut diff.now_answered);
-            run.records
-                .push(self.cdr.open_calls(&answered, StartReason::Found));
+            run.hand_over(self.cdr.stage_open_calls(&answered, StartReason::Found))
+                .await?;
         }
         Ok(())
     }
