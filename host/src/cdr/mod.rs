@@ -158,9 +158,11 @@ impl CdrWriter {
             .collect();
         let (jobs, receiver) = std::sync::mpsc::channel::<Job>();
         let alive = alive_path(path);
+        let file = Arc::new(file);
+        let flush = spawn_flusher(file.clone()).context("cannot start the CDR flusher thread")?;
         std::thread::Builder::new()
             .name("legsync-cdr".into())
-            .spawn(move || write_loop(file, &alive, receiver))
+            .spawn(move || write_loop(&file, &flush, &alive, receiver))
             .context("cannot start the CDR writer thread")?;
         let writer = CdrWriter {
             path: path.to_path_buf(),
@@ -290,10 +292,33 @@ fn read_alive(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Flushes staged records to disk in the background (one fsync at a time,
+/// kicks coalesced), so that a resync's commit finds most of its million
+/// STARTs on disk already instead of waiting for all of them at the end.
+fn spawn_flusher(file: Arc<std::fs::File>) -> std::io::Result<std::sync::mpsc::SyncSender<()>> {
+    let (kick, kicks) = std::sync::mpsc::sync_channel::<()>(1);
+    std::thread::Builder::new()
+        .name("legsync-cdr-flush".into())
+        .spawn(move || {
+            while kicks.recv().is_ok() {
+                // A failure here is the commit's to report: its own fsync
+                // meets the same error.
+                let _ = file.sync_data();
+            }
+        })?;
+    Ok(kick)
+}
+
 /// The writer thread: takes every job waiting, encodes and writes their
 /// records, one fsync if any of them asked for it (group commit), then
 /// acknowledges them all.
-fn write_loop(mut file: std::fs::File, alive: &Path, jobs: std::sync::mpsc::Receiver<Job>) {
+fn write_loop(
+    file: &std::fs::File,
+    flush: &std::sync::mpsc::SyncSender<()>,
+    alive: &Path,
+    jobs: std::sync::mpsc::Receiver<Job>,
+) {
+    let mut file = file;
     let mut lines = Vec::new();
     while let Ok(first) = jobs.recv() {
         let mut waiting = Vec::new();
@@ -319,12 +344,12 @@ fn write_loop(mut file: std::fs::File, alive: &Path, jobs: std::sync::mpsc::Rece
                 Job::Alive(ms) => alive_ms = Some(ms),
             }
         }
-        // Staged records wait in the page cache for the commit: asking the
-        // kernel to start writing them early (sync_file_range) was measured
-        // and made no difference to a million-leg resync.
         let mut result = file.write_all(&lines);
         if result.is_ok() && sync {
             result = file.sync_data();
+        } else if result.is_ok() && !lines.is_empty() {
+            // Staged: on its way to disk while the resync goes on.
+            let _ = flush.try_send(());
         }
         if let Err(e) = &result {
             // Whatever part was written is past a newline boundary or torn;
