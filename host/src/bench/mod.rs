@@ -50,6 +50,11 @@ pub enum Mode {
     Cold,
     Warm,
     Transfer,
+    /// After a cold resync, the engine releases a tenth of the calls at
+    /// once (`churn`): the time until every release is handled, its END
+    /// durable and the plugins told. `legs_per_second` is releases per
+    /// second.
+    Live,
 }
 
 #[derive(Debug, Args)]
@@ -104,7 +109,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let report = match args.mode {
         Mode::Transfer => transfer(&sim, &args).await?,
-        Mode::Cold | Mode::Warm => resync(&sim, &args, &rules, dir.path()).await?,
+        Mode::Cold | Mode::Warm | Mode::Live => resync(&sim, &args, &rules, dir.path()).await?,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -170,6 +175,27 @@ async fn resync(
     let mut host = RunningHost::start_summaries(&config, decider)?;
     let progress = show_progress(&host);
     let first = next_summary(&mut host).await?;
+    if args.mode == Mode::Live {
+        if let Some(progress) = progress {
+            progress.abort();
+        }
+        let held = host.status().legs as u64;
+        let releases = (args.legs / 10).max(2) / 2 * 2;
+        let started = Instant::now();
+        sim.ok(&format!("churn {releases} 0")).await?;
+        host.wait_status(LONG, |s| s.legs as u64 + releases <= held)
+            .await?;
+        let wall = started.elapsed();
+        let report = BenchReport::new(
+            "live",
+            &policy_name,
+            releases,
+            wall,
+            ResyncSummary::default(),
+        );
+        host.stop().await?;
+        return Ok(report);
+    }
     let summary = match args.mode {
         Mode::Warm => {
             sim.ok("partition 3600000").await?;

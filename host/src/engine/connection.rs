@@ -152,6 +152,17 @@ impl Connection {
     }
 
     /// The next frame, or the error that closed the link.
+    /// The next message if one is already waiting (never waits).
+    pub fn try_next(&mut self) -> Option<Result<EngineMessage, LinkError>> {
+        match self.inbound.try_recv() {
+            Ok(result) => Some(result),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => None,
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                Some(Err(LinkError::Closed))
+            }
+        }
+    }
+
     pub async fn next(&mut self) -> Result<EngineMessage, LinkError> {
         match self.inbound.recv().await {
             Some(result) => result,

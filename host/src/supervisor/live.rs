@@ -9,6 +9,7 @@
 //! `OnCallLegSync`, anything else is logged and counted.
 
 use super::{Exit, Host};
+use crate::cdr::Pending;
 use crate::cdr::record::{StartReason, same_call};
 use crate::engine::{Connection, LinkError};
 use crate::events::HostEvent;
@@ -21,6 +22,18 @@ use tokio_util::sync::CancellationToken;
 /// can prove for calls lost while no host was watching).
 const ALIVE_EVERY: Duration = Duration::from_secs(1);
 
+/// Most messages handled as one batch (see [`LiveBatch`]).
+const LIVE_BATCH: usize = 1024;
+
+/// Releases and answers that arrive together are handled together: their
+/// ledger records go to the writer at once (one fsync for all), the ended
+/// legs' events and plugin notice go out once, when the ENDs are durable.
+#[derive(Default)]
+struct LiveBatch {
+    released: Vec<CallLeg>,
+    starts: Vec<Pending>,
+}
+
 impl Host {
     pub(super) async fn live(
         &mut self,
@@ -29,7 +42,7 @@ impl Host {
     ) -> anyhow::Result<Exit> {
         let mut alive = tokio::time::interval(ALIVE_EVERY);
         loop {
-            let message = tokio::select! {
+            let first = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(Exit::Shutdown),
                 _ = alive.tick() => {
                     self.cdr.mark_alive();
@@ -37,15 +50,92 @@ impl Host {
                 }
                 message = connection.next() => message,
             };
-            match message {
-                Ok(message) => {
-                    if let Err(e) = self.handle(connection, message).await? {
-                        return Ok(Exit::Lost(e));
-                    }
+            // This message and whatever else is already waiting, as a batch.
+            let mut batch = LiveBatch::default();
+            let mut next = Some(first);
+            let mut taken = 0;
+            let mut lost = None;
+            while let Some(message) = next.take() {
+                let outcome = match message {
+                    Ok(message) => self.handle_batched(connection, message, &mut batch).await?,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = outcome {
+                    lost = Some(e);
+                    break;
                 }
-                Err(e) => return Ok(Exit::Lost(e)),
+                taken += 1;
+                if taken < LIVE_BATCH {
+                    next = connection.try_next();
+                }
+            }
+            self.finish_batch(batch).await?;
+            if let Some(e) = lost {
+                return Ok(Exit::Lost(e));
             }
         }
+    }
+
+    /// Handles one message of a batch: releases and answers of held legs
+    /// join the batch, changes that log and bill nothing are applied at
+    /// once; anything else first settles the batch so far, so the event log
+    /// keeps the engine's order.
+    async fn handle_batched(
+        &mut self,
+        connection: &mut Connection,
+        message: EngineMessage,
+        batch: &mut LiveBatch,
+    ) -> anyhow::Result<Result<(), LinkError>> {
+        match message {
+            EngineMessage::Event(EngineEvent::LegReleased(id)) => {
+                match self.table.remove(id) {
+                    Some(leg) => batch.released.push(leg),
+                    None => self.unknown_leg(id, "released"),
+                }
+                Ok(Ok(()))
+            }
+            EngineMessage::Event(EngineEvent::LegAnswered(leg))
+                if self.table.get(leg.id).is_some_and(|held| {
+                    held.leg.answered_at_ms.is_none() && same_call(&held.leg, &leg)
+                }) =>
+            {
+                // The START goes to the writer now; the batch waits for it.
+                batch
+                    .starts
+                    .push(self.cdr.open_calls([&leg], StartReason::Answered));
+                if let Some(held) = self.table.get_mut(leg.id) {
+                    held.state = LegState::Answered;
+                    held.answered_at_ms = leg.answered_at_ms;
+                }
+                Ok(Ok(()))
+            }
+            // Changes that log nothing and write nothing keep the batch.
+            quiet @ (EngineMessage::Ack { .. }
+            | EngineMessage::Event(
+                EngineEvent::LegRinging(_)
+                | EngineEvent::LegTerminating(_)
+                | EngineEvent::LinkCreated(_)
+                | EngineEvent::LinkRemoved(_),
+            )) => self.handle(connection, quiet).await,
+            other => {
+                self.finish_batch(std::mem::take(batch)).await?;
+                self.handle(connection, other).await
+            }
+        }
+    }
+
+    /// Makes a batch's records durable, then logs and notifies its endings.
+    async fn finish_batch(&mut self, batch: LiveBatch) -> anyhow::Result<()> {
+        for start in batch.starts {
+            start.durable().await?;
+        }
+        if !batch.released.is_empty() {
+            let decider = self.policy.current();
+            self.end_legs(batch.released, TerminationReason::Released, &decider)
+                .await?;
+        }
+        self.publish(None, None);
+        Ok(())
     }
 
     /// Handles one message outside a snapshot. The outer error is fatal; the
