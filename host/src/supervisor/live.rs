@@ -126,6 +126,9 @@ impl Host {
 
     /// Makes a batch's records durable, then logs and notifies its endings.
     async fn finish_batch(&mut self, batch: LiveBatch) -> anyhow::Result<()> {
+        // The status first: whoever sees an ending then sees the table
+        // without the leg.
+        self.publish(None, None);
         for start in batch.starts {
             start.durable().await?;
         }
@@ -134,7 +137,6 @@ impl Host {
             self.end_legs(batch.released, TerminationReason::Released, &decider)
                 .await?;
         }
-        self.publish(None, None);
         Ok(())
     }
 

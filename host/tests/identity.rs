@@ -1,0 +1,141 @@
+//! Leg ids are not identities: a scripted engine over real TCP reuses a
+//! held leg's id for a new call, changes an answer time, answers a leg the
+//! host never saw and releases another; the host never merges two calls,
+//! never lets an event about one overwrite another, and drops nothing
+//! silently. The ledger it writes bills each call once.
+
+mod common;
+
+use common::world::WAIT;
+use futures_util::SinkExt;
+use legsync::cdr::bill::{self, CallState};
+use legsync::config::HostConfig;
+use legsync::demo::harness::{RunningHost, synced, terminated};
+use legsync::events::HostEvent;
+use legsync::model::{CallLeg, Decision, LegState, TerminationReason};
+use legsync::policy::{Decider, PolicyChain};
+use legsync::protocol::{EngineEvent, EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::codec::FramedWrite;
+
+fn leg(id: u64, session: u64, offered: u64, answered: Option<u64>) -> CallLeg {
+    let mut leg = common::leg(id, &format!("NAP_{session}"), "15145550000");
+    leg.session_id = session;
+    leg.offered_at_ms = offered;
+    leg.answered_at_ms = answered;
+    leg.state = if answered.is_some() {
+        LegState::Answered
+    } else {
+        LegState::Ringing
+    };
+    leg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_that_contradict_a_held_call_end_it_and_never_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = HostConfig {
+        engine: Some(listener.local_addr().unwrap()),
+        ..HostConfig::default()
+    };
+    config.cdr = dir.path().join("cdr.jsonl");
+    config.link.heartbeat_timeout_ms = 10_000;
+    let mut host = RunningHost::start(
+        &config,
+        Decider::Chain(Arc::new(PolicyChain::new(Vec::new(), 1024))),
+    )
+    .unwrap();
+
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut engine = FramedWrite::new(
+        stream,
+        FrameCodec::<HostMessage, EngineMessage>::new(1 << 20),
+    );
+    let first = leg(5, 5, 1_000, Some(2_000));
+    for message in [
+        EngineMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            boot_id: 1,
+            engine: "scripted".into(),
+        },
+        EngineMessage::SnapshotBegin { legs: 1, links: 0 },
+        EngineMessage::SnapshotLegs(vec![first.clone()]),
+        EngineMessage::SnapshotEnd,
+    ] {
+        engine.send(message).await.unwrap();
+    }
+    let resync = host.next_resync(WAIT).await.unwrap();
+    assert_eq!(synced(&resync), [(5, Decision::Rebuild)]);
+
+    let reused = leg(5, 99, 3_000, None);
+    let answered = leg(5, 99, 3_000, Some(4_000));
+    let reanswered = leg(5, 99, 3_000, Some(6_000));
+    let stranger = leg(7, 7, 5_000, Some(5_500));
+    for event in [
+        // Another call under the held id.
+        EngineEvent::LegOffered(reused),
+        EngineEvent::LegAnswered(answered),
+        // The same id and session, answered again at another time.
+        EngineEvent::LegAnswered(reanswered),
+        // A leg the host never saw, answered.
+        EngineEvent::LegAnswered(stranger),
+        // A leg the host never saw, released.
+        EngineEvent::LegReleased(8),
+        EngineEvent::LegReleased(5),
+    ] {
+        engine.send(EngineMessage::Event(event)).await.unwrap();
+    }
+    let events = host
+        .events_until(WAIT, |e| {
+            matches!(
+                e,
+                HostEvent::CallLegTerminated {
+                    leg: 5,
+                    reason: TerminationReason::Released
+                }
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        terminated(&events),
+        [
+            (5, TerminationReason::Released),
+            (5, TerminationReason::Replaced),
+            (5, TerminationReason::Replaced),
+        ],
+        "each of the three calls on leg 5 ended once"
+    );
+    assert_eq!(
+        synced(&events),
+        [(5, Decision::Rebuild), (7, Decision::Rebuild)],
+        "the re-answered call and the stranger were decided like unknown legs"
+    );
+    let status = host
+        .wait_status(WAIT, |s| s.unknown_leg_events == 1)
+        .await
+        .unwrap();
+    assert_eq!(status.legs, 1, "only the stranger is still up");
+
+    let ledgers = bill::read_ledgers(&[&config.cdr]).unwrap();
+    assert_eq!(bill::check(&ledgers), Vec::<String>::new());
+    let calls = bill::bill(&bill::records(&ledgers));
+    let summary: Vec<_> = calls
+        .iter()
+        .map(|c| (c.leg, c.session, c.answer_time_ms, c.nap.as_str(), c.state))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (5, 5, 2_000, "NAP_5", CallState::Closed),
+            (5, 99, 4_000, "NAP_99", CallState::Closed),
+            (7, 7, 5_500, "NAP_7", CallState::Open),
+            (5, 99, 6_000, "NAP_99", CallState::Closed),
+        ],
+        "four calls, each billed once to its own party"
+    );
+    drop(engine);
+    host.stop().await.unwrap();
+}
