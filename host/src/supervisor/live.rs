@@ -76,10 +76,21 @@ impl Host {
         }
     }
 
-    /// Handles one message of a batch: releases and answers of held legs
-    /// join the batch, changes that log and bill nothing are applied at
-    /// once; anything else first settles the batch so far, so the event log
-    /// keeps the engine's order.
+    /// Handles one message outside a snapshot (a batch of one: the resync
+    /// applies events that arrive while it waits for drop acks). The outer
+    /// error is fatal; the inner one drops the link.
+    pub(super) async fn handle(
+        &mut self,
+        connection: &mut Connection,
+        message: EngineMessage,
+    ) -> anyhow::Result<Result<(), LinkError>> {
+        let mut batch = LiveBatch::default();
+        let outcome = self.handle_batched(connection, message, &mut batch).await?;
+        self.finish_batch(batch).await?;
+        Ok(outcome)
+    }
+
+    /// Handles one message of a batch.
     async fn handle_batched(
         &mut self,
         connection: &mut Connection,
@@ -87,41 +98,18 @@ impl Host {
         batch: &mut LiveBatch,
     ) -> anyhow::Result<Result<(), LinkError>> {
         match message {
-            EngineMessage::Event(EngineEvent::LegReleased(id)) => {
-                match self.table.remove(id) {
-                    Some(leg) => batch.released.push(leg),
-                    None => self.unknown_leg(id, "released"),
-                }
-                Ok(Ok(()))
+            EngineMessage::Event(event) => self.apply(connection, event, batch).await?,
+            EngineMessage::Ack { command, result } => {
+                tracing::debug!(command, ?result, "command acknowledged late");
             }
-            EngineMessage::Event(EngineEvent::LegAnswered(leg))
-                if self.table.get(leg.id).is_some_and(|held| {
-                    held.leg.answered_at_ms.is_none() && same_call(&held.leg, &leg)
-                }) =>
-            {
-                // The START goes to the writer now; the batch waits for it.
-                batch
-                    .starts
-                    .push(self.cdr.open_calls([&leg], StartReason::Answered));
-                if let Some(held) = self.table.get_mut(leg.id) {
-                    held.state = LegState::Answered;
-                    held.answered_at_ms = leg.answered_at_ms;
-                }
-                Ok(Ok(()))
-            }
-            // Changes that log nothing and write nothing keep the batch.
-            quiet @ (EngineMessage::Ack { .. }
-            | EngineMessage::Event(
-                EngineEvent::LegRinging(_)
-                | EngineEvent::LegTerminating(_)
-                | EngineEvent::LinkCreated(_)
-                | EngineEvent::LinkRemoved(_),
-            )) => self.handle(connection, quiet).await,
             other => {
-                self.finish_batch(std::mem::take(batch)).await?;
-                self.handle(connection, other).await
+                return Ok(Err(LinkError::Unexpected(format!(
+                    "{} outside a snapshot",
+                    other.name()
+                ))));
             }
         }
+        Ok(Ok(()))
     }
 
     /// Makes a batch's records durable, then logs and notifies its endings.
@@ -140,37 +128,20 @@ impl Host {
         Ok(())
     }
 
-    /// Handles one message outside a snapshot. The outer error is fatal; the
-    /// inner one drops the link.
-    pub(super) async fn handle(
-        &mut self,
-        connection: &mut Connection,
-        message: EngineMessage,
-    ) -> anyhow::Result<Result<(), LinkError>> {
-        match message {
-            EngineMessage::Event(event) => self.apply(connection, event).await?,
-            EngineMessage::Ack { command, result } => {
-                tracing::debug!(command, ?result, "command acknowledged late");
-            }
-            other => {
-                return Ok(Err(LinkError::Unexpected(format!(
-                    "{} outside a snapshot",
-                    other.name()
-                ))));
-            }
-        }
-        Ok(Ok(()))
-    }
-
+    /// One event. Releases and answers of held legs join the batch; link
+    /// and state changes, which log and bill nothing, apply at once; what
+    /// ends or decides a call settles the batch first, so the event log
+    /// keeps the engine's order.
     async fn apply(
         &mut self,
         connection: &mut Connection,
         event: EngineEvent,
+        batch: &mut LiveBatch,
     ) -> anyhow::Result<()> {
         match event {
             EngineEvent::LegOffered(mut leg) => {
                 leg.linked_to = None;
-                self.end_contradicted(&leg, "offered again as another call")
+                self.end_contradicted(&leg, "offered again as another call", batch)
                     .await?;
                 if self.table.contains(leg.id) {
                     tracing::debug!(
@@ -182,15 +153,10 @@ impl Host {
                 }
             }
             EngineEvent::LegRinging(id) => self.set_state(id, LegState::Ringing),
-            EngineEvent::LegAnswered(leg) => self.answered(connection, leg).await?,
+            EngineEvent::LegAnswered(leg) => self.answered(connection, leg, batch).await?,
             EngineEvent::LegTerminating(id) => self.set_state(id, LegState::Terminating),
             EngineEvent::LegReleased(id) => match self.table.remove(id) {
-                Some(leg) => {
-                    self.publish(None, None);
-                    let decider = self.policy.current();
-                    self.end_legs(vec![leg], TerminationReason::Released, &decider)
-                        .await?;
-                }
+                Some(leg) => batch.released.push(leg),
                 None => self.unknown_leg(id, "released"),
             },
             EngineEvent::LinkCreated(link) => {
@@ -202,14 +168,19 @@ impl Host {
                 self.table.remove_link(id);
             }
         }
-        self.publish(None, None);
         Ok(())
     }
 
-    /// `LegAnswered`: the held call becomes billable (START, durable, before
-    /// anything else); a leg the host did not hold, or another call under a
-    /// held id, is decided like an unknown leg at a resync.
-    async fn answered(&mut self, connection: &mut Connection, leg: CallLeg) -> anyhow::Result<()> {
+    /// `LegAnswered`: the held call becomes billable (its START joins the
+    /// batch, durable before the batch is reported); a leg the host did not
+    /// hold, or another call under a held id, is decided like an unknown
+    /// leg at a resync.
+    async fn answered(
+        &mut self,
+        connection: &mut Connection,
+        leg: CallLeg,
+        batch: &mut LiveBatch,
+    ) -> anyhow::Result<()> {
         if leg.answered_at_ms.is_none() {
             tracing::warn!(
                 leg = leg.id,
@@ -217,31 +188,28 @@ impl Host {
             );
             return Ok(());
         }
-        self.end_contradicted(&leg, "answered with another identity or answer time")
+        self.end_contradicted(&leg, "answered with another identity or answer time", batch)
             .await?;
-        let held_unanswered = match self.table.get(leg.id) {
-            Some(entry) if entry.leg.answered_at_ms.is_some() => {
+        match self.table.get_mut(leg.id) {
+            Some(held) if held.answered_at_ms.is_some() => {
                 tracing::debug!(
                     leg = leg.id,
                     "a repeated answer for a call already answered"
                 );
-                return Ok(());
             }
-            Some(_) => true,
-            None => false,
-        };
-        if held_unanswered {
-            self.cdr
-                .open_calls([&leg], StartReason::Answered)
-                .durable()
-                .await?;
-            if let Some(held) = self.table.get_mut(leg.id) {
+            Some(held) => {
                 held.state = LegState::Answered;
                 held.answered_at_ms = leg.answered_at_ms;
+                batch
+                    .starts
+                    .push(self.cdr.open_calls([&leg], StartReason::Answered));
             }
-            return Ok(());
+            None => {
+                self.finish_batch(std::mem::take(batch)).await?;
+                self.adopt_live(connection, leg).await?;
+            }
         }
-        self.adopt_live(connection, leg).await
+        Ok(())
     }
 
     /// `OnCallLegSync` for one answered leg met live: rebuilt, it joins the
@@ -300,7 +268,12 @@ impl Host {
 
     /// If the host holds another call under `leg`'s id, that call is over:
     /// it ends (`replaced`, END if answered), and is logged with `why`.
-    async fn end_contradicted(&mut self, leg: &CallLeg, why: &str) -> anyhow::Result<()> {
+    async fn end_contradicted(
+        &mut self,
+        leg: &CallLeg,
+        why: &str,
+        batch: &mut LiveBatch,
+    ) -> anyhow::Result<()> {
         let contradicted = self
             .table
             .get(leg.id)
@@ -308,6 +281,7 @@ impl Host {
         if !contradicted {
             return Ok(());
         }
+        self.finish_batch(std::mem::take(batch)).await?;
         let held = self.table.remove(leg.id).expect("just seen");
         tracing::warn!(
             leg = leg.id,
