@@ -50,10 +50,10 @@ pub enum Mode {
     Cold,
     Warm,
     Transfer,
-    /// After a cold resync, the engine releases a tenth of the calls at
-    /// once (`churn`): the time until every release is handled, its END
-    /// durable and the plugins told. `legs_per_second` is releases per
-    /// second.
+    /// After a cold resync, the engine releases a tenth of the calls and
+    /// answers as many new ones at once (`churn`, `calls`): the time until
+    /// the ledger holds every END and START. `legs` counts those events,
+    /// `legs_per_second` is events per second.
     Live,
 }
 
@@ -179,17 +179,27 @@ async fn resync(
         if let Some(progress) = progress {
             progress.abort();
         }
-        let held = host.status().legs as u64;
-        let releases = (args.legs / 10).max(2) / 2 * 2;
+        let burst = (args.legs / 10).max(2) / 2 * 2;
+        let mut tail = LedgerTail::at_end(&config.cdr)?;
         let started = Instant::now();
-        sim.ok(&format!("churn {releases} 0")).await?;
-        host.wait_status(LONG, |s| s.legs as u64 + releases <= held)
-            .await?;
+        sim.ok(&format!("churn {burst} 0")).await?;
+        sim.ok(&format!("calls {burst}")).await?;
+        let deadline = started + LONG;
+        while tail.ends < burst || tail.answered < burst {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the ledger got {} of {burst} ENDs and {} of {burst} STARTs",
+                tail.ends,
+                tail.answered
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            tail.read_more()?;
+        }
         let wall = started.elapsed();
         let report = BenchReport::new(
             "live",
             &policy_name,
-            releases,
+            2 * burst,
             wall,
             ResyncSummary::default(),
         );
@@ -222,6 +232,51 @@ async fn resync(
     let report = BenchReport::new(mode, &policy_name, args.legs, wall, summary);
     host.stop().await?;
     Ok(report)
+}
+
+/// The records appended to a ledger since the bench started watching it.
+struct LedgerTail {
+    file: std::fs::File,
+    partial: Vec<u8>,
+    ends: u64,
+    /// STARTs of live answers.
+    answered: u64,
+}
+
+impl LedgerTail {
+    fn at_end(path: &std::path::Path) -> anyhow::Result<LedgerTail> {
+        use std::io::Seek;
+        let mut file =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        file.seek(std::io::SeekFrom::End(0))?;
+        Ok(LedgerTail {
+            file,
+            partial: Vec::new(),
+            ends: 0,
+            answered: 0,
+        })
+    }
+
+    /// Counts the whole lines appended since the last call.
+    fn read_more(&mut self) -> anyhow::Result<()> {
+        use std::io::Read;
+        self.file.read_to_end(&mut self.partial)?;
+        let whole = self
+            .partial
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        for line in self.partial[..whole].split(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(line);
+            if line.contains("\"kind\":\"end\"") {
+                self.ends += 1;
+            } else if line.contains("\"start_reason\":\"answered\"") {
+                self.answered += 1;
+            }
+        }
+        self.partial.drain(..whole);
+        Ok(())
+    }
 }
 
 async fn next_summary(host: &mut RunningHost) -> anyhow::Result<ResyncSummary> {

@@ -33,12 +33,14 @@ pub enum ControlCommand {
     Boot,
     /// Release this many answered legs and answer this many new ones.
     Churn(u64, u64),
+    /// This many new calls, each offered and answered at once, with events.
+    Calls(u64),
     /// Cut the host off for this many milliseconds (its connection closes
     /// and new ones are refused), as a network drop would.
     Partition(u64),
 }
 
-pub const HELP: &str = "commands: ring NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media] | call (as ring, answered at once) | answer LEG | terminate LEG | release LEG | link LEG LEG | unlink LINK | list | counts | sync | boot | partition MS | churn RELEASE ADD";
+pub const HELP: &str = "commands: ring NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media] | call (as ring, answered at once) | answer LEG | terminate LEG | release LEG | link LEG LEG | unlink LINK | list | counts | sync | boot | partition MS | churn RELEASE ADD | calls N";
 
 impl ControlCommand {
     pub fn parse(line: &str) -> Result<ControlCommand, String> {
@@ -107,6 +109,7 @@ impl ControlCommand {
                 exact(3)?;
                 ControlCommand::Churn(id(1)?, id(2)?)
             }
+            "calls" => exact(2).and(id(1)).map(ControlCommand::Calls)?,
             other => return Err(format!("unknown command `{other}`; {HELP}")),
         };
         Ok(command)
@@ -194,6 +197,10 @@ pub fn execute(
         }
         ControlCommand::Sync => "OK".into(),
         ControlCommand::Boot => format!("OK {boot_id}"),
+        ControlCommand::Calls(count) => {
+            state.calls(*count, now_ms);
+            "OK".into()
+        }
         ControlCommand::Churn(release, add) => {
             state.churn(*release as usize, *add, now_ms);
             "OK".into()

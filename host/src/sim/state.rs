@@ -176,6 +176,17 @@ impl EngineState {
         self.preload(add, now_ms);
     }
 
+    /// `count` new calls, each offered and answered at once, with events
+    /// (the live path's answers: `calls N`).
+    pub fn calls(&mut self, count: u64, now_ms: u64) {
+        for i in 0..count {
+            let (nap, protocol) = NAPS[(i % NAPS.len() as u64) as usize];
+            let calling = compact_str::format_compact!("1438{:07}", (i * 104_729) % 10_000_000);
+            let called = compact_str::format_compact!("1514{:07}", (i * 7919) % 10_000_000);
+            self.call(nap, &calling, &called, Direction::Inbound, protocol, now_ms);
+        }
+    }
+
     /// The host went away: nothing can answer transient legs, so they are
     /// dropped, and terminating legs finish releasing.
     pub fn detach_host(&mut self) {
