@@ -139,3 +139,83 @@ async fn events_that_contradict_a_held_call_end_it_and_never_merge() {
     drop(engine);
     host.stop().await.unwrap();
 }
+
+/// An answer for a leg the host never held, refused by a plugin: the call
+/// was answered, so it is billed (START and END) before the engine is told
+/// to drop it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_answer_refused_by_a_plugin_is_billed_then_dropped() {
+    use futures_util::StreamExt;
+    use legsync::policy::{CompileCache, PolicyConfig, PolicyRuntime, loader};
+    use legsync::protocol::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = common::plugin_dir(&[(
+        "20-rules",
+        "rules",
+        Some("[[rule]]\nname = \"no 7\"\naction = \"refuse\"\nnap = [\"NAP_7\"]\n"),
+    )]);
+    let runtime = PolicyRuntime::new(Some(CompileCache::new(
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile-cache"),
+    )))
+    .unwrap();
+    let chain = loader::load_dir(&runtime, plugins.path(), &PolicyConfig::default()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = HostConfig {
+        engine: Some(listener.local_addr().unwrap()),
+        ..HostConfig::default()
+    };
+    config.cdr = dir.path().join("cdr.jsonl");
+    config.link.heartbeat_timeout_ms = 10_000;
+    let mut host = RunningHost::start(&config, Decider::Chain(Arc::new(chain))).unwrap();
+
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut engine = tokio_util::codec::Framed::new(
+        stream,
+        FrameCodec::<HostMessage, EngineMessage>::new(1 << 20),
+    );
+    for message in [
+        EngineMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            boot_id: 1,
+            engine: "scripted".into(),
+        },
+        EngineMessage::SnapshotBegin { legs: 0, links: 0 },
+        EngineMessage::SnapshotEnd,
+        EngineMessage::Event(EngineEvent::LegAnswered(leg(7, 7, 5_000, Some(5_500)))),
+    ] {
+        engine.send(message).await.unwrap();
+    }
+    let events = host
+        .events_until(WAIT, |e| {
+            matches!(e, HostEvent::CallLegTerminated { leg: 7, .. })
+        })
+        .await
+        .unwrap();
+    assert_eq!(synced(&events), [(7, Decision::Refuse)]);
+    assert_eq!(
+        terminated(&events),
+        [(7, TerminationReason::RefusedByPolicy)]
+    );
+    // The ledger has the call, START and END, before the drop goes out.
+    let records = legsync::cdr::CdrWriter::read_all(&config.cdr).unwrap();
+    let kinds: Vec<_> = records.iter().map(|r| (r.leg, r.kind)).collect();
+    use legsync::cdr::record::RecordKind;
+    assert_eq!(kinds, [(7, RecordKind::Start), (7, RecordKind::End)]);
+    assert_eq!(
+        records[1].duration_ms,
+        Some(records[1].end_time_ms.unwrap() - 5_500)
+    );
+    let dropped = tokio::time::timeout(WAIT, async {
+        loop {
+            match engine.next().await {
+                Some(Ok(HostMessage::Command { command, .. })) => return command,
+                Some(Ok(_)) => continue,
+                other => panic!("the host closed the link: {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(dropped, Command::DropLeg(7));
+    host.stop().await.unwrap();
+}
