@@ -62,13 +62,15 @@ pub fn build_host(
             heartbeat: Duration::from_millis(link.heartbeat_ms),
             heartbeat_timeout: Duration::from_millis(link.heartbeat_timeout_ms),
             max_frame: link.max_frame_bytes,
-            host_name: format!("legsync {}", env!("CARGO_PKG_VERSION")),
+            host_name: config.name.clone(),
         },
+        standby_retry: Duration::from_millis(link.standby_retry_ms),
         grace: config.grace(),
         backoff_base: Duration::from_millis(link.backoff_base_ms),
         backoff_max: Duration::from_millis(link.backoff_max_ms),
     };
     let ledger = CdrWriter::open(&config.cdr)?;
+    ledger.0.set_host(&config.name);
     let policy = PolicyHandle::new(decider);
     Ok((Host::new(options, policy.clone(), ledger, events), policy))
 }

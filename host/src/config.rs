@@ -30,6 +30,11 @@ pub struct HostConfig {
     /// The engine's address.
     #[serde(default)]
     pub engine: Option<SocketAddr>,
+    /// This host's name, unique among the hosts of a pair: the engine names
+    /// its controller with it and every ledger record carries it (default:
+    /// the machine's host name).
+    #[serde(default = "default_name")]
+    pub name: String,
     /// Grace time after a disconnection, in seconds (default 10).
     #[serde(default = "default_grace")]
     pub grace_secs: f64,
@@ -59,6 +64,9 @@ pub struct LinkConfig {
     pub backoff_max_ms: u64,
     /// Largest frame accepted from the engine.
     pub max_frame_bytes: usize,
+    /// A standby (the engine has another controller) asks for the slot
+    /// this often: the takeover delay after the active host dies.
+    pub standby_retry_ms: u64,
 }
 
 impl Default for LinkConfig {
@@ -70,12 +78,26 @@ impl Default for LinkConfig {
             backoff_base_ms: 100,
             backoff_max_ms: 5_000,
             max_frame_bytes: crate::protocol::DEFAULT_MAX_FRAME,
+            standby_retry_ms: 100,
         }
     }
 }
 
 fn default_grace() -> f64 {
     10.0
+}
+
+/// The machine's host name, or `legsync` if it has none.
+pub fn default_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(name) if ok && !name.is_empty() => name.to_string(),
+        _ => "legsync".to_string(),
+    }
 }
 
 fn default_cdr() -> PathBuf {
@@ -86,6 +108,7 @@ impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
             engine: None,
+            name: default_name(),
             grace_secs: default_grace(),
             cdr: default_cdr(),
             events: None,
@@ -113,7 +136,19 @@ impl HostConfig {
             self.grace_secs.is_finite() && self.grace_secs >= 0.0,
             "grace_secs must be a number of seconds >= 0"
         );
+        anyhow::ensure!(
+            !self.name.is_empty()
+                && self.name.len() <= 64
+                && self.name.chars().all(|c| c.is_ascii_graphic()),
+            "name must be 1 to 64 printable characters without spaces (it is `{}`)",
+            self.name
+        );
         let link = &self.link;
+        anyhow::ensure!(
+            (10..=60_000).contains(&link.standby_retry_ms),
+            "link.standby_retry_ms must be between 10 and 60000 (it is {})",
+            link.standby_retry_ms
+        );
         anyhow::ensure!(
             link.heartbeat_ms > 0,
             "link.heartbeat_ms must be at least 1"

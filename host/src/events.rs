@@ -49,6 +49,18 @@ pub enum HostEvent {
         #[serde(skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
     },
+    /// The host's role in its pair changed: `active` (the engine accepted
+    /// it as controller, under `epoch`) or `standby` (the engine has
+    /// another controller, named in `detail`).
+    Role {
+        role: Role,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        engine: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
     /// A resync finished.
     ResyncDone(ResyncSummary),
     /// A plugin set was loaded (or failed to load).
@@ -67,6 +79,30 @@ pub enum LinkState {
     Disconnected,
     /// The grace timer expired: every context was destroyed.
     Purged,
+}
+
+/// A host's role in its pair (a lone host is active once connected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// The engine has accepted no connection of this host yet (or it lost
+    /// its link and has not heard from the engine since).
+    Connecting,
+    /// The engine's controller.
+    Active,
+    /// The engine has another controller; this host asks for the slot at
+    /// `link.standby_retry_ms` and takes over when it frees.
+    Standby,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Connecting => "connecting",
+            Role::Active => "active",
+            Role::Standby => "standby",
+        }
+    }
 }
 
 /// The counts of one resync.

@@ -102,6 +102,7 @@ async fn hello_then(listener: &TcpListener, bytes: &[u8]) -> TcpStream {
                 protocol: PROTOCOL_VERSION,
                 boot_id: 1,
                 engine: "garbage".into(),
+                epoch: 1,
             },
             &mut frame,
         )
@@ -149,6 +150,7 @@ async fn garbage_from_the_engine_closes_the_link_and_the_host_reconnects() {
             protocol: PROTOCOL_VERSION,
             boot_id: 2,
             engine: "good".into(),
+            epoch: 2,
         })
         .await
         .unwrap();

@@ -8,6 +8,7 @@
 
 use super::record::{CallKey, CdrRecord, RecordKind, StartReason};
 use crate::model::{CallLeg, LegId, TerminationReason};
+use compact_str::CompactString;
 use rustc_hash::FxHashMap as HashMap;
 
 /// The ledger's state of one call (about 50 bytes: a million open calls
@@ -36,17 +37,33 @@ impl CallState {
     }
 }
 
+/// Who writes the ledger's records, and under which engine epoch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stamp {
+    pub host: CompactString,
+    pub engine: CompactString,
+    pub epoch: u64,
+}
+
 /// The per-call index, rebuilt from the ledger at start.
 #[derive(Debug, Default)]
 pub struct LedgerIndex {
     calls: HashMap<LegId, CallState>,
     next_record: u64,
+    /// Stamped on every new record. The engine and epoch are those of the
+    /// latest record until the host connects (records written before that
+    /// hold knowledge from that epoch).
+    stamp: Stamp,
 }
 
 impl LedgerIndex {
     /// Takes a record read back from the ledger into account.
     pub fn replay(&mut self, record: &CdrRecord) {
         self.next_record = self.next_record.max(record.record + 1);
+        if record.epoch >= self.stamp.epoch {
+            self.stamp.engine.clone_from(&record.engine);
+            self.stamp.epoch = record.epoch;
+        }
         let key = record.key();
         let fresh = CallState {
             session: key.session,
@@ -69,6 +86,22 @@ impl LedgerIndex {
                 state.open = false;
             }
         }
+    }
+
+    /// Records are written by `host` from now on.
+    pub fn set_host(&mut self, host: &str) {
+        self.stamp.host = host.into();
+    }
+
+    /// Records hold what `engine` said under `epoch` from now on.
+    pub fn set_epoch(&mut self, engine: &str, epoch: u64) {
+        self.stamp.engine = engine.into();
+        self.stamp.epoch = epoch;
+    }
+
+    /// Who writes, and under which epoch.
+    pub fn stamp(&self) -> &Stamp {
+        &self.stamp
     }
 
     /// Makes room for `calls` calls in all (a snapshot announces its size):
@@ -163,7 +196,12 @@ impl LedgerIndex {
     fn record(&mut self, kind: RecordKind, leg: &CallLeg, now_ms: u64) -> CdrRecord {
         let number = self.next_record.max(1);
         self.next_record = number + 1;
-        CdrRecord::about(number, kind, leg, now_ms)
+        CdrRecord {
+            host: self.stamp.host.clone(),
+            engine: self.stamp.engine.clone(),
+            epoch: self.stamp.epoch,
+            ..CdrRecord::about(number, kind, leg, now_ms)
+        }
     }
 
     /// The supervisor ends a call before another takes its id; if one is

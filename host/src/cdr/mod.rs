@@ -237,6 +237,23 @@ impl CdrWriter {
         self.submit(records, true)
     }
 
+    /// Records are written by the host named `host` (unique in its pair).
+    pub fn set_host(&self, host: &str) {
+        self.lock().set_host(host);
+    }
+
+    /// Records hold what `engine` said under controller `epoch` from now on
+    /// (set at every accepted connection, before the resync writes).
+    pub fn set_epoch(&self, engine: &str, epoch: u64) {
+        self.lock().set_epoch(engine, epoch);
+    }
+
+    /// The engine and epoch of the latest record or connection.
+    pub fn epoch(&self) -> (String, u64) {
+        let index = self.lock();
+        (index.stamp().engine.to_string(), index.stamp().epoch)
+    }
+
     /// Makes room in the index for `calls` calls in all.
     pub fn reserve_total(&self, calls: usize) {
         self.lock().reserve_total(calls);

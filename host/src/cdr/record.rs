@@ -76,6 +76,19 @@ pub struct CdrRecord {
     pub kind: RecordKind,
     /// When the record was written (Unix ms).
     pub time_ms: u64,
+    /// The host that wrote it (its `name`), unique within a host pair:
+    /// record numbers, `resumes` and `supersedes` are this host's own.
+    #[serde(default)]
+    pub host: CompactString,
+    /// The engine the call is on (its name in its hello).
+    #[serde(default)]
+    pub engine: CompactString,
+    /// The controller epoch of the engine whose knowledge the record holds:
+    /// the epoch of the host's latest connection to it. Across the hosts of
+    /// a pair, a later epoch's records about a call supersede an earlier
+    /// one's (see `bill`).
+    #[serde(default)]
+    pub epoch: u64,
     pub leg: LegId,
     pub session: u64,
     /// Inline up to 24 bytes (every real NAP and number), as in [`CallLeg`]:
@@ -151,6 +164,9 @@ impl CdrRecord {
         num(out, "{\"record\":", self.record);
         text(out, ",\"kind\":", self.kind.as_str());
         num(out, ",\"time_ms\":", self.time_ms);
+        text(out, ",\"host\":", &self.host);
+        text(out, ",\"engine\":", &self.engine);
+        num(out, ",\"epoch\":", self.epoch);
         num(out, ",\"leg\":", self.leg);
         num(out, ",\"session\":", self.session);
         text(out, ",\"nap\":", &self.nap);
@@ -185,6 +201,9 @@ impl CdrRecord {
             record,
             kind,
             time_ms,
+            host: CompactString::default(),
+            engine: CompactString::default(),
+            epoch: 0,
             leg: leg.id,
             session: leg.session_id,
             nap: leg.nap.clone(),
@@ -256,6 +275,7 @@ mod tests {
         call.calling = "say \"hi\"\\\n".into();
         let mut start = CdrRecord::about(1, RecordKind::Start, &call, 1_001);
         start.start_reason = Some(StartReason::Found);
+        (start.host, start.engine, start.epoch) = ("gw-1 \"a\"".into(), "engine-sim".into(), 9);
         let resume = CdrRecord {
             resumes: Some(2),
             ..CdrRecord::about(3, RecordKind::Resume, &call, 3_000)
@@ -297,6 +317,8 @@ mod tests {
         assert_eq!(record.key(), CallKey::of(&call).unwrap());
         assert!(same_call(&record.call_leg(), &call));
         let line = serde_json::to_string(&record).unwrap();
-        assert!(line.starts_with(r#"{"record":1,"kind":"start","time_ms":1001,"leg":7"#));
+        assert!(line.starts_with(
+            r#"{"record":1,"kind":"start","time_ms":1001,"host":"","engine":"","epoch":0,"leg":7"#
+        ));
     }
 }

@@ -31,6 +31,9 @@ pub struct RunArgs {
     /// Grace time in seconds (overrides `grace_secs`).
     #[arg(long)]
     grace: Option<f64>,
+    /// This host's name, unique within its pair (overrides `name`).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 impl RunArgs {
@@ -54,6 +57,9 @@ impl RunArgs {
         }
         if let Some(grace) = self.grace {
             config.grace_secs = grace;
+        }
+        if let Some(name) = &self.name {
+            config.name = name.clone();
         }
         config.validate()?;
         Ok(config)

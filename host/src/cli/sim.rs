@@ -32,6 +32,10 @@ pub struct SimArgs {
     /// one JSON line each (the ground truth to bill a host's ledger against).
     #[arg(long)]
     history: Option<PathBuf>,
+    /// The engine's name, in its hello and so in every ledger record
+    /// written under it (one name per engine when hosts serve several).
+    #[arg(long, default_value = "engine-sim")]
+    name: String,
     /// Test only: give new legs the ids of legs a restart dropped, as a
     /// buggy engine or a wrapped counter would.
     #[arg(long, hide = true)]
@@ -50,6 +54,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         max_frame: crate::protocol::DEFAULT_MAX_FRAME,
         history: args.history,
         reuse_ids: args.reuse_ids,
+        name: args.name,
     };
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -541,6 +541,10 @@ impl Demo {
                     "resync done        known {} rebuilt {} refused {} absent {} (engine restarted: {})",
                     s.known, s.rebuilt, s.refused, s.absent, s.engine_restarted
                 ),
+                HostEvent::Role { role, epoch, .. } => match epoch {
+                    Some(epoch) => format!("role               {} (epoch {epoch})", role.as_str()),
+                    None => format!("role               {}", role.as_str()),
+                },
                 HostEvent::Reload(_) => continue,
             };
             println!("    {line}");

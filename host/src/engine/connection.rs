@@ -27,7 +27,8 @@ pub struct LinkOptions {
     /// Silence longer than this means the link is dead.
     pub heartbeat_timeout: Duration,
     pub max_frame: usize,
-    /// Our name in the hello.
+    /// Our name in the hello: the engine names its controller with it, and
+    /// the ledger's records carry it. Unique within a host pair.
     pub host_name: String,
 }
 
@@ -41,7 +42,7 @@ pub enum LinkError {
     },
     #[error("the engine at {0} did not answer within the connect timeout")]
     ConnectTimeout(SocketAddr),
-    #[error("the engine is busy: {0}")]
+    #[error("the engine has another controller: {0}")]
     Busy(String),
     #[error("the engine speaks protocol {found}, we speak {PROTOCOL_VERSION}")]
     Version { found: u8 },
@@ -51,6 +52,8 @@ pub enum LinkError {
     HeartbeatLost(Duration),
     #[error("the engine closed the connection")]
     Closed,
+    #[error("the engine fenced our command: this connection's epoch is no longer the controller's")]
+    Fenced,
     #[error("unexpected message from the engine: {0}")]
     Unexpected(String),
 }
@@ -73,6 +76,10 @@ type HostFramed = Framed<TcpStream, FrameCodec<EngineMessage, HostMessage>>;
 pub struct Connection {
     /// The engine's boot id from its hello.
     pub boot_id: u64,
+    /// The engine's name from its hello.
+    pub engine: String,
+    /// The controller epoch the engine gave this connection.
+    pub epoch: u64,
     /// Frames from the engine; ends with the error that closed the link.
     pub inbound: mpsc::Receiver<Result<EngineMessage, LinkError>>,
     commands: mpsc::UnboundedSender<(u64, Command)>,
@@ -97,13 +104,16 @@ impl Connection {
                 host: options.host_name.clone(),
             })
             .await?;
-        let boot_id = match timeout(options.connect_timeout, framed.next()).await {
+        let (boot_id, engine, epoch) = match timeout(options.connect_timeout, framed.next()).await {
             Err(_) => return Err(LinkError::ConnectTimeout(addr)),
             Ok(None) => return Err(LinkError::Closed),
             Ok(Some(frame)) => match frame? {
                 EngineMessage::Hello {
-                    protocol, boot_id, ..
-                } if protocol == PROTOCOL_VERSION => boot_id,
+                    protocol,
+                    boot_id,
+                    engine,
+                    epoch,
+                } if protocol == PROTOCOL_VERSION => (boot_id, engine, epoch),
                 EngineMessage::Hello { protocol, .. } => {
                     return Err(LinkError::Version { found: protocol });
                 }
@@ -130,12 +140,15 @@ impl Connection {
         ));
         tokio::spawn(write_loop(
             sink,
+            epoch,
             commands_rx,
             options.heartbeat,
             cancel.clone(),
         ));
         Ok(Connection {
             boot_id,
+            engine,
+            epoch,
             inbound,
             commands,
             next_command: 1,
@@ -206,6 +219,7 @@ async fn read_loop(
 
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<HostFramed, HostMessage>,
+    epoch: u64,
     mut commands: mpsc::UnboundedReceiver<(u64, Command)>,
     heartbeat: Duration,
     cancel: CancellationToken,
@@ -216,9 +230,9 @@ async fn write_loop(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => sink.send(HostMessage::Heartbeat).await,
             Some((id, command)) = commands.recv() => {
-                let mut result = sink.feed(HostMessage::Command { id, command }).await;
+                let mut result = sink.feed(HostMessage::Command { id, epoch, command }).await;
                 while let (Ok(()), Ok((id, command))) = (&result, commands.try_recv()) {
-                    result = sink.feed(HostMessage::Command { id, command }).await;
+                    result = sink.feed(HostMessage::Command { id, epoch, command }).await;
                 }
                 match result {
                     Ok(()) => sink.flush().await,

@@ -176,6 +176,7 @@ mod tests {
                 protocol: 1,
                 boot_id: 42,
                 engine: "sim".into(),
+                epoch: 7,
             },
             EngineMessage::SnapshotLegs(vec![leg(1), leg(2)]),
             EngineMessage::SnapshotLinks(vec![Link {

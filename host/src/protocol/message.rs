@@ -6,12 +6,17 @@ use serde::{Deserialize, Serialize};
 /// Engine to host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EngineMessage {
-    /// First frame on a connection. `boot_id` changes at every engine start,
-    /// so the host can tell an engine restart from a network blip.
+    /// The engine's answer to the host's hello when it accepts the host as
+    /// its controller. `boot_id` changes at every engine start, so the host
+    /// can tell an engine restart from a network blip. `epoch` numbers the
+    /// accepted controller connections of this engine: it only grows (the
+    /// engine keeps it across restarts), so records written under a later
+    /// epoch are newer knowledge than any written under an earlier one.
     Hello {
         protocol: u8,
         boot_id: u64,
         engine: String,
+        epoch: u64,
     },
     /// Sent every heartbeat interval; silence means the link is dead.
     Heartbeat,
@@ -27,7 +32,8 @@ pub enum EngineMessage {
     Event(EngineEvent),
     /// The outcome of a host command.
     Ack { command: u64, result: CommandResult },
-    /// The engine already serves another host; the connection will close.
+    /// The engine already has a controller (named in `reason`); the
+    /// connection will close. A host that gets it is a standby.
     Busy { reason: String },
 }
 
@@ -57,7 +63,14 @@ pub enum HostMessage {
     /// Sent every heartbeat interval.
     Heartbeat,
     /// A command; the engine answers with `Ack { command: id, .. }`.
-    Command { id: u64, command: Command },
+    /// `epoch` is the one of the engine's hello on this connection: a
+    /// fencing token, refused (`Fenced`) unless it is the current
+    /// controller's.
+    Command {
+        id: u64,
+        epoch: u64,
+        command: Command,
+    },
 }
 
 /// A live change in the engine.
@@ -96,4 +109,7 @@ pub enum CommandResult {
     Done,
     /// The leg or link did not exist (already gone): nothing to do.
     NotFound,
+    /// The command carried an epoch that is not the current controller's:
+    /// ignored.
+    Fenced,
 }

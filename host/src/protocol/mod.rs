@@ -13,7 +13,9 @@ pub use message::{Command, CommandResult, EngineEvent, EngineMessage, HostMessag
 
 /// The protocol version both sides put in every frame and in their hello.
 /// 2: `LegAnswered` carries the whole leg (identity and parties).
-pub const PROTOCOL_VERSION: u8 = 2;
+/// 3: the engine's `Hello` carries the controller epoch, and commands carry
+/// it back (fencing); the engine answers the host's hello (accept or `Busy`).
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// The default largest frame accepted, in bytes. A snapshot chunk of 1,024
 /// legs is about 70 KB, so this leaves room without letting a broken peer

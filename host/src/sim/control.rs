@@ -38,9 +38,15 @@ pub enum ControlCommand {
     /// Cut the host off for this many milliseconds (its connection closes
     /// and new ones are refused), as a network drop would.
     Partition(u64),
+    /// Cut off only the current controller for this many milliseconds: its
+    /// connection goes silent and its new connections are refused, while
+    /// other hosts can connect (a partition of the active host of a pair).
+    Isolate(u64),
+    /// Which host controls the engine, and the last epoch given out.
+    Controller,
 }
 
-pub const HELP: &str = "commands: ring NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media] | call (as ring, answered at once) | answer LEG | terminate LEG | release LEG | link LEG LEG | unlink LINK | list | counts | sync | boot | partition MS | churn RELEASE ADD | calls N";
+pub const HELP: &str = "commands: ring NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media] | call (as ring, answered at once) | answer LEG | terminate LEG | release LEG | link LEG LEG | unlink LINK | list | counts | sync | boot | partition MS | isolate MS | controller | churn RELEASE ADD | calls N";
 
 impl ControlCommand {
     pub fn parse(line: &str) -> Result<ControlCommand, String> {
@@ -105,6 +111,8 @@ impl ControlCommand {
             "sync" => exact(1).map(|_| ControlCommand::Sync)?,
             "boot" => exact(1).map(|_| ControlCommand::Boot)?,
             "partition" => exact(2).and(id(1)).map(ControlCommand::Partition)?,
+            "isolate" => exact(2).and(id(1)).map(ControlCommand::Isolate)?,
+            "controller" => exact(1).map(|_| ControlCommand::Controller)?,
             "churn" => {
                 exact(3)?;
                 ControlCommand::Churn(id(1)?, id(2)?)
@@ -120,7 +128,10 @@ impl ControlCommand {
     pub fn mutates(&self) -> bool {
         !matches!(
             self,
-            ControlCommand::List | ControlCommand::Counts | ControlCommand::Boot
+            ControlCommand::List
+                | ControlCommand::Counts
+                | ControlCommand::Boot
+                | ControlCommand::Controller
         )
     }
 }
@@ -206,7 +217,10 @@ pub fn execute(
             "OK".into()
         }
         // Handled by the server, which owns the connections.
-        ControlCommand::Partition(_) => "OK".into(),
+        // Served by the server, which owns the network and the slot.
+        ControlCommand::Partition(_) | ControlCommand::Isolate(_) | ControlCommand::Controller => {
+            "ERR not a state command".into()
+        }
     }
 }
 

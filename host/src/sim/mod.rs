@@ -6,6 +6,8 @@
 //! - [`history`]: the record of answers and releases tests bill against.
 //! - [`persist`]: the state file, the media units' view of active calls.
 //! - [`control`]: the line-based control port for scripts and tests.
+//! - [`controller`]: the controller slot: who controls the engine, under
+//!   which epoch (the arbiter of a host pair).
 //! - [`server`]: the engine port (one host at a time) and the control port.
 //! - [`process`]: runs the simulator as a child process (demo, tests, bench).
 //!
@@ -13,6 +15,7 @@
 //! the answered legs and their links come back, with the same ids.
 
 pub mod control;
+pub mod controller;
 pub mod history;
 pub mod media;
 pub mod persist;
@@ -49,6 +52,8 @@ pub struct SimOptions {
     pub history: Option<PathBuf>,
     /// Test-only: give new legs the ids of legs a restart dropped.
     pub reuse_ids: bool,
+    /// The engine's name (hello, ledger records).
+    pub name: String,
 }
 
 /// How often the state file is considered for saving.
@@ -86,7 +91,8 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         max_frame: options.max_frame,
         persist_lock: tokio::sync::Mutex::new(()),
         partitioned_until: Mutex::new(None),
-        host_cancel: Mutex::new(None),
+        controller: controller::ControllerSlot::open(&options.state_file)?,
+        name: options.name.clone(),
     });
     shared.persist_if_dirty().await?;
 

@@ -2,14 +2,15 @@
 //! host at a time, and the text control port.
 
 use super::control::{ControlCommand, execute};
+use super::controller::{Controller, ControllerSlot};
 use super::media::MediaView;
 use super::persist;
 use super::state::EngineState;
 use crate::model::now_ms;
 use crate::protocol::codec::{encode_encoded_legs_frame, encode_frame};
 use crate::protocol::{
-    Command, EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION, ProtocolError,
-    SNAPSHOT_CHUNK,
+    Command, CommandResult, EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION,
+    ProtocolError, SNAPSHOT_CHUNK,
 };
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
@@ -34,8 +35,10 @@ pub struct Shared {
     pub persist_lock: tokio::sync::Mutex<()>,
     /// Until when hosts are cut off (the `partition` control command).
     pub partitioned_until: Mutex<Option<Instant>>,
-    /// Closes the attached host's connection.
-    pub host_cancel: Mutex<Option<CancellationToken>>,
+    /// Which host controls the engine, under which epoch.
+    pub controller: ControllerSlot,
+    /// This engine's name, in its hello and in every ledger record.
+    pub name: String,
 }
 
 impl Shared {
@@ -50,14 +53,7 @@ impl Shared {
             .partitioned_until
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + duration);
-        if let Some(cancel) = self
-            .host_cancel
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            cancel.cancel();
-        }
+        self.controller.disconnect();
         // Detached now, not when its task winds down: no event slips through
         // to the host once the partition is acknowledged.
         if duration > Duration::ZERO {
@@ -125,50 +121,61 @@ async fn serve_host(
         stream,
         FrameCodec::<HostMessage, EngineMessage>::new(shared.max_frame),
     );
-    if shared.lock().host_attached() {
-        framed
-            .send(EngineMessage::Busy {
-                reason: "another host is connected".into(),
-            })
-            .await?;
-        bail!("refused a second host");
-    }
-    framed
-        .send(EngineMessage::Hello {
-            protocol: PROTOCOL_VERSION,
-            boot_id: shared.boot_id,
-            engine: "legsync engine-sim".into(),
-        })
-        .await?;
-    match timeout(shared.heartbeat_timeout, framed.next()).await {
-        Ok(Some(Ok(HostMessage::Hello { protocol, host }))) if protocol == PROTOCOL_VERSION => {
-            tracing::info!(%host, "host connected");
-        }
+    let host = match timeout(shared.heartbeat_timeout, framed.next()).await {
+        Ok(Some(Ok(HostMessage::Hello { protocol, host }))) if protocol == PROTOCOL_VERSION => host,
         Ok(Some(Ok(HostMessage::Hello { protocol, .. }))) => {
-            bail!("host speaks protocol {protocol}")
+            bail!("host speaks protocol {protocol}, this engine {PROTOCOL_VERSION}")
         }
-        Ok(Some(Ok(other))) => bail!("expected a hello, got {other:?}"),
+        Ok(Some(Ok(_))) => bail!("expected a hello from the host"),
         Ok(Some(Err(e))) => return Err(e).context("bad hello frame"),
         Ok(None) => bail!("host closed before its hello"),
         Err(_) => bail!("no hello from the host"),
+    };
+    if shared.controller.is_isolated(&host) {
+        // Cut off: as if its packets never arrived.
+        tracing::debug!(%host, "refused an isolated host");
+        return Ok(());
     }
-
+    // Attach and take the slot under the state lock: of two hosts racing
+    // for a free engine, exactly one gets it.
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let snapshot = {
+    let cancel = shutdown.child_token();
+    let attached = {
         let mut state = shared.lock();
         if state.host_attached() {
-            bail!("another host attached first");
+            None
+        } else {
+            let snapshot = state.attach_host(events_tx.clone());
+            Some((snapshot, shared.controller.take(&host, cancel.clone())))
         }
-        state.attach_host(events_tx.clone())
     };
-    let cancel = shutdown.child_token();
-    *shared.host_cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some(cancel.clone());
+    let Some((snapshot, controller)) = attached else {
+        let reason = match shared.controller.current().0 {
+            Some(c) => format!("the engine is controlled by {} (epoch {})", c.host, c.epoch),
+            None => "another host is connecting".to_string(),
+        };
+        framed.send(EngineMessage::Busy { reason }).await?;
+        tracing::debug!(%host, "refused a second host (busy)");
+        return Ok(());
+    };
     let result = async {
+        // Durable before the host hears it: an epoch is never given twice.
+        shared.controller.persist(controller.epoch).await?;
+        framed
+            .send(EngineMessage::Hello {
+                protocol: PROTOCOL_VERSION,
+                boot_id: shared.boot_id,
+                engine: shared.name.clone(),
+                epoch: controller.epoch,
+            })
+            .await?;
+        tracing::info!(%host, epoch = controller.epoch, "host connected: it controls the engine");
         stream_snapshot(&mut framed, snapshot, shared.max_frame).await?;
-        serve_attached(shared, &mut framed, &mut events, &cancel).await
+        serve_attached(shared, &mut framed, &mut events, &controller).await
     }
     .await;
     shared.lock().detach_host_if(&events_tx);
+    shared.controller.release(controller.epoch);
     result
 }
 
@@ -237,13 +244,22 @@ async fn serve_attached(
     shared: &Arc<Shared>,
     framed: &mut Framed<TcpStream, FrameCodec<HostMessage, EngineMessage>>,
     events: &mut tokio::sync::mpsc::UnboundedReceiver<crate::protocol::EngineEvent>,
-    shutdown: &CancellationToken,
+    controller: &Controller,
 ) -> anyhow::Result<()> {
     let mut heartbeat = interval(shared.heartbeat);
     let mut last_seen = Instant::now();
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = controller.cancel.cancelled() => return Ok(()),
+            _ = controller.isolate.cancelled() => {
+                // The network to this host is gone: nothing arrives, nothing
+                // leaves, until the heartbeat timeout says so.
+                tokio::select! {
+                    _ = controller.cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep_until(last_seen + shared.heartbeat_timeout) => {}
+                }
+                bail!("no heartbeat from the host for {:?} (isolated)", shared.heartbeat_timeout);
+            }
             Some(event) = events.recv() => {
                 framed.feed(EngineMessage::Event(event)).await?;
                 while let Ok(event) = events.try_recv() {
@@ -263,8 +279,11 @@ async fn serve_attached(
                     None => return Ok(()),
                     Some(Err(e)) => return Err(e).context("bad frame from the host"),
                     Some(Ok(HostMessage::Heartbeat)) => {}
-                    Some(Ok(HostMessage::Command { id, command })) => {
-                        let result = {
+                    Some(Ok(HostMessage::Command { id, epoch, command })) => {
+                        let result = if epoch != controller.epoch {
+                            tracing::warn!(host = %controller.host, epoch, current = controller.epoch, "fenced a command from a stale epoch");
+                            CommandResult::Fenced
+                        } else {
                             let mut state = shared.lock();
                             match command {
                                 Command::DropLeg(leg) => state.drop_leg(leg),
@@ -319,6 +338,16 @@ async fn serve_control(shared: &Arc<Shared>, stream: TcpStream) -> anyhow::Resul
                 shared.partition(Duration::from_millis(ms));
                 "OK".to_string()
             }
+            Ok(ControlCommand::Isolate(ms)) => {
+                match shared.controller.isolate(Duration::from_millis(ms)) {
+                    Some(host) => format!("OK {host}"),
+                    None => "ERR no host controls the engine".to_string(),
+                }
+            }
+            Ok(ControlCommand::Controller) => match shared.controller.current() {
+                (Some(c), _) => format!("OK {} epoch {}", c.host, c.epoch),
+                (None, last) => format!("OK none epoch {last}"),
+            },
             Ok(command) => {
                 let reply = execute(&mut shared.lock(), &command, shared.boot_id, now_ms());
                 // The media units are the truth: a change is saved before

@@ -14,7 +14,7 @@ use crate::cdr::record::{StartReason, same_call};
 use crate::engine::{Connection, LinkError};
 use crate::events::HostEvent;
 use crate::model::{CallLeg, Decision, LegId, LegState, TerminationReason};
-use crate::protocol::{Command, EngineEvent, EngineMessage};
+use crate::protocol::{Command, CommandResult, EngineEvent, EngineMessage};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -99,6 +99,10 @@ impl Host {
     ) -> anyhow::Result<Result<(), LinkError>> {
         match message {
             EngineMessage::Event(event) => self.apply(connection, event, batch).await?,
+            EngineMessage::Ack {
+                result: CommandResult::Fenced,
+                ..
+            } => return Ok(Err(LinkError::Fenced)),
             EngineMessage::Ack { command, result } => {
                 tracing::debug!(command, ?result, "command acknowledged late");
             }

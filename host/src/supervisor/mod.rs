@@ -22,7 +22,7 @@ mod resync;
 
 use crate::cdr::{CdrWriter, RecoveredCall};
 use crate::engine::{Backoff, Connection, LinkError, LinkOptions};
-use crate::events::{Events, HostEvent, LinkState};
+use crate::events::{Events, HostEvent, LinkState, Role};
 use crate::legs::LegTable;
 use crate::model::LegId;
 use crate::policy::PolicyHandle;
@@ -40,13 +40,19 @@ pub struct HostOptions {
     pub grace: Duration,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// How often a standby asks the engine for the controller slot.
+    pub standby_retry: Duration,
 }
 
 /// What the host looks like from outside, updated as it changes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostStatus {
     /// `None` until the first connection.
     pub link: Option<LinkState>,
+    /// Active, standby, or still connecting.
+    pub role: Role,
+    /// The controller epoch of the latest accepted connection.
+    pub epoch: Option<u64>,
     pub boot_id: Option<u64>,
     pub legs: usize,
     pub links: usize,
@@ -60,6 +66,24 @@ pub struct HostStatus {
     pub recovered: usize,
     /// Live events about legs the host did not hold (each logged).
     pub unknown_leg_events: u64,
+}
+
+impl Default for HostStatus {
+    fn default() -> Self {
+        HostStatus {
+            link: None,
+            role: Role::Connecting,
+            epoch: None,
+            boot_id: None,
+            legs: 0,
+            links: 0,
+            resyncs: 0,
+            snapshot_received: 0,
+            snapshot_expected: 0,
+            recovered: 0,
+            unknown_leg_events: 0,
+        }
+    }
 }
 
 /// How the live phase ended.
@@ -145,6 +169,13 @@ impl Host {
                 }
                 result = attempt => match result {
                     Ok(connection) => connection,
+                    Err(LinkError::Busy(controller)) => {
+                        // Another host controls the engine: stand by, and ask
+                        // again soon (a Busy costs the engine one frame).
+                        self.set_role(Role::Standby, None, Some(controller));
+                        retry_at = Instant::now() + self.options.standby_retry;
+                        continue;
+                    }
                     Err(e) => {
                         let delay = backoff.next_delay();
                         tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "engine unreachable");
@@ -153,6 +184,10 @@ impl Host {
                     }
                 },
             };
+            // Every record from here on holds what this connection showed.
+            self.cdr.set_epoch(&connection.engine, connection.epoch);
+            let engine = connection.engine.clone();
+            self.set_role(Role::Active, Some((engine, connection.epoch)), None);
             match self.resync(&mut connection).await {
                 Ok(()) => {
                     self.grace.disarm();
@@ -175,6 +210,38 @@ impl Host {
         }
     }
 
+    /// Logs and publishes a change of role (a standby's repeated `Busy`
+    /// answers are one change, logged once).
+    fn set_role(&mut self, role: Role, engine: Option<(String, u64)>, detail: Option<String>) {
+        let previous = self.status.borrow().role;
+        let epoch = engine.as_ref().map(|(_, epoch)| *epoch);
+        self.status.send_modify(|status| {
+            status.role = role;
+            if epoch.is_some() {
+                status.epoch = epoch;
+            }
+        });
+        if previous == role && role != Role::Active {
+            return;
+        }
+        match (&engine, &detail) {
+            (Some((name, epoch)), _) => {
+                tracing::info!(role = role.as_str(), engine = %name, epoch, "the engine accepted this host as its controller")
+            }
+            (None, Some(detail)) => {
+                tracing::info!(role = role.as_str(), controller = %detail, "standby: the engine has another controller; taking over when it frees")
+            }
+            (None, None) => tracing::info!(role = role.as_str(), "role changed"),
+        }
+        let (engine, epoch) = engine.unzip();
+        self.events.emit(HostEvent::Role {
+            role,
+            engine,
+            epoch,
+            detail,
+        });
+    }
+
     /// The link went down: contexts stay valid for the grace time.
     fn lost(&mut self, error: LinkError) {
         if error.is_peer_fault() {
@@ -185,6 +252,8 @@ impl Host {
         if !self.table.is_empty() || !self.recovered.is_empty() {
             self.grace.arm(self.options.grace);
         }
+        self.status
+            .send_modify(|status| status.role = Role::Connecting);
         self.publish(Some(LinkState::Disconnected), None);
         self.events.emit(HostEvent::Link {
             state: LinkState::Disconnected,

@@ -21,7 +21,7 @@ use crate::engine::{Connection, LinkError};
 use crate::events::{HostEvent, LinkState, ResyncSummary};
 use crate::model::{CallLeg, Decision, LegId, Link, TerminationReason};
 use crate::policy::{Decider, Verdict};
-use crate::protocol::{Command, EngineMessage};
+use crate::protocol::{Command, CommandResult, EngineMessage};
 use crate::resync::SnapshotDiff;
 use rustc_hash::FxHashSet as HashSet;
 use std::time::Instant;
@@ -394,6 +394,10 @@ impl Host {
     ) -> Result<(), ResyncError> {
         while !pending.is_empty() {
             match connection.next().await? {
+                EngineMessage::Ack {
+                    result: CommandResult::Fenced,
+                    ..
+                } => return Err(LinkError::Fenced.into()),
                 EngineMessage::Ack { command, result } => {
                     pending.remove(&command);
                     tracing::debug!(command, ?result, "drop acknowledged");
