@@ -45,6 +45,10 @@ const GRACE_MS: u64 = 1_000;
 /// (heartbeat timeout, reconnect backoff, resync, on a busy machine).
 const SETTLE_MS: u64 = 2_500;
 const NAPS: [&str; 3] = ["SIP_A", "SIP_B", "ISDN_1"];
+/// The hosts' names: `pri` starts first and is active. It sorts after
+/// `alt`, so a bill that took records in host order instead of by epoch
+/// would take the deposed `pri`'s grace ENDs as the last word.
+const HOST_NAMES: [&str; 2] = ["pri", "alt"];
 
 /// splitmix64: small, seedable, good enough to pick operations.
 struct Rng(u64);
@@ -97,7 +101,9 @@ struct Run {
     dir: tempfile::TempDir,
     sim: SimProcess,
     sim_up: bool,
-    host: HostProcess,
+    /// One host, or an active/standby pair (`a` then `b`, each with its own
+    /// ledger), billed together.
+    hosts: Vec<HostProcess>,
     rules: PathBuf,
     legs: Vec<u64>,
     links: Vec<u64>,
@@ -121,7 +127,7 @@ fn write_rules(path: &Path, refuse_b: bool) {
 }
 
 impl Run {
-    async fn start() -> Run {
+    async fn start(hosts: usize) -> Run {
         let dir = tempfile::tempdir().unwrap();
         let plugins = dir.path().join("plugins.d");
         std::fs::create_dir(&plugins).unwrap();
@@ -145,29 +151,11 @@ impl Run {
         )
         .await
         .unwrap();
-        let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile-cache");
-        let config = dir.path().join("legsync.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "engine = \"{}\"\ngrace_secs = {}\ncdr = \"{}\"\nevents = \"{}\"\n\
-                 [link]\nheartbeat_ms = 100\nheartbeat_timeout_ms = 600\nbackoff_base_ms = 50\nbackoff_max_ms = 400\n\
-                 [policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n",
-                sim.listen,
-                GRACE_MS as f64 / 1000.0,
-                dir.path().join("cdr.jsonl").display(),
-                dir.path().join("events.jsonl").display(),
-                plugins.display(),
-                cache.display(),
-            ),
-        )
-        .unwrap();
-        let host = HostProcess::spawn(exe, &config, &dir.path().join("host.log")).unwrap();
         let mut run = Run {
             dir,
             sim,
             sim_up: true,
-            host,
+            hosts: Vec::new(),
             rules,
             legs: Vec::new(),
             links: Vec::new(),
@@ -175,12 +163,104 @@ impl Run {
             log: Vec::new(),
             refusing: false,
         };
-        run.wait_in_sync().await;
+        for (i, name) in HOST_NAMES.iter().take(hosts).enumerate() {
+            run.spawn_host(name, &plugins);
+            if i == 0 {
+                run.wait_in_sync().await;
+            } else {
+                // The first host is active: the next one finds it in control.
+                run.wait_role(i, "standby", 1).await;
+            }
+        }
         run
     }
 
-    fn ledger(&self) -> PathBuf {
-        self.dir.path().join("cdr.jsonl")
+    /// Waits until host `i`'s event log holds `count` role events `role`.
+    async fn wait_role(&self, i: usize, role: &str, count: usize) {
+        let events = self
+            .dir
+            .path()
+            .join(format!("events-{}.jsonl", HOST_NAMES[i]));
+        let needle = format!("\"kind\":\"role\",\"role\":\"{role}\"");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let text = std::fs::read_to_string(&events).unwrap_or_default();
+            if text.matches(&needle).count() >= count {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "host {} was not {role} {count} time(s) within {WAIT:?}",
+                HOST_NAMES[i]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// How many times host `i` has been `role` so far.
+    fn roles(&self, i: usize, role: &str) -> usize {
+        let events = self
+            .dir
+            .path()
+            .join(format!("events-{}.jsonl", HOST_NAMES[i]));
+        let needle = format!("\"kind\":\"role\",\"role\":\"{role}\"");
+        std::fs::read_to_string(events)
+            .unwrap_or_default()
+            .matches(&needle)
+            .count()
+    }
+
+    /// Starts `legsync run` named `name`, with its own ledger and events.
+    fn spawn_host(&mut self, name: &str, plugins: &Path) {
+        let exe = Path::new(env!("CARGO_BIN_EXE_legsync"));
+        let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile-cache");
+        let dir = self.dir.path();
+        let config = dir.join(format!("legsync-{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "engine = \"{}\"\nname = \"{name}\"\ngrace_secs = {}\ncdr = \"{}\"\nevents = \"{}\"\n\
+                 [link]\nheartbeat_ms = 100\nheartbeat_timeout_ms = 600\nbackoff_base_ms = 50\nbackoff_max_ms = 400\nstandby_retry_ms = 100\n\
+                 [policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n",
+                self.sim.listen,
+                GRACE_MS as f64 / 1000.0,
+                dir.join(format!("cdr-{name}.jsonl")).display(),
+                dir.join(format!("events-{name}.jsonl")).display(),
+                plugins.display(),
+                cache.display(),
+            ),
+        )
+        .unwrap();
+        let log = dir.join(format!("host-{name}.log"));
+        self.hosts
+            .push(HostProcess::spawn(exe, &config, &log).unwrap());
+    }
+
+    /// Every host's ledger: billed together.
+    fn ledgers(&self) -> Vec<PathBuf> {
+        (0..self.hosts.len())
+            .map(|i| self.dir.path().join(format!("cdr-{}.jsonl", HOST_NAMES[i])))
+            .filter(|p| p.exists())
+            .collect()
+    }
+
+    /// The merged bill of every host's ledger.
+    fn billed(&self) -> Vec<bill::BilledCall> {
+        match bill::read_ledgers(&self.ledgers()) {
+            Ok(ledgers) => bill::bill(&bill::records(&ledgers)),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The host the engine serves now (the first when none does).
+    async fn active(&mut self) -> usize {
+        let reply = self.control("controller").await;
+        let name = reply.split_whitespace().nth(1).unwrap_or("none");
+        HOST_NAMES
+            .iter()
+            .position(|n| *n == name)
+            .filter(|&i| i < self.hosts.len())
+            .unwrap_or(0)
     }
 
     /// A control command; its reply (errors are part of random histories:
@@ -220,17 +300,15 @@ impl Run {
         }
     }
 
-    /// Whether the ledger shows leg `id` open within a few seconds.
+    /// Whether the merged ledgers show leg `id` open within a few seconds.
     async fn wait_open(&self, id: u64) -> bool {
         for _ in 0..50 {
-            if let Ok(ledgers) = bill::read_ledgers(&[self.ledger()]) {
-                let billed = bill::bill(&bill::records(&ledgers));
-                if billed
-                    .iter()
-                    .any(|c| c.leg == id && c.state == CallState::Open)
-                {
-                    return true;
-                }
+            if self
+                .billed()
+                .iter()
+                .any(|c| c.leg == id && c.state == CallState::Open)
+            {
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -318,11 +396,14 @@ impl Run {
             79..=83 => {
                 let start = now() - 1_000; // its last sign of life
                 let down = rng.below(1_500);
-                self.log
-                    .push(format!("host kill -9, restart after {down} ms"));
-                self.host.crash().await.unwrap();
+                let host = self.active().await;
+                self.log.push(format!(
+                    "host {} kill -9, restart after {down} ms",
+                    HOST_NAMES[host]
+                ));
+                self.hosts[host].crash().await.unwrap();
                 tokio::time::sleep(Duration::from_millis(down)).await;
-                self.host.start().unwrap();
+                self.hosts[host].start().unwrap();
                 self.blind_from(start);
             }
             84..=85 => {
@@ -332,11 +413,12 @@ impl Run {
                 self.log.push(format!(
                     "engine kill -9; host kill -9 at {at} ms (mid-purge); both back"
                 ));
+                let host = self.active().await;
                 self.sim.crash().await.unwrap();
                 tokio::time::sleep(Duration::from_millis(at)).await;
-                self.host.crash().await.unwrap();
+                self.hosts[host].crash().await.unwrap();
                 self.sim.start_again().await.unwrap();
-                self.host.start().unwrap();
+                self.hosts[host].start().unwrap();
                 self.blind_from(start);
             }
             86..=87 => {
@@ -346,11 +428,35 @@ impl Run {
                 self.log.push(format!(
                     "host kill -9, restart, kill -9 at {at} ms (mid-resync), restart"
                 ));
-                self.host.crash().await.unwrap();
-                self.host.start().unwrap();
+                let host = self.active().await;
+                self.hosts[host].crash().await.unwrap();
+                self.hosts[host].start().unwrap();
                 tokio::time::sleep(Duration::from_millis(at)).await;
-                self.host.crash().await.unwrap();
-                self.host.start().unwrap();
+                self.hosts[host].crash().await.unwrap();
+                self.hosts[host].start().unwrap();
+                self.blind_from(start);
+            }
+            92..=95 if self.hosts.len() > 1 => {
+                // The active hangs (SIGSTOP) past the engine's heartbeat
+                // timeout: the standby takes over; thawed, the old active
+                // finds its link dead, gets Busy and stands by.
+                let start = now() - 1_000;
+                let host = self.active().await;
+                let ms = 1_200 + rng.below(800);
+                self.log
+                    .push(format!("host {} frozen for {ms} ms", HOST_NAMES[host]));
+                self.hosts[host].freeze().unwrap();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                self.hosts[host].thaw().unwrap();
+                self.blind_from(start);
+            }
+            96..=98 if self.hosts.len() > 1 => {
+                // Only the active is cut off (split brain): it stays alive
+                // and writes its grace ENDs for calls the standby re-adopted.
+                let start = now() - 1_000;
+                let ms = 1_500 + rng.below(1_500);
+                self.control(&format!("isolate {ms}")).await;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
                 self.blind_from(start);
             }
             88..=91 => {
@@ -374,8 +480,10 @@ impl Run {
             self.sim_up = true;
         }
         self.control("partition 0").await;
-        if !self.host.is_running() {
-            self.host.start().unwrap();
+        for host in &mut self.hosts {
+            if !host.is_running() {
+                host.start().unwrap();
+            }
         }
         self.wait_in_sync().await;
         let list = self.control("list").await;
@@ -387,9 +495,7 @@ impl Run {
         }
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let ledgers = bill::read_ledgers(&[self.ledger()]).unwrap();
-            let billed = bill::bill(&bill::records(&ledgers));
-            if billed.iter().all(|c| c.state == CallState::Closed) {
+            if self.billed().iter().all(|c| c.state == CallState::Closed) {
                 break;
             }
             assert!(
@@ -398,7 +504,9 @@ impl Run {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        self.host.stop().await.unwrap();
+        for host in &mut self.hosts {
+            host.stop().await.unwrap();
+        }
     }
 
     fn in_blind(&self, t: u64) -> Option<(u64, u64)> {
@@ -430,7 +538,7 @@ impl Run {
                 HistoryKind::Terminate | HistoryKind::Release => entry.left.or(Some(line.time_ms)),
             };
         }
-        let ledgers = bill::read_ledgers(&[self.ledger()]).unwrap();
+        let ledgers = bill::read_ledgers(&self.ledgers()).unwrap();
         problems.extend(bill::check(&ledgers));
         let billed = bill::bill(&bill::records(&ledgers));
         let mut by_key: BTreeMap<Key, &bill::BilledCall> = BTreeMap::new();
@@ -511,28 +619,40 @@ impl Run {
     }
 }
 
-async fn one_history(seed: u64, ops: usize) -> (usize, usize) {
+async fn one_history(seed: u64, ops: usize, hosts: usize) -> (usize, usize) {
     let mut rng = Rng(seed);
-    let mut run = Run::start().await;
+    let mut run = Run::start(hosts).await;
     for _ in 0..ops {
         run.step(&mut rng).await;
     }
     run.heal_and_release_all().await;
-    let (problems, calls, unseen) = run.verify();
-    if std::env::var_os("LEGSYNC_HISTORY_VERBOSE").is_some() {
-        eprintln!("  {}", run.log.join("\n  "));
+    run.finish(
+        &format!("history with seed {seed} ({ops} operations, {hosts} host(s))"),
+        &format!("LEGSYNC_SEED={seed} LEGSYNC_HISTORY_OPS={ops} cargo test --test histories"),
+    )
+}
+
+impl Run {
+    /// Verifies the bill; on a problem, keeps the files and panics with
+    /// what was done and how to replay it.
+    fn finish(self, what: &str, replay: &str) -> (usize, usize) {
+        let run = self;
+        let (problems, calls, unseen) = run.verify();
+        if std::env::var_os("LEGSYNC_HISTORY_VERBOSE").is_some() {
+            eprintln!("  {}", run.log.join("\n  "));
+        }
+        if !problems.is_empty() {
+            let keep = run.dir.keep();
+            panic!(
+                "{what} broke billing truth:\n  {}\n\nhistory:\n  {}\n\n\
+             files kept in {}\nreplay: {replay}",
+                problems.join("\n  "),
+                run.log.join("\n  "),
+                keep.display(),
+            );
+        }
+        (calls, unseen)
     }
-    if !problems.is_empty() {
-        let keep = run.dir.keep();
-        panic!(
-            "history with seed {seed} ({ops} operations) broke billing truth:\n  {}\n\nhistory:\n  {}\n\n\
-             files kept in {}\nreplay: LEGSYNC_SEED={seed} LEGSYNC_HISTORY_OPS={ops} cargo test --test histories",
-            problems.join("\n  "),
-            run.log.join("\n  "),
-            keep.display(),
-        );
-    }
-    (calls, unseen)
 }
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -542,8 +662,7 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_histories_bill_every_answered_call_exactly_once() {
+async fn random_histories(hosts: usize) {
     let ops = env_number("LEGSYNC_HISTORY_OPS", 30) as usize;
     let seeds: Vec<u64> = match std::env::var("LEGSYNC_SEED") {
         Ok(seed) => vec![seed.parse().expect("LEGSYNC_SEED is a number")],
@@ -556,8 +675,8 @@ async fn random_histories_bill_every_answered_call_exactly_once() {
     };
     let (mut calls, mut unseen) = (0, 0);
     for &seed in &seeds {
-        eprintln!("history seed {seed}, {ops} operations");
-        let (c, u) = one_history(seed, ops).await;
+        eprintln!("history seed {seed}, {ops} operations, {hosts} host(s)");
+        let (c, u) = one_history(seed, ops, hosts).await;
         calls += c;
         unseen += u;
     }
@@ -566,4 +685,119 @@ async fn random_histories_bill_every_answered_call_exactly_once() {
         seeds.len(),
         seeds.len() * ops
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_histories_bill_every_answered_call_exactly_once() {
+    random_histories(1).await;
+}
+
+/// The same histories with an active/standby pair: kills, hangs and
+/// partitions of the active in the mix, the two ledgers billed together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_histories_with_a_pair_bill_every_call_once_across_both_ledgers() {
+    random_histories(2).await;
+}
+
+/// How the active host of a pair is lost.
+#[derive(Debug, Clone, Copy)]
+enum Loss {
+    Kill,
+    Freeze,
+    Isolate,
+}
+
+/// Calls answered, linked and released before, during and after the active
+/// is lost; the standby takes over and keeps every call; the old active
+/// rejoins as standby; the merged bill equals what the engine did.
+async fn takeover(loss: Loss) {
+    let mut run = Run::start(2).await;
+    let call = async |run: &mut Run| {
+        let id: u64 = run
+            .control("call SIP_A 15145550100 14385550100")
+            .await
+            .strip_prefix("OK ")
+            .unwrap()
+            .parse()
+            .unwrap();
+        run.legs.push(id);
+        id
+    };
+    // Before.
+    let (x, y, z) = (
+        call(&mut run).await,
+        call(&mut run).await,
+        call(&mut run).await,
+    );
+    assert!(
+        run.control(&format!("link {x} {y}"))
+            .await
+            .starts_with("OK")
+    );
+    assert!(run.wait_open(z).await);
+    run.control(&format!("release {z}")).await;
+    assert_eq!(run.active().await, 0, "pri is active");
+    let standby_before = run.roles(0, "standby");
+    // The loss, and calls while it lasts.
+    let start = now() - 1_000;
+    run.log.push(format!("active lost: {loss:?}"));
+    match loss {
+        Loss::Kill => run.hosts[0].crash().await.unwrap(),
+        Loss::Freeze => run.hosts[0].freeze().unwrap(),
+        Loss::Isolate => assert_eq!(run.control("isolate 3000").await, "OK pri"),
+    }
+    let during = call(&mut run).await;
+    run.control(&format!("release {y}")).await;
+    // alt takes over and holds every live call.
+    run.wait_role(1, "active", 1).await;
+    run.wait_in_sync().await;
+    assert_eq!(run.active().await, 1, "alt is active");
+    assert!(run.wait_open(x).await && run.wait_open(during).await);
+    // After.
+    let after = call(&mut run).await;
+    assert!(run.wait_open(after).await);
+    run.control(&format!("release {during}")).await;
+    // The old active rejoins as standby.
+    match loss {
+        Loss::Kill => run.hosts[0].start().unwrap(),
+        Loss::Freeze => run.hosts[0].thaw().unwrap(),
+        Loss::Isolate => {}
+    }
+    run.wait_role(0, "standby", standby_before + 1).await;
+    // Past its grace time: its ENDs for calls b holds are superseded.
+    tokio::time::sleep(Duration::from_millis(GRACE_MS + 1_500)).await;
+    assert_eq!(run.active().await, 1, "alt is still active");
+    let open: Vec<u64> = run
+        .billed()
+        .iter()
+        .filter(|c| c.state == CallState::Open)
+        .map(|c| c.leg)
+        .collect();
+    for leg in [x, after] {
+        assert!(
+            open.contains(&leg),
+            "leg {leg} is up, but the merged bill has it ended"
+        );
+    }
+    run.blind_from(start);
+    run.heal_and_release_all().await;
+    run.finish(
+        &format!("takeover after {loss:?}"),
+        "cargo test --test histories takeover",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_after_the_active_is_killed() {
+    takeover(Loss::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_after_the_active_hangs() {
+    takeover(Loss::Freeze).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_after_only_the_active_is_cut_off_bills_once_despite_the_split_brain() {
+    takeover(Loss::Isolate).await;
 }

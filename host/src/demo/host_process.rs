@@ -78,8 +78,9 @@ impl HostProcess {
             return Ok(());
         };
         if let Some(pid) = child.id() {
-            // SAFETY: kill(2) on our own child with a valid signal.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            // A frozen host must run to stop.
+            let _ = signal(pid, libc::SIGCONT);
+            let _ = signal(pid, libc::SIGTERM);
         }
         let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
             .await
@@ -90,8 +91,38 @@ impl HostProcess {
         Ok(())
     }
 
+    /// Freezes the process (SIGSTOP): alive, sockets open, silent (a hung
+    /// host, as a standby must survive).
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        signal(self.pid()?, libc::SIGSTOP)
+    }
+
+    /// Resumes a frozen host (SIGCONT).
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        signal(self.pid()?, libc::SIGCONT)
+    }
+
+    fn pid(&self) -> anyhow::Result<u32> {
+        self.child
+            .as_ref()
+            .and_then(|c| c.id())
+            .context("the host is not running")
+    }
+
     /// The host's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// Sends `sig` to our child `pid`.
+fn signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {
+    // SAFETY: kill(2) on our own child with a valid signal number.
+    if unsafe { libc::kill(pid as libc::pid_t, sig) } != 0 {
+        bail!(
+            "kill({pid}, {sig}) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }
