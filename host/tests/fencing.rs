@@ -1,0 +1,130 @@
+//! The engine is the arbiter of a host pair: one controller at a time, each
+//! accepted connection under a larger epoch, commands under any other epoch
+//! refused. Against a real engine-sim process, with a client written here
+//! speaking the wire protocol.
+
+mod common;
+
+use common::world::WAIT;
+use futures_util::{SinkExt, StreamExt};
+use legsync::protocol::{
+    Command, CommandResult, EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION,
+};
+use legsync::sim::process::SimProcess;
+use std::net::SocketAddr;
+use std::path::Path;
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+type Client = Framed<TcpStream, FrameCodec<EngineMessage, HostMessage>>;
+
+/// Connects as host `name`; returns the client and the engine's answer.
+async fn connect(engine: SocketAddr, name: &str) -> (Client, EngineMessage) {
+    let stream = TcpStream::connect(engine).await.unwrap();
+    let mut client = Framed::new(stream, FrameCodec::new(1 << 20));
+    client
+        .send(HostMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            host: name.into(),
+        })
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(WAIT, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    (client, answer)
+}
+
+fn epoch(hello: &EngineMessage) -> u64 {
+    match hello {
+        EngineMessage::Hello { epoch, .. } => *epoch,
+        other => panic!("expected a hello, got {}", other.name()),
+    }
+}
+
+/// The next acknowledgement (snapshot frames skipped).
+async fn ack(client: &mut Client) -> CommandResult {
+    loop {
+        match tokio::time::timeout(WAIT, client.next()).await.unwrap() {
+            Some(Ok(EngineMessage::Ack { result, .. })) => return result,
+            Some(Ok(_)) => continue,
+            other => panic!("the engine closed the link: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_controller_at_a_time_epochs_grow_and_stale_commands_are_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_legsync"));
+    let mut sim = SimProcess::spawn(
+        exe,
+        &dir.path().join("engine.state"),
+        Some(4),
+        &["--name", "gw-7"],
+    )
+    .await
+    .unwrap();
+
+    let (first, hello) = connect(sim.listen, "pri").await;
+    let first_epoch = epoch(&hello);
+    assert!(
+        matches!(&hello, EngineMessage::Hello { engine, .. } if engine == "gw-7"),
+        "the hello names the engine"
+    );
+    assert_eq!(
+        sim.ok("controller").await.unwrap(),
+        format!("pri epoch {first_epoch}")
+    );
+    // A second host is told who controls the engine, and nothing else.
+    let (_, busy) = connect(sim.listen, "alt").await;
+    match busy {
+        EngineMessage::Busy { reason } => assert!(
+            reason.contains(&format!("controlled by pri (epoch {first_epoch})")),
+            "{reason}"
+        ),
+        other => panic!("expected Busy, got {}", other.name()),
+    }
+    drop(first);
+
+    // The slot frees when the controller goes; the next one gets a larger epoch.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (mut second, hello) = loop {
+        let (client, answer) = connect(sim.listen, "alt").await;
+        if matches!(answer, EngineMessage::Hello { .. }) {
+            break (client, answer);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never freed"
+        );
+        tokio::task::yield_now().await;
+    };
+    let second_epoch = epoch(&hello);
+    assert!(second_epoch > first_epoch);
+
+    // A command under the old epoch changes nothing; under its own, it works.
+    let stale = HostMessage::Command {
+        id: 1,
+        epoch: first_epoch,
+        command: Command::DropLeg(1),
+    };
+    second.send(stale).await.unwrap();
+    assert_eq!(ack(&mut second).await, CommandResult::Fenced);
+    assert!(sim.control("list").await.unwrap().contains("leg 1 "));
+    let current = HostMessage::Command {
+        id: 2,
+        epoch: second_epoch,
+        command: Command::DropLeg(1),
+    };
+    second.send(current).await.unwrap();
+    assert_eq!(ack(&mut second).await, CommandResult::Done);
+    drop(second);
+
+    // Epochs survive an engine restart: they only grow.
+    sim.restart().await.unwrap();
+    let (_third, hello) = connect(sim.listen, "pri").await;
+    assert!(epoch(&hello) > second_epoch);
+}
