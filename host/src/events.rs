@@ -106,7 +106,7 @@ impl Role {
 }
 
 /// The counts of one resync.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ResyncSummary {
     pub engine_restarted: bool,
     pub known: u64,
@@ -120,7 +120,7 @@ pub struct ResyncSummary {
 }
 
 /// Where the time of one resync went, in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ResyncPhases {
     /// Hello to the end of the snapshot, with the diff done as chunks arrive.
     pub snapshot: u64,

@@ -195,6 +195,27 @@ fn bench_warm_and_transfer_report_what_they_measured() {
 }
 
 #[test]
+fn bench_takeover_times_the_standby_taking_over_every_call() {
+    let runs = bench_json(&["--legs", "2000", "--mode", "takeover", "--loss", "kill"]);
+    let [run] = &runs[..] else {
+        panic!("one report: {runs:?}")
+    };
+    assert_eq!(run["mode"], "takeover-kill");
+    // The active refused the 1 % premium calls at its own resync; the
+    // standby re-adopts every call left, and every link.
+    assert_eq!(
+        (run["known"].as_u64(), run["rebuilt"].as_u64()),
+        (Some(0), Some(1980))
+    );
+    assert_eq!(run["links_rebuilt"], 990);
+    assert!(run["wall_seconds"].as_f64().unwrap() > 0.0, "{run}");
+    assert!(
+        run["peak_rss_bytes"].as_u64().unwrap() > 0,
+        "the standby's RSS"
+    );
+}
+
+#[test]
 fn bench_repeat_alternates_policies_and_prints_medians() {
     let out = legsync(&[
         "bench", "--legs", "2000", "--policy", "both", "--repeat", "2",

@@ -9,6 +9,7 @@
 
 mod report;
 mod series;
+mod takeover;
 
 use crate::config::HostConfig;
 use crate::demo::harness::RunningHost;
@@ -55,6 +56,10 @@ pub enum Mode {
     /// the ledger holds every END and START. `legs` counts those events,
     /// `legs_per_second` is events per second.
     Live,
+    /// Two `legsync run` processes, active and standby; the active is lost
+    /// (`--loss`) and the time until the standby's resync is done is the
+    /// figure (see `bench/takeover.rs`).
+    Takeover,
 }
 
 #[derive(Debug, Args)]
@@ -86,20 +91,29 @@ pub struct BenchArgs {
     /// prints medians: on a shared or noisy machine one run proves little.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
+    /// How the active host is lost in `--mode takeover`.
+    #[arg(long, value_enum, default_value = "kill")]
+    loss: takeover::Loss,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    if args.repeat > 1 || (args.policy == PolicyKind::Both && args.mode != Mode::Transfer) {
+    let one_policy = matches!(args.mode, Mode::Transfer | Mode::Takeover);
+    if args.repeat > 1 || (args.policy == PolicyKind::Both && !one_policy) {
         return series::run(&args).await;
     }
     let dir = tempfile::tempdir()?;
     let exe = std::env::current_exe()?;
     eprintln!("preloading {} legs in engine-sim...", args.legs);
+    let sim_args = match args.mode {
+        Mode::Takeover => takeover::sim_args(),
+        _ => vec!["--heartbeat-timeout-ms".into(), "600000".into()],
+    };
+    let sim_args: Vec<&str> = sim_args.iter().map(String::as_str).collect();
     let sim = SimProcess::spawn(
         &exe,
         &dir.path().join("engine.state"),
         Some(args.legs),
-        &["--heartbeat-timeout-ms", "600000"],
+        &sim_args,
     )
     .await?;
     let rules = match &args.rules {
@@ -109,6 +123,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let report = match args.mode {
         Mode::Transfer => transfer(&sim, &args).await?,
+        Mode::Takeover => takeover::run(&sim, &args, &rules, dir.path()).await?,
         Mode::Cold | Mode::Warm | Mode::Live => resync(&sim, &args, &rules, dir.path()).await?,
     };
     if args.json {

@@ -67,7 +67,17 @@ pub fn rss_bytes() -> u64 {
 }
 
 fn proc_status_bytes(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    proc_status_file_bytes("/proc/self/status", field)
+}
+
+/// A `/proc/PID/status` memory figure (`VmHWM:`, `VmRSS:`) of another
+/// process, in bytes.
+pub fn proc_status_bytes_of(pid: u32, field: &str) -> u64 {
+    proc_status_file_bytes(&format!("/proc/{pid}/status"), field)
+}
+
+fn proc_status_file_bytes(path: &str, field: &str) -> u64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|status| {
             status

@@ -16,6 +16,7 @@ use std::process::ExitCode;
 pub async fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let policies = match (args.policy, args.mode) {
         (_, Mode::Transfer) => vec![PolicyKind::Wasm], // no policy runs
+        (_, Mode::Takeover) => vec![PolicyKind::Wasm], // hosts run plugins
         (PolicyKind::Both, _) => vec![PolicyKind::Native, PolicyKind::Wasm],
         (policy, _) => vec![policy],
     };
@@ -102,6 +103,7 @@ async fn run_child(args: &BenchArgs, policy: PolicyKind) -> anyhow::Result<Bench
     let mut command = tokio::process::Command::new(std::env::current_exe()?);
     command.args(["bench", "--json", "--legs", &legs]);
     command.args(["--mode", &mode, "--policy", &name]);
+    command.args(["--loss", &arg_name(args.loss)]);
     if let Some(plugin) = &args.plugin {
         command.arg("--plugin").arg(plugin);
     }

@@ -102,7 +102,8 @@ impl HostProcess {
         signal(self.pid()?, libc::SIGCONT)
     }
 
-    fn pid(&self) -> anyhow::Result<u32> {
+    /// The OS process id.
+    pub fn pid(&self) -> anyhow::Result<u32> {
         self.child
             .as_ref()
             .and_then(|c| c.id())

@@ -267,10 +267,12 @@ async fn serve_attached(
                 }
                 framed.flush().await?;
             }
+            // Silence is noticed when the timeout passes, not at the next
+            // tick: a standby's takeover waits for exactly this.
+            _ = tokio::time::sleep_until(last_seen + shared.heartbeat_timeout) => {
+                bail!("no heartbeat from the host for {:?}", shared.heartbeat_timeout);
+            }
             _ = heartbeat.tick() => {
-                if last_seen.elapsed() > shared.heartbeat_timeout {
-                    bail!("no heartbeat from the host for {:?}", shared.heartbeat_timeout);
-                }
                 framed.send(EngineMessage::Heartbeat).await?;
             }
             frame = framed.next() => {
