@@ -46,7 +46,14 @@ impl Demo {
         }
         std::fs::write(plugins.join("20-rules.rules"), RULES)?;
         std::fs::write(plugins.join("30-nap-cap.rules"), "default_max = 1000\n")?;
-        for stale in ["cdr.jsonl", "events.jsonl", "engine.state"] {
+        for stale in [
+            "cdr.jsonl",
+            "events.jsonl",
+            "engine.state",
+            "engine.state.epoch",
+            "cdr-alt.jsonl",
+            "events-alt.jsonl",
+        ] {
             let _ = std::fs::remove_file(dir.join(stale));
         }
         let exe = std::env::current_exe()?;
@@ -59,6 +66,7 @@ impl Demo {
         .await?;
         let mut config = HostConfig {
             engine: Some(sim.listen),
+            name: "pri".into(),
             grace_secs: grace,
             ..HostConfig::default()
         };
@@ -103,6 +111,7 @@ impl Demo {
         self.refusal().await?;
         self.billing_trap().await?;
         self.crash_mid_purge().await?;
+        self.takeover().await?;
         Ok(self.failures.get())
     }
 
@@ -465,29 +474,87 @@ impl Demo {
         Ok(())
     }
 
+    async fn takeover(&mut self) -> anyhow::Result<()> {
+        heading("High availability: the active host is killed, the standby takes over, one bill");
+        step("Two hosts now serve the engine: pri (the host so far, its ledger) and alt, with");
+        step("the same plugins and its own ledger. The engine accepts one controller; the");
+        step("other gets Busy and stands by, asking again every 100 ms.");
+        let exe = std::env::current_exe()?;
+        let pri_config = self.dir.join("legsync.toml");
+        std::fs::write(&pri_config, self.config_toml())?;
+        let mut alt = self.config.clone();
+        alt.name = "alt".into();
+        alt.cdr = self.dir.join("cdr-alt.jsonl");
+        alt.events = Some(self.dir.join("events-alt.jsonl"));
+        let alt_config = self.dir.join("legsync-alt.toml");
+        std::fs::write(&alt_config, config_toml(&alt, self.sim.listen))?;
+        let pri_events = self.config.events.clone().context("the demo logs events")?;
+        let alt_events = alt.events.clone().context("set above")?;
+        let active = "\"role\":\"active\"";
+        let standby = "\"role\":\"standby\"";
+        let pri_active = count_lines(&pri_events, active);
+        let mut pri = HostProcess::spawn(&exe, &pri_config, &self.dir.join("host.log"))?;
+        wait_for_count(&pri_events, active, pri_active + 1).await?;
+        let mut alt_host = HostProcess::spawn(&exe, &alt_config, &self.dir.join("host-alt.log"))?;
+        wait_for_count(&alt_events, standby, 1).await?;
+        step(&format!(
+            "engine-sim `controller`: {}; alt is standby",
+            self.sim.ok("controller").await?
+        ));
+        let h = self.answered("H", "SIP_CARRIER_B", "15145559040").await?;
+        wait_for_count(&self.config.cdr, &format!("\"leg\":{h},"), 1).await?;
+        step("H is answered (pri writes its START). pri is killed (SIGKILL); K is answered");
+        step("while no host controls the engine.");
+        pri.crash().await?;
+        let k = self.answered("K", "SIP_CARRIER_A", "15145559041").await?;
+        wait_for_count(&alt_events, active, 1).await?;
+        wait_for_count(&alt_events, "resync-done", 1).await?;
+        step(&format!(
+            "alt took over: `controller` says {}, and it re-adopted every call",
+            self.sim.ok("controller").await?
+        ));
+        step("H hangs up under alt; pri restarts, finds alt in control and stands by.");
+        self.sim.ok(&format!("release {h}")).await?;
+        wait_for_count(&alt.cdr, "\"kind\":\"end\"", 1).await?;
+        let pri_standby = count_lines(&pri_events, standby);
+        pri.start()?;
+        wait_for_count(&pri_events, standby, pri_standby + 1).await?;
+        pri.stop().await?;
+        alt_host.stop().await?;
+        step("`legsync cdr bill cdr.jsonl cdr-alt.jsonl` (the two ledgers, merged by epoch):");
+        let ledgers = bill::read_ledgers(&[&self.config.cdr, &alt.cdr])?;
+        let problems = bill::check(&ledgers);
+        let calls = bill::bill(&bill::records(&ledgers));
+        for call in &calls {
+            let end = call.duration_ms.map_or("still up".to_string(), |ms| {
+                format!("{}.{:03} s", ms / 1000, ms % 1000)
+            });
+            println!("    bill  {:<14} {end}", self.name(call.leg));
+        }
+        let rows = |leg: u64| calls.iter().filter(|c| c.leg == leg).count();
+        let state = |leg: u64| calls.iter().find(|c| c.leg == leg).map(|c| c.state);
+        self.check(
+            "`legsync cdr check` on both ledgers: every rule holds, no epoch has two writers",
+            problems.is_empty(),
+        );
+        self.check(
+            "H is billed once, ended by alt (pri never saw it end)",
+            rows(h) == 1 && state(h) == Some(bill::CallState::Closed),
+        );
+        self.check(
+            "K, answered with no host in control, is billed once and still up",
+            rows(k) == 1 && state(k) == Some(bill::CallState::Open),
+        );
+        self.check(
+            "every answered call appears exactly once across the pair",
+            calls.iter().all(|c| rows(c.leg) == 1),
+        );
+        Ok(())
+    }
+
     /// The demo's host config as a file, for `legsync run`.
     fn config_toml(&self) -> String {
-        let c = &self.config;
-        let path = |p: &Option<PathBuf>| {
-            p.as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        };
-        format!(
-            "engine = \"{}\"\ngrace_secs = {}\ncdr = \"{}\"\nevents = \"{}\"\n\
-             [link]\nheartbeat_ms = {}\nheartbeat_timeout_ms = {}\nbackoff_base_ms = {}\nbackoff_max_ms = {}\n\
-             [policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n",
-            self.sim.listen,
-            c.grace_secs,
-            c.cdr.display(),
-            path(&c.events),
-            c.link.heartbeat_ms,
-            c.link.heartbeat_timeout_ms,
-            c.link.backoff_base_ms,
-            c.link.backoff_max_ms,
-            path(&c.policy.plugin_dir),
-            path(&c.policy.cache_dir),
-        )
+        config_toml(&self.config, self.sim.listen)
     }
 
     fn ids<const N: usize>(&self, names: [&str; N]) -> [u64; N] {
@@ -588,6 +655,29 @@ impl Demo {
     }
 }
 
+/// How many lines of `path` contain `needle`.
+fn count_lines(path: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// Waits until `count` lines of `path` contain `needle`.
+async fn wait_for_count(path: &Path, needle: &str, count: usize) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while count_lines(path, needle) < count {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "not {count} lines with `{needle}` in {} within {WAIT:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 /// Waits until `path` gains a line containing `needle` after its current
 /// end.
 async fn wait_for_line(path: &Path, needle: &str) -> anyhow::Result<()> {
@@ -608,6 +698,31 @@ async fn wait_for_line(path: &Path, needle: &str) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `c` as a config file for `legsync run`, pointed at `engine`.
+fn config_toml(c: &HostConfig, engine: std::net::SocketAddr) -> String {
+    let path = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    format!(
+        "engine = \"{}\"\nname = \"{}\"\ngrace_secs = {}\ncdr = \"{}\"\nevents = \"{}\"\n\
+         [link]\nheartbeat_ms = {}\nheartbeat_timeout_ms = {}\nbackoff_base_ms = {}\nbackoff_max_ms = {}\n\
+         [policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n",
+        engine,
+        c.name,
+        c.grace_secs,
+        c.cdr.display(),
+        path(&c.events),
+        c.link.heartbeat_ms,
+        c.link.heartbeat_timeout_ms,
+        c.link.backoff_base_ms,
+        c.link.backoff_max_ms,
+        path(&c.policy.plugin_dir),
+        path(&c.policy.cache_dir),
+    )
 }
 
 fn heading(text: &str) {
