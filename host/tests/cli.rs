@@ -194,6 +194,24 @@ fn bench_warm_and_transfer_report_what_they_measured() {
     assert_eq!(transfer[0]["legs"], 2000);
 }
 
+/// The README's main command: every scene, every check, against real
+/// processes (the last scene kills the active host of a pair).
+#[test]
+fn the_demo_passes_every_check() {
+    let out = legsync(&["demo"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("All checks passed."), "{stdout}");
+    assert!(!stdout.contains('✗'), "{stdout}");
+    assert!(
+        stdout.contains("alt took over: `controller` says alt epoch"),
+        "{stdout}"
+    );
+    for debug in ["Some(", "None"] {
+        assert!(!stdout.contains(debug), "Debug output in the demo: {stdout}");
+    }
+}
+
 #[test]
 fn bench_takeover_times_the_standby_taking_over_every_call() {
     let runs = bench_json(&["--legs", "2000", "--mode", "takeover", "--loss", "kill"]);

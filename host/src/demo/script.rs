@@ -93,8 +93,8 @@ impl Demo {
 
     pub async fn play(&mut self) -> anyhow::Result<usize> {
         println!(
-            "legsync demo: engine-sim pid {:?} on {}, files in {}",
-            self.sim.pid(),
+            "legsync demo: engine-sim pid {} on {}, files in {}",
+            self.sim.pid().map_or("-".to_string(), |pid| pid.to_string()),
             self.sim.listen,
             self.dir.display()
         );
