@@ -44,6 +44,11 @@ pub struct HostConfig {
     /// The event log; none disables it.
     #[serde(default)]
     pub events: Option<PathBuf>,
+    /// The admin endpoint's address (`/metrics`, `/healthz`, `/readyz`,
+    /// `/status`, `/legs`, `POST /reload`), or `off`. Default
+    /// 127.0.0.1:9464: loopback only unless configured otherwise.
+    #[serde(default = "default_admin")]
+    pub admin: String,
     #[serde(default)]
     pub link: LinkConfig,
     #[serde(default)]
@@ -100,6 +105,10 @@ pub fn default_name() -> String {
     }
 }
 
+fn default_admin() -> String {
+    crate::admin::DEFAULT_ADDR.to_string()
+}
+
 fn default_cdr() -> PathBuf {
     PathBuf::from("cdr.jsonl")
 }
@@ -112,6 +121,7 @@ impl Default for HostConfig {
             grace_secs: default_grace(),
             cdr: default_cdr(),
             events: None,
+            admin: default_admin(),
             link: LinkConfig::default(),
             policy: PolicyConfig::default(),
         }
@@ -143,6 +153,7 @@ impl HostConfig {
             "name must be 1 to 64 printable characters without spaces (it is `{}`)",
             self.name
         );
+        self.admin_addr()?;
         let link = &self.link;
         anyhow::ensure!(
             (10..=60_000).contains(&link.standby_retry_ms),
@@ -168,6 +179,19 @@ impl HostConfig {
             "link.max_frame_bytes must be at least 1024"
         );
         self.policy.validate().map_err(anyhow::Error::msg)
+    }
+
+    /// The admin endpoint's address; `None` when `admin = "off"`.
+    pub fn admin_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        if self.admin == "off" {
+            return Ok(None);
+        }
+        self.admin.parse().map(Some).map_err(|_| {
+            anyhow::anyhow!(
+                "admin must be an address such as 127.0.0.1:9464, or \"off\" (it is `{}`)",
+                self.admin
+            )
+        })
     }
 
     pub fn grace(&self) -> Duration {

@@ -105,6 +105,29 @@ impl Role {
     }
 }
 
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Resyncing => "resyncing",
+            LinkState::Connected => "connected",
+            LinkState::Disconnected => "disconnected",
+            LinkState::Purged => "purged",
+        }
+    }
+
+    pub const ALL: [&'static str; 5] = [
+        "connecting",
+        "resyncing",
+        "connected",
+        "disconnected",
+        "purged",
+    ];
+}
+
+impl Role {
+    pub const ALL: [&'static str; 3] = ["connecting", "active", "standby"];
+}
+
 /// The counts of one resync.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ResyncSummary {
@@ -152,6 +175,16 @@ pub struct ReloadReport {
     pub build_micros: u64,
     /// The swap itself: the only time decisions could wait.
     pub swap_micros: u64,
+}
+
+impl ReloadOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadOutcome::Applied => "applied",
+            ReloadOutcome::RejectedWillRetry => "rejected-will-retry",
+            ReloadOutcome::Rejected => "rejected",
+        }
+    }
 }
 
 /// The outcome of a reload attempt.
@@ -273,6 +306,7 @@ impl Events {
                 .and_then(|()| file.write_all(b"\n"))
             {
                 tracing::error!(error = %e, "cannot write the event log");
+                metrics::counter!(crate::metrics::EVENT_LOG_ERRORS).increment(1);
             }
             if summarizing && !event.is_per_item() {
                 let _ = self.summaries.send(event.clone());

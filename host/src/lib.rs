@@ -8,6 +8,7 @@
 //! - [`model`]: legs, links, decisions, termination reasons.
 //! - [`policy`]: the wasmtime plugin runtime: load, limits, chain, failures.
 
+pub mod admin;
 pub mod app;
 pub mod bench;
 pub mod cdr;
@@ -17,6 +18,7 @@ pub mod demo;
 pub mod engine;
 pub mod events;
 pub mod legs;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod protocol;

@@ -208,7 +208,10 @@ fn the_demo_passes_every_check() {
         "{stdout}"
     );
     for debug in ["Some(", "None"] {
-        assert!(!stdout.contains(debug), "Debug output in the demo: {stdout}");
+        assert!(
+            !stdout.contains(debug),
+            "Debug output in the demo: {stdout}"
+        );
     }
 }
 

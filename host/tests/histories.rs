@@ -219,7 +219,7 @@ impl Run {
         std::fs::write(
             &config,
             format!(
-                "engine = \"{}\"\nname = \"{name}\"\ngrace_secs = {}\ncdr = \"{}\"\nevents = \"{}\"\n\
+                "engine = \"{}\"\nname = \"{name}\"\nadmin = \"127.0.0.1:0\"\ngrace_secs = {}\ncdr = \"{}\"\nevents = \"{}\"\n\
                  [link]\nheartbeat_ms = 100\nheartbeat_timeout_ms = 600\nbackoff_base_ms = 50\nbackoff_max_ms = 400\nstandby_retry_ms = 100\n\
                  [policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n",
                 self.sim.listen,

@@ -277,6 +277,8 @@ async fn sighup_reloads_a_running_legsync() {
             &world.sim.listen.to_string(),
             "--grace",
             "10",
+            "--admin",
+            "127.0.0.1:0",
         ])
         .arg("--plugin-dir")
         .arg(&world.plugins)

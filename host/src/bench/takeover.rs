@@ -66,7 +66,7 @@ pub async fn run(
         std::fs::write(
             &config,
             format!(
-                "engine = \"{}\"\nname = \"{name}\"\ngrace_secs = 3600\ncdr = \"{}\"\nevents = \"{}\"\n\
+                "engine = \"{}\"\nname = \"{name}\"\nadmin = \"127.0.0.1:0\"\ngrace_secs = 3600\ncdr = \"{}\"\nevents = \"{}\"\n\
                  [link]\nconnect_timeout_ms = 10000\n\
                  [policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n",
                 sim.listen,

@@ -338,6 +338,8 @@ fn write_loop(
     let mut file = file;
     let mut lines = Vec::new();
     while let Ok(first) = jobs.recv() {
+        // Records of this group, by kind: START, END, RESUME.
+        let mut kinds = [0u64; 3];
         let mut waiting = Vec::new();
         let mut sync = false;
         let mut alive_ms = None;
@@ -350,6 +352,7 @@ fn write_loop(
                 } => {
                     for record in &records {
                         record.write_line(&mut lines);
+                        kinds[record.kind as usize] += 1;
                     }
                     sync |= now;
                     waiting.push(done);
@@ -363,10 +366,17 @@ fn write_loop(
         }
         let mut result = file.write_all(&lines);
         if result.is_ok() && sync {
+            let started = std::time::Instant::now();
             result = file.sync_data();
+            crate::metrics::observe(crate::metrics::CDR_FSYNC_SECONDS, started.elapsed());
         } else if result.is_ok() && !lines.is_empty() {
             // Staged: on its way to disk while the resync goes on.
             let _ = flush.try_send(());
+        }
+        if result.is_ok() {
+            for (kind, n) in ["start", "end", "resume"].into_iter().zip(kinds) {
+                crate::metrics::count(crate::metrics::CDR_RECORDS, "kind", kind, n);
+            }
         }
         if let Err(e) = &result {
             // Whatever part was written is past a newline boundary or torn;

@@ -1,5 +1,6 @@
 //! The command line: one binary, one subcommand per job.
 
+mod admin;
 mod cdr;
 mod plugin;
 mod run;
@@ -35,6 +36,12 @@ enum Commands {
     /// Billing from the ledger (the CDR file): bill and check.
     #[command(subcommand)]
     Cdr(cdr::CdrCommand),
+    /// A running host's state, from its admin endpoint (exit 3 when not ready).
+    Status(admin::AdminArgs),
+    /// Reload a running host's plugin set now (exit 1 if rejected).
+    Reload(admin::AdminArgs),
+    /// The legs a running host holds, a page at a time.
+    Legs(admin::LegsArgs),
 }
 
 /// Parses the command line, runs the command, maps errors to exit codes.
@@ -51,6 +58,9 @@ pub fn main() -> ExitCode {
         Commands::Bench(args) => block_on(crate::bench::run(args)),
         Commands::Plugin(command) => plugin::run(command),
         Commands::Cdr(command) => cdr::run(command),
+        Commands::Status(args) => block_on(admin::status(args)),
+        Commands::Reload(args) => block_on(admin::reload(args)),
+        Commands::Legs(args) => block_on(admin::legs(args)),
     };
     match result {
         Ok(code) => code,

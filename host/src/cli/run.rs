@@ -34,6 +34,10 @@ pub struct RunArgs {
     /// This host's name, unique within its pair (overrides `name`).
     #[arg(long)]
     name: Option<String>,
+    /// The admin endpoint's address, or `off` (overrides `admin`; default
+    /// 127.0.0.1:9464).
+    #[arg(long)]
+    admin: Option<String>,
 }
 
 impl RunArgs {
@@ -61,6 +65,9 @@ impl RunArgs {
         if let Some(name) = &self.name {
             config.name = name.clone();
         }
+        if let Some(admin) = &self.admin {
+            config.admin = admin.clone();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -86,8 +93,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         plugin_dir_override: args.plugin_dir.clone(),
         fallback: config.policy.clone(),
     };
-    let reloader = Arc::new(Reloader::new(runtime, source, policy, events));
-    let watching = reloader.spawn(shutdown.clone())?;
+    let reloader = Arc::new(Reloader::new(
+        runtime,
+        source,
+        policy.clone(),
+        events.clone(),
+    ));
+    let watching = reloader.clone().spawn(shutdown.clone())?;
+    if let Some(addr) = config.admin_addr()? {
+        let admin = crate::admin::Admin::new(
+            config.name.clone(),
+            host.status(),
+            host.admin_queries(),
+            policy,
+            Some(reloader),
+        );
+        crate::admin::serve(addr, admin, &events, shutdown.clone()).await?;
+    }
     host.run(shutdown.clone()).await?;
     shutdown.cancel();
     watching.await??;

@@ -110,6 +110,32 @@ impl HostProcess {
             .context("the host is not running")
     }
 
+    /// The admin endpoint's address, from the host's log (a config with
+    /// `admin = "127.0.0.1:0"` gets a free port), once it listens.
+    pub async fn admin_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            let found = log
+                .lines()
+                .rev()
+                .filter(|l| l.contains("admin endpoint listening"))
+                .find_map(|l| l.split("bound=").nth(1))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|addr| addr.parse().ok());
+            if let Some(addr) = found {
+                return Ok(addr);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "the host never logged its admin address; see {}",
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// The host's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -94,7 +94,9 @@ impl Demo {
     pub async fn play(&mut self) -> anyhow::Result<usize> {
         println!(
             "legsync demo: engine-sim pid {} on {}, files in {}",
-            self.sim.pid().map_or("-".to_string(), |pid| pid.to_string()),
+            self.sim
+                .pid()
+                .map_or("-".to_string(), |pid| pid.to_string()),
             self.sim.listen,
             self.dir.display()
         );
@@ -708,7 +710,7 @@ fn config_toml(c: &HostConfig, engine: std::net::SocketAddr) -> String {
             .unwrap_or_default()
     };
     format!(
-        "engine = \"{}\"\nname = \"{}\"\ngrace_secs = {}\ncdr = \"{}\"\nevents = \"{}\"\n\
+        "engine = \"{}\"\nname = \"{}\"\nadmin = \"127.0.0.1:0\"\ngrace_secs = {}\ncdr = \"{}\"\nevents = \"{}\"\n\
          [link]\nheartbeat_ms = {}\nheartbeat_timeout_ms = {}\nbackoff_base_ms = {}\nbackoff_max_ms = {}\n\
          [policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n",
         engine,

@@ -59,6 +59,19 @@ pub enum LinkError {
 }
 
 impl LinkError {
+    /// A short name for the reason, for metrics labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LinkError::Connect { .. } | LinkError::ConnectTimeout(_) => "connect",
+            LinkError::Busy(_) => "busy",
+            LinkError::Version { .. } | LinkError::Protocol(_) => "protocol",
+            LinkError::HeartbeatLost(_) => "heartbeat",
+            LinkError::Closed => "closed",
+            LinkError::Fenced => "fenced",
+            LinkError::Unexpected(_) => "unexpected",
+        }
+    }
+
     /// The engine sent something we cannot trust (bad frames, a wrong hello).
     pub fn is_peer_fault(&self) -> bool {
         match self {

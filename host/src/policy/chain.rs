@@ -48,7 +48,7 @@ impl PolicyChain {
         legs.chunks(self.batch_size)
             .flat_map(|chunk| {
                 let batch = LegBatch::new(chunk);
-                self.decide_batch(batch.legs(), &|plugin, offered| {
+                self.decide_batch("leg", batch.legs(), &|plugin, offered| {
                     plugin.sync_legs(batch.with_legs(offered))
                 })
             })
@@ -61,7 +61,7 @@ impl PolicyChain {
             .chunks(self.batch_size)
             .flat_map(|chunk| {
                 let batch: Vec<LinkRecord> = chunk.iter().map(LinkRecord::from).collect();
-                self.decide_batch(&batch, &Plugin::sync_links)
+                self.decide_batch("link", &batch, &Plugin::sync_links)
             })
             .collect()
     }
@@ -89,6 +89,7 @@ impl PolicyChain {
 
     fn decide_batch<W: Clone>(
         &self,
+        item: &'static str,
         batch: &[W],
         call: &impl Fn(&Plugin, &[W]) -> Result<Vec<Decision>, PluginFailure>,
     ) -> Vec<Verdict> {
@@ -126,6 +127,7 @@ impl PolicyChain {
             }
             pending.retain(|&i| slots[i].decision == Decision::Rebuild);
         }
+        count_decisions(&self.plugins, item, &slots);
         slots
             .into_iter()
             .map(|slot| Verdict {
@@ -137,6 +139,30 @@ impl PolicyChain {
                 failure: slot.failure,
             })
             .collect()
+    }
+}
+
+/// Counts a batch's verdicts, per plugin and decision (one increment per
+/// pair, not per item).
+fn count_decisions(plugins: &[Plugin], item: &'static str, slots: &[Slot]) {
+    let mut counts = vec![[0u64; 2]; plugins.len() + 1];
+    for slot in slots {
+        let by = slot.by.unwrap_or(plugins.len());
+        counts[by][usize::from(slot.decision == Decision::Refuse)] += 1;
+    }
+    for (index, [rebuilt, refused]) in counts.into_iter().enumerate() {
+        let plugin = plugins.get(index).map_or(NO_PLUGIN, |p| p.name().as_str());
+        for (decision, n) in [("rebuild", rebuilt), ("refuse", refused)] {
+            if n > 0 {
+                metrics::counter!(
+                    crate::metrics::DECISIONS,
+                    "plugin" => plugin,
+                    "item" => item,
+                    "decision" => decision
+                )
+                .increment(n);
+            }
+        }
     }
 }
 

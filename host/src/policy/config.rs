@@ -38,6 +38,13 @@ pub enum FailurePolicy {
 }
 
 impl FailurePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::FailOpen => "fail-open",
+            FailurePolicy::FailClosed => "fail-closed",
+        }
+    }
+
     pub fn decision(self) -> Decision {
         match self {
             FailurePolicy::FailOpen => Decision::Rebuild,

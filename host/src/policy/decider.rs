@@ -63,13 +63,47 @@ impl Decider {
         }
     }
 
-    /// `name@hash` of every plugin, in chain order, for logs and audits.
+    /// What the admin endpoint shows of every plugin, in chain order.
+    pub fn plugins_info(&self) -> Vec<PluginInfo> {
+        match self {
+            Decider::Chain(chain) => chain
+                .plugins()
+                .iter()
+                .map(|p| PluginInfo {
+                    name: p.name().as_str().to_string(),
+                    hash: p.hash().to_string(),
+                    rules_hash: p.rules_hash(),
+                    failure: p.settings().failure.as_str(),
+                    quarantined: p.is_quarantined(),
+                    calls: p.stats().calls,
+                    failures: p.stats().failures,
+                })
+                .collect(),
+            Decider::Native(_) => vec![PluginInfo {
+                name: NATIVE.to_string(),
+                hash: String::new(),
+                rules_hash: None,
+                failure: "fail-open",
+                quarantined: false,
+                calls: 0,
+                failures: 0,
+            }],
+        }
+    }
+
+    /// `name@hash` of every plugin (and `rules@hash` of its rules), in
+    /// chain order, for logs and audits.
     pub fn describe(&self) -> Vec<String> {
         match self {
             Decider::Chain(chain) => chain
                 .plugins()
                 .iter()
-                .map(|p| format!("{}@{}", p.name(), &p.hash()[..12]))
+                .map(|p| match p.rules_hash() {
+                    Some(rules) => {
+                        format!("{}@{} rules@{}", p.name(), &p.hash()[..12], &rules[..12])
+                    }
+                    None => format!("{}@{}", p.name(), &p.hash()[..12]),
+                })
                 .collect(),
             Decider::Native(_) => vec![NATIVE.to_string()],
         }
@@ -104,4 +138,19 @@ impl PolicyHandle {
             decider,
         )
     }
+}
+
+/// One plugin of the live set, for `/status` and `legsync status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    /// SHA-256 of the `.wasm` (hex).
+    pub hash: String,
+    /// SHA-256 of the rules text its `init` got (hex), if any.
+    pub rules_hash: Option<String>,
+    /// `fail-open` or `fail-closed`.
+    pub failure: &'static str,
+    pub quarantined: bool,
+    pub calls: u64,
+    pub failures: u64,
 }

@@ -62,6 +62,19 @@ pub enum FailureKind {
     Quarantined,
 }
 
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Trap => "trap",
+            FailureKind::Deadline => "deadline",
+            FailureKind::MemoryCap => "memory-cap",
+            FailureKind::Malformed => "malformed",
+            FailureKind::Instantiate => "instantiate",
+            FailureKind::Quarantined => "quarantined",
+        }
+    }
+}
+
 /// One failed call, with the detail for the log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind:?}: {detail}")]

@@ -158,6 +158,12 @@ impl Plugin {
         self.name
     }
 
+    /// The SHA-256 of the rules text `init` got (hex), if it got any: which
+    /// rules are live, next to [`Plugin::hash`] for the code.
+    pub fn rules_hash(&self) -> Option<String> {
+        (!self.rules.is_empty()).then(|| hex(&Sha256::digest(self.rules.as_bytes())))
+    }
+
     /// The hex SHA-256 of the component: its version.
     pub fn hash(&self) -> &str {
         &self.hash
@@ -195,17 +201,27 @@ impl Plugin {
 
     /// `on-call-leg-sync` for one batch: one decision per leg, or a failure.
     pub fn sync_legs(&self, batch: LegBatchRef<'_>) -> Result<Vec<Decision>, PluginFailure> {
-        self.decide(|exports| &exports.leg_sync, batch, batch.legs.len())
+        self.decide(
+            "on-call-leg-sync",
+            |exports| &exports.leg_sync,
+            batch,
+            batch.legs.len(),
+        )
     }
 
     /// `on-link-sync` for one batch.
     pub fn sync_links(&self, links: &[LinkRecord]) -> Result<Vec<Decision>, PluginFailure> {
-        self.decide(|exports| &exports.link_sync, links, links.len())
+        self.decide(
+            "on-link-sync",
+            |exports| &exports.link_sync,
+            links,
+            links.len(),
+        )
     }
 
     /// `on-call-leg-terminated` for one batch (notification only).
     pub fn notify_terminated(&self, legs: &[wit::TerminatedLeg]) -> Result<(), PluginFailure> {
-        self.call_guest(|exports, store| {
+        self.call_guest("on-call-leg-terminated", |exports, store| {
             exports
                 .bindings
                 .legsync_policy_policy()
@@ -217,11 +233,12 @@ impl Plugin {
     /// per item.
     fn decide<P: ComponentType + Lower>(
         &self,
+        name: &'static str,
         export: fn(&Exports) -> &Func,
         batch: P,
         count: usize,
     ) -> Result<Vec<Decision>, PluginFailure> {
-        self.call_guest(|exports, store| {
+        self.call_guest(name, |exports, store| {
             let func = export(exports).typed::<(P,), Decisions>(&*store)?;
             let decisions = func.call(store, (batch,))?.0;
             if decisions.len() != count {
@@ -238,12 +255,19 @@ impl Plugin {
     /// the instance and updates the health record.
     fn call_guest<R>(
         &self,
+        export: &'static str,
         f: impl FnOnce(&Exports, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {
         if self.lock_health().quarantined_at(Instant::now()) {
             self.counters
                 .quarantined_skips
                 .fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(
+                crate::metrics::PLUGIN_FAILURES,
+                "plugin" => self.name.as_str(),
+                "kind" => FailureKind::Quarantined.as_str()
+            )
+            .increment(1);
             return Err(PluginFailure::new(
                 FailureKind::Quarantined,
                 "plugin is quarantined",
@@ -261,7 +285,14 @@ impl Plugin {
             .store
             .set_epoch_deadline(deadline_ticks(self.settings.limits.call_deadline));
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let result = f(&instance.exports, &mut instance.store);
+        metrics::histogram!(
+            crate::metrics::PLUGIN_CALL_SECONDS,
+            "plugin" => self.name.as_str(),
+            "export" => export
+        )
+        .record(started.elapsed().as_secs_f64());
         self.count_dropped(instance.store.data_mut().end_call());
         match result {
             Ok(value) => {
@@ -279,11 +310,19 @@ impl Plugin {
 
     fn failed(&self, failure: PluginFailure) -> PluginFailure {
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(
+            crate::metrics::PLUGIN_FAILURES,
+            "plugin" => self.name.as_str(),
+            "kind" => failure.kind.as_str()
+        )
+        .increment(1);
         let benched = self
             .lock_health()
             .record_failure(Instant::now(), &self.settings.quarantine);
         tracing::warn!(plugin = %self.name, kind = ?failure.kind, detail = %failure.detail, "plugin call failed; instance discarded");
         if let Some(length) = benched {
+            metrics::counter!(crate::metrics::QUARANTINES, "plugin" => self.name.as_str())
+                .increment(1);
             tracing::error!(plugin = %self.name, seconds = length.as_secs_f64(), "plugin keeps failing; quarantined");
         }
         failure

@@ -84,6 +84,7 @@ impl Host {
     /// The grace timer expired: every context is destroyed locally.
     pub(super) async fn purge(&mut self) -> anyhow::Result<()> {
         self.grace.disarm();
+        metrics::counter!(crate::metrics::GRACE_EXPIRIES).increment(1);
         let legs = self.table.drain();
         tracing::warn!(
             legs = legs.len(),

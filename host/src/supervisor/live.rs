@@ -48,6 +48,10 @@ impl Host {
                     self.cdr.mark_alive();
                     continue;
                 }
+                Some(query) = self.queries.recv() => {
+                    self.answer(query);
+                    continue;
+                }
                 message = connection.next() => message,
             };
             // This message and whatever else is already waiting, as a batch.
@@ -320,5 +324,6 @@ impl Host {
             "the engine reports leg {id} {what}, a leg this host does not hold"
         );
         self.status.send_modify(|s| s.unknown_leg_events += 1);
+        metrics::counter!(crate::metrics::UNKNOWN_LEG_EVENTS).increment(1);
     }
 }

@@ -18,6 +18,7 @@
 mod endings;
 pub mod grace;
 mod live;
+pub mod queries;
 mod resync;
 
 use crate::cdr::{CdrWriter, RecoveredCall};
@@ -107,6 +108,10 @@ pub struct Host {
     /// on; refused or gone, they get their END. If the engine stays away
     /// past the grace time, they end like every other context.
     recovered: rustc_hash::FxHashMap<LegId, RecoveredCall>,
+    /// Questions from the admin endpoint (see [`queries`]).
+    queries: tokio::sync::mpsc::Receiver<queries::AdminQuery>,
+    /// Kept so that `queries` never closes.
+    queries_tx: tokio::sync::mpsc::Sender<queries::AdminQuery>,
 }
 
 impl Host {
@@ -127,6 +132,7 @@ impl Host {
             // Contexts held while the engine is away: the grace timer runs.
             grace.arm(options.grace);
         }
+        let (queries_tx, queries) = tokio::sync::mpsc::channel(16);
         let (status, _) = watch::channel(HostStatus {
             recovered: recovered.len(),
             ..HostStatus::default()
@@ -141,7 +147,14 @@ impl Host {
             grace,
             last_boot: None,
             recovered: recovered.into_iter().map(|c| (c.leg.id, c)).collect(),
+            queries,
+            queries_tx,
         }
+    }
+
+    /// Where the admin endpoint sends its questions.
+    pub fn admin_queries(&self) -> tokio::sync::mpsc::Sender<queries::AdminQuery> {
+        self.queries_tx.clone()
     }
 
     /// Follows the host's state.
@@ -161,15 +174,26 @@ impl Host {
                 Connection::open(&link).await
             };
             let deadline = self.grace.deadline();
-            let mut connection = tokio::select! {
-                _ = shutdown.cancelled() => return self.shut_down().await,
-                _ = until(deadline) => {
+            tokio::pin!(attempt);
+            // Admin questions are answered while waiting, without restarting
+            // a connection attempt in flight.
+            let attempted = loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return self.shut_down().await,
+                    _ = until(deadline) => break None,
+                    Some(query) = self.queries.recv() => self.answer(query),
+                    result = &mut attempt => break Some(result),
+                }
+            };
+            let mut connection = match attempted {
+                None => {
                     self.purge().await?;
                     continue;
                 }
-                result = attempt => match result {
+                Some(result) => match result {
                     Ok(connection) => connection,
                     Err(LinkError::Busy(controller)) => {
+                        metrics::counter!(crate::metrics::BUSY).increment(1);
                         // Another host controls the engine: stand by, and ask
                         // again soon (a Busy costs the engine one frame).
                         self.set_role(Role::Standby, None, Some(controller));
@@ -184,6 +208,8 @@ impl Host {
                     }
                 },
             };
+            metrics::counter!(crate::metrics::CONNECTS).increment(1);
+            metrics::gauge!(crate::metrics::EPOCH).set(connection.epoch as f64);
             // Every record from here on holds what this connection showed.
             self.cdr.set_epoch(&connection.engine, connection.epoch);
             let engine = connection.engine.clone();
@@ -214,6 +240,7 @@ impl Host {
     /// answers are one change, logged once).
     fn set_role(&mut self, role: Role, engine: Option<(String, u64)>, detail: Option<String>) {
         let previous = self.status.borrow().role;
+        crate::metrics::one_hot(crate::metrics::ROLE, "role", role.as_str(), &Role::ALL);
         let epoch = engine.as_ref().map(|(_, epoch)| *epoch);
         self.status.send_modify(|status| {
             status.role = role;
@@ -244,6 +271,7 @@ impl Host {
 
     /// The link went down: contexts stay valid for the grace time.
     fn lost(&mut self, error: LinkError) {
+        metrics::counter!(crate::metrics::DISCONNECTS, "reason" => error.reason()).increment(1);
         if error.is_peer_fault() {
             tracing::error!(error = %error, "the engine sent something invalid; dropping the link to resync");
         } else {
@@ -254,6 +282,7 @@ impl Host {
         }
         self.status
             .send_modify(|status| status.role = Role::Connecting);
+        crate::metrics::one_hot(crate::metrics::ROLE, "role", "connecting", &Role::ALL);
         self.publish(Some(LinkState::Disconnected), None);
         self.events.emit(HostEvent::Link {
             state: LinkState::Disconnected,
@@ -265,6 +294,17 @@ impl Host {
     fn publish(&self, link: Option<LinkState>, boot_id: Option<u64>) {
         let (legs, links) = (self.table.len(), self.table.links_len());
         let recovered = self.recovered.len();
+        metrics::gauge!(crate::metrics::LEGS).set(legs as f64);
+        metrics::gauge!(crate::metrics::LINKS).set(links as f64);
+        metrics::gauge!(crate::metrics::RECOVERED).set(recovered as f64);
+        if let Some(state) = link {
+            crate::metrics::one_hot(
+                crate::metrics::LINK_STATE,
+                "state",
+                state.as_str(),
+                &LinkState::ALL,
+            );
+        }
         self.status.send_modify(|status| {
             status.recovered = recovered;
             if link.is_some() {

@@ -164,7 +164,20 @@ impl Host {
             millis: started.elapsed().as_millis() as u64,
             ..run.summary
         };
-        tracing::info!(?summary, "resync done");
+        tracing::info!(
+            millis = summary.millis,
+            known = summary.known,
+            rebuilt = summary.rebuilt,
+            refused = summary.refused,
+            absent = summary.absent,
+            links_rebuilt = summary.links_rebuilt,
+            links_refused = summary.links_refused,
+            "resync done: {} legs held, in {:.3} s",
+            group_thousands(self.table.len() as u64),
+            summary.millis as f64 / 1000.0
+        );
+        metrics::counter!(crate::metrics::RESYNCS).increment(1);
+        crate::metrics::observe(crate::metrics::RESYNC_SECONDS, started.elapsed());
         // The status first: whoever sees the event then sees the new state.
         self.status.send_modify(|s| s.resyncs += 1);
         self.publish(Some(LinkState::Connected), Some(boot_id));
@@ -456,4 +469,33 @@ async fn decide_blocking<T: Send + 'static>(
     })
     .await
     .map_err(|e| ResyncError::Fatal(anyhow::anyhow!("decision task failed: {e}")))
+}
+
+/// `1234567` as `1,234,567`, for people.
+pub(crate) fn group_thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands_are_grouped() {
+        let cases = [
+            (0, "0"),
+            (999, "999"),
+            (1_000, "1,000"),
+            (1_000_000, "1,000,000"),
+        ];
+        for (n, text) in cases {
+            assert_eq!(super::group_thousands(n), text);
+        }
+    }
 }

@@ -1,0 +1,44 @@
+//! The client side of the admin endpoint, for `legsync status`, `legsync
+//! reload` and `legsync legs`: one HTTP/1.1 request over loopback.
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// How long an admin command waits for the host.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends `method path` to the admin endpoint at `addr` (`host:port`);
+/// returns the status and the body.
+pub async fn request(
+    addr: &str,
+    method: Method,
+    path: &str,
+) -> anyhow::Result<(StatusCode, String)> {
+    let exchange = async {
+        let stream = TcpStream::connect(addr).await.with_context(|| {
+            format!("cannot reach the admin endpoint at {addr}: is `legsync run` up, with `admin` at that address?")
+        })?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, addr)
+            .body(Empty::<Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok::<_, anyhow::Error>((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .with_context(|| {
+            format!("the admin endpoint at {addr} did not answer within {TIMEOUT:?}")
+        })?
+}

@@ -1,0 +1,468 @@
+//! The admin endpoint: HTTP/1.1 on a loopback address by default
+//! (`admin` in the config, `--admin`), for monitoring and for the `legsync
+//! status | reload | legs` commands ([`client`]).
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text format (see [`crate::metrics`]) |
+//! | `GET /healthz` | 200 when the supervisor's loop answers within 10 s |
+//! | `GET /readyz` | 200 when active and in sync, else 503 naming the state |
+//! | `GET /status` | JSON: link, role, epoch, counts, plugins, last resync and reload |
+//! | `GET /legs?nap=X&after=ID&limit=N` | JSON: a page of held legs, by id |
+//! | `POST /reload` | reloads the plugin set now; JSON report (422 if rejected) |
+//!
+//! Nothing here takes a lock the call path takes: status comes from the
+//! supervisor's watch channel, legs from a question the supervisor answers
+//! between two batches.
+
+pub mod client;
+
+use crate::events::{
+    Events, HostEvent, LinkState, ReloadOutcome, ReloadReport, ResyncSummary, Role,
+};
+use crate::policy::PolicyHandle;
+use crate::reload::Reloader;
+use crate::supervisor::HostStatus;
+use crate::supervisor::queries::{AdminQuery, MAX_PAGE};
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+/// The default admin address: loopback only.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
+
+/// How long the supervisor may take to answer a question (a resync of
+/// several million legs holds it for seconds).
+const SUPERVISOR_WAIT: Duration = Duration::from_secs(10);
+
+/// What the endpoint serves from.
+pub struct Admin {
+    pub name: String,
+    pub status: watch::Receiver<HostStatus>,
+    pub queries: mpsc::Sender<AdminQuery>,
+    pub policy: PolicyHandle,
+    pub reloader: Option<Arc<Reloader>>,
+    latest: Mutex<Latest>,
+    started_ms: u64,
+}
+
+/// The last resync and reload, as the event stream told them.
+#[derive(Debug, Default, Clone, Serialize)]
+struct Latest {
+    resync: Option<Stamped<ResyncSummary>>,
+    reload: Option<Stamped<ReloadReport>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Stamped<T> {
+    time_ms: u64,
+    #[serde(flatten)]
+    value: T,
+}
+
+impl Admin {
+    pub fn new(
+        name: String,
+        status: watch::Receiver<HostStatus>,
+        queries: mpsc::Sender<AdminQuery>,
+        policy: PolicyHandle,
+        reloader: Option<Arc<Reloader>>,
+    ) -> Arc<Admin> {
+        crate::metrics::install();
+        Arc::new(Admin {
+            name,
+            status,
+            queries,
+            policy,
+            reloader,
+            latest: Mutex::new(Latest::default()),
+            started_ms: crate::model::now_ms(),
+        })
+    }
+
+    fn latest(&self) -> std::sync::MutexGuard<'_, Latest> {
+        self.latest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps the last resync summary and reload report (from `events`).
+    fn follow(self: &Arc<Self>, events: &Events, shutdown: CancellationToken) {
+        let mut summaries = events.subscribe_summaries();
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    event = summaries.recv() => event,
+                };
+                let time_ms = crate::model::now_ms();
+                match event {
+                    Ok(HostEvent::ResyncDone(summary)) => {
+                        this.latest().resync = Some(Stamped {
+                            time_ms,
+                            value: summary,
+                        });
+                    }
+                    Ok(HostEvent::Reload(report)) => {
+                        this.latest().reload = Some(Stamped {
+                            time_ms,
+                            value: report,
+                        });
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+}
+
+/// Binds `addr` and serves until `shutdown`. Binding happens before this
+/// returns, so a taken port is a start-up error, not a silent absence.
+pub async fn serve(
+    addr: SocketAddr,
+    admin: Arc<Admin>,
+    events: &Events,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on the admin address {addr} (set `admin` in the config, or `admin = \"off\"`)"))?;
+    let bound = listener.local_addr()?;
+    admin.follow(events, shutdown.clone());
+    let upkeep = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = upkeep.cancelled() => return,
+                _ = tick.tick() => crate::metrics::install().run_upkeep(),
+            }
+        }
+    });
+    let task = tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin endpoint: accept failed");
+                        continue;
+                    }
+                },
+            };
+            let admin = admin.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, std::convert::Infallible>(route(&admin, request).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    tracing::info!(%bound, "admin endpoint listening");
+    Ok((bound, task))
+}
+
+type Reply = Response<Full<Bytes>>;
+
+async fn route(admin: &Arc<Admin>, request: Request<Incoming>) -> Reply {
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
+    match (request.method(), path.as_str()) {
+        (&Method::GET, "/metrics") => metrics(admin),
+        (&Method::GET, "/healthz") => healthz(admin).await,
+        (&Method::GET, "/readyz") => readyz(admin),
+        (&Method::GET, "/status") => json(StatusCode::OK, &status(admin)),
+        (&Method::GET, "/legs") => legs(admin, &query).await,
+        (&Method::POST, "/reload") => {
+            // The body is not used; read it so the connection stays usable.
+            let _ = request.into_body().collect().await;
+            reload(admin).await
+        }
+        (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/legs" | "/reload") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET /metrics /healthz /readyz /status /legs; POST /reload",
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "no such route; try /metrics /healthz /readyz /status /legs, or POST /reload",
+        ),
+    }
+}
+
+fn metrics(admin: &Admin) -> Reply {
+    // Gauges that change without an event are refreshed at each scrape.
+    let status = admin.status.borrow().clone();
+    metrics::gauge!(crate::metrics::LEGS).set(status.legs as f64);
+    metrics::gauge!(crate::metrics::LINKS).set(status.links as f64);
+    let state = status.link.map_or("connecting", LinkState::as_str);
+    crate::metrics::one_hot(crate::metrics::LINK_STATE, "state", state, &LinkState::ALL);
+    crate::metrics::one_hot(
+        crate::metrics::ROLE,
+        "role",
+        status.role.as_str(),
+        &Role::ALL,
+    );
+    let body = crate::metrics::install().render();
+    let mut reply = Response::new(Full::new(Bytes::from(body)));
+    reply.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    reply
+}
+
+async fn healthz(admin: &Admin) -> Reply {
+    let (tx, rx) = oneshot::channel();
+    let answered = admin.queries.send(AdminQuery::Ping(tx)).await.is_ok()
+        && tokio::time::timeout(SUPERVISOR_WAIT, rx)
+            .await
+            .is_ok_and(|r| r.is_ok());
+    if answered {
+        json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({
+                "status": "stuck",
+                "detail": format!("the supervisor did not answer within {} s", SUPERVISOR_WAIT.as_secs()),
+            }),
+        )
+    }
+}
+
+/// The readiness state: `active` (ready), or why not.
+pub fn readiness(status: &HostStatus) -> &'static str {
+    match (status.role, status.link) {
+        (Role::Active, Some(LinkState::Connected)) => "active",
+        (Role::Standby, _) => "standby",
+        (_, Some(LinkState::Resyncing)) => "resyncing",
+        (_, Some(LinkState::Purged)) => "purged",
+        (_, Some(LinkState::Disconnected)) if status.legs > 0 || status.recovered > 0 => "in-grace",
+        _ => "connecting",
+    }
+}
+
+fn readyz(admin: &Admin) -> Reply {
+    let status = admin.status.borrow().clone();
+    let state = readiness(&status);
+    let ready = state == "active";
+    json(
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &serde_json::json!({ "ready": ready, "state": state, "role": status.role.as_str() }),
+    )
+}
+
+/// `/status`, also what `legsync status` prints.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct StatusReport {
+    pub name: String,
+    pub version: String,
+    pub started_ms: u64,
+    pub state: String,
+    pub role: String,
+    pub link: String,
+    pub epoch: Option<u64>,
+    pub boot_id: Option<u64>,
+    pub legs: usize,
+    pub links: usize,
+    pub resyncs: u64,
+    pub recovered: usize,
+    pub unknown_leg_events: u64,
+    pub plugins: Vec<serde_json::Value>,
+    pub last_resync: Option<serde_json::Value>,
+    pub last_reload: Option<serde_json::Value>,
+}
+
+fn status(admin: &Admin) -> StatusReport {
+    let status = admin.status.borrow().clone();
+    let latest = admin.latest().clone();
+    let plugins = admin
+        .policy
+        .current()
+        .plugins_info()
+        .into_iter()
+        .filter_map(|p| serde_json::to_value(p).ok())
+        .collect();
+    StatusReport {
+        name: admin.name.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_ms: admin.started_ms,
+        state: readiness(&status).to_string(),
+        role: status.role.as_str().to_string(),
+        link: status
+            .link
+            .map_or("connecting", LinkState::as_str)
+            .to_string(),
+        epoch: status.epoch,
+        boot_id: status.boot_id,
+        legs: status.legs,
+        links: status.links,
+        resyncs: status.resyncs,
+        recovered: status.recovered,
+        unknown_leg_events: status.unknown_leg_events,
+        plugins,
+        last_resync: latest.resync.and_then(|r| serde_json::to_value(r).ok()),
+        last_reload: latest.reload.and_then(|r| serde_json::to_value(r).ok()),
+    }
+}
+
+async fn legs(admin: &Admin, query: &str) -> Reply {
+    let mut nap = None;
+    let mut after = 0;
+    let mut limit = 100;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value);
+        match key {
+            "nap" => nap = Some(value),
+            "after" => match value.parse() {
+                Ok(v) => after = v,
+                Err(_) => return error(StatusCode::BAD_REQUEST, "`after` must be a leg id"),
+            },
+            "limit" => match value.parse::<usize>() {
+                Ok(v) if (1..=MAX_PAGE).contains(&v) => limit = v,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("`limit` must be 1 to {MAX_PAGE}"),
+                    );
+                }
+            },
+            other => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unknown parameter `{other}` (nap, after, limit)"),
+                );
+            }
+        }
+    }
+    let (reply, answer) = oneshot::channel();
+    let asked = AdminQuery::Legs {
+        nap,
+        after,
+        limit,
+        reply,
+    };
+    if admin.queries.send(asked).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the host is stopping");
+    }
+    match tokio::time::timeout(SUPERVISOR_WAIT, answer).await {
+        Ok(Ok(page)) => json(StatusCode::OK, &page),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the host is busy (a resync holds the table); try again",
+        ),
+    }
+}
+
+async fn reload(admin: &Admin) -> Reply {
+    let Some(reloader) = admin.reloader.clone() else {
+        return error(
+            StatusCode::CONFLICT,
+            "this host has no reloadable plugin set",
+        );
+    };
+    match tokio::task::spawn_blocking(move || reloader.reload("api", false)).await {
+        Ok(report) => {
+            let code = if report.outcome == ReloadOutcome::Applied {
+                StatusCode::OK
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            json(code, &report)
+        }
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the reload task failed"),
+    }
+}
+
+fn json(code: StatusCode, body: &impl Serialize) -> Reply {
+    let mut text = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    text.push(b'\n');
+    let mut reply = Response::new(Full::new(Bytes::from(text)));
+    *reply.status_mut() = code;
+    reply.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    reply
+}
+
+fn error(code: StatusCode, message: &str) -> Reply {
+    json(code, &serde_json::json!({ "error": message }))
+}
+
+/// `%XX` and `+` in a query value.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let digit = |b: u8| (b as char).to_digit(16);
+                match (digit(bytes[i + 1]), digit(bytes[i + 2])) {
+                    (Some(high), Some(low)) => {
+                        out.push((high * 16 + low) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_decoded() {
+        assert_eq!(percent_decode("SIP_%C5%81%C3%93D%C5%B9"), "SIP_ŁÓDŹ");
+        assert_eq!(percent_decode("a+b%20c"), "a b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn readiness_names_the_state() {
+        let mut status = HostStatus::default();
+        assert_eq!(readiness(&status), "connecting");
+        status.role = Role::Standby;
+        assert_eq!(readiness(&status), "standby");
+        status.role = Role::Active;
+        status.link = Some(LinkState::Resyncing);
+        assert_eq!(readiness(&status), "resyncing");
+        status.link = Some(LinkState::Connected);
+        assert_eq!(readiness(&status), "active");
+        status.role = Role::Connecting;
+        status.link = Some(LinkState::Disconnected);
+        status.legs = 3;
+        assert_eq!(readiness(&status), "in-grace");
+        status.link = Some(LinkState::Purged);
+        assert_eq!(readiness(&status), "purged");
+    }
+}

@@ -1,0 +1,160 @@
+//! `legsync status`, `legsync reload`, `legsync legs`: a running host's
+//! state and controls, through its admin endpoint.
+
+use crate::admin::client::request;
+use crate::admin::{DEFAULT_ADDR, StatusReport};
+use clap::Args;
+use hyper::{Method, StatusCode};
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The host's admin endpoint (`admin` in its config).
+    #[arg(long, default_value = DEFAULT_ADDR)]
+    admin: String,
+    /// Print the endpoint's JSON as it is.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LegsArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Only legs of this NAP.
+    #[arg(long)]
+    nap: Option<String>,
+    /// Legs with ids above this one (the `next_after` of the previous page).
+    #[arg(long, default_value_t = 0)]
+    after: u64,
+    /// At most this many legs (1 to 10,000).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+}
+
+/// `legsync status`: exit 0 when the host is ready (active and in sync),
+/// 3 when it runs but is not (standby, resyncing, in grace...).
+pub async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
+    let (code, body) = request(&args.admin, Method::GET, "/status").await?;
+    anyhow::ensure!(code == StatusCode::OK, "the host answered {code}: {body}");
+    if args.json {
+        print!("{body}");
+    } else {
+        let s: StatusReport = serde_json::from_str(&body)?;
+        println!("{} (legsync {}): {}", s.name, s.version, s.state);
+        let epoch = s.epoch.map_or("-".to_string(), |e| e.to_string());
+        println!("  role {}, link {}, epoch {epoch}", s.role, s.link);
+        println!(
+            "  {} legs, {} links held; {} resyncs; {} calls from the ledger not yet matched",
+            s.legs, s.links, s.resyncs, s.recovered
+        );
+        for plugin in &s.plugins {
+            let text = |key: &str| plugin[key].as_str().unwrap_or("-").to_string();
+            let short = |hash: String| hash.chars().take(12).collect::<String>();
+            println!(
+                "  plugin {} {} rules {} ({}, {} calls, {} failures{})",
+                text("name"),
+                short(text("hash")),
+                short(text("rules_hash")),
+                text("failure"),
+                plugin["calls"],
+                plugin["failures"],
+                if plugin["quarantined"] == true {
+                    ", quarantined"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Some(resync) = &s.last_resync {
+            println!(
+                "  last resync: {} ms, known {}, rebuilt {}, refused {}, absent {}",
+                resync["millis"],
+                resync["known"],
+                resync["rebuilt"],
+                resync["refused"],
+                resync["absent"]
+            );
+        }
+        if let Some(reload) = &s.last_reload {
+            println!(
+                "  last reload: {} ({})",
+                reload["outcome"].as_str().unwrap_or("-"),
+                reload["trigger"].as_str().unwrap_or("-")
+            );
+        }
+    }
+    let ready =
+        serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| v["state"] == "active");
+    Ok(if ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// `legsync reload`: the plugin set is rebuilt now; exit 1 if rejected.
+pub async fn reload(args: AdminArgs) -> anyhow::Result<ExitCode> {
+    let (code, body) = request(&args.admin, Method::POST, "/reload").await?;
+    let report: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|_| anyhow::anyhow!("the host answered {code}: {body}"))?;
+    if args.json {
+        print!("{body}");
+    } else if let Some(error) = report["error"].as_str() {
+        println!("reload rejected; the running set stays: {error}");
+    } else {
+        println!("reload applied; plugins now:");
+        for plugin in report["plugins"].as_array().into_iter().flatten() {
+            println!("  {}", plugin.as_str().unwrap_or("-"));
+        }
+    }
+    Ok(if code == StatusCode::OK {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `legsync legs`: a page of the legs the host holds.
+pub async fn legs(args: LegsArgs) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/legs?after={}&limit={}", args.after, args.limit);
+    if let Some(nap) = &args.nap {
+        path.push_str("&nap=");
+        for byte in nap.bytes() {
+            if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+                path.push(byte as char);
+            } else {
+                path.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+    let (code, body) = request(&args.admin.admin, Method::GET, &path).await?;
+    anyhow::ensure!(code == StatusCode::OK, "the host answered {code}: {body}");
+    if args.admin.json {
+        print!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let page: serde_json::Value = serde_json::from_str(&body)?;
+    for leg in page["legs"].as_array().into_iter().flatten() {
+        let text = |key: &str| leg[key].as_str().unwrap_or("-").to_string();
+        println!(
+            "{:>10} {:<11} {:<16} {} -> {}  adopted by {}",
+            leg["id"],
+            text("state"),
+            text("nap"),
+            text("calling"),
+            text("called"),
+            text("adopted_by")
+        );
+    }
+    let shown = page["legs"].as_array().map_or(0, Vec::len);
+    print!("{shown} of {} legs", page["matched"]);
+    if args.nap.is_some() {
+        print!(" of this NAP ({} held)", page["held"]);
+    }
+    match page["next_after"].as_u64() {
+        Some(next) => println!("; more with --after {next}"),
+        None => println!(),
+    }
+    Ok(ExitCode::SUCCESS)
+}

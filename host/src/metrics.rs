@@ -1,0 +1,182 @@
+//! The host's metrics, through the `metrics` facade, rendered by the admin
+//! endpoint in the Prometheus text format (`/metrics`).
+//!
+//! Every name is here, with its help text, so `docs/operations.md` and the
+//! code cannot drift apart unnoticed (a test renders them all). Hot paths
+//! count per batch, never per leg: a million-leg resync adds a few thousand
+//! increments, not a million.
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub const LINK_STATE: &str = "legsync_link_state";
+pub const ROLE: &str = "legsync_role";
+pub const EPOCH: &str = "legsync_epoch";
+pub const CONNECTS: &str = "legsync_connects_total";
+pub const DISCONNECTS: &str = "legsync_disconnects_total";
+pub const BUSY: &str = "legsync_standby_busy_total";
+pub const RESYNCS: &str = "legsync_resyncs_total";
+pub const RESYNC_SECONDS: &str = "legsync_resync_duration_seconds";
+pub const LEGS: &str = "legsync_legs";
+pub const LINKS: &str = "legsync_links";
+pub const RECOVERED: &str = "legsync_recovered_calls";
+pub const UNKNOWN_LEG_EVENTS: &str = "legsync_unknown_leg_events_total";
+pub const DECISIONS: &str = "legsync_sync_decisions_total";
+pub const PLUGIN_FAILURES: &str = "legsync_plugin_failures_total";
+pub const QUARANTINES: &str = "legsync_plugin_quarantines_total";
+pub const PLUGIN_CALL_SECONDS: &str = "legsync_plugin_call_duration_seconds";
+pub const RELOADS: &str = "legsync_reloads_total";
+pub const CDR_RECORDS: &str = "legsync_cdr_records_total";
+pub const CDR_FSYNC_SECONDS: &str = "legsync_cdr_fsync_duration_seconds";
+pub const GRACE_EXPIRIES: &str = "legsync_grace_expiries_total";
+pub const EVENT_LOG_ERRORS: &str = "legsync_event_log_errors_total";
+
+/// Every metric: name, type, help (the list in docs/operations.md).
+pub const ALL: &[(&str, &str, &str)] = &[
+    (
+        LINK_STATE,
+        "gauge",
+        "1 for the engine link's current state (label state: connecting, resyncing, connected, disconnected, purged), 0 for the others",
+    ),
+    (
+        ROLE,
+        "gauge",
+        "1 for the host's current role in its pair (label role: connecting, active, standby), 0 for the others",
+    ),
+    (
+        EPOCH,
+        "gauge",
+        "the controller epoch of the host's latest accepted connection",
+    ),
+    (
+        CONNECTS,
+        "counter",
+        "connections the engine accepted (this host became its controller)",
+    ),
+    (
+        DISCONNECTS,
+        "counter",
+        "engine links lost, by reason (closed, heartbeat, protocol, fenced, unexpected, other)",
+    ),
+    (
+        BUSY,
+        "counter",
+        "Busy answers: the engine had another controller (a standby asking)",
+    ),
+    (RESYNCS, "counter", "completed resyncs"),
+    (
+        RESYNC_SECONDS,
+        "histogram",
+        "time from the engine's hello to the resync done",
+    ),
+    (LEGS, "gauge", "call legs held"),
+    (LINKS, "gauge", "links held"),
+    (
+        RECOVERED,
+        "gauge",
+        "calls open in the ledger at start, not yet matched with the engine",
+    ),
+    (
+        UNKNOWN_LEG_EVENTS,
+        "counter",
+        "live events about legs the host did not hold",
+    ),
+    (
+        DECISIONS,
+        "counter",
+        "OnCallLegSync and OnLinkSync verdicts, by plugin, item (leg, link) and decision (rebuild, refuse)",
+    ),
+    (
+        PLUGIN_FAILURES,
+        "counter",
+        "failed plugin calls, by plugin and kind (trap, deadline, memory-cap, malformed, instantiate, quarantined)",
+    ),
+    (
+        QUARANTINES,
+        "counter",
+        "times a plugin was quarantined for failing repeatedly",
+    ),
+    (
+        PLUGIN_CALL_SECONDS,
+        "histogram",
+        "duration of one plugin call (a batch), by plugin and export",
+    ),
+    (
+        RELOADS,
+        "counter",
+        "plugin set reloads, by outcome (applied, rejected-will-retry, rejected)",
+    ),
+    (
+        CDR_RECORDS,
+        "counter",
+        "ledger records written, by kind (start, end, resume)",
+    ),
+    (
+        CDR_FSYNC_SECONDS,
+        "histogram",
+        "duration of one ledger fsync (one per group of records)",
+    ),
+    (
+        GRACE_EXPIRIES,
+        "counter",
+        "grace timer expiries (every context destroyed)",
+    ),
+    (
+        EVENT_LOG_ERRORS,
+        "counter",
+        "event-log lines that could not be written",
+    ),
+];
+
+/// Histogram buckets, in seconds: 100 us to ~100 s.
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 100.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process's recorder (once; later calls return the same
+/// handle) and describes every metric.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
+            .expect("the buckets are not empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder (a test harness's) keeps its place; our handle
+        // then renders nothing, which only the admin endpoint would notice.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::debug!("a metrics recorder was already installed");
+        }
+        for (name, kind, help) in ALL {
+            match *kind {
+                "counter" => describe_counter!(*name, *help),
+                "gauge" => describe_gauge!(*name, *help),
+                _ => describe_histogram!(*name, metrics::Unit::Seconds, *help),
+            }
+        }
+        handle
+    })
+}
+
+/// Sets a one-hot gauge: `value` 1, every other of `all` 0.
+pub fn one_hot(name: &'static str, label: &'static str, value: &str, all: &[&'static str]) {
+    for &each in all {
+        gauge!(name, label => each).set(if each == value { 1.0 } else { 0.0 });
+    }
+}
+
+/// Counts `n` under `name` with one label.
+pub fn count(name: &'static str, label: &'static str, value: &'static str, n: u64) {
+    if n > 0 {
+        counter!(name, label => value).increment(n);
+    }
+}
+
+/// Observes a duration in seconds.
+pub fn observe(name: &'static str, elapsed: Duration) {
+    histogram!(name).record(elapsed.as_secs_f64());
+}

@@ -1,0 +1,275 @@
+//! The admin endpoint over real HTTP, on a real `legsync run` process
+//! against a real engine-sim: metrics that move with the host, health and
+//! readiness through its states, and the `legsync status | legs | reload`
+//! commands on the real binary.
+
+mod common;
+
+use common::world::WAIT;
+use hyper::{Method, StatusCode};
+use legsync::admin::client::request;
+use legsync::demo::host_process::HostProcess;
+use legsync::sim::process::SimProcess;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+const LEGS: u64 = 100_000;
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_legsync"))
+}
+
+/// A host config for `name`, its files in `dir`, admin on a free port.
+fn config(dir: &Path, name: &str, engine: SocketAddr) -> std::path::PathBuf {
+    let plugins = dir.join("plugins.d");
+    if !plugins.exists() {
+        std::fs::create_dir(&plugins).unwrap();
+        common::install(
+            &plugins,
+            "20-rules",
+            "rules",
+            Some(
+                "[[rule]]\nname = \"no premium\"\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n",
+            ),
+        );
+    }
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "engine = \"{engine}\"\nname = \"{name}\"\nadmin = \"127.0.0.1:0\"\ncdr = \"{}\"\nevents = \"{}\"\n\
+             [link]\nheartbeat_ms = 100\nheartbeat_timeout_ms = 600\nbackoff_base_ms = 50\nbackoff_max_ms = 200\n\
+             [policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n",
+            dir.join(format!("cdr-{name}.jsonl")).display(),
+            dir.join(format!("events-{name}.jsonl")).display(),
+            plugins.display(),
+            std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                .join("compile-cache")
+                .display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (StatusCode, String) {
+    request(&addr.to_string(), Method::GET, path).await.unwrap()
+}
+
+/// The value of the sample `series` (name and labels, exactly as rendered).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn legsync(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(exe())
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoint_follows_the_host_and_its_commands_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProcess::spawn(
+        exe(),
+        &dir.path().join("engine.state"),
+        Some(LEGS),
+        &["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "1000"],
+    )
+    .await
+    .unwrap();
+    let mut host = HostProcess::spawn(
+        exe(),
+        &config(dir.path(), "pri", sim.listen),
+        &dir.path().join("pri.log"),
+    )
+    .unwrap();
+    let admin = host.admin_addr().await.unwrap();
+
+    // Scraped while the host resyncs: the ledger's STARTs only grow, and
+    // readiness goes through known states to `active`.
+    let starts = "legsync_cdr_records_total{kind=\"start\"}";
+    let mut last_starts = 0.0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (code, body) = get(admin, "/metrics").await;
+        assert_eq!(code, StatusCode::OK);
+        let now = sample(&body, starts).unwrap_or(0.0);
+        assert!(
+            now >= last_starts,
+            "{starts} went from {last_starts} to {now}"
+        );
+        last_starts = now;
+        let (code, ready) = get(admin, "/readyz").await;
+        let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+        let state = ready["state"].as_str().unwrap().to_string();
+        assert!(
+            ["connecting", "resyncing", "active"].contains(&state.as_str()),
+            "{ready}"
+        );
+        if state == "active" {
+            assert_eq!(code, StatusCode::OK);
+            break;
+        }
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The bench rules refuse the 1 % premium calls: 99 % adopted.
+    let kept = LEGS - LEGS / 100;
+    let (_, metrics) = get(admin, "/metrics").await;
+    for (series, value) in [
+        ("legsync_legs", kept as f64),
+        ("legsync_resyncs_total", 1.0),
+        ("legsync_connects_total", 1.0),
+        ("legsync_link_state{state=\"connected\"}", 1.0),
+        ("legsync_link_state{state=\"resyncing\"}", 0.0),
+        ("legsync_role{role=\"active\"}", 1.0),
+        ("legsync_resync_duration_seconds_count", 1.0),
+        (
+            "legsync_sync_decisions_total{plugin=\"20-rules\",item=\"leg\",decision=\"rebuild\"}",
+            kept as f64,
+        ),
+        (
+            "legsync_sync_decisions_total{plugin=\"20-rules\",item=\"leg\",decision=\"refuse\"}",
+            (LEGS / 100) as f64,
+        ),
+        (starts, LEGS as f64),
+    ] {
+        assert_eq!(
+            sample(&metrics, series),
+            Some(value),
+            "{series} in\n{metrics}"
+        );
+    }
+    assert!(sample(&metrics, "legsync_cdr_fsync_duration_seconds_count").unwrap() >= 1.0);
+    assert!(metrics.contains("# TYPE legsync_plugin_call_duration_seconds histogram"));
+    let (code, health) = get(admin, "/healthz").await;
+    assert_eq!(
+        (code, health.trim()),
+        (StatusCode::OK, r#"{"status":"ok"}"#)
+    );
+
+    // The commands, on the real binary.
+    let addr = admin.to_string();
+    let out = legsync(&["status", "--admin", &addr]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with("pri (legsync "), "{text}");
+    assert!(text.contains(&format!("{kept} legs")), "{text}");
+    assert!(text.contains("plugin 20-rules "), "{text}");
+    let out = legsync(&["status", "--admin", &addr, "--json"]).await;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["role"], "active");
+    assert_eq!(status["legs"], kept);
+    assert_eq!(status["last_resync"]["rebuilt"], kept);
+    assert_eq!(
+        status["plugins"][0]["rules_hash"].as_str().unwrap().len(),
+        64
+    );
+
+    let out = legsync(&[
+        "legs", "--admin", &addr, "--nap", "CAS_R2_3", "--limit", "3", "--json",
+    ])
+    .await;
+    let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let legs = page["legs"].as_array().unwrap();
+    assert_eq!(legs.len(), 3);
+    assert!(legs.iter().all(|l| l["nap"] == "CAS_R2_3"));
+    assert!(legs[0]["id"].as_u64() < legs[1]["id"].as_u64());
+    let next = page["next_after"].as_u64().unwrap();
+    let more = legsync(&[
+        "legs",
+        "--admin",
+        &addr,
+        "--after",
+        &next.to_string(),
+        "--limit",
+        "2",
+    ])
+    .await;
+    let text = String::from_utf8_lossy(&more.stdout);
+    assert!(
+        text.contains(&format!("2 of {kept} legs; more with --after")),
+        "{text}"
+    );
+
+    let out = legsync(&["reload", "--admin", &addr]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("reload applied") && text.contains("20-rules@"),
+        "{text}"
+    );
+    let (_, metrics) = get(admin, "/metrics").await;
+    assert_eq!(
+        sample(&metrics, "legsync_reloads_total{outcome=\"applied\"}"),
+        Some(1.0)
+    );
+
+    // Mistakes get a clear answer.
+    let (code, body) = get(admin, "/legs?limit=0").await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    let (code, _) = get(admin, "/nowhere").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+
+    // A second host stands by: not ready, and says so.
+    let mut standby = HostProcess::spawn(
+        exe(),
+        &config(dir.path(), "alt", sim.listen),
+        &dir.path().join("alt.log"),
+    )
+    .unwrap();
+    let alt = standby.admin_addr().await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (code, body) = get(alt, "/readyz").await;
+        if body.contains("\"standby\"") {
+            assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = legsync(&["status", "--admin", &alt.to_string()]).await;
+    assert_eq!(out.status.code(), Some(3), "not ready: exit 3");
+    let (_, metrics) = get(alt, "/metrics").await;
+    assert_eq!(
+        sample(&metrics, "legsync_role{role=\"standby\"}"),
+        Some(1.0)
+    );
+    assert!(sample(&metrics, "legsync_standby_busy_total").unwrap() >= 1.0);
+    standby.stop().await.unwrap();
+
+    // The engine goes away: the held calls are in grace, the host is alive.
+    sim.ok("partition 600000").await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (code, body) = get(admin, "/readyz").await;
+        if body.contains("\"in-grace\"") {
+            assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, _) = get(admin, "/healthz").await;
+    assert_eq!(code, StatusCode::OK);
+    let (_, metrics) = get(admin, "/metrics").await;
+    assert_eq!(
+        sample(&metrics, "legsync_link_state{state=\"disconnected\"}"),
+        Some(1.0)
+    );
+    let lost: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("legsync_disconnects_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(lost >= 1.0, "{metrics}");
+    host.stop().await.unwrap();
+}
