@@ -128,3 +128,21 @@ async fn one_controller_at_a_time_epochs_grow_and_stale_commands_are_fenced() {
     let (_third, hello) = connect(sim.listen, "pri").await;
     assert!(epoch(&hello) > second_epoch);
 }
+
+/// `kill -HUP $(pidof legsync)` meant for a host reaches engine-sim too: it
+/// must not die of it (its hosts would lose every call at the grace time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_sim_shrugs_off_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_legsync"));
+    let sim = SimProcess::spawn(exe, &dir.path().join("engine.state"), Some(2), &[])
+        .await
+        .unwrap();
+    let pid = sim.pid().unwrap() as libc::pid_t;
+    // SAFETY: kill(2) on our own child with a valid signal.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    // A fatal signal dooms the whole process within kill(2) itself (the
+    // kernel marks the group exiting before the call returns), so a reply
+    // after it proves the signal was not fatal.
+    assert!(sim.ok("counts").await.unwrap().starts_with("legs=2"));
+}

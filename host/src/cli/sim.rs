@@ -61,6 +61,14 @@ pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         super::termination().await;
         stop.cancel();
     });
+    // SIGHUP's default is to die: an operator's `kill -HUP $(pidof legsync)`
+    // meant for a host would take the engine down with every call's context.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP ignored (engine-sim has nothing to reload)");
+        }
+    });
     run_sim(options, shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
