@@ -53,6 +53,7 @@ pub fn build_host(
 ) -> anyhow::Result<(Host, PolicyHandle)> {
     let engine = config
         .engine
+        .clone()
         .context("no engine address: pass --engine or set `engine` in the config")?;
     let link = &config.link;
     let options = HostOptions {

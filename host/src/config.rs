@@ -27,9 +27,10 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
-    /// The engine's address.
+    /// The engine's address: `host:port`, the host a name (resolved at
+    /// every connection attempt) or an IP literal.
     #[serde(default)]
-    pub engine: Option<SocketAddr>,
+    pub engine: Option<String>,
     /// This host's name, unique among the hosts of a pair: the engine names
     /// its controller with it and every ledger record carries it (default:
     /// the machine's host name).
@@ -92,6 +93,33 @@ fn default_grace() -> f64 {
     10.0
 }
 
+/// `host:port`, with a port number: checked at load, resolved at connect.
+pub fn check_engine_address(engine: &str) -> anyhow::Result<()> {
+    let valid = match engine.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    };
+    anyhow::ensure!(
+        valid,
+        "engine must be host:port, such as 10.0.0.5:7000 or gw-3.example:7000 (it is `{engine}`)"
+    );
+    Ok(())
+}
+
+/// A TOML error on one line: where, and what (the parser's own text spans
+/// several lines, with a drawing of the spot).
+pub fn toml_error(text: &str, error: &toml::de::Error) -> String {
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {}", error.message())
+        }
+        None => error.message().to_string(),
+    }
+}
+
 /// The machine's host name, or `legsync` if it has none.
 pub fn default_name() -> String {
     let mut buf = [0u8; 256];
@@ -133,8 +161,13 @@ impl HostConfig {
     pub fn load(path: &Path) -> anyhow::Result<HostConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
-        let config: HostConfig =
-            toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        let config: HostConfig = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "invalid config {}: {}",
+                path.display(),
+                toml_error(&text, &e)
+            )
+        })?;
         config
             .validate()
             .with_context(|| format!("invalid config {}", path.display()))?;
@@ -154,6 +187,9 @@ impl HostConfig {
             self.name
         );
         self.admin_addr()?;
+        if let Some(engine) = &self.engine {
+            check_engine_address(engine)?;
+        }
         let link = &self.link;
         anyhow::ensure!(
             (10..=60_000).contains(&link.standby_retry_ms),
@@ -211,6 +247,18 @@ mod tests {
         assert_eq!(config.link.heartbeat_ms, 200);
         assert_eq!(config.link.heartbeat_timeout_ms, 3_000);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn a_toml_error_is_one_line_with_its_place() {
+        let text = "grace_secs = 3\n[link]\nheartbeat = 5\n";
+        let error = toml::from_str::<HostConfig>(text).unwrap_err();
+        let line = toml_error(text, &error);
+        assert!(
+            line.starts_with("line 3, column 1: unknown field `heartbeat`"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line}");
     }
 
     #[test]

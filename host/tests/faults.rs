@@ -74,7 +74,7 @@ async fn a_frozen_engine_is_detected_by_missing_heartbeats() {
 /// A host with no plugins pointed at `addr`, with fast retries.
 fn host_at(addr: std::net::SocketAddr, dir: &std::path::Path) -> RunningHost {
     let mut config = HostConfig {
-        engine: Some(addr),
+        engine: Some(addr.to_string()),
         ..HostConfig::default()
     };
     config.cdr = dir.join("cdr.jsonl");
@@ -195,4 +195,54 @@ async fn reconnect_backoff_doubles_up_to_its_cap() {
         );
     }
     host.stop().await.unwrap();
+}
+
+/// `engine` pointed at a web server: the host names the mismatch in one
+/// line and backs off instead of looping; a host name resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_speak_legsync_is_named_and_backed_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = dir.path().join("legsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "engine = \"localhost:{port}\"\nadmin = \"off\"\ncdr = \"{}\"\n\
+             [link]\nbackoff_base_ms = 100\nbackoff_max_ms = 5000\n",
+            dir.path().join("cdr.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_legsync"));
+    let log = dir.path().join("host.log");
+    let mut host = legsync::demo::host_process::HostProcess::spawn(exe, &config, &log).unwrap();
+    // A web server: reads the request, answers 400, closes.
+    let mut arrivals = Vec::new();
+    while arrivals.len() < 4 {
+        let (mut stream, _) = tokio::time::timeout(WAIT, listener.accept())
+            .await
+            .expect("the host retries")
+            .unwrap();
+        arrivals.push(Instant::now());
+        let mut request = [0u8; 256];
+        let _ = stream.read(&mut request).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            .await;
+    }
+    // Backoff doubles from 100 ms: 100 + 200 + 400 between four attempts.
+    let spread = arrivals[3] - arrivals[0];
+    assert!(spread >= Duration::from_millis(650), "{spread:?}");
+    host.stop().await.unwrap();
+    let text = host.log();
+    let named = text
+        .lines()
+        .find(|l| l.contains("does not speak the legsync protocol"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        named.contains("it sent `HTTP/1.1 400 Bad Request`"),
+        "{named}"
+    );
+    assert!(!text.contains("exceeds the maximum"), "{text}");
 }

@@ -37,7 +37,7 @@ async fn events_that_contradict_a_held_call_end_it_and_never_merge() {
     let dir = tempfile::tempdir().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut config = HostConfig {
-        engine: Some(listener.local_addr().unwrap()),
+        engine: Some(listener.local_addr().unwrap().to_string()),
         ..HostConfig::default()
     };
     config.cdr = dir.path().join("cdr.jsonl");
@@ -162,7 +162,7 @@ async fn a_live_answer_refused_by_a_plugin_is_billed_then_dropped() {
     let chain = loader::load_dir(&runtime, plugins.path(), &PolicyConfig::default()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut config = HostConfig {
-        engine: Some(listener.local_addr().unwrap()),
+        engine: Some(listener.local_addr().unwrap().to_string()),
         ..HostConfig::default()
     };
     config.cdr = dir.path().join("cdr.jsonl");

@@ -136,7 +136,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 fn link_options(sim: &SimProcess) -> LinkOptions {
     LinkOptions {
-        engine: sim.listen,
+        engine: sim.listen.to_string(),
         connect_timeout: Duration::from_secs(10),
         heartbeat: Duration::from_secs(1),
         heartbeat_timeout: Duration::from_secs(600),
@@ -179,7 +179,7 @@ async fn resync(
     dir: &std::path::Path,
 ) -> anyhow::Result<BenchReport> {
     let mut config = HostConfig {
-        engine: Some(sim.listen),
+        engine: Some(sim.listen.to_string()),
         grace_secs: 3600.0,
         ..HostConfig::default()
     };

@@ -16,8 +16,18 @@ use std::process::ExitCode;
     about = "Call-leg resynchronization host with WebAssembly policy plugins"
 )]
 struct Cli {
+    /// Log lines for people (`text`) or machines (`json`, one object per
+    /// line). Colour only on a terminal, never with NO_COLOR set.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Commands,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,10 +57,18 @@ enum Commands {
 /// Parses the command line, runs the command, maps errors to exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(matches!(
-        cli.command,
-        Commands::Demo(_) | Commands::Bench(_)
-    ));
+    let daemon = matches!(cli.command, Commands::Run(_) | Commands::EngineSim(_));
+    if !daemon {
+        // A tool whose reader went away (`legsync cdr bill ... | head`)
+        // ends quietly, as Unix tools do. The daemons keep ignoring
+        // SIGPIPE: a closed log pipe must not take calls down.
+        // SAFETY: setting a signal's disposition to its default.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    init_logging(
+        matches!(cli.command, Commands::Demo(_) | Commands::Bench(_)),
+        cli.log_format,
+    );
     let result = match cli.command {
         Commands::Run(args) => block_on(run::run(args)),
         Commands::EngineSim(args) => block_on(sim::run(args)),
@@ -65,7 +83,11 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("legsync: {e:#}");
+            use std::io::Write;
+            // One line, whatever the error's chain; never a panic on a
+            // closed stderr.
+            let text = format!("{e:#}").replace('\n', " ");
+            let _ = writeln!(std::io::stderr(), "legsync: {text}");
             ExitCode::FAILURE
         }
     }
@@ -80,15 +102,27 @@ fn block_on(
         .block_on(future)
 }
 
-fn init_logging(quiet: bool) {
+fn init_logging(quiet: bool, format: LogFormat) {
+    use std::io::IsTerminal;
     // The demo narrates on stdout; only errors go to the log unless RUST_LOG says otherwise.
     let default = if quiet { "error" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .try_init();
+        // A closed stderr loses log lines, never the process.
+        .log_internal_errors(false);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(colour).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -5,7 +5,6 @@ use crate::config::HostConfig;
 use crate::events::Events;
 use crate::reload::{PolicySource, Reloader};
 use clap::Args;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 pub struct RunArgs {
     /// The engine's address (overrides `engine` in the config).
     #[arg(long)]
-    engine: Option<SocketAddr>,
+    engine: Option<String>,
     /// The config file (TOML; see docs/operations.md).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -47,8 +46,8 @@ impl RunArgs {
             Some(path) => HostConfig::load(path)?,
             None => HostConfig::default(),
         };
-        if let Some(engine) = self.engine {
-            config.engine = Some(engine);
+        if let Some(engine) = &self.engine {
+            config.engine = Some(engine.clone());
         }
         if let Some(dir) = &self.plugin_dir {
             config.policy.plugin_dir = Some(dir.clone());

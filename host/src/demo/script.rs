@@ -65,7 +65,7 @@ impl Demo {
         )
         .await?;
         let mut config = HostConfig {
-            engine: Some(sim.listen),
+            engine: Some(sim.listen.to_string()),
             name: "pri".into(),
             grace_secs: grace,
             ..HostConfig::default()

@@ -10,7 +10,6 @@ use crate::protocol::{
     Command, EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION, ProtocolError,
 };
 use futures_util::{SinkExt, StreamExt};
-use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -21,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 /// Link settings.
 #[derive(Debug, Clone)]
 pub struct LinkOptions {
-    pub engine: SocketAddr,
+    /// `host:port`; a name is resolved at every attempt.
+    pub engine: String,
     pub connect_timeout: Duration,
     pub heartbeat: Duration,
     /// Silence longer than this means the link is dead.
@@ -37,15 +37,19 @@ pub struct LinkOptions {
 pub enum LinkError {
     #[error("cannot connect to the engine at {addr}: {source}")]
     Connect {
-        addr: SocketAddr,
+        addr: String,
         source: std::io::Error,
     },
     #[error("the engine at {0} did not answer within the connect timeout")]
-    ConnectTimeout(SocketAddr),
+    ConnectTimeout(String),
     #[error("the engine has another controller: {0}")]
     Busy(String),
     #[error("the engine speaks protocol {found}, we speak {PROTOCOL_VERSION}")]
     Version { found: u8 },
+    #[error(
+        "the peer at {addr} does not speak the legsync protocol (it sent `{sample}`): is `engine` the engine's port?"
+    )]
+    NotLegsync { addr: String, sample: String },
     #[error("{0}")]
     Protocol(#[from] ProtocolError),
     #[error("no frame from the engine for {0:?} (heartbeat lost)")]
@@ -64,7 +68,9 @@ impl LinkError {
         match self {
             LinkError::Connect { .. } | LinkError::ConnectTimeout(_) => "connect",
             LinkError::Busy(_) => "busy",
-            LinkError::Version { .. } | LinkError::Protocol(_) => "protocol",
+            LinkError::Version { .. } | LinkError::Protocol(_) | LinkError::NotLegsync { .. } => {
+                "protocol"
+            }
             LinkError::HeartbeatLost(_) => "heartbeat",
             LinkError::Closed => "closed",
             LinkError::Fenced => "fenced",
@@ -76,7 +82,9 @@ impl LinkError {
     pub fn is_peer_fault(&self) -> bool {
         match self {
             LinkError::Protocol(e) => e.is_peer_fault(),
-            LinkError::Version { .. } | LinkError::Unexpected(_) => true,
+            LinkError::Version { .. } | LinkError::Unexpected(_) | LinkError::NotLegsync { .. } => {
+                true
+            }
             _ => false,
         }
     }
@@ -103,8 +111,9 @@ pub struct Connection {
 impl Connection {
     /// Connects, exchanges hellos and starts the reader and writer.
     pub async fn open(options: &LinkOptions) -> Result<Connection, LinkError> {
-        let addr = options.engine;
-        let stream = match timeout(options.connect_timeout, TcpStream::connect(addr)).await {
+        let addr = options.engine.clone();
+        let stream = match timeout(options.connect_timeout, TcpStream::connect(addr.as_str())).await
+        {
             Ok(Ok(stream)) => stream,
             Ok(Err(source)) => return Err(LinkError::Connect { addr, source }),
             Err(_) => return Err(LinkError::ConnectTimeout(addr)),
@@ -120,6 +129,17 @@ impl Connection {
         let (boot_id, engine, epoch) = match timeout(options.connect_timeout, framed.next()).await {
             Err(_) => return Err(LinkError::ConnectTimeout(addr)),
             Ok(None) => return Err(LinkError::Closed),
+            Ok(Some(Err(ProtocolError::Oversized { .. })))
+                if looks_like_text(framed.read_buffer()) =>
+            {
+                let sample = String::from_utf8_lossy(
+                    &framed.read_buffer()[..framed.read_buffer().len().min(24)],
+                );
+                return Err(LinkError::NotLegsync {
+                    addr,
+                    sample: sample.split(['\r', '\n']).next().unwrap_or("").to_string(),
+                });
+            }
             Ok(Some(frame)) => match frame? {
                 EngineMessage::Hello {
                     protocol,
@@ -201,6 +221,16 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
+}
+
+/// Whether a first frame's bytes are text: a peer speaking HTTP, SMTP,
+/// SSH... (a legsync frame starts with a length whose first byte is 0 for
+/// anything under 16 MiB).
+fn looks_like_text(bytes: &[u8]) -> bool {
+    bytes.len() >= 4
+        && bytes[..4]
+            .iter()
+            .all(|b| b.is_ascii_graphic() || *b == b' ')
 }
 
 async fn read_loop(

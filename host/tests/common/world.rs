@@ -80,7 +80,7 @@ impl World {
     /// A host config for this world: fast heartbeats, short backoff.
     pub fn config(&self, grace_secs: f64) -> HostConfig {
         let mut config = HostConfig {
-            engine: Some(self.sim.listen),
+            engine: Some(self.sim.listen.to_string()),
             grace_secs,
             ..HostConfig::default()
         };
