@@ -358,3 +358,64 @@ fn bench_live_reports_the_answers_and_releases_it_made_durable() {
     );
     assert!(live["legs_per_second"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn check_loads_what_run_would_and_names_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins.d");
+    std::fs::create_dir(&plugins).unwrap();
+    common::install(&plugins, "10-accept-all", "accept-all", None);
+    common::install(
+        &plugins,
+        "20-rules",
+        "rules",
+        Some("[[rule]]\nname = \"no premium\"\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n"),
+    );
+    let config = dir.path().join("legsync.toml");
+    std::fs::write(
+        &config,
+        format!("[policy]\nplugin_dir = \"{}\"\n", plugins.display()),
+    )
+    .unwrap();
+    let config_arg = config.to_str().unwrap();
+    let out = legsync(&["check", "--config", config_arg]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("ok   plugin 20-rules@"), "{stdout}");
+    assert!(stdout.contains("(rules@"), "the rules' hash: {stdout}");
+    assert!(stdout.contains("everything loads"), "{stdout}");
+
+    // Three problems at once: a config typo, broken rules, a file that is
+    // not a component. Each is named; the exit status says it all failed.
+    std::fs::write(
+        &config,
+        format!(
+            "grace = 3\n[policy]\nplugin_dir = \"{}\"\n",
+            plugins.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(plugins.join("20-rules.rules"), "[[rule]\n").unwrap();
+    std::fs::write(plugins.join("30-broken.wasm"), b"not wasm").unwrap();
+    let out = legsync(&[
+        "check",
+        "--config",
+        config_arg,
+        "--plugin-dir",
+        plugins.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for expected in [
+        "unknown field `grace`",
+        "FAIL plugin 20-rules",
+        "FAIL plugin 30-broken",
+        "ok   plugin 10-accept-all@",
+        "3 problem(s)",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "`{expected}` missing in:\n{stdout}"
+        );
+    }
+}

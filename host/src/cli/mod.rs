@@ -2,6 +2,7 @@
 
 mod admin;
 mod cdr;
+mod check;
 mod plugin;
 mod run;
 mod sim;
@@ -46,6 +47,9 @@ enum Commands {
     /// Billing from the ledger (the CDR file): bill and check.
     #[command(subcommand)]
     Cdr(cdr::CdrCommand),
+    /// Load the config, every plugin and its rules as `run` would; name
+    /// every problem (exit 1). Run it before a restart or a reload.
+    Check(check::CheckArgs),
     /// A running host's state, from its admin endpoint (exit 3 when not ready).
     Status(admin::AdminArgs),
     /// Reload a running host's plugin set now (exit 1 if rejected).
@@ -76,6 +80,7 @@ pub fn main() -> ExitCode {
         Commands::Bench(args) => block_on(crate::bench::run(args)),
         Commands::Plugin(command) => plugin::run(command),
         Commands::Cdr(command) => cdr::run(command),
+        Commands::Check(args) => check::run(args),
         Commands::Status(args) => block_on(admin::status(args)),
         Commands::Reload(args) => block_on(admin::reload(args)),
         Commands::Legs(args) => block_on(admin::legs(args)),
