@@ -89,11 +89,17 @@ fn plugin_eval_prints_one_json_line_per_leg_and_link() {
     std::fs::write(
         &legs,
         r#"[{"id": 1, "nap": "SIP_A", "called": "19005550100", "answered_at_ms": 1795800000000},
-            {"id": 2, "nap": "ISDN_1", "called": "15145550199", "protocol": "isdn"}]"#,
+            {"id": 2, "nap": "ISDN_1", "called": "15145550199", "protocol": "isdn"},
+            {"id": 3, "nap": "ISDN_1", "called": "15145550123"}]"#,
     )
     .unwrap();
     let links = dir.path().join("links.json");
-    std::fs::write(&links, r#"[{"id": 10, "leg_a": 1, "leg_b": 2}]"#).unwrap();
+    std::fs::write(
+        &links,
+        r#"[{"id": 10, "leg_a": 1, "leg_b": 2}, {"id": 11, "leg_a": 2, "leg_b": 3},
+            {"id": 12, "leg_a": 3, "leg_b": 99}]"#,
+    )
+    .unwrap();
     let plugin = built_plugin("rules");
     let out = legsync(&[
         "plugin",
@@ -111,18 +117,23 @@ fn plugin_eval_prints_one_json_line_per_leg_and_link() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 3);
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    let leg = |i: usize| (lines[i]["leg"].as_u64(), lines[i]["decision"].as_str());
+    assert_eq!(leg(0), (Some(1), Some("refuse")));
+    assert_eq!(leg(1), (Some(2), Some("rebuild")));
+    assert_eq!(leg(2), (Some(3), Some("rebuild")));
+    // As the host does: the link of a refused leg is dropped undecided,
+    // a link to a leg not given is ignored, the rest is decided.
     assert_eq!(
-        (lines[0]["leg"].as_u64(), lines[0]["decision"].as_str()),
-        (Some(1), Some("refuse"))
+        (lines[3]["link"].as_u64(), lines[3]["decision"].as_str()),
+        (Some(10), Some("refuse"))
     );
+    assert!(lines[3]["dropped"].is_string(), "{}", lines[3]);
+    assert_eq!(lines[4]["link"].as_u64(), Some(12));
+    assert!(lines[4]["ignored"].is_string(), "{}", lines[4]);
     assert_eq!(
-        (lines[1]["leg"].as_u64(), lines[1]["decision"].as_str()),
-        (Some(2), Some("rebuild"))
-    );
-    assert_eq!(
-        (lines[2]["link"].as_u64(), lines[2]["decision"].as_str()),
-        (Some(10), Some("rebuild"))
+        (lines[5]["link"].as_u64(), lines[5]["decision"].as_str()),
+        (Some(11), Some("rebuild"))
     );
     assert_eq!(lines[0]["plugin"], "rules");
 

@@ -104,10 +104,31 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&line)?);
         Ok(())
     };
+    let mut refused = rustc_hash::FxHashSet::default();
+    let mut rebuilt = rustc_hash::FxHashSet::default();
     for (leg, verdict) in legs.iter().zip(chain.decide_legs(&legs)) {
         print(Some(leg.id), None, &verdict)?;
+        match verdict.decision {
+            crate::model::Decision::Refuse => refused.insert(leg.id),
+            crate::model::Decision::Rebuild => rebuilt.insert(leg.id),
+        };
     }
-    for (link, verdict) in links.iter().zip(chain.decide_links(&links)) {
+    // Links as the host sorts them: those of a refused leg are dropped
+    // without a decision, those of legs not given are ignored.
+    let plan = crate::resync::sort_links(links, &refused, |leg| rebuilt.contains(&leg));
+    for link in &plan.drop {
+        println!(
+            "{}",
+            serde_json::json!({"link": link.id, "decision": "refuse", "dropped": "a leg of the link was refused"})
+        );
+    }
+    for link in &plan.ignored {
+        println!(
+            "{}",
+            serde_json::json!({"link": link.id, "ignored": "a leg of the link is not in --legs"})
+        );
+    }
+    for (link, verdict) in plan.offer.iter().zip(chain.decide_links(&plan.offer)) {
         print(None, Some(link.id), &verdict)?;
     }
     Ok(ExitCode::SUCCESS)

@@ -36,6 +36,8 @@ pub struct LinkPlan {
     pub drop: Vec<Link>,
     /// Links the host knew that the engine no longer has.
     pub gone: Vec<LinkId>,
+    /// Unknown links to a leg neither held nor refused.
+    pub ignored: Vec<Link>,
 }
 
 impl SnapshotDiff {
@@ -97,24 +99,40 @@ impl SnapshotDiff {
     /// Sorts the snapshot's links once the unknown legs are decided (rebuilt
     /// legs are in `table`, refused ones in `refused`).
     pub fn plan_links(&self, table: &LegTable, refused: &HashSet<LegId>) -> LinkPlan {
-        let mut plan = LinkPlan {
-            gone: table.unseen_links(),
-            ..LinkPlan::default()
-        };
-        for &link in &self.unknown_links {
-            if refused.contains(&link.leg_a) || refused.contains(&link.leg_b) {
-                plan.drop.push(link);
-            } else if table.contains(link.leg_a) && table.contains(link.leg_b) {
-                plan.offer.push(link);
-            } else {
-                tracing::warn!(
-                    link = link.id,
-                    "the snapshot links a leg it did not list; ignored"
-                );
-            }
+        let mut plan = sort_links(self.unknown_links.iter().copied(), refused, |leg| {
+            table.contains(leg)
+        });
+        for link in &plan.ignored {
+            tracing::warn!(
+                link = link.id,
+                "the snapshot links a leg it did not list; ignored"
+            );
         }
+        plan.gone = table.unseen_links();
         plan
     }
+}
+
+/// The rule for unknown links once their legs are decided, shared by the
+/// host and `legsync plugin eval`: a link with a refused leg is dropped; a
+/// link whose two legs are held is offered to `OnLinkSync`; a link to a leg
+/// that is neither is ignored.
+pub fn sort_links(
+    links: impl IntoIterator<Item = Link>,
+    refused: &HashSet<LegId>,
+    held: impl Fn(LegId) -> bool,
+) -> LinkPlan {
+    let mut plan = LinkPlan::default();
+    for link in links {
+        if refused.contains(&link.leg_a) || refused.contains(&link.leg_b) {
+            plan.drop.push(link);
+        } else if held(link.leg_a) && held(link.leg_b) {
+            plan.offer.push(link);
+        } else {
+            plan.ignored.push(link);
+        }
+    }
+    plan
 }
 
 #[cfg(test)]

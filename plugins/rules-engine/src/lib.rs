@@ -107,6 +107,9 @@ pub struct Rule {
     /// Matches legs answered at most this many seconds ago.
     #[serde(default)]
     pub max_age_secs: Option<u64>,
+    /// A rule without any condition matches every call; it must say so.
+    #[serde(default)]
+    pub match_all: bool,
 }
 
 /// A parsed, validated rule set.
@@ -146,6 +149,23 @@ impl RuleSet {
             {
                 return Err(RulesError(format!(
                     "{name}: min_age_secs ({min}) is greater than max_age_secs ({max})"
+                )));
+            }
+            let conditions = !rule.called_prefix.is_empty()
+                || !rule.calling_prefix.is_empty()
+                || !rule.nap.is_empty()
+                || !rule.protocol.is_empty()
+                || rule.direction.is_some()
+                || rule.min_age_secs.is_some()
+                || rule.max_age_secs.is_some();
+            if !conditions && !rule.match_all {
+                return Err(RulesError(format!(
+                    "{name}: a rule without conditions matches every call; add a condition, or write `match_all = true` if that is what you mean"
+                )));
+            }
+            if conditions && rule.match_all {
+                return Err(RulesError(format!(
+                    "{name}: `match_all = true` and conditions contradict each other; keep one"
                 )));
             }
             let prefixes = rule.called_prefix.iter().chain(&rule.calling_prefix);
@@ -307,5 +327,21 @@ mod tests {
         assert!(err.to_string().contains("rule 1: min_age_secs"), "{err}");
         let err = RuleSet::parse(r#"{"rule": [}"#).unwrap_err();
         assert!(err.to_string().contains("invalid JSON rules"), "{err}");
+    }
+
+    #[test]
+    fn a_rule_without_conditions_must_say_it_matches_all() {
+        let err = RuleSet::parse("[[rule]]\nname = \"oops\"\naction = \"refuse\"\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("oops: a rule without conditions matches every call"),
+            "{err}"
+        );
+        let all = RuleSet::parse("[[rule]]\naction = \"refuse\"\nmatch_all = true\n").unwrap();
+        assert_eq!(all.decide(&leg("1"), NOW), Action::Refuse);
+        let err =
+            RuleSet::parse("[[rule]]\naction = \"refuse\"\nmatch_all = true\nnap = [\"SIP_A\"]\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("contradict"), "{err}");
     }
 }
