@@ -15,6 +15,7 @@ pub mod cdr;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod embedded;
 pub mod engine;
 pub mod events;
 pub mod legs;

@@ -430,3 +430,88 @@ fn check_loads_what_run_would_and_names_every_problem() {
         );
     }
 }
+
+#[test]
+fn init_writes_a_setup_that_checks_and_export_writes_a_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = dir.path().join("setup");
+    let out = legsync(&[
+        "init",
+        setup.to_str().unwrap(),
+        "--engine",
+        "gw-1.example:7000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let config = setup.join("legsync.toml");
+    let out = legsync(&["check", "--config", config.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("ok   plugin 20-rules@"), "{stdout}");
+    // Never over what is there.
+    let again = legsync(&["init", setup.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("not overwriting"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    let out = legsync(&[
+        "plugin",
+        "export",
+        "nap-cap",
+        dir.path().to_str().unwrap(),
+        "--as",
+        "30-cap",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = legsync(&[
+        "plugin",
+        "check",
+        dir.path().join("30-cap.wasm").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let out = legsync(&["plugin", "export", "nope", dir.path().to_str().unwrap()]);
+    assert!(text(&out.stderr).contains("there are: accept-all, rules, nap-cap"));
+}
+
+/// The sample config under dist/ is valid as shipped (its paths point at
+/// the system folders the unit creates; only the plugins are swapped in).
+#[test]
+fn the_dist_config_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/legsync.toml"))
+            .unwrap();
+    let plugins = dir.path().join("plugins.d");
+    let out = legsync(&["init", dir.path().join("starter").to_str().unwrap()]);
+    assert!(out.status.success());
+    std::fs::rename(dir.path().join("starter/plugins.d"), &plugins).unwrap();
+    let config = dir.path().join("legsync.toml");
+    std::fs::write(
+        &config,
+        shipped
+            .replace("/etc/legsync/plugins.d", plugins.to_str().unwrap())
+            .replace(
+                "/var/cache/legsync",
+                dir.path().join("cache").to_str().unwrap(),
+            ),
+    )
+    .unwrap();
+    let out = legsync(&["check", "--config", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dist/legsync.service"
+    ))
+    .unwrap();
+    for needed in [
+        "StateDirectory=legsync",
+        "LogsDirectory=legsync",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ExecReload=/usr/local/bin/legsync reload",
+    ] {
+        assert!(unit.contains(needed), "{needed}");
+    }
+}

@@ -3,6 +3,7 @@
 mod admin;
 mod cdr;
 mod check;
+mod init;
 mod plugin;
 mod run;
 mod sim;
@@ -50,6 +51,9 @@ enum Commands {
     /// Load the config, every plugin and its rules as `run` would; name
     /// every problem (exit 1). Run it before a restart or a reload.
     Check(check::CheckArgs),
+    /// Write a starter setup to DIR: a config, and a plugin directory with
+    /// the `rules` plugin and starter rules.
+    Init(init::InitArgs),
     /// A running host's state, from its admin endpoint (exit 3 when not ready).
     Status(admin::AdminArgs),
     /// Reload a running host's plugin set now (exit 1 if rejected).
@@ -81,6 +85,7 @@ pub fn main() -> ExitCode {
         Commands::Plugin(command) => plugin::run(command),
         Commands::Cdr(command) => cdr::run(command),
         Commands::Check(args) => check::run(args),
+        Commands::Init(args) => init::run(args),
         Commands::Status(args) => block_on(admin::status(args)),
         Commands::Reload(args) => block_on(admin::reload(args)),
         Commands::Legs(args) => block_on(admin::legs(args)),

@@ -15,6 +15,20 @@ pub enum PluginCommand {
     /// Run a plugin (or a plugin directory, as a chain) over legs and links
     /// from JSON files; print one JSON line per decision.
     Eval(EvalArgs),
+    /// Write an example plugin carried in this binary (accept-all, rules,
+    /// nap-cap) to DIR as NAME.wasm.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// accept-all, rules or nap-cap.
+    name: String,
+    /// Where to write it (created if missing).
+    dir: PathBuf,
+    /// The file stem (default: NAME), e.g. `20-rules` for chain order.
+    #[arg(long = "as")]
+    stem: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -45,7 +59,21 @@ pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
     match command {
         PluginCommand::Check(args) => check(args),
         PluginCommand::Eval(args) => eval(args),
+        PluginCommand::Export(args) => export(args),
     }
+}
+
+fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let wasm = crate::embedded::plugin(&args.name)?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let path = args.dir.join(format!(
+        "{}.wasm",
+        args.stem.as_deref().unwrap_or(&args.name)
+    ));
+    std::fs::write(&path, wasm).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {} ({} bytes)", path.display(), wasm.len());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {

@@ -26,8 +26,8 @@ pub struct DemoArgs {
     /// Keep the demo's files (state, CDRs, events, plugins) in this directory.
     #[arg(long)]
     keep: Option<PathBuf>,
-    /// The directory of built plugins to use (default: the ones built with
-    /// this binary).
+    /// A directory of built plugins to use instead of the ones carried in
+    /// this binary (accept_all.wasm, rules.wasm, nap_cap.wasm).
     #[arg(long)]
     plugins: Option<PathBuf>,
 }
@@ -41,10 +41,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
         None => temp.path().to_path_buf(),
     };
-    let built = args
-        .plugins
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(crate::BUILT_PLUGINS_DIR));
+    let built = match args.plugins.clone() {
+        Some(dir) => dir,
+        None => {
+            // The examples carried in the binary, under the names a build
+            // folder has.
+            let built = dir.join("built");
+            std::fs::create_dir_all(&built)?;
+            for (name, wasm) in crate::embedded::PLUGINS {
+                std::fs::write(built.join(format!("{}.wasm", name.replace('-', "_"))), wasm)?;
+            }
+            built
+        }
+    };
     let mut demo = script::Demo::new(&dir, &built, args.grace).await?;
     let outcome = demo.play().await;
     demo.finish().await;
