@@ -227,6 +227,8 @@ pub struct Events {
     /// cannot keep up with a million per-leg events still sees these.
     summaries: broadcast::Sender<HostEvent>,
     file: Option<Arc<Mutex<std::io::BufWriter<std::fs::File>>>>,
+    /// The event log's path, for [`Events::reopen`].
+    path: Option<Arc<std::path::PathBuf>>,
 }
 
 impl std::fmt::Debug for Events {
@@ -246,6 +248,7 @@ impl Events {
             subscribers,
             summaries,
             file: None,
+            path: None,
         }
     }
 
@@ -258,8 +261,26 @@ impl Events {
             .with_context(|| format!("cannot open the event log {}", path.display()))?;
         Ok(Events {
             file: Some(Arc::new(Mutex::new(std::io::BufWriter::new(file)))),
+            path: Some(Arc::new(path.to_path_buf())),
             ..Self::new()
         })
+    }
+
+    /// After the event log was moved away (logrotate): flushes the old file
+    /// and goes on in a new one at the same path. Nothing without a file.
+    pub fn reopen(&self) -> anyhow::Result<()> {
+        let (Some(file), Some(path)) = (&self.file, &self.path) else {
+            return Ok(());
+        };
+        let fresh = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path.as_path())
+            .with_context(|| format!("cannot reopen the event log {}", path.display()))?;
+        let mut writer = file.lock().unwrap_or_else(|e| e.into_inner());
+        writer.flush()?;
+        *writer = std::io::BufWriter::new(fresh);
+        Ok(())
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<HostEvent> {

@@ -237,11 +237,52 @@ impl Run {
     }
 
     /// Every host's ledger: billed together.
+    /// Rotated pieces oldest first, then the current file, per host.
     fn ledgers(&self) -> Vec<PathBuf> {
-        (0..self.hosts.len())
-            .map(|i| self.dir.path().join(format!("cdr-{}.jsonl", HOST_NAMES[i])))
-            .filter(|p| p.exists())
-            .collect()
+        let mut files = Vec::new();
+        for name in HOST_NAMES.iter().take(self.hosts.len()) {
+            let current = self.dir.path().join(format!("cdr-{name}.jsonl"));
+            for piece in 1.. {
+                let rotated = current.with_extension(format!("jsonl.{piece}"));
+                if !rotated.exists() {
+                    break;
+                }
+                files.push(rotated);
+            }
+            files.push(current);
+        }
+        files.retain(|p| p.exists());
+        files
+    }
+
+    /// logrotate on host `i`: the ledger moved to the next `.N`, then
+    /// `legsync reopen` (the real command, through the admin endpoint).
+    async fn rotate(&mut self, i: usize) {
+        let current = self.dir.path().join(format!("cdr-{}.jsonl", HOST_NAMES[i]));
+        let piece = (1..)
+            .find(|n| !current.with_extension(format!("jsonl.{n}")).exists())
+            .unwrap();
+        if !self.hosts[i].is_running() {
+            return;
+        }
+        let admin = self.hosts[i].admin_addr().await.unwrap();
+        let rotated = current.with_extension(format!("jsonl.{piece}"));
+        std::fs::rename(&current, &rotated).unwrap();
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_legsync"))
+            .args(["reopen", "--admin", &admin.to_string()])
+            .output()
+            .await
+            .unwrap();
+        self.log.push(format!(
+            "host {} ledger rotated to .{piece}: {}",
+            HOST_NAMES[i],
+            String::from_utf8_lossy(&out.stdout).trim()
+        ));
+        assert!(
+            out.status.success(),
+            "legsync reopen failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The merged bill of every host's ledger.
@@ -464,6 +505,10 @@ impl Run {
                 self.log
                     .push(format!("rules: refuse SIP_B = {}", self.refusing));
                 write_rules(&self.rules, self.refusing);
+            }
+            99 => {
+                let host = self.active().await;
+                self.rotate(host).await;
             }
             _ => {
                 let ms = 20 + rng.below(300);
@@ -800,4 +845,48 @@ async fn takeover_after_the_active_hangs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_after_only_the_active_is_cut_off_bills_once_despite_the_split_brain() {
     takeover(Loss::Isolate).await;
+}
+
+/// The ledger rotated twice while calls are answered and released in
+/// bursts, the host killed after the second rotation and restarted with
+/// only the current file in place: every call billed once from the
+/// rotated pieces and the current file, no record lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_under_load_loses_and_doubles_nothing() {
+    let mut run = Run::start(1).await;
+    run.control("calls 300").await;
+    run.rotate(0).await;
+    let list = run.control("list").await;
+    let ids: Vec<String> = list
+        .lines()
+        .filter_map(|l| l.strip_prefix("leg "))
+        .filter_map(|rest| rest.split_whitespace().next().map(str::to_string))
+        .collect();
+    for id in ids.iter().step_by(3) {
+        run.control(&format!("release {id}")).await;
+    }
+    run.control("calls 200").await;
+    run.rotate(0).await;
+    for id in ids.iter().skip(1).step_by(3) {
+        run.control(&format!("release {id}")).await;
+    }
+    let start = now() - 1_000;
+    run.log
+        .push("host kill -9 after the second rotation, restart".into());
+    run.hosts[0].crash().await.unwrap();
+    run.hosts[0].start().unwrap();
+    run.blind_from(start);
+    run.wait_in_sync().await;
+    run.heal_and_release_all().await;
+    let ledgers = run.ledgers();
+    assert_eq!(
+        ledgers.len(),
+        3,
+        "two rotated pieces and the current file: {ledgers:?}"
+    );
+    let (calls, _) = run.finish(
+        "rotation under load",
+        "cargo test --test histories rotation",
+    );
+    assert!(calls >= 500, "{calls} calls billed");
 }

@@ -52,6 +52,8 @@ pub struct Admin {
     pub queries: mpsc::Sender<AdminQuery>,
     pub policy: PolicyHandle,
     pub reloader: Option<Arc<Reloader>>,
+    /// What `POST /reopen` reopens after a rotation.
+    pub files: Option<(crate::cdr::CdrWriter, Events)>,
     latest: Mutex<Latest>,
     started_ms: u64,
 }
@@ -77,6 +79,7 @@ impl Admin {
         queries: mpsc::Sender<AdminQuery>,
         policy: PolicyHandle,
         reloader: Option<Arc<Reloader>>,
+        files: Option<(crate::cdr::CdrWriter, Events)>,
     ) -> Arc<Admin> {
         crate::metrics::install();
         Arc::new(Admin {
@@ -85,6 +88,7 @@ impl Admin {
             queries,
             policy,
             reloader,
+            files,
             latest: Mutex::new(Latest::default()),
             started_ms: crate::model::now_ms(),
         })
@@ -193,10 +197,16 @@ async fn route(admin: &Arc<Admin>, request: Request<Incoming>) -> Reply {
             let _ = request.into_body().collect().await;
             reload(admin).await
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/legs" | "/reload") => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "GET /metrics /healthz /readyz /status /legs; POST /reload",
-        ),
+        (&Method::POST, "/reopen") => {
+            let _ = request.into_body().collect().await;
+            reopen(admin).await
+        }
+        (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/legs" | "/reload" | "/reopen") => {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "GET /metrics /healthz /readyz /status /legs; POST /reload /reopen",
+            )
+        }
         _ => error(
             StatusCode::NOT_FOUND,
             "no such route; try /metrics /healthz /readyz /status /legs, or POST /reload",
@@ -372,6 +382,25 @@ async fn legs(admin: &Admin, query: &str) -> Reply {
             "the host is busy (a resync holds the table); try again",
         ),
     }
+}
+
+async fn reopen(admin: &Admin) -> Reply {
+    let Some((cdr, events)) = &admin.files else {
+        return error(StatusCode::CONFLICT, "this host has no files to reopen");
+    };
+    match reopen_files(cdr, events).await {
+        Ok(()) => json(StatusCode::OK, &serde_json::json!({ "reopened": true })),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e:#}")),
+    }
+}
+
+/// Reopens the ledger (checkpoint first) and the event log after a
+/// rotation: `POST /reopen`, `legsync reopen`, SIGUSR1.
+pub async fn reopen_files(cdr: &crate::cdr::CdrWriter, events: &Events) -> anyhow::Result<()> {
+    cdr.reopen().durable().await?;
+    events.reopen()?;
+    tracing::info!("files reopened after a rotation");
+    Ok(())
 }
 
 async fn reload(admin: &Admin) -> Reply {

@@ -99,6 +99,11 @@ impl LedgerIndex {
         self.stamp.epoch = epoch;
     }
 
+    /// The number the next record gets.
+    pub fn next_record(&self) -> u64 {
+        self.next_record.max(1)
+    }
+
     /// Who writes, and under which epoch.
     pub fn stamp(&self) -> &Stamp {
         &self.stamp

@@ -16,13 +16,14 @@
 pub mod bill;
 pub mod index;
 pub mod record;
+pub mod rotate;
 
 use crate::model::{CallLeg, TerminationReason, now_ms};
 use anyhow::Context;
 use index::LedgerIndex;
 use record::{CdrRecord, RecordKind, StartReason};
 use rustc_hash::FxHashMap as HashMap;
-use std::io::{BufRead, Seek, Write};
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -39,6 +40,9 @@ enum Job {
     Commit(oneshot::Sender<std::io::Result<()>>),
     /// The host was in sync with the engine at this time (Unix ms).
     Alive(u64),
+    /// The file was rotated: checkpoint what it held, then write to a new
+    /// file at the ledger's path.
+    Reopen(oneshot::Sender<std::io::Result<()>>),
 }
 
 /// A call the ledger had open when the host started.
@@ -109,25 +113,7 @@ impl CdrWriter {
         // The parties of every open call, to write their END if the engine
         // no longer has them.
         let mut open: HashMap<u64, CallLeg> = HashMap::default();
-        let mut good_len = 0u64;
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, &file);
-        let mut line = String::new();
-        let mut number = 0;
-        loop {
-            line.clear();
-            let read = reader
-                .read_line(&mut line)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            if read == 0 {
-                break;
-            }
-            number += 1;
-            if !line.ends_with('\n') {
-                tracing::warn!(file = %path.display(), line = number, "cutting off a torn last CDR line (a crash mid-write; it was never reported durable)");
-                break;
-            }
-            let record: CdrRecord = serde_json::from_str(&line)
-                .with_context(|| format!("{} line {number} is not a CDR record", path.display()))?;
+        let mut take = |record: CdrRecord| {
             index.replay(&record);
             match record.kind {
                 RecordKind::Start | RecordKind::Resume => {
@@ -137,15 +123,31 @@ impl CdrWriter {
                     open.remove(&record.leg);
                 }
             }
-            good_len += read as u64;
+        };
+        // What the rotated files said, then what this one says.
+        let checkpoint = rotate::checkpoint_path(path);
+        if let Ok(saved) = std::fs::File::open(&checkpoint) {
+            rotate::replay_lines(saved, &checkpoint, &mut take)?;
         }
-        drop(reader);
+        let good_len = rotate::replay_lines(&file, path, &mut take)?;
         if file.metadata()?.len() != good_len {
             file.set_len(good_len)?;
             file.sync_all()?;
         }
         file.seek(std::io::SeekFrom::End(0))?;
-        let alive_ms = read_alive(&alive_path(path));
+        let (_, last_written) = read_alive(&alive_path(path));
+        let last_read = index.next_record().saturating_sub(1);
+        anyhow::ensure!(
+            last_written <= last_read,
+            "{} ends at record {last_read}, but this host wrote records up to {last_written}: \
+             the ledger was rotated without `legsync reopen` (or truncated, as copytruncate does), \
+             and the host cannot know which calls are open without those records. Put the rotated \
+             piece back in place (cat it before the current file), or, knowing that calls may then \
+             be billed twice or lost, move {} away to start anyway",
+            path.display(),
+            alive_path(path).display()
+        );
+        let (alive_ms, _) = read_alive(&alive_path(path));
         let recovered = index
             .open_calls()
             .filter_map(|(key, seen_ms)| {
@@ -159,10 +161,22 @@ impl CdrWriter {
         let (jobs, receiver) = std::sync::mpsc::channel::<Job>();
         let alive = alive_path(path);
         let file = Arc::new(file);
-        let flush = spawn_flusher(file.clone()).context("cannot start the CDR flusher thread")?;
+        let flush = spawn_flusher().context("cannot start the CDR flusher thread")?;
+        let ledger = path.to_path_buf();
+        let last_record = last_read;
         std::thread::Builder::new()
             .name("legsync-cdr".into())
-            .spawn(move || write_loop(&file, &flush, &alive, receiver))
+            .spawn(move || {
+                Writer {
+                    file,
+                    path: ledger,
+                    alive,
+                    flush,
+                    last_record,
+                    durable_record: last_record,
+                }
+                .run(receiver)
+            })
             .context("cannot start the CDR writer thread")?;
         let writer = CdrWriter {
             path: path.to_path_buf(),
@@ -194,6 +208,19 @@ impl CdrWriter {
     ) -> Pending {
         let records = self.start_records(legs, reason);
         self.submit(records, false)
+    }
+
+    /// After the file was moved away (logrotate): makes what it holds
+    /// durable, writes the checkpoint beside it (see [`rotate`]), and goes
+    /// on in a new file at the ledger's path. Durable once awaited.
+    pub fn reopen(&self) -> Pending {
+        let (done, written) = oneshot::channel();
+        let _ = self.jobs.send(Job::Reopen(done));
+        Pending {
+            written: Some(written),
+            records: 0,
+            path: self.path.clone(),
+        }
     }
 
     /// Makes every record handed over so far durable.
@@ -302,22 +329,24 @@ impl CdrWriter {
     }
 }
 
-fn read_alive(path: &Path) -> u64 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(0)
+/// The sidecar's last moment in sync and last record written (0 when
+/// unknown).
+fn read_alive(path: &Path) -> (u64, u64) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut words = text.split_whitespace().map(|w| w.parse().unwrap_or(0));
+    (words.next().unwrap_or(0), words.next().unwrap_or(0))
 }
 
 /// Flushes staged records to disk in the background (one fsync at a time,
 /// kicks coalesced), so that a resync's commit finds most of its million
 /// STARTs on disk already instead of waiting for all of them at the end.
-fn spawn_flusher(file: Arc<std::fs::File>) -> std::io::Result<std::sync::mpsc::SyncSender<()>> {
-    let (kick, kicks) = std::sync::mpsc::sync_channel::<()>(1);
+/// Each kick carries the file (a reopen changes it).
+fn spawn_flusher() -> std::io::Result<std::sync::mpsc::SyncSender<Arc<std::fs::File>>> {
+    let (kick, kicks) = std::sync::mpsc::sync_channel::<Arc<std::fs::File>>(1);
     std::thread::Builder::new()
         .name("legsync-cdr-flush".into())
         .spawn(move || {
-            while kicks.recv().is_ok() {
+            while let Ok(file) = kicks.recv() {
                 // A failure here is the commit's to report: its own fsync
                 // meets the same error.
                 let _ = file.sync_data();
@@ -326,79 +355,143 @@ fn spawn_flusher(file: Arc<std::fs::File>) -> std::io::Result<std::sync::mpsc::S
     Ok(kick)
 }
 
-/// The writer thread: takes every job waiting, encodes and writes their
-/// records, one fsync if any of them asked for it (group commit), then
-/// acknowledges them all.
-fn write_loop(
-    file: &std::fs::File,
-    flush: &std::sync::mpsc::SyncSender<()>,
-    alive: &Path,
-    jobs: std::sync::mpsc::Receiver<Job>,
-) {
-    let mut file = file;
-    let mut lines = Vec::new();
-    while let Ok(first) = jobs.recv() {
-        // Records of this group, by kind: START, END, RESUME.
-        let mut kinds = [0u64; 3];
-        let mut waiting = Vec::new();
-        let mut sync = false;
-        let mut alive_ms = None;
-        for job in std::iter::once(first).chain(jobs.try_iter()) {
-            match job {
-                Job::Append {
-                    records,
-                    sync: now,
-                    done,
-                } => {
-                    for record in &records {
-                        record.write_line(&mut lines);
-                        kinds[record.kind as usize] += 1;
+/// The writer thread's state.
+struct Writer {
+    file: Arc<std::fs::File>,
+    path: PathBuf,
+    alive: PathBuf,
+    flush: std::sync::mpsc::SyncSender<Arc<std::fs::File>>,
+    /// The number of the last record written.
+    last_record: u64,
+    /// The number of the last record known durable (fsynced): what the
+    /// `.alive` sidecar claims, so that a restart notices records that
+    /// went to a file moved away, and a power loss never makes it claim
+    /// records the disk did not keep.
+    durable_record: u64,
+}
+
+impl Writer {
+    /// Takes every job waiting, encodes and writes their records, one
+    /// fsync if any of them asked for it (group commit), then acknowledges
+    /// them all. A reopen ends a group: what came before it goes to the
+    /// old file.
+    fn run(mut self, jobs: std::sync::mpsc::Receiver<Job>) {
+        let mut lines = Vec::new();
+        while let Ok(first) = jobs.recv() {
+            // Records of this group, by kind: START, END, RESUME.
+            let mut kinds = [0u64; 3];
+            let mut waiting = Vec::new();
+            let mut sync = false;
+            let mut alive_ms = None;
+            let mut reopen = None;
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Append {
+                        records,
+                        sync: now,
+                        done,
+                    } => {
+                        for record in &records {
+                            record.write_line(&mut lines);
+                            kinds[record.kind as usize] += 1;
+                            self.last_record = self.last_record.max(record.record);
+                        }
+                        sync |= now;
+                        waiting.push(done);
                     }
-                    sync |= now;
-                    waiting.push(done);
+                    Job::Commit(done) => {
+                        sync = true;
+                        waiting.push(done);
+                    }
+                    Job::Alive(ms) => alive_ms = Some(ms),
+                    Job::Reopen(done) => {
+                        reopen = Some(done);
+                        break;
+                    }
                 }
-                Job::Commit(done) => {
-                    sync = true;
-                    waiting.push(done);
+                next = jobs.try_recv().ok();
+            }
+            let result = self.write(&lines, sync || reopen.is_some());
+            if result.is_ok() {
+                for (kind, n) in ["start", "end", "resume"].into_iter().zip(kinds) {
+                    crate::metrics::count(crate::metrics::CDR_RECORDS, "kind", kind, n);
                 }
-                Job::Alive(ms) => alive_ms = Some(ms),
+            }
+            lines.clear();
+            for done in waiting {
+                let _ = done.send(copy(&result));
+            }
+            if let Some(ms) = alive_ms {
+                self.mark_alive(ms);
+            }
+            if let Some(done) = reopen {
+                let reopened = result.and_then(|()| self.reopen());
+                if let Err(e) = &reopened {
+                    tracing::error!(error = %e, file = %self.path.display(), "cannot reopen the CDR file; writing on in the old one");
+                }
+                let _ = done.send(reopened);
             }
         }
-        let mut result = file.write_all(&lines);
+    }
+
+    fn write(&mut self, lines: &[u8], sync: bool) -> std::io::Result<()> {
+        let mut file = &*self.file;
+        let mut result = file.write_all(lines);
         if result.is_ok() && sync {
             let started = std::time::Instant::now();
             result = file.sync_data();
             crate::metrics::observe(crate::metrics::CDR_FSYNC_SECONDS, started.elapsed());
+            if result.is_ok() {
+                self.durable_record = self.last_record;
+            }
         } else if result.is_ok() && !lines.is_empty() {
             // Staged: on its way to disk while the resync goes on.
-            let _ = flush.try_send(());
-        }
-        if result.is_ok() {
-            for (kind, n) in ["start", "end", "resume"].into_iter().zip(kinds) {
-                crate::metrics::count(crate::metrics::CDR_RECORDS, "kind", kind, n);
-            }
+            let _ = self.flush.try_send(self.file.clone());
         }
         if let Err(e) = &result {
             // Whatever part was written is past a newline boundary or torn;
             // the next open cuts a torn line, and no caller was told durable.
             tracing::error!(error = %e, "cannot write the CDR file");
         }
-        lines.clear();
-        for done in waiting {
-            let outcome = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-            };
-            let _ = done.send(outcome);
+        result
+    }
+
+    /// The old file is durable (written and synced by the caller): its
+    /// records and the old checkpoint are compacted into the new
+    /// checkpoint, then the ledger's path is opened anew.
+    fn reopen(&mut self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let other = |e: anyhow::Error| std::io::Error::other(format!("{e:#}"));
+        // The old file by its descriptor: wherever it was moved to.
+        let old = PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
+        let checkpoint = rotate::checkpoint_path(&self.path);
+        let records = rotate::compact(&[checkpoint.clone(), old], now_ms()).map_err(other)?;
+        rotate::write_checkpoint(&checkpoint, &records).map_err(other)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&self.path)?;
+        tracing::info!(file = %self.path.display(), checkpoint = records.len(), "CDR file reopened (rotation); checkpoint written");
+        self.file = Arc::new(file);
+        Ok(())
+    }
+
+    fn mark_alive(&self, ms: u64) {
+        let tmp = self.alive.with_extension("alive.tmp");
+        let text = format!("{ms} {}\n", self.durable_record);
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.alive))
+        {
+            tracing::warn!(error = %e, file = %self.alive.display(), "cannot record the last moment in sync");
         }
-        if let Some(ms) = alive_ms {
-            let tmp = alive.with_extension("alive.tmp");
-            if let Err(e) =
-                std::fs::write(&tmp, format!("{ms}\n")).and_then(|()| std::fs::rename(&tmp, alive))
-            {
-                tracing::warn!(error = %e, file = %alive.display(), "cannot record the last moment in sync");
-            }
-        }
+    }
+}
+
+fn copy(result: &std::io::Result<()>) -> std::io::Result<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
     }
 }
 
@@ -461,6 +554,88 @@ mod tests {
         let mut ids: Vec<u64> = recovered.iter().map(|c| c.leg.id).collect();
         ids.sort();
         assert_eq!(ids, [1, 2]);
+    }
+
+    /// logrotate moves the file, the host reopens: after a restart that
+    /// reads only the new file (the rotated one is elsewhere), the host
+    /// still knows its open calls and never writes a second END.
+    #[tokio::test]
+    async fn rotation_keeps_what_the_host_needs_in_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.jsonl");
+        let (writer, _) = CdrWriter::open(&path).unwrap();
+        let calls = [answered(1), answered(2), answered(3)];
+        writer
+            .open_calls(&calls, StartReason::Answered)
+            .durable()
+            .await
+            .unwrap();
+        let ended = calls[..1].iter().map(|l| (l, 5_000));
+        writer
+            .close_calls(ended, TerminationReason::Released)
+            .durable()
+            .await
+            .unwrap();
+        // Grace-expired: may come back (a RESUME then).
+        let ended = calls[1..2].iter().map(|l| (l, 6_000));
+        writer
+            .close_calls(ended, TerminationReason::GraceExpired)
+            .durable()
+            .await
+            .unwrap();
+        std::fs::rename(&path, dir.path().join("cdr.jsonl.1")).unwrap();
+        writer.reopen().durable().await.unwrap();
+        writer
+            .open_calls(&[answered(4)], StartReason::Answered)
+            .durable()
+            .await
+            .unwrap();
+        writer.mark_alive();
+        writer.commit().durable().await.unwrap();
+        writer.commit().durable().await.unwrap();
+        drop(writer);
+        std::fs::rename(dir.path().join("cdr.jsonl.1"), dir.path().join("away")).unwrap();
+
+        let (writer, recovered) = CdrWriter::open(&path).unwrap();
+        let mut open: Vec<u64> = recovered.iter().map(|c| c.leg.id).collect();
+        open.sort();
+        assert_eq!(open, [3, 4], "open before and after the rotation");
+        let again = writer.close_calls(
+            calls[..1].iter().map(|l| (l, 7_000)),
+            TerminationReason::Released,
+        );
+        assert_eq!(again.durable().await.unwrap(), 0, "no second END");
+        let back = writer.open_calls(&calls[1..2], StartReason::Found);
+        assert_eq!(back.durable().await.unwrap(), 1);
+        let records = CdrWriter::read_all(&path).unwrap();
+        let last = records.last().unwrap();
+        assert_eq!((last.kind, last.resumes), (RecordKind::Resume, Some(5)));
+        assert_eq!(last.record, 7, "numbering continues across the rotation");
+    }
+
+    /// Rotated without a reopen (or truncated in place): the host would not
+    /// know its calls; it refuses to start and says why.
+    #[tokio::test]
+    async fn a_rotation_without_reopen_stops_the_start_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.jsonl");
+        let (writer, _) = CdrWriter::open(&path).unwrap();
+        writer
+            .open_calls(&[answered(1), answered(2)], StartReason::Answered)
+            .durable()
+            .await
+            .unwrap();
+        writer.mark_alive();
+        writer.commit().durable().await.unwrap();
+        writer.commit().durable().await.unwrap();
+        drop(writer);
+        std::fs::rename(&path, dir.path().join("cdr.jsonl.1")).unwrap();
+        let err = format!("{:#}", CdrWriter::open(&path).unwrap_err());
+        assert!(
+            err.contains("ends at record 0, but this host wrote records up to 2")
+                && err.contains("rotated without `legsync reopen`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -115,6 +115,14 @@ pub async fn reload(args: AdminArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `legsync reopen`: after a rotation, the host writes new files.
+pub async fn reopen(args: AdminArgs) -> anyhow::Result<ExitCode> {
+    let (code, body) = request(&args.admin, Method::POST, "/reopen").await?;
+    anyhow::ensure!(code == StatusCode::OK, "the host answered {code}: {body}");
+    println!("reopened: the ledger (checkpoint written beside it) and the event log");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `legsync legs`: a page of the legs the host holds.
 pub async fn legs(args: LegsArgs) -> anyhow::Result<ExitCode> {
     let mut path = format!("/legs?after={}&limit={}", args.after, args.limit);

@@ -60,6 +60,10 @@ enum Commands {
     Reload(admin::AdminArgs),
     /// The legs a running host holds, a page at a time.
     Legs(admin::LegsArgs),
+    /// After a rotation (logrotate postrotate): a running host writes its
+    /// ledger and event log anew, the ledger's checkpoint first (SIGUSR1
+    /// does the same).
+    Reopen(admin::AdminArgs),
 }
 
 /// Parses the command line, runs the command, maps errors to exit codes.
@@ -89,6 +93,7 @@ pub fn main() -> ExitCode {
         Commands::Status(args) => block_on(admin::status(args)),
         Commands::Reload(args) => block_on(admin::reload(args)),
         Commands::Legs(args) => block_on(admin::legs(args)),
+        Commands::Reopen(args) => block_on(admin::reopen(args)),
     };
     match result {
         Ok(code) => code,

@@ -99,6 +99,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         events.clone(),
     ));
     let watching = reloader.clone().spawn(shutdown.clone())?;
+    let files = (host.cdr_writer(), events.clone());
+    let mut rotated =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+    let (cdr, log) = files.clone();
+    tokio::spawn(async move {
+        while rotated.recv().await.is_some() {
+            if let Err(e) = crate::admin::reopen_files(&cdr, &log).await {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "cannot reopen the files after SIGUSR1"
+                );
+            }
+        }
+    });
     if let Some(addr) = config.admin_addr()? {
         let admin = crate::admin::Admin::new(
             config.name.clone(),
@@ -106,6 +120,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             host.admin_queries(),
             policy,
             Some(reloader),
+            Some(files),
         );
         crate::admin::serve(addr, admin, &events, shutdown.clone()).await?;
     }

@@ -152,6 +152,11 @@ impl Host {
         }
     }
 
+    /// The ledger's writer (for `reopen` after a rotation).
+    pub fn cdr_writer(&self) -> CdrWriter {
+        self.cdr.clone()
+    }
+
     /// Where the admin endpoint sends its questions.
     pub fn admin_queries(&self) -> tokio::sync::mpsc::Sender<queries::AdminQuery> {
         self.queries_tx.clone()
