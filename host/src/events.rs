@@ -175,6 +175,10 @@ pub struct ReloadReport {
     pub build_micros: u64,
     /// The swap itself: the only time decisions could wait.
     pub swap_micros: u64,
+    /// Settings outside `[policy]` that changed in the config file: not
+    /// applied (a restart applies them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs_restart: Vec<String>,
 }
 
 impl ReloadOutcome {

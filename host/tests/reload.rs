@@ -32,6 +32,7 @@ fn reloader_for(
         config_file,
         plugin_dir_override: None,
         fallback: config.policy.clone(),
+        started: Some(config.clone()),
     };
     Arc::new(Reloader::new(
         runtime,
@@ -438,4 +439,43 @@ async fn a_plugin_copied_in_two_writes_loads_without_a_failure_storm() {
     );
     stop.cancel();
     host.stop().await.unwrap();
+}
+
+/// `legsync run --config legsync.toml`, a relative path: an edit of the
+/// file is seen (it used to be missed), and a changed setting that needs a
+/// restart is named, not reported as applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relative_config_is_watched_and_restart_only_settings_are_named() {
+    let world = World::new(None, &[("20-rules", "rules", Some(REFUSE_PREMIUM))]).await;
+    let dir = world.dir.path();
+    let events = world.events_path();
+    let config = |grace: u32| {
+        format!(
+            "engine = \"{}\"\nadmin = \"off\"\ngrace_secs = {grace}\ncdr = \"{}\"\nevents = \"{}\"\n\
+             [policy]\nplugin_dir = \"{}\"\n",
+            world.sim.listen,
+            world.cdr_path().display(),
+            events.display(),
+            world.plugins.display()
+        )
+    };
+    std::fs::write(dir.join("legsync.toml"), config(10)).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_legsync"))
+        .args(["run", "--config", "legsync.toml"])
+        .current_dir(dir)
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_line(&events, "\"kind\":\"resync-done\"").await;
+    // Atomically, as an editor or a config manager does.
+    std::fs::write(dir.join("legsync.toml.new"), config(30)).unwrap();
+    std::fs::rename(dir.join("legsync.toml.new"), dir.join("legsync.toml")).unwrap();
+    let line = wait_for_line(&events, "\"trigger\":\"watch\"").await;
+    assert!(line.contains("\"outcome\":\"applied\""), "{line}");
+    assert!(
+        line.contains("\"needs_restart\":[\"grace_secs\"]"),
+        "{line}"
+    );
+    child.kill().await.unwrap();
 }

@@ -87,10 +87,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         super::termination().await;
         stop.cancel();
     });
+    // Absolute: the watcher reports absolute paths, and a relative
+    // `--config` would never match them.
+    let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
     let source = PolicySource {
-        config_file: args.config.clone(),
-        plugin_dir_override: args.plugin_dir.clone(),
+        config_file: args.config.as_ref().map(absolute),
+        plugin_dir_override: args.plugin_dir.as_ref().map(absolute),
         fallback: config.policy.clone(),
+        started: Some(config.clone()),
     };
     let reloader = Arc::new(Reloader::new(
         runtime,

@@ -37,19 +37,36 @@ pub struct PolicySource {
     pub plugin_dir_override: Option<PathBuf>,
     /// The settings when there is no config file.
     pub fallback: PolicyConfig,
+    /// The whole config the host started with: a reload applies `[policy]`
+    /// only, and names any other setting that changed (a restart applies it).
+    pub started: Option<HostConfig>,
 }
 
 impl PolicySource {
     /// The policy settings as they are now.
     pub fn load(&self) -> anyhow::Result<PolicyConfig> {
-        let mut policy = match &self.config_file {
-            Some(path) => HostConfig::load(path)?.policy,
-            None => self.fallback.clone(),
+        Ok(self.load_with_restart_only()?.0)
+    }
+
+    /// The policy settings as they are now, and the settings outside
+    /// `[policy]` that differ from those the host started with.
+    pub fn load_with_restart_only(&self) -> anyhow::Result<(PolicyConfig, Vec<&'static str>)> {
+        let (mut policy, restart_only) = match &self.config_file {
+            Some(path) => {
+                let now = HostConfig::load(path)?;
+                let changed = self
+                    .started
+                    .as_ref()
+                    .map(|started| restart_only_changes(started, &now))
+                    .unwrap_or_default();
+                (now.policy, changed)
+            }
+            None => (self.fallback.clone(), Vec::new()),
         };
         if let Some(dir) = &self.plugin_dir_override {
             policy.plugin_dir = Some(dir.clone());
         }
-        Ok(policy)
+        Ok((policy, restart_only))
     }
 
     fn plugin_dir(&self) -> Option<PathBuf> {
@@ -57,7 +74,26 @@ impl PolicySource {
             .ok()
             .and_then(|p| p.plugin_dir)
             .or_else(|| self.plugin_dir_override.clone())
+            .map(|dir| std::path::absolute(&dir).unwrap_or(dir))
     }
+}
+
+/// The settings outside `[policy]` that differ between two configs.
+fn restart_only_changes(started: &HostConfig, now: &HostConfig) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut check = |name: &'static str, same: bool| {
+        if !same {
+            changed.push(name);
+        }
+    };
+    check("engine", started.engine == now.engine);
+    check("name", started.name == now.name);
+    check("grace_secs", started.grace_secs == now.grace_secs);
+    check("cdr", started.cdr == now.cdr);
+    check("events", started.events == now.events);
+    check("admin", started.admin == now.admin);
+    check("link", started.link == now.link);
+    changed
 }
 
 /// Reloads the plugin set into a [`PolicyHandle`].
@@ -87,13 +123,18 @@ impl Reloader {
     /// (compiling); run it off the async threads.
     pub fn reload(&self, trigger: &str, will_retry: bool) -> ReloadReport {
         let started = Instant::now();
-        let built = self.source.load().and_then(|config| {
-            let dir = config
-                .plugin_dir
-                .clone()
-                .context("no plugin directory configured")?;
-            Ok(loader::load_dir(&self.runtime, &dir, &config)?)
-        });
+        let mut restart_only = Vec::new();
+        let built = self
+            .source
+            .load_with_restart_only()
+            .and_then(|(config, changed)| {
+                restart_only = changed;
+                let dir = config
+                    .plugin_dir
+                    .clone()
+                    .context("no plugin directory configured")?;
+                Ok(loader::load_dir(&self.runtime, &dir, &config)?)
+            });
         let build_micros = started.elapsed().as_micros() as u64;
         let report = match built {
             Ok(chain) => {
@@ -110,6 +151,12 @@ impl Reloader {
                     swap_micros,
                     "plugin set reloaded"
                 );
+                if !restart_only.is_empty() {
+                    tracing::warn!(
+                        settings = restart_only.join(", "),
+                        "the plugin set was reloaded, but these settings changed and apply only at a restart"
+                    );
+                }
                 ReloadReport {
                     trigger: trigger.into(),
                     outcome: ReloadOutcome::Applied,
@@ -117,6 +164,7 @@ impl Reloader {
                     error: None,
                     build_micros,
                     swap_micros,
+                    needs_restart: restart_only.iter().map(|s| s.to_string()).collect(),
                 }
             }
             Err(error) => {
@@ -139,6 +187,7 @@ impl Reloader {
                     error: Some(error),
                     build_micros,
                     swap_micros: 0,
+                    needs_restart: Vec::new(),
                 }
             }
         };
