@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The engine's address (overrides `engine` in the config).
+    /// The engine's address, host:port (overrides `engine` in the config).
     #[arg(long)]
     engine: Option<String>,
     /// The config file (TOML; see docs/operations.md).
@@ -21,13 +21,14 @@ pub struct RunArgs {
     /// The plugin directory (overrides `policy.plugin_dir`).
     #[arg(long)]
     plugin_dir: Option<PathBuf>,
-    /// The CDR file (overrides `cdr`).
+    /// The CDR file, the ledger (overrides `cdr`; default ./cdr.jsonl).
     #[arg(long)]
     cdr: Option<PathBuf>,
-    /// The event log, one JSON line per callback (overrides `events`).
+    /// The event log, one JSON line per callback (overrides `events`;
+    /// default none).
     #[arg(long)]
     events: Option<PathBuf>,
-    /// Grace time in seconds (overrides `grace_secs`).
+    /// Grace time in seconds (overrides `grace_secs`; default 10).
     #[arg(long)]
     grace: Option<f64>,
     /// This host's name, unique within its pair (overrides `name`).

@@ -84,7 +84,7 @@ impl ControlCommand {
                     Some(&"isdn") => Protocol::Isdn,
                     Some(&"ss7") => Protocol::Ss7,
                     Some(&"cas") => Protocol::Cas,
-                    Some(&"media") => Protocol::MediaOnly,
+                    Some(&"media" | &"media-only") => Protocol::MediaOnly,
                     Some(other) => {
                         return Err(format!("protocol `{other}` is not sip|isdn|ss7|cas|media"));
                     }
