@@ -15,6 +15,8 @@ pub struct HostProcess {
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// Where this run of the process starts in its log.
+    log_start: usize,
 }
 
 impl HostProcess {
@@ -25,6 +27,7 @@ impl HostProcess {
             config: config.into(),
             log: log.into(),
             child: None,
+            log_start: 0,
         };
         host.start()?;
         Ok(host)
@@ -41,6 +44,7 @@ impl HostProcess {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("cannot open {}", self.log.display()))?;
+        self.log_start = log.metadata().map_or(0, |m| m.len() as usize);
         let child = Command::new(&self.exe)
             .arg("run")
             .arg("--config")
@@ -115,8 +119,11 @@ impl HostProcess {
     pub async fn admin_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
+            // This run's lines only: an earlier run's port is gone.
             let log = self.log();
             let found = log
+                .get(self.log_start..)
+                .unwrap_or("")
                 .lines()
                 .rev()
                 .filter(|l| l.contains("admin endpoint listening"))
