@@ -35,11 +35,9 @@ pub struct LinkOptions {
 /// Why the link is down (or could not come up).
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("cannot connect to the engine at {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
+    // `error`, not `source`: the cause is in the message once.
+    #[error("cannot connect to the engine at {addr}: {error}")]
+    Connect { addr: String, error: std::io::Error },
     #[error("the engine at {0} did not answer within the connect timeout")]
     ConnectTimeout(String),
     #[error("the engine has another controller: {0}")]
@@ -50,7 +48,7 @@ pub enum LinkError {
         "the peer at {addr} does not speak the legsync protocol (it sent `{sample}`): is `engine` the engine's port?"
     )]
     NotLegsync { addr: String, sample: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Protocol(#[from] ProtocolError),
     #[error("no frame from the engine for {0:?} (heartbeat lost)")]
     HeartbeatLost(Duration),
@@ -115,7 +113,7 @@ impl Connection {
         let stream = match timeout(options.connect_timeout, TcpStream::connect(addr.as_str())).await
         {
             Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => return Err(LinkError::Connect { addr, source }),
+            Ok(Err(error)) => return Err(LinkError::Connect { addr, error }),
             Err(_) => return Err(LinkError::ConnectTimeout(addr)),
         };
         let _ = stream.set_nodelay(true);
@@ -288,5 +286,33 @@ async fn write_loop(
             cancel.cancel();
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `{:#}` prints an error's chain: a cause in the message must not also
+    /// be a `source`, or operators read it twice.
+    #[test]
+    fn an_error_names_its_cause_once() {
+        let errors = [
+            LinkError::Protocol(ProtocolError::Io(std::io::Error::other("boom"))),
+            LinkError::Connect {
+                addr: "gw:7000".into(),
+                error: std::io::Error::other("boom"),
+            },
+        ];
+        for error in errors {
+            let text = format!("{:#}", anyhow::Error::from(error));
+            assert_eq!(text.matches("boom").count(), 1, "{text}");
+        }
+        let read = crate::policy::PolicyError::Read {
+            path: "x.wasm".into(),
+            error: std::io::Error::other("boom"),
+        };
+        let text = format!("{:#}", anyhow::Error::from(read));
+        assert_eq!(text.matches("boom").count(), 1, "{text}");
     }
 }

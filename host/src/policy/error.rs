@@ -7,11 +7,12 @@ use std::path::PathBuf;
 /// working set with a failed one, so these are reported, not fatal.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("cannot read {}: {source}", path.display())]
+    // The cause in the message only (as a `source` too, `{:#}` would
+    // print it twice).
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{} is not a valid WebAssembly component: {reason}", path.display())]
     NotAComponent { path: PathBuf, reason: String },

@@ -25,9 +25,9 @@ pub struct PluginFile {
 
 /// Lists the plugins of `dir` in chain order.
 pub fn scan(dir: &Path) -> Result<Vec<PluginFile>, PolicyError> {
-    let read_error = |source| PolicyError::Read {
+    let read_error = |error| PolicyError::Read {
         path: dir.to_path_buf(),
-        source,
+        error,
     };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(read_error)? {
@@ -59,14 +59,14 @@ pub fn load_plugin(
     file: &PluginFile,
     config: &PolicyConfig,
 ) -> Result<Plugin, PolicyError> {
-    let wasm = std::fs::read(&file.wasm).map_err(|source| PolicyError::Read {
+    let wasm = std::fs::read(&file.wasm).map_err(|error| PolicyError::Read {
         path: file.wasm.clone(),
-        source,
+        error,
     })?;
     let rules = match &file.rules {
-        Some(path) => std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        Some(path) => std::fs::read_to_string(path).map_err(|error| PolicyError::Read {
             path: path.clone(),
-            source,
+            error,
         })?,
         None => String::new(),
     };

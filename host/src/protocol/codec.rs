@@ -12,8 +12,10 @@ use tokio_util::codec::{Decoder, Encoder};
 /// Why a connection's byte stream could not be understood.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
+    // The cause is in the message, not also a `source`: `{:#}` would
+    // print it twice.
     #[error("connection error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("frame of {len} bytes exceeds the maximum of {max}")]
     Oversized { len: usize, max: usize },
     #[error("empty frame (no version byte)")]
@@ -21,7 +23,19 @@ pub enum ProtocolError {
     #[error("frame of protocol version {found}; this side speaks {PROTOCOL_VERSION}")]
     UnknownVersion { found: u8 },
     #[error("malformed frame: {0}")]
-    Malformed(#[from] postcard::Error),
+    Malformed(postcard::Error),
+}
+
+impl From<std::io::Error> for ProtocolError {
+    fn from(e: std::io::Error) -> Self {
+        ProtocolError::Io(e)
+    }
+}
+
+impl From<postcard::Error> for ProtocolError {
+    fn from(e: postcard::Error) -> Self {
+        ProtocolError::Malformed(e)
+    }
 }
 
 impl ProtocolError {
