@@ -22,6 +22,7 @@ fn reload(c: &mut Criterion) {
         config_file: None,
         plugin_dir_override: Some(dir.path().to_path_buf()),
         fallback: PolicyConfig::default(),
+        started: None,
     };
     let reloader = Reloader::new(runtime.clone(), source, handle.clone(), Events::new());
 
