@@ -151,3 +151,86 @@ pub(crate) async fn termination() {
         _ = term.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::Parser;
+
+    /// Every `legsync ...` command line in README.md and docs/ parses as
+    /// written: subcommands and flags exist and take what the docs give
+    /// them. Optional `[...]` parts are taken, with their first `a|b`
+    /// choice; shell pipes, redirections and comments are cut.
+    #[test]
+    fn every_documented_command_parses() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = vec![root.join("README.md")];
+        for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+            files.push(entry.unwrap().path());
+        }
+        let mut checked = 0;
+        let mut failures = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let mut in_block = false;
+            let mut pending = String::new();
+            for (number, line) in text.lines().enumerate() {
+                if line.trim_start().starts_with("```") {
+                    in_block = !in_block;
+                    continue;
+                }
+                if !in_block {
+                    continue;
+                }
+                let line = line.trim();
+                if pending.is_empty() && !line.starts_with("legsync ") {
+                    continue;
+                }
+                if let Some(head) = line.strip_suffix('\\') {
+                    pending.push_str(head);
+                    continue;
+                }
+                pending.push_str(line);
+                let command = normalize(&std::mem::take(&mut pending));
+                let words: Vec<&str> = command.split_whitespace().collect();
+                checked += 1;
+                if let Err(e) = Cli::try_parse_from(&words) {
+                    failures.push(format!(
+                        "{}:{}: `{command}`: {}",
+                        file.display(),
+                        number + 1,
+                        e.to_string().lines().next().unwrap_or("")
+                    ));
+                }
+            }
+        }
+        assert!(checked > 30, "only {checked} commands found");
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// A documented line as one command: comment, pipe and redirection cut,
+    /// `[...]` opened with its first choice.
+    fn normalize(line: &str) -> String {
+        let mut line = line.to_string();
+        for cut in ["  #", " | ", " > "] {
+            if let Some(at) = line.find(cut) {
+                line.truncate(at);
+            }
+        }
+        let mut out = String::new();
+        let mut rest = line.as_str();
+        while let Some(open) = rest.find('[') {
+            out.push_str(&rest[..open]);
+            let close = rest[open..].find(']').map_or(rest.len(), |c| open + c);
+            let inside = &rest[open + 1..close];
+            out.push_str(inside.split('|').next().unwrap_or(""));
+            rest = rest.get(close + 1..).unwrap_or("");
+        }
+        out.push_str(rest);
+        // `cold|warm` outside brackets: the first choice.
+        out.split_whitespace()
+            .map(|w| w.split('|').next().unwrap_or(w))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
