@@ -515,3 +515,24 @@ fn the_dist_config_loads() {
         assert!(unit.contains(needed), "{needed}");
     }
 }
+
+#[test]
+fn bench_sweep_tabulates_and_plots_cost_per_leg() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("sweep.svg");
+    let out = legsync(&[
+        "bench",
+        "--sweep",
+        "2000,6000",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let rows: Vec<&str> = stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(rows[0].trim_start().starts_with("2000 ") && rows[1].trim_start().starts_with("6000 "));
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("native") && svg.contains("wasm"));
+    assert!(svg.contains("time per leg") && svg.contains("peak RSS per leg"));
+}

@@ -9,6 +9,7 @@
 
 mod report;
 mod series;
+mod sweep;
 mod takeover;
 
 use crate::config::HostConfig;
@@ -94,9 +95,19 @@ pub struct BenchArgs {
     /// How the active host is lost in `--mode takeover`.
     #[arg(long, value_enum, default_value = "kill")]
     loss: takeover::Loss,
+    /// Cold resyncs at each of these sizes, native and WASM, each in its own
+    /// process: cost and memory per leg as the table grows.
+    #[arg(long, value_delimiter = ',')]
+    sweep: Option<Vec<u64>>,
+    /// With `--sweep`: draw time and memory per leg against legs (SVG).
+    #[arg(long, requires = "sweep")]
+    plot: Option<PathBuf>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(sizes) = &args.sweep {
+        return sweep::run(&args, sizes).await;
+    }
     let one_policy = matches!(args.mode, Mode::Transfer | Mode::Takeover);
     if args.repeat > 1 || (args.policy == PolicyKind::Both && !one_policy) {
         return series::run(&args).await;

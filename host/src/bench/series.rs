@@ -26,7 +26,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             if args.repeat > 1 {
                 eprintln!("round {round}/{}: {}", args.repeat, arg_name(policy));
             }
-            let report = run_child(args, policy).await?;
+            let report = run_child(args, policy, args.legs).await?;
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else if args.repeat == 1 {
@@ -97,9 +97,14 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// One run of `legsync bench --json` with `policy`, in a child process.
-async fn run_child(args: &BenchArgs, policy: PolicyKind) -> anyhow::Result<BenchReport> {
-    let (legs, mode, name) = (args.legs.to_string(), arg_name(args.mode), arg_name(policy));
+/// One run of `legsync bench --json` with `policy` over `legs`, in a child
+/// process.
+pub(super) async fn run_child(
+    args: &BenchArgs,
+    policy: PolicyKind,
+    legs: u64,
+) -> anyhow::Result<BenchReport> {
+    let (legs, mode, name) = (legs.to_string(), arg_name(args.mode), arg_name(policy));
     let mut command = tokio::process::Command::new(std::env::current_exe()?);
     command.args(["bench", "--json", "--legs", &legs]);
     command.args(["--mode", &mode, "--policy", &name]);
