@@ -10,6 +10,9 @@ use plotters::prelude::*;
 use std::path::Path;
 use std::process::ExitCode;
 
+/// What a chart shows of a run.
+type Measure = fn(&BenchReport) -> f64;
+
 /// One point of the sweep.
 struct Point {
     legs: u64,
@@ -67,7 +70,7 @@ fn draw(path: &Path, points: &[Point]) -> anyhow::Result<()> {
     let lowest = points.iter().map(|p| p.legs).min().unwrap_or(1) as f64;
     let highest = points.iter().map(|p| p.legs).max().unwrap_or(1) as f64;
     let range = (lowest / 1.5)..(highest * 1.5);
-    let charts: [(&DrawingArea<_, _>, &str, fn(&BenchReport) -> f64); 2] = [
+    let charts: [(&DrawingArea<_, _>, &str, Measure); 2] = [
         (&left, "resync: time per leg (ns)", ns_per_leg),
         (&right, "resync: peak RSS per leg (bytes)", |r| {
             r.rss_bytes_per_leg
