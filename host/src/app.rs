@@ -66,6 +66,8 @@ pub fn build_host(
             host_name: config.name.clone(),
         },
         standby_retry: Duration::from_millis(link.standby_retry_ms),
+        max_legs: link.max_legs as usize,
+        max_links: link.max_links as usize,
         grace: config.grace(),
         backoff_base: Duration::from_millis(link.backoff_base_ms),
         backoff_max: Duration::from_millis(link.backoff_max_ms),

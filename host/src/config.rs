@@ -73,6 +73,10 @@ pub struct LinkConfig {
     /// A standby (the engine has another controller) asks for the slot
     /// this often: the takeover delay after the active host dies.
     pub standby_retry_ms: u64,
+    /// The most legs a snapshot may carry (the table's bound).
+    pub max_legs: u64,
+    /// The most links a snapshot may carry.
+    pub max_links: u64,
 }
 
 impl Default for LinkConfig {
@@ -85,6 +89,8 @@ impl Default for LinkConfig {
             backoff_max_ms: 5_000,
             max_frame_bytes: crate::protocol::DEFAULT_MAX_FRAME,
             standby_retry_ms: 100,
+            max_legs: 4_000_000,
+            max_links: 4_000_000,
         }
     }
 }
@@ -176,8 +182,9 @@ impl HostConfig {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            self.grace_secs.is_finite() && self.grace_secs >= 0.0,
-            "grace_secs must be a number of seconds >= 0"
+            (1.0..=86_400.0).contains(&self.grace_secs),
+            "grace_secs must be between 1 and 86400 seconds (it is {}): a shorter grace ends every call at the first network blip",
+            self.grace_secs
         );
         anyhow::ensure!(
             !self.name.is_empty()
@@ -191,6 +198,35 @@ impl HostConfig {
             check_engine_address(engine)?;
         }
         let link = &self.link;
+        for (key, value, range) in [
+            (
+                "link.connect_timeout_ms",
+                link.connect_timeout_ms,
+                1..=600_000,
+            ),
+            ("link.heartbeat_ms", link.heartbeat_ms, 10..=60_000),
+            (
+                "link.heartbeat_timeout_ms",
+                link.heartbeat_timeout_ms,
+                20..=600_000,
+            ),
+            ("link.backoff_base_ms", link.backoff_base_ms, 1..=600_000),
+            ("link.backoff_max_ms", link.backoff_max_ms, 1..=3_600_000),
+            (
+                "link.max_frame_bytes",
+                link.max_frame_bytes as u64,
+                1024..=(64 << 20),
+            ),
+            ("link.max_legs", link.max_legs, 1..=100_000_000),
+            ("link.max_links", link.max_links, 1..=100_000_000),
+        ] {
+            anyhow::ensure!(
+                range.contains(&value),
+                "{key} must be between {} and {} (it is {value})",
+                range.start(),
+                range.end()
+            );
+        }
         anyhow::ensure!(
             (10..=60_000).contains(&link.standby_retry_ms),
             "link.standby_retry_ms must be between 10 and 60000 (it is {})",
@@ -247,6 +283,76 @@ mod tests {
         assert_eq!(config.link.heartbeat_ms, 200);
         assert_eq!(config.link.heartbeat_timeout_ms, 3_000);
         config.validate().unwrap();
+    }
+
+    /// Whatever numbers a config file holds, loading it never panics, and
+    /// what it accepts can be turned into the host's settings (durations,
+    /// memory caps) without a panic either. Seeded, replayable.
+    #[test]
+    fn no_number_in_a_config_panics() {
+        let keys = [
+            ("", "grace_secs"),
+            ("link", "connect_timeout_ms"),
+            ("link", "heartbeat_ms"),
+            ("link", "heartbeat_timeout_ms"),
+            ("link", "backoff_base_ms"),
+            ("link", "backoff_max_ms"),
+            ("link", "max_frame_bytes"),
+            ("link", "standby_retry_ms"),
+            ("link", "max_legs"),
+            ("link", "max_links"),
+            ("policy", "batch_size"),
+            ("policy.defaults", "memory_mb"),
+            ("policy.defaults", "deadline_ms"),
+            ("policy.defaults", "quarantine_base_ms"),
+            ("policy.defaults", "quarantine_after"),
+            ("policy.defaults", "instances"),
+        ];
+        let specials = [
+            "0",
+            "1",
+            "-1",
+            "1e20",
+            "1e19",
+            "-0.0",
+            "nan",
+            "inf",
+            "0.001",
+            "4294967296",
+            "17592186044416",
+            "9223372036854775807",
+            "18446744073709551615",
+            "1.5",
+        ];
+        let mut state = 0x5eed_u64;
+        let mut next = || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z ^ (z >> 31)
+        };
+        for _ in 0..5_000 {
+            let (table, key) = keys[(next() % keys.len() as u64) as usize];
+            let value = match next() % 3 {
+                0 => specials[(next() % specials.len() as u64) as usize].to_string(),
+                1 => (next() >> (next() % 64)).to_string(),
+                _ => format!("{}", f64::from_bits(next())),
+            };
+            let text = if table.is_empty() {
+                format!("{key} = {value}\n")
+            } else {
+                format!("[{table}]\n{key} = {value}\n")
+            };
+            let Ok(config) = toml::from_str::<HostConfig>(&text) else {
+                continue;
+            };
+            if config.validate().is_ok() {
+                let _ = config.grace();
+                let settings = config.policy.settings_for("any");
+                let _ = crate::policy::limits::deadline_ticks(settings.limits.call_deadline);
+                assert!(settings.limits.memory_bytes > 0, "{text}");
+            }
+        }
     }
 
     #[test]

@@ -246,3 +246,32 @@ async fn a_peer_that_does_not_speak_legsync_is_named_and_backed_off() {
     );
     assert!(!text.contains("exceeds the maximum"), "{text}");
 }
+
+/// A snapshot announcing u64::MAX legs (12 bytes on the wire) used to abort
+/// the host on `capacity overflow`, and ten million to take gigabytes: the
+/// count is a hint, capped by `max_legs`; past it the link is dropped with
+/// the reason, and the host lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_snapshot_count_is_refused_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut host = host_at(listener.local_addr().unwrap(), dir.path());
+    for legs in [u64::MAX, 1 << 40, 10_000_000] {
+        let mut frame = BytesMut::new();
+        FrameCodec::<HostMessage, EngineMessage>::new(1 << 20)
+            .encode(EngineMessage::SnapshotBegin { legs, links: 0 }, &mut frame)
+            .unwrap();
+        let _peer = hello_then(&listener, &frame).await;
+        let events = host
+            .events_until(WAIT, |e| disconnected(e).is_some())
+            .await
+            .unwrap();
+        let detail = events.iter().find_map(disconnected).unwrap();
+        assert!(
+            detail.contains(&format!("announces a snapshot of {legs} legs"))
+                && detail.contains("above max_legs (4000000)"),
+            "{detail}"
+        );
+    }
+    host.stop().await.unwrap();
+}

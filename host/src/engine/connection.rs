@@ -58,6 +58,8 @@ pub enum LinkError {
     Fenced,
     #[error("unexpected message from the engine: {0}")]
     Unexpected(String),
+    #[error("{0}")]
+    Limit(String),
 }
 
 impl LinkError {
@@ -73,6 +75,7 @@ impl LinkError {
             LinkError::Closed => "closed",
             LinkError::Fenced => "fenced",
             LinkError::Unexpected(_) => "unexpected",
+            LinkError::Limit(_) => "limit",
         }
     }
 
@@ -80,9 +83,10 @@ impl LinkError {
     pub fn is_peer_fault(&self) -> bool {
         match self {
             LinkError::Protocol(e) => e.is_peer_fault(),
-            LinkError::Version { .. } | LinkError::Unexpected(_) | LinkError::NotLegsync { .. } => {
-                true
-            }
+            LinkError::Version { .. }
+            | LinkError::Unexpected(_)
+            | LinkError::NotLegsync { .. }
+            | LinkError::Limit(_) => true,
             _ => false,
         }
     }

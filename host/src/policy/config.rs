@@ -174,18 +174,36 @@ impl PolicyConfig {
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), String> {
-        if self.batch_size == 0 {
-            return Err("policy.batch_size must be at least 1".into());
+        if !(1..=65_536).contains(&self.batch_size) {
+            return Err(format!(
+                "policy.batch_size must be between 1 and 65536 (it is {})",
+                self.batch_size
+            ));
         }
         for (name, cfg) in std::iter::once(("defaults", &self.defaults))
             .chain(self.plugins.iter().map(|(n, c)| (n.as_str(), c)))
         {
-            if cfg.limits.memory_mb == Some(0) {
-                return Err(format!("policy.{name}.memory_mb must be at least 1"));
-            }
-            if cfg.limits.deadline_ms == Some(0) {
-                return Err(format!("policy.{name}.deadline_ms must be at least 1"));
-            }
+            let within =
+                |key: &str, value: Option<u64>, range: std::ops::RangeInclusive<u64>| match value {
+                    Some(v) if !range.contains(&v) => Err(format!(
+                        "policy.{name}.{key} must be between {} and {} (it is {v})",
+                        range.start(),
+                        range.end()
+                    )),
+                    _ => Ok(()),
+                };
+            within(
+                "memory_mb",
+                cfg.limits.memory_mb.map(|m| m as u64),
+                1..=65_536,
+            )?;
+            within("deadline_ms", cfg.limits.deadline_ms, 1..=600_000)?;
+            within("quarantine_base_ms", cfg.quarantine_base_ms, 1..=3_600_000)?;
+            within(
+                "quarantine_after",
+                cfg.quarantine_after.map(u64::from),
+                1..=1_000_000,
+            )?;
             if let Some(n) = cfg.instances
                 && !(1..=MAX_INSTANCES).contains(&n)
             {

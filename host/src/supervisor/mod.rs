@@ -43,6 +43,11 @@ pub struct HostOptions {
     pub backoff_max: Duration,
     /// How often a standby asks the engine for the controller slot.
     pub standby_retry: Duration,
+    /// The most legs and links the host holds: a snapshot announcing or
+    /// carrying more is refused (the engine's counts are hints, never
+    /// trusted with memory).
+    pub max_legs: usize,
+    pub max_links: usize,
 }
 
 /// What the host looks like from outside, updated as it changes.

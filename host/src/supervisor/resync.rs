@@ -199,7 +199,15 @@ impl Host {
         run: &mut Run,
     ) -> Result<SnapshotDiff, ResyncError> {
         match connection.next().await? {
-            EngineMessage::SnapshotBegin { legs, .. } => {
+            EngineMessage::SnapshotBegin { legs, links } => {
+                let (max_legs, max_links) = (self.options.max_legs, self.options.max_links);
+                if legs > max_legs as u64 || links > max_links as u64 {
+                    return Err(LinkError::Limit(format!(
+                        "the engine announces a snapshot of {legs} legs and {links} links, above max_legs ({max_legs}) or max_links ({max_links})"
+                    ))
+                    .into());
+                }
+                // A hint, capped: never more memory than the limits allow.
                 self.table.reserve_total(legs as usize);
                 self.cdr.reserve_total(legs as usize);
                 self.status.send_modify(|s| {
@@ -223,6 +231,14 @@ impl Host {
             match connection.next().await? {
                 EngineMessage::SnapshotLegs(chunk) => {
                     let received = chunk.len() as u64;
+                    let so_far = self.status.borrow().snapshot_received + received;
+                    if so_far > self.options.max_legs as u64 {
+                        return Err(LinkError::Limit(format!(
+                            "the engine's snapshot goes past max_legs ({}) legs",
+                            self.options.max_legs
+                        ))
+                        .into());
+                    }
                     let diffing = Instant::now();
                     let unknown = diff.legs(&mut self.table, chunk);
                     run.summary.phases.diff += micros(diffing);
@@ -236,6 +252,13 @@ impl Host {
                     self.status.send_modify(|s| s.snapshot_received += received);
                 }
                 EngineMessage::SnapshotLinks(chunk) => {
+                    if diff.unknown_links.len() + chunk.len() > self.options.max_links {
+                        return Err(LinkError::Limit(format!(
+                            "the engine's snapshot goes past max_links ({}) links",
+                            self.options.max_links
+                        ))
+                        .into());
+                    }
                     let diffing = Instant::now();
                     diff.links(&mut self.table, chunk);
                     run.summary.phases.diff += micros(diffing);
