@@ -77,6 +77,9 @@ pub struct LinkConfig {
     pub max_legs: u64,
     /// The most links a snapshot may carry.
     pub max_links: u64,
+    /// The longest a resync may take (snapshot, decisions, drop
+    /// acknowledgements) before the engine is cut off.
+    pub resync_timeout_ms: u64,
 }
 
 impl Default for LinkConfig {
@@ -91,6 +94,7 @@ impl Default for LinkConfig {
             standby_retry_ms: 100,
             max_legs: 4_000_000,
             max_links: 4_000_000,
+            resync_timeout_ms: 120_000,
         }
     }
 }
@@ -219,6 +223,11 @@ impl HostConfig {
             ),
             ("link.max_legs", link.max_legs, 1..=100_000_000),
             ("link.max_links", link.max_links, 1..=100_000_000),
+            (
+                "link.resync_timeout_ms",
+                link.resync_timeout_ms,
+                100..=3_600_000,
+            ),
         ] {
             anyhow::ensure!(
                 range.contains(&value),

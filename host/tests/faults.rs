@@ -73,8 +73,13 @@ async fn a_frozen_engine_is_detected_by_missing_heartbeats() {
 
 /// A host with no plugins pointed at `addr`, with fast retries.
 fn host_at(addr: std::net::SocketAddr, dir: &std::path::Path) -> RunningHost {
+    host_with_grace(addr, dir, 10.0)
+}
+
+fn host_with_grace(addr: std::net::SocketAddr, dir: &std::path::Path, grace: f64) -> RunningHost {
     let mut config = HostConfig {
         engine: Some(addr.to_string()),
+        grace_secs: grace,
         ..HostConfig::default()
     };
     config.cdr = dir.join("cdr.jsonl");
@@ -274,4 +279,105 @@ async fn a_lying_snapshot_count_is_refused_not_trusted() {
         );
     }
     host.stop().await.unwrap();
+}
+
+/// An engine that opens a snapshot and then only sends heartbeats (or never
+/// acknowledges a drop) used to hold the host in "resyncing": the grace
+/// deadline passed 17 s late and a stop took as long. The grace deadline now
+/// holds through a stalled resync, and a stop is prompt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_resync_holds_neither_the_grace_deadline_nor_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut host = host_with_grace(listener.local_addr().unwrap(), dir.path(), 1.0);
+    let hello = |boot_id| EngineMessage::Hello {
+        protocol: PROTOCOL_VERSION,
+        boot_id,
+        engine: "stalling".into(),
+        epoch: boot_id,
+    };
+    // A normal first resync: two calls held.
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut engine = FramedWrite::new(
+        stream,
+        FrameCodec::<HostMessage, EngineMessage>::new(1 << 20),
+    );
+    for message in [
+        hello(1),
+        EngineMessage::SnapshotBegin { legs: 2, links: 0 },
+        EngineMessage::SnapshotLegs(vec![
+            common::leg(1, "SIP_A", "1"),
+            common::leg(2, "SIP_A", "2"),
+        ]),
+        EngineMessage::SnapshotEnd,
+    ] {
+        engine.send(message).await.unwrap();
+    }
+    host.next_resync(WAIT).await.unwrap();
+    // The link drops: the grace timer starts now.
+    drop(engine);
+    let lost_at = Instant::now();
+    // The engine comes back, opens a snapshot, and stalls (heartbeats only).
+    let stall = |stream: TcpStream, boot_id: u64| async move {
+        let mut engine = FramedWrite::new(
+            stream,
+            FrameCodec::<HostMessage, EngineMessage>::new(1 << 20),
+        );
+        engine.send(hello(boot_id)).await?;
+        engine
+            .send(EngineMessage::SnapshotBegin { legs: 5, links: 0 })
+            .await?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            engine.send(EngineMessage::Heartbeat).await?;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), legsync::protocol::ProtocolError>(())
+    };
+    let (stream, _) = listener.accept().await.unwrap();
+    let stalled = tokio::spawn(stall(stream, 2));
+    let events = host
+        .events_until(WAIT, |e| {
+            matches!(
+                e,
+                HostEvent::Link {
+                    state: LinkState::Purged,
+                    ..
+                }
+            )
+        })
+        .await
+        .unwrap();
+    let purged_after = lost_at.elapsed();
+    assert!(
+        purged_after < Duration::from_millis(2_500),
+        "purged {purged_after:?} after the loss, grace 1 s"
+    );
+    let ended: Vec<_> = terminated(&events);
+    assert!(
+        ended.contains(&(1, legsync::model::TerminationReason::GraceExpired)),
+        "{ended:?}"
+    );
+    let details: Vec<String> = events.iter().filter_map(disconnected).collect();
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains("still running at the grace deadline")),
+        "{details:?}"
+    );
+    stalled.abort();
+
+    // Stalled again: a stop does not wait for the resync.
+    let (stream, _) = listener.accept().await.unwrap();
+    let _stalled = tokio::spawn(stall(stream, 3));
+    host.wait_status(WAIT, |s| s.link == Some(LinkState::Resyncing))
+        .await
+        .unwrap();
+    let stopping = Instant::now();
+    host.stop().await.unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        stopping.elapsed()
+    );
 }

@@ -60,6 +60,8 @@ pub enum LinkError {
     Unexpected(String),
     #[error("{0}")]
     Limit(String),
+    #[error("{0}")]
+    Stalled(String),
 }
 
 impl LinkError {
@@ -76,6 +78,7 @@ impl LinkError {
             LinkError::Fenced => "fenced",
             LinkError::Unexpected(_) => "unexpected",
             LinkError::Limit(_) => "limit",
+            LinkError::Stalled(_) => "stalled",
         }
     }
 
@@ -86,7 +89,8 @@ impl LinkError {
             LinkError::Version { .. }
             | LinkError::Unexpected(_)
             | LinkError::NotLegsync { .. }
-            | LinkError::Limit(_) => true,
+            | LinkError::Limit(_)
+            | LinkError::Stalled(_) => true,
             _ => false,
         }
     }

@@ -48,6 +48,8 @@ pub struct HostOptions {
     /// trusted with memory).
     pub max_legs: usize,
     pub max_links: usize,
+    /// The longest a resync may take before the engine is cut off.
+    pub resync_budget: Duration,
 }
 
 /// What the host looks like from outside, updated as it changes.
@@ -224,7 +226,32 @@ impl Host {
             self.cdr.set_epoch(&connection.engine, connection.epoch);
             let engine = connection.engine.clone();
             self.set_role(Role::Active, Some((engine, connection.epoch)), None);
-            match self.resync(&mut connection).await {
+            // A resync has a time budget, and never outlives the grace
+            // deadline or a stop: an engine that stalls mid-snapshot or
+            // never acknowledges a drop is cut off, and the timers hold.
+            let budget_end = Instant::now() + self.options.resync_budget;
+            let grace_end = self.grace.deadline();
+            let by_grace = grace_end.is_some_and(|grace| grace <= budget_end);
+            let limit = grace_end.map_or(budget_end, |grace| grace.min(budget_end));
+            let outcome = tokio::select! {
+                outcome = self.resync(&mut connection) => Some(outcome),
+                _ = sleep_until(limit) => None,
+                _ = shutdown.cancelled() => None,
+            };
+            if shutdown.is_cancelled() {
+                return self.shut_down().await;
+            }
+            let outcome = outcome.unwrap_or_else(|| {
+                Err(ResyncError::Link(LinkError::Stalled(if by_grace {
+                    "the resync was still running at the grace deadline: the engine is cut off, and the held contexts end".to_string()
+                } else {
+                    format!(
+                        "the resync took longer than its budget of {} s: the engine is cut off",
+                        self.options.resync_budget.as_secs()
+                    )
+                })))
+            });
+            match outcome {
                 Ok(()) => {
                     self.grace.disarm();
                     backoff.reset();
@@ -282,7 +309,9 @@ impl Host {
     /// The link went down: contexts stay valid for the grace time.
     fn lost(&mut self, error: LinkError) {
         metrics::counter!(crate::metrics::DISCONNECTS, "reason" => error.reason()).increment(1);
-        if error.is_peer_fault() {
+        if let LinkError::Stalled(_) = error {
+            tracing::error!(error = %error, "engine link cut off");
+        } else if error.is_peer_fault() {
             tracing::error!(error = %error, "the engine sent something invalid; dropping the link to resync");
         } else {
             tracing::warn!(error = %error, "engine link lost");
