@@ -45,6 +45,11 @@ pub struct HostConfig {
     /// The event log; none disables it.
     #[serde(default)]
     pub events: Option<PathBuf>,
+    /// Stop the host (exit 1) rather than run on when the event log cannot
+    /// be written (default false: failures are counted, logged, and shown
+    /// by `/healthz`).
+    #[serde(default)]
+    pub events_required: bool,
     /// The admin endpoint's address (`/metrics`, `/healthz`, `/readyz`,
     /// `/status`, `/legs`, `POST /reload`), or `off`. Default
     /// 127.0.0.1:9464: loopback only unless configured otherwise.
@@ -159,6 +164,7 @@ impl Default for HostConfig {
             grace_secs: default_grace(),
             cdr: default_cdr(),
             events: None,
+            events_required: false,
             admin: default_admin(),
             link: LinkConfig::default(),
             policy: PolicyConfig::default(),

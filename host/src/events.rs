@@ -233,7 +233,25 @@ pub struct Events {
     file: Option<Arc<Mutex<std::io::BufWriter<std::fs::File>>>>,
     /// The event log's path, for [`Events::reopen`].
     path: Option<Arc<std::path::PathBuf>>,
+    /// How writing the event log goes.
+    audit: Arc<Audit>,
 }
+
+/// The event log's health: failures are counted, logged once per
+/// [`AUDIT_LOG_EVERY`] with their count, shown by `/healthz`, and, when the
+/// log is required, stop the host.
+#[derive(Default)]
+struct Audit {
+    errors: std::sync::atomic::AtomicU64,
+    last_error_ms: std::sync::atomic::AtomicU64,
+    /// Failures since the last log line about them, and when that was.
+    unlogged: Mutex<(u64, Option<std::time::Instant>)>,
+    required: std::sync::atomic::AtomicBool,
+    failed: tokio_util::sync::CancellationToken,
+}
+
+/// At most one log line about event-log failures this often.
+pub const AUDIT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl std::fmt::Debug for Events {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -253,6 +271,63 @@ impl Events {
             summaries,
             file: None,
             path: None,
+            audit: Arc::default(),
+        }
+    }
+
+    /// With `required`, a failure to write the event log stops the host
+    /// (see [`Events::audit_failed`]) instead of letting it run without
+    /// its audit trail.
+    pub fn set_required(&self, required: bool) {
+        use std::sync::atomic::Ordering;
+        self.audit.required.store(required, Ordering::Relaxed);
+    }
+
+    /// Cancelled at the first failure of a required event log.
+    pub fn audit_failed(&self) -> tokio_util::sync::CancellationToken {
+        self.audit.failed.clone()
+    }
+
+    /// Failed event-log writes so far (a write carries one line or a
+    /// buffer of many), and when the last failed (Unix ms; 0 for never).
+    pub fn audit_errors(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.audit.errors.load(Ordering::Relaxed),
+            self.audit.last_error_ms.load(Ordering::Relaxed),
+        )
+    }
+
+    fn audit_error(&self, error: &std::io::Error) {
+        use std::sync::atomic::Ordering;
+        self.audit.errors.fetch_add(1, Ordering::Relaxed);
+        self.audit
+            .last_error_ms
+            .store(crate::model::now_ms(), Ordering::Relaxed);
+        metrics::counter!(crate::metrics::EVENT_LOG_ERRORS).increment(1);
+        if self.audit.required.load(Ordering::Relaxed) {
+            self.audit.failed.cancel();
+        }
+        let mut unlogged = self
+            .audit
+            .unlogged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        unlogged.0 += 1;
+        if unlogged.1.is_none_or(|at| at.elapsed() >= AUDIT_LOG_EVERY) {
+            let path = self
+                .path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            tracing::error!(
+                error = %error,
+                failed_writes = unlogged.0,
+                file = path,
+                "cannot write the event log: the audit trail is incomplete (one line per {} s)",
+                AUDIT_LOG_EVERY.as_secs()
+            );
+            *unlogged = (0, Some(std::time::Instant::now()));
         }
     }
 
@@ -330,8 +405,7 @@ impl Events {
                 .map_err(std::io::Error::from)
                 .and_then(|()| file.write_all(b"\n"))
             {
-                tracing::error!(error = %e, "cannot write the event log");
-                metrics::counter!(crate::metrics::EVENT_LOG_ERRORS).increment(1);
+                self.audit_error(&e);
             }
             if summarizing && !event.is_per_item() {
                 let _ = self.summaries.send(event.clone());
@@ -343,7 +417,7 @@ impl Events {
         if let Some(file) = file.as_mut()
             && let Err(e) = file.flush()
         {
-            tracing::error!(error = %e, "cannot flush the event log");
+            self.audit_error(&e);
         }
     }
 }

@@ -126,7 +126,7 @@ pub const ALL: &[(&str, &str, &str)] = &[
     (
         EVENT_LOG_ERRORS,
         "counter",
-        "event-log lines that could not be written",
+        "event-log writes that failed (each a line or a buffer of lines): the audit trail is incomplete",
     ),
 ];
 

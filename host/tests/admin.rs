@@ -273,3 +273,69 @@ async fn the_admin_endpoint_follows_the_host_and_its_commands_work() {
     assert!(lost >= 1.0, "{metrics}");
     host.stop().await.unwrap();
 }
+
+/// The event log on a full disk (`/dev/full`): the host runs on, says so
+/// once per interval (not once per line), counts the lost lines and fails
+/// `/healthz`; with `events_required` it stops instead, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_event_log_is_loud_and_can_stop_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProcess::spawn(
+        exe(),
+        &dir.path().join("engine.state"),
+        Some(2_000),
+        &["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "1000"],
+    )
+    .await
+    .unwrap();
+    let path = config(dir.path(), "pri", sim.listen);
+    let base = std::fs::read_to_string(&path).unwrap();
+    let full = |required: bool| {
+        let text = base.replace(
+            &format!(
+                "events = \"{}\"",
+                dir.path().join("events-pri.jsonl").display()
+            ),
+            &format!("events = \"/dev/full\"\nevents_required = {required}"),
+        );
+        std::fs::write(&path, text).unwrap();
+    };
+    full(false);
+    let mut host = HostProcess::spawn(exe(), &path, &dir.path().join("pri.log")).unwrap();
+    let admin = host.admin_addr().await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (code, body) = get(admin, "/healthz").await;
+        if body.contains("audit-failing") {
+            assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, ready) = get(admin, "/readyz").await;
+    assert!(ready.contains("\"active\""), "the host runs on: {ready}");
+    let (_, metrics) = get(admin, "/metrics").await;
+    assert!(
+        sample(&metrics, "legsync_event_log_errors_total").unwrap() >= 1.0,
+        "{metrics}"
+    );
+    host.stop().await.unwrap();
+    let said = host.log().matches("cannot write the event log").count();
+    assert!((1..=2).contains(&said), "{said} log lines about it");
+
+    full(true);
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(exe())
+            .args(["run", "--config", path.to_str().unwrap()])
+            .env("NO_COLOR", "1")
+            .output(),
+    )
+    .await
+    .expect("a required audit trail that fails stops the host")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("`events_required` is set"), "{stderr}");
+}

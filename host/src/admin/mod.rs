@@ -237,6 +237,19 @@ fn metrics(admin: &Admin) -> Reply {
 }
 
 async fn healthz(admin: &Admin) -> Reply {
+    if let Some((_, events)) = &admin.files {
+        let (lost, last_ms) = events.audit_errors();
+        let window = crate::events::AUDIT_LOG_EVERY.as_millis() as u64;
+        if last_ms > 0 && crate::model::now_ms().saturating_sub(last_ms) < window {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({
+                    "status": "audit-failing",
+                    "detail": format!("the event log cannot be written ({lost} failed writes so far)"),
+                }),
+            );
+        }
+    }
     let (tx, rx) = oneshot::channel();
     let answered = admin.queries.send(AdminQuery::Ping(tx)).await.is_ok()
         && tokio::time::timeout(SUPERVISOR_WAIT, rx)

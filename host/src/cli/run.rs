@@ -79,6 +79,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Events::with_file(path)?,
         None => Events::new(),
     };
+    events.set_required(config.events_required);
     let (runtime, decider) = app::load_policy(&config)?;
     tracing::info!(plugins = ?decider.describe(), "active plugin set");
     let (host, policy) = app::build_host(&config, decider, events.clone())?;
@@ -86,6 +87,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let stop = shutdown.clone();
     tokio::spawn(async move {
         super::termination().await;
+        stop.cancel();
+    });
+    // A required audit trail that fails stops the host.
+    let audit = events.audit_failed();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        audit.cancelled().await;
+        tracing::error!("the event log cannot be written and `events_required` is set: stopping");
         stop.cancel();
     });
     // Absolute: the watcher reports absolute paths, and a relative
@@ -132,5 +141,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     host.run(shutdown.clone()).await?;
     shutdown.cancel();
     watching.await??;
+    if events.audit_failed().is_cancelled() {
+        anyhow::bail!(
+            "stopped: the event log {} could not be written, and `events_required` is set (the ledger is intact; the host stops rather than run without its audit trail)",
+            config
+                .events
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
