@@ -20,15 +20,20 @@ pub fn default_cache_dir() -> Option<std::path::PathBuf> {
         .map(|base| base.join("legsync"))
 }
 
-/// Builds the policy runtime and loads the plugin set named by the config.
-pub fn load_policy(config: &HostConfig) -> anyhow::Result<(PolicyRuntime, Decider)> {
+/// The policy runtime with the config's compile cache.
+pub fn policy_runtime(config: &HostConfig) -> anyhow::Result<PolicyRuntime> {
     let cache = config
         .policy
         .cache_dir
         .clone()
         .or_else(default_cache_dir)
         .map(CompileCache::new);
-    let runtime = PolicyRuntime::new(cache).context("cannot start the WebAssembly runtime")?;
+    PolicyRuntime::new(cache).context("cannot start the WebAssembly runtime")
+}
+
+/// Builds the policy runtime and loads the plugin set named by the config.
+pub fn load_policy(config: &HostConfig) -> anyhow::Result<(PolicyRuntime, Decider)> {
+    let runtime = policy_runtime(config)?;
     let decider = match &config.policy.plugin_dir {
         Some(dir) => Decider::Chain(Arc::new(
             loader::load_dir(&runtime, dir, &config.policy)

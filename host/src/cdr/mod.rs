@@ -214,19 +214,19 @@ impl CdrWriter {
     /// durable, writes the checkpoint beside it (see [`rotate`]), and goes
     /// on in a new file at the ledger's path. Durable once awaited.
     pub fn reopen(&self) -> Pending {
-        let (done, written) = oneshot::channel();
-        let _ = self.jobs.send(Job::Reopen(done));
-        Pending {
-            written: Some(written),
-            records: 0,
-            path: self.path.clone(),
-        }
+        self.ask(Job::Reopen)
     }
 
     /// Makes every record handed over so far durable.
     pub fn commit(&self) -> Pending {
+        self.ask(Job::Commit)
+    }
+
+    /// Sends the writer a job that answers when it is done.
+    fn ask(&self, job: fn(oneshot::Sender<std::io::Result<()>>) -> Job) -> Pending {
         let (done, written) = oneshot::channel();
-        let _ = self.jobs.send(Job::Commit(done));
+        // A gone writer thread drops `done`: `durable` reports it.
+        let _ = self.jobs.send(job(done));
         Pending {
             written: Some(written),
             records: 0,

@@ -2,9 +2,8 @@
 //! start (the config, every plugin with its rules), loaded the same way,
 //! every problem named. The command to run before a restart or a reload.
 
-use crate::app::default_cache_dir;
 use crate::config::HostConfig;
-use crate::policy::{CompileCache, PolicyRuntime, loader};
+use crate::policy::loader;
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,15 +78,9 @@ fn check_plugins(config: &HostConfig, dir: &std::path::Path, problems: &mut Vec<
             );
         }
     }
-    let cache = config
-        .policy
-        .cache_dir
-        .clone()
-        .or_else(default_cache_dir)
-        .map(CompileCache::new);
-    let runtime = match PolicyRuntime::new(cache) {
+    let runtime = match crate::app::policy_runtime(config) {
         Ok(runtime) => runtime,
-        Err(e) => return problems.push(format!("cannot start the WebAssembly runtime: {e:#}")),
+        Err(e) => return problems.push(format!("{e:#}")),
     };
     for file in &files {
         match loader::load_plugin(&runtime, file, &config.policy) {
