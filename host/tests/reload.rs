@@ -479,3 +479,33 @@ async fn a_relative_config_is_watched_and_restart_only_settings_are_named() {
     );
     child.kill().await.unwrap();
 }
+
+/// A plugin that binds a UDP socket in `init` used to crash `legsync run`
+/// at start (`Cannot start a runtime from within a runtime`, exit 101) while
+/// `plugin check` passed it; a start now goes through, and resyncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_making_wasi_socket_calls_in_init_does_not_crash_the_host() {
+    let world = World::new(None, &[("50-udp", "fixture-udp-init", None)]).await;
+    let events = world.events_path();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_legsync"))
+        .args([
+            "run",
+            "--admin",
+            "off",
+            "--engine",
+            &world.sim.listen.to_string(),
+        ])
+        .arg("--plugin-dir")
+        .arg(&world.plugins)
+        .arg("--cdr")
+        .arg(world.cdr_path())
+        .arg("--events")
+        .arg(&events)
+        .env("XDG_CACHE_HOME", world.dir.path().join("cache"))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_line(&events, "\"kind\":\"resync-done\"").await;
+    assert!(child.try_wait().unwrap().is_none(), "the host is running");
+    child.kill().await.unwrap();
+}

@@ -80,7 +80,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => Events::new(),
     };
     events.set_required(config.events_required);
-    let (runtime, decider) = app::load_policy(&config)?;
+    // Off the runtime's threads: a plugin's `init` may make WASI calls that
+    // block on tokio (a socket), which panics on a runtime thread.
+    let (runtime, decider) = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || app::load_policy(&config)).await??
+    };
     tracing::info!(plugins = ?decider.describe(), "active plugin set");
     let (host, policy) = app::build_host(&config, decider, events.clone())?;
     let shutdown = CancellationToken::new();
