@@ -140,6 +140,9 @@ pub struct ResyncSummary {
     pub links_refused: u64,
     pub millis: u64,
     pub phases: ResyncPhases,
+    /// What the snapshot got wrong (each ignored).
+    #[serde(default)]
+    pub anomalies: crate::resync::Anomalies,
 }
 
 /// Where the time of one resync went, in microseconds.

@@ -32,6 +32,7 @@ pub const CDR_RECORDS: &str = "legsync_cdr_records_total";
 pub const CDR_FSYNC_SECONDS: &str = "legsync_cdr_fsync_duration_seconds";
 pub const GRACE_EXPIRIES: &str = "legsync_grace_expiries_total";
 pub const EVENT_LOG_ERRORS: &str = "legsync_event_log_errors_total";
+pub const SNAPSHOT_ANOMALIES: &str = "legsync_snapshot_anomalies_total";
 
 /// Every metric: name, type, help (the list in docs/operations.md).
 pub const ALL: &[(&str, &str, &str)] = &[
@@ -122,6 +123,11 @@ pub const ALL: &[(&str, &str, &str)] = &[
         GRACE_EXPIRIES,
         "counter",
         "grace timer expiries (every context destroyed)",
+    ),
+    (
+        SNAPSHOT_ANOMALIES,
+        "counter",
+        "snapshot content ignored, by kind (duplicate-leg, self-link, leg-in-two-links, link-to-unlisted-leg)",
     ),
     (
         EVENT_LOG_ERRORS,

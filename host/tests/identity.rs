@@ -221,3 +221,75 @@ async fn a_live_answer_refused_by_a_plugin_is_billed_then_dropped() {
     assert_eq!(dropped, Command::DropLeg(7));
     host.stop().await.unwrap();
 }
+
+/// A snapshot with duplicate legs, a self-link, a leg in two links and links
+/// to legs it did not list: each has one defined outcome, is counted in the
+/// resync summary, and nothing is decided twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_anomalies_have_defined_outcomes_and_are_counted() {
+    use legsync::model::Link;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = HostConfig {
+        engine: Some(listener.local_addr().unwrap().to_string()),
+        ..HostConfig::default()
+    };
+    config.cdr = dir.path().join("cdr.jsonl");
+    config.link.heartbeat_timeout_ms = 10_000;
+    let mut host = RunningHost::start(
+        &config,
+        Decider::Chain(Arc::new(PolicyChain::new(Vec::new(), 1024))),
+    )
+    .unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut engine = FramedWrite::new(
+        stream,
+        FrameCodec::<HostMessage, EngineMessage>::new(1 << 20),
+    );
+    let answered = |id| leg(id, id, 1_000, Some(2_000));
+    let link = |id, leg_a, leg_b| Link { id, leg_a, leg_b };
+    for message in [
+        EngineMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            boot_id: 1,
+            engine: "scripted".into(),
+            epoch: 1,
+        },
+        EngineMessage::SnapshotBegin { legs: 6, links: 5 },
+        // Leg 2 twice, leg 3 three times.
+        EngineMessage::SnapshotLegs(vec![answered(1), answered(2), answered(2), answered(3)]),
+        EngineMessage::SnapshotLegs(vec![answered(3), answered(3), answered(4)]),
+        EngineMessage::SnapshotLinks(vec![
+            link(10, 1, 2),  // offered
+            link(11, 3, 3),  // a self-link
+            link(12, 2, 4),  // leg 2 is in link 10 already
+            link(13, 4, 99), // leg 99 was never listed
+            link(14, 3, 4),  // offered
+        ]),
+        EngineMessage::SnapshotEnd,
+    ] {
+        engine.send(message).await.unwrap();
+    }
+    let events = host.next_resync(WAIT).await.unwrap();
+    let mut decided: Vec<u64> = synced(&events).iter().map(|(leg, _)| *leg).collect();
+    decided.sort();
+    assert_eq!(decided, [1, 2, 3, 4], "each listed leg decided once");
+    let Some(HostEvent::ResyncDone(summary)) = events.last() else {
+        panic!("no summary")
+    };
+    let a = summary.anomalies;
+    assert_eq!(
+        (
+            a.duplicate_legs,
+            a.self_links,
+            a.legs_in_two_links,
+            a.links_to_unlisted_legs
+        ),
+        (3, 1, 1, 1),
+        "{a:?}"
+    );
+    assert_eq!(summary.links_rebuilt, 2, "links 10 and 14");
+    let status = host.status();
+    assert_eq!((status.legs, status.links), (4, 2));
+    host.stop().await.unwrap();
+}

@@ -143,7 +143,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     }
     // Links as the host sorts them: those of a refused leg are dropped
     // without a decision, those of legs not given are ignored.
-    let plan = crate::resync::sort_links(links, &refused, |leg| rebuilt.contains(&leg));
+    let plan = crate::resync::sort_links(links, &refused, |leg| rebuilt.contains(&leg), |_| false);
     for link in &plan.drop {
         println!(
             "{}",

@@ -25,6 +25,32 @@ pub struct SnapshotDiff {
     /// snapshot leg and link is unknown, without a look-up each (a million
     /// look-ups that cannot hit are a tenth of a cold resync's own work).
     cold: bool,
+    /// Ids of the legs to be decided so far: a second listing of one is
+    /// an anomaly, not a second call.
+    offered: HashSet<LegId>,
+    /// What the snapshot got wrong, counted (logged once per resync).
+    pub anomalies: Anomalies,
+}
+
+/// Snapshot content with a defined outcome other than the obvious one: each
+/// is counted, and logged once per resync as a summary (docs/protocol.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Anomalies {
+    /// A leg listed again: the first listing counts, later ones are ignored.
+    pub duplicate_legs: u64,
+    /// A link from a leg to itself: ignored.
+    pub self_links: u64,
+    /// A link naming a leg already in another link: the first link counts,
+    /// this one is ignored.
+    pub legs_in_two_links: u64,
+    /// A link naming a leg the snapshot did not list: ignored.
+    pub links_to_unlisted_legs: u64,
+}
+
+impl Anomalies {
+    pub fn any(&self) -> bool {
+        *self != Anomalies::default()
+    }
 }
 
 /// What the links of a snapshot come to, once the legs are decided.
@@ -38,6 +64,10 @@ pub struct LinkPlan {
     pub gone: Vec<LinkId>,
     /// Unknown links to a leg neither held nor refused.
     pub ignored: Vec<Link>,
+    /// Links from a leg to itself (ignored).
+    pub self_links: u64,
+    /// Links naming a leg already linked (ignored).
+    pub doubly_linked: u64,
 }
 
 impl SnapshotDiff {
@@ -58,8 +88,12 @@ impl SnapshotDiff {
     /// decided, and the second replaces the first in the table (see
     /// [`LegTable::insert`]); with a table to diff against, the second copy
     /// counts as known.
-    pub fn legs(&mut self, table: &mut LegTable, chunk: Vec<CallLeg>) -> Vec<CallLeg> {
+    pub fn legs(&mut self, table: &mut LegTable, mut chunk: Vec<CallLeg>) -> Vec<CallLeg> {
         if self.cold {
+            self.offered.reserve(chunk.len());
+            let before = chunk.len();
+            chunk.retain(|leg| self.offered.insert(leg.id));
+            self.anomalies.duplicate_legs += (before - chunk.len()) as u64;
             return chunk;
         }
         let mut unknown = Vec::new();
@@ -69,6 +103,9 @@ impl SnapshotDiff {
                 Sighting::NowAnswered => {
                     self.known += 1;
                     self.now_answered.push(leg);
+                }
+                Sighting::Unknown | Sighting::Replaced(_) if !self.offered.insert(leg.id) => {
+                    self.anomalies.duplicate_legs += 1;
                 }
                 Sighting::Unknown => unknown.push(leg),
                 Sighting::Replaced(held) => {
@@ -98,39 +135,54 @@ impl SnapshotDiff {
 
     /// Sorts the snapshot's links once the unknown legs are decided (rebuilt
     /// legs are in `table`, refused ones in `refused`).
-    pub fn plan_links(&self, table: &LegTable, refused: &HashSet<LegId>) -> LinkPlan {
-        let mut plan = sort_links(self.unknown_links.iter().copied(), refused, |leg| {
-            table.contains(leg)
-        });
-        for link in &plan.ignored {
-            tracing::warn!(
-                link = link.id,
-                "the snapshot links a leg it did not list; ignored"
-            );
-        }
+    pub fn plan_links(&mut self, table: &LegTable, refused: &HashSet<LegId>) -> LinkPlan {
+        let mut plan = sort_links(
+            self.unknown_links.iter().copied(),
+            refused,
+            |leg| table.contains(leg),
+            |leg| table.get(leg).is_some_and(|e| e.leg.linked_to.is_some()),
+        );
+        self.anomalies.self_links += plan.self_links;
+        self.anomalies.legs_in_two_links += plan.doubly_linked;
+        self.anomalies.links_to_unlisted_legs += plan.ignored.len() as u64;
         plan.gone = table.unseen_links();
         plan
     }
 }
 
 /// The rule for unknown links once their legs are decided, shared by the
-/// host and `legsync plugin eval`: a link with a refused leg is dropped; a
-/// link whose two legs are held is offered to `OnLinkSync`; a link to a leg
-/// that is neither is ignored.
+/// host and `legsync plugin eval`: a link from a leg to itself, or naming a
+/// leg already linked (held, or earlier in this snapshot), is ignored
+/// (counted); a link with a refused leg is dropped; a link whose two legs
+/// are held is offered to `OnLinkSync`; a link to a leg that is neither is
+/// ignored.
 pub fn sort_links(
     links: impl IntoIterator<Item = Link>,
     refused: &HashSet<LegId>,
     held: impl Fn(LegId) -> bool,
+    linked: impl Fn(LegId) -> bool,
 ) -> LinkPlan {
     let mut plan = LinkPlan::default();
+    let mut claimed: HashSet<LegId> = HashSet::default();
     for link in links {
+        if link.leg_a == link.leg_b {
+            plan.self_links += 1;
+            continue;
+        }
+        let taken = |leg| linked(leg) || claimed.contains(&leg);
+        if taken(link.leg_a) || taken(link.leg_b) {
+            plan.doubly_linked += 1;
+            continue;
+        }
         if refused.contains(&link.leg_a) || refused.contains(&link.leg_b) {
             plan.drop.push(link);
         } else if held(link.leg_a) && held(link.leg_b) {
             plan.offer.push(link);
         } else {
             plan.ignored.push(link);
+            continue;
         }
+        claimed.extend([link.leg_a, link.leg_b]);
     }
     plan
 }

@@ -102,7 +102,7 @@ impl Host {
 
         let mut run = Run::default();
         run.summary.engine_restarted = engine_restarted;
-        let diff = self
+        let mut diff = self
             .receive_snapshot(connection, &decider, &mut run)
             .await?;
         let phases = &mut run.summary.phases;
@@ -125,6 +125,8 @@ impl Host {
             .await
             .map_err(ResyncError::Fatal)?;
         let plan = diff.plan_links(&self.table, &refused_ids);
+        report_anomalies(&diff.anomalies);
+        run.summary.anomalies = diff.anomalies;
         for id in &plan.gone {
             self.table.remove_link(*id);
         }
@@ -492,6 +494,29 @@ async fn decide_blocking<T: Send + 'static>(
     })
     .await
     .map_err(|e| ResyncError::Fatal(anyhow::anyhow!("decision task failed: {e}")))
+}
+
+/// One log line for what a snapshot got wrong (never one per item: an
+/// engine can send fifty thousand bad links), and the counters.
+fn report_anomalies(anomalies: &crate::resync::Anomalies) {
+    let kinds = [
+        ("duplicate-leg", anomalies.duplicate_legs),
+        ("self-link", anomalies.self_links),
+        ("leg-in-two-links", anomalies.legs_in_two_links),
+        ("link-to-unlisted-leg", anomalies.links_to_unlisted_legs),
+    ];
+    for (kind, n) in kinds {
+        crate::metrics::count(crate::metrics::SNAPSHOT_ANOMALIES, "kind", kind, n);
+    }
+    if anomalies.any() {
+        tracing::warn!(
+            duplicate_legs = anomalies.duplicate_legs,
+            self_links = anomalies.self_links,
+            legs_in_two_links = anomalies.legs_in_two_links,
+            links_to_unlisted_legs = anomalies.links_to_unlisted_legs,
+            "the engine's snapshot had anomalies; each was ignored as docs/protocol.md says"
+        );
+    }
 }
 
 /// `1234567` as `1,234,567`, for people.
