@@ -90,14 +90,15 @@ fn plugin_eval_prints_one_json_line_per_leg_and_link() {
         &legs,
         r#"[{"id": 1, "nap": "SIP_A", "called": "19005550100", "answered_at_ms": 1795800000000},
             {"id": 2, "nap": "ISDN_1", "called": "15145550199", "protocol": "isdn"},
-            {"id": 3, "nap": "ISDN_1", "called": "15145550123"}]"#,
+            {"id": 3, "nap": "ISDN_1", "called": "15145550123"},
+            {"id": 4, "nap": "ISDN_1", "called": "15145550124"}]"#,
     )
     .unwrap();
     let links = dir.path().join("links.json");
     std::fs::write(
         &links,
-        r#"[{"id": 10, "leg_a": 1, "leg_b": 2}, {"id": 11, "leg_a": 2, "leg_b": 3},
-            {"id": 12, "leg_a": 3, "leg_b": 99}]"#,
+        r#"[{"id": 10, "leg_a": 1, "leg_b": 2}, {"id": 11, "leg_a": 3, "leg_b": 4},
+            {"id": 12, "leg_a": 98, "leg_b": 99}, {"id": 13, "leg_a": 2, "leg_b": 2}]"#,
     )
     .unwrap();
     let plugin = built_plugin("rules");
@@ -117,22 +118,25 @@ fn plugin_eval_prints_one_json_line_per_leg_and_link() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert_eq!(lines.len(), 8, "{lines:?}");
     let leg = |i: usize| (lines[i]["leg"].as_u64(), lines[i]["decision"].as_str());
     assert_eq!(leg(0), (Some(1), Some("refuse")));
     assert_eq!(leg(1), (Some(2), Some("rebuild")));
     assert_eq!(leg(2), (Some(3), Some("rebuild")));
+    assert_eq!(leg(3), (Some(4), Some("rebuild")));
     // As the host does: the link of a refused leg is dropped undecided,
-    // a link to a leg not given is ignored, the rest is decided.
+    // links to legs not given and self-links are ignored, the rest decided.
     assert_eq!(
-        (lines[3]["link"].as_u64(), lines[3]["decision"].as_str()),
+        (lines[4]["link"].as_u64(), lines[4]["decision"].as_str()),
         (Some(10), Some("refuse"))
     );
-    assert!(lines[3]["dropped"].is_string(), "{}", lines[3]);
-    assert_eq!(lines[4]["link"].as_u64(), Some(12));
-    assert!(lines[4]["ignored"].is_string(), "{}", lines[4]);
+    assert!(lines[4]["dropped"].is_string(), "{}", lines[4]);
+    assert_eq!(lines[5]["link"].as_u64(), Some(12));
+    assert!(lines[5]["ignored"].is_string(), "{}", lines[5]);
+    assert_eq!(lines[6]["link"].as_u64(), Some(13));
+    assert_eq!(lines[6]["ignored"], "a link from a leg to itself");
     assert_eq!(
-        (lines[5]["link"].as_u64(), lines[5]["decision"].as_str()),
+        (lines[7]["link"].as_u64(), lines[7]["decision"].as_str()),
         (Some(11), Some("rebuild"))
     );
     assert_eq!(lines[0]["plugin"], "rules");

@@ -150,11 +150,18 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             serde_json::json!({"link": link.id, "decision": "refuse", "dropped": "a leg of the link was refused"})
         );
     }
-    for link in &plan.ignored {
-        println!(
-            "{}",
-            serde_json::json!({"link": link.id, "ignored": "a leg of the link is not in --legs"})
-        );
+    let ignored = [
+        (&plan.ignored, "a leg of the link is not in --legs"),
+        (&plan.self_links, "a link from a leg to itself"),
+        (
+            &plan.doubly_linked,
+            "a leg of the link is already in another link",
+        ),
+    ];
+    for (links, why) in ignored {
+        for link in links {
+            println!("{}", serde_json::json!({"link": link.id, "ignored": why}));
+        }
     }
     for (link, verdict) in plan.offer.iter().zip(chain.decide_links(&plan.offer)) {
         print(None, Some(link.id), &verdict)?;

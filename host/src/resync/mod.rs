@@ -65,9 +65,9 @@ pub struct LinkPlan {
     /// Unknown links to a leg neither held nor refused.
     pub ignored: Vec<Link>,
     /// Links from a leg to itself (ignored).
-    pub self_links: u64,
+    pub self_links: Vec<Link>,
     /// Links naming a leg already linked (ignored).
-    pub doubly_linked: u64,
+    pub doubly_linked: Vec<Link>,
 }
 
 impl SnapshotDiff {
@@ -142,8 +142,8 @@ impl SnapshotDiff {
             |leg| table.contains(leg),
             |leg| table.get(leg).is_some_and(|e| e.leg.linked_to.is_some()),
         );
-        self.anomalies.self_links += plan.self_links;
-        self.anomalies.legs_in_two_links += plan.doubly_linked;
+        self.anomalies.self_links += plan.self_links.len() as u64;
+        self.anomalies.legs_in_two_links += plan.doubly_linked.len() as u64;
         self.anomalies.links_to_unlisted_legs += plan.ignored.len() as u64;
         plan.gone = table.unseen_links();
         plan
@@ -166,12 +166,12 @@ pub fn sort_links(
     let mut claimed: HashSet<LegId> = HashSet::default();
     for link in links {
         if link.leg_a == link.leg_b {
-            plan.self_links += 1;
+            plan.self_links.push(link);
             continue;
         }
         let taken = |leg| linked(leg) || claimed.contains(&leg);
         if taken(link.leg_a) || taken(link.leg_b) {
-            plan.doubly_linked += 1;
+            plan.doubly_linked.push(link);
             continue;
         }
         if refused.contains(&link.leg_a) || refused.contains(&link.leg_b) {
