@@ -36,7 +36,7 @@ fn diff(c: &mut Criterion) {
                         .collect::<Vec<_>>()
                 },
                 |chunks| {
-                    let mut diff = SnapshotDiff::begin(&mut table);
+                    let mut diff = SnapshotDiff::begin(&mut table, 0);
                     let mut unknown = 0;
                     for chunk in chunks {
                         unknown += diff.legs(&mut table, chunk).len();

@@ -71,11 +71,19 @@ pub struct LinkPlan {
 }
 
 impl SnapshotDiff {
-    /// Starts a resync against `table`.
-    pub fn begin(table: &mut LegTable) -> Self {
+    /// Starts a resync against `table`, of a snapshot announcing `legs`
+    /// (a hint, already capped by the caller).
+    pub fn begin(table: &mut LegTable, legs: usize) -> Self {
         table.begin_generation();
+        let cold = table.is_empty() && table.links_len() == 0;
+        let mut offered = HashSet::default();
+        if cold {
+            // Every leg is offered: sized once, no rehash of a million ids.
+            offered.reserve(legs);
+        }
         SnapshotDiff {
-            cold: table.is_empty() && table.links_len() == 0,
+            cold,
+            offered,
             ..SnapshotDiff::default()
         }
     }
@@ -90,7 +98,6 @@ impl SnapshotDiff {
     /// counts as known.
     pub fn legs(&mut self, table: &mut LegTable, mut chunk: Vec<CallLeg>) -> Vec<CallLeg> {
         if self.cold {
-            self.offered.reserve(chunk.len());
             let before = chunk.len();
             chunk.retain(|leg| self.offered.insert(leg.id));
             self.anomalies.duplicate_legs += (before - chunk.len()) as u64;
@@ -201,7 +208,7 @@ mod tests {
         for id in [1, 2, 3] {
             table.insert(leg(id), "live".into());
         }
-        let mut diff = SnapshotDiff::begin(&mut table);
+        let mut diff = SnapshotDiff::begin(&mut table, 0);
         let mut unknown = diff.legs(&mut table, vec![leg(1), leg(4)]);
         unknown.extend(diff.legs(&mut table, vec![leg(3), leg(5)]));
         assert_eq!(diff.known, 2);
@@ -212,7 +219,7 @@ mod tests {
     #[test]
     fn against_an_empty_table_everything_is_unknown_and_nothing_absent() {
         let mut table = LegTable::new();
-        let mut diff = SnapshotDiff::begin(&mut table);
+        let mut diff = SnapshotDiff::begin(&mut table, 0);
         let unknown = diff.legs(&mut table, vec![leg(1), leg(2)]);
         assert_eq!(unknown.len(), 2);
         for leg in unknown {
@@ -250,7 +257,7 @@ mod tests {
             leg_a: 3,
             leg_b: 4,
         });
-        let mut diff = SnapshotDiff::begin(&mut table);
+        let mut diff = SnapshotDiff::begin(&mut table, 0);
         diff.links(
             &mut table,
             vec![

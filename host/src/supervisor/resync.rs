@@ -200,7 +200,7 @@ impl Host {
         decider: &Decider,
         run: &mut Run,
     ) -> Result<SnapshotDiff, ResyncError> {
-        match connection.next().await? {
+        let announced = match connection.next().await? {
             EngineMessage::SnapshotBegin { legs, links } => {
                 let (max_legs, max_links) = (self.options.max_legs, self.options.max_links);
                 if legs > max_legs as u64 || links > max_links as u64 {
@@ -216,6 +216,7 @@ impl Host {
                     s.snapshot_expected = legs;
                     s.snapshot_received = 0;
                 });
+                legs as usize
             }
             other => {
                 return Err(LinkError::Unexpected(format!(
@@ -224,8 +225,8 @@ impl Host {
                 ))
                 .into());
             }
-        }
-        let mut diff = SnapshotDiff::begin(&mut self.table);
+        };
+        let mut diff = SnapshotDiff::begin(&mut self.table, announced);
         // One chunk is decided on a blocking thread while the previous one is
         // adopted and the next one received and diffed.
         let mut deciding: Option<Deciding> = None;
