@@ -382,6 +382,30 @@ fn a_plugin_that_keeps_failing_is_quarantined() {
     assert_eq!(stats.quarantined_skips, 1);
 }
 
+/// A fail-closed plugin whose termination handler traps: that export is
+/// quarantined, its decisions are not (they used to be refused by the
+/// quarantine at the next resync, dropping every call).
+#[test]
+fn a_failing_notification_handler_does_not_quarantine_the_decisions() {
+    let dir = plugin_dir(&[("50-notify", "fixture-notify-trap", None)]);
+    let chain = load(
+        dir.path(),
+        "[plugins.50-notify]\nfailure = \"fail-closed\"\nquarantine_after = 3\nquarantine_base_ms = 600000\n",
+    )
+    .unwrap();
+    for _ in 0..4 {
+        chain.notify_terminated(
+            &[leg(1, "A", "1")],
+            legsync::model::TerminationReason::Released,
+        );
+    }
+    let plugin = &chain.plugins()[0];
+    assert!(plugin.is_quarantined(), "the notice handler is benched");
+    let verdicts = chain.decide_legs(&[leg(2, "A", "1"), leg(3, "B", "2")]);
+    assert_eq!(decided(&verdicts), [Decision::Rebuild, Decision::Rebuild]);
+    assert!(verdicts.iter().all(|v| v.failure.is_none()), "{verdicts:?}");
+}
+
 fn decided(verdicts: &[legsync::policy::Verdict]) -> Vec<Decision> {
     verdicts.iter().map(|v| v.decision).collect()
 }

@@ -83,7 +83,10 @@ pub struct Plugin {
     live: Vec<Mutex<Option<Live>>>,
     /// Which slot to wait for when all are busy (round robin).
     next_wait: AtomicUsize,
-    health: Mutex<Health>,
+    /// Health per export (leg sync, link sync, termination notices): a
+    /// notification handler that keeps failing is quarantined on its own,
+    /// and never makes the plugin's healthy decisions refused.
+    health: [Mutex<Health>; EXPORTS.len()],
     counters: Counters,
 }
 
@@ -94,6 +97,13 @@ impl std::fmt::Debug for Plugin {
             .field("hash", &self.hash)
             .finish()
     }
+}
+
+/// The exports whose health is tracked apart.
+const EXPORTS: [&str; 3] = ["on-call-leg-sync", "on-link-sync", "on-call-leg-terminated"];
+
+fn export_slot(export: &str) -> usize {
+    EXPORTS.iter().position(|&e| e == export).unwrap_or(0)
 }
 
 impl Plugin {
@@ -135,7 +145,7 @@ impl Plugin {
                 .map(|_| Mutex::new(None))
                 .collect(),
             next_wait: AtomicUsize::new(0),
-            health: Mutex::new(Health::default()),
+            health: Default::default(),
             counters: Counters::default(),
         };
         let live = plugin.instantiate().map_err(|failure| match failure.kind {
@@ -195,8 +205,10 @@ impl Plugin {
     }
 
     /// Whether the plugin is benched right now.
+    /// Whether any of the plugin's exports is quarantined now.
     pub fn is_quarantined(&self) -> bool {
-        self.lock_health().quarantined_at(Instant::now())
+        let now = Instant::now();
+        (0..EXPORTS.len()).any(|i| self.lock_health(i).quarantined_at(now))
     }
 
     /// `on-call-leg-sync` for one batch: one decision per leg, or a failure.
@@ -258,7 +270,8 @@ impl Plugin {
         export: &'static str,
         f: impl FnOnce(&Exports, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {
-        if self.lock_health().quarantined_at(Instant::now()) {
+        let slot = export_slot(export);
+        if self.lock_health(slot).quarantined_at(Instant::now()) {
             self.counters
                 .quarantined_skips
                 .fetch_add(1, Ordering::Relaxed);
@@ -277,7 +290,7 @@ impl Plugin {
         if live.is_none() {
             match self.instantiate() {
                 Ok(fresh) => *live = Some(fresh),
-                Err(failure) => return Err(self.failed(failure)),
+                Err(failure) => return Err(self.failed(slot, failure)),
             }
         }
         let instance = live.as_mut().expect("instantiated above");
@@ -296,19 +309,19 @@ impl Plugin {
         self.count_dropped(instance.store.data_mut().end_call());
         match result {
             Ok(value) => {
-                self.lock_health().record_success();
+                self.lock_health(slot).record_success();
                 Ok(value)
             }
             Err(error) => {
                 let failure = classify(&error, instance.store.data().memory.exceeded);
                 // Never reuse an instance whose state may be broken.
                 *live = None;
-                Err(self.failed(failure))
+                Err(self.failed(slot, failure))
             }
         }
     }
 
-    fn failed(&self, failure: PluginFailure) -> PluginFailure {
+    fn failed(&self, slot: usize, failure: PluginFailure) -> PluginFailure {
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(
             crate::metrics::PLUGIN_FAILURES,
@@ -317,13 +330,13 @@ impl Plugin {
         )
         .increment(1);
         let benched = self
-            .lock_health()
+            .lock_health(slot)
             .record_failure(Instant::now(), &self.settings.quarantine);
-        tracing::warn!(plugin = %self.name, kind = ?failure.kind, detail = %failure.detail, "plugin call failed; instance discarded");
+        tracing::warn!(plugin = %self.name, export = EXPORTS[slot], kind = failure.kind.as_str(), detail = %failure.detail, "plugin call failed; instance discarded");
         if let Some(length) = benched {
             metrics::counter!(crate::metrics::QUARANTINES, "plugin" => self.name.as_str())
                 .increment(1);
-            tracing::error!(plugin = %self.name, seconds = length.as_secs_f64(), "plugin keeps failing; quarantined");
+            tracing::error!(plugin = %self.name, export = EXPORTS[slot], seconds = length.as_secs_f64(), "plugin export keeps failing; quarantined");
         }
         failure
     }
@@ -406,8 +419,8 @@ impl Plugin {
         lock(&self.live[next % self.live.len()])
     }
 
-    fn lock_health(&self) -> MutexGuard<'_, Health> {
-        lock(&self.health)
+    fn lock_health(&self, slot: usize) -> MutexGuard<'_, Health> {
+        lock(&self.health[slot])
     }
 }
 
