@@ -540,3 +540,26 @@ fn bench_sweep_tabulates_and_plots_cost_per_leg() {
     assert!(svg.starts_with("<svg") && svg.contains("native") && svg.contains("wasm"));
     assert!(svg.contains("time per leg") && svg.contains("peak RSS per leg"));
 }
+
+/// A rules file too large for the plugin's memory is named as such (it used
+/// to fail with a memory-cap trap's backtrace).
+#[test]
+fn a_rules_file_too_large_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins.d");
+    std::fs::create_dir(&plugins).unwrap();
+    common::install(&plugins, "20-rules", "rules", None);
+    let big = format!("# {}\n", "x".repeat(17 << 20));
+    std::fs::write(plugins.join("20-rules.rules"), big).unwrap();
+    let out = legsync(&["check", "--plugin-dir", plugins.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("a rules file may hold at most 16777216"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().all(|l| l.len() < 2_000),
+        "one short line each"
+    );
+}

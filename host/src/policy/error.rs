@@ -36,6 +36,8 @@ pub enum PolicyError {
     Instantiate { plugin: String, reason: String },
     #[error("plugin {plugin} rejected its rules: {message}")]
     InitRejected { plugin: String, message: String },
+    #[error("{} is {bytes} bytes; a rules file may hold at most {max} (MAX_RULES_BYTES)", path.display())]
+    RulesTooLarge { path: PathBuf, bytes: u64, max: u64 },
     #[error("plugin {plugin} failed in init: {failure}")]
     InitFailed {
         plugin: String,
@@ -85,10 +87,47 @@ pub struct PluginFailure {
 }
 
 impl PluginFailure {
+    /// A failure; its detail (a plugin's own words, a trap's backtrace) is
+    /// cut to [`MAX_DETAIL`]: a log line, not a dump.
     pub fn new(kind: FailureKind, detail: impl Into<String>) -> Self {
         PluginFailure {
             kind,
-            detail: detail.into(),
+            detail: clip(detail.into()),
         }
+    }
+}
+
+/// The longest text from a plugin kept in a log line or an error.
+pub const MAX_DETAIL: usize = 1024;
+
+/// `text`, cut at a character boundary to [`MAX_DETAIL`] bytes, saying how
+/// much was cut.
+pub fn clip(mut text: String) -> String {
+    if text.len() <= MAX_DETAIL {
+        return text;
+    }
+    let cut = text.len();
+    let mut end = MAX_DETAIL;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&format!("... ({} more bytes)", cut - end));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn long_texts_are_clipped_at_a_character_boundary() {
+        assert_eq!(super::clip("short".into()), "short");
+        let long = "ł".repeat(3_000);
+        let clipped = super::clip(long);
+        assert!(clipped.len() < 1_100, "{}", clipped.len());
+        assert!(
+            clipped.ends_with("... (4976 more bytes)"),
+            "{}",
+            &clipped[1000..]
+        );
     }
 }

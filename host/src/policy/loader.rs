@@ -14,6 +14,10 @@ use super::plugin::Plugin;
 use super::runtime::PolicyRuntime;
 use std::path::{Path, PathBuf};
 
+/// The largest rules file handed to a plugin's `init` (it is copied into
+/// the plugin's memory, which has a cap).
+pub const MAX_RULES_BYTES: u64 = 16 << 20;
+
 /// One plugin found in the directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginFile {
@@ -64,6 +68,13 @@ pub fn load_plugin(
         error,
     })?;
     let rules = match &file.rules {
+        Some(path) if std::fs::metadata(path).is_ok_and(|m| m.len() > MAX_RULES_BYTES) => {
+            return Err(PolicyError::RulesTooLarge {
+                path: path.clone(),
+                bytes: std::fs::metadata(path).map_or(0, |m| m.len()),
+                max: MAX_RULES_BYTES,
+            });
+        }
         Some(path) => std::fs::read_to_string(path).map_err(|error| PolicyError::Read {
             path: path.clone(),
             error,

@@ -152,7 +152,7 @@ impl Plugin {
             FailureKind::Instantiate if failure.detail.starts_with(INIT_REJECTED) => {
                 PolicyError::InitRejected {
                     plugin: name.into(),
-                    message: failure.detail[INIT_REJECTED.len()..].to_string(),
+                    message: super::error::clip(failure.detail[INIT_REJECTED.len()..].to_string()),
                 }
             }
             _ => PolicyError::InitFailed {
