@@ -563,3 +563,27 @@ fn a_rules_file_too_large_says_so() {
         "one short line each"
     );
 }
+
+/// `plugin check` calls every export once with sample data: a plugin that
+/// loads but traps when called is failed here, not live.
+#[test]
+fn plugin_check_exercises_every_export() {
+    let out = legsync(&["plugin", "check", built_plugin("rules").to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stdout)
+            .contains("exercised: on-call-leg-sync, on-link-sync, on-call-leg-terminated: ok")
+    );
+    for (fixture, export) in [
+        ("fixture-notify-trap", "on-call-leg-terminated"),
+        ("fixture-panic", "on-call-leg-sync"),
+    ] {
+        let out = legsync(&["plugin", "check", built_plugin(fixture).to_str().unwrap()]);
+        let stdout = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{fixture}: {stdout}");
+        assert!(
+            stdout.contains(&format!("FAIL {export}")),
+            "{fixture}: {stdout}"
+        );
+    }
+}

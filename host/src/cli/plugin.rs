@@ -90,7 +90,65 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     for import in &plugin.contract().imports {
         println!("  {import}");
     }
-    Ok(ExitCode::SUCCESS)
+    // Each export once, with sample data: a plugin that would fail live
+    // fails here.
+    let problems = exercise(&chain);
+    if problems.is_empty() {
+        println!("exercised: on-call-leg-sync, on-link-sync, on-call-leg-terminated: ok");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for problem in &problems {
+            println!("FAIL {problem}");
+        }
+        println!("the plugin loads but fails when called: it would fail live (see the log above)");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Calls every export of a chain of one plugin once with sample legs (one
+/// with a non-ASCII NAP) and a link; returns what failed.
+fn exercise(chain: &PolicyChain) -> Vec<String> {
+    let now = crate::model::now_ms();
+    let sample = |id: u64, nap: &str, protocol| CallLeg {
+        id,
+        session_id: id,
+        direction: crate::model::Direction::Inbound,
+        protocol,
+        nap: nap.into(),
+        calling: "15145550100".into(),
+        called: "19005550100".into(),
+        offered_at_ms: now - 60_000,
+        answered_at_ms: Some(now - 50_000),
+        linked_to: None,
+        state: crate::model::LegState::Answered,
+    };
+    let legs = [
+        sample(1, "SIP_CARRIER_A", crate::model::Protocol::Sip),
+        sample(2, "ISDN_ŁÓDŹ", crate::model::Protocol::Isdn),
+    ];
+    let mut problems = Vec::new();
+    for (export, verdicts) in [
+        ("on-call-leg-sync", chain.decide_legs(&legs)),
+        (
+            "on-link-sync",
+            chain.decide_links(&[Link {
+                id: 1,
+                leg_a: 1,
+                leg_b: 2,
+            }]),
+        ),
+    ] {
+        if let Some(kind) = verdicts.iter().find_map(|v| v.failure) {
+            problems.push(format!("{export}: {}", kind.as_str()));
+        }
+    }
+    let plugin = &chain.plugins()[0];
+    let before = plugin.stats().failures;
+    chain.notify_terminated(&legs, crate::model::TerminationReason::Released);
+    if plugin.stats().failures > before {
+        problems.push("on-call-leg-terminated: failed".to_string());
+    }
+    problems
 }
 
 #[derive(Serialize)]
