@@ -102,6 +102,10 @@ pub struct BenchArgs {
     /// With `--sweep`: draw time and memory per leg against legs (SVG).
     #[arg(long, requires = "sweep")]
     plot: Option<PathBuf>,
+    /// The preloaded legs get ids crafted to collide under FxHash (a
+    /// hostile engine's hash flooding).
+    #[arg(long, hide = true)]
+    crafted_ids: bool,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -115,10 +119,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let dir = tempfile::tempdir()?;
     let exe = std::env::current_exe()?;
     eprintln!("preloading {} legs in engine-sim...", args.legs);
-    let sim_args = match args.mode {
+    let mut sim_args = match args.mode {
         Mode::Takeover => takeover::sim_args(),
         _ => vec!["--heartbeat-timeout-ms".into(), "600000".into()],
     };
+    if args.crafted_ids {
+        sim_args.push("--crafted-ids".into());
+    }
     let sim_args: Vec<&str> = sim_args.iter().map(String::as_str).collect();
     let sim = SimProcess::spawn(
         &exe,

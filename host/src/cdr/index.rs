@@ -7,9 +7,9 @@
 //! supervisor's identity rule), so an entry never hides an open call.
 
 use super::record::{CallKey, CdrRecord, RecordKind, StartReason};
+use crate::model::IdMap as HashMap;
 use crate::model::{CallLeg, LegId, TerminationReason};
 use compact_str::CompactString;
-use rustc_hash::FxHashMap as HashMap;
 
 /// The ledger's state of one call (about 50 bytes: a million open calls
 /// cost ~80 MB with the map).

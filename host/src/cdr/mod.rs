@@ -18,11 +18,11 @@ pub mod index;
 pub mod record;
 pub mod rotate;
 
+use crate::model::IdMap as HashMap;
 use crate::model::{CallLeg, TerminationReason, now_ms};
 use anyhow::Context;
 use index::LedgerIndex;
 use record::{CdrRecord, RecordKind, StartReason};
-use rustc_hash::FxHashMap as HashMap;
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

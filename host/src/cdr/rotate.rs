@@ -16,8 +16,8 @@
 //! checkpoint is not billed: `legsync cdr bill` reads the ledger files.
 
 use super::record::{CdrRecord, RecordKind};
+use crate::model::IdMap as HashMap;
 use anyhow::Context;
-use rustc_hash::FxHashMap as HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 

@@ -190,8 +190,8 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&line)?);
         Ok(())
     };
-    let mut refused = rustc_hash::FxHashSet::default();
-    let mut rebuilt = rustc_hash::FxHashSet::default();
+    let mut refused = crate::model::IdSet::default();
+    let mut rebuilt = crate::model::IdSet::default();
     for (leg, verdict) in legs.iter().zip(chain.decide_legs(&legs)) {
         print(Some(leg.id), None, &verdict)?;
         match verdict.decision {

@@ -40,6 +40,10 @@ pub struct SimArgs {
     /// buggy engine or a wrapped counter would.
     #[arg(long, hide = true)]
     reuse_ids: bool,
+    /// Bench only: preloaded legs get ids that collide under FxHash (a
+    /// hostile engine), to measure the host's tables against them.
+    #[arg(long, hide = true)]
+    crafted_ids: bool,
 }
 
 pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
@@ -54,6 +58,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         max_frame: crate::protocol::DEFAULT_MAX_FRAME,
         history: args.history,
         reuse_ids: args.reuse_ids,
+        crafted_ids: args.crafted_ids,
         name: args.name,
     };
     let stop = shutdown.clone();

@@ -6,8 +6,8 @@
 //! rule once the legs are settled. Pure: the supervisor does the I/O.
 
 use crate::legs::{LegTable, Sighting};
+use crate::model::IdSet as HashSet;
 use crate::model::{CallLeg, LegId, Link, LinkId};
-use rustc_hash::FxHashSet as HashSet;
 
 /// The diff in progress.
 #[derive(Debug, Default)]

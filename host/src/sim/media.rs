@@ -9,6 +9,10 @@
 //! view is out copies the changed map once (as costly as the walk it spared).
 
 use crate::model::{CallLeg, LegId, Link, LinkId};
+// FxHash, as the host's table: the snapshot then streams in the order of
+// the host's own buckets, which makes the host's inserts cache-friendly.
+// A real engine's order is its own: benches/README.md measures the
+// difference (a resync ~0.6 s slower at a million legs in a neutral order).
 use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;

@@ -52,6 +52,8 @@ pub struct SimOptions {
     pub history: Option<PathBuf>,
     /// Test-only: give new legs the ids of legs a restart dropped.
     pub reuse_ids: bool,
+    /// Bench-only: preload legs whose ids collide under FxHash.
+    pub crafted_ids: bool,
     /// The engine's name (hello, ledger records).
     pub name: String,
 }
@@ -71,7 +73,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
     if let Some(count) = options.preload
         && state.counts().legs == 0
     {
-        state.preload(count, crate::model::now_ms());
+        state.preload_with(count, crate::model::now_ms(), options.crafted_ids);
     }
     if options.reuse_ids {
         state.reuse_ids();

@@ -10,11 +10,25 @@ use super::history::{History, HistoryKind};
 use super::media::{LegMap, LinkMap, MediaUnits, MediaView, StoredLeg};
 use crate::model::{CallLeg, Direction, LegId, LegState, Link, LinkId, Protocol};
 use crate::protocol::{CommandResult, EngineEvent};
-// Leg and link ids come from the engine, a trusted peer: a fast
-// non-keyed hash is safe here and twice as fast as SipHash.
+// As the media view's maps (see `media`).
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
+
+/// The `j`-th of a family of leg ids that FxHash (rustc-hash 2, 64-bit)
+/// sends to the same bucket of any table up to 2^32 entries, with the same
+/// control byte: FxHash multiplies by an odd constant and rotates, so it can
+/// be inverted. `j` from 1 to 2^25.
+pub fn fx_colliding_id(j: u64) -> u64 {
+    const K: u64 = 0xf1357aea2e62a9c5;
+    // K's inverse modulo 2^64 (Newton's iteration doubles the bits each step).
+    let mut inverse = K;
+    for _ in 0..6 {
+        inverse = inverse.wrapping_mul(2u64.wrapping_sub(K.wrapping_mul(inverse)));
+    }
+    let hash = (j << 32).rotate_right(26);
+    hash.wrapping_mul(inverse)
+}
 
 /// A control or host command the state refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,11 +142,23 @@ impl EngineState {
     /// `count` answered legs joined in `count / 2` links, with realistic
     /// NAPs and numbers; 1 % of the calls go to `1900` premium numbers.
     pub fn preload(&mut self, count: u64, now_ms: u64) {
+        self.preload_with(count, now_ms, false);
+    }
+
+    /// [`EngineState::preload`], with `crafted` ids chosen to collide under
+    /// FxHash (a hostile engine's ids, for the hash-flooding measurement).
+    pub fn preload_with(&mut self, count: u64, now_ms: u64, crafted: bool) {
         Arc::make_mut(&mut self.media.legs).reserve(count as usize);
         Arc::make_mut(&mut self.media.links).reserve(count as usize / 2);
+        let mut previous = 0;
         for i in 0..count {
-            let id = self.media.next_leg;
-            self.media.next_leg += 1;
+            let id = if crafted {
+                fx_colliding_id(i + 1)
+            } else {
+                let id = self.media.next_leg;
+                self.media.next_leg += 1;
+                id
+            };
             let call = i / 2;
             let (nap, protocol) = NAPS[(i % NAPS.len() as u64) as usize];
             let called = if call % 100 == 7 {
@@ -158,8 +184,9 @@ impl EngineState {
                 state: LegState::Answered,
             });
             if i % 2 == 1 {
-                self.link(id - 1, id).expect("fresh legs link");
+                self.link(previous, id).expect("fresh legs link");
             }
+            previous = id;
         }
         self.touch();
     }
@@ -706,6 +733,20 @@ mod tests {
             ],
             "unanswered legs are not billable: not recorded"
         );
+    }
+
+    #[test]
+    fn crafted_ids_really_collide_under_fxhash() {
+        use std::hash::BuildHasher;
+        let fx = rustc_hash::FxBuildHasher;
+        let hashes: Vec<u64> = (1..=1000)
+            .map(|j| fx.hash_one(fx_colliding_id(j)))
+            .collect();
+        assert!(hashes.iter().all(|h| h & 0xffff_ffff == 0 && h >> 57 == 0));
+        let mut ids: Vec<u64> = (1..=1000).map(fx_colliding_id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 1000, "distinct ids");
     }
 
     #[test]

@@ -114,7 +114,7 @@ pub struct Host {
     /// resync matches them with the engine: found and adopted, they carry
     /// on; refused or gone, they get their END. If the engine stays away
     /// past the grace time, they end like every other context.
-    recovered: rustc_hash::FxHashMap<LegId, RecoveredCall>,
+    recovered: crate::model::IdMap<LegId, RecoveredCall>,
     /// Questions from the admin endpoint (see [`queries`]).
     queries: tokio::sync::mpsc::Receiver<queries::AdminQuery>,
     /// Kept so that `queries` never closes.

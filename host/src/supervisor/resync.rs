@@ -19,11 +19,11 @@ use crate::cdr::Pending;
 use crate::cdr::record::{StartReason, same_call};
 use crate::engine::{Connection, LinkError};
 use crate::events::{HostEvent, LinkState, ResyncSummary};
+use crate::model::IdSet as HashSet;
 use crate::model::{CallLeg, Decision, LegId, Link, TerminationReason};
 use crate::policy::{Decider, Verdict};
 use crate::protocol::{Command, CommandResult, EngineMessage};
 use crate::resync::SnapshotDiff;
-use rustc_hash::FxHashSet as HashSet;
 use std::time::Instant;
 
 /// A chunk being decided: its legs, their verdicts, and the microseconds
