@@ -232,6 +232,14 @@ pub(crate) fn test_leg(id: LegId, answered_at_ms: u64) -> CallLeg {
     }
 }
 
+/// A map keyed by ids the engine chooses (legs, links). FxHash: fast, and
+/// not keyed, so crafted ids can collide (see `legs` and benches/README.md:
+/// the one place to switch to a keyed hash once the resync no longer
+/// depends on the engine's order for its speed).
+pub type IdMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;
+/// A set of ids the engine chooses (see [`IdMap`]).
+pub type IdSet<K> = std::collections::HashSet<K, rustc_hash::FxBuildHasher>;
+
 #[cfg(test)]
 mod tests {
     use super::PluginName;
@@ -246,11 +254,3 @@ mod tests {
         assert_eq!(serde_json::to_string(&a).unwrap(), "\"10-interned\"");
     }
 }
-
-/// A map keyed by ids the engine chooses (legs, links). FxHash: fast, and
-/// not keyed, so crafted ids can collide (see `legs` and benches/README.md:
-/// the one place to switch to a keyed hash once the resync no longer
-/// depends on the engine's order for its speed).
-pub type IdMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;
-/// A set of ids the engine chooses (see [`IdMap`]).
-pub type IdSet<K> = std::collections::HashSet<K, rustc_hash::FxBuildHasher>;
