@@ -381,3 +381,40 @@ async fn a_stalled_resync_holds_neither_the_grace_deadline_nor_a_stop() {
         stopping.elapsed()
     );
 }
+
+/// A plugin that takes a second per batch to hear of endings (legal, under
+/// its deadline) used to hold the purge: the grace timer's destruction of
+/// 4,000 contexts waited ~4 s for its notices. The purge now completes at
+/// the deadline; the notices follow, and the next resync waits for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_termination_notices_do_not_hold_up_the_purge() {
+    let world = World::new(Some(4_000), &[("50-slow", "fixture-slow-notify", None)]).await;
+    let mut config = world.config(1.0);
+    config.policy.plugins.insert(
+        "50-slow".into(),
+        toml::from_str("deadline_ms = 5000").unwrap(),
+    );
+    let mut host = RunningHost::start(&config, world.decider(&config)).unwrap();
+    host.next_resync(WAIT).await.unwrap();
+    assert_eq!(host.status().legs, 4_000);
+    world.sim.ok("partition 600000").await.unwrap();
+    let cut = Instant::now();
+    host.events_until(WAIT, |e| {
+        matches!(
+            e,
+            HostEvent::Link {
+                state: LinkState::Purged,
+                ..
+            }
+        )
+    })
+    .await
+    .unwrap();
+    let purged_after = cut.elapsed();
+    // Detection (600 ms) + grace (1 s) + ENDs; not + 4 s of notices.
+    assert!(
+        purged_after < Duration::from_millis(2_800),
+        "purged {purged_after:?} after the cut"
+    );
+    host.stop().await.unwrap();
+}

@@ -48,13 +48,23 @@ impl Host {
                 leg: leg.id,
                 reason,
             }));
-        notify(
-            decider,
-            legs.into_iter().map(|(leg, _)| leg).collect(),
-            reason,
-        )
-        .await;
+        // Not awaited: a slow plugin never holds up a purge, the grace
+        // timer or the live path. The next decision waits for them
+        // ([`Host::settle_notices`]), so each plugin hears of endings
+        // before it decides again.
+        let ended = legs.into_iter().map(|(leg, _)| leg).collect();
+        self.notices.retain(|h| !h.is_finished());
+        self.notices.push(notify(decider, ended, reason));
         Ok(())
+    }
+
+    /// Waits until the plugins have heard of every ending so far.
+    pub(super) async fn settle_notices(&mut self) {
+        for handle in self.notices.drain(..) {
+            if let Err(e) = handle.await {
+                tracing::error!(error = %e, "termination notification task failed");
+            }
+        }
     }
 
     /// Ends the calls the ledger had open at start that the engine has not
@@ -111,16 +121,20 @@ impl Host {
         tracing::info!(legs = legs.len(), "host shutting down");
         let decider = self.policy.current();
         self.end_legs(legs, TerminationReason::HostShutdown, &decider)
-            .await
+            .await?;
+        // The plugins hear of the stop, within a second.
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(1), self.settle_notices()).await;
+        Ok(())
     }
 }
 
 /// Tells the plugins, off the async threads (plugin calls block).
-pub(super) async fn notify(decider: &Decider, ended: Vec<CallLeg>, reason: TerminationReason) {
+fn notify(
+    decider: &Decider,
+    ended: Vec<CallLeg>,
+    reason: TerminationReason,
+) -> tokio::task::JoinHandle<()> {
     let decider = decider.clone();
-    if let Err(e) =
-        tokio::task::spawn_blocking(move || decider.notify_terminated(&ended, reason)).await
-    {
-        tracing::error!(error = %e, "termination notification task failed");
-    }
+    tokio::task::spawn_blocking(move || decider.notify_terminated(&ended, reason))
 }

@@ -232,6 +232,8 @@ impl Host {
             leg = leg.id,
             "answer for a leg this host did not hold; deciding it"
         );
+        // The plugins hear of every ending before they decide again.
+        self.settle_notices().await;
         let decider = self.policy.current();
         let (legs, verdicts) = {
             let decider = decider.clone();

@@ -119,6 +119,8 @@ pub struct Host {
     queries: tokio::sync::mpsc::Receiver<queries::AdminQuery>,
     /// Kept so that `queries` never closes.
     queries_tx: tokio::sync::mpsc::Sender<queries::AdminQuery>,
+    /// Termination notices still running (see `endings`).
+    notices: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Host {
@@ -156,6 +158,7 @@ impl Host {
             recovered: recovered.into_iter().map(|c| (c.leg.id, c)).collect(),
             queries,
             queries_tx,
+            notices: Vec::new(),
         }
     }
 

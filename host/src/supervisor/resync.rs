@@ -85,6 +85,9 @@ impl Host {
         let boot_id = connection.boot_id;
         let engine_restarted = self.last_boot.is_some_and(|b| b != boot_id);
         self.last_boot = Some(boot_id);
+        // The plugins hear of every ending (a purge's, say) before they
+        // decide again.
+        self.settle_notices().await;
         // One decider for the whole resync, even if a reload swaps it.
         let decider = self.policy.current();
         tracing::info!(
