@@ -74,6 +74,7 @@ pub fn build_host(
         max_legs: link.max_legs as usize,
         max_links: link.max_links as usize,
         resync_budget: Duration::from_millis(link.resync_timeout_ms),
+        decision_budget: Duration::from_millis(link.decision_budget_ms),
         grace: config.grace(),
         backoff_base: Duration::from_millis(link.backoff_base_ms),
         backoff_max: Duration::from_millis(link.backoff_max_ms),

@@ -85,6 +85,10 @@ pub struct LinkConfig {
     /// The longest a resync may take (snapshot, decisions, drop
     /// acknowledgements) before the engine is cut off.
     pub resync_timeout_ms: u64,
+    /// The plugin chain's time for decisions in one resync: past it, the
+    /// remaining legs are decided by the plugins' failure policies (so a
+    /// slow but legal plugin cannot hold a million-leg resync for minutes).
+    pub decision_budget_ms: u64,
 }
 
 impl Default for LinkConfig {
@@ -100,6 +104,7 @@ impl Default for LinkConfig {
             max_legs: 4_000_000,
             max_links: 4_000_000,
             resync_timeout_ms: 120_000,
+            decision_budget_ms: 30_000,
         }
     }
 }
@@ -229,6 +234,11 @@ impl HostConfig {
             ),
             ("link.max_legs", link.max_legs, 1..=100_000_000),
             ("link.max_links", link.max_links, 1..=100_000_000),
+            (
+                "link.decision_budget_ms",
+                link.decision_budget_ms,
+                100..=3_600_000,
+            ),
             (
                 "link.resync_timeout_ms",
                 link.resync_timeout_ms,

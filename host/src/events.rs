@@ -143,6 +143,10 @@ pub struct ResyncSummary {
     /// What the snapshot got wrong (each ignored).
     #[serde(default)]
     pub anomalies: crate::resync::Anomalies,
+    /// Legs decided by the plugins' failure policies because the resync's
+    /// time for decisions ran out.
+    #[serde(default)]
+    pub decided_by_budget: u64,
 }
 
 /// Where the time of one resync went, in microseconds.

@@ -418,3 +418,52 @@ async fn slow_termination_notices_do_not_hold_up_the_purge() {
     );
     host.stop().await.unwrap();
 }
+
+/// A plugin that decides slowly but legally (1 ms a leg, under its
+/// deadline) used to hold a resync for as long as it liked (85 s for a
+/// million legs at 85 ms a batch). The chain's time for decisions is
+/// bounded: past it, the failure policy decides the rest, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_chain_gets_a_time_budget_for_decisions() {
+    let world = World::new(
+        Some(6_000),
+        &[("50-slow", "fixture-slow-notify", Some("slow_decisions"))],
+    )
+    .await;
+    let mut config = world.config(10.0);
+    config.link.decision_budget_ms = 500;
+    config.policy.plugins.insert(
+        "50-slow".into(),
+        toml::from_str("deadline_ms = 5000").unwrap(),
+    );
+    let mut host = RunningHost::start(&config, world.decider(&config)).unwrap();
+    let events = host.next_resync(WAIT).await.unwrap();
+    let Some(HostEvent::ResyncDone(summary)) = events
+        .iter()
+        .rev()
+        .find(|e| matches!(e, HostEvent::ResyncDone(_)))
+    else {
+        panic!("no summary")
+    };
+    assert!(summary.decided_by_budget > 0, "{summary:?}");
+    assert_eq!(summary.rebuilt, 6_000, "fail-open: every call kept");
+    assert!(
+        summary.millis < 4_500,
+        "{} ms for 6,000 legs at 1 ms each, with a 500 ms budget",
+        summary.millis
+    );
+    let budget_verdicts = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                HostEvent::CallLegSync {
+                    failure: Some(legsync::policy::FailureKind::ResyncBudget),
+                    ..
+                }
+            )
+        })
+        .count() as u64;
+    assert_eq!(budget_verdicts, summary.decided_by_budget);
+    host.stop().await.unwrap();
+}

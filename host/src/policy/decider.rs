@@ -21,6 +21,39 @@ pub enum Decider {
 }
 
 impl Decider {
+    /// Verdicts without calling any plugin, as their failure policies
+    /// decide: refused by the first fail-closed plugin of the chain, else
+    /// rebuilt (a resync past its time for decisions).
+    pub fn decide_by_failure_policy(&self, count: usize) -> Vec<Verdict> {
+        let verdict = match self {
+            Decider::Chain(chain) => {
+                let closed = chain
+                    .plugins()
+                    .iter()
+                    .find(|p| p.settings().failure == crate::policy::FailurePolicy::FailClosed);
+                match (closed, chain.plugins().last()) {
+                    (Some(plugin), _) => (crate::model::Decision::Refuse, plugin.name()),
+                    (None, Some(plugin)) => (crate::model::Decision::Rebuild, plugin.name()),
+                    (None, None) => (
+                        crate::model::Decision::Rebuild,
+                        PluginName::new(super::chain::NO_PLUGIN),
+                    ),
+                }
+            }
+            Decider::Native(_) => (crate::model::Decision::Rebuild, PluginName::new(NATIVE)),
+        };
+        let failure = matches!(self, Decider::Chain(c) if !c.plugins().is_empty())
+            .then_some(crate::policy::FailureKind::ResyncBudget);
+        vec![
+            Verdict {
+                decision: verdict.0,
+                plugin: verdict.1,
+                failure,
+            };
+            count
+        ]
+    }
+
     pub fn decide_legs(&self, legs: &[CallLeg]) -> Vec<Verdict> {
         match self {
             Decider::Chain(chain) => chain.decide_legs(legs),

@@ -63,6 +63,9 @@ pub enum FailureKind {
     Instantiate,
     /// The plugin kept failing and is benched for a while; it was not called.
     Quarantined,
+    /// The resync's time for decisions ran out: the plugin was not called,
+    /// its failure policy decided.
+    ResyncBudget,
 }
 
 impl FailureKind {
@@ -74,6 +77,7 @@ impl FailureKind {
             FailureKind::Malformed => "malformed",
             FailureKind::Instantiate => "instantiate",
             FailureKind::Quarantined => "quarantined",
+            FailureKind::ResyncBudget => "resync-budget",
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct HostOptions {
     pub max_links: usize,
     /// The longest a resync may take before the engine is cut off.
     pub resync_budget: Duration,
+    /// The plugins' time for decisions in one resync; past it their
+    /// failure policies decide the rest.
+    pub decision_budget: Duration,
 }
 
 /// What the host looks like from outside, updated as it changes.

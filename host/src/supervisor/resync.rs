@@ -44,6 +44,9 @@ struct Run {
     records: std::collections::VecDeque<Pending>,
     /// Per-leg sync events, logged once their records are durable.
     sync_events: Vec<HostEvent>,
+    /// Past this, the plugins are not called: their failure policies decide
+    /// (`link.decision_budget_ms`).
+    decisions_until: Option<Instant>,
 }
 
 /// Batches of ledger records a resync lets the writer fall behind by: enough
@@ -103,7 +106,10 @@ impl Host {
             detail: None,
         });
 
-        let mut run = Run::default();
+        let mut run = Run {
+            decisions_until: Some(started + self.options.decision_budget),
+            ..Run::default()
+        };
         run.summary.engine_restarted = engine_restarted;
         let mut diff = self
             .receive_snapshot(connection, &decider, &mut run)
@@ -129,6 +135,14 @@ impl Host {
             .map_err(ResyncError::Fatal)?;
         let plan = diff.plan_links(&self.table, &refused_ids);
         report_anomalies(&diff.anomalies);
+        if run.summary.decided_by_budget > 0 {
+            tracing::warn!(
+                legs = run.summary.decided_by_budget,
+                budget_secs = self.options.decision_budget.as_secs_f64(),
+                decision_secs = run.summary.phases.decisions as f64 / 1e6,
+                "the plugin chain ran past the resync's time for decisions: the remaining legs were decided by the plugins' failure policies"
+            );
+        }
         run.summary.anomalies = diff.anomalies;
         for id in &plan.gone {
             self.table.remove_link(*id);
@@ -250,7 +264,7 @@ impl Host {
                     run.summary.phases.diff += micros(diffing);
                     self.settle_sightings(&mut diff, decider, run).await?;
                     if !unknown.is_empty() {
-                        let next = spawn_decision(decider, unknown);
+                        let next = spawn_decision(decider, unknown, run.decisions_until);
                         if let Some(previous) = deciding.replace(next) {
                             self.adopt(previous, decider, run).await?;
                         }
@@ -320,6 +334,9 @@ impl Host {
         run.hand_over(self.cdr.stage_open_calls(rebuilt, StartReason::Found))
             .await?;
         for (mut leg, verdict) in unknown.into_iter().zip(verdicts) {
+            if verdict.failure == Some(crate::policy::FailureKind::ResyncBudget) {
+                run.summary.decided_by_budget += 1;
+            }
             match verdict.decision {
                 Decision::Rebuild => {
                     leg.linked_to = None;
@@ -472,12 +489,17 @@ fn sync_event(leg: LegId, verdict: &Verdict) -> HostEvent {
     }
 }
 
-/// Starts deciding a chunk of legs on a blocking thread.
-fn spawn_decision(decider: &Decider, legs: Vec<CallLeg>) -> Deciding {
+/// Starts deciding a chunk of legs on a blocking thread; past `budget`,
+/// the plugins are not called and their failure policies decide.
+fn spawn_decision(decider: &Decider, legs: Vec<CallLeg>, budget: Option<Instant>) -> Deciding {
     let decider = decider.clone();
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        let verdicts = decider.decide_legs(&legs);
+        let verdicts = if budget.is_some_and(|budget| started >= budget) {
+            decider.decide_by_failure_policy(legs.len())
+        } else {
+            decider.decide_legs(&legs)
+        };
         (legs, verdicts, micros(started))
     })
 }
