@@ -32,27 +32,39 @@ fn leg(id: u64, session: u64, offered: u64, answered: Option<u64>) -> CallLeg {
     leg
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_that_contradict_a_held_call_end_it_and_never_merge() {
-    let dir = tempfile::tempdir().unwrap();
+/// A host with no plugins, and the engine it connected to: a scripted one
+/// written here, over real TCP.
+async fn scripted(
+    dir: &std::path::Path,
+) -> (
+    RunningHost,
+    FramedWrite<tokio::net::TcpStream, FrameCodec<HostMessage, EngineMessage>>,
+    HostConfig,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut config = HostConfig {
         engine: Some(listener.local_addr().unwrap().to_string()),
         ..HostConfig::default()
     };
-    config.cdr = dir.path().join("cdr.jsonl");
+    config.cdr = dir.join("cdr.jsonl");
     config.link.heartbeat_timeout_ms = 10_000;
-    let mut host = RunningHost::start(
+    let host = RunningHost::start(
         &config,
         Decider::Chain(Arc::new(PolicyChain::new(Vec::new(), 1024))),
     )
     .unwrap();
-
     let (stream, _) = listener.accept().await.unwrap();
-    let mut engine = FramedWrite::new(
+    let engine = FramedWrite::new(
         stream,
         FrameCodec::<HostMessage, EngineMessage>::new(1 << 20),
     );
+    (host, engine, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_that_contradict_a_held_call_end_it_and_never_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut host, mut engine, config) = scripted(dir.path()).await;
     let first = leg(5, 5, 1_000, Some(2_000));
     for message in [
         EngineMessage::Hello {
@@ -229,23 +241,7 @@ async fn a_live_answer_refused_by_a_plugin_is_billed_then_dropped() {
 async fn snapshot_anomalies_have_defined_outcomes_and_are_counted() {
     use legsync::model::Link;
     let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut config = HostConfig {
-        engine: Some(listener.local_addr().unwrap().to_string()),
-        ..HostConfig::default()
-    };
-    config.cdr = dir.path().join("cdr.jsonl");
-    config.link.heartbeat_timeout_ms = 10_000;
-    let mut host = RunningHost::start(
-        &config,
-        Decider::Chain(Arc::new(PolicyChain::new(Vec::new(), 1024))),
-    )
-    .unwrap();
-    let (stream, _) = listener.accept().await.unwrap();
-    let mut engine = FramedWrite::new(
-        stream,
-        FrameCodec::<HostMessage, EngineMessage>::new(1 << 20),
-    );
+    let (mut host, mut engine, _) = scripted(dir.path()).await;
     let answered = |id| leg(id, id, 1_000, Some(2_000));
     let link = |id, leg_a, leg_b| Link { id, leg_a, leg_b };
     for message in [
