@@ -271,26 +271,7 @@ async fn a_swap_during_a_million_leg_resync_leaves_that_resync_on_the_old_set() 
 async fn sighup_reloads_a_running_legsync() {
     let world = World::new(None, &[("20-rules", "rules", Some(REFUSE_PREMIUM))]).await;
     let events = world.events_path();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_legsync"))
-        .args([
-            "run",
-            "--engine",
-            &world.sim.listen.to_string(),
-            "--grace",
-            "10",
-            "--admin",
-            "127.0.0.1:0",
-        ])
-        .arg("--plugin-dir")
-        .arg(&world.plugins)
-        .arg("--cdr")
-        .arg(world.cdr_path())
-        .arg("--events")
-        .arg(&events)
-        .env("XDG_CACHE_HOME", world.dir.path().join("cache"))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = run_legsync(&world);
     wait_for_line(&events, "\"kind\":\"resync-done\"").await;
 
     // SAFETY: kill(2) on our own child with a valid signal.
@@ -302,6 +283,23 @@ async fn sighup_reloads_a_running_legsync() {
     assert!(line.contains("\"outcome\":\"applied\""), "{line}");
     assert!(line.contains("20-rules@"), "{line}");
     child.kill().await.unwrap();
+}
+
+/// `legsync run` as a child process on `world`'s engine, plugins and files.
+fn run_legsync(world: &World) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_legsync"))
+        .args(["run", "--admin", "off", "--grace", "10"])
+        .args(["--engine", &world.sim.listen.to_string()])
+        .arg("--plugin-dir")
+        .arg(&world.plugins)
+        .arg("--cdr")
+        .arg(world.cdr_path())
+        .arg("--events")
+        .arg(world.events_path())
+        .env("XDG_CACHE_HOME", world.dir.path().join("cache"))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
 }
 
 /// Waits for a line containing `needle` in a file another process appends to.
@@ -487,24 +485,7 @@ async fn a_relative_config_is_watched_and_restart_only_settings_are_named() {
 async fn a_plugin_making_wasi_socket_calls_in_init_does_not_crash_the_host() {
     let world = World::new(None, &[("50-udp", "fixture-udp-init", None)]).await;
     let events = world.events_path();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_legsync"))
-        .args([
-            "run",
-            "--admin",
-            "off",
-            "--engine",
-            &world.sim.listen.to_string(),
-        ])
-        .arg("--plugin-dir")
-        .arg(&world.plugins)
-        .arg("--cdr")
-        .arg(world.cdr_path())
-        .arg("--events")
-        .arg(&events)
-        .env("XDG_CACHE_HOME", world.dir.path().join("cache"))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = run_legsync(&world);
     wait_for_line(&events, "\"kind\":\"resync-done\"").await;
     assert!(child.try_wait().unwrap().is_none(), "the host is running");
     child.kill().await.unwrap();
