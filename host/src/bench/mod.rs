@@ -106,6 +106,10 @@ pub struct BenchArgs {
     /// hostile engine's hash flooding).
     #[arg(long, hide = true)]
     crafted_ids: bool,
+    /// engine-sim streams its snapshot in ascending leg id order (a neutral
+    /// order) instead of its table's hash order.
+    #[arg(long)]
+    ascending: bool,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -125,6 +129,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     if args.crafted_ids {
         sim_args.push("--crafted-ids".into());
+    }
+    if args.ascending {
+        sim_args.push("--ascending".into());
     }
     let sim_args: Vec<&str> = sim_args.iter().map(String::as_str).collect();
     let sim = SimProcess::spawn(

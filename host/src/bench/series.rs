@@ -109,6 +109,12 @@ pub(super) async fn run_child(
     command.args(["bench", "--json", "--legs", &legs]);
     command.args(["--mode", &mode, "--policy", &name]);
     command.args(["--loss", &arg_name(args.loss)]);
+    if args.ascending {
+        command.arg("--ascending");
+    }
+    if args.crafted_ids {
+        command.arg("--crafted-ids");
+    }
     if let Some(plugin) = &args.plugin {
         command.arg("--plugin").arg(plugin);
     }

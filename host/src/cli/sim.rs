@@ -44,6 +44,10 @@ pub struct SimArgs {
     /// hostile engine), to measure the host's tables against them.
     #[arg(long, hide = true)]
     crafted_ids: bool,
+    /// Stream snapshots in ascending leg id order, as an engine walking its
+    /// leg array would, instead of the table's own hash order.
+    #[arg(long)]
+    ascending: bool,
 }
 
 pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
@@ -59,6 +63,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         history: args.history,
         reuse_ids: args.reuse_ids,
         crafted_ids: args.crafted_ids,
+        ascending: args.ascending,
         name: args.name,
     };
     let stop = shutdown.clone();

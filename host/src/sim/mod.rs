@@ -54,6 +54,8 @@ pub struct SimOptions {
     pub reuse_ids: bool,
     /// Bench-only: preload legs whose ids collide under FxHash.
     pub crafted_ids: bool,
+    /// Stream snapshots in ascending leg id order (a neutral order).
+    pub ascending: bool,
     /// The engine's name (hello, ledger records).
     pub name: String,
 }
@@ -91,6 +93,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         heartbeat: options.heartbeat,
         heartbeat_timeout: options.heartbeat_timeout,
         max_frame: options.max_frame,
+        ascending: options.ascending,
         persist_lock: tokio::sync::Mutex::new(()),
         partitioned_until: Mutex::new(None),
         controller: controller::ControllerSlot::open(&options.state_file)?,

@@ -3,7 +3,7 @@
 
 use super::control::{ControlCommand, execute};
 use super::controller::{Controller, ControllerSlot};
-use super::media::MediaView;
+use super::media::{MediaView, StoredLeg};
 use super::persist;
 use super::state::EngineState;
 use crate::model::now_ms;
@@ -31,6 +31,10 @@ pub struct Shared {
     pub heartbeat: Duration,
     pub heartbeat_timeout: Duration,
     pub max_frame: usize,
+    /// Stream snapshots in ascending leg id order instead of the table's
+    /// own (FxHash) order: a neutral order, as an engine walking its leg
+    /// array would send (see benches/README.md on what order costs).
+    pub ascending: bool,
     /// Serializes writes of the state file.
     pub persist_lock: tokio::sync::Mutex<()>,
     /// Until when hosts are cut off (the `partition` control command).
@@ -170,7 +174,7 @@ async fn serve_host(
             })
             .await?;
         tracing::info!(%host, epoch = controller.epoch, "host connected: it controls the engine");
-        stream_snapshot(&mut framed, snapshot, shared.max_frame).await?;
+        stream_snapshot(&mut framed, snapshot, shared.max_frame, shared.ascending).await?;
         serve_attached(shared, &mut framed, &mut events, &controller).await
     }
     .await;
@@ -192,6 +196,7 @@ async fn stream_snapshot(
     framed: &mut Framed<TcpStream, FrameCodec<HostMessage, EngineMessage>>,
     snapshot: MediaView,
     max_frame: usize,
+    ascending: bool,
 ) -> anyhow::Result<()> {
     framed
         .send(EngineMessage::SnapshotBegin {
@@ -201,7 +206,11 @@ async fn stream_snapshot(
         .await?;
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel(FRAMES_AHEAD);
     let encoder = tokio::task::spawn_blocking(move || {
-        let legs = snapshot.legs.values().map(|stored| &*stored.wire);
+        let mut order: Vec<&StoredLeg> = snapshot.legs.values().collect();
+        if ascending {
+            order.sort_unstable_by_key(|stored| stored.leg.id);
+        }
+        let legs = order.into_iter().map(|stored| &*stored.wire);
         let sent = send_chunks(&frames_tx, legs, |chunk| {
             encode_encoded_legs_frame(&chunk, max_frame)
         })?;
