@@ -105,11 +105,16 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let control = match options.control {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?,
-        ),
+        Some(addr) => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "the control port is open beyond this machine: whoever reaches it can end calls, partition and restart the engine");
+            }
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?,
+            )
+        }
         None => None,
     };
     let control_addr = control.as_ref().map(|l| l.local_addr()).transpose()?;
