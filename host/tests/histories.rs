@@ -554,8 +554,27 @@ impl Run {
         }
     }
 
+    /// The disruption around `t`: overlapping blind periods merged, since
+    /// the host may have been out of sync through all of them (the ledger
+    /// then proves a call up only until the first one began).
     fn in_blind(&self, t: u64) -> Option<(u64, u64)> {
-        self.blind.iter().copied().find(|&(a, b)| a <= t && t <= b)
+        self.disruptions()
+            .into_iter()
+            .find(|&(a, b)| a <= t && t <= b)
+    }
+
+    /// The blind periods, overlapping ones merged, in time order.
+    fn disruptions(&self) -> Vec<(u64, u64)> {
+        let mut spans = self.blind.clone();
+        spans.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (a, b) in spans {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        merged
     }
 
     /// Bills the ledger against the engine's history; returns the problems.
@@ -610,7 +629,7 @@ impl Run {
                     None => (t, t.saturating_sub(1_500), t + 1_500),
                 },
                 Ended::LostTerminating(t) => {
-                    let Some((a, b)) = self.blind.iter().copied().find(|&(_, b)| b >= t) else {
+                    let Some((a, b)) = self.disruptions().into_iter().find(|&(_, b)| b >= t) else {
                         problems.push(format!(
                             "leg {} vanished while terminating with no engine restart after",
                             key.leg
@@ -626,7 +645,11 @@ impl Run {
                 // disruption: no host was told, no snapshot listed it.
                 let answer = key.answer_time_ms;
                 let left = truth.left.unwrap_or(released);
-                if self.blind.iter().any(|&(a, b)| a <= answer && left <= b) {
+                if self
+                    .disruptions()
+                    .iter()
+                    .any(|&(a, b)| a <= answer && left <= b)
+                {
                     unseen += 1;
                 } else {
                     problems.push(format!(
