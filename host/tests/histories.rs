@@ -33,7 +33,7 @@ mod common;
 
 use common::world::WAIT;
 use legsync::cdr::bill::{self, CallState};
-use legsync::demo::host_process::HostProcess;
+use legsync::demo::host_process::{HostProcess, count_lines, wait_for_count};
 use legsync::sim::history::{History, HistoryKind};
 use legsync::sim::process::SimProcess;
 use std::collections::BTreeMap;
@@ -177,37 +177,25 @@ impl Run {
 
     /// Waits until host `i`'s event log holds `count` role events `role`.
     async fn wait_role(&self, i: usize, role: &str, count: usize) {
-        let events = self
-            .dir
-            .path()
-            .join(format!("events-{}.jsonl", HOST_NAMES[i]));
-        let needle = format!("\"kind\":\"role\",\"role\":\"{role}\"");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let text = std::fs::read_to_string(&events).unwrap_or_default();
-            if text.matches(&needle).count() >= count {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "host {} was not {role} {count} time(s) within {WAIT:?}",
-                HOST_NAMES[i]
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (events, needle) = self.role_lines(i, role);
+        wait_for_count(&events, &needle, count, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("host {}: {e:#}", HOST_NAMES[i]));
     }
 
     /// How many times host `i` has been `role` so far.
     fn roles(&self, i: usize, role: &str) -> usize {
+        let (events, needle) = self.role_lines(i, role);
+        count_lines(&events, &needle)
+    }
+
+    /// Host `i`'s event log, and how a role event for `role` reads in it.
+    fn role_lines(&self, i: usize, role: &str) -> (PathBuf, String) {
         let events = self
             .dir
             .path()
             .join(format!("events-{}.jsonl", HOST_NAMES[i]));
-        let needle = format!("\"kind\":\"role\",\"role\":\"{role}\"");
-        std::fs::read_to_string(events)
-            .unwrap_or_default()
-            .matches(&needle)
-            .count()
+        (events, format!("\"kind\":\"role\",\"role\":\"{role}\""))
     }
 
     /// Starts `legsync run` named `name`, with its own ledger and events.

@@ -149,6 +149,35 @@ impl HostProcess {
     }
 }
 
+/// How many lines of `path` (a host's event log or ledger) contain `needle`.
+pub fn count_lines(path: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// Waits until `count` lines of `path` contain `needle`, for at most
+/// `within`.
+pub async fn wait_for_count(
+    path: &Path,
+    needle: &str,
+    count: usize,
+    within: std::time::Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    while count_lines(path, needle) < count {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "not {count} lines with `{needle}` in {} within {within:?}",
+            path.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 /// Sends `sig` to our child `pid`.
 fn signal(pid: u32, sig: libc::c_int) -> anyhow::Result<()> {
     // SAFETY: kill(2) on our own child with a valid signal number.

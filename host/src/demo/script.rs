@@ -1,7 +1,7 @@
 //! The demo's scenarios, narrated and checked.
 
 use super::harness::{RunningHost, links_synced, synced, terminated};
-use super::host_process::HostProcess;
+use super::host_process::{HostProcess, count_lines, wait_for_count};
 use crate::cdr::CdrWriter;
 use crate::cdr::bill;
 use crate::cdr::record::{CdrRecord, RecordKind};
@@ -496,31 +496,31 @@ impl Demo {
         let standby = "\"role\":\"standby\"";
         let pri_active = count_lines(&pri_events, active);
         let mut pri = HostProcess::spawn(&exe, &pri_config, &self.dir.join("host.log"))?;
-        wait_for_count(&pri_events, active, pri_active + 1).await?;
+        wait_for_count(&pri_events, active, pri_active + 1, WAIT).await?;
         let mut alt_host = HostProcess::spawn(&exe, &alt_config, &self.dir.join("host-alt.log"))?;
-        wait_for_count(&alt_events, standby, 1).await?;
+        wait_for_count(&alt_events, standby, 1, WAIT).await?;
         step(&format!(
             "engine-sim `controller`: {}; alt is standby",
             self.sim.ok("controller").await?
         ));
         let h = self.answered("H", "SIP_CARRIER_B", "15145559040").await?;
-        wait_for_count(&self.config.cdr, &format!("\"leg\":{h},"), 1).await?;
+        wait_for_count(&self.config.cdr, &format!("\"leg\":{h},"), 1, WAIT).await?;
         step("H is answered (pri writes its START). pri is killed (SIGKILL); K is answered");
         step("while no host controls the engine.");
         pri.crash().await?;
         let k = self.answered("K", "SIP_CARRIER_A", "15145559041").await?;
-        wait_for_count(&alt_events, active, 1).await?;
-        wait_for_count(&alt_events, "resync-done", 1).await?;
+        wait_for_count(&alt_events, active, 1, WAIT).await?;
+        wait_for_count(&alt_events, "resync-done", 1, WAIT).await?;
         step(&format!(
             "alt took over: `controller` says {}, and it re-adopted every call",
             self.sim.ok("controller").await?
         ));
         step("H hangs up under alt; pri restarts, finds alt in control and stands by.");
         self.sim.ok(&format!("release {h}")).await?;
-        wait_for_count(&alt.cdr, "\"kind\":\"end\"", 1).await?;
+        wait_for_count(&alt.cdr, "\"kind\":\"end\"", 1, WAIT).await?;
         let pri_standby = count_lines(&pri_events, standby);
         pri.start()?;
-        wait_for_count(&pri_events, standby, pri_standby + 1).await?;
+        wait_for_count(&pri_events, standby, pri_standby + 1, WAIT).await?;
         pri.stop().await?;
         alt_host.stop().await?;
         step("`legsync cdr bill cdr.jsonl cdr-alt.jsonl` (the two ledgers, merged by epoch):");
@@ -655,29 +655,6 @@ impl Demo {
             self.failures.set(self.failures.get() + 1);
         }
     }
-}
-
-/// How many lines of `path` contain `needle`.
-fn count_lines(path: &Path, needle: &str) -> usize {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(needle))
-        .count()
-}
-
-/// Waits until `count` lines of `path` contain `needle`.
-async fn wait_for_count(path: &Path, needle: &str, count: usize) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while count_lines(path, needle) < count {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "not {count} lines with `{needle}` in {} within {WAIT:?}",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
 }
 
 /// Waits until `path` gains a line containing `needle` after its current
