@@ -215,10 +215,15 @@ async fn route(admin: &Arc<Admin>, request: Request<Incoming>) -> Reply {
 }
 
 fn metrics(admin: &Admin) -> Reply {
-    // Gauges that change without an event are refreshed at each scrape.
+    // The gauges are the host's status, read at each scrape: the
+    // supervisor publishes it anyway, and keeps no second copy up to date.
     let status = admin.status.borrow().clone();
     metrics::gauge!(crate::metrics::LEGS).set(status.legs as f64);
     metrics::gauge!(crate::metrics::LINKS).set(status.links as f64);
+    metrics::gauge!(crate::metrics::RECOVERED).set(status.recovered as f64);
+    if let Some(epoch) = status.epoch {
+        metrics::gauge!(crate::metrics::EPOCH).set(epoch as f64);
+    }
     let state = status.link.map_or("connecting", LinkState::as_str);
     crate::metrics::one_hot(crate::metrics::LINK_STATE, "state", state, &LinkState::ALL);
     crate::metrics::one_hot(

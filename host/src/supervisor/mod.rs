@@ -227,7 +227,6 @@ impl Host {
                 },
             };
             metrics::counter!(crate::metrics::CONNECTS).increment(1);
-            metrics::gauge!(crate::metrics::EPOCH).set(connection.epoch as f64);
             // Every record from here on holds what this connection showed.
             self.cdr.set_epoch(&connection.engine, connection.epoch);
             let engine = connection.engine.clone();
@@ -283,7 +282,6 @@ impl Host {
     /// answers are one change, logged once).
     fn set_role(&mut self, role: Role, engine: Option<(String, u64)>, detail: Option<String>) {
         let previous = self.status.borrow().role;
-        crate::metrics::one_hot(crate::metrics::ROLE, "role", role.as_str(), &Role::ALL);
         let epoch = engine.as_ref().map(|(_, epoch)| *epoch);
         self.status.send_modify(|status| {
             status.role = role;
@@ -327,7 +325,6 @@ impl Host {
         }
         self.status
             .send_modify(|status| status.role = Role::Connecting);
-        crate::metrics::one_hot(crate::metrics::ROLE, "role", "connecting", &Role::ALL);
         self.publish(Some(LinkState::Disconnected), None);
         self.events.emit(HostEvent::Link {
             state: LinkState::Disconnected,
@@ -339,17 +336,6 @@ impl Host {
     fn publish(&self, link: Option<LinkState>, boot_id: Option<u64>) {
         let (legs, links) = (self.table.len(), self.table.links_len());
         let recovered = self.recovered.len();
-        metrics::gauge!(crate::metrics::LEGS).set(legs as f64);
-        metrics::gauge!(crate::metrics::LINKS).set(links as f64);
-        metrics::gauge!(crate::metrics::RECOVERED).set(recovered as f64);
-        if let Some(state) = link {
-            crate::metrics::one_hot(
-                crate::metrics::LINK_STATE,
-                "state",
-                state.as_str(),
-                &LinkState::ALL,
-            );
-        }
         self.status.send_modify(|status| {
             status.recovered = recovered;
             if link.is_some() {
