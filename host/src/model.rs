@@ -214,6 +214,13 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Wall-clock microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// An answered leg with placeholder fields, for unit tests.
 #[cfg(test)]
 pub(crate) fn test_leg(id: LegId, answered_at_ms: u64) -> CallLeg {

@@ -361,17 +361,61 @@ fn cdr_check_passes_a_good_ledger_and_names_each_violation() {
 }
 
 #[test]
-fn bench_live_reports_the_answers_and_releases_it_made_durable() {
-    let runs = bench_json(&["--legs", "2000", "--mode", "live", "--policy", "wasm"]);
+fn bench_live_times_every_generated_event_to_its_durable_record() {
+    let runs = bench_json(&[
+        "--legs",
+        "2000",
+        "--mode",
+        "live",
+        "--policy",
+        "wasm",
+        "--rates",
+        "500,1000",
+        "--seconds",
+        "2",
+        "--burst",
+        "300",
+    ]);
     let [live] = &runs[..] else {
         panic!("one report: {runs:?}")
     };
     assert_eq!(live["mode"], "live");
+    assert_eq!(live["held"], 1980, "the bench rules refused 1 %");
+    let phases = live["phases"].as_array().unwrap();
+    let shape: Vec<_> = phases
+        .iter()
+        .map(|p| {
+            (
+                p["phase"].as_str().unwrap(),
+                p["offered_per_second"].as_u64(),
+                p["answers"].as_u64().unwrap(),
+                p["releases"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // Every event of each phase was found in the ledger (a START per
+    // answer, an END per release) and timed, or the bench fails.
     assert_eq!(
-        live["legs"], 400,
-        "a tenth of the calls released and as many answered, at once"
+        shape,
+        [
+            ("steady", Some(500), 500, 500),
+            ("steady", Some(1000), 1000, 1000),
+            ("burst", None, 0, 300),
+        ]
     );
-    assert!(live["legs_per_second"].as_f64().unwrap() > 0.0);
+    for phase in phases {
+        let latency = &phase["latency_ms"];
+        let (p50, p99, max) = (
+            latency["p50"].as_f64().unwrap(),
+            latency["p99"].as_f64().unwrap(),
+            latency["max"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{phase}");
+        assert!(phase["durable_per_second"].as_f64().unwrap() > 0.0);
+    }
+    // Two seconds of traffic with a heartbeat a second: the engine saw at
+    // least one gap between two of the host's heartbeats.
+    assert!(phases[0]["heartbeat_longest_gap_ms"].as_u64().unwrap() > 0);
 }
 
 #[test]

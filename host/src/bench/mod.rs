@@ -5,8 +5,13 @@
 //!   leg and link decided, refusals dropped at the engine, CDRs written);
 //! - `warm`: a host that knows every leg comes back after a short drop during
 //!   which 1 % of the legs were released and 1 % new ones answered;
-//! - `transfer`: only streaming and decoding the snapshot: the floor.
+//! - `transfer`: only streaming and decoding the snapshot: the floor;
+//! - `live`: generated answers and releases at steady rates and in a burst,
+//!   each timed from the engine to its durable record (see [`live`]);
+//! - `takeover`: a standby taking over from a lost active (see
+//!   [`takeover`]).
 
+mod live;
 mod report;
 mod series;
 mod sweep;
@@ -52,10 +57,10 @@ pub enum Mode {
     Cold,
     Warm,
     Transfer,
-    /// After a cold resync, the engine releases a tenth of the calls and
-    /// answers as many new ones at once (`churn`, `calls`): the time until
-    /// the ledger holds every END and START. `legs` counts those events,
-    /// `legs_per_second` is events per second.
+    /// After a cold resync, engine-sim generates answers and releases at
+    /// each of `--rates` for `--seconds`, then `--burst` releases at once;
+    /// reports each event's latency to its durable record and the host's
+    /// heartbeat gaps (see `bench/live.rs`).
     Live,
     /// Two `legsync run` processes, active and standby; the active is lost
     /// (`--loss`) and the time until the standby's resync is done is the
@@ -110,13 +115,27 @@ pub struct BenchArgs {
     /// order) instead of its table's hash order.
     #[arg(long)]
     ascending: bool,
+    /// `--mode live`: steady traffic at each of these rates (call events
+    /// per second, answers and releases alternating), one phase each.
+    #[arg(long, value_delimiter = ',', default_value = "10000,50000")]
+    rates: Vec<u64>,
+    /// `--mode live`: how long each steady phase lasts.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    seconds: u64,
+    /// `--mode live`: then this many releases at once (0: no burst).
+    #[arg(long, default_value_t = 100_000)]
+    burst: u64,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(sizes) = &args.sweep {
         return sweep::run(&args, sizes).await;
     }
-    let one_policy = matches!(args.mode, Mode::Transfer | Mode::Takeover);
+    let one_policy = matches!(args.mode, Mode::Transfer | Mode::Takeover | Mode::Live);
+    anyhow::ensure!(
+        args.mode != Mode::Live || (args.repeat == 1 && args.policy != PolicyKind::Both),
+        "--mode live runs one policy once (its report is a series of phases already)"
+    );
     if args.repeat > 1 || (args.policy == PolicyKind::Both && !one_policy) {
         return series::run(&args).await;
     }
@@ -125,6 +144,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     eprintln!("preloading {} legs in engine-sim...", args.legs);
     let mut sim_args = match args.mode {
         Mode::Takeover => takeover::sim_args(),
+        Mode::Live => live::sim_args(&live::traffic_log(dir.path())),
         _ => vec!["--heartbeat-timeout-ms".into(), "600000".into()],
     };
     if args.crafted_ids {
@@ -146,6 +166,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot read {}", path.display()))?,
         None => BENCH_RULES.to_string(),
     };
+    if args.mode == Mode::Live {
+        let report = live::run(&sim, &args, &rules, dir.path()).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            print!("{report}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = match args.mode {
         Mode::Transfer => transfer(&sim, &args).await?,
         Mode::Takeover => takeover::run(&sim, &args, &rules, dir.path()).await?,
@@ -215,37 +244,6 @@ async fn resync(
     let mut host = RunningHost::start_summaries(&config, decider)?;
     let progress = show_progress(&host);
     let first = next_summary(&mut host).await?;
-    if args.mode == Mode::Live {
-        if let Some(progress) = progress {
-            progress.abort();
-        }
-        let burst = (args.legs / 10).max(2) / 2 * 2;
-        let mut tail = LedgerTail::at_end(&config.cdr)?;
-        let started = Instant::now();
-        sim.ok(&format!("churn {burst} 0")).await?;
-        sim.ok(&format!("calls {burst}")).await?;
-        let deadline = started + LONG;
-        while tail.ends < burst || tail.answered < burst {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the ledger got {} of {burst} ENDs and {} of {burst} STARTs",
-                tail.ends,
-                tail.answered
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            tail.read_more()?;
-        }
-        let wall = started.elapsed();
-        let report = BenchReport::new(
-            "live",
-            &policy_name,
-            2 * burst,
-            wall,
-            ResyncSummary::default(),
-        );
-        host.stop().await?;
-        return Ok(report);
-    }
     let summary = match args.mode {
         Mode::Warm => {
             sim.ok("partition 3600000").await?;
@@ -272,51 +270,6 @@ async fn resync(
     let report = BenchReport::new(mode, &policy_name, args.legs, wall, summary);
     host.stop().await?;
     Ok(report)
-}
-
-/// The records appended to a ledger since the bench started watching it.
-struct LedgerTail {
-    file: std::fs::File,
-    partial: Vec<u8>,
-    ends: u64,
-    /// STARTs of live answers.
-    answered: u64,
-}
-
-impl LedgerTail {
-    fn at_end(path: &std::path::Path) -> anyhow::Result<LedgerTail> {
-        use std::io::Seek;
-        let mut file =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        file.seek(std::io::SeekFrom::End(0))?;
-        Ok(LedgerTail {
-            file,
-            partial: Vec::new(),
-            ends: 0,
-            answered: 0,
-        })
-    }
-
-    /// Counts the whole lines appended since the last call.
-    fn read_more(&mut self) -> anyhow::Result<()> {
-        use std::io::Read;
-        self.file.read_to_end(&mut self.partial)?;
-        let whole = self
-            .partial
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |i| i + 1);
-        for line in self.partial[..whole].split(|&b| b == b'\n') {
-            let line = String::from_utf8_lossy(line);
-            if line.contains("\"kind\":\"end\"") {
-                self.ends += 1;
-            } else if line.contains("\"start_reason\":\"answered\"") {
-                self.answered += 1;
-            }
-        }
-        self.partial.drain(..whole);
-        Ok(())
-    }
 }
 
 async fn next_summary(host: &mut RunningHost) -> anyhow::Result<ResyncSummary> {

@@ -45,6 +45,14 @@ enum Job {
     Reopen(oneshot::Sender<std::io::Result<()>>),
 }
 
+/// How far the ledger is durable: the last record fsynced, and when
+/// (wall-clock microseconds, taken right after the fsync returned).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DurableMark {
+    pub record: u64,
+    pub at_us: u64,
+}
+
 /// A call the ledger had open when the host started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveredCall {
@@ -61,6 +69,7 @@ pub struct CdrWriter {
     path: PathBuf,
     index: Arc<Mutex<LedgerIndex>>,
     jobs: std::sync::mpsc::Sender<Job>,
+    durable: tokio::sync::watch::Receiver<DurableMark>,
 }
 
 impl std::fmt::Debug for CdrWriter {
@@ -164,6 +173,10 @@ impl CdrWriter {
         let flush = spawn_flusher().context("cannot start the CDR flusher thread")?;
         let ledger = path.to_path_buf();
         let last_record = last_read;
+        let (durable, durable_rx) = tokio::sync::watch::channel(DurableMark {
+            record: last_record,
+            at_us: crate::model::now_us(),
+        });
         std::thread::Builder::new()
             .name("legsync-cdr".into())
             .spawn(move || {
@@ -174,6 +187,7 @@ impl CdrWriter {
                     flush,
                     last_record,
                     durable_record: last_record,
+                    durable,
                 }
                 .run(receiver)
             })
@@ -182,6 +196,7 @@ impl CdrWriter {
             path: path.to_path_buf(),
             index: Arc::new(Mutex::new(index)),
             jobs,
+            durable: durable_rx,
         };
         Ok((writer, recovered))
     }
@@ -215,6 +230,12 @@ impl CdrWriter {
     /// on in a new file at the ledger's path. Durable once awaited.
     pub fn reopen(&self) -> Pending {
         self.ask(Job::Reopen)
+    }
+
+    /// Follows how far the ledger is durable (a mark per fsync; a slow
+    /// reader sees only the latest).
+    pub fn durable_marks(&self) -> tokio::sync::watch::Receiver<DurableMark> {
+        self.durable.clone()
     }
 
     /// Makes every record handed over so far durable.
@@ -368,6 +389,8 @@ struct Writer {
     /// went to a file moved away, and a power loss never makes it claim
     /// records the disk did not keep.
     durable_record: u64,
+    /// Told `durable_record` after every fsync.
+    durable: tokio::sync::watch::Sender<DurableMark>,
 }
 
 impl Writer {
@@ -444,6 +467,10 @@ impl Writer {
             crate::metrics::observe(crate::metrics::CDR_FSYNC_SECONDS, started.elapsed());
             if result.is_ok() {
                 self.durable_record = self.last_record;
+                self.durable.send_replace(DurableMark {
+                    record: self.durable_record,
+                    at_us: crate::model::now_us(),
+                });
             }
         } else if result.is_ok() && !lines.is_empty() {
             // Staged: on its way to disk while the resync goes on.

@@ -48,6 +48,10 @@ pub struct SimArgs {
     /// leg array would, instead of the table's own hash order.
     #[arg(long)]
     ascending: bool,
+    /// Log the generated traffic (`traffic`, `burst` control commands)
+    /// here: one line per event with the time it was meant to be sent.
+    #[arg(long)]
+    traffic_log: Option<PathBuf>,
 }
 
 pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
@@ -65,6 +69,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         crafted_ids: args.crafted_ids,
         ascending: args.ascending,
         name: args.name,
+        traffic_log: args.traffic_log,
     };
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -22,6 +22,8 @@ pub struct RunningHost {
     pub policy: PolicyHandle,
     /// The host's event sink (a reloader reports into it).
     pub sink: Events,
+    /// The host's ledger writer.
+    pub ledger: crate::cdr::CdrWriter,
 }
 
 impl RunningHost {
@@ -48,6 +50,7 @@ impl RunningHost {
         let events = subscribe(&sink);
         let (host, policy) = app::build_host(config, decider, sink.clone())?;
         let status = host.status();
+        let ledger = host.cdr_writer();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(host.run(shutdown.clone()));
         Ok(RunningHost {
@@ -57,6 +60,7 @@ impl RunningHost {
             status,
             policy,
             sink,
+            ledger,
         })
     }
 

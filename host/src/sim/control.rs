@@ -44,9 +44,20 @@ pub enum ControlCommand {
     Isolate(u64),
     /// Which host controls the engine, and the last epoch given out.
     Controller,
+    /// Generated traffic: this many call events per second (answers and
+    /// releases alternating) for this many milliseconds (see `traffic`).
+    Traffic {
+        rate: u64,
+        ms: u64,
+    },
+    /// Release this many answered calls at once, logged (see `traffic`).
+    Burst(u64),
+    /// The longest gap between the controller's heartbeats since last
+    /// asked, and how many arrived.
+    Heartbeats,
 }
 
-pub const HELP: &str = "commands: ring NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media] | call (as ring, answered at once) | answer LEG | terminate LEG | release LEG | link LEG LEG | unlink LINK | list | counts | sync | boot | partition MS | isolate MS | controller | churn RELEASE ADD | calls N";
+pub const HELP: &str = "commands: ring NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media] | call (as ring, answered at once) | answer LEG | terminate LEG | release LEG | link LEG LEG | unlink LINK | list | counts | sync | boot | partition MS | isolate MS | controller | churn RELEASE ADD | calls N | traffic RATE MS | burst N | heartbeats";
 
 impl ControlCommand {
     pub fn parse(line: &str) -> Result<ControlCommand, String> {
@@ -118,6 +129,15 @@ impl ControlCommand {
                 ControlCommand::Churn(id(1)?, id(2)?)
             }
             "calls" => exact(2).and(id(1)).map(ControlCommand::Calls)?,
+            "traffic" => {
+                exact(3)?;
+                ControlCommand::Traffic {
+                    rate: id(1)?,
+                    ms: id(2)?,
+                }
+            }
+            "burst" => exact(2).and(id(1)).map(ControlCommand::Burst)?,
+            "heartbeats" => exact(1).map(|_| ControlCommand::Heartbeats)?,
             other => return Err(format!("unknown command `{other}`; {HELP}")),
         };
         Ok(command)
@@ -132,6 +152,7 @@ impl ControlCommand {
                 | ControlCommand::Counts
                 | ControlCommand::Boot
                 | ControlCommand::Controller
+                | ControlCommand::Heartbeats
         )
     }
 }
@@ -218,9 +239,12 @@ pub fn execute(
         }
         // Handled by the server, which owns the connections.
         // Served by the server, which owns the network and the slot.
-        ControlCommand::Partition(_) | ControlCommand::Isolate(_) | ControlCommand::Controller => {
-            "ERR not a state command".into()
-        }
+        ControlCommand::Partition(_)
+        | ControlCommand::Isolate(_)
+        | ControlCommand::Controller
+        | ControlCommand::Traffic { .. }
+        | ControlCommand::Burst(_)
+        | ControlCommand::Heartbeats => "ERR not a state command".into(),
     }
 }
 

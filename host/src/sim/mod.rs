@@ -22,6 +22,7 @@ pub mod persist;
 pub mod process;
 pub mod server;
 pub mod state;
+pub mod traffic;
 
 use anyhow::Context;
 use server::Shared;
@@ -58,6 +59,8 @@ pub struct SimOptions {
     pub ascending: bool,
     /// The engine's name (hello, ledger records).
     pub name: String,
+    /// Log generated traffic here (`traffic`, `burst`; see [`traffic`]).
+    pub traffic_log: Option<PathBuf>,
 }
 
 /// How often the state file is considered for saving.
@@ -98,6 +101,9 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         partitioned_until: Mutex::new(None),
         controller: controller::ControllerSlot::open(&options.state_file)?,
         name: options.name.clone(),
+        traffic: Mutex::new(traffic::Traffic::new(options.traffic_log.as_deref())?),
+        heartbeat_gaps: Mutex::default(),
+        generating: Default::default(),
     });
     shared.persist_if_dirty().await?;
 
@@ -161,6 +167,9 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
                         let state = flusher.lock();
                         (state.unsaved(), state.changes())
                     };
+                    if flusher.generating.load(std::sync::atomic::Ordering::Relaxed) {
+                        continue; // saved when the traffic ends
+                    }
                     dirty_ticks = if dirty { dirty_ticks + 1 } else { 0 };
                     let quiet = previous == Some(changes);
                     previous = Some(changes);

@@ -55,13 +55,19 @@ impl SimProcess {
     /// Sends one control command; returns the reply (for `list`, every line
     /// up to `END`).
     pub async fn control(&self, command: &str) -> anyhow::Result<String> {
+        self.control_within(command, Duration::from_secs(30)).await
+    }
+
+    /// [`SimProcess::control`] for a command that may take up to `within`
+    /// (`traffic`).
+    pub async fn control_within(&self, command: &str, within: Duration) -> anyhow::Result<String> {
         let mut stream = TcpStream::connect(self.control)
             .await
             .context("cannot reach the control port")?;
         stream.write_all(format!("{command}\n").as_bytes()).await?;
         stream.shutdown().await?;
         let mut reply = String::new();
-        tokio::time::timeout(Duration::from_secs(30), stream.read_to_string(&mut reply))
+        tokio::time::timeout(within, stream.read_to_string(&mut reply))
             .await
             .context("control command timed out")??;
         Ok(reply.trim_end().to_string())
@@ -69,7 +75,12 @@ impl SimProcess {
 
     /// Sends a command that must succeed; returns what follows `OK`.
     pub async fn ok(&self, command: &str) -> anyhow::Result<String> {
-        let reply = self.control(command).await?;
+        self.ok_within(command, Duration::from_secs(30)).await
+    }
+
+    /// [`SimProcess::ok`] for a command that may take up to `within`.
+    pub async fn ok_within(&self, command: &str, within: Duration) -> anyhow::Result<String> {
+        let reply = self.control_within(command, within).await?;
         match reply.strip_prefix("OK") {
             Some(rest) => Ok(rest.trim().to_string()),
             None => bail!("`{command}` failed: {reply}"),

@@ -6,6 +6,7 @@ use super::controller::{Controller, ControllerSlot};
 use super::media::{MediaView, StoredLeg};
 use super::persist;
 use super::state::EngineState;
+use super::traffic::{self, Traffic};
 use crate::model::now_ms;
 use crate::protocol::codec::{encode_encoded_legs_frame, encode_frame};
 use crate::protocol::{
@@ -43,11 +44,40 @@ pub struct Shared {
     pub controller: ControllerSlot,
     /// This engine's name, in its hello and in every ledger record.
     pub name: String,
+    /// The traffic generator (`traffic`, `burst`).
+    pub traffic: Mutex<Traffic>,
+    /// A `traffic` command is running: the state file is saved when it
+    /// ends, not during it (a save shares the whole view copy-on-write, and
+    /// the next change then copies it under the state lock, stalling the
+    /// generator for tens of milliseconds at 200,000 calls).
+    pub generating: std::sync::atomic::AtomicBool,
+    /// Gaps between the controller's heartbeats (`heartbeats`).
+    pub heartbeat_gaps: Mutex<HeartbeatGaps>,
+}
+
+/// The longest gap between two heartbeats of the controller on one
+/// connection, since last asked: a host that lets work delay its
+/// heartbeats risks being dropped by its engine.
+#[derive(Debug, Default)]
+pub struct HeartbeatGaps {
+    pub longest: Duration,
+    pub count: u64,
 }
 
 impl Shared {
     pub fn lock(&self) -> MutexGuard<'_, EngineState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The traffic generator (lock it after the state, never before).
+    pub fn traffic(&self) -> MutexGuard<'_, Traffic> {
+        self.traffic.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn heartbeat_gaps(&self) -> MutexGuard<'_, HeartbeatGaps> {
+        self.heartbeat_gaps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Cuts the host off for `duration`: its connection closes now and new
@@ -142,7 +172,7 @@ async fn serve_host(
     }
     // Attach and take the slot under the state lock: of two hosts racing
     // for a free engine, exactly one gets it.
-    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
     let cancel = shutdown.child_token();
     let attached = {
         let mut state = shared.lock();
@@ -175,7 +205,7 @@ async fn serve_host(
             .await?;
         tracing::info!(%host, epoch = controller.epoch, "host connected: it controls the engine");
         stream_snapshot(&mut framed, snapshot, shared.max_frame, shared.ascending).await?;
-        serve_attached(shared, &mut framed, &mut events, &controller).await
+        serve_attached(shared, framed, events, &controller).await
     }
     .await;
     shared.lock().detach_host_if(&events_tx);
@@ -249,14 +279,22 @@ fn send_chunks<T>(
     }
 }
 
+/// Serves the controller: its frames are read here, while a writer task
+/// sends events, acknowledgements and heartbeats. Reading never waits for
+/// writing: a host slow to read events (the socket full) still has its
+/// heartbeats and commands read on time, as a real engine's would be.
 async fn serve_attached(
     shared: &Arc<Shared>,
-    framed: &mut Framed<TcpStream, FrameCodec<HostMessage, EngineMessage>>,
-    events: &mut tokio::sync::mpsc::UnboundedReceiver<crate::protocol::EngineEvent>,
+    framed: Framed<TcpStream, FrameCodec<HostMessage, EngineMessage>>,
+    events: tokio::sync::mpsc::UnboundedReceiver<crate::protocol::EngineEvent>,
     controller: &Controller,
 ) -> anyhow::Result<()> {
-    let mut heartbeat = interval(shared.heartbeat);
+    let (sink, mut stream) = framed.split();
+    let (acks, acks_rx) = tokio::sync::mpsc::unbounded_channel();
+    let writer = write_to_host(sink, events, acks_rx, shared.heartbeat);
+    tokio::pin!(writer);
     let mut last_seen = Instant::now();
+    let mut last_heartbeat: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = controller.cancel.cancelled() => return Ok(()),
@@ -269,27 +307,24 @@ async fn serve_attached(
                 }
                 bail!("no heartbeat from the host for {:?} (isolated)", shared.heartbeat_timeout);
             }
-            Some(event) = events.recv() => {
-                framed.feed(EngineMessage::Event(event)).await?;
-                while let Ok(event) = events.try_recv() {
-                    framed.feed(EngineMessage::Event(event)).await?;
-                }
-                framed.flush().await?;
-            }
+            written = &mut writer => return written,
             // Silence is noticed when the timeout passes, not at the next
             // tick: a standby's takeover waits for exactly this.
             _ = tokio::time::sleep_until(last_seen + shared.heartbeat_timeout) => {
                 bail!("no heartbeat from the host for {:?}", shared.heartbeat_timeout);
             }
-            _ = heartbeat.tick() => {
-                framed.send(EngineMessage::Heartbeat).await?;
-            }
-            frame = framed.next() => {
+            frame = stream.next() => {
                 last_seen = Instant::now();
                 match frame {
                     None => return Ok(()),
                     Some(Err(e)) => return Err(e).context("bad frame from the host"),
-                    Some(Ok(HostMessage::Heartbeat)) => {}
+                    Some(Ok(HostMessage::Heartbeat)) => {
+                        if let Some(previous) = last_heartbeat.replace(last_seen) {
+                            let mut gaps = shared.heartbeat_gaps();
+                            gaps.longest = gaps.longest.max(last_seen - previous);
+                            gaps.count += 1;
+                        }
+                    }
                     Some(Ok(HostMessage::Command { id, epoch, command })) => {
                         let result = if epoch != controller.epoch {
                             tracing::warn!(host = %controller.host, epoch, current = controller.epoch, "fenced a command from a stale epoch");
@@ -301,16 +336,45 @@ async fn serve_attached(
                                 Command::DropLink(link) => state.drop_link(link),
                             }
                         };
-                        framed.feed(EngineMessage::Ack { command: id, result }).await?;
+                        let _ = acks.send(EngineMessage::Ack { command: id, result });
                     }
                     Some(Ok(HostMessage::Hello { .. })) => bail!("unexpected second hello"),
                 }
-                // Acks are flushed once the burst of commands read so far is done.
-                if framed.read_buffer().is_empty() {
-                    framed.flush().await?;
-                }
             }
         }
+    }
+}
+
+/// Sends the controller its events, acknowledgements and heartbeats, in
+/// batches: whatever is waiting goes out with one flush.
+async fn write_to_host(
+    mut sink: futures_util::stream::SplitSink<
+        Framed<TcpStream, FrameCodec<HostMessage, EngineMessage>>,
+        EngineMessage,
+    >,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<crate::protocol::EngineEvent>,
+    mut acks: tokio::sync::mpsc::UnboundedReceiver<EngineMessage>,
+    every: Duration,
+) -> anyhow::Result<()> {
+    let mut heartbeat = interval(every);
+    loop {
+        tokio::select! {
+            Some(event) = events.recv() => {
+                sink.feed(EngineMessage::Event(event)).await?;
+                while let Ok(event) = events.try_recv() {
+                    sink.feed(EngineMessage::Event(event)).await?;
+                }
+            }
+            Some(ack) = acks.recv() => {
+                sink.feed(ack).await?;
+                // Acks are flushed once the burst of commands read so far is done.
+                while let Ok(ack) = acks.try_recv() {
+                    sink.feed(ack).await?;
+                }
+            }
+            _ = heartbeat.tick() => sink.feed(EngineMessage::Heartbeat).await?,
+        }
+        sink.flush().await?;
     }
 }
 
@@ -354,6 +418,22 @@ async fn serve_control(shared: &Arc<Shared>, stream: TcpStream) -> anyhow::Resul
                     Some(host) => format!("OK {host}"),
                     None => "ERR no host controls the engine".to_string(),
                 }
+            }
+            Ok(ControlCommand::Traffic { rate, ms }) => {
+                use std::sync::atomic::Ordering;
+                shared.generating.store(true, Ordering::Relaxed);
+                let reply = traffic::run(shared, rate, Duration::from_millis(ms)).await;
+                shared.generating.store(false, Ordering::Relaxed);
+                reply
+            }
+            Ok(ControlCommand::Burst(count)) => traffic::burst(shared, count),
+            Ok(ControlCommand::Heartbeats) => {
+                let gaps = std::mem::take(&mut *shared.heartbeat_gaps());
+                format!(
+                    "OK longest_gap_ms={} count={}",
+                    gaps.longest.as_millis(),
+                    gaps.count
+                )
             }
             Ok(ControlCommand::Controller) => match shared.controller.current() {
                 (Some(c), _) => format!("OK {} epoch {}", c.host, c.epoch),

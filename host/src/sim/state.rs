@@ -194,8 +194,7 @@ impl EngineState {
     /// Releases `release` answered legs (spread over the id range) and adds
     /// `add` answered legs in linked pairs: the churn of a short outage.
     pub fn churn(&mut self, release: usize, add: u64, now_ms: u64) {
-        let mut answered: Vec<LegId> = self.media.legs.keys().copied().collect();
-        answered.sort_unstable();
+        let answered = self.answered_ids();
         let step = (answered.len() / release.max(1)).max(1);
         for id in answered.into_iter().step_by(step).take(release) {
             let _ = self.release(id);
@@ -207,11 +206,24 @@ impl EngineState {
     /// (the live path's answers: `calls N`).
     pub fn calls(&mut self, count: u64, now_ms: u64) {
         for i in 0..count {
-            let (nap, protocol) = NAPS[(i % NAPS.len() as u64) as usize];
-            let calling = compact_str::format_compact!("1438{:07}", (i * 104_729) % 10_000_000);
-            let called = compact_str::format_compact!("1514{:07}", (i * 7919) % 10_000_000);
-            self.call(nap, &calling, &called, Direction::Inbound, protocol, now_ms);
+            self.numbered_call(i, now_ms);
         }
+    }
+
+    /// The `i`-th of a family of ordinary (never premium) calls, offered
+    /// and answered at once; returns its leg id.
+    pub fn numbered_call(&mut self, i: u64, now_ms: u64) -> LegId {
+        let (nap, protocol) = NAPS[(i % NAPS.len() as u64) as usize];
+        let calling = compact_str::format_compact!("1438{:07}", (i * 104_729) % 10_000_000);
+        let called = compact_str::format_compact!("1514{:07}", (i * 7919) % 10_000_000);
+        self.call(nap, &calling, &called, Direction::Inbound, protocol, now_ms)
+    }
+
+    /// The ids of the answered legs, ascending.
+    pub fn answered_ids(&self) -> Vec<LegId> {
+        let mut ids: Vec<LegId> = self.media.legs.keys().copied().collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// The host went away: nothing can answer transient legs, so they are
