@@ -33,6 +33,8 @@ pub const CDR_FSYNC_SECONDS: &str = "legsync_cdr_fsync_duration_seconds";
 pub const GRACE_EXPIRIES: &str = "legsync_grace_expiries_total";
 pub const EVENT_LOG_ERRORS: &str = "legsync_event_log_errors_total";
 pub const SNAPSHOT_ANOMALIES: &str = "legsync_snapshot_anomalies_total";
+pub const HEARTBEAT_GAP_SECONDS: &str = "legsync_heartbeat_gap_seconds";
+pub const LIVE_DURABLE_SECONDS: &str = "legsync_live_batch_durable_seconds";
 
 /// Every metric: name, type, help (the list in docs/operations.md).
 pub const ALL: &[(&str, &str, &str)] = &[
@@ -118,6 +120,16 @@ pub const ALL: &[(&str, &str, &str)] = &[
         CDR_FSYNC_SECONDS,
         "histogram",
         "duration of one ledger fsync (one per group of records)",
+    ),
+    (
+        LIVE_DURABLE_SECONDS,
+        "histogram",
+        "time from reading a batch of live engine messages to its ledger records durable (the host acts on an answer or release only then)",
+    ),
+    (
+        HEARTBEAT_GAP_SECONDS,
+        "histogram",
+        "time between two heartbeats the host sent (link.heartbeat_ms when healthy; the engine drops a controller silent for its heartbeat timeout)",
     ),
     (
         GRACE_EXPIRIES,

@@ -62,8 +62,10 @@ pub struct LivePhase {
     /// From each event's intended time to its record durable.
     pub latency_ms: Latency,
     /// The longest gap between two heartbeats of the host, as the engine
-    /// saw them.
-    pub heartbeat_longest_gap_ms: u64,
+    /// saw them arrive (none in a phase shorter than the interval).
+    pub heartbeat_longest_gap_ms: Option<u64>,
+    /// The same, as the host sent them.
+    pub host_heartbeat_longest_gap_ms: Option<u64>,
     /// How far the generator fell behind its schedule (engine-sim and the
     /// host share the machine); included in the latencies.
     pub generator_late_ms: u64,
@@ -199,6 +201,7 @@ impl Probe {
         within: Duration,
     ) -> anyhow::Result<LivePhase> {
         sim.ok("heartbeats").await?;
+        crate::engine::take_longest_heartbeat_gap();
         let before = self.marks.borrow().record;
         let reply = sim.ok_within(command, within).await?;
         let answers = reply_value(&reply, "answers").unwrap_or(0);
@@ -219,6 +222,7 @@ impl Probe {
             })?
             .context("the host's ledger writer stopped")?;
         let gaps = sim.ok("heartbeats").await?;
+        let sent_gap = crate::engine::take_longest_heartbeat_gap();
         let records = self.records_since()?;
         let lines = read_log(&self.traffic_log)?;
         let events = &lines[self.traffic_seen.min(lines.len())..];
@@ -237,7 +241,10 @@ impl Probe {
             seconds,
             durable_per_second: count as f64 / seconds.max(1e-9),
             latency_ms: Latency::of(latencies.micros),
-            heartbeat_longest_gap_ms: reply_value(&gaps, "longest_gap_ms").unwrap_or(0),
+            heartbeat_longest_gap_ms: reply_value(&gaps, "longest_gap_ms")
+                .filter(|_| reply_value(&gaps, "count").unwrap_or(0) > 0),
+            host_heartbeat_longest_gap_ms: Some(sent_gap.as_millis() as u64)
+                .filter(|_| !sent_gap.is_zero()),
             generator_late_ms: late_ms,
         })
     }
@@ -301,6 +308,12 @@ fn join(
     })
 }
 
+fn gap(ms: Option<u64>) -> String {
+    ms.map_or("(none: under two heartbeats)".into(), |ms| {
+        format!("{ms} ms")
+    })
+}
+
 /// `key=value` out of a control reply.
 fn reply_value(reply: &str, key: &str) -> Option<u64> {
     reply
@@ -324,7 +337,7 @@ impl fmt::Display for LiveReport {
                 f,
                 "  {what:<14} {} answers + {} releases durable in {:.3} s ({:.0}/s); \
                  event to durable p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
-                 longest heartbeat gap {} ms; generator late {} ms",
+                 longest heartbeat gap {} sent, {} received; generator late {} ms",
                 p.answers,
                 p.releases,
                 p.seconds,
@@ -332,7 +345,8 @@ impl fmt::Display for LiveReport {
                 p.latency_ms.p50,
                 p.latency_ms.p99,
                 p.latency_ms.max,
-                p.heartbeat_longest_gap_ms,
+                gap(p.host_heartbeat_longest_gap_ms),
+                gap(p.heartbeat_longest_gap_ms),
                 p.generator_late_ms
             )?;
         }

@@ -85,10 +85,18 @@ impl std::fmt::Debug for CdrWriter {
 pub struct Pending {
     written: Option<oneshot::Receiver<std::io::Result<()>>>,
     records: usize,
+    /// The number of the last of these records (0 if none).
+    last_record: u64,
     path: PathBuf,
 }
 
 impl Pending {
+    /// The number of the last of these records (0 if none): durable once
+    /// the ledger's durable mark reaches it.
+    pub fn last_record(&self) -> u64 {
+        self.last_record
+    }
+
     /// Waits until the records are on disk; returns how many there were.
     pub async fn durable(self) -> anyhow::Result<usize> {
         if let Some(written) = self.written {
@@ -251,6 +259,7 @@ impl CdrWriter {
         Pending {
             written: Some(written),
             records: 0,
+            last_record: 0,
             path: self.path.clone(),
         }
     }
@@ -320,6 +329,7 @@ impl CdrWriter {
 
     fn submit(&self, records: Vec<CdrRecord>, sync: bool) -> Pending {
         let count = records.len();
+        let last_record = records.iter().map(|r| r.record).max().unwrap_or(0);
         let written = if records.is_empty() {
             None
         } else {
@@ -335,6 +345,7 @@ impl CdrWriter {
         Pending {
             written,
             records: count,
+            last_record,
             path: self.path.clone(),
         }
     }

@@ -10,7 +10,8 @@ use crate::protocol::{
     Command, EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION, ProtocolError,
 };
 use futures_util::{SinkExt, StreamExt};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -266,6 +267,35 @@ async fn read_loop(
     let _ = inbound.send(Err(outcome)).await;
 }
 
+/// The longest gap between two heartbeats this process sent since last
+/// taken, in microseconds (`legsync bench --mode live` reports it).
+static LONGEST_HEARTBEAT_GAP_US: AtomicU64 = AtomicU64::new(0);
+
+/// The longest gap between two heartbeats sent since the last call.
+pub fn take_longest_heartbeat_gap() -> Duration {
+    Duration::from_micros(LONGEST_HEARTBEAT_GAP_US.swap(0, Ordering::Relaxed))
+}
+
+/// Times the gap since the previous heartbeat sent: measured, and logged
+/// when it is half an interval late (the host too busy to send on time).
+fn heartbeat_sent(previous: &mut Option<Instant>, interval: Duration) {
+    let now = Instant::now();
+    let Some(last) = previous.replace(now) else {
+        return;
+    };
+    let gap = now - last;
+    crate::metrics::observe(crate::metrics::HEARTBEAT_GAP_SECONDS, gap);
+    LONGEST_HEARTBEAT_GAP_US.fetch_max(gap.as_micros() as u64, Ordering::Relaxed);
+    if gap > interval + interval / 2 {
+        tracing::warn!(
+            gap_ms = gap.as_millis() as u64,
+            interval_ms = interval.as_millis() as u64,
+            "a heartbeat went out {} ms late: the host was too busy to send it on time (the engine drops a controller silent for its heartbeat timeout)",
+            (gap - interval).as_millis()
+        );
+    }
+}
+
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<HostFramed, HostMessage>,
     epoch: u64,
@@ -274,10 +304,15 @@ async fn write_loop(
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(heartbeat);
+    let mut last_heartbeat = None;
     loop {
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tick.tick() => sink.send(HostMessage::Heartbeat).await,
+            _ = tick.tick() => {
+                let sent = sink.send(HostMessage::Heartbeat).await;
+                heartbeat_sent(&mut last_heartbeat, heartbeat);
+                sent
+            }
             Some((id, command)) = commands.recv() => {
                 let mut result = sink.feed(HostMessage::Command { id, epoch, command }).await;
                 while let (Ok(()), Ok((id, command))) = (&result, commands.try_recv()) {

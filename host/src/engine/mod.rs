@@ -5,4 +5,4 @@ pub mod backoff;
 pub mod connection;
 
 pub use backoff::Backoff;
-pub use connection::{Connection, LinkError, LinkOptions};
+pub use connection::{Connection, LinkError, LinkOptions, take_longest_heartbeat_gap};

@@ -426,7 +426,14 @@ async fn serve_control(shared: &Arc<Shared>, stream: TcpStream) -> anyhow::Resul
                 shared.generating.store(false, Ordering::Relaxed);
                 reply
             }
-            Ok(ControlCommand::Burst(count)) => traffic::burst(shared, count),
+            Ok(ControlCommand::Burst(count)) => {
+                // A hundred thousand releases hold the state for a while:
+                // off the runtime, whose threads serve the host's frames.
+                let shared = shared.clone();
+                tokio::task::spawn_blocking(move || traffic::burst(&shared, count))
+                    .await
+                    .unwrap_or_else(|e| format!("ERR the burst failed: {e}"))
+            }
             Ok(ControlCommand::Heartbeats) => {
                 let gaps = std::mem::take(&mut *shared.heartbeat_gaps());
                 format!(

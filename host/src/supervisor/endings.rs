@@ -35,16 +35,37 @@ impl Host {
         if legs.is_empty() {
             return Ok(());
         }
-        // The calls go on in the engine when the host stops: the next host
-        // adopts them from the ledger, so nothing is written.
-        if reason != TerminationReason::HostShutdown {
-            self.cdr
-                .close_calls(legs.iter().map(|(leg, at)| (leg, *at)), reason)
-                .durable()
-                .await?;
-        }
+        self.write_ends(&legs, reason).durable().await?;
+        let ended = legs.into_iter().map(|(leg, _)| leg).collect();
+        self.report_ended(ended, reason, decider);
+        Ok(())
+    }
+
+    /// Hands the END records of `legs` to the ledger (durable once
+    /// awaited). The calls go on in the engine when the host stops: the
+    /// next host adopts them from the ledger, so nothing is written then.
+    pub(super) fn write_ends(
+        &self,
+        legs: &[(CallLeg, u64)],
+        reason: TerminationReason,
+    ) -> crate::cdr::Pending {
+        let legs = legs
+            .iter()
+            .filter(|_| reason != TerminationReason::HostShutdown);
+        self.cdr
+            .close_calls(legs.map(|(leg, at)| (leg, *at)), reason)
+    }
+
+    /// Once their ENDs are durable: the `OnCallLegTerminated` events, then
+    /// the plugins' notice.
+    pub(super) fn report_ended(
+        &mut self,
+        ended: Vec<CallLeg>,
+        reason: TerminationReason,
+        decider: &Decider,
+    ) {
         self.events
-            .emit_all(legs.iter().map(|(leg, _)| HostEvent::CallLegTerminated {
+            .emit_all(ended.iter().map(|leg| HostEvent::CallLegTerminated {
                 leg: leg.id,
                 reason,
             }));
@@ -52,10 +73,8 @@ impl Host {
         // timer or the live path. The next decision waits for them
         // ([`Host::settle_notices`]), so each plugin hears of endings
         // before it decides again.
-        let ended = legs.into_iter().map(|(leg, _)| leg).collect();
         self.notices.retain(|h| !h.is_finished());
         self.notices.push(notify(decider, ended, reason));
-        Ok(())
     }
 
     /// Waits until the plugins have heard of every ending so far.

@@ -15,7 +15,7 @@ use crate::engine::{Connection, LinkError};
 use crate::events::HostEvent;
 use crate::model::{CallLeg, Decision, LegId, LegState, TerminationReason};
 use crate::protocol::{Command, CommandResult, EngineEvent, EngineMessage};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// How often the host records that it is in sync (the end time the ledger
@@ -26,12 +26,24 @@ const ALIVE_EVERY: Duration = Duration::from_secs(1);
 const LIVE_BATCH: usize = 1024;
 
 /// Releases and answers that arrive together are handled together: their
-/// ledger records go to the writer at once (one fsync for all), the ended
-/// legs' events and plugin notice go out once, when the ENDs are durable.
-#[derive(Default)]
+/// ledger records go to the writer at once, the ended legs' events and
+/// plugin notice go out once, when the records are durable (see
+/// [`super::pipeline`]).
 struct LiveBatch {
     released: Vec<CallLeg>,
     starts: Vec<Pending>,
+    /// When its first message was taken (the durable-latency metric).
+    read_at: Instant,
+}
+
+impl LiveBatch {
+    fn new() -> LiveBatch {
+        LiveBatch {
+            released: Vec::new(),
+            starts: Vec::new(),
+            read_at: Instant::now(),
+        }
+    }
 }
 
 impl Host {
@@ -43,7 +55,15 @@ impl Host {
         let mut alive = tokio::time::interval(ALIVE_EVERY);
         loop {
             let first = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(Exit::Shutdown),
+                _ = shutdown.cancelled() => {
+                    self.settle_batches().await?;
+                    return Ok(Exit::Shutdown);
+                }
+                durable = self.pipeline.oldest_durable() => {
+                    durable?;
+                    self.report_oldest();
+                    continue;
+                }
                 _ = alive.tick() => {
                     self.cdr.mark_alive();
                     continue;
@@ -55,7 +75,7 @@ impl Host {
                 message = connection.next() => message,
             };
             // This message and whatever else is already waiting, as a batch.
-            let mut batch = LiveBatch::default();
+            let mut batch = LiveBatch::new();
             let mut next = Some(first);
             let mut taken = 0;
             let mut lost = None;
@@ -75,6 +95,7 @@ impl Host {
             }
             self.finish_batch(batch).await?;
             if let Some(e) = lost {
+                self.settle_batches().await?;
                 return Ok(Exit::Lost(e));
             }
         }
@@ -88,9 +109,10 @@ impl Host {
         connection: &mut Connection,
         message: EngineMessage,
     ) -> anyhow::Result<Result<(), LinkError>> {
-        let mut batch = LiveBatch::default();
+        let mut batch = LiveBatch::new();
         let outcome = self.handle_batched(connection, message, &mut batch).await?;
         self.finish_batch(batch).await?;
+        self.settle_batches().await?;
         Ok(outcome)
     }
 
@@ -120,20 +142,27 @@ impl Host {
         Ok(Ok(()))
     }
 
-    /// Makes a batch's records durable, then logs and notifies its endings.
+    /// Hands a batch's records to the ledger; its endings are reported
+    /// once they are durable.
     async fn finish_batch(&mut self, batch: LiveBatch) -> anyhow::Result<()> {
-        // The status first: whoever sees an ending then sees the table
-        // without the leg.
-        self.publish(None, None);
-        for start in batch.starts {
-            start.durable().await?;
-        }
-        if !batch.released.is_empty() {
-            let decider = self.policy.current();
-            self.end_legs(batch.released, TerminationReason::Released, &decider)
-                .await?;
-        }
-        Ok(())
+        self.submit_batch(batch.starts, batch.released, batch.read_at)
+            .await
+    }
+
+    /// Settles what the batch holds so far and every batch before it, for
+    /// an event that ends or decides a call (the event log keeps the
+    /// engine's order). The rest of the batch keeps its read time.
+    async fn settle(&mut self, batch: &mut LiveBatch) -> anyhow::Result<()> {
+        let read_at = batch.read_at;
+        let so_far = std::mem::replace(
+            batch,
+            LiveBatch {
+                read_at,
+                ..LiveBatch::new()
+            },
+        );
+        self.finish_batch(so_far).await?;
+        self.settle_batches().await
     }
 
     /// One event. Releases and answers of held legs join the batch; link
@@ -213,7 +242,7 @@ impl Host {
                     .push(self.cdr.open_calls([&leg], StartReason::Answered));
             }
             None => {
-                self.finish_batch(std::mem::take(batch)).await?;
+                self.settle(batch).await?;
                 self.adopt_live(connection, leg).await?;
             }
         }
@@ -291,7 +320,7 @@ impl Host {
         if !contradicted {
             return Ok(());
         }
-        self.finish_batch(std::mem::take(batch)).await?;
+        self.settle(batch).await?;
         let held = self.table.remove(leg.id).expect("just seen");
         tracing::warn!(
             leg = leg.id,

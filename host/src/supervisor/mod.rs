@@ -18,6 +18,7 @@
 mod endings;
 pub mod grace;
 mod live;
+mod pipeline;
 pub mod queries;
 mod resync;
 
@@ -124,6 +125,8 @@ pub struct Host {
     queries_tx: tokio::sync::mpsc::Sender<queries::AdminQuery>,
     /// Termination notices still running (see `endings`).
     notices: Vec<tokio::task::JoinHandle<()>>,
+    /// Live batches whose records are with the ledger's writer.
+    pipeline: pipeline::Pipeline,
 }
 
 impl Host {
@@ -162,6 +165,7 @@ impl Host {
             queries,
             queries_tx,
             notices: Vec::new(),
+            pipeline: pipeline::Pipeline::default(),
         }
     }
 
