@@ -61,6 +61,9 @@ pub struct LivePhase {
     pub durable_per_second: f64,
     /// From each event's intended time to its record durable.
     pub latency_ms: Latency,
+    /// When the slowest event was meant to be sent, in seconds from the
+    /// phase's first event (a stall at the start, at the end, periodic?).
+    pub slowest_at_seconds: f64,
     /// The longest gap between two heartbeats of the host, as the engine
     /// saw them arrive (none in a phase shorter than the interval).
     pub heartbeat_longest_gap_ms: Option<u64>,
@@ -241,6 +244,7 @@ impl Probe {
             seconds,
             durable_per_second: count as f64 / seconds.max(1e-9),
             latency_ms: Latency::of(latencies.micros),
+            slowest_at_seconds: latencies.slowest_us.saturating_sub(first) as f64 / 1e6,
             heartbeat_longest_gap_ms: reply_value(&gaps, "longest_gap_ms")
                 .filter(|_| reply_value(&gaps, "count").unwrap_or(0) > 0),
             host_heartbeat_longest_gap_ms: Some(sent_gap.as_millis() as u64)
@@ -276,6 +280,8 @@ impl Probe {
 struct Joined {
     micros: Vec<u64>,
     last_durable_us: u64,
+    /// The intended time of the slowest event.
+    slowest_us: u64,
 }
 
 /// Each event's latency: from its intended time to the first durable mark
@@ -287,6 +293,7 @@ fn join(
 ) -> anyhow::Result<Joined> {
     let mut micros = Vec::with_capacity(events.len());
     let mut last_durable_us = 0;
+    let mut slowest = (0, 0);
     for event in events {
         let record = records.get(&(event.kind, event.leg)).with_context(|| {
             format!(
@@ -299,12 +306,15 @@ fn join(
         let mark = marks
             .get(i)
             .with_context(|| format!("record {record} was never reported durable"))?;
-        micros.push(mark.at_us.saturating_sub(event.intended_us));
+        let latency = mark.at_us.saturating_sub(event.intended_us);
+        micros.push(latency);
+        slowest = slowest.max((latency, event.intended_us));
         last_durable_us = last_durable_us.max(mark.at_us);
     }
     Ok(Joined {
         micros,
         last_durable_us,
+        slowest_us: slowest.1,
     })
 }
 
@@ -336,7 +346,7 @@ impl fmt::Display for LiveReport {
             writeln!(
                 f,
                 "  {what:<14} {} answers + {} releases durable in {:.3} s ({:.0}/s); \
-                 event to durable p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+                 event to durable p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (at {:.1} s); \
                  longest heartbeat gap {} sent, {} received; generator late {} ms",
                 p.answers,
                 p.releases,
@@ -345,6 +355,7 @@ impl fmt::Display for LiveReport {
                 p.latency_ms.p50,
                 p.latency_ms.p99,
                 p.latency_ms.max,
+                p.slowest_at_seconds,
                 gap(p.host_heartbeat_longest_gap_ms),
                 gap(p.heartbeat_longest_gap_ms),
                 p.generator_late_ms
@@ -389,6 +400,7 @@ mod tests {
         let joined = join(&events, &records, &marks).unwrap();
         assert_eq!(joined.micros, [2_000, 3_000]);
         assert_eq!(joined.last_durable_us, 4_500);
+        assert_eq!(joined.slowest_us, 1_500);
         records.remove(&(TrafficKind::Release, 3));
         assert!(join(&events, &records, &marks).is_err(), "a lost END");
     }
