@@ -55,14 +55,6 @@ fn populate(address: usize, len: usize) {
     #[cfg(target_os = "linux")]
     {
         const MADV_POPULATE_WRITE: libc::c_int = 23;
-        // Huge pages where the kernel allows them on request
-        // (transparent_hugepage = madvise, Debian's default): a random
-        // look-up in a table of hundreds of MB then costs a cache miss,
-        // not a cache miss and a page walk. Only a flag on the mapping.
-        // SAFETY: advice only; it never changes memory contents.
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
-        }
         let spawned = std::thread::Builder::new()
             .name("legsync-prefault".into())
             .spawn(move || {
