@@ -9,17 +9,11 @@ mod prefault;
 
 use crate::cdr::record::same_call;
 use crate::model::{CallLeg, LegId, Link, LinkId, PluginName};
-// Leg and link ids come from the engine, a trusted peer: a fast
-// non-keyed hash is safe here and twice as fast as SipHash.
 use prefault::Prefaulting;
 
-/// A map whose large blocks are prefaulted (see [`prefault`]).
-/// FxHash, not keyed: an engine can craft ids that collide (`engine-sim
-/// --crafted-ids`: 50,000 of them take 15 s to resync instead of 0.03 s;
-/// benches/README.md). A keyed hash fixes that but costs ~0.6 s at a
-/// million legs today, because the resync's speed comes partly from
-/// engine-sim streaming in the host's own hash order; see the note there.
-type HashMap<K, V> = hashbrown::HashMap<K, V, rustc_hash::FxBuildHasher, Prefaulting>;
+/// A map of engine ids whose large blocks are prefaulted (see
+/// [`prefault`]), keyed like every map of engine ids ([`crate::model::IdHasher`]).
+type HashMap<K, V> = hashbrown::HashMap<K, V, crate::model::IdHasher, Prefaulting>;
 
 /// What a snapshot leg is to the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
