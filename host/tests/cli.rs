@@ -8,6 +8,11 @@ use std::process::{Command, Output};
 fn legsync(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_legsync"))
         .args(args)
+        // The plugin tools' default compile cache, kept out of $HOME.
+        .env(
+            "XDG_CACHE_HOME",
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+        )
         .output()
         .expect("legsync runs")
 }
@@ -119,6 +124,13 @@ fn plugin_eval_prints_one_json_line_per_leg_and_link() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 8, "{lines:?}");
+    // The time per batch, against the deadline, on stderr.
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("on-call-leg-sync: 4 legs in 1 batch(es) of up to 1024; slowest batch")
+            && stderr.contains("against a deadline of 100 ms"),
+        "{stderr}"
+    );
     let leg = |i: usize| (lines[i]["leg"].as_u64(), lines[i]["decision"].as_str());
     assert_eq!(leg(0), (Some(1), Some("refuse")));
     assert_eq!(leg(1), (Some(2), Some("rebuild")));
@@ -632,4 +644,81 @@ fn plugin_check_exercises_every_export() {
             "{fixture}: {stdout}"
         );
     }
+}
+
+#[test]
+fn plugin_check_lists_what_each_import_gets() {
+    let dir = tempfile::tempdir().unwrap();
+    common::install(dir.path(), "10-extra", "fixture-extra-import", None);
+    let out = legsync(&[
+        "plugin",
+        "check",
+        dir.path().join("10-extra.wasm").to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let line = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no import {name} in:\n{stdout}"))
+            .to_string()
+    };
+    assert!(line("fixture:extra/lookup").ends_with("not granted by the host: a call to it traps"));
+    assert!(line("legsync:policy/types@0.2.0").ends_with("granted (the contract)"));
+    assert!(line("wasi:io/streams@0.2.6").ends_with("granted"));
+}
+
+#[test]
+fn plugin_check_keeps_compiled_plugins_in_the_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let plugin = built_plugin("rules");
+    let check = || {
+        let out = legsync(&[
+            "plugin",
+            "check",
+            plugin.to_str().unwrap(),
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    assert!(check().contains("(compiled, and kept in the cache)"));
+    assert!(check().contains("(compiled code from the cache)"));
+}
+
+#[test]
+fn plugin_check_measures_a_batch_and_warns_about_a_slow_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    common::install(
+        dir.path(),
+        "10-slow",
+        "fixture-slow-notify",
+        Some("slow_decisions"),
+    );
+    common::install(dir.path(), "20-rules", "rules", None);
+    let check = |stem: &str| {
+        let path = dir.path().join(format!("{stem}.wasm"));
+        let out = legsync(&["plugin", "check", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let fast = check("20-rules");
+    assert!(
+        fast.contains("measured: on-call-leg-sync: 1024 legs"),
+        "{fast}"
+    );
+    assert!(!fast.contains("WARNING"), "{fast}");
+    // A millisecond per leg: a full batch overruns the 100 ms deadline and
+    // a million legs would take far past the 30 s decision budget.
+    let slow = check("10-slow");
+    assert!(
+        slow.contains("WARNING: a full batch would take over half the deadline"),
+        "{slow}"
+    );
+    assert!(
+        slow.contains("WARNING: a million-leg resync would spend"),
+        "{slow}"
+    );
 }

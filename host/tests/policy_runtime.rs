@@ -636,3 +636,28 @@ fn termination_notices_reach_every_plugin_without_deciding() {
         Decision::Rebuild
     );
 }
+
+/// A toolchain's default imports (componentize-js imports `wasi:http`) must
+/// not keep a plugin from loading: what the host does not grant is linked
+/// as traps, and only a call to it fails, under the failure policy.
+#[test]
+fn imports_the_host_does_not_grant_load_and_trap_only_when_called() {
+    let quiet = plugin_dir(&[("10-extra", "fixture-extra-import", None)]);
+    let chain = load(quiet.path(), "").expect("loads despite fixture:extra/lookup");
+    let legs = [leg(1, "SIP_A", "15145550000")];
+    let verdict = &chain.decide_legs(&legs)[0];
+    assert_eq!(
+        (verdict.decision, verdict.failure),
+        (Decision::Rebuild, None)
+    );
+
+    let calling = plugin_dir(&[("10-extra", "fixture-extra-import", Some("call"))]);
+    let chain = load(
+        calling.path(),
+        "[plugins.10-extra]\nfailure = \"fail-closed\"\n",
+    )
+    .unwrap();
+    let verdict = &chain.decide_legs(&legs)[0];
+    assert_eq!(verdict.failure, Some(FailureKind::Trap), "the call traps");
+    assert_eq!(verdict.decision, Decision::Refuse, "fail-closed decides");
+}

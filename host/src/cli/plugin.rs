@@ -1,7 +1,9 @@
 //! `legsync plugin check` and `legsync plugin eval`: the plugin author's loop.
 
 use crate::model::{CallLeg, Link};
-use crate::policy::{PolicyChain, PolicyConfig, PolicyRuntime, Verdict, loader};
+use crate::policy::{
+    CacheOutcome, CompileCache, PolicyChain, PolicyConfig, PolicyRuntime, Verdict, loader,
+};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
@@ -31,6 +33,33 @@ pub struct ExportArgs {
     stem: Option<String>,
 }
 
+/// Where compiled plugins are kept between runs: a big component (a
+/// Python or JavaScript plugin is 10-20 MB) takes many seconds to compile.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// The compile cache (default: as `legsync run`'s,
+    /// `$XDG_CACHE_HOME/legsync` or `~/.cache/legsync`).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Compile without the cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+}
+
+impl CacheArgs {
+    fn runtime(&self) -> anyhow::Result<PolicyRuntime> {
+        let dir = if self.no_cache {
+            None
+        } else {
+            self.cache_dir
+                .clone()
+                .or_else(crate::app::default_cache_dir)
+        };
+        PolicyRuntime::new(dir.map(CompileCache::new))
+            .context("cannot start the WebAssembly runtime")
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// The component (`.wasm`).
@@ -38,6 +67,8 @@ pub struct CheckArgs {
     /// Its rules text (default: the `NAME.rules` sidecar, if any).
     #[arg(long)]
     rules: Option<PathBuf>,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +84,8 @@ pub struct EvalArgs {
     /// A JSON array of links.
     #[arg(long)]
     links: Option<PathBuf>,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
@@ -77,24 +110,48 @@ fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let chain = load(&args.plugin, args.rules.as_deref())?;
+    let started = std::time::Instant::now();
+    let chain = load(&args.cache.runtime()?, &args.plugin, args.rules.as_deref())?;
     let plugin = &chain.plugins()[0];
     println!(
         "ok: {} loads, matches the contract and accepts its rules",
         args.plugin.display()
     );
     println!("name: {}", plugin.name());
+    println!(
+        "loaded in {:.2} s ({})",
+        started.elapsed().as_secs_f64(),
+        match plugin.cache_outcome() {
+            CacheOutcome::Hit => "compiled code from the cache".to_string(),
+            CacheOutcome::Miss => "compiled, and kept in the cache".to_string(),
+            CacheOutcome::Rebuilt { reason } => format!("compiled again: {reason}"),
+            CacheOutcome::Disabled => "compiled; no cache".to_string(),
+        }
+    );
     println!("contract: legsync:policy@{}", plugin.contract().version);
     println!("sha256: {}", plugin.hash());
     println!("imports:");
-    for import in &plugin.contract().imports {
-        println!("  {import}");
+    let imports = &plugin.contract().imports;
+    let width = imports.iter().map(String::len).max().unwrap_or(0);
+    for import in imports {
+        let grant = crate::policy::imports::classify(import).describe();
+        println!("  {import:<width$}  {grant}");
     }
     // Each export once, with sample data: a plugin that would fail live
     // fails here.
     let problems = exercise(&chain);
     if problems.is_empty() {
         println!("exercised: on-call-leg-sync, on-link-sync, on-call-leg-terminated: ok");
+        let (_, timing) = timed_decisions(&chain, &sample_legs(chain.batch_size()));
+        println!("measured: {timing}");
+        let million = timing.per_leg() * 1_000_000;
+        if million > DECISION_BUDGET {
+            println!(
+                "WARNING: a million-leg resync would spend ~{:.0} s in this plugin, past the default decision budget (link.decision_budget_ms, {} s): the legs after it would be decided by the failure policy",
+                million.as_secs_f64(),
+                DECISION_BUDGET.as_secs()
+            );
+        }
         Ok(ExitCode::SUCCESS)
     } else {
         for problem in &problems {
@@ -105,11 +162,27 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Calls every export of a chain of one plugin once with sample legs (one
-/// with a non-ASCII NAP) and a link; returns what failed.
-fn exercise(chain: &PolicyChain) -> Vec<String> {
+/// The default `link.decision_budget_ms`: what `check` compares a
+/// million-leg resync's decisions with.
+const DECISION_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `count` sample legs for timing, every other one with a non-ASCII NAP.
+fn sample_legs(count: usize) -> Vec<CallLeg> {
+    (1..=count as u64)
+        .map(|id| {
+            let (nap, protocol) = if id % 2 == 0 {
+                ("ISDN_ŁÓDŹ", crate::model::Protocol::Isdn)
+            } else {
+                ("SIP_CARRIER_A", crate::model::Protocol::Sip)
+            };
+            sample_leg(id, nap, protocol)
+        })
+        .collect()
+}
+
+fn sample_leg(id: u64, nap: &str, protocol: crate::model::Protocol) -> CallLeg {
     let now = crate::model::now_ms();
-    let sample = |id: u64, nap: &str, protocol| CallLeg {
+    CallLeg {
         id,
         session_id: id,
         direction: crate::model::Direction::Inbound,
@@ -121,11 +194,13 @@ fn exercise(chain: &PolicyChain) -> Vec<String> {
         answered_at_ms: Some(now - 50_000),
         linked_to: None,
         state: crate::model::LegState::Answered,
-    };
-    let legs = [
-        sample(1, "SIP_CARRIER_A", crate::model::Protocol::Sip),
-        sample(2, "ISDN_ŁÓDŹ", crate::model::Protocol::Isdn),
-    ];
+    }
+}
+
+/// Calls every export of a chain of one plugin once with sample legs (one
+/// with a non-ASCII NAP) and a link; returns what failed.
+fn exercise(chain: &PolicyChain) -> Vec<String> {
+    let legs = sample_legs(2);
     let mut problems = Vec::new();
     for (export, verdicts) in [
         ("on-call-leg-sync", chain.decide_legs(&legs)),
@@ -169,10 +244,13 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             args.rules.is_none(),
             "--rules applies to a single plugin; a directory uses its sidecars"
         );
-        let runtime = PolicyRuntime::new(None)?;
-        loader::load_dir(&runtime, &args.plugin, &PolicyConfig::default())?
+        loader::load_dir(
+            &args.cache.runtime()?,
+            &args.plugin,
+            &PolicyConfig::default(),
+        )?
     } else {
-        load(&args.plugin, args.rules.as_deref())?
+        load(&args.cache.runtime()?, &args.plugin, args.rules.as_deref())?
     };
     let legs: Vec<CallLeg> = read_json(&args.legs)?;
     let links: Vec<Link> = match &args.links {
@@ -192,7 +270,11 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     };
     let mut refused = crate::model::IdSet::default();
     let mut rebuilt = crate::model::IdSet::default();
-    for (leg, verdict) in legs.iter().zip(chain.decide_legs(&legs)) {
+    let (verdicts, timing) = timed_decisions(&chain, &legs);
+    if !legs.is_empty() {
+        eprintln!("{timing}");
+    }
+    for (leg, verdict) in legs.iter().zip(verdicts) {
         print(Some(leg.id), None, &verdict)?;
         match verdict.decision {
             crate::model::Decision::Refuse => refused.insert(leg.id),
@@ -227,10 +309,80 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `OnCallLegSync` over `legs` one batch at a time (as the host batches),
+/// each batch timed: the plugin author sees how close a batch comes to the
+/// deadline.
+fn timed_decisions(chain: &PolicyChain, legs: &[CallLeg]) -> (Vec<Verdict>, BatchTiming) {
+    let mut verdicts = Vec::with_capacity(legs.len());
+    let mut timing = BatchTiming {
+        legs: legs.len(),
+        batch_size: chain.batch_size(),
+        batches: 0,
+        total: std::time::Duration::ZERO,
+        slowest: std::time::Duration::ZERO,
+        deadline: chain
+            .plugins()
+            .iter()
+            .map(|p| p.settings().limits.call_deadline)
+            .min()
+            .unwrap_or_default(),
+    };
+    for batch in legs.chunks(chain.batch_size()) {
+        let started = std::time::Instant::now();
+        verdicts.extend(chain.decide_legs(batch));
+        let took = started.elapsed();
+        timing.batches += 1;
+        timing.total += took;
+        timing.slowest = timing.slowest.max(took);
+    }
+    (verdicts, timing)
+}
+
+/// How long a plugin chain took to decide, batch by batch.
+struct BatchTiming {
+    legs: usize,
+    batch_size: usize,
+    batches: usize,
+    total: std::time::Duration,
+    slowest: std::time::Duration,
+    /// The tightest deadline of the chain's plugins.
+    deadline: std::time::Duration,
+}
+
+impl BatchTiming {
+    fn per_leg(&self) -> std::time::Duration {
+        self.total / self.legs.max(1) as u32
+    }
+}
+
+impl std::fmt::Display for BatchTiming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        write!(
+            f,
+            "on-call-leg-sync: {} legs in {} batch(es) of up to {}; slowest batch {:.1} ms against a deadline of {:.0} ms; {:.1} us per leg (a full batch: ~{:.1} ms; a million legs: ~{:.1} s)",
+            self.legs,
+            self.batches,
+            self.batch_size,
+            ms(self.slowest),
+            ms(self.deadline),
+            self.per_leg().as_secs_f64() * 1e6,
+            ms(self.per_leg() * self.batch_size as u32),
+            self.per_leg().as_secs_f64() * 1e6,
+        )?;
+        if self.per_leg() * self.batch_size as u32 * 2 > self.deadline {
+            write!(
+                f,
+                "\nWARNING: a full batch would take over half the deadline: raise deadline_ms or lower batch_size (docs/plugin-guide.md), or an overrun decides the whole batch by the failure policy"
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Loads one plugin file as a chain of one.
-fn load(path: &Path, rules: Option<&Path>) -> anyhow::Result<PolicyChain> {
+fn load(runtime: &PolicyRuntime, path: &Path, rules: Option<&Path>) -> anyhow::Result<PolicyChain> {
     anyhow::ensure!(path.is_file(), "{} is not a file", path.display());
-    let runtime = PolicyRuntime::new(None)?;
     let name = path
         .file_stem()
         .and_then(|s| s.to_str())
@@ -246,7 +398,7 @@ fn load(path: &Path, rules: Option<&Path>) -> anyhow::Result<PolicyChain> {
         rules,
     };
     let config = PolicyConfig::default();
-    let plugin = loader::load_plugin(&runtime, &file, &config)?;
+    let plugin = loader::load_plugin(runtime, &file, &config)?;
     Ok(PolicyChain::new(vec![plugin], config.batch_size))
 }
 

@@ -37,6 +37,11 @@ impl PolicyChain {
         }
     }
 
+    /// The most items of one plugin call.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
     pub fn plugins(&self) -> &[Plugin] {
         &self.plugins
     }

@@ -7,7 +7,8 @@
 //! - [`chain`]: plugins in order; first refusal wins; verdicts name the plugin.
 //! - [`loader`]: a plugin set from a drop-in directory, with `*.rules` sidecars.
 //! - [`sandbox`]: what a plugin can reach: nothing but a capped log and a clock.
-//! - [`contract`]: the contract version check; [`cache`]: the compile cache.
+//! - [`contract`]: the contract version check; [`imports`]: what a plugin
+//!   imports and what it gets; [`cache`]: the compile cache.
 //! - `lower`: legs written straight into a plugin's memory (the hot path).
 
 mod bindings;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod contract;
 pub mod decider;
 pub mod error;
+pub mod imports;
 pub mod limits;
 pub mod loader;
 mod lower;

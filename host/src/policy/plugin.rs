@@ -9,6 +9,7 @@ use super::cache::{CacheOutcome, hex};
 use super::config::PluginSettings;
 use super::contract::{self, ContractInfo, POLICY_EXPORT};
 use super::error::{FailureKind, PluginFailure, PolicyError};
+use super::imports::{self, Grant};
 use super::limits::deadline_ticks;
 use super::lower::{LegBatchRef, LinkRecord};
 use super::quarantine::Health;
@@ -99,6 +100,34 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
+/// Pre-links `component`. Imports the host does not grant (a toolchain's
+/// defaults, see [`imports`]) are linked as traps, so only a call to one
+/// fails; the shared linker serves every other plugin as it is.
+fn link(
+    runtime: &PolicyRuntime,
+    name: &str,
+    component: &wasmtime::component::Component,
+    contract: &ContractInfo,
+) -> wasmtime::Result<wasmtime::component::InstancePre<PluginState>> {
+    let trapped: Vec<&str> = contract
+        .imports
+        .iter()
+        .filter(|i| imports::classify(i) == Grant::Trap)
+        .map(String::as_str)
+        .collect();
+    if trapped.is_empty() {
+        return runtime.linker().instantiate_pre(component);
+    }
+    tracing::info!(
+        plugin = name,
+        imports = trapped.join(", "),
+        "the plugin imports what the host does not grant: linked as traps (a call to one fails)"
+    );
+    let mut linker = runtime.linker().clone();
+    linker.define_unknown_imports_as_traps(component)?;
+    linker.instantiate_pre(component)
+}
+
 /// The exports whose health is tracked apart.
 const EXPORTS: [&str; 3] = ["on-call-leg-sync", "on-link-sync", "on-call-leg-terminated"];
 
@@ -127,10 +156,7 @@ impl Plugin {
             plugin: name.into(),
             reason: format!("{e:#}"),
         };
-        let pre = runtime
-            .linker()
-            .instantiate_pre(&component)
-            .map_err(instantiate_error)?;
+        let pre = link(runtime, name, &component, &contract).map_err(instantiate_error)?;
         let pre = PolicyPluginPre::new(pre).map_err(instantiate_error)?;
         let plugin = Plugin {
             name: name.into(),
