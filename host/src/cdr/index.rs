@@ -45,10 +45,21 @@ pub struct Stamp {
     pub epoch: u64,
 }
 
+/// How long the index remembers a call the engine released, after its END:
+/// long enough to RESUME it should an engine that lost its own release (a
+/// crash before it saved) bring it back, short enough that a host ending
+/// thousands of calls a second does not grow without bound (every call
+/// ever seen, ~50 bytes each, was ~5 GB an hour at 25,000 releases a
+/// second). Calls ended by the host itself (grace, refusal, loss) are
+/// remembered for good: they are the ones that come back.
+pub const RELEASED_KEPT_MS: u64 = 10 * 60 * 1000;
+
 /// The per-call index, rebuilt from the ledger at start.
 #[derive(Debug, Default)]
 pub struct LedgerIndex {
     calls: HashMap<LegId, CallState>,
+    /// Released calls' ENDs, oldest first: (written at, leg, END record).
+    released: std::collections::VecDeque<(u64, LegId, u64)>,
     next_record: u64,
     /// Stamped on every new record. The engine and epoch are those of the
     /// latest record until the host connects (records written before that
@@ -84,8 +95,40 @@ impl LedgerIndex {
             RecordKind::End => {
                 state.last_end = Some(record.record);
                 state.open = false;
+                if record.end_reason == Some(TerminationReason::Released) {
+                    self.released
+                        .push_back((record.time_ms, record.leg, record.record));
+                }
             }
         }
+        self.forget_released(record.time_ms);
+    }
+
+    /// Forgets the released calls whose END is older than
+    /// [`RELEASED_KEPT_MS`] at `now_ms`, unless the call came back since.
+    fn forget_released(&mut self, now_ms: u64) {
+        while let Some(&(at, leg, end)) = self.released.front() {
+            if at.saturating_add(RELEASED_KEPT_MS) >= now_ms {
+                return;
+            }
+            self.released.pop_front();
+            if self
+                .calls
+                .get(&leg)
+                .is_some_and(|s| !s.open && s.last_end == Some(end))
+            {
+                self.calls.remove(&leg);
+            }
+        }
+    }
+
+    /// How many calls the index remembers.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
     }
 
     /// Records are written by `host` from now on.
@@ -230,6 +273,44 @@ mod tests {
 
     fn answered(id: LegId, at: u64) -> CallLeg {
         crate::model::test_leg(id, at)
+    }
+
+    #[test]
+    fn released_calls_are_forgotten_after_a_while_and_host_ended_ones_never() {
+        let mut index = LedgerIndex::default();
+        let mut records = Vec::new();
+        let (released, purged, late) = (answered(1, 1_000), answered(2, 1_000), answered(3, 1_000));
+        for call in [&released, &purged, &late] {
+            records.extend(index.open(call, StartReason::Answered, 1_000));
+        }
+        records.extend(index.close(&released, TerminationReason::Released, 2_000, 2_000));
+        records.extend(index.close(&purged, TerminationReason::GraceExpired, 2_000, 2_000));
+        // Within the time kept, a released call that comes back resumes.
+        let soon = 2_000 + RELEASED_KEPT_MS;
+        let back = index.open(&released, StartReason::Found, soon).unwrap();
+        assert_eq!(back.kind, RecordKind::Resume);
+        records.push(back);
+        records.extend(index.close(&released, TerminationReason::Released, soon, soon));
+        assert_eq!(index.len(), 3);
+        // Past it, the released call is forgotten; the purged one is not.
+        let later = soon + RELEASED_KEPT_MS + 1;
+        records.extend(index.close(&late, TerminationReason::Released, later, later));
+        let remembered = |index: &LedgerIndex| {
+            let mut legs: Vec<LegId> = index.calls.keys().copied().collect();
+            legs.sort_unstable();
+            legs
+        };
+        assert_eq!(
+            remembered(&index),
+            [2, 3],
+            "2 ended by the host, 3 just released"
+        );
+        // Rebuilt from its records at a restart, the index forgets the same.
+        let mut replayed = LedgerIndex::default();
+        for record in &records {
+            replayed.replay(record);
+        }
+        assert_eq!(remembered(&replayed), [2, 3]);
     }
 
     #[test]
