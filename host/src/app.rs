@@ -20,6 +20,44 @@ pub fn default_cache_dir() -> Option<std::path::PathBuf> {
         .map(|base| base.join("legsync"))
 }
 
+/// The engine link's TLS from `[tls]`, or none (a warning: anyone who
+/// reaches the engine port could take the controller slot).
+fn link_tls(
+    config: &HostConfig,
+    engine: &str,
+) -> anyhow::Result<Option<crate::engine::connection::LinkTls>> {
+    let Some(tls) = &config.tls else {
+        let host = engine.rsplit_once(':').map_or(engine, |(host, _)| host);
+        let local = host == "localhost"
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if local {
+            tracing::info!(engine, "the engine link is plain TCP (loopback)");
+        } else {
+            tracing::warn!(
+                engine,
+                "the engine link is plain TCP: configure [tls] so that only your engine and your hosts can talk on it"
+            );
+        }
+        return Ok(None);
+    };
+    let files = crate::tls::TlsFiles {
+        ca: tls.ca.clone(),
+        cert: tls.cert.clone(),
+        key: tls.key.clone(),
+    };
+    let config = crate::tls::client_config(&files).context("cannot set up [tls]")?;
+    let name = tls.server_name_for(engine);
+    let server_name = rustls_pki_types::ServerName::try_from(name.clone())
+        .with_context(|| format!("[tls] server_name `{name}` is not a host name or address"))?;
+    Ok(Some(crate::engine::connection::LinkTls {
+        config,
+        server_name,
+    }))
+}
+
 /// The policy runtime with the config's compile cache.
 pub fn policy_runtime(config: &HostConfig) -> anyhow::Result<PolicyRuntime> {
     let cache = config
@@ -61,6 +99,7 @@ pub fn build_host(
         .clone()
         .context("no engine address: pass --engine or set `engine` in the config")?;
     let link = &config.link;
+    let tls = link_tls(config, &engine)?;
     let options = HostOptions {
         link: LinkOptions {
             engine,
@@ -69,6 +108,7 @@ pub fn build_host(
             heartbeat_timeout: Duration::from_millis(link.heartbeat_timeout_ms),
             max_frame: link.max_frame_bytes,
             host_name: config.name.clone(),
+            tls,
         },
         standby_retry: Duration::from_millis(link.standby_retry_ms),
         max_legs: link.max_legs as usize,

@@ -57,8 +57,40 @@ pub struct HostConfig {
     pub admin: String,
     #[serde(default)]
     pub link: LinkConfig,
+    /// The engine link over TLS with mutual authentication; none: plain
+    /// TCP (logged as a warning at start).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub policy: PolicyConfig,
+}
+
+/// `[tls]`: the engine link's certificates (PEM files; see `crate::tls`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The CA bundle the engine's certificate must chain to.
+    pub ca: PathBuf,
+    /// This host's certificate chain, shown to the engine.
+    pub cert: PathBuf,
+    /// This host's private key.
+    pub key: PathBuf,
+    /// The name the engine's certificate must carry (default: the host
+    /// part of `engine`).
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl TlsConfig {
+    /// The name to check the engine's certificate against.
+    pub fn server_name_for(&self, engine: &str) -> String {
+        self.server_name.clone().unwrap_or_else(|| {
+            let host = engine.rsplit_once(':').map_or(engine, |(host, _)| host);
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        })
+    }
 }
 
 /// `[link]`: the engine connection.
@@ -172,6 +204,7 @@ impl Default for HostConfig {
             events_required: false,
             admin: default_admin(),
             link: LinkConfig::default(),
+            tls: None,
             policy: PolicyConfig::default(),
         }
     }

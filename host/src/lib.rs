@@ -27,6 +27,7 @@ pub mod reload;
 pub mod resync;
 pub mod sim;
 pub mod supervisor;
+pub mod tls;
 
 /// Where `host/build.rs` put the plugins built from `plugins/` (one
 /// `NAME.wasm` per crate, `-` in crate names turned into `_`). Used by the

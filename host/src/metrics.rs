@@ -34,6 +34,7 @@ pub const GRACE_EXPIRIES: &str = "legsync_grace_expiries_total";
 pub const EVENT_LOG_ERRORS: &str = "legsync_event_log_errors_total";
 pub const SNAPSHOT_ANOMALIES: &str = "legsync_snapshot_anomalies_total";
 pub const HEARTBEAT_GAP_SECONDS: &str = "legsync_heartbeat_gap_seconds";
+pub const TABLE_FULL: &str = "legsync_table_full_refusals_total";
 pub const LIVE_DURABLE_SECONDS: &str = "legsync_live_batch_durable_seconds";
 
 /// Every metric: name, type, help (the list in docs/operations.md).
@@ -125,6 +126,11 @@ pub const ALL: &[(&str, &str, &str)] = &[
         LIVE_DURABLE_SECONDS,
         "histogram",
         "time from reading a batch of live engine messages to its ledger records durable (the host acts on an answer or release only then)",
+    ),
+    (
+        TABLE_FULL,
+        "counter",
+        "new legs from live events refused because the table holds link.max_legs",
     ),
     (
         HEARTBEAT_GAP_SECONDS,

@@ -722,3 +722,32 @@ fn plugin_check_measures_a_batch_and_warns_about_a_slow_plugin() {
         "{slow}"
     );
 }
+
+#[test]
+fn bench_loads_a_plugin_that_makes_socket_calls_in_init() {
+    // Loaded on the runtime's threads, its blocking WASI call panicked the
+    // bench ("Cannot start a runtime from within a runtime").
+    let plugin = built_plugin("fixture-udp-init");
+    let runs = bench_json(&[
+        "--legs",
+        "200",
+        "--mode",
+        "cold",
+        "--policy",
+        "wasm",
+        "--plugin",
+        plugin.to_str().unwrap(),
+    ]);
+    assert_eq!(runs[0]["rebuilt"], 200, "{runs:?}");
+}
+
+#[test]
+fn bench_runs_the_engine_link_over_tls() {
+    let runs = bench_json(&[
+        "--legs", "2000", "--mode", "cold", "--policy", "native", "--tls",
+    ]);
+    assert_eq!(runs[0]["rebuilt"], 1980, "{runs:?}");
+    let out = legsync(&["bench", "--legs", "10", "--mode", "transfer", "--tls"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--tls applies to --mode cold, warm and live"));
+}

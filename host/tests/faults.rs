@@ -467,3 +467,129 @@ async fn a_slow_chain_gets_a_time_budget_for_decisions() {
     assert_eq!(budget_verdicts, summary.decided_by_budget);
     host.stop().await.unwrap();
 }
+
+/// An engine that offers legs, answers legs and links them without end:
+/// the table never grows past `link.max_legs` (new legs are refused at the
+/// engine; an answered one is billed, as any refused call), and links past
+/// one per leg replace each other instead of piling up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_events_never_grow_the_table_past_its_bound() {
+    use futures_util::StreamExt;
+    use legsync::model::{Decision, Link};
+    use legsync::protocol::{Command, EngineEvent};
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = HostConfig {
+        engine: Some(listener.local_addr().unwrap().to_string()),
+        ..HostConfig::default()
+    };
+    config.cdr = dir.path().join("cdr.jsonl");
+    config.link.max_legs = 10;
+    // The scripted engine sends no heartbeats.
+    config.link.heartbeat_timeout_ms = 60_000;
+    let mut host = RunningHost::start(
+        &config,
+        Decider::Chain(Arc::new(PolicyChain::new(Vec::new(), 1024))),
+    )
+    .unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut engine = tokio_util::codec::Framed::new(
+        stream,
+        FrameCodec::<HostMessage, EngineMessage>::new(1 << 20),
+    );
+    assert!(matches!(
+        engine.next().await,
+        Some(Ok(HostMessage::Hello { .. }))
+    ));
+    let answered = |id| common::leg(id, "SIP_A", "15145550000");
+    let ringing = |id| {
+        let mut leg = answered(id);
+        leg.answered_at_ms = None;
+        leg.state = legsync::model::LegState::Ringing;
+        leg
+    };
+    for message in [
+        EngineMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            boot_id: 1,
+            engine: "hostile".into(),
+            epoch: 1,
+        },
+        EngineMessage::SnapshotBegin { legs: 2, links: 0 },
+        EngineMessage::SnapshotLegs(vec![answered(1), answered(2)]),
+        EngineMessage::SnapshotEnd,
+    ] {
+        engine.send(message).await.unwrap();
+    }
+    host.next_resync(WAIT).await.unwrap();
+    for id in 100..120 {
+        engine
+            .send(EngineMessage::Event(EngineEvent::LegOffered(ringing(id))))
+            .await
+            .unwrap();
+    }
+    engine
+        .send(EngineMessage::Event(EngineEvent::LegAnswered(answered(
+            200,
+        ))))
+        .await
+        .unwrap();
+    for id in 1_000..2_000 {
+        let link = Link {
+            id,
+            leg_a: 1,
+            leg_b: 2,
+        };
+        engine
+            .send(EngineMessage::Event(EngineEvent::LinkCreated(link)))
+            .await
+            .unwrap();
+    }
+    // Legs 108 to 119 and 200 come back as drops.
+    let mut dropped = Vec::new();
+    while dropped.len() < 13 {
+        let frame = tokio::time::timeout(WAIT, engine.next()).await;
+        match frame.expect("13 drops within the wait") {
+            Some(Ok(HostMessage::Command {
+                command: Command::DropLeg(id),
+                ..
+            })) => dropped.push(id),
+            Some(Ok(_)) => {}
+            other => panic!("the host went away: {other:?}"),
+        }
+    }
+    let mut expected: Vec<u64> = (108..120).collect();
+    expected.push(200);
+    assert_eq!(dropped, expected);
+    let status = host.wait_status(WAIT, |s| s.links == 1).await.unwrap();
+    assert_eq!(status.legs, 10, "the table stops at max_legs");
+    // The answered leg refused for room was billed: it ran.
+    let records = legsync::cdr::CdrWriter::read_all(&config.cdr).unwrap();
+    let billed: Vec<_> = records
+        .iter()
+        .filter(|r| r.leg == 200)
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(
+        billed,
+        [
+            legsync::cdr::record::RecordKind::Start,
+            legsync::cdr::record::RecordKind::End
+        ]
+    );
+    let decided = host
+        .events_until(WAIT, |e| {
+            matches!(e, HostEvent::CallLegSync { leg: 200, .. })
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        decided.last(),
+        Some(HostEvent::CallLegSync {
+            decision: Decision::Refuse,
+            plugin,
+            ..
+        }) if &**plugin == "max_legs"
+    ));
+    host.stop().await.unwrap();
+}

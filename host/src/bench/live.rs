@@ -17,7 +17,6 @@
 use super::BenchArgs;
 use crate::cdr::DurableMark;
 use crate::cdr::record::{CdrRecord, RecordKind, StartReason};
-use crate::config::HostConfig;
 use crate::demo::harness::RunningHost;
 use crate::model::IdMap;
 use crate::sim::process::SimProcess;
@@ -117,15 +116,8 @@ pub async fn run(
     rules: &str,
     dir: &Path,
 ) -> anyhow::Result<LiveReport> {
-    let mut config = HostConfig {
-        engine: Some(sim.listen.to_string()),
-        grace_secs: 3600.0,
-        ..HostConfig::default()
-    };
-    config.cdr = dir.join("cdr.jsonl");
-    config.link.heartbeat_timeout_ms = 600_000;
-    config.link.connect_timeout_ms = 10_000;
-    let (decider, policy) = super::decider(args, rules, dir)?;
+    let config = super::host_config(sim, args, dir);
+    let (decider, policy) = super::decider(args, rules, dir).await?;
     let mut host = RunningHost::start_summaries(&config, decider)?;
     let summary = super::next_summary(&mut host).await?;
     let held = summary.known + summary.rebuilt;

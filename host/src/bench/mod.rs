@@ -125,6 +125,10 @@ pub struct BenchArgs {
     /// `--mode live`: then this many releases at once (0: no burst).
     #[arg(long, default_value_t = 100_000)]
     burst: u64,
+    /// The engine link over mutual TLS (a trial PKI is generated for the
+    /// run): what encryption costs (cold, warm, live).
+    #[arg(long)]
+    tls: bool,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -152,6 +156,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.ascending {
         sim_args.push("--ascending".into());
+    }
+    if args.tls {
+        anyhow::ensure!(
+            matches!(args.mode, Mode::Cold | Mode::Warm | Mode::Live),
+            "--tls applies to --mode cold, warm and live"
+        );
+        // engine-sim listens on loopback: its certificate names that.
+        let pki = crate::tls::generate(&dir.path().join("pki"), &["127.0.0.1".into()])?;
+        for (flag, path) in [
+            ("--tls-cert", &pki.engine.cert),
+            ("--tls-key", &pki.engine.key),
+            ("--tls-client-ca", &pki.engine.ca),
+        ] {
+            sim_args.push(flag.into());
+            sim_args.push(path.display().to_string());
+        }
     }
     let sim_args: Vec<&str> = sim_args.iter().map(String::as_str).collect();
     let sim = SimProcess::spawn(
@@ -196,6 +216,7 @@ fn link_options(sim: &SimProcess) -> LinkOptions {
         heartbeat_timeout: Duration::from_secs(600),
         max_frame: crate::protocol::DEFAULT_MAX_FRAME,
         host_name: "legsync bench".into(),
+        tls: None,
     }
 }
 
@@ -232,15 +253,8 @@ async fn resync(
     rules: &str,
     dir: &std::path::Path,
 ) -> anyhow::Result<BenchReport> {
-    let mut config = HostConfig {
-        engine: Some(sim.listen.to_string()),
-        grace_secs: 3600.0,
-        ..HostConfig::default()
-    };
-    config.cdr = dir.join("cdr.jsonl");
-    config.link.heartbeat_timeout_ms = 600_000;
-    config.link.connect_timeout_ms = 10_000;
-    let (decider, policy_name) = decider(args, rules, dir)?;
+    let config = host_config(sim, args, dir);
+    let (decider, policy_name) = decider(args, rules, dir).await?;
     let mut host = RunningHost::start_summaries(&config, decider)?;
     let progress = show_progress(&host);
     let first = next_summary(&mut host).await?;
@@ -282,7 +296,30 @@ async fn next_summary(host: &mut RunningHost) -> anyhow::Result<ResyncSummary> {
     }
 }
 
-fn decider(
+/// The in-process host's config: its ledger in `dir`, timers that never
+/// fire during a run, and, with `--tls`, the PKI `run` wrote in `dir`.
+fn host_config(sim: &SimProcess, args: &BenchArgs, dir: &std::path::Path) -> HostConfig {
+    let mut config = HostConfig {
+        engine: Some(sim.listen.to_string()),
+        grace_secs: 3600.0,
+        ..HostConfig::default()
+    };
+    config.cdr = dir.join("cdr.jsonl");
+    config.link.heartbeat_timeout_ms = 600_000;
+    config.link.connect_timeout_ms = 10_000;
+    if args.tls {
+        let pki = dir.join("pki");
+        config.tls = Some(crate::config::TlsConfig {
+            ca: pki.join("ca.pem"),
+            cert: pki.join("host.pem"),
+            key: pki.join("host.key"),
+            server_name: None,
+        });
+    }
+    config
+}
+
+async fn decider(
     args: &BenchArgs,
     rules: &str,
     dir: &std::path::Path,
@@ -312,7 +349,11 @@ fn decider(
                 None => 2,
                 Some(_) => 1,
             }));
-            let chain: PolicyChain = loader::load_dir(&runtime, &plugins, &config)?;
+            // Off the runtime's threads, as `legsync run` loads: a plugin's
+            // WASI calls in `init` block on tokio.
+            let chain: PolicyChain =
+                tokio::task::spawn_blocking(move || loader::load_dir(&runtime, &plugins, &config))
+                    .await??;
             let name = format!(
                 "wasm ({})",
                 plugin

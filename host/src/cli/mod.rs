@@ -7,6 +7,7 @@ mod init;
 mod plugin;
 mod run;
 mod sim;
+mod tls;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -54,6 +55,9 @@ enum Commands {
     /// Write a starter setup to DIR: a config, and a plugin directory with
     /// the `rules` plugin and starter rules.
     Init(init::InitArgs),
+    /// Certificates for the engine link over TLS.
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
     /// A running host's state, from its admin endpoint (exit 3 when not ready).
     Status(admin::AdminArgs),
     /// Reload a running host's plugin set now (exit 1 if rejected).
@@ -90,6 +94,7 @@ pub fn main() -> ExitCode {
         Commands::Cdr(command) => cdr::run(command),
         Commands::Check(args) => check::run(args),
         Commands::Init(args) => init::run(args),
+        Commands::Tls(command) => tls::run(command),
         Commands::Status(args) => block_on(admin::status(args)),
         Commands::Reload(args) => block_on(admin::reload(args)),
         Commands::Legs(args) => block_on(admin::legs(args)),

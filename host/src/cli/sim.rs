@@ -52,6 +52,16 @@ pub struct SimArgs {
     /// here: one line per event with the time it was meant to be sent.
     #[arg(long)]
     traffic_log: Option<PathBuf>,
+    /// Serve hosts over TLS with this certificate chain (PEM); with
+    /// `--tls-key` and `--tls-client-ca`.
+    #[arg(long, requires_all = ["tls_key", "tls_client_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Only hosts with a certificate signed by this CA (PEM) may connect.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
@@ -70,6 +80,10 @@ pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         ascending: args.ascending,
         name: args.name,
         traffic_log: args.traffic_log,
+        tls: match (args.tls_cert, args.tls_key, args.tls_client_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(crate::tls::TlsFiles { ca, cert, key }),
+            _ => None,
+        },
     };
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -124,11 +124,13 @@ impl Demo {
     }
 
     async fn start_host(&mut self) -> anyhow::Result<()> {
-        let chain = loader::load_dir(
-            &self.runtime,
-            self.config.policy.plugin_dir.as_ref().expect("set"),
-            &self.config.policy,
-        )?;
+        let runtime = self.runtime.clone();
+        let dir = self.config.policy.plugin_dir.clone().expect("set");
+        let policy = self.config.policy.clone();
+        // Off the runtime's threads, as `legsync run` loads: a plugin's WASI
+        // calls in `init` block on tokio.
+        let chain = tokio::task::spawn_blocking(move || loader::load_dir(&runtime, &dir, &policy))
+            .await??;
         self.host = Some(RunningHost::start(
             &self.config,
             Decider::Chain(Arc::new(chain)),

@@ -10,12 +10,15 @@ use crate::protocol::{
     Command, EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION, ProtocolError,
 };
 use futures_util::{SinkExt, StreamExt};
+use rustls_pki_types::ServerName;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::codec::Framed;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 /// Link settings.
@@ -31,7 +34,20 @@ pub struct LinkOptions {
     /// Our name in the hello: the engine names its controller with it, and
     /// the ledger's records carry it. Unique within a host pair.
     pub host_name: String,
+    /// TLS with the engine; none: plain TCP.
+    pub tls: Option<LinkTls>,
 }
+
+/// The engine link's TLS: who we trust and are (see [`crate::tls`]), and
+/// the name the engine's certificate must carry.
+#[derive(Debug, Clone)]
+pub struct LinkTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: ServerName<'static>,
+}
+
+/// The engine connection's bytes: plain TCP, or TLS over it.
+pub type EngineStream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// Why the link is down (or could not come up).
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +59,8 @@ pub enum LinkError {
     ConnectTimeout(String),
     #[error("the engine has another controller: {0}")]
     Busy(String),
+    #[error("TLS with the engine at {addr} failed: {reason}")]
+    Tls { addr: String, reason: String },
     #[error("the engine speaks protocol {found}, we speak {PROTOCOL_VERSION}")]
     Version { found: u8 },
     #[error(
@@ -71,6 +89,7 @@ impl LinkError {
         match self {
             LinkError::Connect { .. } | LinkError::ConnectTimeout(_) => "connect",
             LinkError::Busy(_) => "busy",
+            LinkError::Tls { .. } => "tls",
             LinkError::Version { .. } | LinkError::Protocol(_) | LinkError::NotLegsync { .. } => {
                 "protocol"
             }
@@ -88,6 +107,7 @@ impl LinkError {
         match self {
             LinkError::Protocol(e) => e.is_peer_fault(),
             LinkError::Version { .. }
+            | LinkError::Tls { .. }
             | LinkError::Unexpected(_)
             | LinkError::NotLegsync { .. }
             | LinkError::Limit(_)
@@ -97,7 +117,7 @@ impl LinkError {
     }
 }
 
-type HostFramed = Framed<TcpStream, FrameCodec<EngineMessage, HostMessage>>;
+type HostFramed = Framed<EngineStream, FrameCodec<EngineMessage, HostMessage>>;
 
 /// A live connection.
 #[derive(Debug)]
@@ -126,6 +146,24 @@ impl Connection {
             Err(_) => return Err(LinkError::ConnectTimeout(addr)),
         };
         let _ = stream.set_nodelay(true);
+        let stream = match &options.tls {
+            None => Either::Left(stream),
+            Some(tls) => {
+                let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+                let handshake = connector.connect(tls.server_name.clone(), stream);
+                match timeout(options.connect_timeout, handshake).await {
+                    Ok(Ok(stream)) => Either::Right(stream),
+                    Ok(Err(error)) => {
+                        return Err(LinkError::Tls {
+                            addr,
+                            reason: tls_reason(&error),
+                        });
+                    }
+                    Err(_) => return Err(LinkError::ConnectTimeout(addr)),
+                }
+            }
+        };
+        let tls = options.tls.is_some();
         let mut framed = Framed::new(stream, FrameCodec::new(options.max_frame));
         framed
             .send(HostMessage::Hello {
@@ -135,6 +173,14 @@ impl Connection {
             .await?;
         let (boot_id, engine, epoch) = match timeout(options.connect_timeout, framed.next()).await {
             Err(_) => return Err(LinkError::ConnectTimeout(addr)),
+            // With TLS 1.3 the engine judges our certificate after the
+            // handshake: its refusal arrives as the first read's error.
+            Ok(Some(Err(ProtocolError::Io(error)))) if tls => {
+                return Err(LinkError::Tls {
+                    addr,
+                    reason: tls_reason(&error),
+                });
+            }
             Ok(None) => return Err(LinkError::Closed),
             Ok(Some(Err(ProtocolError::Oversized { .. })))
                 if looks_like_text(framed.read_buffer()) =>
@@ -227,6 +273,22 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.cancel.cancel();
+    }
+}
+
+/// A TLS failure, with what the operator can do about it.
+fn tls_reason(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    if text.contains("invalid peer certificate") {
+        format!(
+            "{text} (the engine's certificate does not chain to [tls] ca, or does not carry [tls] server_name)"
+        )
+    } else if text.contains("received fatal alert") {
+        format!(
+            "{text} (the engine refused this host's certificate: [tls] cert must be signed by a CA the engine trusts)"
+        )
+    } else {
+        text
     }
 }
 

@@ -152,11 +152,21 @@ impl LegTable {
         Some(entry.leg)
     }
 
-    /// Adds a link between two known legs; false if either is unknown.
+    /// Adds a link between two known legs; false if either is unknown. A
+    /// leg is in one link at most: a link it was in before is undone (an
+    /// engine that links a leg again without unlinking it cannot grow the
+    /// map of links past half the legs).
     pub fn insert_link(&mut self, link: Link) -> bool {
         let (Some(a), Some(b)) = (self.slot(link.leg_a), self.slot(link.leg_b)) else {
             return false;
         };
+        for slot in [a, b] {
+            if let Some(previous) = self.slots[slot].link
+                && previous != link.id
+            {
+                self.remove_link(previous);
+            }
+        }
         for (slot, other) in [(a, link.leg_b), (b, link.leg_a)] {
             let entry = &mut self.slots[slot];
             entry.leg.linked_to = Some(other);

@@ -93,6 +93,7 @@ fn restart_only_changes(started: &HostConfig, now: &HostConfig) -> Vec<&'static 
     check("events", started.events == now.events);
     check("admin", started.admin == now.admin);
     check("link", started.link == now.link);
+    check("tls", started.tls == now.tls);
     changed
 }
 

@@ -61,6 +61,8 @@ pub struct SimOptions {
     pub name: String,
     /// Log generated traffic here (`traffic`, `burst`; see [`traffic`]).
     pub traffic_log: Option<PathBuf>,
+    /// Serve hosts over TLS, asking each for a certificate of `tls.ca`.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// How often the state file is considered for saving.
@@ -104,6 +106,12 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         traffic: Mutex::new(traffic::Traffic::new(options.traffic_log.as_deref())?),
         heartbeat_gaps: Mutex::default(),
         generating: Default::default(),
+        tls: match &options.tls {
+            Some(files) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                files,
+            )?)),
+            None => None,
+        },
     });
     shared.persist_if_dirty().await?;
 

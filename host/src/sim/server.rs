@@ -22,7 +22,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, interval, timeout};
 use tokio_util::codec::Framed;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
+
+/// A host's connection: plain TCP, or TLS over it (`--tls-cert`).
+pub type SimStream = Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// What every connection handler shares.
 pub struct Shared {
@@ -44,6 +48,9 @@ pub struct Shared {
     pub controller: ControllerSlot,
     /// This engine's name, in its hello and in every ledger record.
     pub name: String,
+    /// TLS for hosts (mutual: a host must show a certificate of the
+    /// client CA); none: plain TCP.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// The traffic generator (`traffic`, `burst`).
     pub traffic: Mutex<Traffic>,
     /// A `traffic` command is running: the state file is saved when it
@@ -138,6 +145,22 @@ pub async fn accept_hosts(shared: Arc<Shared>, listener: TcpListener, shutdown: 
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let stream = match &shared.tls {
+                None => Either::Left(stream),
+                Some(acceptor) => {
+                    match timeout(shared.heartbeat_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => Either::Right(stream),
+                        Ok(Err(e)) => {
+                            tracing::warn!(%peer, error = %e, "TLS handshake with a host failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!(%peer, "TLS handshake with a host timed out");
+                            return;
+                        }
+                    }
+                }
+            };
             match serve_host(&shared, stream, &shutdown).await {
                 Ok(()) => tracing::info!(%peer, "host disconnected"),
                 Err(e) => tracing::warn!(%peer, error = format!("{e:#}"), "host connection closed"),
@@ -148,7 +171,7 @@ pub async fn accept_hosts(shared: Arc<Shared>, listener: TcpListener, shutdown: 
 
 async fn serve_host(
     shared: &Arc<Shared>,
-    stream: TcpStream,
+    stream: SimStream,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut framed = Framed::new(
@@ -223,7 +246,7 @@ const FRAMES_AHEAD: usize = 16;
 /// encoded (as a real engine walks its table). No lock is held here: the
 /// view is shared copy-on-write with the live state.
 async fn stream_snapshot(
-    framed: &mut Framed<TcpStream, FrameCodec<HostMessage, EngineMessage>>,
+    framed: &mut Framed<SimStream, FrameCodec<HostMessage, EngineMessage>>,
     snapshot: MediaView,
     max_frame: usize,
     ascending: bool,
@@ -285,7 +308,7 @@ fn send_chunks<T>(
 /// heartbeats and commands read on time, as a real engine's would be.
 async fn serve_attached(
     shared: &Arc<Shared>,
-    framed: Framed<TcpStream, FrameCodec<HostMessage, EngineMessage>>,
+    framed: Framed<SimStream, FrameCodec<HostMessage, EngineMessage>>,
     events: tokio::sync::mpsc::UnboundedReceiver<crate::protocol::EngineEvent>,
     controller: &Controller,
 ) -> anyhow::Result<()> {
@@ -349,7 +372,7 @@ async fn serve_attached(
 /// batches: whatever is waiting goes out with one flush.
 async fn write_to_host(
     mut sink: futures_util::stream::SplitSink<
-        Framed<TcpStream, FrameCodec<HostMessage, EngineMessage>>,
+        Framed<SimStream, FrameCodec<HostMessage, EngineMessage>>,
         EngineMessage,
     >,
     mut events: tokio::sync::mpsc::UnboundedReceiver<crate::protocol::EngineEvent>,

@@ -22,6 +22,13 @@ use tokio_util::sync::CancellationToken;
 /// can prove for calls lost while no host was watching).
 const ALIVE_EVERY: Duration = Duration::from_secs(1);
 
+/// The plugin name the event log gives a leg refused because the table is
+/// full (see [`Host::table_full`]).
+const TABLE_FULL: &str = "max_legs";
+
+/// How often a full table is logged while it refuses legs.
+const TABLE_FULL_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Most messages handled as one batch (see [`LiveBatch`]).
 const LIVE_BATCH: usize = 1024;
 
@@ -185,6 +192,9 @@ impl Host {
                         leg = leg.id,
                         "the engine offered a leg it had offered already"
                     );
+                } else if self.table_full() {
+                    // Not answered: nothing to bill; the engine drops it.
+                    connection.send(Command::DropLeg(leg.id));
                 } else {
                     self.table.insert(leg, "live".into());
                 }
@@ -264,6 +274,21 @@ impl Host {
         // The plugins hear of every ending before they decide again.
         self.settle_notices().await;
         let decider = self.policy.current();
+        if self.table_full() {
+            // Refused like a plugin's refusal (it ran: START and END), by
+            // the host's own bound, named in the event log.
+            let id = leg.id;
+            self.events.emit(HostEvent::CallLegSync {
+                leg: id,
+                decision: Decision::Refuse,
+                plugin: TABLE_FULL.into(),
+                failure: None,
+            });
+            self.end_legs(vec![leg], TerminationReason::RefusedByPolicy, &decider)
+                .await?;
+            connection.send(Command::DropLeg(id));
+            return Ok(());
+        }
         let (legs, verdicts) = {
             let decider = decider.clone();
             tokio::task::spawn_blocking(move || {
@@ -346,6 +371,28 @@ impl Host {
                 },
             ),
         }
+    }
+
+    /// Whether the table holds `link.max_legs` legs: a new leg from a live
+    /// event is then refused at the engine, so that no engine, whatever it
+    /// sends, grows the table past its bound. Counted, and logged at most
+    /// once per [`TABLE_FULL_LOG_EVERY`].
+    fn table_full(&mut self) -> bool {
+        if self.table.len() < self.options.max_legs {
+            return false;
+        }
+        metrics::counter!(crate::metrics::TABLE_FULL).increment(1);
+        let (refused, logged) = &mut self.table_full_refusals;
+        *refused += 1;
+        if logged.is_none_or(|at| at.elapsed() >= TABLE_FULL_LOG_EVERY) {
+            tracing::error!(
+                max_legs = self.options.max_legs,
+                refused = *refused,
+                "the table is full (link.max_legs): new legs from the engine are refused and dropped"
+            );
+            *logged = Some(Instant::now());
+        }
+        true
     }
 
     /// An event about a leg the host does not hold: logged and counted.

@@ -127,6 +127,9 @@ pub struct Host {
     notices: Vec<tokio::task::JoinHandle<()>>,
     /// Live batches whose records are with the ledger's writer.
     pipeline: pipeline::Pipeline,
+    /// Legs refused because the table was full, and when that was last
+    /// logged.
+    table_full_refusals: (u64, Option<std::time::Instant>),
 }
 
 impl Host {
@@ -166,6 +169,7 @@ impl Host {
             queries_tx,
             notices: Vec::new(),
             pipeline: pipeline::Pipeline::default(),
+            table_full_refusals: (0, None),
         }
     }
 

@@ -1,0 +1,130 @@
+//! The engine link over mutual TLS, between real processes: engine-sim
+//! serving TLS and asking for a client certificate, `legsync run` with
+//! `[tls]`. A host whose certificate the engine does not trust, and a host
+//! that does not trust the engine, never get the controller slot, and each
+//! says why.
+
+mod common;
+
+use legsync::demo::host_process::{HostProcess, wait_for_count};
+use legsync::sim::process::SimProcess;
+use legsync::tls::{Pki, TlsFiles, generate};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_legsync"))
+}
+
+/// engine-sim with TLS from `pki` and `legs` calls up.
+async fn tls_engine(dir: &Path, pki: &Pki, legs: u64) -> SimProcess {
+    let files = &pki.engine;
+    let args = [
+        "--tls-cert",
+        files.cert.to_str().unwrap(),
+        "--tls-key",
+        files.key.to_str().unwrap(),
+        "--tls-client-ca",
+        files.ca.to_str().unwrap(),
+    ];
+    SimProcess::spawn(exe(), &dir.join("engine.state"), Some(legs), &args)
+        .await
+        .unwrap()
+}
+
+/// Starts `legsync run` named `name` against `sim` with `tls`; returns it
+/// with its event log's path.
+fn host(dir: &Path, name: &str, sim: &SimProcess, tls: &TlsFiles) -> (HostProcess, PathBuf) {
+    let plugins = dir.join(format!("plugins-{name}"));
+    std::fs::create_dir_all(&plugins).unwrap();
+    common::install(&plugins, "10-all", "accept-all", None);
+    let events = dir.join(format!("events-{name}.jsonl"));
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "engine = \"{}\"\nname = \"{name}\"\nadmin = \"off\"\ncdr = \"{}\"\nevents = \"{}\"\n\
+             [link]\nbackoff_base_ms = 50\nbackoff_max_ms = 200\n\
+             [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
+             [policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n",
+            sim.listen,
+            dir.join(format!("cdr-{name}.jsonl")).display(),
+            events.display(),
+            tls.ca.display(),
+            tls.cert.display(),
+            tls.key.display(),
+            plugins.display(),
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                .join("compile-cache")
+                .display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.join(format!("{name}.log"));
+    (HostProcess::spawn(exe(), &config, &log).unwrap(), events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_link_runs_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    // The engine's certificate names the address the host dials.
+    let pki = generate(&dir.path().join("pki"), &["127.0.0.1".into()]).unwrap();
+    let sim = tls_engine(dir.path(), &pki, 20).await;
+    let (mut host, events) = host(dir.path(), "pri", &sim, &pki.host);
+    wait_for_count(&events, "\"kind\":\"resync-done\"", 1, WAIT)
+        .await
+        .unwrap();
+    let summary = std::fs::read_to_string(&events).unwrap();
+    assert!(summary.contains("\"rebuilt\":20"), "{summary}");
+    assert_eq!(sim.ok("controller").await.unwrap(), "pri epoch 1");
+    host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_and_engines_without_trusted_certificates_are_turned_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = generate(&dir.path().join("pki"), &["127.0.0.1".into()]).unwrap();
+    let stranger = generate(&dir.path().join("other"), &["127.0.0.1".into()]).unwrap();
+    let sim = tls_engine(dir.path(), &pki, 20).await;
+
+    // A host that trusts the engine but holds a certificate of another CA:
+    // the engine refuses it after the handshake.
+    let untrusted_host = TlsFiles {
+        ca: pki.host.ca.clone(),
+        ..stranger.host.clone()
+    };
+    let (mut rogue, _) = host(dir.path(), "rogue", &sim, &untrusted_host);
+    let log = dir.path().join("rogue.log");
+    wait_for_count(&log, "TLS with the engine at", 2, WAIT)
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("the engine refused this host's certificate"),
+        "{text}"
+    );
+    rogue.stop().await.unwrap();
+
+    // A host that does not trust the engine's certificate never sends it
+    // anything.
+    let wary = TlsFiles {
+        ca: stranger.host.ca.clone(),
+        ..pki.host.clone()
+    };
+    let (mut careful, _) = host(dir.path(), "careful", &sim, &wary);
+    let log = dir.path().join("careful.log");
+    wait_for_count(&log, "TLS with the engine at", 2, WAIT)
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("invalid peer certificate"), "{text}");
+    careful.stop().await.unwrap();
+
+    assert_eq!(
+        sim.ok("controller").await.unwrap(),
+        "none epoch 0",
+        "no host ever controlled the engine"
+    );
+}
