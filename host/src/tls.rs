@@ -40,13 +40,7 @@ pub fn client_config(files: &TlsFiles) -> anyhow::Result<Arc<ClientConfig>> {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(&files.ca)?)
         .with_client_auth_cert(certs(&files.cert)?, key(&files.key)?)
-        .with_context(|| {
-            format!(
-                "the TLS key {} does not match the certificate {}",
-                files.key.display(),
-                files.cert.display()
-            )
-        })?;
+        .with_context(|| mismatch(files))?;
     Ok(Arc::new(config))
 }
 
@@ -63,14 +57,16 @@ pub fn server_config(files: &TlsFiles) -> anyhow::Result<Arc<ServerConfig>> {
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs(&files.cert)?, key(&files.key)?)
-        .with_context(|| {
-            format!(
-                "the TLS key {} does not match the certificate {}",
-                files.key.display(),
-                files.cert.display()
-            )
-        })?;
+        .with_context(|| mismatch(files))?;
     Ok(Arc::new(config))
+}
+
+fn mismatch(files: &TlsFiles) -> String {
+    format!(
+        "the TLS key {} does not match the certificate {}",
+        files.key.display(),
+        files.cert.display()
+    )
 }
 
 fn certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {

@@ -751,3 +751,19 @@ fn bench_runs_the_engine_link_over_tls() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("--tls applies to --mode cold, warm and live"));
 }
+
+#[test]
+fn bench_gives_a_plugin_of_its_own_an_empty_config() {
+    // nap-cap rejects the bench's rules (`[[rule]]`): with `--plugin` and
+    // no `--rules`, its `init` gets nothing to reject.
+    let plugin = built_plugin("nap-cap");
+    let runs = bench_json(&[
+        "--legs",
+        "200",
+        "--mode",
+        "cold",
+        "--plugin",
+        plugin.to_str().unwrap(),
+    ]);
+    assert_eq!(runs[0]["rebuilt"], 200, "{runs:?}");
+}

@@ -296,6 +296,16 @@ async fn next_summary(host: &mut RunningHost) -> anyhow::Result<ResyncSummary> {
     }
 }
 
+/// The bench plugin's rules sidecar: the bench's rules for the `rules`
+/// plugin or with `--rules`; none for a `--plugin` alone, whose `init` gets
+/// an empty config (a plugin that rejects unknown config can be benched).
+fn write_rules(plugins: &std::path::Path, args: &BenchArgs, rules: &str) -> anyhow::Result<()> {
+    if args.plugin.is_none() || args.rules.is_some() {
+        std::fs::write(plugins.join("10-bench.rules"), rules)?;
+    }
+    Ok(())
+}
+
 /// The in-process host's config: its ledger in `dir`, timers that never
 /// fire during a run, and, with `--tls`, the PKI `run` wrote in `dir`.
 fn host_config(sim: &SimProcess, args: &BenchArgs, dir: &std::path::Path) -> HostConfig {
@@ -342,7 +352,7 @@ async fn decider(
             std::fs::create_dir_all(&plugins)?;
             std::fs::copy(&plugin, plugins.join("10-bench.wasm"))
                 .with_context(|| format!("cannot copy {}", plugin.display()))?;
-            std::fs::write(plugins.join("10-bench.rules"), rules)?;
+            write_rules(&plugins, args, rules)?;
             let runtime = PolicyRuntime::new(None)?;
             let mut config = PolicyConfig::default();
             config.defaults.instances = Some(args.instances.unwrap_or(match args.plugin {

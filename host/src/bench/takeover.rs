@@ -60,7 +60,7 @@ pub async fn run(
         .unwrap_or_else(|| PathBuf::from(crate::BUILT_PLUGINS_DIR).join("rules.wasm"));
     std::fs::copy(&plugin, plugins.join("10-bench.wasm"))
         .with_context(|| format!("cannot copy {}", plugin.display()))?;
-    std::fs::write(plugins.join("10-bench.rules"), rules)?;
+    super::write_rules(&plugins, args, rules)?;
     let spawn = |name: &str| -> anyhow::Result<HostProcess> {
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(

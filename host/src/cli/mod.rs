@@ -147,14 +147,31 @@ fn init_logging(quiet: bool, format: LogFormat) {
 
 /// Completes on Ctrl-C or SIGTERM.
 pub(crate) async fn termination() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    stop_signals().cancelled().await
+}
+
+/// A token cancelled at Ctrl-C or SIGTERM. The handlers are in place when
+/// this returns (a signal from then on is never the default action, which
+/// would kill the process mid-start).
+pub(crate) fn stop_signals() -> tokio_util::sync::CancellationToken {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = tokio_util::sync::CancellationToken::new();
+    let (term, int) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    let stop = token.clone();
+    tokio::spawn(async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            },
+            _ => std::future::pending().await,
+        }
+        stop.cancel();
+    });
+    token
 }
 
 #[cfg(test)]

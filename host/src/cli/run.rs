@@ -8,7 +8,6 @@ use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -74,6 +73,8 @@ impl RunArgs {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // First: a stop while the plugins compile is a clean stop, not a kill.
+    let shutdown = super::stop_signals();
     let config = args.config()?;
     let events = match &config.events {
         Some(path) => Events::with_file(path)?,
@@ -86,14 +87,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let config = config.clone();
         tokio::task::spawn_blocking(move || app::load_policy(&config)).await??
     };
+    if shutdown.is_cancelled() {
+        tracing::info!("stopped while starting");
+        return Ok(ExitCode::SUCCESS);
+    }
     tracing::info!(plugins = ?decider.describe(), "active plugin set");
     let (host, policy) = app::build_host(&config, decider, events.clone())?;
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        super::termination().await;
-        stop.cancel();
-    });
     // A required audit trail that fails stops the host.
     let audit = events.audit_failed();
     let stop = shutdown.clone();
