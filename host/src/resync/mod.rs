@@ -170,7 +170,11 @@ pub fn sort_links(
     linked: impl Fn(LegId) -> bool,
 ) -> LinkPlan {
     let mut plan = LinkPlan::default();
+    let links = links.into_iter();
+    // Two legs a link: sized once instead of rehashed a million entries'
+    // worth as it grows.
     let mut claimed: HashSet<LegId> = HashSet::default();
+    claimed.reserve(links.size_hint().0.saturating_mul(2));
     for link in links {
         if link.leg_a == link.leg_b {
             plan.self_links.push(link);
