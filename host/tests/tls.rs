@@ -66,6 +66,18 @@ fn host(dir: &Path, name: &str, sim: &SimProcess, tls: &TlsFiles) -> (HostProces
     (HostProcess::spawn(exe(), &config, &log).unwrap(), events)
 }
 
+/// Starts a host with `files`, waits for its second failed TLS attempt,
+/// stops it; returns its log.
+async fn turned_away(dir: &Path, name: &str, sim: &SimProcess, files: &TlsFiles) -> String {
+    let (mut host, _) = host(dir, name, sim, files);
+    let log = dir.join(format!("{name}.log"));
+    wait_for_count(&log, "TLS with the engine at", 2, WAIT)
+        .await
+        .unwrap();
+    host.stop().await.unwrap();
+    std::fs::read_to_string(&log).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_link_runs_over_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
@@ -95,17 +107,11 @@ async fn hosts_and_engines_without_trusted_certificates_are_turned_away() {
         ca: pki.host.ca.clone(),
         ..stranger.host.clone()
     };
-    let (mut rogue, _) = host(dir.path(), "rogue", &sim, &untrusted_host);
-    let log = dir.path().join("rogue.log");
-    wait_for_count(&log, "TLS with the engine at", 2, WAIT)
-        .await
-        .unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
+    let log = turned_away(dir.path(), "rogue", &sim, &untrusted_host).await;
     assert!(
-        text.contains("the engine refused this host's certificate"),
-        "{text}"
+        log.contains("the engine refused this host's certificate"),
+        "{log}"
     );
-    rogue.stop().await.unwrap();
 
     // A host that does not trust the engine's certificate never sends it
     // anything.
@@ -113,14 +119,8 @@ async fn hosts_and_engines_without_trusted_certificates_are_turned_away() {
         ca: stranger.host.ca.clone(),
         ..pki.host.clone()
     };
-    let (mut careful, _) = host(dir.path(), "careful", &sim, &wary);
-    let log = dir.path().join("careful.log");
-    wait_for_count(&log, "TLS with the engine at", 2, WAIT)
-        .await
-        .unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("invalid peer certificate"), "{text}");
-    careful.stop().await.unwrap();
+    let log = turned_away(dir.path(), "careful", &sim, &wary).await;
+    assert!(log.contains("invalid peer certificate"), "{log}");
 
     assert_eq!(
         sim.ok("controller").await.unwrap(),
