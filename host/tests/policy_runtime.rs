@@ -661,3 +661,26 @@ fn imports_the_host_does_not_grant_load_and_trap_only_when_called() {
     assert_eq!(verdict.failure, Some(FailureKind::Trap), "the call traps");
     assert_eq!(verdict.decision, Decision::Refuse, "fail-closed decides");
 }
+
+/// A correct but slow plugin (a millisecond a leg, as an interpreted
+/// language can be) under a 100 ms deadline: a full batch of 300 would
+/// overrun and be decided by the failure policy. The host measures its
+/// cost on a small first call and sizes the rest to half the deadline, so
+/// every leg gets the plugin's own answer.
+#[test]
+fn a_slow_plugin_gets_batches_it_can_answer_within_its_deadline() {
+    let dir = plugin_dir(&[("10-slow", "fixture-slow-notify", Some("slow_decisions"))]);
+    let chain = load(dir.path(), "[defaults]\nfailure = \"fail-closed\"\n").unwrap();
+    let legs: Vec<_> = (1..=300).map(|i| leg(i, "SIP_A", "15145550000")).collect();
+    let verdicts = chain.decide_legs(&legs);
+    let failures: Vec<_> = verdicts.iter().filter_map(|v| v.failure).collect();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(verdicts.iter().all(|v| v.decision == Decision::Rebuild));
+    let plugin = &chain.plugins()[0];
+    let limit = plugin.batch_limit("on-call-leg-sync", 1024);
+    assert!(
+        (20..=60).contains(&limit),
+        "about 50 legs fit half of 100 ms at 1 ms a leg: {limit}"
+    );
+    assert!(plugin.stats().calls >= 6, "{:?}", plugin.stats().calls);
+}

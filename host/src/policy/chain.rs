@@ -114,20 +114,33 @@ impl PolicyChain {
                 subset = pending.iter().map(|&i| batch[i].clone()).collect();
                 &subset
             };
-            let answer = call(plugin, offered);
+            // In calls the plugin can answer within its deadline.
+            let export = if item == "leg" {
+                "on-call-leg-sync"
+            } else {
+                "on-link-sync"
+            };
             let failed = plugin.settings().failure.decision();
-            for (k, &i) in pending.iter().enumerate() {
-                slots[i] = match &answer {
-                    Ok(decisions) => Slot {
-                        decision: decisions[k],
-                        by: Some(index),
-                        failure: None,
-                    },
-                    Err(failure) => Slot {
-                        decision: failed,
-                        by: Some(index),
-                        failure: Some(failure.kind),
-                    },
+            let mut answers = Vec::with_capacity(offered.len());
+            let mut rest = offered;
+            while !rest.is_empty() {
+                // Sized again after each call: the first one measures.
+                let limit = plugin.batch_limit(export, rest.len());
+                let (part, after) = rest.split_at(limit);
+                rest = after;
+                match call(plugin, part) {
+                    Ok(decisions) => answers.extend(decisions.into_iter().map(|d| (d, None))),
+                    Err(failure) => answers.extend(std::iter::repeat_n(
+                        (failed, Some(failure.kind)),
+                        part.len(),
+                    )),
+                }
+            }
+            for (&i, (decision, failure)) in pending.iter().zip(answers) {
+                slots[i] = Slot {
+                    decision,
+                    by: Some(index),
+                    failure,
                 };
             }
             pending.retain(|&i| slots[i].decision == Decision::Rebuild);

@@ -19,7 +19,7 @@ use crate::model::{Decision, PluginName};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use wasmtime::Store;
 use wasmtime::component::{ComponentType, Func, Lower};
 
@@ -84,6 +84,9 @@ pub struct Plugin {
     live: Vec<Mutex<Option<Live>>>,
     /// Which slot to wait for when all are busy (round robin).
     next_wait: AtomicUsize,
+    /// Measured cost of one item in each sync export, in nanoseconds (0:
+    /// not measured yet), by [`export_slot`]: see [`Plugin::batch_limit`].
+    item_cost_ns: [AtomicU64; 2],
     /// Health per export (leg sync, link sync, termination notices): a
     /// notification handler that keeps failing is quarantined on its own,
     /// and never makes the plugin's healthy decisions refused.
@@ -128,6 +131,10 @@ fn link(
     linker.instantiate_pre(component)
 }
 
+/// Items in a plugin's first call of a sync export, to measure its cost
+/// before sizing its batches ([`Plugin::batch_limit`]).
+pub const PROBE_ITEMS: usize = 64;
+
 /// The exports whose health is tracked apart.
 const EXPORTS: [&str; 3] = ["on-call-leg-sync", "on-link-sync", "on-call-leg-terminated"];
 
@@ -171,6 +178,7 @@ impl Plugin {
                 .map(|_| Mutex::new(None))
                 .collect(),
             next_wait: AtomicUsize::new(0),
+            item_cost_ns: Default::default(),
             health: Default::default(),
             counters: Counters::default(),
         };
@@ -276,7 +284,8 @@ impl Plugin {
         batch: P,
         count: usize,
     ) -> Result<Vec<Decision>, PluginFailure> {
-        self.call_guest(name, |exports, store| {
+        let started = Instant::now();
+        let result = self.call_guest(name, |exports, store| {
             let func = export(exports).typed::<(P,), Decisions>(&*store)?;
             let decisions = func.call(store, (batch,))?.0;
             if decisions.len() != count {
@@ -286,7 +295,42 @@ impl Plugin {
                 ))));
             }
             Ok(decisions.into_iter().map(Decision::from).collect())
-        })
+        });
+        // A deadline overrun says the cost is at least deadline / count.
+        if result.is_ok()
+            || result
+                .as_ref()
+                .is_err_and(|f| f.kind == FailureKind::Deadline)
+        {
+            self.measured(name, started.elapsed(), count);
+        }
+        result
+    }
+
+    /// How many items one call of the sync export `export` should carry:
+    /// as many as take half the plugin's deadline at its measured cost per
+    /// item, within `1..=batch_size`. Before any measurement, a small probe
+    /// ([`PROBE_ITEMS`]). A correct but slow plugin (Python or JavaScript
+    /// at tens of microseconds a leg) then gets batches it can answer in
+    /// time, instead of overrunning on a full batch and having the whole
+    /// batch decided by its failure policy.
+    pub fn batch_limit(&self, export: &str, batch_size: usize) -> usize {
+        let cost = self.item_cost_ns[export_slot(export)].load(Ordering::Relaxed);
+        if cost == 0 {
+            return PROBE_ITEMS.min(batch_size).max(1);
+        }
+        let budget = self.settings.limits.call_deadline.as_nanos() as u64 / 2;
+        ((budget / cost) as usize).clamp(1, batch_size.max(1))
+    }
+
+    /// Folds one call's cost per item into the export's estimate (a moving
+    /// average, quick to follow a plugin that gets slower).
+    fn measured(&self, export: &str, took: Duration, items: usize) {
+        let sample = (took.as_nanos() as u64 / items.max(1) as u64).max(1);
+        let cost = &self.item_cost_ns[export_slot(export)];
+        let old = cost.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { (old + sample) / 2 };
+        cost.store(new, Ordering::Relaxed);
     }
 
     /// Runs one guest call with the deadline armed; on any failure discards
