@@ -283,7 +283,11 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     }
     // Links as the host sorts them: those of a refused leg are dropped
     // without a decision, those of legs not given are ignored.
-    let plan = crate::resync::sort_links(links, &refused, |leg| rebuilt.contains(&leg), |_| false);
+    let mut sides = EvalSides {
+        rebuilt,
+        claimed: crate::model::IdSet::default(),
+    };
+    let plan = crate::resync::sort_links(links, &refused, &mut sides);
     for link in &plan.drop {
         println!(
             "{}",
@@ -307,6 +311,24 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         print(None, Some(link.id), &verdict)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The legs as `plugin eval` sees them: rebuilt ones are held, none linked
+/// before this run.
+struct EvalSides {
+    rebuilt: crate::model::IdSet<u64>,
+    claimed: crate::model::IdSet<u64>,
+}
+
+impl crate::resync::LinkSides for EvalSides {
+    fn side(&self, leg: u64) -> Option<bool> {
+        self.rebuilt
+            .contains(&leg)
+            .then(|| self.claimed.contains(&leg))
+    }
+    fn claim(&mut self, leg: u64) {
+        self.claimed.insert(leg);
+    }
 }
 
 /// `OnCallLegSync` over `legs` one batch at a time (as the host batches),

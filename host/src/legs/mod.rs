@@ -40,6 +40,9 @@ pub struct LegEntry {
     /// The link this leg is part of (an index, so removal is O(1)).
     link: Option<LinkId>,
     generation: u32,
+    /// The resync (generation) whose link plan gave this leg a link: a
+    /// second link naming it in the same snapshot is an anomaly.
+    claimed: u32,
 }
 
 /// The contexts.
@@ -124,6 +127,7 @@ impl LegTable {
                     adopted_by,
                     link: entry.link,
                     generation,
+                    claimed: entry.claimed,
                 };
             }
             None => {
@@ -133,6 +137,7 @@ impl LegTable {
                     adopted_by,
                     link: None,
                     generation,
+                    claimed: 0,
                 });
             }
         }
@@ -190,7 +195,8 @@ impl LegTable {
 
     /// Starts a resync: from now on, legs not marked are absent.
     pub fn begin_generation(&mut self) {
-        self.generation = self.generation.wrapping_add(1);
+        // Never 0, the mark of a leg no plan ever claimed.
+        self.generation = self.generation.wrapping_add(1).max(1);
         self.cursor = 0;
     }
 
@@ -218,6 +224,21 @@ impl LegTable {
             return Sighting::NowAnswered;
         }
         Sighting::Known
+    }
+
+    /// For the link plan: `None` if the host does not hold `id`; else
+    /// whether the leg is taken: linked already, or claimed by an earlier
+    /// link of the current resync's plan. One look-up serves both.
+    pub fn link_side(&self, id: LegId) -> Option<bool> {
+        let entry = self.get(id)?;
+        Some(entry.leg.linked_to.is_some() || entry.claimed == self.generation)
+    }
+
+    /// Marks a held leg as given a link by the current resync's plan.
+    pub fn claim(&mut self, id: LegId) {
+        if let Some(slot) = self.slot(id) {
+            self.slots[slot].claimed = self.generation;
+        }
     }
 
     /// The legs the current resync did not see.

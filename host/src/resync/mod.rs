@@ -142,18 +142,33 @@ impl SnapshotDiff {
 
     /// Sorts the snapshot's links once the unknown legs are decided (rebuilt
     /// legs are in `table`, refused ones in `refused`).
-    pub fn plan_links(&mut self, table: &LegTable, refused: &HashSet<LegId>) -> LinkPlan {
-        let mut plan = sort_links(
-            self.unknown_links.iter().copied(),
-            refused,
-            |leg| table.contains(leg),
-            |leg| table.get(leg).is_some_and(|e| e.leg.linked_to.is_some()),
-        );
+    pub fn plan_links(&mut self, table: &mut LegTable, refused: &HashSet<LegId>) -> LinkPlan {
+        let mut plan = sort_links(self.unknown_links.iter().copied(), refused, table);
         self.anomalies.self_links += plan.self_links.len() as u64;
         self.anomalies.legs_in_two_links += plan.doubly_linked.len() as u64;
         self.anomalies.links_to_unlisted_legs += plan.ignored.len() as u64;
         plan.gone = table.unseen_links();
         plan
+    }
+}
+
+/// What the link rule needs to know of the legs: whether each is held and
+/// taken (linked, or claimed by an earlier link of the plan), and to claim
+/// one. The host's table answers with one look-up per leg (claims are
+/// marks in its entries); `legsync plugin eval` answers from sets.
+pub trait LinkSides {
+    /// `None` if the leg is not held; else whether it is taken.
+    fn side(&self, leg: LegId) -> Option<bool>;
+    /// Marks a held leg as given a link by this plan.
+    fn claim(&mut self, leg: LegId);
+}
+
+impl LinkSides for LegTable {
+    fn side(&self, leg: LegId) -> Option<bool> {
+        self.link_side(leg)
+    }
+    fn claim(&mut self, leg: LegId) {
+        LegTable::claim(self, leg);
     }
 }
 
@@ -166,34 +181,37 @@ impl SnapshotDiff {
 pub fn sort_links(
     links: impl IntoIterator<Item = Link>,
     refused: &HashSet<LegId>,
-    held: impl Fn(LegId) -> bool,
-    linked: impl Fn(LegId) -> bool,
+    sides: &mut impl LinkSides,
 ) -> LinkPlan {
     let mut plan = LinkPlan::default();
-    let links = links.into_iter();
-    // Two legs a link: sized once instead of rehashed a million entries'
-    // worth as it grows.
+    // Claims of legs not held (refused ones: few): held legs carry theirs.
     let mut claimed: HashSet<LegId> = HashSet::default();
-    claimed.reserve(links.size_hint().0.saturating_mul(2));
     for link in links {
         if link.leg_a == link.leg_b {
             plan.self_links.push(link);
             continue;
         }
-        let taken = |leg| linked(leg) || claimed.contains(&leg);
-        if taken(link.leg_a) || taken(link.leg_b) {
+        let (a, b) = (sides.side(link.leg_a), sides.side(link.leg_b));
+        let taken = |side: Option<bool>, leg| side.unwrap_or_else(|| claimed.contains(&leg));
+        if taken(a, link.leg_a) || taken(b, link.leg_b) {
             plan.doubly_linked.push(link);
             continue;
         }
         if refused.contains(&link.leg_a) || refused.contains(&link.leg_b) {
             plan.drop.push(link);
-        } else if held(link.leg_a) && held(link.leg_b) {
+        } else if a.is_some() && b.is_some() {
             plan.offer.push(link);
         } else {
             plan.ignored.push(link);
             continue;
         }
-        claimed.extend([link.leg_a, link.leg_b]);
+        for (side, leg) in [(a, link.leg_a), (b, link.leg_b)] {
+            if side.is_some() {
+                sides.claim(leg);
+            } else {
+                claimed.insert(leg);
+            }
+        }
     }
     plan
 }
@@ -241,7 +259,7 @@ mod tests {
         assert_eq!(diff.known, 0);
         assert_eq!(diff.unknown_links, [link]);
         assert!(SnapshotDiff::absent(&table).is_empty());
-        let plan = diff.plan_links(&table, &HashSet::default());
+        let plan = diff.plan_links(&mut table, &HashSet::default());
         assert_eq!((plan.offer, plan.gone), (vec![link], vec![]));
     }
 
@@ -286,7 +304,7 @@ mod tests {
         table.insert(leg(5), "p".into());
         table.insert(leg(6), "p".into());
         table.insert(leg(8), "p".into());
-        let plan = diff.plan_links(&table, &HashSet::from_iter([7]));
+        let plan = diff.plan_links(&mut table, &HashSet::from_iter([7]));
         assert_eq!(
             plan.offer,
             [Link {

@@ -133,7 +133,7 @@ impl Host {
         self.end_recovered(TerminationReason::HostLost, &decider)
             .await
             .map_err(ResyncError::Fatal)?;
-        let plan = diff.plan_links(&self.table, &refused_ids);
+        let plan = diff.plan_links(&mut self.table, &refused_ids);
         report_anomalies(&diff.anomalies);
         if run.summary.decided_by_budget > 0 {
             tracing::warn!(
