@@ -336,18 +336,7 @@ async fn a_stalled_resync_holds_neither_the_grace_deadline_nor_a_stop() {
     };
     let (stream, _) = listener.accept().await.unwrap();
     let stalled = tokio::spawn(stall(stream, 2));
-    let events = host
-        .events_until(WAIT, |e| {
-            matches!(
-                e,
-                HostEvent::Link {
-                    state: LinkState::Purged,
-                    ..
-                }
-            )
-        })
-        .await
-        .unwrap();
+    let events = host.wait_purged(WAIT).await.unwrap();
     let purged_after = lost_at.elapsed();
     assert!(
         purged_after < Duration::from_millis(2_500),
@@ -399,17 +388,7 @@ async fn slow_termination_notices_do_not_hold_up_the_purge() {
     assert_eq!(host.status().legs, 4_000);
     world.sim.ok("partition 600000").await.unwrap();
     let cut = Instant::now();
-    host.events_until(WAIT, |e| {
-        matches!(
-            e,
-            HostEvent::Link {
-                state: LinkState::Purged,
-                ..
-            }
-        )
-    })
-    .await
-    .unwrap();
+    host.wait_purged(WAIT).await.unwrap();
     let purged_after = cut.elapsed();
     // Detection (600 ms) + grace (1 s) + ENDs; not + 4 s of notices.
     assert!(

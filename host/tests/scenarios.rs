@@ -7,7 +7,7 @@ mod common;
 use common::world::{WAIT, World};
 use legsync::cdr::record::RecordKind;
 use legsync::demo::harness::{links_synced, synced, terminated};
-use legsync::events::{HostEvent, LinkState};
+use legsync::events::HostEvent;
 use legsync::model::{Decision, TerminationReason};
 
 const RULES: &str =
@@ -80,18 +80,7 @@ async fn scenario_2_engine_down_past_grace_purges_then_rebuilds() {
     let calls = world.reference_calls(&mut host).await;
 
     world.sim.kill().await.unwrap();
-    let purge = host
-        .events_until(WAIT, |e| {
-            matches!(
-                e,
-                HostEvent::Link {
-                    state: LinkState::Purged,
-                    ..
-                }
-            )
-        })
-        .await
-        .unwrap();
+    let purge = host.wait_purged(WAIT).await.unwrap();
     let all = [calls.a, calls.b, calls.c, calls.d, calls.e];
     assert_eq!(
         terminated(&purge),
@@ -305,17 +294,7 @@ async fn billing_trap_across_a_host_restart_bills_each_call_once() {
     let (mut host, _) = world.host(1.0).await;
     let calls = world.reference_calls(&mut host).await;
     world.sim.kill().await.unwrap();
-    host.events_until(WAIT, |e| {
-        matches!(
-            e,
-            HostEvent::Link {
-                state: LinkState::Purged,
-                ..
-            }
-        )
-    })
-    .await
-    .unwrap();
+    host.wait_purged(WAIT).await.unwrap();
     // The host itself restarts while the engine is still away.
     host.stop().await.unwrap();
     let config = world.config(1.0);

@@ -127,15 +127,24 @@ impl RunningHost {
 
     /// Events up to the moment the host loses the engine.
     pub async fn wait_disconnected(&mut self, within: Duration) -> anyhow::Result<Vec<HostEvent>> {
-        self.events_until(within, |e| {
-            matches!(
-                e,
-                HostEvent::Link {
-                    state: LinkState::Disconnected,
-                    ..
-                }
-            )
-        })
+        self.wait_link(within, LinkState::Disconnected).await
+    }
+
+    /// Events up to the grace timer's purge of every context.
+    pub async fn wait_purged(&mut self, within: Duration) -> anyhow::Result<Vec<HostEvent>> {
+        self.wait_link(within, LinkState::Purged).await
+    }
+
+    /// Events up to the link's next change to `state`.
+    async fn wait_link(
+        &mut self,
+        within: Duration,
+        state: LinkState,
+    ) -> anyhow::Result<Vec<HostEvent>> {
+        self.events_until(
+            within,
+            |e| matches!(e, HostEvent::Link { state: s, .. } if *s == state),
+        )
         .await
     }
 

@@ -6,7 +6,7 @@ use crate::cdr::CdrWriter;
 use crate::cdr::bill;
 use crate::cdr::record::{CdrRecord, RecordKind};
 use crate::config::HostConfig;
-use crate::events::{HostEvent, LinkState};
+use crate::events::HostEvent;
 use crate::model::{Decision, TerminationReason};
 use crate::policy::{CompileCache, Decider, PolicyRuntime, loader};
 use crate::sim::process::SimProcess;
@@ -218,18 +218,7 @@ impl Demo {
         let [c, d, e] = self.ids(["C", "D", "E"]);
         step("Killing the engine and leaving it down past the grace timer.");
         self.sim.kill().await?;
-        let events = self
-            .host()?
-            .events_until(WAIT, |e| {
-                matches!(
-                    e,
-                    HostEvent::Link {
-                        state: LinkState::Purged,
-                        ..
-                    }
-                )
-            })
-            .await?;
+        let events = self.host()?.wait_purged(WAIT).await?;
         self.narrate(&events);
         let mut expected: Vec<_> = [a, b, c, d, e]
             .into_iter()
