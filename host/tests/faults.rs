@@ -102,15 +102,7 @@ async fn hello_then(listener: &TcpListener, bytes: &[u8]) -> TcpStream {
     stream.read_exact(&mut hello).await.unwrap();
     let mut frame = BytesMut::new();
     FrameCodec::<HostMessage, EngineMessage>::new(1 << 20)
-        .encode(
-            EngineMessage::Hello {
-                protocol: PROTOCOL_VERSION,
-                boot_id: 1,
-                engine: "garbage".into(),
-                epoch: 1,
-            },
-            &mut frame,
-        )
+        .encode(common::engine_hello("garbage", 1), &mut frame)
         .unwrap();
     frame.extend_from_slice(bytes);
     stream.write_all(&frame).await.unwrap();
@@ -150,15 +142,7 @@ async fn garbage_from_the_engine_closes_the_link_and_the_host_reconnects() {
         stream,
         FrameCodec::<HostMessage, EngineMessage>::new(1 << 20),
     );
-    engine
-        .send(EngineMessage::Hello {
-            protocol: PROTOCOL_VERSION,
-            boot_id: 2,
-            engine: "good".into(),
-            epoch: 2,
-        })
-        .await
-        .unwrap();
+    engine.send(common::engine_hello("good", 2)).await.unwrap();
     engine
         .send(EngineMessage::SnapshotBegin { legs: 0, links: 0 })
         .await
@@ -290,12 +274,7 @@ async fn a_stalled_resync_holds_neither_the_grace_deadline_nor_a_stop() {
     let dir = tempfile::tempdir().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut host = host_with_grace(listener.local_addr().unwrap(), dir.path(), 1.0);
-    let hello = |boot_id| EngineMessage::Hello {
-        protocol: PROTOCOL_VERSION,
-        boot_id,
-        engine: "stalling".into(),
-        epoch: boot_id,
-    };
+    let hello = |boot_id| common::engine_hello("stalling", boot_id);
     // A normal first resync: two calls held.
     let (stream, _) = listener.accept().await.unwrap();
     let mut engine = FramedWrite::new(
@@ -488,12 +467,7 @@ async fn live_events_never_grow_the_table_past_its_bound() {
         leg
     };
     for message in [
-        EngineMessage::Hello {
-            protocol: PROTOCOL_VERSION,
-            boot_id: 1,
-            engine: "hostile".into(),
-            epoch: 1,
-        },
+        common::engine_hello("hostile", 1),
         EngineMessage::SnapshotBegin { legs: 2, links: 0 },
         EngineMessage::SnapshotLegs(vec![answered(1), answered(2)]),
         EngineMessage::SnapshotEnd,

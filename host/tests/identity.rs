@@ -14,7 +14,7 @@ use legsync::demo::harness::{RunningHost, synced, terminated};
 use legsync::events::HostEvent;
 use legsync::model::{CallLeg, Decision, LegState, TerminationReason};
 use legsync::policy::{Decider, PolicyChain};
-use legsync::protocol::{EngineEvent, EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION};
+use legsync::protocol::{EngineEvent, EngineMessage, FrameCodec, HostMessage};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::codec::FramedWrite;
@@ -67,12 +67,7 @@ async fn events_that_contradict_a_held_call_end_it_and_never_merge() {
     let (mut host, mut engine, config) = scripted(dir.path()).await;
     let first = leg(5, 5, 1_000, Some(2_000));
     for message in [
-        EngineMessage::Hello {
-            protocol: PROTOCOL_VERSION,
-            boot_id: 1,
-            engine: "scripted".into(),
-            epoch: 1,
-        },
+        common::engine_hello("scripted", 1),
         EngineMessage::SnapshotBegin { legs: 1, links: 0 },
         EngineMessage::SnapshotLegs(vec![first.clone()]),
         EngineMessage::SnapshotEnd,
@@ -187,12 +182,7 @@ async fn a_live_answer_refused_by_a_plugin_is_billed_then_dropped() {
         FrameCodec::<HostMessage, EngineMessage>::new(1 << 20),
     );
     for message in [
-        EngineMessage::Hello {
-            protocol: PROTOCOL_VERSION,
-            boot_id: 1,
-            engine: "scripted".into(),
-            epoch: 1,
-        },
+        common::engine_hello("scripted", 1),
         EngineMessage::SnapshotBegin { legs: 0, links: 0 },
         EngineMessage::SnapshotEnd,
         EngineMessage::Event(EngineEvent::LegAnswered(leg(7, 7, 5_000, Some(5_500)))),
@@ -245,12 +235,7 @@ async fn snapshot_anomalies_have_defined_outcomes_and_are_counted() {
     let answered = |id| leg(id, id, 1_000, Some(2_000));
     let link = |id, leg_a, leg_b| Link { id, leg_a, leg_b };
     for message in [
-        EngineMessage::Hello {
-            protocol: PROTOCOL_VERSION,
-            boot_id: 1,
-            engine: "scripted".into(),
-            epoch: 1,
-        },
+        common::engine_hello("scripted", 1),
         EngineMessage::SnapshotBegin { legs: 6, links: 5 },
         // Leg 2 twice, leg 3 three times.
         EngineMessage::SnapshotLegs(vec![answered(1), answered(2), answered(2), answered(3)]),

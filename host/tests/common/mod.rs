@@ -32,6 +32,17 @@ pub fn install(dir: &Path, stem: &str, crate_name: &str, rules: Option<&str>) {
     }
 }
 
+/// The hello of a scripted engine named `engine`: boot `boot`, which is
+/// also its controller epoch.
+pub fn engine_hello(engine: &str, boot: u64) -> legsync::protocol::EngineMessage {
+    legsync::protocol::EngineMessage::Hello {
+        protocol: legsync::protocol::PROTOCOL_VERSION,
+        boot_id: boot,
+        engine: engine.into(),
+        epoch: boot,
+    }
+}
+
 /// An answered SIP leg with the given id, NAP and called number.
 pub fn leg(id: u64, nap: &str, called: &str) -> CallLeg {
     CallLeg {
