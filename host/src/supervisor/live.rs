@@ -14,6 +14,7 @@ use crate::cdr::record::{StartReason, same_call};
 use crate::engine::{Connection, LinkError};
 use crate::events::HostEvent;
 use crate::model::{CallLeg, Decision, LegId, LegState, TerminationReason};
+use crate::policy::Verdict;
 use crate::protocol::{Command, CommandResult, EngineEvent, EngineMessage};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -274,35 +275,30 @@ impl Host {
         // The plugins hear of every ending before they decide again.
         self.settle_notices().await;
         let decider = self.policy.current();
-        if self.table_full() {
+        let verdict = if self.table_full() {
             // Refused like a plugin's refusal (it ran: START and END), by
             // the host's own bound, named in the event log.
-            let id = leg.id;
-            self.events.emit(HostEvent::CallLegSync {
-                leg: id,
+            Verdict {
                 decision: Decision::Refuse,
                 plugin: TABLE_FULL.into(),
                 failure: None,
-            });
-            self.end_legs(vec![leg], TerminationReason::RefusedByPolicy, &decider)
-                .await?;
-            connection.send(Command::DropLeg(id));
-            return Ok(());
-        }
-        let (legs, verdicts) = {
-            let decider = decider.clone();
-            tokio::task::spawn_blocking(move || {
-                let legs = vec![leg];
-                let verdicts = decider.decide_legs(&legs);
-                (legs, verdicts)
-            })
-            .await?
+            }
+        } else {
+            let (legs, verdicts) = {
+                let decider = decider.clone();
+                tokio::task::spawn_blocking(move || {
+                    let legs = vec![leg];
+                    let verdicts = decider.decide_legs(&legs);
+                    (legs, verdicts)
+                })
+                .await?
+            };
+            leg = legs.into_iter().next().expect("one leg in, one out");
+            verdicts
+                .into_iter()
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("the plugin chain gave no verdict"))?
         };
-        leg = legs.into_iter().next().expect("one leg in, one out");
-        let verdict = verdicts
-            .into_iter()
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("the plugin chain gave no verdict"))?;
         let event = HostEvent::CallLegSync {
             leg: leg.id,
             decision: verdict.decision,
