@@ -27,10 +27,9 @@ fn link_tls(
     engine: &str,
 ) -> anyhow::Result<Option<crate::engine::connection::LinkTls>> {
     let Some(tls) = &config.tls else {
-        let host = engine.rsplit_once(':').map_or(engine, |(host, _)| host);
+        let host = crate::config::engine_host(engine);
         let local = host == "localhost"
             || host
-                .trim_matches(['[', ']'])
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback());
         if local {

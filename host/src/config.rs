@@ -84,13 +84,17 @@ pub struct TlsConfig {
 impl TlsConfig {
     /// The name to check the engine's certificate against.
     pub fn server_name_for(&self, engine: &str) -> String {
-        self.server_name.clone().unwrap_or_else(|| {
-            let host = engine.rsplit_once(':').map_or(engine, |(host, _)| host);
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string()
-        })
+        self.server_name
+            .clone()
+            .unwrap_or_else(|| engine_host(engine).to_string())
     }
+}
+
+/// The host part of an engine address (`host:port`; an IPv6 literal
+/// without its brackets).
+pub fn engine_host(engine: &str) -> &str {
+    let host = engine.rsplit_once(':').map_or(engine, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// `[link]`: the engine connection.
