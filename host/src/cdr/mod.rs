@@ -329,7 +329,8 @@ impl CdrWriter {
 
     fn submit(&self, records: Vec<CdrRecord>, sync: bool) -> Pending {
         let count = records.len();
-        let last_record = records.iter().map(|r| r.record).max().unwrap_or(0);
+        // Numbered as they were made: the last is the highest.
+        let last_record = records.last().map_or(0, |r| r.record);
         let written = if records.is_empty() {
             None
         } else {
