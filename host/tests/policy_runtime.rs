@@ -547,8 +547,49 @@ fn a_corrupt_wasm_file_is_rejected_with_its_path() {
 fn a_plugin_for_another_contract_version_is_rejected_naming_both() {
     let dir = plugin_dir(&[("10-future", "fixture-future-contract", None)]);
     let err = load(dir.path(), "").unwrap_err().to_string();
+    assert!(err.contains("legsync:policy@0.4.0"), "{err}");
     assert!(err.contains("legsync:policy@0.3.0"), "{err}");
-    assert!(err.contains("legsync:policy@0.2.0"), "{err}");
+    // What to rebuild with, in every language with an SDK.
+    for tool in ["legsync-plugin-sdk", "componentize-py", "jco componentize"] {
+        assert!(err.contains(tool), "{tool} in: {err}");
+    }
+}
+
+/// Contract 0.2.0 sent the batch's text as a `string`; a plugin built for it
+/// keeps loading, gets the same bytes as a string, and logs through the
+/// 0.2.0 host import. A non-ASCII NAP before the refused leg proves the
+/// spans still point at the right bytes.
+#[test]
+fn a_plugin_built_for_contract_0_2_still_loads_and_decides() {
+    let dir = plugin_dir(&[("10-legacy", "fixture-contract-0-2", None)]);
+    let chain = load(dir.path(), "").unwrap();
+    let legs = [
+        leg(1, "ISDN_ŁÓDŹ", "5145551234"),
+        leg(2, "PREMIUM_ŻÓŁW", "19005551234"),
+        leg(3, "SIP_A", "5145551234"),
+        leg(4, "PREMIUM_A", "19005551234"),
+    ];
+    let verdicts = chain.decide_legs(&legs);
+    assert!(verdicts.iter().all(|v| v.failure.is_none()), "{verdicts:?}");
+    assert_eq!(
+        decided(&verdicts),
+        [
+            Decision::Rebuild,
+            Decision::Refuse,
+            Decision::Rebuild,
+            Decision::Refuse
+        ]
+    );
+    let links = [Link {
+        id: 9,
+        leg_a: 1,
+        leg_b: 3,
+    }];
+    assert_eq!(chain.decide_links(&links)[0].decision, Decision::Rebuild);
+    chain.notify_terminated(&legs[..1], TerminationReason::Released);
+    let plugin = &chain.plugins()[0];
+    assert_eq!(plugin.contract().version, "0.2.0");
+    assert_eq!(plugin.stats().failures, 0, "every export answered");
 }
 
 #[test]

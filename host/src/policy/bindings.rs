@@ -1,7 +1,10 @@
 //! The generated bindings for `wit/policy.wit`, kept private to the policy
 //! runtime, and the conversions between the host's model and the WIT types.
 
+use super::contract::Contract;
+use super::sandbox::PluginState;
 use crate::model;
+use wasmtime::component::{HasSelf, Linker};
 
 wasmtime::component::bindgen!({
     world: "policy-plugin",
@@ -10,6 +13,21 @@ wasmtime::component::bindgen!({
 
 pub use self::legsync::policy::host::Level;
 pub use self::legsync::policy::types as wit;
+
+/// Links the `host` interface for every contract version the host loads:
+/// the generated bindings link the current one; an older one is the same
+/// two functions under its own name (their types are the same).
+pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
+    use self::legsync::policy::host::Host;
+    PolicyPlugin::add_to_linker::<_, HasSelf<_>>(linker, |state| state)?;
+    let mut host = linker.instance(&Contract::V0_2.host_import())?;
+    host.func_wrap("log", |mut cx, (level, message): (Level, String)| {
+        Host::log(cx.data_mut(), level, message);
+        Ok(())
+    })?;
+    host.func_wrap("now-ms", |mut cx, (): ()| Ok((Host::now_ms(cx.data_mut()),)))?;
+    Ok(())
+}
 
 impl From<model::Direction> for wit::Direction {
     fn from(direction: model::Direction) -> Self {
@@ -68,7 +86,7 @@ impl From<model::TerminationReason> for wit::TerminationReason {
             model::TerminationReason::GraceExpired => wit::TerminationReason::GraceExpired,
             model::TerminationReason::RefusedByPolicy => wit::TerminationReason::RefusedByPolicy,
             model::TerminationReason::HostShutdown => wit::TerminationReason::HostShutdown,
-            // Contract 0.2.0 has no words for these: to a plugin, the engine
+            // The contract has no words for these: to a plugin, the engine
             // no longer has the call it knew.
             model::TerminationReason::Replaced | model::TerminationReason::HostLost => {
                 wit::TerminationReason::AbsentAfterResync

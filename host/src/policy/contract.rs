@@ -1,30 +1,76 @@
 //! Which version of the contract a component was built against.
 //!
 //! The exported interface's name carries the package version
-//! (`legsync:policy/policy@0.2.0`), so the version is read from the component
+//! (`legsync:policy/policy@0.3.0`), so the version is read from the component
 //! before anything is instantiated, and a mismatch is reported with both
 //! versions instead of a bare link error.
+//!
+//! The host speaks [`CONTRACT_VERSION`] and still loads plugins built for
+//! 0.2.0: the two differ only in the type of `leg-batch.text` (a `string` in
+//! 0.2.0, bytes in 0.3.0), so an old plugin gets the same batch lowered with
+//! the old type (`plugin`), and the old `host` import (`runtime`).
 
 use super::error::PolicyError;
 use wasmtime::component::Component;
 
-/// The contract version this host speaks.
-pub const CONTRACT_VERSION: &str = "0.2.0";
+/// The contract version this host speaks, and that the SDKs build for.
+pub const CONTRACT_VERSION: &str = "0.3.0";
 const EXPORT_PREFIX: &str = "legsync:policy/policy";
-/// The exported interface's full name for [`CONTRACT_VERSION`].
-pub const POLICY_EXPORT: &str = "legsync:policy/policy@0.2.0";
+const HOST_PREFIX: &str = "legsync:policy/host";
+
+/// The contract versions the host loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contract {
+    /// 0.2.0: the batch's text is a `string`.
+    V0_2,
+    /// 0.3.0 (current): the batch's text is `list<u8>`.
+    V0_3,
+}
+
+impl Contract {
+    /// Every version the host loads, newest first.
+    pub const ALL: [Contract; 2] = [Contract::V0_3, Contract::V0_2];
+
+    pub fn version(self) -> &'static str {
+        match self {
+            Contract::V0_2 => "0.2.0",
+            Contract::V0_3 => CONTRACT_VERSION,
+        }
+    }
+
+    /// The name of the interface a plugin of this version exports.
+    pub fn policy_export(self) -> String {
+        format!("{EXPORT_PREFIX}@{}", self.version())
+    }
+
+    /// The name of the host interface a plugin of this version imports.
+    pub fn host_import(self) -> String {
+        format!("{HOST_PREFIX}@{}", self.version())
+    }
+
+    fn parse(version: &str) -> Option<Contract> {
+        Contract::ALL.into_iter().find(|c| c.version() == version)
+    }
+}
 
 /// What a component declares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContractInfo {
     /// The contract version it was built against.
     pub version: String,
+    /// The same, as one the host loads.
+    pub contract: Contract,
     /// The names of everything it imports (WASI interfaces, the host log...).
     pub imports: Vec<String>,
 }
 
-/// Reads the contract version of `component` and rejects any other than
-/// [`CONTRACT_VERSION`].
+/// What the host loads, for error messages: "0.3.0 (and 0.2.0)".
+fn spoken() -> String {
+    format!("{CONTRACT_VERSION} (and 0.2.0)")
+}
+
+/// Reads the contract version of `component` and rejects any the host does
+/// not load.
 pub fn check(
     plugin: &str,
     component: &Component,
@@ -48,12 +94,18 @@ pub fn check(
         )
     });
     match found {
-        Some(version) if version == CONTRACT_VERSION => Ok(ContractInfo { version, imports }),
-        Some(version) => Err(PolicyError::IncompatibleContract {
-            plugin: plugin.to_string(),
-            found: version,
-            expected: CONTRACT_VERSION.to_string(),
-        }),
+        Some(version) => match Contract::parse(&version) {
+            Some(contract) => Ok(ContractInfo {
+                version,
+                contract,
+                imports,
+            }),
+            None => Err(PolicyError::IncompatibleContract {
+                plugin: plugin.to_string(),
+                found: version,
+                expected: spoken(),
+            }),
+        },
         None => Err(PolicyError::MissingExport {
             plugin: plugin.to_string(),
             expected: CONTRACT_VERSION.to_string(),
@@ -71,7 +123,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_export_name_carries_the_contract_version() {
-        assert_eq!(POLICY_EXPORT, format!("{EXPORT_PREFIX}@{CONTRACT_VERSION}"));
+    fn export_and_import_names_carry_the_contract_version() {
+        assert_eq!(
+            Contract::V0_3.policy_export(),
+            "legsync:policy/policy@0.3.0"
+        );
+        assert_eq!(Contract::V0_2.host_import(), "legsync:policy/host@0.2.0");
+        assert_eq!(Contract::parse(CONTRACT_VERSION), Some(Contract::V0_3));
+        assert_eq!(Contract::parse("0.2.0"), Some(Contract::V0_2));
+        assert_eq!(Contract::parse("0.1.0"), None);
+        assert_eq!(Contract::parse("0.4.0"), None);
     }
 }

@@ -17,7 +17,7 @@ pub enum PolicyError {
     #[error("{} is not a valid WebAssembly component: {reason}", path.display())]
     NotAComponent { path: PathBuf, reason: String },
     #[error(
-        "plugin {plugin} was built against legsync:policy@{found}, but this host speaks legsync:policy@{expected}; rebuild it with the SDK for {expected}"
+        "plugin {plugin} was built against legsync:policy@{found}, but this host loads legsync:policy@{expected}; rebuild it against this host's wit/policy.wit: Rust with legsync-plugin-sdk (plugins/sdk), Python with componentize-py and plugins/python/legsync_plugin.py, JavaScript with jco componentize and plugins/js/legsync.js (docs/plugin-guide.md)"
     )]
     IncompatibleContract {
         plugin: String,

@@ -2,8 +2,9 @@
 //! plugin's memory.
 //!
 //! This is the hottest path of a resync: a million legs cross into the
-//! plugin, then half a million links. A leg batch (`leg-batch`, contract
-//! 0.2.0) carries the text of all its legs in one string, so lowering it
+//! plugin, then half a million links. A leg batch (`leg-batch`, since
+//! contract 0.2.0) carries the text of all its legs in one buffer (bytes in
+//! 0.3.0, a string in 0.2.0: the same bytes either way), so lowering it
 //! costs two guest allocations per batch (the text and the list) instead of
 //! three per leg: each allocation is a call into the guest, and with one per
 //! string they were a third of the cost of deciding a leg.
@@ -54,12 +55,32 @@ pub struct PackedLeg {
     pub linked_to: Option<u64>,
 }
 
-/// A `leg-batch` as lowered: the text and the packed legs.
+/// A `leg-batch` as lowered: the text (UTF-8 bytes) and the packed legs.
 #[derive(ComponentType, Lower, Clone, Copy)]
 #[component(record)]
 pub struct LegBatchRef<'a> {
+    pub text: &'a [u8],
+    pub legs: &'a [PackedLeg],
+}
+
+/// A `leg-batch` of contract 0.2.0, whose text is a `string`: the same
+/// bytes, lowered as a string (a memory copy either way).
+#[derive(ComponentType, Lower, Clone, Copy)]
+#[component(record)]
+pub struct LegBatchV0_2<'a> {
     pub text: &'a str,
     pub legs: &'a [PackedLeg],
+}
+
+impl<'a> LegBatchRef<'a> {
+    /// The same batch for a plugin built for contract 0.2.0.
+    pub fn as_v0_2(self) -> LegBatchV0_2<'a> {
+        LegBatchV0_2 {
+            // Always whole: the text is built from `&str`s by `LegBatch`.
+            text: std::str::from_utf8(self.text).expect("a batch's text is UTF-8"),
+            legs: self.legs,
+        }
+    }
 }
 
 /// The legs of one plugin call, packed: their strings back to back in one
@@ -116,7 +137,7 @@ impl LegBatch {
     /// (their spans point into that text).
     pub fn with_legs<'a>(&'a self, legs: &'a [PackedLeg]) -> LegBatchRef<'a> {
         LegBatchRef {
-            text: &self.text,
+            text: self.text.as_bytes(),
             legs,
         }
     }

@@ -4,14 +4,14 @@
 //! with `instances = N` keeps up to N instances, so N batches (from the
 //! resync's overlapping decisions) are decided at once.
 
-use super::bindings::{PolicyPlugin, PolicyPluginPre, wit};
+use super::bindings::wit;
 use super::cache::{CacheOutcome, hex};
 use super::config::PluginSettings;
-use super::contract::{self, ContractInfo, POLICY_EXPORT};
+use super::contract::{self, Contract, ContractInfo};
 use super::error::{FailureKind, PluginFailure, PolicyError};
 use super::imports::{self, Grant};
 use super::limits::deadline_ticks;
-use super::lower::{LegBatchRef, LinkRecord};
+use super::lower::{LegBatchRef, LegBatchV0_2, LinkRecord};
 use super::quarantine::Health;
 use super::runtime::PolicyRuntime;
 use super::sandbox::PluginState;
@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use wasmtime::Store;
-use wasmtime::component::{ComponentType, Func, Lower};
+use wasmtime::component::{ComponentType, Func, InstancePre, Lower};
 
 /// A live instance: its store and its typed exports.
 struct Live {
@@ -29,16 +29,35 @@ struct Live {
     exports: Exports,
 }
 
-/// The instance's exports: the generated bindings, and the two sync exports
-/// as raw functions so batches are lowered by `lower` (no string copies, one
-/// pass over guest memory).
+/// The instance's exports, as raw functions typed at each call: the sync
+/// exports' batches are lowered by `lower` (no string copies, one pass over
+/// guest memory), and one set of Rust types serves every contract version
+/// the host loads (their types differ only in `leg-batch.text`).
 struct Exports {
-    bindings: PolicyPlugin,
+    init: Func,
     leg_sync: Func,
     link_sync: Func,
+    terminated: Func,
 }
 
 type Decisions = (Vec<wit::Decision>,);
+
+impl Exports {
+    /// Type-checks every export against the Rust types the host calls it
+    /// with, so a plugin whose signatures do not match fails at load, not at
+    /// its first call during a resync.
+    fn check_types(&self, store: &Store<PluginState>, contract: Contract) -> wasmtime::Result<()> {
+        self.init.typed::<(&str,), (Result<(), String>,)>(store)?;
+        match contract {
+            Contract::V0_3 => drop(self.leg_sync.typed::<(LegBatchRef<'_>,), Decisions>(store)?),
+            Contract::V0_2 => drop(self.leg_sync.typed::<(LegBatchV0_2<'_>,), Decisions>(store)?),
+        }
+        self.link_sync.typed::<(&[LinkRecord],), Decisions>(store)?;
+        self.terminated
+            .typed::<(&[wit::TerminatedLeg],), ()>(store)?;
+        Ok(())
+    }
+}
 
 /// Counters of one plugin, for metrics and tests.
 #[derive(Debug, Default)]
@@ -77,7 +96,7 @@ pub struct Plugin {
     cache: CacheOutcome,
     rules: String,
     settings: PluginSettings,
-    pre: PolicyPluginPre<PluginState>,
+    pre: InstancePre<PluginState>,
     runtime: PolicyRuntime,
     /// One slot per configured instance; the first is filled at load, the
     /// others when first needed.
@@ -164,7 +183,6 @@ impl Plugin {
             reason: format!("{e:#}"),
         };
         let pre = link(runtime, name, &component, &contract).map_err(instantiate_error)?;
-        let pre = PolicyPluginPre::new(pre).map_err(instantiate_error)?;
         let plugin = Plugin {
             name: name.into(),
             hash: hex(&Sha256::digest(wasm)),
@@ -246,13 +264,16 @@ impl Plugin {
     }
 
     /// `on-call-leg-sync` for one batch: one decision per leg, or a failure.
+    /// A plugin built for contract 0.2.0 gets the batch's text as a string.
     pub fn sync_legs(&self, batch: LegBatchRef<'_>) -> Result<Vec<Decision>, PluginFailure> {
-        self.decide(
-            "on-call-leg-sync",
-            |exports| &exports.leg_sync,
-            batch,
-            batch.legs.len(),
-        )
+        fn export(exports: &Exports) -> &Func {
+            &exports.leg_sync
+        }
+        let count = batch.legs.len();
+        match self.contract.contract {
+            Contract::V0_3 => self.decide("on-call-leg-sync", export, batch, count),
+            Contract::V0_2 => self.decide("on-call-leg-sync", export, batch.as_v0_2(), count),
+        }
     }
 
     /// `on-link-sync` for one batch.
@@ -268,10 +289,10 @@ impl Plugin {
     /// `on-call-leg-terminated` for one batch (notification only).
     pub fn notify_terminated(&self, legs: &[wit::TerminatedLeg]) -> Result<(), PluginFailure> {
         self.call_guest("on-call-leg-terminated", |exports, store| {
-            exports
-                .bindings
-                .legsync_policy_policy()
-                .call_on_call_leg_terminated(store, legs)
+            let func = exports
+                .terminated
+                .typed::<(&[wit::TerminatedLeg],), ()>(&*store)?;
+            func.call(store, (legs,))
         })
     }
 
@@ -433,10 +454,11 @@ impl Plugin {
             Ok(exports) => exports,
             Err(e) => return Err(to_failure(&store, e)),
         };
-        let bindings = &exports.bindings;
-        let init = bindings
-            .legsync_policy_policy()
-            .call_init(&mut store, &self.rules);
+        let init = exports
+            .init
+            .typed::<(&str,), (Result<(), String>,)>(&store)
+            .and_then(|init| init.call(&mut store, (&self.rules,)))
+            .map(|(result,)| result);
         store.data_mut().end_call();
         match init {
             Ok(Ok(())) => Ok(Live { store, exports }),
@@ -458,22 +480,25 @@ impl Plugin {
     }
 
     fn instantiate_exports(&self, store: &mut Store<PluginState>) -> wasmtime::Result<Exports> {
-        let instance = self.pre.instance_pre().instantiate(&mut *store)?;
-        let bindings = PolicyPlugin::new(&mut *store, &instance)?;
+        let instance = self.pre.instantiate(&mut *store)?;
+        let policy = self.contract.contract.policy_export();
         let interface = instance
-            .get_export_index(&mut *store, None, POLICY_EXPORT)
-            .ok_or_else(|| wasmtime::format_err!("no export {POLICY_EXPORT}"))?;
+            .get_export_index(&mut *store, None, &policy)
+            .ok_or_else(|| wasmtime::format_err!("no export {policy}"))?;
         let mut func = |name: &str| {
             instance
                 .get_export_index(&mut *store, Some(&interface), name)
                 .and_then(|index| instance.get_func(&mut *store, index))
                 .ok_or_else(|| wasmtime::format_err!("no export {name}"))
         };
-        Ok(Exports {
+        let exports = Exports {
+            init: func("init")?,
             leg_sync: func("on-call-leg-sync")?,
             link_sync: func("on-link-sync")?,
-            bindings,
-        })
+            terminated: func("on-call-leg-terminated")?,
+        };
+        exports.check_types(&*store, self.contract.contract)?;
+        Ok(exports)
     }
 
     /// A free instance slot, or (all busy) one to wait for.

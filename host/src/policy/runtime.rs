@@ -1,11 +1,10 @@
 //! The one wasmtime engine of the host, its linker and its compile cache.
 
-use super::bindings::PolicyPlugin;
 use super::cache::{CacheOutcome, CompileCache};
 use super::limits::EpochTicker;
 use super::sandbox::PluginState;
 use std::sync::Arc;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 
 /// Shared by every plugin of every set: compiled code is only compatible with
 /// the engine that compiled it, and one epoch thread serves all stores.
@@ -40,7 +39,7 @@ impl PolicyRuntime {
         // Components built by other toolchains import WASI even when they do
         // no I/O; link it, with a context that grants nothing (see sandbox).
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        PolicyPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+        super::bindings::add_to_linker(&mut linker)?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(PolicyRuntime {
             inner: Arc::new(Inner {

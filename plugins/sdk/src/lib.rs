@@ -42,7 +42,7 @@ pub use bindings::legsync::policy::types::{
 };
 
 /// The contract version this SDK builds plugins for.
-pub const CONTRACT_VERSION: &str = "0.2.0";
+pub const CONTRACT_VERSION: &str = "0.3.0";
 
 /// A call leg as the engine reports it. Its strings are borrowed from the
 /// batch the host sent (one buffer for the whole batch): copy what you keep
@@ -71,7 +71,8 @@ pub struct CallLeg<'a> {
 }
 
 impl<'a> CallLeg<'a> {
-    /// A leg of a `leg-batch`, its spans read from the batch's text.
+    /// A leg of a `leg-batch`, its spans read from the batch's text (see
+    /// [`__private::batch_text`]).
     fn packed(text: &'a str, leg: &wit::PackedLeg) -> Self {
         // The host always sends whole strings; a span that is not one
         // reads as empty rather than trapping the plugin.
@@ -188,11 +189,23 @@ pub mod __private {
 
     /// The views of a batch's legs, for `on_call_leg_sync_batch`.
     pub fn batch_legs(batch: &LegBatch) -> Vec<CallLeg<'_>> {
+        let text = batch_text(&batch.text);
         batch
             .legs
             .iter()
-            .map(|leg| CallLeg::packed(&batch.text, leg))
+            .map(|leg| CallLeg::packed(text, leg))
             .collect()
+    }
+
+    /// The batch's text (bytes since contract 0.3.0) as a `str`, checked
+    /// once for the whole batch. The host only sends UTF-8; should it not,
+    /// the text is cut at the first bad byte, so later spans read as empty
+    /// instead of trapping the plugin.
+    pub fn batch_text(bytes: &[u8]) -> &str {
+        match core::str::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => core::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or(""),
+        }
     }
 
     /// The view of a terminated leg.
