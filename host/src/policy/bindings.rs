@@ -25,7 +25,9 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
         Host::log(cx.data_mut(), level, message);
         Ok(())
     })?;
-    host.func_wrap("now-ms", |mut cx, (): ()| Ok((Host::now_ms(cx.data_mut()),)))?;
+    host.func_wrap("now-ms", |mut cx, (): ()| {
+        Ok((Host::now_ms(cx.data_mut()),))
+    })?;
     Ok(())
 }
 

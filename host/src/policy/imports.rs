@@ -7,6 +7,9 @@
 //! the plugin loads and fails only if it actually calls one. `plugin check`
 //! lists every import with what it gets.
 
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker, ResourceType};
+
 /// What the host gives an import.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grant {
@@ -55,6 +58,67 @@ pub fn classify(name: &str) -> Grant {
         "filesystem" => Grant::Denied("denied: no files (nothing is opened for plugins)"),
         _ => Grant::Wasi,
     }
+}
+
+/// A resource of an import linked as traps: nothing can create one, since
+/// every function that would traps.
+struct TrappedResource;
+
+/// Links every import of `component` that [`classify`] says traps: each
+/// function traps when called, each resource it introduces is a stub.
+///
+/// Not wasmtime's `define_unknown_imports_as_traps`: that one looks every
+/// import up by its exact name, so a component importing WASI 0.2.12 (which
+/// the linker serves as 0.2.6, by semver) had `wasi:io/poll@0.2.12` stubbed
+/// over, and the real clocks then did not match the stubbed `pollable`
+/// (componentize-js's default build failed to load). Here, only the trapped
+/// imports are touched, and the resources they merely use from granted
+/// imports (`pollable`, streams) are left to those.
+pub fn define_as_traps<T: 'static>(
+    linker: &mut Linker<T>,
+    component: &Component,
+    engine: &wasmtime::Engine,
+) -> wasmtime::Result<()> {
+    let ty = component.component_type();
+    let instances = |trapped: bool| {
+        ty.imports(engine)
+            .filter(move |(name, _)| (classify(name) == Grant::Trap) == trapped)
+            .filter_map(|(name, item)| match item.ty {
+                ComponentItem::ComponentInstance(instance) => Some((name, instance)),
+                _ => None,
+            })
+    };
+    let granted: Vec<ResourceType> = instances(false)
+        .flat_map(|(_, instance)| {
+            instance
+                .exports(engine)
+                .filter_map(|(_, item)| match item.ty {
+                    ComponentItem::Resource(resource) => Some(resource),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for (name, instance) in instances(true) {
+        let mut linked = linker.instance(name)?;
+        for (export, item) in instance.exports(engine) {
+            match item.ty {
+                ComponentItem::ComponentFunc(_) => {
+                    let what = format!("{name}#{export}");
+                    linked.func_new(export, move |_, _, _, _| {
+                        wasmtime::bail!("{what} is not granted to plugins by the legsync host")
+                    })?;
+                }
+                ComponentItem::Resource(resource) if !granted.contains(&resource) => {
+                    linked.resource(export, ResourceType::host::<TrappedResource>(), |_, _| {
+                        Ok(())
+                    })?;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

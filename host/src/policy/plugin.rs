@@ -49,8 +49,14 @@ impl Exports {
     fn check_types(&self, store: &Store<PluginState>, contract: Contract) -> wasmtime::Result<()> {
         self.init.typed::<(&str,), (Result<(), String>,)>(store)?;
         match contract {
-            Contract::V0_3 => drop(self.leg_sync.typed::<(LegBatchRef<'_>,), Decisions>(store)?),
-            Contract::V0_2 => drop(self.leg_sync.typed::<(LegBatchV0_2<'_>,), Decisions>(store)?),
+            Contract::V0_3 => drop(
+                self.leg_sync
+                    .typed::<(LegBatchRef<'_>,), Decisions>(store)?,
+            ),
+            Contract::V0_2 => drop(
+                self.leg_sync
+                    .typed::<(LegBatchV0_2<'_>,), Decisions>(store)?,
+            ),
         }
         self.link_sync.typed::<(&[LinkRecord],), Decisions>(store)?;
         self.terminated
@@ -146,7 +152,7 @@ fn link(
         "the plugin imports what the host does not grant: linked as traps (a call to one fails)"
     );
     let mut linker = runtime.linker().clone();
-    linker.define_unknown_imports_as_traps(component)?;
+    imports::define_as_traps(&mut linker, component, runtime.engine())?;
     linker.instantiate_pre(component)
 }
 

@@ -1,0 +1,131 @@
+// Write a legsync policy plugin in JavaScript (contract legsync:policy@0.3.0).
+//
+// Extend `Policy`, override what you decide (every method has a default that
+// rebuilds everything), and export the contract's interface as `policy`:
+//
+//     import { Policy, REBUILD, REFUSE, exportPolicy } from '../legsync.js';
+//
+//     class NoPremium extends Policy {
+//       onCallLegSync(leg) {
+//         return leg.called.startsWith('1900') ? REFUSE : REBUILD;
+//       }
+//     }
+//
+//     export const policy = exportPolicy(NoPremium);
+//
+// Build (docs/plugin-guide.md, "JavaScript"):
+//
+//     jco componentize app.js --wit wit --world-name policy-plugin \
+//         --disable http fetch-event --out my-policy.wasm
+//
+// The host sends legs in batches whose strings are spans of one byte buffer
+// (a Uint8Array); `legs(batch)` turns a batch into plain leg objects with
+// real strings, decoding each span from the bytes (slicing a decoded string
+// would count UTF-16 units, not bytes, and misread every leg after a
+// non-ASCII NAP). Ids and times are BigInts, as the contract's u64s are.
+
+import { log, nowMs as hostNowMs } from 'legsync:policy/host@0.3.0';
+
+/** The contract version this SDK builds plugins for. */
+export const CONTRACT_VERSION = '0.3.0';
+
+export const REBUILD = 'rebuild';
+export const REFUSE = 'refuse';
+
+const utf8 = new TextDecoder('utf-8');
+
+/** The legs of a batch, their strings read from the batch's bytes. */
+export function legs(batch) {
+  const text = batch.text;
+  const span = (s) => utf8.decode(text.subarray(s.start, s.start + s.len));
+  return batch.legs.map((leg) => ({
+    id: leg.id,
+    sessionId: leg.sessionId,
+    direction: leg.direction,
+    protocol: leg.protocol,
+    nap: span(leg.nap),
+    calling: span(leg.calling),
+    called: span(leg.called),
+    offeredAtMs: leg.offeredAtMs,
+    answeredAtMs: leg.answeredAtMs,
+    linkedTo: leg.linkedTo,
+  }));
+}
+
+/**
+ * The decisions of one plugin. One object lives per plugin instance, built
+ * from the rules text (the plugin's `NAME.rules` sidecar, or ''); throw in
+ * the constructor to reject the rules with that message.
+ */
+export class Policy {
+  constructor(_rules) {}
+
+  /** `OnCallLegSync` for one leg the host did not know. */
+  onCallLegSync(_leg) {
+    return REBUILD;
+  }
+
+  /** `OnLinkSync` for one link whose two legs were rebuilt. */
+  onLinkSync(_link) {
+    return REBUILD;
+  }
+
+  /** `OnCallLegTerminated` for one leg that ended (notification only). */
+  onCallLegTerminated(_leg, _reason) {}
+
+  /** A whole batch; one decision per leg, in order. */
+  onCallLegSyncBatch(legs) {
+    return legs.map((leg) => this.onCallLegSync(leg));
+  }
+
+  /** A whole batch of links; one decision per link, in order. */
+  onLinkSyncBatch(links) {
+    return links.map((link) => this.onLinkSync(link));
+  }
+}
+
+/** The contract's exports, implemented by an instance of `PolicyClass`:
+ * export it from your module as `policy`. */
+export function exportPolicy(PolicyClass) {
+  let current = null;
+  const policy = () => {
+    if (current === null) {
+      throw new Error('legsync: a policy export was called before init');
+    }
+    return current;
+  };
+  return {
+    init(config) {
+      try {
+        current = new PolicyClass(config);
+      } catch (e) {
+        // The contract's `result<_, string>`: the message is shown to the
+        // operator and the plugin is rejected.
+        throw e instanceof Error ? e.message : String(e);
+      }
+    },
+    onCallLegSync(batch) {
+      return policy().onCallLegSyncBatch(legs(batch));
+    },
+    onLinkSync(links) {
+      return policy().onLinkSyncBatch(links);
+    },
+    onCallLegTerminated(ended) {
+      const p = policy();
+      for (const { leg, reason } of ended) {
+        p.onCallLegTerminated(leg, reason);
+      }
+    },
+  };
+}
+
+/** One line to the host log, tagged with the plugin's name (capped per call). */
+export const trace = (message) => log('trace', message);
+export const debug = (message) => log('debug', message);
+export const info = (message) => log('info', message);
+export const warn = (message) => log('warn', message);
+export const error = (message) => log('error', message);
+
+/** The host's wall clock in Unix milliseconds, a BigInt (for call ages
+ * against `answeredAtMs`). */
+export const nowMs = () => hostNowMs();

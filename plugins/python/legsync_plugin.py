@@ -1,0 +1,145 @@
+"""Write a legsync policy plugin in Python (contract legsync:policy@0.3.0).
+
+Subclass `Policy`, override what you decide (every method has a default that
+rebuilds everything), and export it from your app module under the name
+componentize-py looks for:
+
+    import legsync_plugin as legsync
+
+    class NoPremium(legsync.Policy):
+        def on_call_leg_sync(self, leg):
+            return legsync.REFUSE if leg.called.startswith("1900") else legsync.REBUILD
+
+    Policy = legsync.export(NoPremium)
+
+Build (docs/plugin-guide.md, "Python"):
+
+    componentize-py -d wit -w policy-plugin componentize app \\
+        -p plugins/python -p . -o my-policy.wasm
+
+The host sends legs in batches whose strings are spans of one byte buffer;
+`legs(batch)` turns a batch into `CallLeg`s with real `str` fields, decoding
+each span from the bytes (slicing a decoded `str` would count characters, not
+bytes, and misread every leg after a non-ASCII NAP).
+"""
+
+from typing import Callable, List, Optional, Type
+
+from componentize_py_types import Err
+from wit_world import exports
+from wit_world.imports import host, types
+
+#: The contract version this SDK builds plugins for.
+CONTRACT_VERSION = "0.3.0"
+
+CallLeg = types.CallLeg
+Link = types.Link
+Decision = types.Decision
+Direction = types.Direction
+Protocol = types.Protocol
+TerminationReason = types.TerminationReason
+
+REBUILD = types.Decision.REBUILD
+REFUSE = types.Decision.REFUSE
+
+
+def legs(batch: types.LegBatch) -> List[CallLeg]:
+    """The legs of a batch, their strings read from the batch's bytes."""
+    text = batch.text
+
+    def span(s: types.TextSpan) -> str:
+        return text[s.start : s.start + s.len].decode("utf-8", errors="replace")
+
+    return [
+        CallLeg(
+            id=leg.id,
+            session_id=leg.session_id,
+            direction=leg.direction,
+            protocol=leg.protocol,
+            nap=span(leg.nap),
+            calling=span(leg.calling),
+            called=span(leg.called),
+            offered_at_ms=leg.offered_at_ms,
+            answered_at_ms=leg.answered_at_ms,
+            linked_to=leg.linked_to,
+        )
+        for leg in batch.legs
+    ]
+
+
+class Policy:
+    """The decisions of one plugin. One object lives per plugin instance,
+    built from the rules text (the plugin's `NAME.rules` sidecar, or "");
+    raise `ValueError` in `__init__` to reject the rules with that message."""
+
+    def __init__(self, rules: str) -> None:
+        pass
+
+    def on_call_leg_sync(self, leg: CallLeg) -> Decision:
+        """`OnCallLegSync` for one leg the host did not know."""
+        return REBUILD
+
+    def on_link_sync(self, link: Link) -> Decision:
+        """`OnLinkSync` for one link whose two legs were rebuilt."""
+        return REBUILD
+
+    def on_call_leg_terminated(self, leg: CallLeg, reason: TerminationReason) -> None:
+        """`OnCallLegTerminated` for one leg that ended (notification only)."""
+
+    def on_call_leg_sync_batch(self, legs: List[CallLeg]) -> List[Decision]:
+        """A whole batch; override only to share work across it. Must return
+        exactly one decision per leg, in order."""
+        return [self.on_call_leg_sync(leg) for leg in legs]
+
+    def on_link_sync_batch(self, links: List[Link]) -> List[Decision]:
+        """A whole batch of links; one decision per link, in order."""
+        return [self.on_link_sync(link) for link in links]
+
+
+def export(policy_class: Type[Policy]) -> type:
+    """The class to bind to the name `Policy` in your app module: it
+    implements the contract's exports with an instance of `policy_class`."""
+    state: List[Optional[Policy]] = [None]
+
+    def policy() -> Policy:
+        if state[0] is None:
+            raise RuntimeError("legsync: a policy export was called before init")
+        return state[0]
+
+    class Export(exports.Policy):
+        def init(self, config: str) -> None:
+            try:
+                state[0] = policy_class(config)
+            except ValueError as e:
+                raise Err(str(e))
+
+        def on_call_leg_sync(self, batch: types.LegBatch) -> List[Decision]:
+            return policy().on_call_leg_sync_batch(legs(batch))
+
+        def on_link_sync(self, links: List[Link]) -> List[Decision]:
+            return policy().on_link_sync_batch(links)
+
+        def on_call_leg_terminated(self, ended: List[types.TerminatedLeg]) -> None:
+            p = policy()
+            for t in ended:
+                p.on_call_leg_terminated(t.leg, t.reason)
+
+    return Export
+
+
+def _logger(level: host.Level) -> Callable[[str], None]:
+    return lambda message: host.log(level, message)
+
+
+#: One line to the host log, tagged with the plugin's name (capped per call).
+trace = _logger(host.Level.TRACE)
+debug = _logger(host.Level.DEBUG)
+info = _logger(host.Level.INFO)
+warn = _logger(host.Level.WARN)
+error = _logger(host.Level.ERROR)
+
+
+def now_ms() -> int:
+    """The host's wall clock in Unix milliseconds (for call ages against
+    `answered_at_ms`)."""
+    return host.now_ms()
