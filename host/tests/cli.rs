@@ -723,6 +723,33 @@ fn plugin_check_measures_a_batch_and_warns_about_a_slow_plugin() {
     );
 }
 
+/// A few legs time mostly the first call's warm-up: `eval` reports them but
+/// does not scale them up to a batch or a million legs, nor warn on them.
+#[test]
+fn plugin_eval_does_not_extrapolate_from_a_few_legs() {
+    let dir = tempfile::tempdir().unwrap();
+    common::install(
+        dir.path(),
+        "10-slow",
+        "fixture-slow-notify",
+        Some("slow_decisions"),
+    );
+    let legs = dir.path().join("legs.json");
+    std::fs::write(&legs, r#"[{"id": 1}, {"id": 2}, {"id": 3}]"#).unwrap();
+    let out = legsync(&[
+        "plugin",
+        "eval",
+        dir.path().join("10-slow.wasm").to_str().unwrap(),
+        "--legs",
+        legs.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("3 legs in 1 batch(es)"), "{stderr}");
+    assert!(stderr.contains("too few legs to extrapolate"), "{stderr}");
+    assert!(!stderr.contains("WARNING"), "{stderr}");
+}
+
 #[test]
 fn bench_loads_a_plugin_that_makes_socket_calls_in_init() {
     // Loaded on the runtime's threads, its blocking WASI call panicked the

@@ -382,13 +382,25 @@ impl std::fmt::Display for BatchTiming {
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         write!(
             f,
-            "on-call-leg-sync: {} legs in {} batch(es) of up to {}; slowest batch {:.1} ms against a deadline of {:.0} ms; {:.1} us per leg (a full batch: ~{:.1} ms; a million legs: ~{:.1} s)",
+            "on-call-leg-sync: {} legs in {} batch(es) of up to {}; slowest batch {:.1} ms against a deadline of {:.0} ms; {:.1} us per leg",
             self.legs,
             self.batches,
             self.batch_size,
             ms(self.slowest),
             ms(self.deadline),
             self.per_leg().as_secs_f64() * 1e6,
+        )?;
+        // A handful of legs is mostly the first call's warm-up: scaled up,
+        // it would warn about plugins that are fine.
+        if self.legs < crate::policy::plugin::PROBE_ITEMS {
+            return write!(
+                f,
+                " (too few legs to extrapolate; `plugin check` times a full batch)"
+            );
+        }
+        write!(
+            f,
+            " (a full batch: ~{:.1} ms; a million legs: ~{:.1} s)",
             ms(self.per_leg() * self.batch_size as u32),
             self.per_leg().as_secs_f64() * 1e6,
         )?;
