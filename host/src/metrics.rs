@@ -26,6 +26,7 @@ pub const UNKNOWN_LEG_EVENTS: &str = "legsync_unknown_leg_events_total";
 pub const DECISIONS: &str = "legsync_sync_decisions_total";
 pub const PLUGIN_FAILURES: &str = "legsync_plugin_failures_total";
 pub const QUARANTINES: &str = "legsync_plugin_quarantines_total";
+pub const PLUGIN_RECYCLES: &str = "legsync_plugin_recycles_total";
 pub const PLUGIN_CALL_SECONDS: &str = "legsync_plugin_call_duration_seconds";
 pub const RELOADS: &str = "legsync_reloads_total";
 pub const CDR_RECORDS: &str = "legsync_cdr_records_total";
@@ -101,6 +102,11 @@ pub const ALL: &[(&str, &str, &str)] = &[
         QUARANTINES,
         "counter",
         "times a plugin was quarantined for failing repeatedly",
+    ),
+    (
+        PLUGIN_RECYCLES,
+        "counter",
+        "plugin instances replaced by a fresh one after a call left them near their memory cap, by plugin",
     ),
     (
         PLUGIN_CALL_SECONDS,

@@ -39,6 +39,10 @@ fn plugin_check_reports_the_contract_and_imports() {
         stdout.contains("wasi:"),
         "WASI imports are listed: {stdout}"
     );
+    assert!(
+        stdout.contains("MB after a full batch, of a 64 MB cap"),
+        "memory against the cap: {stdout}"
+    );
 }
 
 #[test]

@@ -303,6 +303,32 @@ fn unbounded_memory_growth_hits_the_memory_cap() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// A plugin whose memory only grows (1 MiB a batch here; componentize-js's
+/// heap does the same) is replaced by a fresh instance once a call leaves it
+/// near its cap, so no batch ever fails on the cap and every decision is the
+/// plugin's own (with a failure, a 1900 number would have been rebuilt).
+#[test]
+fn a_plugin_whose_memory_only_grows_is_recycled_before_its_cap() {
+    let dir = plugin_dir(&[("50-leak", "fixture-memory-hog", Some("leak"))]);
+    let chain = load(dir.path(), "[defaults]\nmemory_mb = 16\n").unwrap();
+    for batch in 0..40 {
+        let legs = [
+            leg(batch * 2 + 1, "SIP_A", "19005550100"),
+            leg(batch * 2 + 2, "SIP_A", "5145550100"),
+        ];
+        let verdicts = chain.decide_legs(&legs);
+        assert!(
+            verdicts.iter().all(|v| v.failure.is_none()),
+            "batch {batch}: {verdicts:?}"
+        );
+        assert_eq!(decided(&verdicts), [Decision::Refuse, Decision::Rebuild]);
+    }
+    let stats = chain.plugins()[0].stats();
+    assert_eq!(stats.failures, 0);
+    assert!(stats.recycled >= 2, "{stats:?}");
+    assert!(stats.peak_memory_bytes <= 16 << 20, "{stats:?}");
+}
+
 #[test]
 fn a_panic_traps_and_the_next_call_gets_a_fresh_instance() {
     let dir = plugin_dir(&[("50-panic", "fixture-panic", Some("666"))]);

@@ -144,6 +144,15 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         println!("exercised: on-call-leg-sync, on-link-sync, on-call-leg-terminated: ok");
         let (_, timing) = timed_decisions(&chain, &sample_legs(chain.batch_size()));
         println!("measured: {timing}");
+        let plugin = &chain.plugins()[0];
+        let cap = plugin.settings().limits.memory_bytes;
+        let mb = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+        println!(
+            "memory: {:.1} MB after a full batch, of a {:.0} MB cap (memory_mb; an instance is replaced by a fresh one past {:.0} MB)",
+            mb(plugin.stats().peak_memory_bytes),
+            mb(cap as u64),
+            mb(cap as u64 / 4 * 3),
+        );
         let million = timing.per_leg() * 1_000_000;
         if million > DECISION_BUDGET {
             println!(

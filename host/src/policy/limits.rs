@@ -65,6 +65,9 @@ pub fn deadline_ticks(deadline: Duration) -> u64 {
 pub struct MemoryCap {
     cap: usize,
     pub exceeded: bool,
+    /// The size of the instance's largest memory, in bytes (linear memory
+    /// never shrinks).
+    pub largest: usize,
 }
 
 impl MemoryCap {
@@ -72,7 +75,15 @@ impl MemoryCap {
         MemoryCap {
             cap,
             exceeded: false,
+            largest: 0,
         }
+    }
+
+    /// Whether the instance has used most of its cap: a plugin whose heap
+    /// only grows (componentize-js) would otherwise fail a batch on the cap
+    /// sooner or later, and that batch would get the failure policy.
+    pub fn nearly_full(&self) -> bool {
+        self.largest > self.cap / 4 * 3
     }
 }
 
@@ -90,6 +101,7 @@ impl wasmtime::ResourceLimiter for MemoryCap {
                 self.cap
             );
         }
+        self.largest = self.largest.max(desired);
         Ok(true)
     }
 

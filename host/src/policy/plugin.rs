@@ -74,6 +74,9 @@ struct Counters {
     quarantined_skips: AtomicU64,
     dropped_log_lines: AtomicU64,
     dropped_output_bytes: AtomicU64,
+    recycled: AtomicU64,
+    /// The largest memory any instance reached, in bytes.
+    peak_memory: AtomicU64,
 }
 
 /// A snapshot of a plugin's counters.
@@ -91,6 +94,10 @@ pub struct PluginStats {
     pub dropped_log_lines: u64,
     /// stdout/stderr bytes over the per-call cap, dropped.
     pub dropped_output_bytes: u64,
+    /// Instances replaced after a call left them near their memory cap.
+    pub recycled: u64,
+    /// The largest memory any instance reached, in bytes.
+    pub peak_memory_bytes: u64,
 }
 
 /// A plugin ready to decide.
@@ -259,6 +266,8 @@ impl Plugin {
             quarantined_skips: c.quarantined_skips.load(Ordering::Relaxed),
             dropped_log_lines: c.dropped_log_lines.load(Ordering::Relaxed),
             dropped_output_bytes: c.dropped_output_bytes.load(Ordering::Relaxed),
+            recycled: c.recycled.load(Ordering::Relaxed),
+            peak_memory_bytes: c.peak_memory.load(Ordering::Relaxed),
         }
     }
 
@@ -404,9 +413,16 @@ impl Plugin {
         )
         .record(started.elapsed().as_secs_f64());
         self.count_dropped(instance.store.data_mut().end_call());
+        let memory = &instance.store.data().memory;
+        self.counters
+            .peak_memory
+            .fetch_max(memory.largest as u64, Ordering::Relaxed);
         match result {
             Ok(value) => {
                 self.lock_health(slot).record_success();
+                if memory.nearly_full() {
+                    self.recycle(&mut live);
+                }
                 Ok(value)
             }
             Err(error) => {
@@ -416,6 +432,16 @@ impl Plugin {
                 Err(self.failed(slot, failure))
             }
         }
+    }
+
+    /// Replaces an instance that a call left near its memory cap with a
+    /// fresh one (at the next call), before a batch fails on the cap.
+    fn recycle(&self, live: &mut Option<Live>) {
+        *live = None;
+        self.counters.recycled.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::PLUGIN_RECYCLES, "plugin" => self.name.as_str())
+            .increment(1);
+        tracing::debug!(plugin = %self.name, memory_mb = self.settings.limits.memory_bytes >> 20, "plugin instance near its memory cap; replaced by a fresh one");
     }
 
     fn failed(&self, slot: usize, failure: PluginFailure) -> PluginFailure {
