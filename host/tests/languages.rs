@@ -65,7 +65,10 @@ impl Build {
     /// The command that builds the example, as docs/plugin-guide.md gives it.
     fn command(self, out: &Path) -> Command {
         let mut command = Command::new(self.tool());
-        command.current_dir(repo());
+        // componentize-py would leave __pycache__ next to the sources.
+        command
+            .current_dir(repo())
+            .env("PYTHONDONTWRITEBYTECODE", "1");
         match self {
             Build::Python => {
                 command.args([
