@@ -108,6 +108,16 @@ pub enum Decision {
     Refuse,
 }
 
+impl Decision {
+    /// The decision as the event log spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Rebuild => "rebuild",
+            Decision::Refuse => "refuse",
+        }
+    }
+}
+
 /// Why a leg ended in the host (`OnCallLegTerminated`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
