@@ -132,3 +132,56 @@ fn a_closed_stdout_ends_a_tool_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_ne!(output.status.code(), Some(101), "{stderr}");
 }
+
+/// The first `count` log lines of `legsync run --config CONFIG` against an
+/// engine nobody listens on.
+fn first_lines_of_run(config: &std::path::Path, count: usize) -> Vec<String> {
+    let mut host = legsync()
+        .args(["--log-format", "json", "run", "--admin", "off", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(host.stderr.take().unwrap())
+        .lines()
+        .take(count)
+        .map(Result::unwrap)
+        .collect();
+    terminate(&mut host);
+    lines
+}
+
+/// The host watches its config's directory: a ledger or event log in it
+/// would wake the watcher at every write. `legsync init` keeps them apart;
+/// a config that puts them together gets a warning naming the file.
+#[test]
+fn a_ledger_beside_the_watched_config_is_warned_about() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let engine = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let status = legsync()
+        .args(["init", dir.path().to_str().unwrap(), "--engine", &engine])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let config = dir.path().join("legsync.toml");
+    let warned = |lines: &[String]| lines.iter().any(|l| l.contains("watched for config"));
+    let lines = first_lines_of_run(&config, 6);
+    assert!(!warned(&lines), "{lines:#?}");
+
+    let beside = dir.path().join("beside.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("/data/cdr.jsonl", "/cdr.jsonl");
+    std::fs::write(&beside, text).unwrap();
+    let lines = first_lines_of_run(&beside, 6);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("watched for config") && l.contains("cdr.jsonl")),
+        "{lines:#?}"
+    );
+}

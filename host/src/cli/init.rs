@@ -46,6 +46,9 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
         taken.join(", ")
     );
     std::fs::create_dir_all(&plugins)?;
+    // The ledger and the event log apart from the config: the host watches
+    // the config's directory, and would wake at each of their writes.
+    std::fs::create_dir_all(dir.join("data"))?;
     for (path, bytes) in &files {
         std::fs::write(path, bytes)?;
         println!("wrote {}", path.display());
@@ -68,8 +71,8 @@ fn starter_config(dir: &Path, engine: &str) -> String {
          \n\
          [policy]\n\
          plugin_dir = \"{}\"\n",
-        dir.join("cdr.jsonl").display(),
-        dir.join("events.jsonl").display(),
+        dir.join("data").join("cdr.jsonl").display(),
+        dir.join("data").join("events.jsonl").display(),
         dir.join("plugins.d").display(),
     )
 }

@@ -396,7 +396,7 @@ impl Demo {
         if let Some(host) = self.host.take() {
             host.stop().await?;
         }
-        let config = self.dir.join("legsync.toml");
+        let config = self.config_dir()?.join("legsync.toml");
         std::fs::write(&config, self.config_toml())?;
         let exe = std::env::current_exe()?;
         let events = self.config.events.clone().context("the demo logs events")?;
@@ -473,13 +473,13 @@ impl Demo {
         step("the same plugins and its own ledger. The engine accepts one controller; the");
         step("other gets Busy and stands by, asking again every 100 ms.");
         let exe = std::env::current_exe()?;
-        let pri_config = self.dir.join("legsync.toml");
+        let pri_config = self.config_dir()?.join("legsync.toml");
         std::fs::write(&pri_config, self.config_toml())?;
         let mut alt = self.config.clone();
         alt.name = "alt".into();
         alt.cdr = self.dir.join("cdr-alt.jsonl");
         alt.events = Some(self.dir.join("events-alt.jsonl"));
-        let alt_config = self.dir.join("legsync-alt.toml");
+        let alt_config = self.config_dir()?.join("legsync-alt.toml");
         std::fs::write(&alt_config, config_toml(&alt, self.sim.listen))?;
         let pri_events = self.config.events.clone().context("the demo logs events")?;
         let alt_events = alt.events.clone().context("set above")?;
@@ -543,6 +543,15 @@ impl Demo {
             calls.iter().all(|c| rows(c.leg) == 1),
         );
         Ok(())
+    }
+
+    /// Where the config files of `legsync run` go: apart from the ledgers
+    /// and event logs, as `legsync init` lays them out (the host watches its
+    /// config's directory).
+    fn config_dir(&self) -> anyhow::Result<PathBuf> {
+        let dir = self.dir.join("etc");
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
     }
 
     /// The demo's host config as a file, for `legsync run`.

@@ -260,6 +260,14 @@ impl Reloader {
     ) -> anyhow::Result<notify::RecommendedWatcher> {
         let plugin_dir = self.source.plugin_dir();
         let config_file = self.source.config_file.clone();
+        if let Some(config) = &self.source.started {
+            let watched: Vec<&Path> = plugin_dir
+                .as_deref()
+                .into_iter()
+                .chain(config_file.as_deref().and_then(Path::parent))
+                .collect();
+            warn_busy_files_in(&watched, config);
+        }
         let filter_dir = plugin_dir.clone();
         let filter_config = config_file.clone();
         let mut watcher =
@@ -293,6 +301,29 @@ impl Reloader {
                 .with_context(|| format!("cannot watch {}", parent.display()))?;
         }
         Ok(watcher)
+    }
+}
+
+/// Warns when the ledger or the event log lives in a directory the watcher
+/// watches: every write to them wakes the watcher (inotify reports each
+/// one), a million times in a resync. `legsync init` keeps them apart.
+fn warn_busy_files_in(watched: &[&Path], config: &HostConfig) {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let watched: Vec<PathBuf> = watched.iter().map(|dir| absolute(dir)).collect();
+    let files = [
+        ("ledger", Some(&config.cdr)),
+        ("event log", config.events.as_ref()),
+    ];
+    for (what, file) in files {
+        let Some(file) = file else { continue };
+        let file = absolute(file);
+        if let Some(dir) = file.parent().filter(|dir| watched.iter().any(|w| w == dir)) {
+            tracing::warn!(
+                file = %file.display(),
+                dir = %dir.display(),
+                "the {what} is in a directory watched for config and plugin changes: each of its writes wakes the watcher; move it to a directory of its own"
+            );
+        }
     }
 }
 
