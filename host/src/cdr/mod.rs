@@ -14,6 +14,7 @@
 //!   so no crash, at any moment, loses a call.
 
 pub mod bill;
+mod dense;
 pub mod index;
 pub mod record;
 pub mod rotate;
