@@ -6,8 +6,8 @@
 //! call on a reused id only starts once the host has ended the old one (the
 //! supervisor's identity rule), so an entry never hides an open call.
 
-use super::record::{CallKey, CdrRecord, RecordKind, StartReason};
 use super::dense::DenseMap;
+use super::record::{CallKey, CdrRecord, RecordKind, StartReason};
 use crate::model::{CallLeg, LegId, TerminationReason};
 use compact_str::CompactString;
 

@@ -330,10 +330,10 @@ struct EvalSides {
 }
 
 impl crate::resync::LinkSides for EvalSides {
-    fn side(&self, leg: u64) -> Option<bool> {
+    fn side(&self, leg: u64) -> Option<(bool, u32)> {
         self.rebuilt
             .contains(&leg)
-            .then(|| self.claimed.contains(&leg))
+            .then(|| (self.claimed.contains(&leg), 0))
     }
     fn claim(&mut self, leg: u64) {
         self.claimed.insert(leg);

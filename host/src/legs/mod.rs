@@ -165,6 +165,29 @@ impl LegTable {
         let (Some(a), Some(b)) = (self.slot(link.leg_a), self.slot(link.leg_b)) else {
             return false;
         };
+        self.link_slots(link, a, b);
+        true
+    }
+
+    /// [`LegTable::insert_link`] with where its legs were found when the
+    /// link was planned ([`LegTable::link_side`]): a resync's links skip two
+    /// look-ups in the id index, each a cache miss in a table of millions.
+    /// A hint that no longer holds the leg is looked up again.
+    pub fn insert_link_at(&mut self, link: Link, hint: [u32; 2]) -> bool {
+        let at = |table: &Self, id: LegId, hint: u32| match table.slots.get(hint as usize) {
+            Some(entry) if entry.leg.id == id => Some(hint as usize),
+            _ => table.slot(id),
+        };
+        let (Some(a), Some(b)) = (at(self, link.leg_a, hint[0]), at(self, link.leg_b, hint[1]))
+        else {
+            return false;
+        };
+        self.link_slots(link, a, b);
+        true
+    }
+
+    /// Links the legs in slots `a` and `b`.
+    fn link_slots(&mut self, link: Link, a: usize, b: usize) {
         for slot in [a, b] {
             if let Some(previous) = self.slots[slot].link
                 && previous != link.id
@@ -178,7 +201,6 @@ impl LegTable {
             entry.link = Some(link.id);
         }
         self.links.insert(link.id, (link, self.generation));
-        true
     }
 
     pub fn remove_link(&mut self, id: LinkId) -> Option<Link> {
@@ -228,10 +250,13 @@ impl LegTable {
 
     /// For the link plan: `None` if the host does not hold `id`; else
     /// whether the leg is taken: linked already, or claimed by an earlier
-    /// link of the current resync's plan. One look-up serves both.
-    pub fn link_side(&self, id: LegId) -> Option<bool> {
-        let entry = self.get(id)?;
-        Some(entry.leg.linked_to.is_some() || entry.claimed == self.generation)
+    /// link of the current resync's plan, and its slot (the hint for
+    /// [`LegTable::insert_link_at`]). One look-up serves all three.
+    pub fn link_side(&self, id: LegId) -> Option<(bool, u32)> {
+        let slot = self.slot(id)?;
+        let entry = &self.slots[slot];
+        let taken = entry.leg.linked_to.is_some() || entry.claimed == self.generation;
+        Some((taken, slot as u32))
     }
 
     /// Marks a held leg as given a link by the current resync's plan.
@@ -324,6 +349,36 @@ mod tests {
         other_call.session_id += 100;
         assert_eq!(table.mark_seen(&other_call), Sighting::Replaced(leg(2)));
         assert!(table.get(2).is_none(), "the old call is out of the table");
+    }
+
+    /// A slot hint that went stale (a removal moved the leg) is looked up
+    /// again: the link joins the right legs.
+    #[test]
+    fn a_link_inserted_at_stale_slots_joins_the_right_legs() {
+        let mut table = LegTable::new();
+        for id in 1..=4 {
+            table.insert(leg(id), "live".into());
+        }
+        let (_, at_3) = table.link_side(3).unwrap();
+        let (_, at_4) = table.link_side(4).unwrap();
+        table.remove(1); // the last leg (4) moves into slot 0
+        let link = Link {
+            id: 7,
+            leg_a: 3,
+            leg_b: 4,
+        };
+        assert!(table.insert_link_at(link, [at_3, at_4]));
+        assert_eq!(table.get(3).unwrap().leg.linked_to, Some(4));
+        assert_eq!(table.get(4).unwrap().leg.linked_to, Some(3));
+        assert_eq!(table.get(2).unwrap().leg.linked_to, None);
+        assert!(!table.insert_link_at(
+            Link {
+                id: 8,
+                leg_a: 1,
+                leg_b: 2
+            },
+            [0, 1]
+        ));
     }
 
     #[test]

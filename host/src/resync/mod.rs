@@ -58,6 +58,9 @@ impl Anomalies {
 pub struct LinkPlan {
     /// Unknown links whose two legs the host now has: offered to `OnLinkSync`.
     pub offer: Vec<Link>,
+    /// Where each offered link's legs were found ([`LinkSides::side`]), for
+    /// [`LegTable::insert_link_at`].
+    pub offer_at: Vec<[u32; 2]>,
     /// Unknown links with a refused leg: dropped at the engine.
     pub drop: Vec<Link>,
     /// Links the host knew that the engine no longer has.
@@ -157,14 +160,16 @@ impl SnapshotDiff {
 /// one. The host's table answers with one look-up per leg (claims are
 /// marks in its entries); `legsync plugin eval` answers from sets.
 pub trait LinkSides {
-    /// `None` if the leg is not held; else whether it is taken.
-    fn side(&self, leg: LegId) -> Option<bool>;
+    /// `None` if the leg is not held; else whether it is taken, and where
+    /// it is (a hint for inserting the link; any number will do where there
+    /// is no table).
+    fn side(&self, leg: LegId) -> Option<(bool, u32)>;
     /// Marks a held leg as given a link by this plan.
     fn claim(&mut self, leg: LegId);
 }
 
 impl LinkSides for LegTable {
-    fn side(&self, leg: LegId) -> Option<bool> {
+    fn side(&self, leg: LegId) -> Option<(bool, u32)> {
         self.link_side(leg)
     }
     fn claim(&mut self, leg: LegId) {
@@ -192,15 +197,18 @@ pub fn sort_links(
             continue;
         }
         let (a, b) = (sides.side(link.leg_a), sides.side(link.leg_b));
-        let taken = |side: Option<bool>, leg| side.unwrap_or_else(|| claimed.contains(&leg));
+        let taken = |side: Option<(bool, u32)>, leg| {
+            side.map_or_else(|| claimed.contains(&leg), |(taken, _)| taken)
+        };
         if taken(a, link.leg_a) || taken(b, link.leg_b) {
             plan.doubly_linked.push(link);
             continue;
         }
         if refused.contains(&link.leg_a) || refused.contains(&link.leg_b) {
             plan.drop.push(link);
-        } else if a.is_some() && b.is_some() {
+        } else if let (Some((_, at_a)), Some((_, at_b))) = (a, b) {
             plan.offer.push(link);
+            plan.offer_at.push([at_a, at_b]);
         } else {
             plan.ignored.push(link);
             continue;

@@ -159,7 +159,7 @@ impl Host {
         for id in &refused_ids {
             run.pending.insert(connection.send(Command::DropLeg(*id)));
         }
-        self.decide_links(connection, &decider, plan.offer, &mut run)
+        self.decide_links(connection, &decider, plan.offer, plan.offer_at, &mut run)
             .await?;
         run.summary.phases.link_decisions = micros(phase);
 
@@ -411,16 +411,17 @@ impl Host {
         connection: &mut Connection,
         decider: &Decider,
         offer: Vec<Link>,
+        offer_at: Vec<[u32; 2]>,
         run: &mut Run,
     ) -> Result<(), ResyncError> {
         let (offer, verdicts) =
             decide_blocking(decider, offer, |d, links| d.decide_links(links)).await?;
         let wanted = self.events.wants_items();
         let mut events = Vec::with_capacity(if wanted { offer.len() } else { 0 });
-        for (link, verdict) in offer.into_iter().zip(verdicts) {
+        for ((link, verdict), at) in offer.into_iter().zip(verdicts).zip(offer_at) {
             match verdict.decision {
                 Decision::Rebuild => {
-                    self.table.insert_link(link);
+                    self.table.insert_link_at(link, at);
                     run.summary.links_rebuilt += 1;
                 }
                 Decision::Refuse => {
