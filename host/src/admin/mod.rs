@@ -416,7 +416,7 @@ async fn reopen(admin: &Admin) -> Reply {
 /// rotation: `POST /reopen`, `legsync reopen`, SIGUSR1.
 pub async fn reopen_files(cdr: &crate::cdr::CdrWriter, events: &Events) -> anyhow::Result<()> {
     cdr.reopen().durable().await?;
-    events.reopen()?;
+    events.reopen().await?;
     tracing::info!("files reopened after a rotation");
     Ok(())
 }

@@ -38,6 +38,9 @@ pub struct Phases {
     pub link_decisions: f64,
     pub absent_and_cdr_end: f64,
     pub drop_acks: f64,
+    /// The adopted calls' STARTs durable, their events written.
+    #[serde(default)]
+    pub durable_and_events: f64,
 }
 
 impl ResyncPhases {
@@ -49,6 +52,7 @@ impl ResyncPhases {
             + self.link_decisions
             + self.absent
             + self.drop_acks
+            + self.durable_and_events
     }
 }
 
@@ -113,6 +117,7 @@ impl BenchReport {
                 link_decisions: secs(p.link_decisions),
                 absent_and_cdr_end: secs(p.absent),
                 drop_acks: secs(p.drop_acks),
+                durable_and_events: secs(p.durable_and_events),
             },
             known: s.known,
             rebuilt: s.rebuilt,
@@ -145,6 +150,7 @@ impl fmt::Display for BenchReport {
             ("link decisions (OnLinkSync)", p.link_decisions),
             ("absent legs, CDR END", p.absent_and_cdr_end),
             ("drop acknowledgements", p.drop_acks),
+            ("STARTs durable, their events", p.durable_and_events),
         ] {
             writeln!(f, "  {name:<30} {value:>8.3} s")?;
         }

@@ -190,7 +190,16 @@ impl Host {
 
     /// Runs until `shutdown` is cancelled. Returns an error only for what the
     /// host cannot go on without (the CDR file failing).
-    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let events = self.events.clone();
+        let result = self.serve(shutdown).await;
+        // The event log is written by its own thread: everything the host
+        // emitted (its shutdown's endings too) is in the file when it stops.
+        events.flush().await;
+        result
+    }
+
+    async fn serve(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut backoff = Backoff::new(self.options.backoff_base, self.options.backoff_max);
         let mut retry_at = Instant::now();
         loop {

@@ -118,7 +118,9 @@ impl Host {
         // Decisions overlap the snapshot: count only the time spent waiting.
         phases.snapshot = micros(started).saturating_sub(run.waited + phases.adopt);
         run.summary.known = diff.known;
+        let phase = Instant::now();
         run.report(self).await?;
+        run.summary.phases.durable_and_events = micros(phase);
 
         // Refused legs: their END first (an answered call that was refused
         // still ran and is billed), then their links are dropped, then the

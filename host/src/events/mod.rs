@@ -7,9 +7,11 @@
 use crate::json_line::JsonLine;
 use crate::model::{Decision, LegId, LinkId, PluginName, TerminationReason};
 use crate::policy::FailureKind;
+mod log;
+
 use anyhow::Context;
+use log::EventLog;
 use serde::Serialize;
-use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
@@ -167,6 +169,10 @@ pub struct ResyncPhases {
     pub absent: u64,
     /// Waiting for the engine to acknowledge the drops.
     pub drop_acks: u64,
+    /// Waiting for the adopted calls' STARTs to be durable, and writing
+    /// their `call-leg-sync` events (which wait for those STARTs).
+    #[serde(default)]
+    pub durable_and_events: u64,
 }
 
 /// What a reload attempt did.
@@ -286,22 +292,6 @@ struct Line<'a> {
     event: &'a HostEvent,
 }
 
-/// Writes one event's line to `file`, through `buffer` (reused).
-fn write_line(
-    file: &mut impl Write,
-    buffer: &mut Vec<u8>,
-    time_ms: u64,
-    event: &HostEvent,
-) -> std::io::Result<()> {
-    buffer.clear();
-    if !event.write_item_line(time_ms, buffer) {
-        buffer.clear();
-        serde_json::to_writer(&mut *buffer, &Line { time_ms, event })?;
-        buffer.push(b'\n');
-    }
-    file.write_all(buffer)
-}
-
 /// Where events go.
 #[derive(Clone)]
 pub struct Events {
@@ -309,9 +299,8 @@ pub struct Events {
     /// Only state changes, resync summaries and reloads: a subscriber that
     /// cannot keep up with a million per-leg events still sees these.
     summaries: broadcast::Sender<HostEvent>,
-    file: Option<Arc<Mutex<std::io::BufWriter<std::fs::File>>>>,
-    /// The event log's path, for [`Events::reopen`].
-    path: Option<Arc<std::path::PathBuf>>,
+    /// The event log's thread, with `--events FILE`.
+    log: Option<EventLog>,
     /// How writing the event log goes.
     audit: Arc<Audit>,
 }
@@ -329,13 +318,40 @@ struct Audit {
     failed: tokio_util::sync::CancellationToken,
 }
 
+impl Audit {
+    /// Counts a failed write of the event log at `path`; logs it (at most
+    /// once per [`AUDIT_LOG_EVERY`]); stops the host if the log is required.
+    fn error(&self, path: &Path, error: &std::io::Error) {
+        use std::sync::atomic::Ordering;
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.last_error_ms
+            .store(crate::model::now_ms(), Ordering::Relaxed);
+        metrics::counter!(crate::metrics::EVENT_LOG_ERRORS).increment(1);
+        if self.required.load(Ordering::Relaxed) {
+            self.failed.cancel();
+        }
+        let mut unlogged = self.unlogged.lock().unwrap_or_else(|e| e.into_inner());
+        unlogged.0 += 1;
+        if unlogged.1.is_none_or(|at| at.elapsed() >= AUDIT_LOG_EVERY) {
+            tracing::error!(
+                error = %error,
+                failed_writes = unlogged.0,
+                file = %path.display(),
+                "cannot write the event log: the audit trail is incomplete (one line per {} s)",
+                AUDIT_LOG_EVERY.as_secs()
+            );
+            *unlogged = (0, Some(std::time::Instant::now()));
+        }
+    }
+}
+
 /// At most one log line about event-log failures this often.
 pub const AUDIT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl std::fmt::Debug for Events {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Events")
-            .field("file", &self.file.is_some())
+            .field("file", &self.log.is_some())
             .finish()
     }
 }
@@ -348,8 +364,7 @@ impl Events {
         Events {
             subscribers,
             summaries,
-            file: None,
-            path: None,
+            log: None,
             audit: Arc::default(),
         }
     }
@@ -377,68 +392,33 @@ impl Events {
         )
     }
 
-    fn audit_error(&self, error: &std::io::Error) {
-        use std::sync::atomic::Ordering;
-        self.audit.errors.fetch_add(1, Ordering::Relaxed);
-        self.audit
-            .last_error_ms
-            .store(crate::model::now_ms(), Ordering::Relaxed);
-        metrics::counter!(crate::metrics::EVENT_LOG_ERRORS).increment(1);
-        if self.audit.required.load(Ordering::Relaxed) {
-            self.audit.failed.cancel();
-        }
-        let mut unlogged = self
-            .audit
-            .unlogged
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        unlogged.0 += 1;
-        if unlogged.1.is_none_or(|at| at.elapsed() >= AUDIT_LOG_EVERY) {
-            let path = self
-                .path
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            tracing::error!(
-                error = %error,
-                failed_writes = unlogged.0,
-                file = path,
-                "cannot write the event log: the audit trail is incomplete (one line per {} s)",
-                AUDIT_LOG_EVERY.as_secs()
-            );
-            *unlogged = (0, Some(std::time::Instant::now()));
-        }
-    }
-
-    /// Events also appended to `path`.
+    /// Events also appended to `path`, by the event log's thread
+    /// ([`log`]): subscribers get each batch once it is in the file.
     pub fn with_file(path: &Path) -> anyhow::Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open the event log {}", path.display()))?;
+        let events = Self::new();
+        let log = EventLog::open(path, events.audit.clone(), events.subscribers.clone())?;
         Ok(Events {
-            file: Some(Arc::new(Mutex::new(std::io::BufWriter::new(file)))),
-            path: Some(Arc::new(path.to_path_buf())),
-            ..Self::new()
+            log: Some(log),
+            ..events
         })
     }
 
-    /// After the event log was moved away (logrotate): flushes the old file
-    /// and goes on in a new one at the same path. Nothing without a file.
-    pub fn reopen(&self) -> anyhow::Result<()> {
-        let (Some(file), Some(path)) = (&self.file, &self.path) else {
-            return Ok(());
-        };
-        let fresh = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path.as_path())
-            .with_context(|| format!("cannot reopen the event log {}", path.display()))?;
-        let mut writer = file.lock().unwrap_or_else(|e| e.into_inner());
-        writer.flush()?;
-        *writer = std::io::BufWriter::new(fresh);
-        Ok(())
+    /// After the event log was moved away (logrotate): writes what is
+    /// queued to the old file and goes on in a new one at the same path.
+    /// Nothing without a file.
+    pub async fn reopen(&self) -> anyhow::Result<()> {
+        match &self.log {
+            Some(log) => Ok(log.reopen().await.context("cannot reopen the event log")?),
+            None => Ok(()),
+        }
+    }
+
+    /// Returns once every event emitted so far is in the file (at once
+    /// without one). The host calls it when it stops.
+    pub async fn flush(&self) {
+        if let Some(log) = &self.log {
+            log.flush().await;
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<HostEvent> {
@@ -453,43 +433,40 @@ impl Events {
     /// Whether anyone takes per-leg events (a file or a full subscriber);
     /// when not, callers skip building them (a million per resync).
     pub fn wants_items(&self) -> bool {
-        self.file.is_some() || self.subscribers.receiver_count() > 0
+        self.log.is_some() || self.subscribers.receiver_count() > 0
     }
 
     pub fn emit(&self, event: HostEvent) {
         self.emit_all(std::iter::once(event));
     }
 
-    /// Emits a batch: one flush of the file for the whole batch.
+    /// Emits a batch: summaries at once; with a file, one write and flush
+    /// for the whole batch on the log's thread, which then passes it on to
+    /// full subscribers.
     pub fn emit_all(&self, events: impl IntoIterator<Item = HostEvent>) {
+        let time_ms = crate::model::now_ms();
         let listening = self.subscribers.receiver_count() > 0;
         let summarizing = self.summaries.receiver_count() > 0;
-        if self.file.is_none() && !listening && !summarizing {
+        if let Some(log) = &self.log {
+            let events: Vec<HostEvent> = events.into_iter().collect();
+            if summarizing {
+                for event in events.iter().filter(|e| !e.is_per_item()) {
+                    let _ = self.summaries.send(event.clone());
+                }
+            }
+            log.write(time_ms, events);
+            return;
+        }
+        if !listening && !summarizing {
             return; // nobody to tell: do not even build the events
         }
-        let time_ms = crate::model::now_ms();
-        let mut file = self
-            .file
-            .as_ref()
-            .map(|f| f.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut line = Vec::with_capacity(128);
         for event in events {
-            if let Some(file) = file.as_mut()
-                && let Err(e) = write_line(&mut **file, &mut line, time_ms, &event)
-            {
-                self.audit_error(&e);
-            }
             if summarizing && !event.is_per_item() {
                 let _ = self.summaries.send(event.clone());
             }
             if listening {
                 let _ = self.subscribers.send(event);
             }
-        }
-        if let Some(file) = file.as_mut()
-            && let Err(e) = file.flush()
-        {
-            self.audit_error(&e);
         }
     }
 }
@@ -503,6 +480,38 @@ impl Default for Events {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The log's thread writes a batch before passing it on: a subscriber
+    /// that saw an event finds it (and all before it) in the file; and a
+    /// flush waits for what is queued.
+    #[tokio::test]
+    async fn subscribers_see_an_event_only_once_it_is_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let events = Events::with_file(&path).unwrap();
+        let mut seen = events.subscribe();
+        let ended = (0..10_000).map(|leg| HostEvent::CallLegTerminated {
+            leg,
+            reason: TerminationReason::Released,
+        });
+        events.emit_all(ended);
+        events.emit(HostEvent::Link {
+            state: LinkState::Connected,
+            boot_id: None,
+            detail: None,
+        });
+        while !matches!(seen.recv().await.unwrap(), HostEvent::Link { .. }) {}
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert_eq!(lines, 10_001);
+
+        events.emit_all((0..1_000).map(|leg| HostEvent::CallLegTerminated {
+            leg,
+            reason: TerminationReason::HostShutdown,
+        }));
+        events.flush().await;
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert_eq!(lines, 11_001);
+    }
 
     /// The hand-written lines are serde_json's, byte for byte.
     #[test]
@@ -551,7 +560,7 @@ mod tests {
         ];
         for event in &events {
             let mut ours = Vec::new();
-            write_line(&mut ours, &mut Vec::new(), 1_800_000_000_123, event).unwrap();
+            log::write_line(&mut ours, &mut Vec::new(), 1_800_000_000_123, event).unwrap();
             let mut serde = serde_json::to_vec(&Line {
                 time_ms: 1_800_000_000_123,
                 event,
