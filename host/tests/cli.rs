@@ -2,24 +2,7 @@
 
 mod common;
 
-use common::built_plugin;
-use std::process::{Command, Output};
-
-fn legsync(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_legsync"))
-        .args(args)
-        // The plugin tools' default compile cache, kept out of $HOME.
-        .env(
-            "XDG_CACHE_HOME",
-            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
-        )
-        .output()
-        .expect("legsync runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use common::{built_plugin, legsync, text};
 
 #[test]
 fn plugin_check_reports_the_contract_and_imports() {
@@ -692,15 +675,15 @@ fn plugin_check_keeps_compiled_plugins_in_the_cache() {
     assert!(check().contains("(compiled code from the cache)"));
 }
 
+/// A plugin directory with `10-slow`: a plugin that takes a millisecond
+/// to decide a leg.
+fn slow_plugin_dir() -> tempfile::TempDir {
+    common::plugin_dir(&[("10-slow", "fixture-slow-notify", Some("slow_decisions"))])
+}
+
 #[test]
 fn plugin_check_measures_a_batch_and_warns_about_a_slow_plugin() {
-    let dir = tempfile::tempdir().unwrap();
-    common::install(
-        dir.path(),
-        "10-slow",
-        "fixture-slow-notify",
-        Some("slow_decisions"),
-    );
+    let dir = slow_plugin_dir();
     common::install(dir.path(), "20-rules", "rules", None);
     let check = |stem: &str| {
         let path = dir.path().join(format!("{stem}.wasm"));
@@ -731,13 +714,7 @@ fn plugin_check_measures_a_batch_and_warns_about_a_slow_plugin() {
 /// does not scale them up to a batch or a million legs, nor warn on them.
 #[test]
 fn plugin_eval_does_not_extrapolate_from_a_few_legs() {
-    let dir = tempfile::tempdir().unwrap();
-    common::install(
-        dir.path(),
-        "10-slow",
-        "fixture-slow-notify",
-        Some("slow_decisions"),
-    );
+    let dir = slow_plugin_dir();
     let legs = dir.path().join("legs.json");
     std::fs::write(&legs, r#"[{"id": 1}, {"id": 2}, {"id": 3}]"#).unwrap();
     let out = legsync(&[

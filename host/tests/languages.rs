@@ -9,12 +9,12 @@
 
 mod common;
 
-use common::built_plugin;
 use common::world::World;
+use common::{built_plugin, legsync, text};
 use legsync::demo::harness::synced;
 use legsync::model::Decision;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
 /// The fixture's legs, in order, and the decision each must get.
@@ -140,21 +140,6 @@ fn built(build: Build) -> Option<PathBuf> {
         }
     });
     Some(built.clone().unwrap_or_else(|e| panic!("{e}")))
-}
-
-fn legsync(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_legsync"))
-        .args(args)
-        .env(
-            "XDG_CACHE_HOME",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
-        )
-        .output()
-        .expect("legsync runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// `plugin eval` of `plugin` with the fixture's rules and legs: the

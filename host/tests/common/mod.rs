@@ -7,6 +7,24 @@ pub mod world;
 use legsync::model::{CallLeg, Direction, LegState, Protocol};
 use std::path::{Path, PathBuf};
 
+/// Runs the real `legsync` binary with `args` (the plugin tools' default
+/// compile cache kept out of $HOME) and waits for it.
+pub fn legsync(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_legsync"))
+        .args(args)
+        .env(
+            "XDG_CACHE_HOME",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+        )
+        .output()
+        .expect("legsync runs")
+}
+
+/// A process's output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 /// The built component of the plugin crate `crate_name` (e.g. `nap-cap`).
 pub fn built_plugin(crate_name: &str) -> PathBuf {
     let path = Path::new(legsync::BUILT_PLUGINS_DIR)
