@@ -57,7 +57,7 @@ async fn watched_host(world: &World) -> (RunningHost, CancellationToken) {
 fn reload_report(event: &HostEvent) -> Option<ReloadReport> {
     match event {
         HostEvent::Reload(report) if report.outcome != ReloadOutcome::RejectedWillRetry => {
-            Some(report.clone())
+            Some((**report).clone())
         }
         _ => None,
     }
@@ -329,7 +329,7 @@ async fn reports_until_final(host: &mut RunningHost) -> Vec<ReloadReport> {
     events
         .into_iter()
         .filter_map(|e| match e {
-            HostEvent::Reload(report) => Some(report),
+            HostEvent::Reload(report) => Some(*report),
             _ => None,
         })
         .collect()

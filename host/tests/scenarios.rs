@@ -24,7 +24,7 @@ fn resync_summary(events: &[HostEvent]) -> legsync::events::ResyncSummary {
     events
         .iter()
         .find_map(|e| match e {
-            HostEvent::ResyncDone(s) => Some(*s),
+            HostEvent::ResyncDone(s) => Some(**s),
             _ => None,
         })
         .expect("a resync summary")

@@ -113,13 +113,13 @@ impl Admin {
                     Ok(HostEvent::ResyncDone(summary)) => {
                         this.latest().resync = Some(Stamped {
                             time_ms,
-                            value: summary,
+                            value: *summary,
                         });
                     }
                     Ok(HostEvent::Reload(report)) => {
                         this.latest().reload = Some(Stamped {
                             time_ms,
-                            value: report,
+                            value: *report,
                         });
                     }
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

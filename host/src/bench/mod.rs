@@ -291,7 +291,7 @@ async fn next_summary(host: &mut RunningHost) -> anyhow::Result<ResyncSummary> {
         .events_until(LONG, |e| matches!(e, HostEvent::ResyncDone(_)))
         .await?;
     match events.last() {
-        Some(HostEvent::ResyncDone(summary)) => Ok(*summary),
+        Some(HostEvent::ResyncDone(summary)) => Ok(**summary),
         _ => anyhow::bail!("no resync summary"),
     }
 }

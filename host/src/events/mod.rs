@@ -65,9 +65,9 @@ pub enum HostEvent {
         detail: Option<String>,
     },
     /// A resync finished.
-    ResyncDone(ResyncSummary),
+    ResyncDone(Box<ResyncSummary>),
     /// A plugin set was loaded (or failed to load).
-    Reload(ReloadReport),
+    Reload(Box<ReloadReport>),
 }
 
 /// The engine link's state, as the supervisor sees it.
@@ -216,6 +216,11 @@ pub enum ReloadOutcome {
     /// The new set failed; the old one stays.
     Rejected,
 }
+
+// A resync holds a million events at once (until their STARTs are durable,
+// then in the log's queue): the big, rare variants are boxed so that each
+// event costs 72 bytes, not 168.
+const _: () = assert!(std::mem::size_of::<HostEvent>() <= 72);
 
 impl HostEvent {
     /// Per-leg and per-link events, as opposed to state changes.

@@ -194,7 +194,8 @@ impl Reloader {
         };
         metrics::counter!(crate::metrics::RELOADS, "outcome" => report.outcome.as_str())
             .increment(1);
-        self.events.emit(HostEvent::Reload(report.clone()));
+        self.events
+            .emit(HostEvent::Reload(Box::new(report.clone())));
         report
     }
 

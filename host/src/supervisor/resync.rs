@@ -203,7 +203,7 @@ impl Host {
         self.status.send_modify(|s| s.resyncs += 1);
         self.publish(Some(LinkState::Connected), Some(boot_id));
         self.events.emit_all([
-            HostEvent::ResyncDone(summary),
+            HostEvent::ResyncDone(Box::new(summary)),
             HostEvent::Link {
                 state: LinkState::Connected,
                 boot_id: Some(boot_id),
