@@ -106,11 +106,29 @@ impl Build {
     }
 }
 
+/// Under CI, installs the pinned toolchains (`.ci/toolchains`, into
+/// `target/toolchains/`) if `.ci/run` has not: there they are required.
+/// Elsewhere nothing is downloaded behind the developer's back.
+fn install_toolchains_under_ci() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+            let status = Command::new(repo().join(".ci/toolchains"))
+                .status()
+                .expect(".ci/toolchains runs");
+            assert!(status.success(), ".ci/toolchains failed");
+        }
+    });
+}
+
 /// The built example, built once per test run; `None` (after saying so)
 /// when the toolchain is not installed, a failure under CI.
 fn built(build: Build) -> Option<PathBuf> {
     static BUILT: [OnceLock<Result<PathBuf, String>>; 3] =
         [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    if !build.tool().is_file() {
+        install_toolchains_under_ci();
+    }
     if !build.tool().is_file() {
         let missing = format!(
             "the {} plugin toolchain is not installed ({} is missing); run .ci/toolchains",
