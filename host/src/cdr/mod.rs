@@ -272,9 +272,13 @@ impl CdrWriter {
     ) -> Vec<CdrRecord> {
         let now = now_ms();
         let mut index = self.lock();
-        legs.into_iter()
-            .filter_map(|leg| index.open(leg, reason, now))
-            .collect()
+        let legs = legs.into_iter();
+        // Sized for every leg up front: records are 248 bytes, and a
+        // growing vector copied a chunk's records several times over (8 %
+        // of a standby's time in a takeover).
+        let mut records = Vec::with_capacity(legs.size_hint().1.unwrap_or(0));
+        records.extend(legs.filter_map(|leg| index.open(leg, reason, now)));
+        records
     }
 
     /// END records for the answered calls among `ended`, each ended at its
