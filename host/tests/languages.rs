@@ -282,13 +282,20 @@ fn the_rust_rules_plugin_decides_the_non_ascii_fixture() {
     assert_eq!(eval_fixture(&built_plugin("rules")), EXPECTED);
 }
 
-#[test]
-fn the_python_example_checks_and_decides_non_ascii_batches() {
-    let Some(plugin) = built(Build::Python) else {
+/// Builds the example (or says why not), checks it (listing `imports`
+/// with what they get) and evaluates the non-ASCII fixture with it.
+fn checks_and_decides(build: Build, imports: &[(&str, &str)]) {
+    let Some(plugin) = built(build) else {
         return;
     };
-    check(
-        &plugin,
+    check(&plugin, imports);
+    assert_eq!(eval_fixture(&plugin), EXPECTED);
+}
+
+#[test]
+fn the_python_example_checks_and_decides_non_ascii_batches() {
+    checks_and_decides(
+        Build::Python,
         &[
             ("legsync:policy/host@0.3.0", "granted (the contract)"),
             (
@@ -297,36 +304,27 @@ fn the_python_example_checks_and_decides_non_ascii_batches() {
             ),
         ],
     );
-    assert_eq!(eval_fixture(&plugin), EXPECTED);
 }
 
 #[test]
 fn the_javascript_example_checks_and_decides_non_ascii_batches() {
-    let Some(plugin) = built(Build::JavaScript) else {
-        return;
-    };
-    check(
-        &plugin,
+    checks_and_decides(
+        Build::JavaScript,
         &[("legsync:policy/host@0.3.0", "granted (the contract)")],
     );
-    assert_eq!(eval_fixture(&plugin), EXPECTED);
 }
 
 /// componentize-js's default build imports wasi:http, which the host does
 /// not grant: it loads (the import traps if called) and decides as usual.
 #[test]
 fn the_default_javascript_build_loads_and_decides() {
-    let Some(plugin) = built(Build::JavaScriptDefaults) else {
-        return;
-    };
-    check(
-        &plugin,
+    checks_and_decides(
+        Build::JavaScriptDefaults,
         &[(
             "wasi:http/types@",
             "not granted by the host: a call to it traps",
         )],
     );
-    assert_eq!(eval_fixture(&plugin), EXPECTED);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
