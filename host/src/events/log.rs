@@ -28,11 +28,16 @@ enum Job {
     Reopen(oneshot::Sender<std::io::Result<()>>),
 }
 
+/// Batches the queue holds before an emitter waits for the thread: a disk
+/// that stalls holds the host back as a synchronous write did, instead of
+/// piling events up in memory without bound.
+const BATCHES_QUEUED: usize = 256;
+
 /// The queue to the log thread. The thread ends when the last clone of the
 /// queue is dropped, after writing what it holds.
 #[derive(Clone)]
 pub(super) struct EventLog {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::SyncSender<Job>,
 }
 
 impl EventLog {
@@ -46,7 +51,7 @@ impl EventLog {
         use anyhow::Context;
         let file =
             open(path).with_context(|| format!("cannot open the event log {}", path.display()))?;
-        let (jobs, queue) = mpsc::channel();
+        let (jobs, queue) = mpsc::sync_channel(BATCHES_QUEUED);
         let mut writer = Writer {
             file: std::io::BufWriter::new(file),
             path: path.to_path_buf(),
