@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 const ALIVE_EVERY: Duration = Duration::from_secs(1);
 
 /// The plugin name the event log gives a leg refused because the table is
-/// full (see [`Host::table_full`]).
+/// full (see [`Host::refused_for_space`]).
 const TABLE_FULL: &str = "max_legs";
 
 /// How often a full table is logged while it refuses legs.
@@ -193,7 +193,7 @@ impl Host {
                         leg = leg.id,
                         "the engine offered a leg it had offered already"
                     );
-                } else if self.table_full() {
+                } else if self.refused_for_space() {
                     // Not answered: nothing to bill; the engine drops it.
                     connection.send(Command::DropLeg(leg.id));
                 } else {
@@ -275,7 +275,7 @@ impl Host {
         // The plugins hear of every ending before they decide again.
         self.settle_notices().await;
         let decider = self.policy.current();
-        let verdict = if self.table_full() {
+        let verdict = if self.refused_for_space() {
             // Refused like a plugin's refusal (it ran: START and END), by
             // the host's own bound, named in the event log.
             Verdict {
@@ -369,11 +369,12 @@ impl Host {
         }
     }
 
-    /// Whether the table holds `link.max_legs` legs: a new leg from a live
-    /// event is then refused at the engine, so that no engine, whatever it
-    /// sends, grows the table past its bound. Counted, and logged at most
-    /// once per [`TABLE_FULL_LOG_EVERY`].
-    fn table_full(&mut self) -> bool {
+    /// Whether a new leg from a live event must be refused because the
+    /// table holds `link.max_legs` legs (so that no engine, whatever it
+    /// sends, grows the table past its bound). A refusal is counted here,
+    /// and logged at most once per [`TABLE_FULL_LOG_EVERY`]: call it once
+    /// per leg that would be added.
+    fn refused_for_space(&mut self) -> bool {
         if self.table.len() < self.options.max_legs {
             return false;
         }
