@@ -614,7 +614,7 @@ fn a_plugin_built_for_contract_0_2_still_loads_and_decides() {
     assert_eq!(chain.decide_links(&links)[0].decision, Decision::Rebuild);
     chain.notify_terminated(&legs[..1], TerminationReason::Released);
     let plugin = &chain.plugins()[0];
-    assert_eq!(plugin.contract().version, "0.2.0");
+    assert_eq!(plugin.contract().contract.version(), "0.2.0");
     assert_eq!(plugin.stats().failures, 0, "every export answered");
 }
 

@@ -128,7 +128,10 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             CacheOutcome::Disabled => "compiled; no cache".to_string(),
         }
     );
-    println!("contract: legsync:policy@{}", plugin.contract().version);
+    println!(
+        "contract: legsync:policy@{}",
+        plugin.contract().contract.version()
+    );
     println!("sha256: {}", plugin.hash());
     println!("imports:");
     let imports = &plugin.contract().imports;

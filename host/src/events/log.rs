@@ -119,7 +119,7 @@ impl Writer {
         match job {
             Job::Write { time_ms, events } => {
                 for event in &events {
-                    if let Err(e) = self.write_line(time_ms, event) {
+                    if let Err(e) = write_line(&mut self.file, &mut self.line, time_ms, event) {
                         self.audit.error(&self.path, &e);
                     }
                 }
@@ -138,11 +138,6 @@ impl Writer {
                 }));
             }
         }
-    }
-
-    /// Appends one event's line.
-    fn write_line(&mut self, time_ms: u64, event: &HostEvent) -> std::io::Result<()> {
-        write_line(&mut self.file, &mut self.line, time_ms, event)
     }
 
     fn pass_on(&self, events: Vec<HostEvent>) {

@@ -56,9 +56,7 @@ impl Contract {
 /// What a component declares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContractInfo {
-    /// The contract version it was built against.
-    pub version: String,
-    /// The same, as one the host loads.
+    /// The contract version it was built against (`contract.version()`).
     pub contract: Contract,
     /// The names of everything it imports (WASI interfaces, the host log...).
     pub imports: Vec<String>,
@@ -95,11 +93,7 @@ pub fn check(
     });
     match found {
         Some(version) => match Contract::parse(&version) {
-            Some(contract) => Ok(ContractInfo {
-                version,
-                contract,
-                imports,
-            }),
+            Some(contract) => Ok(ContractInfo { contract, imports }),
             None => Err(PolicyError::IncompatibleContract {
                 plugin: plugin.to_string(),
                 found: version,
