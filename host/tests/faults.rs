@@ -436,12 +436,7 @@ async fn live_events_never_grow_the_table_past_its_bound() {
     use legsync::model::{Decision, Link};
     use legsync::protocol::{Command, EngineEvent};
     let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut config = HostConfig {
-        engine: Some(listener.local_addr().unwrap().to_string()),
-        ..HostConfig::default()
-    };
-    config.cdr = dir.path().join("cdr.jsonl");
+    let (listener, mut config) = common::scripted_engine_config(dir.path()).await;
     config.link.max_legs = 10;
     // The scripted engine sends no heartbeats.
     config.link.heartbeat_timeout_ms = 60_000;

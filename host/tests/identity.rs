@@ -16,7 +16,6 @@ use legsync::model::{CallLeg, Decision, LegState, TerminationReason};
 use legsync::policy::{Decider, PolicyChain};
 use legsync::protocol::{EngineEvent, EngineMessage, FrameCodec, HostMessage};
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio_util::codec::FramedWrite;
 
 fn leg(id: u64, session: u64, offered: u64, answered: Option<u64>) -> CallLeg {
@@ -41,12 +40,7 @@ async fn scripted(
     FramedWrite<tokio::net::TcpStream, FrameCodec<HostMessage, EngineMessage>>,
     HostConfig,
 ) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut config = HostConfig {
-        engine: Some(listener.local_addr().unwrap().to_string()),
-        ..HostConfig::default()
-    };
-    config.cdr = dir.join("cdr.jsonl");
+    let (listener, mut config) = common::scripted_engine_config(dir).await;
     config.link.heartbeat_timeout_ms = 10_000;
     let host = RunningHost::start(
         &config,
@@ -167,12 +161,7 @@ async fn a_live_answer_refused_by_a_plugin_is_billed_then_dropped() {
     )))
     .unwrap();
     let chain = loader::load_dir(&runtime, plugins.path(), &PolicyConfig::default()).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut config = HostConfig {
-        engine: Some(listener.local_addr().unwrap().to_string()),
-        ..HostConfig::default()
-    };
-    config.cdr = dir.path().join("cdr.jsonl");
+    let (listener, mut config) = common::scripted_engine_config(dir.path()).await;
     config.link.heartbeat_timeout_ms = 10_000;
     let mut host = RunningHost::start(&config, Decider::Chain(Arc::new(chain))).unwrap();
 

@@ -61,6 +61,20 @@ pub fn engine_hello(engine: &str, boot: u64) -> legsync::protocol::EngineMessage
     }
 }
 
+/// A listener for an engine scripted by the test (on 127.0.0.1), and a host
+/// config pointed at it, with its ledger in `dir`.
+pub async fn scripted_engine_config(
+    dir: &Path,
+) -> (tokio::net::TcpListener, legsync::config::HostConfig) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = legsync::config::HostConfig {
+        engine: Some(listener.local_addr().unwrap().to_string()),
+        ..legsync::config::HostConfig::default()
+    };
+    config.cdr = dir.join("cdr.jsonl");
+    (listener, config)
+}
+
 /// An answered SIP leg with the given id, NAP and called number.
 pub fn leg(id: u64, nap: &str, called: &str) -> CallLeg {
     CallLeg {
