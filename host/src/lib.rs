@@ -18,6 +18,7 @@ pub mod demo;
 pub mod embedded;
 pub mod engine;
 pub mod events;
+pub mod ids;
 mod json_line;
 pub mod legs;
 pub mod metrics;

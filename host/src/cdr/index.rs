@@ -6,8 +6,8 @@
 //! call on a reused id only starts once the host has ended the old one (the
 //! supervisor's identity rule), so an entry never hides an open call.
 
-use super::dense::DenseMap;
 use super::record::{CallKey, CdrRecord, RecordKind, StartReason};
+use crate::ids::DenseMap;
 use crate::model::{CallLeg, LegId, TerminationReason};
 use compact_str::CompactString;
 
@@ -120,6 +120,12 @@ impl LedgerIndex {
                 self.calls.remove(&leg);
             }
         }
+    }
+
+    /// Starts loading what the index holds about `leg` (see
+    /// [`crate::ids::IdIndex::prefetch`]).
+    pub fn prefetch(&self, leg: LegId) {
+        self.calls.prefetch(leg);
     }
 
     /// How many calls the index remembers.

@@ -14,7 +14,6 @@
 //!   so no crash, at any moment, loses a call.
 
 pub mod bill;
-mod dense;
 pub mod index;
 pub mod record;
 pub mod rotate;
@@ -214,7 +213,7 @@ impl CdrWriter {
     /// call the ledger has open already gets nothing. Durable once awaited.
     pub fn open_calls<'a>(
         &self,
-        legs: impl IntoIterator<Item = &'a CallLeg>,
+        legs: impl IntoIterator<Item = &'a CallLeg, IntoIter: Clone>,
         reason: StartReason,
     ) -> Pending {
         let records = self.start_records(legs, reason);
@@ -227,7 +226,7 @@ impl CdrWriter {
     /// disk instead of a thousand.
     pub fn stage_open_calls<'a>(
         &self,
-        legs: impl IntoIterator<Item = &'a CallLeg>,
+        legs: impl IntoIterator<Item = &'a CallLeg, IntoIter: Clone>,
         reason: StartReason,
     ) -> Pending {
         let records = self.start_records(legs, reason);
@@ -267,12 +266,16 @@ impl CdrWriter {
 
     fn start_records<'a>(
         &self,
-        legs: impl IntoIterator<Item = &'a CallLeg>,
+        legs: impl IntoIterator<Item = &'a CallLeg, IntoIter: Clone>,
         reason: StartReason,
     ) -> Vec<CdrRecord> {
         let now = now_ms();
         let mut index = self.lock();
         let legs = legs.into_iter();
+        // Each look-up is a miss in an index of millions: started together.
+        for leg in legs.clone() {
+            index.prefetch(leg.id);
+        }
         // Sized for every leg up front: records are 248 bytes, and a
         // growing vector copied a chunk's records several times over (8 %
         // of a standby's time in a takeover).

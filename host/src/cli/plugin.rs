@@ -299,7 +299,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         rebuilt,
         claimed: crate::model::IdSet::default(),
     };
-    let plan = crate::resync::sort_links(links, &refused, &mut sides);
+    let plan = crate::resync::sort_links(&links, &refused, &mut sides);
     for link in &plan.drop {
         println!(
             "{}",

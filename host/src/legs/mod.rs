@@ -5,11 +5,10 @@
 //! with the new generation, so the legs absent from the engine are found in
 //! one pass without a million-entry "seen" set.
 
-mod prefault;
-
 use crate::cdr::record::same_call;
+use crate::ids::IdIndex;
+use crate::ids::prefault::{self, Prefaulting};
 use crate::model::{CallLeg, LegId, Link, LinkId, PluginName};
-use prefault::Prefaulting;
 
 /// A map of engine ids whose large blocks are prefaulted (see
 /// [`prefault`]), keyed like every map of engine ids ([`crate::model::IdHasher`]).
@@ -54,7 +53,7 @@ pub struct LegEntry {
 #[derive(Debug, Default)]
 pub struct LegTable {
     slots: Vec<LegEntry>,
-    index: HashMap<LegId, u32>,
+    index: IdIndex,
     /// Each link with the generation of the last resync that saw it.
     links: HashMap<LinkId, (Link, u32)>,
     generation: u32,
@@ -96,7 +95,7 @@ impl LegTable {
     }
 
     fn slot(&self, id: LegId) -> Option<usize> {
-        self.index.get(&id).map(|&slot| slot as usize)
+        self.index.get(id).map(|slot| slot as usize)
     }
 
     pub fn get(&self, id: LegId) -> Option<&LegEntry> {
@@ -109,11 +108,45 @@ impl LegTable {
     }
 
     pub fn contains(&self, id: LegId) -> bool {
-        self.index.contains_key(&id)
+        self.index.contains(id)
     }
 
     pub fn legs(&self) -> impl Iterator<Item = &LegEntry> {
         self.slots.iter()
+    }
+
+    /// Starts loading where `id` is indexed: a caller with a batch of ids
+    /// (a snapshot chunk) prefetches them all, then looks them up (see
+    /// [`IdIndex::prefetch`]).
+    pub fn prefetch(&self, id: LegId) {
+        self.index.prefetch(id);
+    }
+
+    /// Starts loading what [`LegTable::link_side`] reads about the legs of
+    /// `links` (a batch about to be planned): their index slots first, then
+    /// their entries.
+    pub fn prefetch_sides(&self, links: &[Link]) {
+        for link in links {
+            self.index.prefetch(link.leg_a);
+            self.index.prefetch(link.leg_b);
+        }
+        for link in links {
+            for id in [link.leg_a, link.leg_b] {
+                if let Some(slot) = self.slot(id) {
+                    crate::ids::prefetch(&self.slots[slot]);
+                }
+            }
+        }
+    }
+
+    /// Starts loading the entries at `hints` (a batch of links about to be
+    /// inserted with [`LegTable::insert_link_at`]).
+    pub fn prefetch_slots(&self, hints: &[[u32; 2]]) {
+        for &slot in hints.iter().flatten() {
+            if let Some(entry) = self.slots.get(slot as usize) {
+                crate::ids::prefetch(entry);
+            }
+        }
     }
 
     /// Adds (or replaces) a leg, marked as seen by the current resync.
@@ -149,7 +182,7 @@ impl LegTable {
         if let Some(link) = self.slots[slot].link {
             self.remove_link(link);
         }
-        self.index.remove(&id);
+        self.index.remove(id);
         let entry = self.slots.swap_remove(slot);
         if let Some(moved) = self.slots.get(slot) {
             self.index.insert(moved.leg.id, slot as u32);

@@ -5,6 +5,7 @@
 //! absent (known to the host, gone from the engine). Links follow the same
 //! rule once the legs are settled. Pure: the supervisor does the I/O.
 
+use crate::ids::IdIndex;
 use crate::legs::{LegTable, Sighting};
 use crate::model::IdSet as HashSet;
 use crate::model::{CallLeg, LegId, Link, LinkId};
@@ -25,9 +26,9 @@ pub struct SnapshotDiff {
     /// snapshot leg and link is unknown, without a look-up each (a million
     /// look-ups that cannot hit are a tenth of a cold resync's own work).
     cold: bool,
-    /// Ids of the legs to be decided so far: a second listing of one is
-    /// an anomaly, not a second call.
-    offered: HashSet<LegId>,
+    /// Ids of the legs to be decided so far (as a set: positions unused): a
+    /// second listing of one is an anomaly, not a second call.
+    offered: IdIndex,
     /// What the snapshot got wrong, counted (logged once per resync).
     pub anomalies: Anomalies,
 }
@@ -79,7 +80,7 @@ impl SnapshotDiff {
     pub fn begin(table: &mut LegTable, legs: usize) -> Self {
         table.begin_generation();
         let cold = table.is_empty() && table.links_len() == 0;
-        let mut offered = HashSet::default();
+        let mut offered = IdIndex::default();
         if cold {
             // Every leg is offered: sized once, no rehash of a million ids.
             offered.reserve(legs);
@@ -100,9 +101,18 @@ impl SnapshotDiff {
     /// [`LegTable::insert`]); with a table to diff against, the second copy
     /// counts as known.
     pub fn legs(&mut self, table: &mut LegTable, mut chunk: Vec<CallLeg>) -> Vec<CallLeg> {
+        // Every leg is looked up in a table of millions: the misses are
+        // started together.
+        for leg in &chunk {
+            if self.cold {
+                self.offered.prefetch(leg.id);
+            } else {
+                table.prefetch(leg.id);
+            }
+        }
         if self.cold {
             let before = chunk.len();
-            chunk.retain(|leg| self.offered.insert(leg.id));
+            chunk.retain(|leg| self.offered.insert(leg.id, 0).is_none());
             self.anomalies.duplicate_legs += (before - chunk.len()) as u64;
             return chunk;
         }
@@ -114,7 +124,9 @@ impl SnapshotDiff {
                     self.known += 1;
                     self.now_answered.push(leg);
                 }
-                Sighting::Unknown | Sighting::Replaced(_) if !self.offered.insert(leg.id) => {
+                Sighting::Unknown | Sighting::Replaced(_)
+                    if self.offered.insert(leg.id, 0).is_some() =>
+                {
                     self.anomalies.duplicate_legs += 1;
                 }
                 Sighting::Unknown => unknown.push(leg),
@@ -146,7 +158,7 @@ impl SnapshotDiff {
     /// Sorts the snapshot's links once the unknown legs are decided (rebuilt
     /// legs are in `table`, refused ones in `refused`).
     pub fn plan_links(&mut self, table: &mut LegTable, refused: &HashSet<LegId>) -> LinkPlan {
-        let mut plan = sort_links(self.unknown_links.iter().copied(), refused, table);
+        let mut plan = sort_links(&self.unknown_links, refused, table);
         self.anomalies.self_links += plan.self_links.len() as u64;
         self.anomalies.legs_in_two_links += plan.doubly_linked.len() as u64;
         self.anomalies.links_to_unlisted_legs += plan.ignored.len() as u64;
@@ -166,9 +178,19 @@ pub trait LinkSides {
     fn side(&self, leg: LegId) -> Option<(bool, u32)>;
     /// Marks a held leg as given a link by this plan.
     fn claim(&mut self, leg: LegId);
+    /// Starts loading what `side` will read about the legs of `links`, a
+    /// batch about to be sorted (nothing to do without a table of millions).
+    fn prefetch(&self, _links: &[Link]) {}
 }
 
+/// Links sorted between two prefetches: enough misses to overlap, few
+/// enough that the first are still cached when the batch is sorted.
+pub const PREFETCH_BATCH: usize = 256;
+
 impl LinkSides for LegTable {
+    fn prefetch(&self, links: &[Link]) {
+        self.prefetch_sides(links);
+    }
     fn side(&self, leg: LegId) -> Option<(bool, u32)> {
         self.link_side(leg)
     }
@@ -184,44 +206,57 @@ impl LinkSides for LegTable {
 /// are held is offered to `OnLinkSync`; a link to a leg that is neither is
 /// ignored.
 pub fn sort_links(
-    links: impl IntoIterator<Item = Link>,
+    links: &[Link],
     refused: &HashSet<LegId>,
     sides: &mut impl LinkSides,
 ) -> LinkPlan {
     let mut plan = LinkPlan::default();
     // Claims of legs not held (refused ones: few): held legs carry theirs.
     let mut claimed: HashSet<LegId> = HashSet::default();
-    for link in links {
-        if link.leg_a == link.leg_b {
-            plan.self_links.push(link);
-            continue;
-        }
-        let (a, b) = (sides.side(link.leg_a), sides.side(link.leg_b));
-        let taken = |side: Option<(bool, u32)>, leg| {
-            side.map_or_else(|| claimed.contains(&leg), |(taken, _)| taken)
-        };
-        if taken(a, link.leg_a) || taken(b, link.leg_b) {
-            plan.doubly_linked.push(link);
-            continue;
-        }
-        if refused.contains(&link.leg_a) || refused.contains(&link.leg_b) {
-            plan.drop.push(link);
-        } else if let (Some((_, at_a)), Some((_, at_b))) = (a, b) {
-            plan.offer.push(link);
-            plan.offer_at.push([at_a, at_b]);
-        } else {
-            plan.ignored.push(link);
-            continue;
-        }
-        for (side, leg) in [(a, link.leg_a), (b, link.leg_b)] {
-            if side.is_some() {
-                sides.claim(leg);
-            } else {
-                claimed.insert(leg);
-            }
+    for batch in links.chunks(PREFETCH_BATCH) {
+        sides.prefetch(batch);
+        for &link in batch {
+            sort_link(link, refused, sides, &mut claimed, &mut plan);
         }
     }
     plan
+}
+
+/// [`sort_links`] for one link.
+fn sort_link(
+    link: Link,
+    refused: &HashSet<LegId>,
+    sides: &mut impl LinkSides,
+    claimed: &mut HashSet<LegId>,
+    plan: &mut LinkPlan,
+) {
+    if link.leg_a == link.leg_b {
+        plan.self_links.push(link);
+        return;
+    }
+    let (a, b) = (sides.side(link.leg_a), sides.side(link.leg_b));
+    let taken =
+        |side: Option<(bool, u32)>, leg| side.map_or_else(|| claimed.contains(&leg), |(t, _)| t);
+    if taken(a, link.leg_a) || taken(b, link.leg_b) {
+        plan.doubly_linked.push(link);
+        return;
+    }
+    if refused.contains(&link.leg_a) || refused.contains(&link.leg_b) {
+        plan.drop.push(link);
+    } else if let (Some((_, at_a)), Some((_, at_b))) = (a, b) {
+        plan.offer.push(link);
+        plan.offer_at.push([at_a, at_b]);
+    } else {
+        plan.ignored.push(link);
+        return;
+    }
+    for (side, leg) in [(a, link.leg_a), (b, link.leg_b)] {
+        if side.is_some() {
+            sides.claim(leg);
+        } else {
+            claimed.insert(leg);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use crate::model::IdSet as HashSet;
 use crate::model::{CallLeg, Decision, LegId, Link, TerminationReason};
 use crate::policy::{Decider, Verdict};
 use crate::protocol::{Command, CommandResult, EngineMessage};
-use crate::resync::SnapshotDiff;
+use crate::resync::{PREFETCH_BATCH, SnapshotDiff};
 use std::time::Instant;
 
 /// A chunk being decided: its legs, their verdicts, and the microseconds
@@ -335,6 +335,9 @@ impl Host {
             .map(|(leg, _)| leg);
         run.hand_over(self.cdr.stage_open_calls(rebuilt, StartReason::Found))
             .await?;
+        for leg in &unknown {
+            self.table.prefetch(leg.id);
+        }
         for (mut leg, verdict) in unknown.into_iter().zip(verdicts) {
             if verdict.failure == Some(crate::policy::FailureKind::ResyncBudget) {
                 run.summary.decided_by_budget += 1;
@@ -420,10 +423,15 @@ impl Host {
             decide_blocking(decider, offer, |d, links| d.decide_links(links)).await?;
         let wanted = self.events.wants_items();
         let mut events = Vec::with_capacity(if wanted { offer.len() } else { 0 });
-        for ((link, verdict), at) in offer.into_iter().zip(verdicts).zip(offer_at) {
+        for (i, ((link, verdict), at)) in offer.into_iter().zip(verdicts).zip(&offer_at).enumerate()
+        {
+            if i % PREFETCH_BATCH == 0 {
+                let batch = &offer_at[i..(i + PREFETCH_BATCH).min(offer_at.len())];
+                self.table.prefetch_slots(batch);
+            }
             match verdict.decision {
                 Decision::Rebuild => {
-                    self.table.insert_link_at(link, at);
+                    self.table.insert_link_at(link, *at);
                     run.summary.links_rebuilt += 1;
                 }
                 Decision::Refuse => {

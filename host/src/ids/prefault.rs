@@ -10,7 +10,6 @@
 
 use allocator_api2::alloc::{AllocError, Allocator, Global};
 use std::alloc::Layout;
-use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 
 /// The allocator of the table's hash maps: the global allocator, with large
@@ -33,12 +32,13 @@ unsafe impl Allocator for Prefaulting {
     }
 }
 
-/// Populates the pages of `spare` (a vector's reserved, unwritten capacity)
-/// on a short-lived thread. Best effort: on kernels without
+/// Populates the pages of `memory` (a vector's reserved, unwritten capacity,
+/// or a table freshly allocated zeroed) on a short-lived thread, without
+/// changing what they hold. Best effort: on kernels without
 /// `MADV_POPULATE_WRITE` (Linux < 5.14) or on other systems nothing happens
 /// and the pages fault in as they are written, as before.
-pub fn populate_in_background<T>(spare: &mut [MaybeUninit<T>]) {
-    populate(spare.as_ptr() as usize, std::mem::size_of_val(spare));
+pub fn populate_in_background<T>(memory: &[T]) {
+    populate(memory.as_ptr() as usize, std::mem::size_of_val(memory));
 }
 
 /// Populates the whole pages of `len` bytes from `address`, in the

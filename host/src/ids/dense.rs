@@ -1,6 +1,6 @@
-//! A map from leg id to a value, for the ledger index: the hash table holds
-//! only the id and a position (16 bytes a bucket), the values live in one
-//! dense vector.
+//! A map from engine id to a value, for the ledger index: the hash table
+//! holds only the id and a position ([`IdIndex`], 16 bytes a slot), the
+//! values live in one dense vector.
 //!
 //! Why: filling the index is a cold resync's costliest step after the
 //! plugin. With the values in the buckets (64 bytes each, 2M buckets for a
@@ -9,35 +9,36 @@
 //! and the values are appended in order. The leg table is laid out the
 //! same way.
 
-use crate::model::{IdMap, LegId};
-use std::collections::hash_map::Entry;
+use super::IdIndex;
 
 #[derive(Debug)]
 pub struct DenseMap<V> {
-    positions: IdMap<LegId, usize>,
-    entries: Vec<(LegId, V)>,
+    positions: IdIndex,
+    entries: Vec<(u64, V)>,
 }
 
 impl<V> Default for DenseMap<V> {
     fn default() -> Self {
         DenseMap {
-            positions: IdMap::default(),
+            positions: IdIndex::default(),
             entries: Vec::new(),
         }
     }
 }
 
 impl<V> DenseMap<V> {
-    pub fn get(&self, id: &LegId) -> Option<&V> {
-        self.positions.get(id).map(|&at| &self.entries[at].1)
+    pub fn get(&self, id: &u64) -> Option<&V> {
+        self.positions
+            .get(*id)
+            .map(|at| &self.entries[at as usize].1)
     }
 
     /// The value of `id`, inserting `fresh` if there is none.
-    pub fn get_or_insert(&mut self, id: LegId, fresh: V) -> &mut V {
-        let at = match self.positions.entry(id) {
-            Entry::Occupied(entry) => *entry.get(),
-            Entry::Vacant(entry) => {
-                entry.insert(self.entries.len());
+    pub fn get_or_insert(&mut self, id: u64, fresh: V) -> &mut V {
+        let at = match self.positions.get(id) {
+            Some(at) => at as usize,
+            None => {
+                self.positions.insert(id, self.entries.len() as u32);
                 self.entries.push((id, fresh));
                 self.entries.len() - 1
             }
@@ -46,13 +47,18 @@ impl<V> DenseMap<V> {
     }
 
     /// Removes `id`; the last value takes its place (the vector stays dense).
-    pub fn remove(&mut self, id: &LegId) -> Option<V> {
-        let at = self.positions.remove(id)?;
+    pub fn remove(&mut self, id: &u64) -> Option<V> {
+        let at = self.positions.remove(*id)? as usize;
         let (_, value) = self.entries.swap_remove(at);
         if let Some(&(moved, _)) = self.entries.get(at) {
-            self.positions.insert(moved, at);
+            self.positions.insert(moved, at as u32);
         }
         Some(value)
+    }
+
+    /// Starts loading where `id` would be (see [`IdIndex::prefetch`]).
+    pub fn prefetch(&self, id: u64) {
+        self.positions.prefetch(id);
     }
 
     pub fn len(&self) -> usize {
@@ -70,7 +76,7 @@ impl<V> DenseMap<V> {
     }
 
     /// Every entry, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (LegId, &V)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &V)> + '_ {
         self.entries.iter().map(|(id, value)| (*id, value))
     }
 }
