@@ -46,6 +46,23 @@ impl<V> DenseMap<V> {
         &mut self.entries[at].1
     }
 
+    pub fn get_mut(&mut self, id: &u64) -> Option<&mut V> {
+        let at = self.positions.get(*id)? as usize;
+        Some(&mut self.entries[at].1)
+    }
+
+    /// Sets `id`'s value; returns the one it replaces.
+    pub fn insert(&mut self, id: u64, value: V) -> Option<V> {
+        match self.positions.get(id) {
+            Some(at) => Some(std::mem::replace(&mut self.entries[at as usize].1, value)),
+            None => {
+                self.positions.insert(id, self.entries.len() as u32);
+                self.entries.push((id, value));
+                None
+            }
+        }
+    }
+
     /// Removes `id`; the last value takes its place (the vector stays dense).
     pub fn remove(&mut self, id: &u64) -> Option<V> {
         let at = self.positions.remove(*id)? as usize;
@@ -69,10 +86,18 @@ impl<V> DenseMap<V> {
         self.entries.is_empty()
     }
 
-    /// Room for `more` entries beyond those held.
+    /// Room for `more` entries beyond those held. The new memory's pages
+    /// are populated in the background ([`super::prefault`]).
     pub fn reserve(&mut self, more: usize) {
         self.positions.reserve(more);
         self.entries.reserve(more);
+        super::prefault::populate_in_background(self.entries.spare_capacity_mut());
+    }
+
+    /// Forgets every entry; keeps the memory.
+    pub fn clear(&mut self) {
+        self.positions.clear();
+        self.entries.clear();
     }
 
     /// Every entry, in no particular order.

@@ -8,30 +8,6 @@
 //! thread as soon as it is reserved moves that cost off the critical path
 //! while the snapshot streams in.
 
-use allocator_api2::alloc::{AllocError, Allocator, Global};
-use std::alloc::Layout;
-use std::ptr::NonNull;
-
-/// The allocator of the table's hash maps: the global allocator, with large
-/// blocks populated in the background.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Prefaulting;
-
-// SAFETY: every block comes from, and returns to, the global allocator
-// unchanged; populating pages never changes their contents.
-unsafe impl Allocator for Prefaulting {
-    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        let block = Global.allocate(layout)?;
-        populate(block.as_ptr() as *mut u8 as usize, block.len());
-        Ok(block)
-    }
-
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        // SAFETY: forwarded unchanged; the caller's contract is Global's.
-        unsafe { Global.deallocate(ptr, layout) }
-    }
-}
-
 /// Populates the pages of `memory` (a vector's reserved, unwritten capacity,
 /// or a table freshly allocated zeroed) on a short-lived thread, without
 /// changing what they hold. Best effort: on kernels without

@@ -6,13 +6,8 @@
 //! one pass without a million-entry "seen" set.
 
 use crate::cdr::record::same_call;
-use crate::ids::IdIndex;
-use crate::ids::prefault::{self, Prefaulting};
+use crate::ids::{DenseMap, IdIndex, prefault};
 use crate::model::{CallLeg, LegId, Link, LinkId, PluginName};
-
-/// A map of engine ids whose large blocks are prefaulted (see
-/// [`prefault`]), keyed like every map of engine ids ([`crate::model::IdHasher`]).
-type HashMap<K, V> = hashbrown::HashMap<K, V, crate::model::IdHasher, Prefaulting>;
 
 /// What a snapshot leg is to the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +50,7 @@ pub struct LegTable {
     slots: Vec<LegEntry>,
     index: IdIndex,
     /// Each link with the generation of the last resync that saw it.
-    links: HashMap<LinkId, (Link, u32)>,
+    links: DenseMap<(Link, u32)>,
     generation: u32,
     /// Where the last `mark_seen` found its leg, plus one. An engine streams
     /// its snapshot in a stable order and the table keeps the order it
@@ -139,9 +134,13 @@ impl LegTable {
         }
     }
 
-    /// Starts loading the entries at `hints` (a batch of links about to be
-    /// inserted with [`LegTable::insert_link_at`]).
-    pub fn prefetch_slots(&self, hints: &[[u32; 2]]) {
+    /// Starts loading what inserting `links` at `hints` touches (a batch
+    /// about to go through [`LegTable::insert_link_at`]): the entries at the
+    /// hints, and where each link will be indexed.
+    pub fn prefetch_links(&self, links: &[Link], hints: &[[u32; 2]]) {
+        for link in links {
+            self.links.prefetch(link.id);
+        }
         for &slot in hints.iter().flatten() {
             if let Some(entry) = self.slots.get(slot as usize) {
                 crate::ids::prefetch(entry);
@@ -326,7 +325,7 @@ impl LegTable {
         self.links
             .iter()
             .filter(|(_, (_, generation))| *generation != self.generation)
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect()
     }
 

@@ -423,15 +423,15 @@ impl Host {
             decide_blocking(decider, offer, |d, links| d.decide_links(links)).await?;
         let wanted = self.events.wants_items();
         let mut events = Vec::with_capacity(if wanted { offer.len() } else { 0 });
-        for (i, ((link, verdict), at)) in offer.into_iter().zip(verdicts).zip(&offer_at).enumerate()
-        {
+        for (i, ((&link, verdict), &at)) in offer.iter().zip(verdicts).zip(&offer_at).enumerate() {
             if i % PREFETCH_BATCH == 0 {
-                let batch = &offer_at[i..(i + PREFETCH_BATCH).min(offer_at.len())];
-                self.table.prefetch_slots(batch);
+                let batch = i..(i + PREFETCH_BATCH).min(offer.len());
+                self.table
+                    .prefetch_links(&offer[batch.clone()], &offer_at[batch]);
             }
             match verdict.decision {
                 Decision::Rebuild => {
-                    self.table.insert_link_at(link, *at);
+                    self.table.insert_link_at(link, at);
                     run.summary.links_rebuilt += 1;
                 }
                 Decision::Refuse => {
