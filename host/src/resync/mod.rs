@@ -139,6 +139,12 @@ impl SnapshotDiff {
         unknown
     }
 
+    /// The snapshot is over: the set of offered ids (16 bytes a slot, 64 MB
+    /// at 4 million legs) is no longer needed for the links' phase.
+    pub fn legs_done(&mut self) {
+        self.offered = IdIndex::default();
+    }
+
     /// Takes in a chunk of snapshot links: known ones are marked seen as
     /// they stream in, unknown ones wait for their legs to be decided.
     pub fn links(&mut self, table: &mut LegTable, chunk: Vec<Link>) {

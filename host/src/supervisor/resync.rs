@@ -289,6 +289,7 @@ impl Host {
                     if let Some(last) = deciding.take() {
                         self.adopt(last, decider, run).await?;
                     }
+                    diff.legs_done();
                     return Ok(diff);
                 }
                 other => {
