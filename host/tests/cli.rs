@@ -565,6 +565,8 @@ fn the_dist_config_loads() {
     }
 }
 
+/// With `--repeat`, rounds take the sizes in turn and each row is a median;
+/// the last column compares time per leg with the first size's.
 #[test]
 fn bench_sweep_tabulates_and_plots_cost_per_leg() {
     let dir = tempfile::tempdir().unwrap();
@@ -573,14 +575,33 @@ fn bench_sweep_tabulates_and_plots_cost_per_leg() {
         "bench",
         "--sweep",
         "2000,6000",
+        "--repeat",
+        "2",
         "--plot",
         plot.to_str().unwrap(),
     ]);
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    let rows: Vec<&str> = stdout.lines().skip(1).collect();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let rounds: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("sweep: round "))
+        .collect();
+    assert_eq!(
+        rounds,
+        [
+            "1/2, 2000 legs, native then wasm",
+            "1/2, 6000 legs, native then wasm",
+            "2/2, 2000 legs, native then wasm",
+            "2/2, 6000 legs, native then wasm"
+        ],
+        "{stderr}"
+    );
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("medians of 2 rounds"), "{stdout}");
+    let rows: Vec<&str> = lines.skip(1).collect();
     assert_eq!(rows.len(), 2, "{stdout}");
     assert!(rows[0].trim_start().starts_with("2000 ") && rows[1].trim_start().starts_with("6000 "));
+    assert!(rows[0].ends_with(" 1.00x"), "{stdout}");
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("native") && svg.contains("wasm"));
     assert!(svg.contains("time per leg") && svg.contains("peak RSS per leg"));

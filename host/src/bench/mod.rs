@@ -93,8 +93,9 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Runs the measurement this many times, each in its own process with
-    /// its own engine-sim, alternating the policies of `--policy both`, and
-    /// prints medians: on a shared or noisy machine one run proves little.
+    /// its own engine-sim, alternating the policies of `--policy both` (or
+    /// the sizes of `--sweep`), and prints medians: on a shared or noisy
+    /// machine one run proves little.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
     /// How the active host is lost in `--mode takeover`.

@@ -1,7 +1,9 @@
-//! `legsync bench --sweep 10000,100000,1000000 [--plot FILE.svg]`: how the
-//! cost of a cold resync grows with the number of legs, native and WASM
-//! side by side, each run in its own process (peak RSS is per process),
-//! drawn as two charts: time per leg and peak memory per leg.
+//! `legsync bench --sweep 10000,100000,1000000 [--repeat N] [--plot FILE.svg]`:
+//! how the cost of a cold resync grows with the number of legs, native and
+//! WASM side by side, each run in its own process (peak RSS is per process),
+//! drawn as two charts: time per leg and peak memory per leg. With
+//! `--repeat`, rounds go through every size in turn (so each size sees the
+//! machine's slow and fast spells alike) and each point is the median run.
 
 use super::report::BenchReport;
 use super::series::run_child;
@@ -22,40 +24,75 @@ struct Point {
 
 pub async fn run(args: &BenchArgs, sizes: &[u64]) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!sizes.is_empty(), "--sweep needs at least one size");
-    let mut points = Vec::new();
-    for &legs in sizes {
-        anyhow::ensure!(legs >= 2, "--sweep sizes must be at least 2 legs");
-        eprintln!("sweep: {legs} legs, native then wasm");
-        let native = run_child(args, PolicyKind::Native, legs).await?;
-        let wasm = run_child(args, PolicyKind::Wasm, legs).await?;
-        if args.json {
-            for report in [&native, &wasm] {
-                println!("{}", serde_json::to_string(report)?);
+    anyhow::ensure!(
+        sizes.iter().all(|&legs| legs >= 2),
+        "--sweep sizes must be at least 2 legs"
+    );
+    let rounds = args.repeat;
+    // Per size: its native runs, then its WASM runs.
+    let mut runs: Vec<[Vec<BenchReport>; 2]> = sizes.iter().map(|_| Default::default()).collect();
+    for round in 1..=rounds {
+        for (&legs, size_runs) in sizes.iter().zip(&mut runs) {
+            eprintln!("sweep: round {round}/{rounds}, {legs} legs, native then wasm");
+            for (policy, into) in [PolicyKind::Native, PolicyKind::Wasm]
+                .into_iter()
+                .zip(size_runs.iter_mut())
+            {
+                let report = run_child(args, policy, legs).await?;
+                if args.json {
+                    println!("{}", serde_json::to_string(&report)?);
+                }
+                into.push(report);
             }
         }
-        points.push(Point { legs, native, wasm });
     }
+    let points: Vec<Point> = sizes
+        .iter()
+        .zip(runs)
+        .map(|(&legs, [native, wasm])| Point {
+            legs,
+            native: median_run(native),
+            wasm: median_run(wasm),
+        })
+        .collect();
     if !args.json {
-        println!(
-            "{:>10}  {:>14} {:>14}  {:>12} {:>12}",
-            "legs", "native ns/leg", "wasm ns/leg", "native B/leg", "wasm B/leg"
-        );
-        for p in &points {
-            println!(
-                "{:>10}  {:>14.0} {:>14.0}  {:>12.0} {:>12.0}",
-                p.legs,
-                ns_per_leg(&p.native),
-                ns_per_leg(&p.wasm),
-                p.native.rss_bytes_per_leg,
-                p.wasm.rss_bytes_per_leg
-            );
-        }
+        print_table(&points, rounds);
     }
     if let Some(path) = &args.plot {
         draw(path, &points)?;
         eprintln!("plot written to {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The run of median wall time (the lower middle of an even count).
+fn median_run(mut reports: Vec<BenchReport>) -> BenchReport {
+    reports.sort_by(|a, b| a.wall_seconds.total_cmp(&b.wall_seconds));
+    reports.swap_remove((reports.len() - 1) / 2)
+}
+
+/// Time and memory per leg at each size, and time per leg against the
+/// smallest size's: how far from linear the resync is.
+fn print_table(points: &[Point], rounds: u32) {
+    if rounds > 1 {
+        println!("medians of {rounds} rounds");
+    }
+    println!(
+        "{:>10}  {:>14} {:>14}  {:>12} {:>12}  {:>12}",
+        "legs", "native ns/leg", "wasm ns/leg", "native B/leg", "wasm B/leg", "wasm vs first"
+    );
+    let first = points.first().map_or(1.0, |p| ns_per_leg(&p.wasm));
+    for p in points {
+        println!(
+            "{:>10}  {:>14.0} {:>14.0}  {:>12.0} {:>12.0}  {:>11.2}x",
+            p.legs,
+            ns_per_leg(&p.native),
+            ns_per_leg(&p.wasm),
+            p.native.rss_bytes_per_leg,
+            p.wasm.rss_bytes_per_leg,
+            ns_per_leg(&p.wasm) / first
+        );
+    }
 }
 
 fn ns_per_leg(report: &BenchReport) -> f64 {
