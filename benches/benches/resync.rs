@@ -1,9 +1,12 @@
 //! The parts of a resync at 10,000, 100,000 and 1,000,000 legs: the diff of
 //! the table against a snapshot, batched decisions (native, WASM chain of 1
-//! and of 3 plugins), and snapshot decode.
+//! and of 3 plugins), and snapshot decode; and a cold resync's in-memory
+//! work at 1M and 4M legs (`adopt-cold`).
 
 use bytes::BytesMut;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use legsync::cdr::index::LedgerIndex;
+use legsync::cdr::record::StartReason;
 use legsync::legs::LegTable;
 use legsync::policy::PolicyRuntime;
 use legsync::policy::native::NativeRules;
@@ -116,5 +119,51 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, diff, decisions, decode);
+/// A cold resync's in-memory work as the table grows, without engine-sim,
+/// plugins or disk: the diff's duplicate check, the ledger index's STARTs,
+/// the table's inserts, the link plan and the links' inserts, by the same
+/// calls the supervisor makes, chunk by chunk. Time per leg at 4M against
+/// 1M is what issue 15 asks to keep flat.
+fn adopt_cold(c: &mut Criterion) {
+    let mut group = c.benchmark_group("adopt-cold");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    for n in [1_000_000, 4_000_000] {
+        let (legs, links) = legs(n);
+        group.throughput(Throughput::Elements(n));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &legs, |b, legs| {
+            b.iter_batched(
+                || {
+                    legs.chunks(SNAPSHOT_CHUNK)
+                        .map(<[_]>::to_vec)
+                        .collect::<Vec<_>>()
+                },
+                |chunks| {
+                    let mut table = LegTable::new();
+                    let mut ledger = LedgerIndex::default();
+                    table.reserve_total(legs.len());
+                    ledger.reserve_total(legs.len());
+                    let mut diff = SnapshotDiff::begin(&mut table, legs.len());
+                    let mut starts = 0;
+                    for chunk in chunks {
+                        let unknown = diff.legs(&mut table, chunk);
+                        starts += ledger.open_all(&unknown, StartReason::Found, 0).len();
+                        table
+                            .insert_all(unknown.into_iter().map(|l| (l, "bench".into())).collect());
+                    }
+                    diff.legs_done();
+                    diff.links(&mut table, links.clone());
+                    let plan = diff.plan_links(&mut table, &Default::default());
+                    let linked = table.insert_links_at(&plan.offer, &plan.offer_at);
+                    (starts, linked)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, diff, decisions, decode, adopt_cold);
 criterion_main!(benches);

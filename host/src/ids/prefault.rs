@@ -1,7 +1,8 @@
 //! Touching a table's reserved memory ahead of the legs that will fill it.
 //!
 //! A cold resync of a million legs writes ~250 MB of fresh table memory
-//! (slots, then the id index and the links map). The first write to each
+//! (the leg table's slots, the id indexes, the ledger index's and the
+//! links' dense vectors). The first write to each
 //! 4 KiB page is a page fault, ~2 us on the virtual machines this runs on:
 //! over 100 ms on the thread that adopts the legs, which is the resync's
 //! critical path. Asking the kernel to populate a large block from another

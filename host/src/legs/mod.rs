@@ -9,6 +9,11 @@ use crate::cdr::record::same_call;
 use crate::ids::{DenseMap, IdIndex, prefault};
 use crate::model::{CallLeg, LegId, Link, LinkId, PluginName};
 
+/// Items of a batch (links, here and in the link plan) prefetched together:
+/// enough misses to overlap, few enough that the first are still cached
+/// when the batch is processed.
+pub const PREFETCH_BATCH: usize = 256;
+
 /// What a snapshot leg is to the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sighting {
@@ -44,7 +49,7 @@ pub struct LegEntry {
 /// Entries live in one vector (a slab) with a small id-to-slot index beside
 /// it: at a million legs a `HashMap<LegId, LegEntry>` would spend about
 /// twice the entry size per leg on its buckets; this layout spends the entry
-/// plus 16 bytes of index.
+/// plus a 16-byte index slot (at most 3/4 full: [`IdIndex`]).
 #[derive(Debug, Default)]
 pub struct LegTable {
     slots: Vec<LegEntry>,
@@ -111,10 +116,39 @@ impl LegTable {
     }
 
     /// Starts loading where `id` is indexed: a caller with a batch of ids
-    /// (a snapshot chunk) prefetches them all, then looks them up (see
-    /// [`IdIndex::prefetch`]).
+    /// (a snapshot chunk to diff) prefetches them all, then looks them up
+    /// (see [`IdIndex::prefetch`]).
     pub fn prefetch(&self, id: LegId) {
         self.index.prefetch(id);
+    }
+
+    /// [`LegTable::insert`] for a batch of legs (a snapshot chunk's): their
+    /// index slots are all prefetched first, so the misses overlap (see
+    /// [`IdIndex::prefetch`]).
+    pub fn insert_all(&mut self, legs: Vec<(CallLeg, PluginName)>) {
+        for (leg, _) in &legs {
+            self.index.prefetch(leg.id);
+        }
+        for (leg, adopted_by) in legs {
+            self.insert(leg, adopted_by);
+        }
+    }
+
+    /// [`LegTable::insert_link_at`] for a resync's links, with the hints of
+    /// its plan: by batches whose entries and index slots are prefetched
+    /// first. Returns how many were inserted.
+    pub fn insert_links_at(&mut self, links: &[Link], hints: &[[u32; 2]]) -> usize {
+        let mut inserted = 0;
+        for (links, hints) in links
+            .chunks(PREFETCH_BATCH)
+            .zip(hints.chunks(PREFETCH_BATCH))
+        {
+            self.prefetch_links(links, hints);
+            for (&link, &hint) in links.iter().zip(hints) {
+                inserted += usize::from(self.insert_link_at(link, hint));
+            }
+        }
+        inserted
     }
 
     /// Starts loading what [`LegTable::link_side`] reads about the legs of
@@ -134,10 +168,9 @@ impl LegTable {
         }
     }
 
-    /// Starts loading what inserting `links` at `hints` touches (a batch
-    /// about to go through [`LegTable::insert_link_at`]): the entries at the
-    /// hints, and where each link will be indexed.
-    pub fn prefetch_links(&self, links: &[Link], hints: &[[u32; 2]]) {
+    /// Starts loading what inserting `links` at `hints` touches: the
+    /// entries at the hints, and where each link will be indexed.
+    fn prefetch_links(&self, links: &[Link], hints: &[[u32; 2]]) {
         for link in links {
             self.links.prefetch(link.id);
         }

@@ -6,7 +6,7 @@
 //! rule once the legs are settled. Pure: the supervisor does the I/O.
 
 use crate::ids::IdIndex;
-use crate::legs::{LegTable, Sighting};
+use crate::legs::{LegTable, PREFETCH_BATCH, Sighting};
 use crate::model::IdSet as HashSet;
 use crate::model::{CallLeg, LegId, Link, LinkId};
 
@@ -186,16 +186,12 @@ pub trait LinkSides {
     fn claim(&mut self, leg: LegId);
     /// Starts loading what `side` will read about the legs of `links`, a
     /// batch about to be sorted (nothing to do without a table of millions).
-    fn prefetch(&self, _links: &[Link]) {}
+    fn prefetch_sides(&self, _links: &[Link]) {}
 }
 
-/// Links sorted between two prefetches: enough misses to overlap, few
-/// enough that the first are still cached when the batch is sorted.
-pub const PREFETCH_BATCH: usize = 256;
-
 impl LinkSides for LegTable {
-    fn prefetch(&self, links: &[Link]) {
-        self.prefetch_sides(links);
+    fn prefetch_sides(&self, links: &[Link]) {
+        LegTable::prefetch_sides(self, links);
     }
     fn side(&self, leg: LegId) -> Option<(bool, u32)> {
         self.link_side(leg)
@@ -220,7 +216,7 @@ pub fn sort_links(
     // Claims of legs not held (refused ones: few): held legs carry theirs.
     let mut claimed: HashSet<LegId> = HashSet::default();
     for batch in links.chunks(PREFETCH_BATCH) {
-        sides.prefetch(batch);
+        sides.prefetch_sides(batch);
         for &link in batch {
             sort_link(link, refused, sides, &mut claimed, &mut plan);
         }

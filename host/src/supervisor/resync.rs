@@ -23,7 +23,7 @@ use crate::model::IdSet as HashSet;
 use crate::model::{CallLeg, Decision, LegId, Link, TerminationReason};
 use crate::policy::{Decider, Verdict};
 use crate::protocol::{Command, CommandResult, EngineMessage};
-use crate::resync::{PREFETCH_BATCH, SnapshotDiff};
+use crate::resync::SnapshotDiff;
 use std::time::Instant;
 
 /// A chunk being decided: its legs, their verdicts, and the microseconds
@@ -336,9 +336,7 @@ impl Host {
             .map(|(leg, _)| leg);
         run.hand_over(self.cdr.stage_open_calls(rebuilt, StartReason::Found))
             .await?;
-        for leg in &unknown {
-            self.table.prefetch(leg.id);
-        }
+        let mut rebuilt = Vec::with_capacity(unknown.len());
         for (mut leg, verdict) in unknown.into_iter().zip(verdicts) {
             if verdict.failure == Some(crate::policy::FailureKind::ResyncBudget) {
                 run.summary.decided_by_budget += 1;
@@ -346,7 +344,7 @@ impl Host {
             match verdict.decision {
                 Decision::Rebuild => {
                     leg.linked_to = None;
-                    self.table.insert(leg, verdict.plugin);
+                    rebuilt.push((leg, verdict.plugin));
                     run.summary.rebuilt += 1;
                 }
                 Decision::Refuse => {
@@ -355,6 +353,7 @@ impl Host {
                 }
             }
         }
+        self.table.insert_all(rebuilt);
         run.summary.phases.adopt += micros(phase);
         Ok(())
     }
@@ -417,22 +416,23 @@ impl Host {
         connection: &mut Connection,
         decider: &Decider,
         offer: Vec<Link>,
-        offer_at: Vec<[u32; 2]>,
+        mut offer_at: Vec<[u32; 2]>,
         run: &mut Run,
     ) -> Result<(), ResyncError> {
-        let (offer, verdicts) =
+        let (mut offer, verdicts) =
             decide_blocking(decider, offer, |d, links| d.decide_links(links)).await?;
         let wanted = self.events.wants_items();
         let mut events = Vec::with_capacity(if wanted { offer.len() } else { 0 });
-        for (i, ((&link, verdict), &at)) in offer.iter().zip(verdicts).zip(&offer_at).enumerate() {
-            if i % PREFETCH_BATCH == 0 {
-                let batch = i..(i + PREFETCH_BATCH).min(offer.len());
-                self.table
-                    .prefetch_links(&offer[batch.clone()], &offer_at[batch]);
-            }
+        // The rebuilt links are packed at the front of `offer` (no second
+        // vector of millions), then inserted together.
+        let mut rebuilt = 0;
+        for (i, verdict) in verdicts.into_iter().enumerate() {
+            let link = offer[i];
             match verdict.decision {
                 Decision::Rebuild => {
-                    self.table.insert_link_at(link, at);
+                    offer[rebuilt] = link;
+                    offer_at[rebuilt] = offer_at[i];
+                    rebuilt += 1;
                     run.summary.links_rebuilt += 1;
                 }
                 Decision::Refuse => {
@@ -452,6 +452,8 @@ impl Host {
                 failure: verdict.failure,
             });
         }
+        self.table
+            .insert_links_at(&offer[..rebuilt], &offer_at[..rebuilt]);
         self.events.emit_all(events);
         Ok(())
     }
