@@ -8,6 +8,7 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, 
 use legsync::cdr::index::LedgerIndex;
 use legsync::cdr::record::StartReason;
 use legsync::legs::LegTable;
+use legsync::model::CallLeg;
 use legsync::policy::PolicyRuntime;
 use legsync::policy::native::NativeRules;
 use legsync::protocol::{EngineMessage, FrameCodec, HostMessage, SNAPSHOT_CHUNK};
@@ -17,6 +18,11 @@ use std::time::Duration;
 use tokio_util::codec::{Decoder, Encoder};
 
 const SIZES: [u64; 3] = [10_000, 100_000, 1_000_000];
+
+/// `legs` as the engine streams them: a fresh copy, by snapshot chunks.
+fn snapshot_chunks(legs: &[CallLeg]) -> Vec<Vec<CallLeg>> {
+    legs.chunks(SNAPSHOT_CHUNK).map(<[_]>::to_vec).collect()
+}
 
 fn diff(c: &mut Criterion) {
     let mut group = c.benchmark_group("diff");
@@ -33,11 +39,7 @@ fn diff(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n));
         group.bench_with_input(BenchmarkId::from_parameter(n), &legs, |b, legs| {
             b.iter_batched(
-                || {
-                    legs.chunks(SNAPSHOT_CHUNK)
-                        .map(<[_]>::to_vec)
-                        .collect::<Vec<_>>()
-                },
+                || snapshot_chunks(legs),
                 |chunks| {
                     let mut diff = SnapshotDiff::begin(&mut table, 0);
                     let mut unknown = 0;
@@ -134,11 +136,7 @@ fn adopt_cold(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n));
         group.bench_with_input(BenchmarkId::from_parameter(n), &legs, |b, legs| {
             b.iter_batched(
-                || {
-                    legs.chunks(SNAPSHOT_CHUNK)
-                        .map(<[_]>::to_vec)
-                        .collect::<Vec<_>>()
-                },
+                || snapshot_chunks(legs),
                 |chunks| {
                     let mut table = LegTable::new();
                     let mut ledger = LedgerIndex::default();

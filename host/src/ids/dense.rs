@@ -116,11 +116,9 @@ mod tests {
     fn behaves_like_a_hash_map() {
         let mut dense = DenseMap::default();
         let mut plain = HashMap::new();
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut random = crate::ids::tests::xorshift(0x9e37_79b9_7f4a_7c15);
         for _ in 0..20_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            let seed = random();
             let id = seed % 512;
             match seed >> 60 {
                 0..=5 => {

@@ -166,11 +166,9 @@ mod tests {
     fn behaves_like_a_hash_map() {
         let mut index = IdIndex::default();
         let mut plain = HashMap::new();
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut random = crate::ids::tests::xorshift(0x2545_f491_4f6c_dd1d);
         for step in 0..200_000u32 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            let seed = random();
             // Ids at both ends of the range: 0 and u64::MAX are ids too.
             let id = (seed % 3000).wrapping_sub(1000);
             match seed >> 61 {
