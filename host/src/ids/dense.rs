@@ -33,16 +33,22 @@ impl<V> DenseMap<V> {
             .map(|at| &self.entries[at as usize].1)
     }
 
+    /// Where `id`'s value is; else `value` is appended for it (`Err` gives
+    /// it back if `id` had one).
+    fn position_or_push(&mut self, id: u64, value: V) -> Result<usize, (usize, V)> {
+        let next = self.entries.len();
+        match self.positions.get_or_insert(id, next as u32) {
+            Some(at) => Err((at as usize, value)),
+            None => {
+                self.entries.push((id, value));
+                Ok(next)
+            }
+        }
+    }
+
     /// The value of `id`, inserting `fresh` if there is none.
     pub fn get_or_insert(&mut self, id: u64, fresh: V) -> &mut V {
-        let at = match self.positions.get(id) {
-            Some(at) => at as usize,
-            None => {
-                self.positions.insert(id, self.entries.len() as u32);
-                self.entries.push((id, fresh));
-                self.entries.len() - 1
-            }
-        };
+        let (Ok(at) | Err((at, _))) = self.position_or_push(id, fresh);
         &mut self.entries[at].1
     }
 
@@ -53,13 +59,9 @@ impl<V> DenseMap<V> {
 
     /// Sets `id`'s value; returns the one it replaces.
     pub fn insert(&mut self, id: u64, value: V) -> Option<V> {
-        match self.positions.get(id) {
-            Some(at) => Some(std::mem::replace(&mut self.entries[at as usize].1, value)),
-            None => {
-                self.positions.insert(id, self.entries.len() as u32);
-                self.entries.push((id, value));
-                None
-            }
+        match self.position_or_push(id, value) {
+            Ok(_) => None,
+            Err((at, value)) => Some(std::mem::replace(&mut self.entries[at].1, value)),
         }
     }
 

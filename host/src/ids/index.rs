@@ -90,6 +90,19 @@ impl IdIndex {
         previous
     }
 
+    /// `id`'s position if it has one; else gives it `position` and returns
+    /// `None` (one probe where a look-up then an insert would take two).
+    pub fn get_or_insert(&mut self, id: u64, position: u32) -> Option<u32> {
+        self.reserve(1);
+        let (at, found) = self.find(id);
+        if found {
+            return Some((self.slots[at][1] - 1) as u32);
+        }
+        self.len += 1;
+        self.slots[at] = [id, u64::from(position) + 1];
+        None
+    }
+
     /// Removes `id`; returns its position.
     pub fn remove(&mut self, id: u64) -> Option<u32> {
         if self.len == 0 {
@@ -172,7 +185,12 @@ mod tests {
             // Ids at both ends of the range: 0 and u64::MAX are ids too.
             let id = (seed % 3000).wrapping_sub(1000);
             match seed >> 61 {
-                0..=3 => assert_eq!(index.insert(id, step), plain.insert(id, step)),
+                0..=2 => assert_eq!(index.insert(id, step), plain.insert(id, step)),
+                3 => {
+                    let held = plain.get(&id).copied();
+                    assert_eq!(index.get_or_insert(id, step), held);
+                    plain.entry(id).or_insert(step);
+                }
                 4..=5 => assert_eq!(index.remove(id), plain.remove(&id)),
                 _ => assert_eq!(index.get(id), plain.get(&id).copied()),
             }

@@ -184,9 +184,9 @@ impl LegTable {
     /// Adds (or replaces) a leg, marked as seen by the current resync.
     pub fn insert(&mut self, leg: CallLeg, adopted_by: PluginName) {
         let generation = self.generation;
-        match self.slot(leg.id) {
+        match self.index.get_or_insert(leg.id, self.slots.len() as u32) {
             Some(slot) => {
-                let entry = &mut self.slots[slot];
+                let entry = &mut self.slots[slot as usize];
                 *entry = LegEntry {
                     leg,
                     adopted_by,
@@ -196,7 +196,6 @@ impl LegTable {
                 };
             }
             None => {
-                self.index.insert(leg.id, self.slots.len() as u32);
                 self.slots.push(LegEntry {
                     leg,
                     adopted_by,
