@@ -14,13 +14,11 @@
 /// changing what they hold. Best effort: on kernels without
 /// `MADV_POPULATE_WRITE` (Linux < 5.14) or on other systems nothing happens
 /// and the pages fault in as they are written, as before.
+///
+/// Only whole pages are populated, and only if there are enough of them to
+/// be worth a thread.
 pub fn populate_in_background<T>(memory: &[T]) {
-    populate(memory.as_ptr() as usize, std::mem::size_of_val(memory));
-}
-
-/// Populates the whole pages of `len` bytes from `address`, in the
-/// background, if there are enough of them to be worth a thread.
-fn populate(address: usize, len: usize) {
+    let (address, len) = (memory.as_ptr() as usize, std::mem::size_of_val(memory));
     const PAGE: usize = 4096;
     /// Below this, the thread costs more than the faults it spares.
     const WORTH_IT: usize = 4 << 20;

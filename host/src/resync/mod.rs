@@ -103,18 +103,17 @@ impl SnapshotDiff {
     pub fn legs(&mut self, table: &mut LegTable, mut chunk: Vec<CallLeg>) -> Vec<CallLeg> {
         // Every leg is looked up in a table of millions: the misses are
         // started together.
-        for leg in &chunk {
-            if self.cold {
-                self.offered.prefetch(leg.id);
-            } else {
-                table.prefetch(leg.id);
-            }
-        }
         if self.cold {
+            for leg in &chunk {
+                self.offered.prefetch(leg.id);
+            }
             let before = chunk.len();
             chunk.retain(|leg| self.offered.insert(leg.id, 0).is_none());
             self.anomalies.duplicate_legs += (before - chunk.len()) as u64;
             return chunk;
+        }
+        for leg in &chunk {
+            table.prefetch(leg.id);
         }
         let mut unknown = Vec::new();
         for leg in chunk {

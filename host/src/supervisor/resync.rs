@@ -336,7 +336,7 @@ impl Host {
             .map(|(leg, _)| leg);
         run.hand_over(self.cdr.stage_open_calls(rebuilt, StartReason::Found))
             .await?;
-        let mut rebuilt = Vec::with_capacity(unknown.len());
+        let mut adopted = Vec::with_capacity(unknown.len());
         for (mut leg, verdict) in unknown.into_iter().zip(verdicts) {
             if verdict.failure == Some(crate::policy::FailureKind::ResyncBudget) {
                 run.summary.decided_by_budget += 1;
@@ -344,7 +344,7 @@ impl Host {
             match verdict.decision {
                 Decision::Rebuild => {
                     leg.linked_to = None;
-                    rebuilt.push((leg, verdict.plugin));
+                    adopted.push((leg, verdict.plugin));
                     run.summary.rebuilt += 1;
                 }
                 Decision::Refuse => {
@@ -353,7 +353,7 @@ impl Host {
                 }
             }
         }
-        self.table.insert_all(rebuilt);
+        self.table.insert_all(adopted);
         run.summary.phases.adopt += micros(phase);
         Ok(())
     }
