@@ -27,17 +27,12 @@ fn link_tls(
     engine: &str,
 ) -> anyhow::Result<Option<crate::engine::connection::LinkTls>> {
     let Some(tls) = &config.tls else {
-        let host = crate::config::engine_host(engine);
-        let local = host == "localhost"
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if local {
+        if crate::config::is_loopback(engine) {
             tracing::info!(engine, "the engine link is plain TCP (loopback)");
         } else {
             tracing::warn!(
                 engine,
-                "the engine link is plain TCP: configure [tls] so that only your engine and your hosts can talk on it"
+                "the engine link is plain TCP (link.allow_plain): configure [tls] so that only your engine and your hosts can talk on it"
             );
         }
         return Ok(None);
@@ -119,7 +114,7 @@ pub fn build_host(
         backoff_max: Duration::from_millis(link.backoff_max_ms),
     };
     let ledger = CdrWriter::open(&config.cdr)?;
-    ledger.0.set_host(&config.name);
+    ledger.0.set_host(&config.name)?;
     let policy = PolicyHandle::new(decider);
     Ok((Host::new(options, policy.clone(), ledger, events), policy))
 }

@@ -125,6 +125,11 @@ pub struct LinkConfig {
     /// remaining legs are decided by the plugins' failure policies (so a
     /// slow but legal plugin cannot hold a million-leg resync for minutes).
     pub decision_budget_ms: u64,
+    /// Accept a plain TCP link to an engine on another machine. Off by
+    /// default: without `[tls]`, any client that reaches the engine's port
+    /// can take the controller slot, and this host then hands its calls
+    /// over to it.
+    pub allow_plain: bool,
 }
 
 impl Default for LinkConfig {
@@ -141,12 +146,23 @@ impl Default for LinkConfig {
             max_links: 4_000_000,
             resync_timeout_ms: 120_000,
             decision_budget_ms: 30_000,
+            allow_plain: false,
         }
     }
 }
 
 fn default_grace() -> f64 {
     10.0
+}
+
+/// Whether an engine address names this machine (`localhost` or a
+/// loopback IP).
+pub fn is_loopback(engine: &str) -> bool {
+    let host = engine_host(engine);
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `host:port`, with a port number: checked at load, resolved at connect.
@@ -248,6 +264,13 @@ impl HostConfig {
         self.admin_addr()?;
         if let Some(engine) = &self.engine {
             check_engine_address(engine)?;
+            anyhow::ensure!(
+                self.tls.is_some() || self.link.allow_plain || is_loopback(engine),
+                "engine `{engine}` is not on this machine and the link has no [tls]: any client that reaches \
+                 its port could take the controller slot, and this host would hand its calls over to it. \
+                 Configure [tls] (`legsync tls init` makes a trial PKI), or set `link.allow_plain = true` \
+                 on a network only your engines and hosts can reach"
+            );
         }
         let link = &self.link;
         for (key, value, range) in [

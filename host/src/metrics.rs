@@ -32,6 +32,8 @@ pub const RELOADS: &str = "legsync_reloads_total";
 pub const CDR_RECORDS: &str = "legsync_cdr_records_total";
 pub const CDR_FSYNC_SECONDS: &str = "legsync_cdr_fsync_duration_seconds";
 pub const GRACE_EXPIRIES: &str = "legsync_grace_expiries_total";
+pub const HANDOVERS: &str = "legsync_handovers_total";
+pub const EPOCH_REFUSALS: &str = "legsync_epoch_refusals_total";
 pub const EVENT_LOG_ERRORS: &str = "legsync_event_log_errors_total";
 pub const SNAPSHOT_ANOMALIES: &str = "legsync_snapshot_anomalies_total";
 pub const HEARTBEAT_GAP_SECONDS: &str = "legsync_heartbeat_gap_seconds";
@@ -121,7 +123,7 @@ pub const ALL: &[(&str, &str, &str)] = &[
     (
         CDR_RECORDS,
         "counter",
-        "ledger records written, by kind (start, end, resume)",
+        "ledger records written, by kind (start, end, resume, carry)",
     ),
     (
         CDR_FSYNC_SECONDS,
@@ -147,6 +149,16 @@ pub const ALL: &[(&str, &str, &str)] = &[
         GRACE_EXPIRIES,
         "counter",
         "grace timer expiries (every context destroyed)",
+    ),
+    (
+        HANDOVERS,
+        "counter",
+        "grace times that ended with another controller holding the engine: the calls were handed over to it (ENDs that its records supersede), not reported gone",
+    ),
+    (
+        EPOCH_REFUSALS,
+        "counter",
+        "engine connections refused because the engine's controller epoch went back",
     ),
     (
         SNAPSHOT_ANOMALIES,

@@ -133,6 +133,9 @@ pub enum TerminationReason {
     /// The ledger had the call open when the host started, and the engine
     /// no longer has it: it ended while no host was watching.
     HostLost,
+    /// The grace time ran out while another controller held the engine:
+    /// the host gave its contexts up to it without ending the calls.
+    HandedOver,
 }
 
 impl TerminationReason {
@@ -146,6 +149,7 @@ impl TerminationReason {
             TerminationReason::HostShutdown => "host-shutdown",
             TerminationReason::Replaced => "replaced",
             TerminationReason::HostLost => "host-lost",
+            TerminationReason::HandedOver => "handed-over",
         }
     }
 }

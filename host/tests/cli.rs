@@ -359,6 +359,62 @@ fn cdr_check_passes_a_good_ledger_and_names_each_violation() {
     assert!(stderr.contains("2 violation(s)"), "{stderr}");
 }
 
+/// `cdr bill` and `cdr check` refuse what is not a ledger piece (a sidecar,
+/// any other file) and a bill with a piece left out, naming each, with a
+/// non-zero exit; `--partial` bills anyway with the gap on stderr.
+#[test]
+fn the_cdr_tools_refuse_sidecars_other_files_and_missing_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = sample_ledger(dir.path());
+    let sidecar = dir.path().join("cdr.jsonl.alive");
+    std::fs::write(&sidecar, "1700000000000 5\n").unwrap();
+    let other = dir.path().join("hostname");
+    std::fs::write(&other, "gw-host-1\n").unwrap();
+    for tool in ["bill", "check"] {
+        for (file, expected) in [
+            (&sidecar, "is the ledger's `.alive` file"),
+            (&other, "is not a ledger: line 1 is not a CDR record"),
+        ] {
+            let out = legsync(&[
+                "cdr",
+                tool,
+                ledger.to_str().unwrap(),
+                file.to_str().unwrap(),
+            ]);
+            assert_eq!(out.status.code(), Some(1), "cdr {tool} {}", file.display());
+            assert!(
+                text(&out.stderr).contains(expected),
+                "{}",
+                text(&out.stderr)
+            );
+        }
+    }
+    // The first two records moved to a piece that is left out.
+    let whole = std::fs::read_to_string(&ledger).unwrap();
+    let rest: String = whole.split_inclusive('\n').skip(2).collect();
+    std::fs::write(&ledger, rest).unwrap();
+    let out = legsync(&["cdr", "bill", ledger.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("records 1 to 2 of host `` are missing"),
+        "{stderr}"
+    );
+    let out = legsync(&["cdr", "bill", "--partial", ledger.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("records 1 to 2"));
+    let out = legsync(&["cdr", "check", ledger.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .next()
+            .unwrap()
+            .contains("violation(s) in 3 records of 1 host(s) in 1 file(s)"),
+        "the summary comes first: {stderr}"
+    );
+}
+
 #[test]
 fn bench_live_times_every_generated_event_to_its_durable_record() {
     let runs = bench_json(&[
@@ -496,6 +552,11 @@ fn init_writes_a_setup_that_checks_and_export_writes_a_plugin() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("ok   plugin 20-rules@"), "{stdout}");
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        written.contains("allow_plain = true") && written.contains("Configure [tls]"),
+        "a remote engine without TLS is allowed in so many words: {written}"
+    );
     // Never over what is there.
     let again = legsync(&["init", setup.to_str().unwrap()]);
     assert!(!again.status.success());
@@ -536,15 +597,46 @@ fn the_dist_config_loads() {
     let out = legsync(&["init", dir.path().join("starter").to_str().unwrap()]);
     assert!(out.status.success());
     std::fs::rename(dir.path().join("starter/plugins.d"), &plugins).unwrap();
+    let tls = dir.path().join("tls");
+    let out = legsync(&["tls", "init", tls.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let config = dir.path().join("legsync.toml");
     std::fs::write(
         &config,
         shipped
+            .replace("/etc/legsync/tls", tls.to_str().unwrap())
             .replace("/etc/legsync/plugins.d", plugins.to_str().unwrap())
             .replace(
                 "/var/cache/legsync",
                 dir.path().join("cache").to_str().unwrap(),
             ),
+    )
+    .unwrap();
+    let out = legsync(&["check", "--config", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    // Without [tls], a remote engine needs an explicit `allow_plain`.
+    let plain: String = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            !l.starts_with("ca =")
+                && !l.starts_with("cert =")
+                && !l.starts_with("key =")
+                && *l != "[tls]"
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, &plain).unwrap();
+    let out = legsync(&["check", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(
+        said.contains("is not on this machine and the link has no [tls]"),
+        "{said}"
+    );
+    std::fs::write(
+        &config,
+        plain.replace("[link]\n", "[link]\nallow_plain = true\n"),
     )
     .unwrap();
     let out = legsync(&["check", "--config", config.to_str().unwrap()]);

@@ -146,3 +146,110 @@ async fn engine_sim_shrugs_off_sighup() {
     // after it proves the signal was not fatal.
     assert!(sim.ok("counts").await.unwrap().starts_with("legs=2"));
 }
+
+/// Another controller takes the slot while the host is cut off (a rogue or
+/// misrouted client; a peer): at the grace deadline the host is told `Busy`,
+/// so it hands its calls over instead of reporting them gone. Their ENDs say
+/// `handed-over` (no grace-expired END), and when the host gets the slot
+/// back it RESUMEs them, so each call is billed once from its answer to its
+/// release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_loses_the_slot_hands_its_calls_over_instead_of_ending_them() {
+    use legsync::cdr::bill;
+    use legsync::cdr::record::RecordKind;
+    use legsync::model::TerminationReason;
+    let world = common::world::World::new(None, &[("20-rules", "rules", None)]).await;
+    let (mut host, _) = world.host(1.0).await;
+    let mut calls = Vec::new();
+    for n in 0..3 {
+        let id = world
+            .sim
+            .ok_id(&format!("call SIP_A 15145550{n}00 14385550{n}00"))
+            .await
+            .unwrap();
+        calls.push(id);
+    }
+    host.wait_status(WAIT, |s| s.legs == 3).await.unwrap();
+    // The host is cut off; a client that keeps no ledger takes the slot.
+    let isolated = world.sim.ok("isolate 300").await.unwrap();
+    assert!(!isolated.is_empty(), "the host is the controller");
+    host.wait_disconnected(WAIT).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut rogue = loop {
+        let (client, answer) = connect(world.sim.listen, "rogue").await;
+        if matches!(answer, EngineMessage::Hello { .. }) {
+            break client;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never freed"
+        );
+        tokio::task::yield_now().await;
+    };
+    // It keeps the slot with heartbeats until the test lets it go.
+    let rogue = tokio::spawn(async move {
+        let mut beat = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            beat.tick().await;
+            if rogue.send(HostMessage::Heartbeat).await.is_err() {
+                return;
+            }
+        }
+    });
+    let events = host.wait_purged(WAIT).await.unwrap();
+    let ended = legsync::demo::harness::terminated(&events);
+    assert_eq!(ended.len(), 3, "{ended:?}");
+    assert!(
+        ended
+            .iter()
+            .all(|(_, r)| *r == TerminationReason::HandedOver),
+        "{ended:?}"
+    );
+    let ends: Vec<_> = world
+        .cdrs()
+        .into_iter()
+        .filter(|r| r.kind == RecordKind::End)
+        .collect();
+    assert_eq!(ends.len(), 3);
+    assert!(
+        ends.iter()
+            .all(|r| r.end_reason == Some(TerminationReason::HandedOver)),
+        "no grace-expired END: the calls are not gone"
+    );
+    // The rogue goes; the host gets the slot back and resumes the calls.
+    rogue.abort();
+    let _ = rogue.await;
+    host.next_resync(WAIT).await.unwrap();
+    let resumed = world
+        .cdrs()
+        .into_iter()
+        .filter(|r| r.kind == RecordKind::Resume)
+        .count();
+    assert_eq!(resumed, 3);
+    for id in &calls {
+        world.sim.ok(&format!("release {id}")).await.unwrap();
+    }
+    host.wait_status(WAIT, |s| s.legs == 0).await.unwrap();
+    host.stop().await.unwrap();
+    let ledgers = bill::read_ledgers(&[world.cdr_path()]).unwrap();
+    assert!(
+        bill::check(&ledgers).is_empty(),
+        "{:?}",
+        bill::check(&ledgers)
+    );
+    let billed = bill::bill(&bill::records(&ledgers));
+    assert_eq!(billed.len(), 3);
+    for call in &billed {
+        assert_eq!(call.state, bill::CallState::Closed);
+        let end = world
+            .cdrs()
+            .into_iter()
+            .find(|r| r.record == call.end_record.unwrap())
+            .unwrap();
+        assert_eq!(
+            end.end_reason,
+            Some(TerminationReason::Released),
+            "billed to the release, not to the handover"
+        );
+    }
+}

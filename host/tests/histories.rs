@@ -901,3 +901,60 @@ async fn rotation_under_load_loses_and_doubles_nothing() {
     );
     assert!(calls >= 500, "{calls} calls billed");
 }
+
+/// Issue 28's F-a5: the active is killed, the standby takes over (a second
+/// epoch), the old active is restarted at once and gets the slot back (a
+/// third epoch) while the standby is cut off. The restarted host finds its
+/// calls open in its own ledger and writes nothing about them; the cut-off
+/// standby's grace timer then ends them all under the second epoch. The
+/// restarted host's CARRY (every open call carried under the third epoch)
+/// is what keeps them open in the merged bill; at the end every call is
+/// billed once, as the engine's history says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_active_that_restarts_fast_and_takes_the_slot_back_bills_every_call_once() {
+    let mut run = Run::start(2).await;
+    let mut up = Vec::new();
+    for n in 0..6 {
+        let reply = run
+            .control(&format!("call SIP_A 151455501{n:02} 143855501{n:02}"))
+            .await;
+        let id: u64 = reply.strip_prefix("OK ").unwrap().parse().unwrap();
+        run.legs.push(id);
+        up.push(id);
+    }
+    for &id in &up {
+        assert!(run.wait_open(id).await, "leg {id} never opened");
+    }
+    let start = now() - 1_000;
+    let pri_active = run.roles(0, "active");
+    run.log.push("active pri kill -9".into());
+    run.hosts[0].crash().await.unwrap();
+    run.wait_role(1, "active", 1).await;
+    run.wait_in_sync().await;
+    // pri is back at once; alt, the controller now, is cut off, so pri
+    // takes the slot back with its calls open in its own ledger.
+    run.hosts[0].start().unwrap();
+    assert_eq!(run.control("isolate 3000").await, "OK alt");
+    run.wait_role(0, "active", pri_active + 1).await;
+    // alt's grace timer runs out while it is cut off: ENDs under epoch 2.
+    let alt_events = run.dir.path().join("events-alt.jsonl");
+    wait_for_count(&alt_events, "\"state\":\"purged\"", 1, WAIT)
+        .await
+        .unwrap();
+    let billed = run.billed();
+    for &id in &up {
+        let row = billed.iter().find(|c| c.leg == id).unwrap();
+        assert_eq!(
+            row.state,
+            CallState::Open,
+            "leg {id} is up under pri, but the merged bill has it {:?} (alt's grace END won)",
+            row.state
+        );
+    }
+    run.blind_from(start);
+    run.heal_and_release_all().await;
+    run.finish(
+        "a fast restart of a killed active",
+        "cargo test --test histories a_killed_active_that_restarts_fast",
+    );
+}

@@ -138,6 +138,11 @@ async fn events_that_contradict_a_held_call_end_it_and_never_merge() {
         ],
         "four calls, each billed once to its own party"
     );
+    // The answer time corrected from 4,000 to 6,000: the first row ends
+    // where the second begins, the call's time billed once.
+    let rows: Vec<_> = calls.iter().filter(|c| c.session == 99).collect();
+    assert_eq!(rows[0].end_time_ms, Some(6_000), "{rows:?}");
+    assert_eq!(rows[0].duration_ms, Some(2_000));
     drop(engine);
     host.stop().await.unwrap();
 }
@@ -191,13 +196,15 @@ async fn a_live_answer_refused_by_a_plugin_is_billed_then_dropped() {
     );
     // The ledger has the call, START and END, before the drop goes out.
     let records = legsync::cdr::CdrWriter::read_all(&config.cdr).unwrap();
-    let kinds: Vec<_> = records.iter().map(|r| (r.leg, r.kind)).collect();
     use legsync::cdr::record::RecordKind;
+    let kinds: Vec<_> = records
+        .iter()
+        .filter(|r| r.kind.is_call())
+        .map(|r| (r.leg, r.kind))
+        .collect();
     assert_eq!(kinds, [(7, RecordKind::Start), (7, RecordKind::End)]);
-    assert_eq!(
-        records[1].duration_ms,
-        Some(records[1].end_time_ms.unwrap() - 5_500)
-    );
+    let end = records.iter().find(|r| r.kind == RecordKind::End).unwrap();
+    assert_eq!(end.duration_ms, Some(end.end_time_ms.unwrap() - 5_500));
     let dropped = tokio::time::timeout(WAIT, async {
         loop {
             match engine.next().await {
@@ -261,5 +268,163 @@ async fn snapshot_anomalies_have_defined_outcomes_and_are_counted() {
     assert_eq!(summary.links_rebuilt, 2, "links 10 and 14");
     let status = host.status();
     assert_eq!((status.legs, status.links), (4, 2));
+    host.stop().await.unwrap();
+}
+
+/// The hello of a scripted engine `scripted` under controller `epoch`.
+fn hello_under(epoch: u64) -> EngineMessage {
+    EngineMessage::Hello {
+        protocol: legsync::protocol::PROTOCOL_VERSION,
+        boot_id: 1,
+        engine: "scripted".into(),
+        epoch,
+    }
+}
+
+/// An engine whose controller epoch goes back (a hostile engine, or one
+/// restarted without its epoch store) is refused with the reason, before a
+/// record is written under it, by the running host and by a host started
+/// later on the same ledger; a higher epoch is accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_whose_epoch_goes_back_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut host, mut engine, config) = scripted(dir.path()).await;
+    let call = leg(5, 5, 1_000, Some(2_000));
+    for message in [
+        hello_under(50),
+        EngineMessage::SnapshotBegin { legs: 1, links: 0 },
+        EngineMessage::SnapshotLegs(vec![call.clone()]),
+        EngineMessage::SnapshotEnd,
+    ] {
+        engine.send(message).await.unwrap();
+    }
+    host.next_resync(WAIT).await.unwrap();
+    drop(engine);
+    let listener = tokio::net::TcpListener::bind(config.engine.as_deref().unwrap())
+        .await
+        .unwrap();
+    let refused = async |host: &mut RunningHost, epoch: u64| {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut engine = FramedWrite::new(
+            stream,
+            FrameCodec::<HostMessage, EngineMessage>::new(1 << 20),
+        );
+        engine.send(hello_under(epoch)).await.unwrap();
+        let events = host
+            .events_until(WAIT, |e| {
+                matches!(e, HostEvent::Link { detail: Some(d), .. } if d.contains("offers controller epoch"))
+            })
+            .await
+            .unwrap();
+        let detail = events
+            .iter()
+            .find_map(|e| match e {
+                HostEvent::Link {
+                    detail: Some(d), ..
+                } if d.contains("epoch") => Some(d.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert!(
+            detail.contains(&format!("engine `scripted` offers controller epoch {epoch}, but this ledger already has records under epoch 50")),
+            "{detail}"
+        );
+    };
+    refused(&mut host, 49).await;
+    host.stop().await.unwrap();
+    let records = legsync::cdr::CdrWriter::read_all(&config.cdr).unwrap();
+    assert!(
+        records.iter().all(|r| r.epoch == 50),
+        "nothing under a lower epoch"
+    );
+
+    // A host started later on the same ledger remembers the epoch.
+    let mut host = RunningHost::start(
+        &config,
+        Decider::Chain(Arc::new(PolicyChain::new(Vec::new(), 1024))),
+    )
+    .unwrap();
+    refused(&mut host, 7).await;
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut engine = FramedWrite::new(
+        stream,
+        FrameCodec::<HostMessage, EngineMessage>::new(1 << 20),
+    );
+    for message in [
+        hello_under(51),
+        EngineMessage::SnapshotBegin { legs: 1, links: 0 },
+        EngineMessage::SnapshotLegs(vec![call]),
+        EngineMessage::SnapshotEnd,
+    ] {
+        engine.send(message).await.unwrap();
+    }
+    let resync = host.next_resync(WAIT).await.unwrap();
+    assert_eq!(
+        synced(&resync),
+        [(5, Decision::Rebuild)],
+        "a cold host decides it again"
+    );
+    host.stop().await.unwrap();
+    let last = legsync::cdr::CdrWriter::read_all(&config.cdr)
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        (last.kind, last.epoch, last.calls),
+        (legsync::cdr::record::RecordKind::Carry, 51, Some(1))
+    );
+}
+
+/// An answer the engine reports after releasing the leg (events out of
+/// order) is not a new call: nothing is decided or billed for it, whether
+/// the leg was answered before its release or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_after_the_release_bills_no_ghost_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut host, mut engine, config) = scripted(dir.path()).await;
+    for message in [
+        common::engine_hello("scripted", 1),
+        EngineMessage::SnapshotBegin { legs: 0, links: 0 },
+        EngineMessage::SnapshotEnd,
+    ] {
+        engine.send(message).await.unwrap();
+    }
+    host.next_resync(WAIT).await.unwrap();
+    let ringing = leg(6, 6, 1_000, None);
+    let answered = leg(7, 7, 1_000, Some(1_500));
+    let marker = leg(9, 9, 1_000, Some(1_900));
+    for event in [
+        EngineEvent::LegOffered(ringing.clone()),
+        EngineEvent::LegReleased(6),
+        EngineEvent::LegAnswered(leg(6, 6, 1_000, Some(2_000))),
+        EngineEvent::LegOffered(leg(7, 7, 1_000, None)),
+        EngineEvent::LegAnswered(answered.clone()),
+        EngineEvent::LegReleased(7),
+        EngineEvent::LegAnswered(answered),
+        // Then a call that is answered for real, as a marker.
+        EngineEvent::LegAnswered(marker),
+    ] {
+        engine.send(EngineMessage::Event(event)).await.unwrap();
+    }
+    let events = host
+        .events_until(WAIT, |e| matches!(e, HostEvent::CallLegSync { leg: 9, .. }))
+        .await
+        .unwrap();
+    assert_eq!(
+        synced(&events),
+        [(9, Decision::Rebuild)],
+        "only the marker was decided"
+    );
+    let status = host.wait_status(WAIT, |s| s.legs == 1).await.unwrap();
+    assert_eq!(status.legs, 1);
+    let ledgers = bill::read_ledgers(&[&config.cdr]).unwrap();
+    let calls = bill::bill(&bill::records(&ledgers));
+    let summary: Vec<_> = calls.iter().map(|c| (c.leg, c.state)).collect();
+    assert_eq!(
+        summary,
+        [(7, CallState::Closed), (9, CallState::Open)],
+        "7 billed once to its release; no ghost of 6 or 7"
+    );
+    drop(engine);
     host.stop().await.unwrap();
 }

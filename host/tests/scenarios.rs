@@ -163,6 +163,12 @@ async fn scenario_3_host_cold_restart_offers_every_active_call() {
         "a planned host restart bills nothing: the ledger already has the calls open"
     );
     assert_eq!(before.len(), 3, "one START each for C, D, E");
+    let last = world.ledger().pop().unwrap();
+    assert_eq!(
+        (last.kind, last.calls),
+        (RecordKind::Carry, Some(3)),
+        "the new host carries the three calls under its epoch"
+    );
     second.stop().await.unwrap();
 }
 

@@ -65,6 +65,24 @@ pub struct LedgerIndex {
     /// latest record until the host connects (records written before that
     /// hold knowledge from that epoch).
     stamp: Stamp,
+    /// The highest epoch the ledger has seen of each engine: an engine
+    /// offering a lower one went back in time (see
+    /// [`LedgerIndex::check_epoch`]).
+    epochs: std::collections::BTreeMap<CompactString, u64>,
+}
+
+/// An engine offered a controller epoch below one this ledger already
+/// holds records under: records written under it would be taken as older
+/// knowledge than they are, and calls ended under it never billed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "engine `{engine}` offers controller epoch {offered}, but this ledger already has records under epoch {seen}: \
+     its epochs must only grow (it lost its epoch store, or it is not the engine it claims to be)"
+)]
+pub struct EpochWentBack {
+    pub engine: String,
+    pub offered: u64,
+    pub seen: u64,
 }
 
 impl LedgerIndex {
@@ -74,6 +92,10 @@ impl LedgerIndex {
         if record.epoch >= self.stamp.epoch {
             self.stamp.engine.clone_from(&record.engine);
             self.stamp.epoch = record.epoch;
+        }
+        self.saw_epoch(&record.engine, record.epoch);
+        if record.kind == RecordKind::Carry {
+            return;
         }
         let key = record.key();
         let fresh = CallState {
@@ -100,6 +122,7 @@ impl LedgerIndex {
                         .push_back((record.time_ms, record.leg, record.record));
                 }
             }
+            RecordKind::Carry => unreachable!("a CARRY returns above"),
         }
         self.forget_released(record.time_ms);
     }
@@ -161,6 +184,43 @@ impl LedgerIndex {
     pub fn set_epoch(&mut self, engine: &str, epoch: u64) {
         self.stamp.engine = engine.into();
         self.stamp.epoch = epoch;
+        self.saw_epoch(engine, epoch);
+    }
+
+    fn saw_epoch(&mut self, engine: &str, epoch: u64) {
+        if self.epochs.get(engine).is_none_or(|&seen| seen < epoch) {
+            self.epochs.insert(engine.into(), epoch);
+        }
+    }
+
+    /// Whether `engine` may give this host `epoch`: not below any epoch of
+    /// it that the ledger has seen (the same epoch again is a reconnection
+    /// the engine did not count, harmless).
+    pub fn check_epoch(&self, engine: &str, epoch: u64) -> Result<(), EpochWentBack> {
+        match self.epochs.get(engine) {
+            Some(&seen) if epoch < seen => Err(EpochWentBack {
+                engine: engine.to_string(),
+                offered: epoch,
+                seen,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The CARRY record: every call the ledger has open is carried under
+    /// the current epoch.
+    pub fn carry(&mut self, now_ms: u64) -> CdrRecord {
+        let calls = self.calls.iter().filter(|(_, s)| s.open).count() as u64;
+        let number = self.next_record.max(1);
+        self.next_record = number + 1;
+        let record = CdrRecord {
+            host: self.stamp.host.clone(),
+            engine: self.stamp.engine.clone(),
+            epoch: self.stamp.epoch,
+            ..CdrRecord::carry(number, calls, now_ms)
+        };
+        self.replay(&record);
+        record
     }
 
     /// The number the next record gets.

@@ -70,6 +70,8 @@ pub struct CdrWriter {
     index: Arc<Mutex<LedgerIndex>>,
     jobs: std::sync::mpsc::Sender<Job>,
     durable: tokio::sync::watch::Receiver<DurableMark>,
+    /// The host named in the ledger's last record, if any.
+    written_by: Option<compact_str::CompactString>,
 }
 
 impl std::fmt::Debug for CdrWriter {
@@ -130,8 +132,12 @@ impl CdrWriter {
         // The parties of every open call, to write their END if the engine
         // no longer has them.
         let mut open: HashMap<u64, CallLeg> = HashMap::default();
+        let mut written_by = None;
         let mut take = |record: CdrRecord| {
             index.replay(&record);
+            if written_by.as_ref() != Some(&record.host) {
+                written_by = Some(record.host.clone());
+            }
             match record.kind {
                 RecordKind::Start | RecordKind::Resume => {
                     open.insert(record.leg, record.call_leg());
@@ -139,20 +145,52 @@ impl CdrWriter {
                 RecordKind::End => {
                     open.remove(&record.leg);
                 }
+                RecordKind::Carry => {}
             }
         };
         // What the rotated files said, then what this one says.
-        let checkpoint = rotate::checkpoint_path(path);
-        if let Ok(saved) = std::fs::File::open(&checkpoint) {
-            rotate::replay_lines(saved, &checkpoint, &mut take)?;
+        let checkpoint_file = rotate::checkpoint_path(path);
+        let checkpoint = rotate::read_checkpoint(&checkpoint_file)?;
+        let through = checkpoint.through;
+        let sealed = through.is_some();
+        checkpoint.records.into_iter().for_each(&mut take);
+        let mut first_in_file = None;
+        let good_len = rotate::replay_lines(&file, path, |record| {
+            first_in_file.get_or_insert(record.record);
+            take(record)
+        })?;
+        // The file must go on where the checkpoint stops: a gap means the
+        // checkpoint is stale or gone, or the file was cut in place.
+        if let Some(first) = first_in_file {
+            let covered = through.unwrap_or(0);
+            anyhow::ensure!(
+                first <= covered + 1 || (!sealed && checkpoint_file.exists()),
+                "{} starts at record {first}, but {}: records {} to {} are nowhere this host can read. \
+                 The file was truncated in place (logrotate's `copytruncate`: use `create` and `legsync reopen` instead), \
+                 or the checkpoint is stale or was deleted. Put the missing records back (cat the rotated pieces \
+                 before {} and remove the checkpoint), then start again",
+                path.display(),
+                match through {
+                    Some(t) => format!(
+                        "its checkpoint {} covers records up to {t} only",
+                        checkpoint_file.display()
+                    ),
+                    None => format!(
+                        "there is no checkpoint {} for the records before it",
+                        checkpoint_file.display()
+                    ),
+                },
+                covered + 1,
+                first - 1,
+                path.display(),
+            );
         }
-        let good_len = rotate::replay_lines(&file, path, &mut take)?;
         if file.metadata()?.len() != good_len {
             file.set_len(good_len)?;
             file.sync_all()?;
         }
         file.seek(std::io::SeekFrom::End(0))?;
-        let (_, last_written) = read_alive(&alive_path(path));
+        let (alive_ms, last_written) = read_alive(&alive_path(path))?;
         let last_read = index.next_record().saturating_sub(1);
         anyhow::ensure!(
             last_written <= last_read,
@@ -164,7 +202,6 @@ impl CdrWriter {
             path.display(),
             alive_path(path).display()
         );
-        let (alive_ms, _) = read_alive(&alive_path(path));
         let recovered = index
             .open_calls()
             .filter_map(|(key, seen_ms)| {
@@ -205,6 +242,7 @@ impl CdrWriter {
             index: Arc::new(Mutex::new(index)),
             jobs,
             durable: durable_rx,
+            written_by: written_by.filter(|host| !host.is_empty()),
         };
         Ok((writer, recovered))
     }
@@ -290,9 +328,36 @@ impl CdrWriter {
         self.submit(records, true)
     }
 
+    /// The CARRY record (see [`record::RecordKind::Carry`]): every call the
+    /// ledger has open is carried under the current epoch. Written at the
+    /// end of every resync, once its ENDs are in; durable once awaited.
+    pub fn carry(&self) -> Pending {
+        let record = self.lock().carry(now_ms());
+        self.submit(vec![record], true)
+    }
+
+    /// Whether `engine` may give this host controller `epoch` (never below
+    /// one the ledger has seen of it).
+    pub fn check_epoch(&self, engine: &str, epoch: u64) -> Result<(), index::EpochWentBack> {
+        self.lock().check_epoch(engine, epoch)
+    }
+
     /// Records are written by the host named `host` (unique in its pair).
-    pub fn set_host(&self, host: &str) {
+    /// A ledger written under another name is refused: record numbers,
+    /// RESUMEs and epochs are a host's own, so a renamed host (the default
+    /// name is the machine's, which a VM can change) would split its ledger
+    /// in two for `legsync cdr check` and the bill.
+    pub fn set_host(&self, host: &str) -> anyhow::Result<()> {
+        if let Some(previous) = self.written_by.as_ref().filter(|p| *p != host) {
+            anyhow::bail!(
+                "the ledger {} was written by host `{previous}`, and this host is named `{host}`: a host's \
+                 records must carry one name. Set `name = \"{previous}\"` in the config (or `--name {previous}`), \
+                 or start a new ledger file for the new name",
+                self.path.display()
+            );
+        }
         self.lock().set_host(host);
+        Ok(())
     }
 
     /// Records hold what `engine` said under controller `epoch` from now on
@@ -358,12 +423,51 @@ impl CdrWriter {
     }
 }
 
-/// The sidecar's last moment in sync and last record written (0 when
-/// unknown).
-fn read_alive(path: &Path) -> (u64, u64) {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut words = text.split_whitespace().map(|w| w.parse().unwrap_or(0));
-    (words.next().unwrap_or(0), words.next().unwrap_or(0))
+/// How far ahead of this machine's clock an `.alive` time may be (a clock
+/// stepped back by NTP after the host wrote it).
+const ALIVE_SKEW_MS: u64 = 60_000;
+
+/// The sidecar's last moment in sync and last durable record (0, 0 when
+/// there is none yet). A sidecar that cannot be read or parsed, or that
+/// claims a moment in the future, is refused: the first would skip the
+/// rotation check, the second would stamp ENDs with that future time.
+fn read_alive(path: &Path) -> anyhow::Result<(u64, u64)> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "cannot read {} (the ledger's last moment in sync)",
+                    path.display()
+                )
+            });
+        }
+    };
+    let words: Vec<u64> = text
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()
+        .filter(|w: &Vec<u64>| w.len() == 2)
+        .with_context(|| {
+            format!(
+                "{} is damaged: it must hold two numbers (the last moment in sync, in Unix ms, and the last durable record); \
+                 remove it to start without it (the rotation check is then skipped once)",
+                path.display()
+            )
+        })?;
+    let (alive_ms, record) = (words[0], words[1]);
+    let now = now_ms();
+    anyhow::ensure!(
+        alive_ms <= now + ALIVE_SKEW_MS,
+        "{} says the host was in sync at {alive_ms} (Unix ms), {} s after this machine's clock: \
+         ENDs would be stamped in the future. Fix the clock, or remove the file (calls lost while the \
+         host was down then end at their last record)",
+        path.display(),
+        (alive_ms - now) / 1000
+    );
+    Ok((alive_ms, record))
 }
 
 /// Flushes staged records to disk in the background (one fsync at a time,
@@ -409,8 +513,8 @@ impl Writer {
     fn run(mut self, jobs: std::sync::mpsc::Receiver<Job>) {
         let mut lines = Vec::new();
         while let Ok(first) = jobs.recv() {
-            // Records of this group, by kind: START, END, RESUME.
-            let mut kinds = [0u64; 3];
+            // Records of this group, by kind: START, END, RESUME, CARRY.
+            let mut kinds = [0u64; 4];
             let mut waiting = Vec::new();
             let mut sync = false;
             let mut alive_ms = None;
@@ -445,7 +549,8 @@ impl Writer {
             }
             let result = self.write(&lines, sync || reopen.is_some());
             if result.is_ok() {
-                for (kind, n) in ["start", "end", "resume"].into_iter().zip(kinds) {
+                let names = ["start", "end", "resume", "carry"];
+                for (kind, n) in names.into_iter().zip(kinds) {
                     crate::metrics::count(crate::metrics::CDR_RECORDS, "kind", kind, n);
                 }
             }
@@ -500,9 +605,15 @@ impl Writer {
         let other = |e: anyhow::Error| std::io::Error::other(format!("{e:#}"));
         // The old file by its descriptor: wherever it was moved to.
         let old = PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()));
+        // Not moved (a reopen without a rotation): nothing to compact.
+        if same_file(&old, &self.path) {
+            tracing::info!(file = %self.path.display(), "reopen: the CDR file was not moved; nothing to do");
+            return Ok(());
+        }
         let checkpoint = rotate::checkpoint_path(&self.path);
-        let records = rotate::compact(&[checkpoint.clone(), old], now_ms()).map_err(other)?;
-        rotate::write_checkpoint(&checkpoint, &records).map_err(other)?;
+        let previous = rotate::read_checkpoint(&checkpoint).map_err(|e| other(e.into()))?;
+        let records = rotate::compact(previous.records, &old, now_ms()).map_err(other)?;
+        rotate::write_checkpoint(&checkpoint, &records, self.last_record).map_err(other)?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .read(true)
@@ -520,6 +631,15 @@ impl Writer {
         {
             tracing::warn!(error = %e, file = %self.alive.display(), "cannot record the last moment in sync");
         }
+    }
+}
+
+/// Whether `a` and `b` are the same file (device and inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 
@@ -671,6 +791,201 @@ mod tests {
                 && err.contains("rotated without `legsync reopen`"),
             "{err}"
         );
+    }
+
+    /// A ledger rotated once (calls 1-3 answered, 1 released, then the
+    /// file moved and reopened, then call 4 answered), closed cleanly.
+    async fn rotated_once(dir: &Path) -> PathBuf {
+        let path = dir.join("cdr.jsonl");
+        let (writer, _) = CdrWriter::open(&path).unwrap();
+        let calls = [answered(1), answered(2), answered(3)];
+        writer
+            .open_calls(&calls, StartReason::Answered)
+            .durable()
+            .await
+            .unwrap();
+        writer
+            .close_calls([(&calls[0], 5_000)], TerminationReason::Released)
+            .durable()
+            .await
+            .unwrap();
+        std::fs::rename(&path, dir.join("cdr.jsonl.1")).unwrap();
+        writer.reopen().durable().await.unwrap();
+        writer
+            .open_calls(&[answered(4)], StartReason::Answered)
+            .durable()
+            .await
+            .unwrap();
+        writer.mark_alive();
+        writer.commit().durable().await.unwrap();
+        writer.commit().durable().await.unwrap();
+        path
+    }
+
+    fn open_error(path: &Path) -> String {
+        format!("{:#}", CdrWriter::open(path).unwrap_err())
+    }
+
+    /// The checkpoint is verified, never trusted: torn, altered, stale
+    /// (from an earlier rotation) or deleted, the start refuses, naming it.
+    #[tokio::test]
+    async fn a_damaged_stale_or_missing_checkpoint_stops_the_start_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = rotated_once(dir.path()).await;
+        let checkpoint = rotate::checkpoint_path(&path);
+        let good = std::fs::read(&checkpoint).unwrap();
+        let (_, recovered) = CdrWriter::open(&path).unwrap();
+        assert_eq!(recovered.len(), 3, "calls 2, 3 and 4 are open");
+
+        std::fs::write(&checkpoint, &good[..good.len() - 10]).unwrap();
+        assert!(
+            open_error(&path).contains("is torn"),
+            "{}",
+            open_error(&path)
+        );
+        let altered =
+            String::from_utf8(good.clone())
+                .unwrap()
+                .replacen("\"leg\":2", "\"leg\":9", 1);
+        std::fs::write(&checkpoint, altered).unwrap();
+        assert!(
+            open_error(&path).contains("has been altered"),
+            "{}",
+            open_error(&path)
+        );
+        std::fs::remove_file(&checkpoint).unwrap();
+        let err = open_error(&path);
+        assert!(
+            err.contains("starts at record 5, but there is no checkpoint")
+                && err.contains("records 1 to 4"),
+            "{err}"
+        );
+
+        // Stale: the checkpoint of the first rotation after a second one.
+        std::fs::write(&checkpoint, &good).unwrap();
+        let (writer, _) = CdrWriter::open(&path).unwrap();
+        std::fs::rename(&path, dir.path().join("cdr.jsonl.2")).unwrap();
+        writer.reopen().durable().await.unwrap();
+        writer
+            .open_calls(&[answered(5)], StartReason::Answered)
+            .durable()
+            .await
+            .unwrap();
+        drop(writer);
+        std::fs::write(&checkpoint, &good).unwrap();
+        let err = open_error(&path);
+        assert!(err.contains("covers records up to 4 only"), "{err}");
+    }
+
+    /// logrotate's `copytruncate`: the file is copied, then cut to nothing
+    /// in place while the host writes on. The next start sees the ledger
+    /// begin past record 1 with nothing covering the start, and refuses.
+    #[tokio::test]
+    async fn a_ledger_truncated_in_place_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.jsonl");
+        let (writer, _) = CdrWriter::open(&path).unwrap();
+        writer
+            .open_calls(&[answered(1), answered(2)], StartReason::Answered)
+            .durable()
+            .await
+            .unwrap();
+        std::fs::copy(&path, dir.path().join("cdr.jsonl.1")).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        writer
+            .close_calls([(&answered(1), 5_000)], TerminationReason::Released)
+            .durable()
+            .await
+            .unwrap();
+        drop(writer);
+        let err = open_error(&path);
+        assert!(
+            err.contains("starts at record 3") && err.contains("copytruncate"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_alive_file_from_the_future_or_damaged_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.jsonl");
+        let (writer, _) = CdrWriter::open(&path).unwrap();
+        writer
+            .open_calls(&[answered(1)], StartReason::Answered)
+            .durable()
+            .await
+            .unwrap();
+        drop(writer);
+        let alive = alive_path(&path);
+        // 2100-01-01.
+        std::fs::write(&alive, "4102444800000 1\n").unwrap();
+        let err = open_error(&path);
+        assert!(err.contains("after this machine's clock"), "{err}");
+        std::fs::write(&alive, "yesterday\n").unwrap();
+        let err = open_error(&path);
+        assert!(err.contains("is damaged"), "{err}");
+        std::fs::write(&alive, format!("{} 1\n", now_ms())).unwrap();
+        let (_, recovered) = CdrWriter::open(&path).unwrap();
+        assert_eq!(recovered.len(), 1);
+    }
+
+    /// A crash mid-write can cut a line inside a multi-byte character: the
+    /// line is cut at the last newline like any torn line.
+    #[tokio::test]
+    async fn a_torn_line_cut_inside_a_character_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.jsonl");
+        let mut call = answered(1);
+        call.nap = "SIP_ŁÓDŹ".into();
+        let (writer, _) = CdrWriter::open(&path).unwrap();
+        writer
+            .open_calls(&[call.clone()], StartReason::Answered)
+            .durable()
+            .await
+            .unwrap();
+        drop(writer);
+        let whole = std::fs::read(&path).unwrap();
+        let cut = whole.windows(2).position(|w| w == "Ł".as_bytes()).unwrap() + 1;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(&whole[..cut]).unwrap();
+        drop(file);
+        let (_, recovered) = CdrWriter::open(&path).unwrap();
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            whole,
+            "the torn bytes are cut off"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_ledger_written_under_another_host_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.jsonl");
+        let (writer, _) = CdrWriter::open(&path).unwrap();
+        writer.set_host("gw-a").unwrap();
+        writer
+            .open_calls(&[answered(1)], StartReason::Answered)
+            .durable()
+            .await
+            .unwrap();
+        drop(writer);
+        let (writer, _) = CdrWriter::open(&path).unwrap();
+        let err = format!("{:#}", writer.set_host("ip-10-0-0-7").unwrap_err());
+        assert!(
+            err.contains("written by host `gw-a`, and this host is named `ip-10-0-0-7`")
+                && err.contains("name = \"gw-a\""),
+            "{err}"
+        );
+        writer.set_host("gw-a").unwrap();
     }
 
     #[test]

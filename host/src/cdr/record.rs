@@ -3,8 +3,14 @@
 //! The ledger is RADIUS accounting's shape (Start / Stop, with our RESUME
 //! for the grace-timer trap): START when a call is answered or first found
 //! answered at a resync, END when it ends for the host, RESUME when an ended
-//! call is found alive again. Every record repeats the call's identity and
-//! parties, so a line read alone says which call it is about.
+//! call is found alive again. Every call record repeats the call's identity
+//! and parties, so a line read alone says which call it is about.
+//!
+//! One record is about the host's whole set of open calls instead of one
+//! call (it carries no call fields): CARRY, written at the end of every
+//! resync, says that this host carries every call its ledger has open under
+//! the connection's epoch, so that this epoch's knowledge covers the calls
+//! the host wrote nothing new about (a restart that finds its own calls).
 
 use crate::json_line::JsonLine;
 use crate::model::{CallLeg, Direction, LegId, LegState, Protocol, TerminationReason};
@@ -20,6 +26,9 @@ pub enum RecordKind {
     End,
     /// A call that had an END was found alive again: it is still up.
     Resume,
+    /// Every call open in this host's ledger for `engine` is carried under
+    /// `epoch` (written at the end of each resync; `calls` says how many).
+    Carry,
 }
 
 /// How the host learned that a call was answered.
@@ -90,16 +99,23 @@ pub struct CdrRecord {
     /// one's (see `bill`).
     #[serde(default)]
     pub epoch: u64,
+    #[serde(default)]
     pub leg: LegId,
+    #[serde(default)]
     pub session: u64,
     /// Inline up to 24 bytes (every real NAP and number), as in [`CallLeg`]:
     /// a resync builds a million records without a heap allocation each.
+    #[serde(default)]
     pub nap: CompactString,
+    #[serde(default)]
     pub calling: CompactString,
+    #[serde(default)]
     pub called: CompactString,
     /// When the call was offered (Unix ms): part of its identity.
+    #[serde(default)]
     pub offered_time_ms: u64,
     /// The call's original answer time (Unix ms).
+    #[serde(default)]
     pub answer_time_ms: u64,
     /// START only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,6 +135,10 @@ pub struct CdrRecord {
     /// END only: the earlier END of the same call that this one replaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supersedes: Option<u64>,
+    /// CARRY only: how many calls the host's ledger had open for the
+    /// engine (`legsync cdr check` counts them again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<u64>,
 }
 
 impl RecordKind {
@@ -127,7 +147,14 @@ impl RecordKind {
             RecordKind::Start => "start",
             RecordKind::End => "end",
             RecordKind::Resume => "resume",
+            RecordKind::Carry => "carry",
         }
+    }
+
+    /// START, END and RESUME are about one call; CARRY about every call
+    /// the host has open.
+    pub fn is_call(self) -> bool {
+        self != RecordKind::Carry
     }
 }
 
@@ -151,8 +178,14 @@ impl CdrRecord {
             .num("time_ms", self.time_ms)
             .text("host", &self.host)
             .text("engine", &self.engine)
-            .num("epoch", self.epoch)
-            .num("leg", self.leg)
+            .num("epoch", self.epoch);
+        if !self.kind.is_call() {
+            // A CARRY: about every open call, no call fields.
+            line.num("calls", self.calls.unwrap_or_default());
+            line.end();
+            return;
+        }
+        line.num("leg", self.leg)
             .num("session", self.session)
             .text("nap", &self.nap)
             .text("calling", &self.calling)
@@ -202,6 +235,33 @@ impl CdrRecord {
             end_reason: None,
             resumes: None,
             supersedes: None,
+            calls: None,
+        }
+    }
+
+    /// A CARRY record, numbered `record`, about `calls` open calls.
+    pub fn carry(record: u64, calls: u64, time_ms: u64) -> CdrRecord {
+        CdrRecord {
+            record,
+            kind: RecordKind::Carry,
+            time_ms,
+            host: CompactString::default(),
+            engine: CompactString::default(),
+            epoch: 0,
+            leg: 0,
+            session: 0,
+            nap: CompactString::default(),
+            calling: CompactString::default(),
+            called: CompactString::default(),
+            offered_time_ms: 0,
+            answer_time_ms: 0,
+            start_reason: None,
+            end_time_ms: None,
+            duration_ms: None,
+            end_reason: None,
+            resumes: None,
+            supersedes: None,
+            calls: Some(calls),
         }
     }
 
@@ -293,6 +353,21 @@ mod tests {
                 String::from_utf8(serde).unwrap()
             );
         }
+    }
+
+    #[test]
+    fn a_claim_is_one_short_line_that_reads_back() {
+        let mut carry = CdrRecord::carry(9, 1_234, 5_000);
+        (carry.host, carry.engine, carry.epoch) = ("pri".into(), "gw-1".into(), 3);
+        let mut line = Vec::new();
+        carry.write_line(&mut line);
+        let text = String::from_utf8(line).unwrap();
+        assert_eq!(
+            text,
+            "{\"record\":9,\"kind\":\"carry\",\"time_ms\":5000,\"host\":\"pri\",\"engine\":\"gw-1\",\"epoch\":3,\"calls\":1234}\n"
+        );
+        let back: CdrRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, carry);
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub struct BillArgs {
     /// Comma-separated values with a header line.
     #[arg(long)]
     csv: bool,
+    /// Bill even if record numbers are missing (a piece left out): calls
+    /// whose END is in the missing piece show as open.
+    #[arg(long)]
+    partial: bool,
 }
 
 #[derive(Debug, Args)]
@@ -38,7 +42,21 @@ pub fn run(command: CdrCommand) -> anyhow::Result<ExitCode> {
     match command {
         CdrCommand::Bill(args) => {
             let ledgers = bill::read_ledgers(&args.files)?;
-            let calls = bill::bill(&bill::records(&ledgers));
+            if let Some(damaged) = bill::damaged_line(&ledgers) {
+                anyhow::bail!("{damaged}: not billed (run `legsync cdr check` for every problem)");
+            }
+            let records = bill::records(&ledgers);
+            let gaps = bill::gaps(&records);
+            for gap in &gaps {
+                eprintln!("legsync: {gap}");
+            }
+            if !gaps.is_empty() && !args.partial {
+                anyhow::bail!(
+                    "not billed: with records missing, calls whose END is in a missing piece would show as open. \
+                     Give every piece of every host's ledger, or `--partial` to bill what is here"
+                );
+            }
+            let calls = bill::bill(&records);
             let mut out = std::io::stdout().lock();
             let written = if args.json {
                 calls.iter().try_for_each(|call| {
@@ -56,16 +74,26 @@ pub fn run(command: CdrCommand) -> anyhow::Result<ExitCode> {
         }
         CdrCommand::Check(args) => {
             let ledgers = bill::read_ledgers(&args.files)?;
-            let records: usize = ledgers.iter().map(|(_, lines)| lines.len()).sum();
+            let lines: usize = ledgers.iter().map(|(_, lines)| lines.len()).sum();
+            let hosts: std::collections::BTreeSet<_> = bill::records(&ledgers)
+                .into_iter()
+                .map(|r| r.host)
+                .collect();
             let problems = bill::check(&ledgers);
+            let summary = format!(
+                "{lines} records of {} host(s) in {} file(s)",
+                hosts.len(),
+                ledgers.len()
+            );
             if problems.is_empty() {
-                println!("ok: {records} records, every rule holds");
+                println!("ok: {summary}, every rule holds");
                 return Ok(ExitCode::SUCCESS);
             }
+            // The summary first: a long list of violations is read from the top.
+            eprintln!("{} violation(s) in {summary}:", problems.len());
             for problem in &problems {
                 eprintln!("{problem}");
             }
-            eprintln!("{} violation(s) in {records} records", problems.len());
             Ok(ExitCode::FAILURE)
         }
     }

@@ -61,6 +61,18 @@ pub fn run(args: InitArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn starter_config(dir: &Path, engine: &str) -> String {
+    // A remote engine without TLS must be allowed in so many words: the
+    // starter says it, and says what to do instead.
+    let link = if crate::config::is_loopback(engine) {
+        String::new()
+    } else {
+        "\n[link]\n\
+         # A trial on a trusted network only: any client that reaches the engine's\n\
+         # port can take the controller slot. Configure [tls] (`legsync tls init`)\n\
+         # and remove this line.\n\
+         allow_plain = true\n"
+            .to_string()
+    };
     format!(
         "# legsync config (docs/operations.md). Every key is optional.\n\
          engine = \"{engine}\"\n\
@@ -68,6 +80,7 @@ fn starter_config(dir: &Path, engine: &str) -> String {
          cdr = \"{}\"\n\
          events = \"{}\"\n\
          admin = \"127.0.0.1:9464\"\n\
+         {link}\
          \n\
          [policy]\n\
          plugin_dir = \"{}\"\n",

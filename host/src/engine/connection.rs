@@ -81,6 +81,9 @@ pub enum LinkError {
     Limit(String),
     #[error("{0}")]
     Stalled(String),
+    /// The engine's controller epoch is below one the ledger has seen.
+    #[error(transparent)]
+    EpochWentBack(#[from] crate::cdr::index::EpochWentBack),
 }
 
 impl LinkError {
@@ -99,6 +102,7 @@ impl LinkError {
             LinkError::Unexpected(_) => "unexpected",
             LinkError::Limit(_) => "limit",
             LinkError::Stalled(_) => "stalled",
+            LinkError::EpochWentBack(_) => "epoch-went-back",
         }
     }
 
@@ -107,6 +111,7 @@ impl LinkError {
         match self {
             LinkError::Protocol(e) => e.is_peer_fault(),
             LinkError::Version { .. }
+            | LinkError::EpochWentBack(_)
             | LinkError::Tls { .. }
             | LinkError::Unexpected(_)
             | LinkError::NotLegsync { .. }

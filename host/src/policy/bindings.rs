@@ -87,7 +87,11 @@ impl From<model::TerminationReason> for wit::TerminationReason {
             }
             model::TerminationReason::GraceExpired => wit::TerminationReason::GraceExpired,
             model::TerminationReason::RefusedByPolicy => wit::TerminationReason::RefusedByPolicy,
-            model::TerminationReason::HostShutdown => wit::TerminationReason::HostShutdown,
+            // To a plugin, a handover is the host letting go of calls that
+            // go on under another controller, as at a stop.
+            model::TerminationReason::HostShutdown | model::TerminationReason::HandedOver => {
+                wit::TerminationReason::HostShutdown
+            }
             // The contract has no words for these: to a plugin, the engine
             // no longer has the call it knew.
             model::TerminationReason::Replaced | model::TerminationReason::HostLost => {

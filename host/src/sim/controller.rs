@@ -5,7 +5,11 @@
 //! the others get `Busy` and stand by. Every accepted controller connection
 //! gets the next **epoch**, kept in a small file beside the state file and
 //! made durable before the host hears it, so an epoch only grows, across
-//! engine restarts too. Ledger records carry the epoch they were written
+//! engine restarts too. The file alone is not enough: an engine restarted
+//! with a fresh state directory would start again at 1, and hosts would
+//! refuse it (their ledgers hold higher epochs). So an epoch is also never
+//! below the clock's microseconds since 1970: a lost file costs nothing
+//! unless the clock went back as well, and the file covers the clock. Ledger records carry the epoch they were written
 //! under, which is how a bill merged from both hosts of a pair tells newer
 //! knowledge of a call from older (see docs/operations.md).
 //!
@@ -100,7 +104,7 @@ impl ControllerSlot {
     /// must [`ControllerSlot::persist`] the epoch before telling the host.
     pub fn take(&self, host: &str, cancel: CancellationToken) -> Controller {
         let mut slot = self.lock();
-        slot.last_epoch += 1;
+        slot.last_epoch = (slot.last_epoch + 1).max(crate::model::now_us());
         let controller = Controller {
             host: host.to_string(),
             epoch: slot.last_epoch,
@@ -174,13 +178,25 @@ mod tests {
         slot.release(first.epoch);
         let second = slot.take("b", CancellationToken::new());
         slot.persist(second.epoch).await.unwrap();
-        assert_eq!((first.epoch, second.epoch), (1, 2));
+        assert!(second.epoch > first.epoch);
         // A stale release does not free the new controller's slot.
         slot.release(first.epoch);
         assert_eq!(slot.current().0.unwrap().host, "b");
         drop(slot);
         let again = ControllerSlot::open(&state).unwrap();
-        assert_eq!(again.take("a", CancellationToken::new()).epoch, 3);
+        let third = again.take("a", CancellationToken::new());
+        assert!(third.epoch > second.epoch);
+        // A file from the future (a clock that went back) still rules.
+        std::fs::write(epoch_path(&state), format!("{}\n", u64::MAX / 2)).unwrap();
+        let ahead = ControllerSlot::open(&state).unwrap();
+        assert_eq!(
+            ahead.take("a", CancellationToken::new()).epoch,
+            u64::MAX / 2 + 1
+        );
+        // A lost file: the clock keeps the epochs growing.
+        std::fs::remove_file(epoch_path(&state)).unwrap();
+        let fresh = ControllerSlot::open(&state).unwrap();
+        assert!(fresh.take("a", CancellationToken::new()).epoch > third.epoch);
         std::fs::write(epoch_path(&state), "x").unwrap();
         let err = ControllerSlot::open(&state).unwrap_err().to_string();
         assert!(err.contains("is corrupt"), "{err}");

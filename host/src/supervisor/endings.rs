@@ -100,11 +100,13 @@ impl Host {
             .into_values()
             .map(|call| (call.leg, call.proven_up_ms))
             .collect();
-        tracing::warn!(
-            calls = lost.len(),
-            reason = reason.as_str(),
-            "calls the ledger had open from the previous run are gone; ending them at their last proven moment"
-        );
+        if reason != TerminationReason::HandedOver {
+            tracing::warn!(
+                calls = lost.len(),
+                reason = reason.as_str(),
+                "calls the ledger had open from the previous run are gone; ending them at their last proven moment"
+            );
+        }
         self.end_legs_at(lost, reason, decider).await?;
         self.publish(None, None);
         Ok(())
@@ -129,6 +131,40 @@ impl Host {
             state: LinkState::Purged,
             boot_id: None,
             detail: None,
+        });
+        Ok(())
+    }
+
+    /// The grace time ran out while `controller` holds the engine: the
+    /// calls are not gone, another controller carries them. The contexts
+    /// are given up locally and each answered call gets an END of reason
+    /// `handed-over`: the host's last word on it, which the controller's
+    /// records (a later epoch's) supersede; if that controller keeps no
+    /// ledger, the END stands and the call is billed until now, and a
+    /// RESUME follows should this host find the call again
+    /// (docs/operations.md). Not a grace expiry: no alarm.
+    pub(super) async fn hand_over(&mut self, controller: String) -> anyhow::Result<()> {
+        self.grace.disarm();
+        self.slot_holder = None;
+        metrics::counter!(crate::metrics::HANDOVERS).increment(1);
+        let legs = self.table.drain();
+        let recovered = self.recovered.len();
+        tracing::info!(
+            legs = legs.len(),
+            recovered,
+            controller = %controller,
+            "grace time over while another controller holds the engine: handing its calls over to it (ENDs of reason handed-over, which its records supersede)"
+        );
+        self.publish(Some(LinkState::Purged), None);
+        let decider = self.policy.current();
+        self.end_legs(legs, TerminationReason::HandedOver, &decider)
+            .await?;
+        self.end_recovered(TerminationReason::HandedOver, &decider)
+            .await?;
+        self.events.emit(HostEvent::Link {
+            state: LinkState::Purged,
+            boot_id: None,
+            detail: Some(format!("handed over to {controller}")),
         });
         Ok(())
     }

@@ -204,7 +204,10 @@ impl Host {
             EngineEvent::LegAnswered(leg) => self.answered(connection, leg, batch).await?,
             EngineEvent::LegTerminating(id) => self.set_state(id, LegState::Terminating),
             EngineEvent::LegReleased(id) => match self.table.remove(id) {
-                Some(leg) => batch.released.push(leg),
+                Some(leg) => {
+                    self.released.remember(&leg);
+                    batch.released.push(leg);
+                }
                 None => self.unknown_leg(id, "released"),
             },
             EngineEvent::LinkCreated(link) => {
@@ -251,6 +254,14 @@ impl Host {
                 batch
                     .starts
                     .push(self.cdr.open_calls([&leg], StartReason::Answered));
+            }
+            None if self.released.was_released(&leg) => {
+                // Out of order: the call is over; an answer now would bill
+                // a ghost until the next resync.
+                tracing::debug!(
+                    leg = leg.id,
+                    "the engine reported an answer after releasing the leg; ignored"
+                );
             }
             None => {
                 self.settle(batch).await?;
@@ -343,6 +354,16 @@ impl Host {
         }
         self.settle(batch).await?;
         let held = self.table.remove(leg.id).expect("just seen");
+        // The same call answered at another time (the engine corrected it):
+        // the held row ends where the new one begins, so that the two bill
+        // the time the call was up once, with no overlap.
+        let answer_changed = held.session_id == leg.session_id
+            && held.offered_at_ms == leg.offered_at_ms
+            && held.answered_at_ms.is_some();
+        let end_ms = match leg.answered_at_ms {
+            Some(answer) if answer_changed => answer.min(crate::model::now_ms()),
+            _ => crate::model::now_ms(),
+        };
         tracing::warn!(
             leg = leg.id,
             held_session = held.session_id,
@@ -351,7 +372,7 @@ impl Host {
             leg.id
         );
         let decider = self.policy.current();
-        self.end_legs(vec![held], TerminationReason::Replaced, &decider)
+        self.end_legs_at(vec![(held, end_ms)], TerminationReason::Replaced, &decider)
             .await
     }
 

@@ -20,6 +20,7 @@ pub mod grace;
 mod live;
 mod pipeline;
 pub mod queries;
+mod released;
 mod resync;
 
 use crate::cdr::{CdrWriter, RecoveredCall};
@@ -130,6 +131,13 @@ pub struct Host {
     /// Legs refused because the table was full, and when that was last
     /// logged.
     table_full_refusals: (u64, Option<std::time::Instant>),
+    /// The controller named by the engine's latest answer, when that answer
+    /// was `Busy`: if the grace time runs out then, the calls are handed
+    /// over to it instead of ended (see `endings`).
+    slot_holder: Option<String>,
+    /// Legs the engine released lately (an answer after the release is
+    /// ignored, not billed).
+    released: released::RecentlyReleased,
 }
 
 impl Host {
@@ -170,6 +178,8 @@ impl Host {
             notices: Vec::new(),
             pipeline: pipeline::Pipeline::default(),
             table_full_refusals: (0, None),
+            slot_holder: None,
+            released: released::RecentlyReleased::default(),
         }
     }
 
@@ -222,13 +232,17 @@ impl Host {
             };
             let mut connection = match attempted {
                 None => {
-                    self.purge().await?;
+                    match self.slot_holder.clone() {
+                        Some(controller) => self.hand_over(controller).await?,
+                        None => self.purge().await?,
+                    }
                     continue;
                 }
                 Some(result) => match result {
                     Ok(connection) => connection,
                     Err(LinkError::Busy(controller)) => {
                         metrics::counter!(crate::metrics::BUSY).increment(1);
+                        self.slot_holder = Some(controller.clone());
                         // Another host controls the engine: stand by, and ask
                         // again soon (a Busy costs the engine one frame).
                         self.set_role(Role::Standby, None, Some(controller));
@@ -236,6 +250,7 @@ impl Host {
                         continue;
                     }
                     Err(e) => {
+                        self.slot_holder = None;
                         let delay = backoff.next_delay();
                         tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "engine unreachable");
                         retry_at = Instant::now() + delay;
@@ -243,6 +258,16 @@ impl Host {
                     }
                 },
             };
+            self.slot_holder = None;
+            // An engine whose epoch went back would have this host's records
+            // taken for older knowledge than they are: not trusted.
+            if let Err(e) = self.cdr.check_epoch(&connection.engine, connection.epoch) {
+                metrics::counter!(crate::metrics::EPOCH_REFUSALS).increment(1);
+                drop(connection);
+                self.lost(e.into());
+                retry_at = Instant::now() + backoff.next_delay();
+                continue;
+            }
             metrics::counter!(crate::metrics::CONNECTS).increment(1);
             // Every record from here on holds what this connection showed.
             self.cdr.set_epoch(&connection.engine, connection.epoch);

@@ -174,6 +174,14 @@ impl Host {
         self.end_legs(absent, TerminationReason::AbsentAfterResync, &decider)
             .await
             .map_err(ResyncError::Fatal)?;
+        // Every call the ledger still has open is one the engine listed and
+        // this host holds: the CARRY puts them all under this epoch, so an
+        // older epoch's END (a deposed peer's grace timer) cannot close them.
+        self.cdr
+            .carry()
+            .durable()
+            .await
+            .map_err(ResyncError::Fatal)?;
         run.summary.phases.absent = micros(phase);
 
         let phase = Instant::now();

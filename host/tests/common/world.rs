@@ -118,7 +118,15 @@ impl World {
         (host, events)
     }
 
+    /// The ledger's call records (START, END, RESUME).
     pub fn cdrs(&self) -> Vec<CdrRecord> {
+        let mut records = self.ledger();
+        records.retain(|r| r.kind.is_call());
+        records
+    }
+
+    /// Every record of the ledger, CARRYs included.
+    pub fn ledger(&self) -> Vec<CdrRecord> {
         if !self.cdr_path().exists() {
             return Vec::new();
         }
