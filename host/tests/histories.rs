@@ -84,6 +84,11 @@ struct Truth {
     left: Option<u64>,
     /// How it last ended (`None` while up).
     ended: Option<Ended>,
+    /// The time of its last line in the engine's history.
+    last_line: u64,
+    /// When the engine recorded its answer (background traffic answers a
+    /// little after the answer time it gives the call).
+    answer_line: Option<u64>,
 }
 
 /// How a call ended in the engine.
@@ -94,6 +99,10 @@ enum Ended {
     /// Started releasing at this time, and the engine restarted before the
     /// release: it ended somewhere between the two.
     LostTerminating(u64),
+    /// Up at this time, then gone without a release: the engine was killed
+    /// before it saved the call (background traffic saves in batches), and
+    /// came back without it. It ended between the two.
+    LostInRestart(u64),
 }
 
 /// One history's processes and files.
@@ -112,6 +121,15 @@ struct Run {
     /// What was done, for the failure report.
     log: Vec<String>,
     refusing: bool,
+    /// Calls answered and released in the background, through every fault.
+    traffic: Option<Background>,
+}
+
+/// A task that keeps `engine-sim` generating calls (its `traffic` command,
+/// over the control port) until stopped.
+struct Background {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
 fn write_rules(path: &Path, refuse_b: bool) {
@@ -162,6 +180,7 @@ impl Run {
             blind: Vec::new(),
             log: Vec::new(),
             refusing: false,
+            traffic: None,
         };
         for (i, name) in HOST_NAMES.iter().take(hosts).enumerate() {
             run.spawn_host(name, &plugins);
@@ -173,6 +192,48 @@ impl Run {
             }
         }
         run
+    }
+
+    /// Hundreds of calls up, and calls answered and released at `rate` a
+    /// second in the background, whatever the operations do (the engine
+    /// killed, the hosts killed): the history's faults meet live traffic.
+    async fn start_traffic(&mut self, up: u64, rate: u64) {
+        self.control(&format!("calls {up}")).await;
+        self.log
+            .push(format!("background: {up} calls up, {rate} calls a second"));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let control = self.sim.control;
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                while !stop.is_cancelled() {
+                    let command = format!("traffic {rate} 500\n");
+                    let sent = async {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut stream = tokio::net::TcpStream::connect(control).await?;
+                        stream.write_all(command.as_bytes()).await?;
+                        stream.shutdown().await?;
+                        let mut reply = String::new();
+                        stream.read_to_string(&mut reply).await?;
+                        Ok::<_, std::io::Error>(reply)
+                    };
+                    // Each command runs to its end (half a second), so that
+                    // no call is made after the task is stopped.
+                    if sent.await.is_err() {
+                        // The engine is down: try again shortly.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        self.traffic = Some(Background { stop, task });
+    }
+
+    async fn stop_traffic(&mut self) {
+        if let Some(background) = self.traffic.take() {
+            background.stop.cancel();
+            background.task.await.unwrap();
+        }
     }
 
     /// Waits until host `i`'s event log holds `count` role events `role`.
@@ -312,10 +373,35 @@ impl Run {
     async fn wait_in_sync(&mut self) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the host did not come back in sync within {WAIT:?}"
-            );
+            if tokio::time::Instant::now() >= deadline {
+                let tail: Vec<String> = self
+                    .hosts
+                    .iter()
+                    .map(|h| {
+                        h.run_log()
+                            .lines()
+                            .rev()
+                            .take(15)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                    .collect();
+                // Kept for a look (the run's own directory is dropped by the panic).
+                let keep = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap()).keep();
+                panic!(
+                    "the host did not come back in sync within {WAIT:?}\nhistory:\n  {}\nhost logs (last lines, newest first):\n{}\nfiles kept in {}",
+                    self.log
+                        .iter()
+                        .rev()
+                        .filter(|l| !l.starts_with("ring PROBE"))
+                        .take(30)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n  "),
+                    tail.join("\n---\n"),
+                    keep.display()
+                );
+            }
             let reply = self.control("ring PROBE 0 0").await;
             if let Some(id) = reply.strip_prefix("OK ") {
                 let id: u64 = id.parse().unwrap();
@@ -352,7 +438,7 @@ impl Run {
         // Mostly recent legs: old ones are likely gone.
         let recent = &self.legs[self.legs.len().saturating_sub(8)..];
         let leg = rng.pick(recent);
-        match rng.below(100) {
+        match rng.below(112) {
             0..=17 => {
                 let nap = rng.pick(&NAPS).unwrap();
                 let n = rng.below(10_000);
@@ -395,14 +481,16 @@ impl Run {
                 }
             }
             68..=71 => {
-                let start = now();
+                // Events the engine sent just before it died may never
+                // reach the host.
+                let start = now() - 500;
                 self.log.push("engine kill -9, back at once".into());
                 self.sim.crash().await.unwrap();
                 self.sim.start_again().await.unwrap();
                 self.blind_from(start);
             }
             72..=74 => {
-                let start = now();
+                let start = now() - 500;
                 self.log.push("engine kill -9, down past grace".into());
                 self.sim.crash().await.unwrap();
                 self.sim_up = false;
@@ -498,6 +586,10 @@ impl Run {
                 let host = self.active().await;
                 self.rotate(host).await;
             }
+            100..=101 if self.hosts.len() > 1 => self.fast_restart_racing_the_standby(rng).await,
+            102..=103 => self.slot_taken_by_a_client_without_ledger(rng).await,
+            104..=106 => self.damaged_sidecar_at_a_kill(rng).await,
+            107..=108 => self.copytruncate_then_restart().await,
             _ => {
                 let ms = 20 + rng.below(300);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -505,9 +597,205 @@ impl Run {
         }
     }
 
+    /// Issue 28's F-a5: the active is killed, the standby takes over, the
+    /// old active is back at once and gets the slot back while the standby
+    /// is cut off (its grace ENDs are then under an older epoch).
+    async fn fast_restart_racing_the_standby(&mut self, rng: &mut Rng) {
+        let start = now() - 1_000;
+        let active = self.active().await;
+        let other = 1 - active;
+        self.log.push(format!(
+            "host {} kill -9, {} takes over, {} back at once and {} cut off",
+            HOST_NAMES[active], HOST_NAMES[other], HOST_NAMES[active], HOST_NAMES[other]
+        ));
+        self.hosts[active].crash().await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.active().await != other && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.hosts[active].start().unwrap();
+        let ms = 1_500 + rng.below(1_500);
+        self.control(&format!("isolate {ms}")).await;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.blind_from(start);
+    }
+
+    /// The controller is cut off for a moment and a client that keeps no
+    /// ledger takes the slot, holding it past the hosts' grace time: they
+    /// hand their calls over, and resume them when the client lets go.
+    async fn slot_taken_by_a_client_without_ledger(&mut self, rng: &mut Rng) {
+        use futures_util::{SinkExt, StreamExt};
+        use legsync::protocol::{EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION};
+        let start = now() - 1_000;
+        let hold = GRACE_MS + 600 + rng.below(600);
+        self.control("isolate 300").await;
+        let engine = self.sim.listen;
+        let mut taken = false;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while !taken && self.sim_up && tokio::time::Instant::now() < deadline {
+            let Ok(stream) = tokio::net::TcpStream::connect(engine).await else {
+                break;
+            };
+            let mut client = tokio_util::codec::Framed::new(
+                stream,
+                FrameCodec::<EngineMessage, HostMessage>::new(1 << 20),
+            );
+            let hello = HostMessage::Hello {
+                protocol: PROTOCOL_VERSION,
+                host: "rogue".into(),
+            };
+            if client.send(hello).await.is_err() {
+                continue;
+            }
+            let answer = tokio::time::timeout(Duration::from_secs(2), client.next()).await;
+            if !matches!(answer, Ok(Some(Ok(EngineMessage::Hello { .. })))) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            taken = true;
+            let until = tokio::time::Instant::now() + Duration::from_millis(hold);
+            let mut beat = tokio::time::interval(Duration::from_millis(100));
+            while tokio::time::Instant::now() < until {
+                beat.tick().await;
+                if client.send(HostMessage::Heartbeat).await.is_err() {
+                    break;
+                }
+            }
+        }
+        self.log.push(format!(
+            "controller cut off 300 ms; a client without ledger {} for {hold} ms",
+            if taken {
+                "held the slot"
+            } else {
+                "never got the slot"
+            }
+        ));
+        self.blind_from(start);
+    }
+
+    /// The active is killed and one of its ledger's sidecars damaged: the
+    /// restart must refuse, naming the file; once repaired, it starts.
+    async fn damaged_sidecar_at_a_kill(&mut self, rng: &mut Rng) {
+        let start = now() - 1_000;
+        let host = self.active().await;
+        let ledger = self
+            .dir
+            .path()
+            .join(format!("cdr-{}.jsonl", HOST_NAMES[host]));
+        let alive = PathBuf::from(format!("{}.alive", ledger.display()));
+        let checkpoint = PathBuf::from(format!("{}.checkpoint", ledger.display()));
+        self.hosts[host].crash().await.unwrap();
+        let (file, damaged, expected): (&Path, Vec<u8>, &str) = match rng.below(3) {
+            0 if checkpoint.exists() => {
+                let whole = std::fs::read(&checkpoint).unwrap();
+                let half = whole[..whole.len() / 2].to_vec();
+                (&checkpoint, half, "is torn")
+            }
+            1 if alive.exists() => (
+                &alive,
+                b"4102444800000 1\n".to_vec(),
+                "after this machine's clock",
+            ),
+            _ if alive.exists() => (&alive, b"soon\n".to_vec(), "is damaged"),
+            _ => {
+                self.log.push(format!(
+                    "host {} kill -9, no sidecar to damage yet, restart",
+                    HOST_NAMES[host]
+                ));
+                self.hosts[host].start().unwrap();
+                return self.blind_from(start);
+            }
+        };
+        let saved = std::fs::read(file).unwrap();
+        std::fs::write(file, &damaged).unwrap();
+        self.hosts[host].start().unwrap();
+        let status = self.hosts[host].wait_exit(WAIT).await.unwrap();
+        let said = self.hosts[host].run_log();
+        assert!(
+            !status.success()
+                && said.contains(expected)
+                && said.contains(&file.display().to_string()),
+            "host {} started on a damaged {} ({status}): {said}",
+            HOST_NAMES[host],
+            file.display()
+        );
+        self.log.push(format!(
+            "host {} kill -9, {} damaged: the start refused ({expected}); repaired, restart",
+            HOST_NAMES[host],
+            file.display()
+        ));
+        std::fs::write(file, saved).unwrap();
+        self.hosts[host].start().unwrap();
+        self.blind_from(start);
+    }
+
+    /// logrotate's `copytruncate` on the active's ledger (copied, then cut
+    /// in place while the host writes on): the next start refuses, naming
+    /// the missing records; the copy put back in front, it starts.
+    async fn copytruncate_then_restart(&mut self) {
+        // A host in the middle of its start reads the file being cut (and
+        // rightly refuses): cut the ledger of a host at work.
+        self.wait_in_sync().await;
+        let start = now() - 1_000;
+        let host = self.active().await;
+        if !self.hosts[host].is_running() {
+            return;
+        }
+        let ledger = self
+            .dir
+            .path()
+            .join(format!("cdr-{}.jsonl", HOST_NAMES[host]));
+        let copy = ledger.with_extension("jsonl.copytruncated");
+        // Frozen for the copy and the cut, so that no record falls between
+        // them (the loss copytruncate risks, which no host can see).
+        self.hosts[host].freeze().unwrap();
+        std::fs::copy(&ledger, &copy).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&ledger)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        self.hosts[host].thaw().unwrap();
+        // Records follow into the cut file (unless the host lost the slot
+        // meanwhile: then there is nothing to see).
+        self.wait_in_sync().await;
+        let wrote_after_cut = std::fs::metadata(&ledger).is_ok_and(|m| m.len() > 0);
+        let copied = std::fs::read(&copy).unwrap();
+        self.hosts[host].crash().await.unwrap();
+        if wrote_after_cut && !copied.is_empty() {
+            self.hosts[host].start().unwrap();
+            let status = self.hosts[host].wait_exit(WAIT).await;
+            let said = self.hosts[host].run_log();
+            assert!(
+                status.as_ref().is_ok_and(|s| !s.success()) && said.contains("copytruncate"),
+                "host {} started on a ledger cut in place ({status:?}): {said}",
+                HOST_NAMES[host]
+            );
+            self.log.push(format!(
+                "host {} ledger copytruncated, kill -9: the start refused; the copy put back, restart",
+                HOST_NAMES[host]
+            ));
+        } else {
+            self.log.push(format!(
+                "host {} ledger copytruncated, nothing written after the cut; kill -9, the copy put back, restart",
+                HOST_NAMES[host]
+            ));
+        }
+        let mut whole = copied;
+        whole.extend(std::fs::read(&ledger).unwrap());
+        std::fs::write(&ledger, whole).unwrap();
+        std::fs::remove_file(&copy).unwrap();
+        if !self.hosts[host].is_running() {
+            self.hosts[host].start().unwrap();
+        }
+        self.blind_from(start);
+    }
+
     /// Brings everything back, releases every call, and waits until the
     /// ledger has closed every call it opened.
     async fn heal_and_release_all(&mut self) {
+        self.stop_traffic().await;
         if !self.sim_up {
             self.sim.start_again().await.unwrap();
             self.sim_up = true;
@@ -579,7 +867,13 @@ impl Run {
                 called: line.called.clone(),
                 left: None,
                 ended: None,
+                last_line: line.time_ms,
+                answer_line: None,
             });
+            entry.last_line = line.time_ms;
+            if line.event == HistoryKind::Answer {
+                entry.answer_line.get_or_insert(line.time_ms);
+            }
             entry.ended = match line.event {
                 HistoryKind::Release => Some(Ended::Released(line.time_ms)),
                 HistoryKind::Terminate => Some(Ended::LostTerminating(line.time_ms)),
@@ -589,6 +883,11 @@ impl Run {
                 HistoryKind::Answer | HistoryKind::Up => None,
                 HistoryKind::Terminate | HistoryKind::Release => entry.left.or(Some(line.time_ms)),
             };
+        }
+        // How many calls each leg id named.
+        let mut truth_ids: BTreeMap<u64, usize> = BTreeMap::new();
+        for key in truth.keys() {
+            *truth_ids.entry(key.leg).or_default() += 1;
         }
         let ledgers = bill::read_ledgers(&self.ledgers()).unwrap();
         problems.extend(bill::check(&ledgers));
@@ -603,7 +902,17 @@ impl Run {
         let mut unseen = 0;
         for (key, truth) in &truth {
             let (nap, calling, called) = (&truth.nap, &truth.calling, &truth.called);
-            let Some(ended) = truth.ended else {
+            let lost_in_restart = || {
+                // Its id went to another call, or the engine restarted
+                // after its last line: an engine crash took it.
+                let reused = truth_ids.get(&key.leg).is_some_and(|&n| n > 1);
+                let restarted = self
+                    .disruptions()
+                    .iter()
+                    .any(|&(_, b)| b >= truth.last_line);
+                (reused || restarted).then_some(Ended::LostInRestart(truth.last_line))
+            };
+            let Some(ended) = truth.ended.or_else(lost_in_restart) else {
                 problems.push(format!(
                     "leg {} is still up in the engine at the end",
                     key.leg
@@ -616,7 +925,7 @@ impl Run {
                     Some((a, b)) => (t, a.saturating_sub(2_000), b + 2_000),
                     None => (t, t.saturating_sub(1_500), t + 1_500),
                 },
-                Ended::LostTerminating(t) => {
+                Ended::LostTerminating(t) | Ended::LostInRestart(t) => {
                     let Some((a, b)) = self.disruptions().into_iter().find(|&(_, b)| b >= t) else {
                         problems.push(format!(
                             "leg {} vanished while terminating with no engine restart after",
@@ -631,7 +940,7 @@ impl Run {
             let Some(call) = by_key.remove(key) else {
                 // Answered and gone from the answered state inside one
                 // disruption: no host was told, no snapshot listed it.
-                let answer = key.answer_time_ms;
+                let answer = truth.answer_line.unwrap_or(key.answer_time_ms);
                 let left = truth.left.unwrap_or(released);
                 if self
                     .disruptions()
@@ -678,6 +987,7 @@ impl Run {
 async fn one_history(seed: u64, ops: usize, hosts: usize) -> (usize, usize) {
     let mut rng = Rng(seed);
     let mut run = Run::start(hosts).await;
+    run.start_traffic(200, 20).await;
     for _ in 0..ops {
         run.step(&mut rng).await;
     }

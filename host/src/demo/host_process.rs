@@ -147,6 +147,25 @@ impl HostProcess {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// This run's part of the log (since the last start).
+    pub fn run_log(&self) -> String {
+        self.log().get(self.log_start..).unwrap_or("").to_string()
+    }
+
+    /// Waits for the process to exit on its own (a start that refuses), at
+    /// most `within`; returns how it exited.
+    pub async fn wait_exit(
+        &mut self,
+        within: std::time::Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let child = self.child.as_mut().context("the host is not running")?;
+        let status = tokio::time::timeout(within, child.wait())
+            .await
+            .context("the host did not exit")??;
+        self.child = None;
+        Ok(status)
+    }
 }
 
 /// How many lines of `path` (a host's event log or ledger) contain `needle`.
