@@ -6,7 +6,16 @@
 //! link, unlink, terminate, release; engine kill -9 (back at once, or past
 //! the grace time); network cuts (short and past grace); host kill -9 and
 //! restart (also in the middle of a grace purge and of a resync); rules
-//! flips that refuse answered calls at the next resync. Then everything is
+//! flips that refuse answered calls at the next resync; with a pair, the
+//! active frozen, cut off alone, or killed and back at once while its
+//! standby is cut off (the standby's grace ENDs then carry an older
+//! epoch); the slot taken by a client that keeps no ledger past the grace
+//! time (the hosts hand their calls over); a sidecar damaged at a kill (a
+//! torn checkpoint, a damaged or future `.alive`: the restart must refuse,
+//! naming the file, and starts once it is repaired); logrotate's
+//! `copytruncate` (the restart must refuse; the copy put back, it starts).
+//! Background traffic runs through all of it: 200 calls up at the start and
+//! calls answered and released at 20 a second. Then everything is
 //! healed, every call released, and the host's ledger is billed with
 //! `legsync cdr bill`'s rule against the engine's own record of answers and
 //! releases (`engine-sim --history`):

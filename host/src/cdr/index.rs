@@ -89,11 +89,16 @@ impl LedgerIndex {
     /// Takes a record read back from the ledger into account.
     pub fn replay(&mut self, record: &CdrRecord) {
         self.next_record = self.next_record.max(record.record + 1);
-        if record.epoch >= self.stamp.epoch {
-            self.stamp.engine.clone_from(&record.engine);
-            self.stamp.epoch = record.epoch;
+        // Records stamped as the index stamps them (every record this host
+        // writes now) change neither the stamp nor the epochs seen: the
+        // look-up is kept for records read back at start.
+        if record.epoch != self.stamp.epoch || record.engine != self.stamp.engine {
+            self.saw_epoch(&record.engine, record.epoch);
+            if record.epoch >= self.stamp.epoch {
+                self.stamp.engine.clone_from(&record.engine);
+                self.stamp.epoch = record.epoch;
+            }
         }
-        self.saw_epoch(&record.engine, record.epoch);
         if record.kind == RecordKind::Carry {
             return;
         }

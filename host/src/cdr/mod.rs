@@ -133,7 +133,13 @@ impl CdrWriter {
         // no longer has them.
         let mut open: HashMap<u64, CallLeg> = HashMap::default();
         let mut written_by = None;
+        let (alive_ms, last_written) = read_alive(&alive_path(path))?;
+        // When the record the `.alive` file names as durable was written.
+        let mut last_written_at = None;
         let mut take = |record: CdrRecord| {
+            if record.record == last_written {
+                last_written_at = Some(record.time_ms);
+            }
             index.replay(&record);
             if written_by.as_ref() != Some(&record.host) {
                 written_by = Some(record.host.clone());
@@ -190,7 +196,6 @@ impl CdrWriter {
             file.sync_all()?;
         }
         file.seek(std::io::SeekFrom::End(0))?;
-        let (alive_ms, last_written) = read_alive(&alive_path(path))?;
         let last_read = index.next_record().saturating_sub(1);
         anyhow::ensure!(
             last_written <= last_read,
@@ -202,6 +207,17 @@ impl CdrWriter {
             path.display(),
             alive_path(path).display()
         );
+        // The moment in sync was taken after that record was durable: an
+        // earlier one is another ledger's `.alive`, or an old copy.
+        if let Some(written_at) = last_written_at {
+            anyhow::ensure!(
+                alive_ms + ALIVE_SKEW_MS >= written_at,
+                "{} says the host was last in sync at {alive_ms} (Unix ms), before record {last_written} \
+                 it names as durable was written ({written_at}): it is not this ledger's, or an old copy. \
+                 Remove it to start without it (calls lost while the host was down then end at their last record)",
+                alive_path(path).display()
+            );
+        }
         let recovered = index
             .open_calls()
             .filter_map(|(key, seen_ms)| {
@@ -929,6 +945,13 @@ mod tests {
         std::fs::write(&alive, "yesterday\n").unwrap();
         let err = open_error(&path);
         assert!(err.contains("is damaged"), "{err}");
+        // From before the record it names was written: an old copy.
+        std::fs::write(&alive, "1000 1\n").unwrap();
+        let err = open_error(&path);
+        assert!(
+            err.contains("before record 1 it names as durable was written"),
+            "{err}"
+        );
         std::fs::write(&alive, format!("{} 1\n", now_ms())).unwrap();
         let (_, recovered) = CdrWriter::open(&path).unwrap();
         assert_eq!(recovered.len(), 1);
