@@ -221,10 +221,32 @@ fn the_demo_passes_every_check() {
         stdout.contains("alt took over: `controller` says alt epoch"),
         "{stdout}"
     );
-    for debug in ["Some(", "None"] {
+    // Debug names of the model's enums would show as CamelCase words; the
+    // documented words are kebab-case.
+    for debug in [
+        "Some(",
+        "None",
+        "(AbsentAfterResync)",
+        "(GraceExpired)",
+        "-> Rebuild",
+        "-> Refuse",
+        "link               Connected",
+        "link               Purged",
+    ] {
         assert!(
             !stdout.contains(debug),
-            "Debug output in the demo: {stdout}"
+            "Debug output in the demo ({debug}): {stdout}"
+        );
+    }
+    for word in [
+        "(absent-after-resync)",
+        "(grace-expired)",
+        "-> rebuild by",
+        "link               purged",
+    ] {
+        assert!(
+            stdout.contains(word),
+            "the demo speaks the documented words ({word}): {stdout}"
         );
     }
 }
@@ -412,6 +434,42 @@ fn the_cdr_tools_refuse_sidecars_other_files_and_missing_pieces() {
             .unwrap()
             .contains("violation(s) in 3 records of 1 host(s) in 1 file(s)"),
         "the summary comes first: {stderr}"
+    );
+}
+
+/// The admin commands read the host's config for its `admin` address, and
+/// say plainly when the endpoint is off.
+#[test]
+fn admin_commands_take_the_address_from_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("legsync.toml");
+    std::fs::write(&config, "engine = \"127.0.0.1:7000\"\nadmin = \"off\"\n").unwrap();
+    let out = legsync(&["reload", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("the admin endpoint is off in") && stderr.contains("SIGHUP"),
+        "{stderr}"
+    );
+    // A port nobody listens on: the error names the config's address.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "engine = \"127.0.0.1:7000\"\nadmin = \"0.0.0.0:{}\"\n",
+            free.port()
+        ),
+    )
+    .unwrap();
+    let out = legsync(&["status", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{}", free.port())),
+        "{stderr}"
     );
 }
 
@@ -651,7 +709,7 @@ fn the_dist_config_loads() {
         "LogsDirectory=legsync",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
-        "ExecReload=/usr/local/bin/legsync reload",
+        "ExecReload=/usr/local/bin/legsync reload --config /etc/legsync/legsync.toml",
     ] {
         assert!(unit.contains(needed), "{needed}");
     }

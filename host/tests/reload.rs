@@ -459,7 +459,8 @@ async fn a_relative_config_is_watched_and_restart_only_settings_are_named() {
     };
     std::fs::write(dir.join("legsync.toml"), config(10)).unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_legsync"))
-        .args(["run", "--config", "legsync.toml"])
+        // A flag overrides the file: not a change of the file.
+        .args(["run", "--config", "legsync.toml", "--name", "cc-7a"])
         .current_dir(dir)
         .env("XDG_CACHE_HOME", dir.join("cache"))
         .kill_on_drop(true)

@@ -3,18 +3,72 @@
 
 use crate::admin::client::request;
 use crate::admin::{DEFAULT_ADDR, StatusReport};
+use crate::config::HostConfig;
+use anyhow::Context;
 use clap::Args;
 use hyper::{Method, StatusCode};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+/// The config the packaged unit runs with: read for its `admin` address
+/// when neither `--admin` nor `--config` is given.
+pub const DEFAULT_CONFIG: &str = "/etc/legsync/legsync.toml";
 
 #[derive(Debug, Args)]
 pub struct AdminArgs {
-    /// The host's admin endpoint (`admin` in its config).
-    #[arg(long, default_value = DEFAULT_ADDR)]
-    admin: String,
+    /// The host's admin endpoint. Default: the `admin` of its config
+    /// (`--config`, or /etc/legsync/legsync.toml if it exists), else
+    /// 127.0.0.1:9464.
+    #[arg(long, conflicts_with = "config")]
+    admin: Option<String>,
+    /// The host's config file: its `admin` address is the one used.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Print the endpoint's JSON as it is.
     #[arg(long)]
     json: bool,
+}
+
+impl AdminArgs {
+    /// The endpoint to ask: `--admin`, or the `admin` of the host's config.
+    fn address(&self) -> anyhow::Result<String> {
+        if let Some(admin) = &self.admin {
+            return Ok(admin.clone());
+        }
+        let config = match &self.config {
+            Some(path) => path.clone(),
+            None if Path::new(DEFAULT_CONFIG).exists() => PathBuf::from(DEFAULT_CONFIG),
+            None => return Ok(DEFAULT_ADDR.to_string()),
+        };
+        admin_of(&config)
+    }
+}
+
+/// The address to reach the admin endpoint of the host run with `config`.
+fn admin_of(config: &Path) -> anyhow::Result<String> {
+    let host = HostConfig::load(config)?;
+    let addr = host.admin_addr()?.with_context(|| {
+        format!(
+            "the admin endpoint is off in {} (`admin = \"off\"`): this command needs it. \
+             Send SIGHUP to reload or SIGUSR1 to reopen instead, or set `admin`",
+            config.display()
+        )
+    })?;
+    anyhow::ensure!(
+        addr.port() != 0,
+        "{} has `admin` on port 0 (a free port at each start): pass the port the host logged with --admin",
+        config.display()
+    );
+    // A host listening on every address is reached on loopback.
+    let ip = if addr.ip().is_unspecified() {
+        match addr {
+            std::net::SocketAddr::V4(_) => std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::SocketAddr::V6(_) => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        }
+    } else {
+        addr.ip()
+    };
+    Ok(std::net::SocketAddr::new(ip, addr.port()).to_string())
 }
 
 #[derive(Debug, Args)]
@@ -35,7 +89,7 @@ pub struct LegsArgs {
 /// `legsync status`: exit 0 when the host is ready (active and in sync),
 /// 3 when it runs but is not (standby, resyncing, in grace...).
 pub async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
-    let (code, body) = request(&args.admin, Method::GET, "/status").await?;
+    let (code, body) = request(&args.address()?, Method::GET, "/status").await?;
     anyhow::ensure!(code == StatusCode::OK, "the host answered {code}: {body}");
     if args.json {
         print!("{body}");
@@ -95,7 +149,7 @@ pub async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
 
 /// `legsync reload`: the plugin set is rebuilt now; exit 1 if rejected.
 pub async fn reload(args: AdminArgs) -> anyhow::Result<ExitCode> {
-    let (code, body) = request(&args.admin, Method::POST, "/reload").await?;
+    let (code, body) = request(&args.address()?, Method::POST, "/reload").await?;
     let report: serde_json::Value = serde_json::from_str(&body)
         .map_err(|_| anyhow::anyhow!("the host answered {code}: {body}"))?;
     if args.json {
@@ -117,7 +171,7 @@ pub async fn reload(args: AdminArgs) -> anyhow::Result<ExitCode> {
 
 /// `legsync reopen`: after a rotation, the host writes new files.
 pub async fn reopen(args: AdminArgs) -> anyhow::Result<ExitCode> {
-    let (code, body) = request(&args.admin, Method::POST, "/reopen").await?;
+    let (code, body) = request(&args.address()?, Method::POST, "/reopen").await?;
     anyhow::ensure!(code == StatusCode::OK, "the host answered {code}: {body}");
     println!("reopened: the ledger (checkpoint written beside it) and the event log");
     Ok(ExitCode::SUCCESS)
@@ -136,7 +190,7 @@ pub async fn legs(args: LegsArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let (code, body) = request(&args.admin.admin, Method::GET, &path).await?;
+    let (code, body) = request(&args.admin.address()?, Method::GET, &path).await?;
     anyhow::ensure!(code == StatusCode::OK, "the host answered {code}: {body}");
     if args.admin.json {
         print!("{body}");

@@ -40,12 +40,8 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The config file with the flags applied on top.
-    pub fn config(&self) -> anyhow::Result<HostConfig> {
-        let mut config = match &self.config {
-            Some(path) => HostConfig::load(path)?,
-            None => HostConfig::default(),
-        };
+    /// `config` (the file's) with the command-line flags applied on top.
+    fn with_flags(&self, mut config: HostConfig) -> anyhow::Result<HostConfig> {
         if let Some(engine) = &self.engine {
             config.engine = Some(engine.clone());
         }
@@ -75,7 +71,13 @@ impl RunArgs {
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // First: a stop while the plugins compile is a clean stop, not a kill.
     let shutdown = super::stop_signals();
-    let config = args.config()?;
+    // The file as read, apart: a reload compares the file with it, so a
+    // flag (`--name`) is not taken for a change of the file.
+    let file = match &args.config {
+        Some(path) => Some(HostConfig::load(path)?),
+        None => None,
+    };
+    let config = args.with_flags(file.clone().unwrap_or_default())?;
     let events = match &config.events {
         Some(path) => Events::with_file(path)?,
         None => Events::new(),
@@ -108,7 +110,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         config_file: args.config.as_ref().map(absolute),
         plugin_dir_override: args.plugin_dir.as_ref().map(absolute),
         fallback: config.policy.clone(),
-        started: Some(config.clone()),
+        started: file,
     };
     let reloader = Arc::new(Reloader::new(
         runtime,

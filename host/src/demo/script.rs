@@ -588,8 +588,9 @@ impl Demo {
                     plugin,
                     ..
                 } => format!(
-                    "OnCallLegSync      {:<12} -> {decision:?} by {plugin}",
-                    self.name(*leg)
+                    "OnCallLegSync      {:<12} -> {} by {plugin}",
+                    self.name(*leg),
+                    decision.as_str()
                 ),
                 HostEvent::LinkSync {
                     legs,
@@ -597,9 +598,10 @@ impl Demo {
                     plugin,
                     ..
                 } => format!(
-                    "OnLinkSync         {}-{} -> {decision:?} by {plugin}",
+                    "OnLinkSync         {}-{} -> {} by {plugin}",
                     self.name(legs[0]),
-                    self.name(legs[1])
+                    self.name(legs[1]),
+                    decision.as_str()
                 ),
                 HostEvent::LinkDropped { legs, .. } => format!(
                     "link dropped       {}-{} (a leg was refused)",
@@ -607,9 +609,13 @@ impl Demo {
                     self.name(legs[1])
                 ),
                 HostEvent::CallLegTerminated { leg, reason } => {
-                    format!("OnCallLegTerminated {:<11} ({reason:?})", self.name(*leg))
+                    format!(
+                        "OnCallLegTerminated {:<11} ({})",
+                        self.name(*leg),
+                        reason.as_str()
+                    )
                 }
-                HostEvent::Link { state, .. } => format!("link               {state:?}"),
+                HostEvent::Link { state, .. } => format!("link               {}", state.as_str()),
                 HostEvent::ResyncDone(s) => format!(
                     "resync done        known {} rebuilt {} refused {} absent {} (engine restarted: {})",
                     s.known, s.rebuilt, s.refused, s.absent, s.engine_restarted
