@@ -200,8 +200,38 @@ pub fn install() -> &'static PrometheusHandle {
                 _ => describe_histogram!(*name, metrics::Unit::Seconds, *help),
             }
         }
+        zero_counters();
         handle
     })
+}
+
+/// Every counter series whose labels are known before it first counts,
+/// shown at 0 from the start: an alert on "any increase" (`increase(..) >
+/// 0`) cannot see the first event of a series that did not exist before it.
+/// Series labelled by plugin appear when their plugin first counts.
+fn zero_counters() {
+    for name in [
+        CONNECTS,
+        BUSY,
+        RESYNCS,
+        UNKNOWN_LEG_EVENTS,
+        GRACE_EXPIRIES,
+        HANDOVERS,
+        EPOCH_REFUSALS,
+        EVENT_LOG_ERRORS,
+        TABLE_FULL,
+    ] {
+        counter!(name).absolute(0);
+    }
+    for reason in crate::engine::LinkError::REASONS {
+        counter!(DISCONNECTS, "reason" => *reason).absolute(0);
+    }
+    for outcome in ["applied", "rejected-will-retry", "rejected"] {
+        counter!(RELOADS, "outcome" => outcome).absolute(0);
+    }
+    for kind in ["start", "end", "resume", "carry"] {
+        counter!(CDR_RECORDS, "kind" => kind).absolute(0);
+    }
 }
 
 /// Sets a one-hot gauge: `value` 1, every other of `all` 0.

@@ -128,6 +128,12 @@ async fn the_admin_endpoint_follows_the_host_and_its_commands_work() {
         ("legsync_resyncs_total", 1.0),
         ("legsync_connects_total", 1.0),
         ("legsync_link_state{state=\"connected\"}", 1.0),
+        // Shown at 0 before their first event, so that an alert on any
+        // increase sees the first one.
+        ("legsync_grace_expiries_total", 0.0),
+        ("legsync_handovers_total", 0.0),
+        ("legsync_disconnects_total{reason=\"heartbeat\"}", 0.0),
+        ("legsync_reloads_total{outcome=\"rejected\"}", 0.0),
         ("legsync_link_state{state=\"resyncing\"}", 0.0),
         ("legsync_role{role=\"active\"}", 1.0),
         ("legsync_resync_duration_seconds_count", 1.0),

@@ -87,6 +87,21 @@ pub enum LinkError {
 }
 
 impl LinkError {
+    /// Every [`LinkError::reason`], for the metrics shown at 0 from the start.
+    pub const REASONS: &[&str] = &[
+        "connect",
+        "busy",
+        "tls",
+        "protocol",
+        "heartbeat",
+        "closed",
+        "fenced",
+        "unexpected",
+        "limit",
+        "stalled",
+        "epoch-went-back",
+    ];
+
     /// A short name for the reason, for metrics labels.
     pub fn reason(&self) -> &'static str {
         match self {
