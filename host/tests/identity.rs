@@ -428,3 +428,172 @@ async fn an_answer_after_the_release_bills_no_ghost_call() {
     drop(engine);
     host.stop().await.unwrap();
 }
+
+/// A real `legsync run` process (plugins from `plugins`, if any) against an
+/// engine scripted here: the process, the engine's end of the link (the
+/// host's hello read), the ledger and the host's log.
+async fn scripted_process(
+    dir: &std::path::Path,
+    plugins: Option<&std::path::Path>,
+) -> (
+    legsync::demo::host_process::HostProcess,
+    tokio_util::codec::Framed<tokio::net::TcpStream, FrameCodec<HostMessage, EngineMessage>>,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    use futures_util::StreamExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ledger = dir.join("cdr.jsonl");
+    let config = dir.join("legsync.toml");
+    let policy = plugins.map_or(String::new(), |plugins| {
+        format!(
+            "[policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n",
+            plugins.display(),
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join("compile-cache")
+                .display()
+        )
+    });
+    std::fs::write(
+        &config,
+        format!(
+            "engine = \"{}\"\nname = \"h\"\nadmin = \"off\"\ncdr = \"{}\"\n[link]\nheartbeat_timeout_ms = 10000\n{policy}",
+            listener.local_addr().unwrap(),
+            ledger.display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.join("host.log");
+    let host = legsync::demo::host_process::HostProcess::spawn(
+        std::path::Path::new(env!("CARGO_BIN_EXE_legsync")),
+        &config,
+        &log,
+    )
+    .unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut engine = tokio_util::codec::Framed::new(
+        stream,
+        FrameCodec::<HostMessage, EngineMessage>::new(1 << 20),
+    );
+    let _hello = engine.next().await.unwrap().unwrap();
+    (host, engine, ledger, log)
+}
+
+/// A real `legsync run` against a scripted engine: the release of a leg the
+/// host refused (and asked the engine to drop) is expected, not an event
+/// about an unknown leg; fifty events about legs the host never held are
+/// counted, and logged once with their count, not fifty times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_about_unknown_legs_are_summarized_and_refused_releases_expected() {
+    use futures_util::StreamExt;
+    use legsync::demo::host_process::{count_lines, wait_for_count};
+    use legsync::protocol::{Command, CommandResult};
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins.d");
+    std::fs::create_dir(&plugins).unwrap();
+    common::install(
+        &plugins,
+        "20-rules",
+        "rules",
+        Some("[[rule]]\nname = \"no bad\"\naction = \"refuse\"\nnap = [\"NAP_BAD\"]\n"),
+    );
+    let (mut host, mut engine, ledger, log) = scripted_process(dir.path(), Some(&plugins)).await;
+    let mut bad = leg(6, 6, 1_000, Some(2_000));
+    bad.nap = "NAP_BAD".into();
+    for message in [
+        common::engine_hello("scripted", 1),
+        EngineMessage::SnapshotBegin { legs: 2, links: 0 },
+        EngineMessage::SnapshotLegs(vec![leg(5, 5, 1_000, Some(2_000)), bad]),
+        EngineMessage::SnapshotEnd,
+    ] {
+        engine.send(message).await.unwrap();
+    }
+    // The refused leg's drop, acknowledged, and its release.
+    let id = loop {
+        match tokio::time::timeout(WAIT, engine.next()).await.unwrap() {
+            Some(Ok(HostMessage::Command {
+                id,
+                command: Command::DropLeg(6),
+                ..
+            })) => break id,
+            Some(Ok(_)) => continue,
+            other => panic!("the host closed the link: {other:?}"),
+        }
+    };
+    engine
+        .send(EngineMessage::Ack {
+            command: id,
+            result: CommandResult::Done,
+        })
+        .await
+        .unwrap();
+    engine
+        .send(EngineMessage::Event(EngineEvent::LegReleased(6)))
+        .await
+        .unwrap();
+    for unknown in 100..150 {
+        engine
+            .send(EngineMessage::Event(EngineEvent::LegReleased(unknown)))
+            .await
+            .unwrap();
+    }
+    // The held call's release, last: once its END is in, all came through.
+    engine
+        .send(EngineMessage::Event(EngineEvent::LegReleased(5)))
+        .await
+        .unwrap();
+    wait_for_count(&ledger, "\"kind\":\"end\"", 2, WAIT)
+        .await
+        .unwrap();
+    host.stop().await.unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        count_lines(&log, "legs this host does not hold"),
+        1,
+        "one line for fifty events: {said}"
+    );
+    assert!(
+        said.contains("events=1 "),
+        "the first is reported at once: {said}"
+    );
+    assert!(
+        !said.contains("leg 6 released"),
+        "the refused leg's release is expected: {said}"
+    );
+}
+
+/// An engine name longer than a name (it would be copied into every ledger
+/// record) is refused with the reason, before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_name_past_the_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut host, mut engine, ledger, log) = scripted_process(dir.path(), None).await;
+    engine
+        .send(EngineMessage::Hello {
+            protocol: legsync::protocol::PROTOCOL_VERSION,
+            boot_id: 1,
+            engine: "g".repeat(100_000),
+            epoch: 1,
+        })
+        .await
+        .unwrap();
+    legsync::demo::host_process::wait_for_count(
+        &log,
+        "the engine's name is 100000 bytes long",
+        1,
+        WAIT,
+    )
+    .await
+    .unwrap();
+    host.stop().await.unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !said.contains(&"g".repeat(300)),
+        "the name is not logged whole"
+    );
+    assert!(
+        legsync::cdr::CdrWriter::read_all(&ledger)
+            .unwrap_or_default()
+            .is_empty()
+    );
+}

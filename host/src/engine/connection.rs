@@ -49,6 +49,9 @@ pub struct LinkTls {
 /// The engine connection's bytes: plain TCP, or TLS over it.
 pub type EngineStream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
+/// The longest engine name accepted in a hello.
+pub const MAX_ENGINE_NAME: usize = 255;
+
 /// Why the link is down (or could not come up).
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -219,7 +222,17 @@ impl Connection {
                     boot_id,
                     engine,
                     epoch,
-                } if protocol == PROTOCOL_VERSION => (boot_id, engine, epoch),
+                } if protocol == PROTOCOL_VERSION => {
+                    // Stamped on every ledger record: a name is a name.
+                    if engine.len() > MAX_ENGINE_NAME || engine.chars().any(char::is_control) {
+                        return Err(LinkError::Limit(format!(
+                            "the engine's name is {} bytes long or holds control characters: \
+                             at most {MAX_ENGINE_NAME} printable bytes (it is stamped on every ledger record)",
+                            engine.len()
+                        )));
+                    }
+                    (boot_id, engine, epoch)
+                }
                 EngineMessage::Hello { protocol, .. } => {
                     return Err(LinkError::Version { found: protocol });
                 }

@@ -117,16 +117,23 @@ impl Host {
         self.grace.disarm();
         metrics::counter!(crate::metrics::GRACE_EXPIRIES).increment(1);
         let legs = self.table.drain();
-        tracing::warn!(
-            legs = legs.len(),
-            "grace timer expired: destroying every context"
-        );
+        let held = legs.len();
+        let answered =
+            legs.iter().filter(|l| l.answered_at_ms.is_some()).count() + self.recovered.len();
         self.publish(Some(LinkState::Purged), None);
         let decider = self.policy.current();
         self.end_legs(legs, TerminationReason::GraceExpired, &decider)
             .await?;
         self.end_recovered(TerminationReason::GraceExpired, &decider)
             .await?;
+        // After the ENDs are durable: the line says what the ledger holds.
+        tracing::error!(
+            legs = held,
+            ended_calls = answered,
+            grace_secs = self.options.grace.as_secs_f64(),
+            "grace timer expired: the engine stayed away {} s; every context destroyed, {answered} answered calls ended (grace-expired ENDs in the ledger)",
+            self.options.grace.as_secs_f64()
+        );
         self.events.emit(HostEvent::Link {
             state: LinkState::Purged,
             boot_id: None,

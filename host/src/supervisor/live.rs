@@ -28,7 +28,9 @@ const ALIVE_EVERY: Duration = Duration::from_secs(1);
 const TABLE_FULL: &str = "max_legs";
 
 /// How often a full table is logged while it refuses legs.
-const TABLE_FULL_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How often a repeated condition (the table full, events about unknown
+/// legs) is logged: once per interval, with a count.
+const REPEAT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Most messages handled as one batch (see [`LiveBatch`]).
 const LIVE_BATCH: usize = 1024;
@@ -195,6 +197,7 @@ impl Host {
                     );
                 } else if self.refused_for_space() {
                     // Not answered: nothing to bill; the engine drops it.
+                    self.dropped.insert(leg.id);
                     connection.send(Command::DropLeg(leg.id));
                 } else {
                     self.table.insert(leg, "live".into());
@@ -331,6 +334,7 @@ impl Host {
                 self.events.emit(event);
                 self.end_legs(vec![leg], TerminationReason::RefusedByPolicy, &decider)
                     .await?;
+                self.dropped.insert(id);
                 connection.send(Command::DropLeg(id));
             }
         }
@@ -393,7 +397,7 @@ impl Host {
     /// Whether a new leg from a live event must be refused because the
     /// table holds `link.max_legs` legs (so that no engine, whatever it
     /// sends, grows the table past its bound). A refusal is counted here,
-    /// and logged at most once per [`TABLE_FULL_LOG_EVERY`]: call it once
+    /// and logged at most once per [`REPEAT_LOG_EVERY`]: call it once
     /// per leg that would be added.
     fn refused_for_space(&mut self) -> bool {
         if self.table.len() < self.options.max_legs {
@@ -402,7 +406,7 @@ impl Host {
         metrics::counter!(crate::metrics::TABLE_FULL).increment(1);
         let (refused, logged) = &mut self.table_full_refusals;
         *refused += 1;
-        if logged.is_none_or(|at| at.elapsed() >= TABLE_FULL_LOG_EVERY) {
+        if logged.is_none_or(|at| at.elapsed() >= REPEAT_LOG_EVERY) {
             tracing::error!(
                 max_legs = self.options.max_legs,
                 refused = *refused,
@@ -413,13 +417,32 @@ impl Host {
         true
     }
 
-    /// An event about a leg the host does not hold: logged and counted.
+    /// An event about a leg the host does not hold: counted, and logged
+    /// once per interval with the count. The release of a leg this host
+    /// dropped itself (a refusal) is expected: not counted.
     fn unknown_leg(&mut self, id: LegId, what: &str) {
-        tracing::warn!(
-            leg = id,
-            "the engine reports leg {id} {what}, a leg this host does not hold"
-        );
+        let dropped = match what {
+            "released" => self.dropped.remove(&id),
+            _ => self.dropped.contains(&id),
+        };
+        if dropped {
+            tracing::debug!(
+                leg = id,
+                "the engine reports leg {id} {what}, as this host asked"
+            );
+            return;
+        }
         self.status.send_modify(|s| s.unknown_leg_events += 1);
         metrics::counter!(crate::metrics::UNKNOWN_LEG_EVENTS).increment(1);
+        let (since, logged) = &mut self.unknown_legs;
+        *since += 1;
+        if logged.is_none_or(|at| at.elapsed() >= REPEAT_LOG_EVERY) {
+            tracing::warn!(
+                events = *since,
+                latest_leg = id,
+                "the engine reported {since} event(s) about legs this host does not hold since the last report (the latest: leg {id} {what}); counted in legsync_unknown_leg_events_total"
+            );
+            (*since, *logged) = (0, Some(Instant::now()));
+        }
     }
 }

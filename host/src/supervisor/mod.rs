@@ -138,6 +138,12 @@ pub struct Host {
     /// Legs the engine released lately (an answer after the release is
     /// ignored, not billed).
     released: released::RecentlyReleased,
+    /// Legs this host told the engine to drop on this connection: their
+    /// release is expected, not an event about an unknown leg.
+    dropped: crate::model::IdSet<LegId>,
+    /// Events about legs the host does not hold since the last report, and
+    /// when that was (one WARN per interval, not one per event).
+    unknown_legs: (u64, Option<std::time::Instant>),
 }
 
 impl Host {
@@ -180,6 +186,8 @@ impl Host {
             table_full_refusals: (0, None),
             slot_holder: None,
             released: released::RecentlyReleased::default(),
+            dropped: Default::default(),
+            unknown_legs: (0, None),
         }
     }
 
@@ -355,15 +363,19 @@ impl Host {
     /// The link went down: contexts stay valid for the grace time.
     fn lost(&mut self, error: LinkError) {
         metrics::counter!(crate::metrics::DISCONNECTS, "reason" => error.reason()).increment(1);
-        if let LinkError::Stalled(_) = error {
-            tracing::error!(error = %error, "engine link cut off");
-        } else if error.is_peer_fault() {
-            tracing::error!(error = %error, "the engine sent something invalid; dropping the link to resync");
-        } else {
-            tracing::warn!(error = %error, "engine link lost");
-        }
-        if !self.table.is_empty() || !self.recovered.is_empty() {
+        let held = self.table.len() + self.recovered.len();
+        if held > 0 {
             self.grace.arm(self.options.grace);
+        }
+        // What an on-call engineer needs: how many contexts are at stake,
+        // and until when they stay valid.
+        let grace_secs = self.options.grace.as_secs_f64();
+        if let LinkError::Stalled(_) = error {
+            tracing::error!(error = %error, legs_held = held, grace_secs, "engine link cut off; contexts stay valid for the grace time");
+        } else if error.is_peer_fault() {
+            tracing::error!(error = %error, legs_held = held, grace_secs, "the engine sent something invalid; dropping the link to resync; contexts stay valid for the grace time");
+        } else {
+            tracing::warn!(error = %error, legs_held = held, grace_secs, "engine link lost; contexts stay valid for the grace time");
         }
         self.status
             .send_modify(|status| status.role = Role::Connecting);

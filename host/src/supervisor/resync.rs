@@ -88,6 +88,8 @@ impl Host {
         let boot_id = connection.boot_id;
         let engine_restarted = self.last_boot.is_some_and(|b| b != boot_id);
         self.last_boot = Some(boot_id);
+        // Drops asked on an earlier connection are settled by this snapshot.
+        self.dropped.clear();
         // The plugins hear of every ending (a purge's, say) before they
         // decide again.
         self.settle_notices().await;
@@ -159,6 +161,7 @@ impl Host {
                 legs: [l.leg_a, l.leg_b],
             }));
         for id in &refused_ids {
+            self.dropped.insert(*id);
             run.pending.insert(connection.send(Command::DropLeg(*id)));
         }
         self.decide_links(connection, &decider, plan.offer, plan.offer_at, &mut run)
