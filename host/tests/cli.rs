@@ -667,11 +667,55 @@ fn the_dist_config_loads() {
             .replace(
                 "/var/cache/legsync",
                 dir.path().join("cache").to_str().unwrap(),
-            ),
+            )
+            // The directories the unit creates (StateDirectory, LogsDirectory)
+            // before its ExecStartPre check runs.
+            .replace(
+                "/var/lib/legsync",
+                dir.path().join("state").to_str().unwrap(),
+            )
+            .replace(
+                "/var/log/legsync",
+                dir.path().join("logs").to_str().unwrap(),
+            )
+            // Not the default port: a host running on this machine holds it.
+            .replace("127.0.0.1:9464", "127.0.0.1:0"),
     )
     .unwrap();
-    let out = legsync(&["check", "--config", config.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out.stdout));
+    let check = || {
+        let out = legsync(&["check", "--config", config.to_str().unwrap()]);
+        (out.status.success(), text(&out.stdout))
+    };
+    // Run would fail without the state directory: so does check.
+    let (ok, said) = check();
+    assert!(
+        !ok && said.contains("cannot write in the ledger's directory"),
+        "{said}"
+    );
+    std::fs::create_dir(dir.path().join("state")).unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    let (ok, said) = check();
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("ok   ledger") && said.contains("ok   tls"),
+        "{said}"
+    );
+    // A key run could not use: check says so.
+    let key = tls.join("host.key");
+    let good_key = std::fs::read(&key).unwrap();
+    std::fs::write(&key, "not a key\n").unwrap();
+    let (ok, said) = check();
+    assert!(!ok && said.contains("cannot set up [tls]"), "{said}");
+    std::fs::write(&key, good_key).unwrap();
+    // An admin address another program holds.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let with_admin = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("127.0.0.1:0", &taken.local_addr().unwrap().to_string());
+    std::fs::write(&config, with_admin).unwrap();
+    let (ok, said) = check();
+    assert!(!ok && said.contains("cannot be bound"), "{said}");
+    drop(taken);
     // Without [tls], a remote engine needs an explicit `allow_plain`.
     let plain: String = std::fs::read_to_string(&config)
         .unwrap()

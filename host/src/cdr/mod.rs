@@ -128,106 +128,19 @@ impl CdrWriter {
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open the CDR file {}", path.display()))?;
-        let mut index = LedgerIndex::default();
-        // The parties of every open call, to write their END if the engine
-        // no longer has them.
-        let mut open: HashMap<u64, CallLeg> = HashMap::default();
-        let mut written_by = None;
-        let (alive_ms, last_written) = read_alive(&alive_path(path))?;
-        // When the record the `.alive` file names as durable was written.
-        let mut last_written_at = None;
-        let mut take = |record: CdrRecord| {
-            if record.record == last_written {
-                last_written_at = Some(record.time_ms);
-            }
-            index.replay(&record);
-            if written_by.as_ref() != Some(&record.host) {
-                written_by = Some(record.host.clone());
-            }
-            match record.kind {
-                RecordKind::Start | RecordKind::Resume => {
-                    open.insert(record.leg, record.call_leg());
-                }
-                RecordKind::End => {
-                    open.remove(&record.leg);
-                }
-                RecordKind::Carry => {}
-            }
-        };
-        // What the rotated files said, then what this one says.
-        let checkpoint_file = rotate::checkpoint_path(path);
-        let checkpoint = rotate::read_checkpoint(&checkpoint_file)?;
-        let through = checkpoint.through;
-        let sealed = through.is_some();
-        checkpoint.records.into_iter().for_each(&mut take);
-        let mut first_in_file = None;
-        let good_len = rotate::replay_lines(&file, path, |record| {
-            first_in_file.get_or_insert(record.record);
-            take(record)
-        })?;
-        // The file must go on where the checkpoint stops: a gap means the
-        // checkpoint is stale or gone, or the file was cut in place.
-        if let Some(first) = first_in_file {
-            let covered = through.unwrap_or(0);
-            anyhow::ensure!(
-                first <= covered + 1 || (!sealed && checkpoint_file.exists()),
-                "{} starts at record {first}, but {}: records {} to {} are nowhere this host can read. \
-                 The file was truncated in place (logrotate's `copytruncate`: use `create` and `legsync reopen` instead), \
-                 or the checkpoint is stale or was deleted. Put the missing records back (cat the rotated pieces \
-                 before {} and remove the checkpoint), then start again",
-                path.display(),
-                match through {
-                    Some(t) => format!(
-                        "its checkpoint {} covers records up to {t} only",
-                        checkpoint_file.display()
-                    ),
-                    None => format!(
-                        "there is no checkpoint {} for the records before it",
-                        checkpoint_file.display()
-                    ),
-                },
-                covered + 1,
-                first - 1,
-                path.display(),
-            );
-        }
+        let Loaded {
+            index,
+            recovered,
+            good_len,
+            written_by,
+        } = load(path, &file)?;
+        // A torn last line (a crash mid-write) is cut off.
         if file.metadata()?.len() != good_len {
             file.set_len(good_len)?;
             file.sync_all()?;
         }
         file.seek(std::io::SeekFrom::End(0))?;
         let last_read = index.next_record().saturating_sub(1);
-        anyhow::ensure!(
-            last_written <= last_read,
-            "{} ends at record {last_read}, but this host wrote records up to {last_written}: \
-             the ledger was rotated without `legsync reopen` (or truncated, as copytruncate does), \
-             and the host cannot know which calls are open without those records. Put the rotated \
-             piece back in place (cat it before the current file), or, knowing that calls may then \
-             be billed twice or lost, move {} away to start anyway",
-            path.display(),
-            alive_path(path).display()
-        );
-        // The moment in sync was taken after that record was durable: an
-        // earlier one is another ledger's `.alive`, or an old copy.
-        if let Some(written_at) = last_written_at {
-            anyhow::ensure!(
-                alive_ms + ALIVE_SKEW_MS >= written_at,
-                "{} says the host was last in sync at {alive_ms} (Unix ms), before record {last_written} \
-                 it names as durable was written ({written_at}): it is not this ledger's, or an old copy. \
-                 Remove it to start without it (calls lost while the host was down then end at their last record)",
-                alive_path(path).display()
-            );
-        }
-        let recovered = index
-            .open_calls()
-            .filter_map(|(key, seen_ms)| {
-                let leg = open.remove(&key.leg)?;
-                Some(RecoveredCall {
-                    leg,
-                    proven_up_ms: seen_ms.max(alive_ms),
-                })
-            })
-            .collect();
         let (jobs, receiver) = std::sync::mpsc::channel::<Job>();
         let alive = alive_path(path);
         let file = Arc::new(file);
@@ -258,7 +171,7 @@ impl CdrWriter {
             index: Arc::new(Mutex::new(index)),
             jobs,
             durable: durable_rx,
-            written_by: written_by.filter(|host| !host.is_empty()),
+            written_by,
         };
         Ok((writer, recovered))
     }
@@ -364,16 +277,36 @@ impl CdrWriter {
     /// name is the machine's, which a VM can change) would split its ledger
     /// in two for `legsync cdr check` and the bill.
     pub fn set_host(&self, host: &str) -> anyhow::Result<()> {
-        if let Some(previous) = self.written_by.as_ref().filter(|p| *p != host) {
-            anyhow::bail!(
-                "the ledger {} was written by host `{previous}`, and this host is named `{host}`: a host's \
-                 records must carry one name. Set `name = \"{previous}\"` in the config (or `--name {previous}`), \
-                 or start a new ledger file for the new name",
-                self.path.display()
-            );
-        }
+        same_name(&self.path, self.written_by.as_deref(), host)?;
         self.lock().set_host(host);
         Ok(())
+    }
+
+    /// What `open` would find wrong with the ledger at `path` for the host
+    /// named `host`, without writing anything (`legsync check`): the
+    /// ledger, its checkpoint and `.alive` file verified together, the host
+    /// name, and a directory the host can write in. Returns how many calls
+    /// it has open.
+    pub fn verify(path: &Path, host: &str) -> anyhow::Result<usize> {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let probe = dir.join(format!(".legsync-check-{}", std::process::id()));
+        std::fs::File::create(&probe)
+            .with_context(|| format!("cannot write in the ledger's directory {}", dir.display()))?;
+        let _ = std::fs::remove_file(&probe);
+        let file = match std::fs::File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read the CDR file {}", path.display()));
+            }
+        };
+        let loaded = load(path, &file)?;
+        same_name(path, loaded.written_by.as_deref(), host)?;
+        Ok(loaded.recovered.len())
     }
 
     /// Records hold what `engine` said under controller `epoch` from now on
@@ -437,6 +370,136 @@ impl CdrWriter {
             .map(|(i, line)| serde_json::from_str(line).with_context(|| format!("line {}", i + 1)))
             .collect()
     }
+}
+
+/// A host's records carry one name: a ledger written under `previous` is
+/// refused to a host named `host`.
+fn same_name(path: &Path, previous: Option<&str>, host: &str) -> anyhow::Result<()> {
+    if let Some(previous) = previous.filter(|p| *p != host) {
+        anyhow::bail!(
+            "the ledger {} was written by host `{previous}`, and this host is named `{host}`: a host's \
+             records must carry one name. Set `name = \"{previous}\"` in the config (or `--name {previous}`), \
+             or start a new ledger file for the new name",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// What the ledger and its sidecars say, read and verified.
+struct Loaded {
+    index: LedgerIndex,
+    recovered: Vec<RecoveredCall>,
+    /// The length of the file's whole lines (a torn last line excluded).
+    good_len: u64,
+    /// The host named in the last record.
+    written_by: Option<compact_str::CompactString>,
+}
+
+/// Reads the ledger at `path` (open as `file`) with its checkpoint and
+/// `.alive` file, and verifies them together; writes nothing.
+fn load(path: &Path, file: &std::fs::File) -> anyhow::Result<Loaded> {
+    let mut index = LedgerIndex::default();
+    // The parties of every open call, to write their END if the engine
+    // no longer has them.
+    let mut open: HashMap<u64, CallLeg> = HashMap::default();
+    let mut written_by = None;
+    let (alive_ms, last_written) = read_alive(&alive_path(path))?;
+    // When the record the `.alive` file names as durable was written.
+    let mut last_written_at = None;
+    let mut take = |record: CdrRecord| {
+        if record.record == last_written {
+            last_written_at = Some(record.time_ms);
+        }
+        index.replay(&record);
+        if written_by.as_ref() != Some(&record.host) {
+            written_by = Some(record.host.clone());
+        }
+        match record.kind {
+            RecordKind::Start | RecordKind::Resume => {
+                open.insert(record.leg, record.call_leg());
+            }
+            RecordKind::End => {
+                open.remove(&record.leg);
+            }
+            RecordKind::Carry => {}
+        }
+    };
+    // What the rotated files said, then what this one says.
+    let checkpoint_file = rotate::checkpoint_path(path);
+    let checkpoint = rotate::read_checkpoint(&checkpoint_file)?;
+    let through = checkpoint.through;
+    let sealed = through.is_some();
+    checkpoint.records.into_iter().for_each(&mut take);
+    let mut first_in_file = None;
+    let good_len = rotate::replay_lines(file, path, |record| {
+        first_in_file.get_or_insert(record.record);
+        take(record)
+    })?;
+    // The file must go on where the checkpoint stops: a gap means the
+    // checkpoint is stale or gone, or the file was cut in place.
+    if let Some(first) = first_in_file {
+        let covered = through.unwrap_or(0);
+        anyhow::ensure!(
+            first <= covered + 1 || (!sealed && checkpoint_file.exists()),
+            "{} starts at record {first}, but {}: records {} to {} are nowhere this host can read. \
+             The file was truncated in place (logrotate's `copytruncate`: use `create` and `legsync reopen` instead), \
+             or the checkpoint is stale or was deleted. Put the missing records back (cat the rotated pieces \
+             before {} and remove the checkpoint), then start again",
+            path.display(),
+            match through {
+                Some(t) => format!(
+                    "its checkpoint {} covers records up to {t} only",
+                    checkpoint_file.display()
+                ),
+                None => format!(
+                    "there is no checkpoint {} for the records before it",
+                    checkpoint_file.display()
+                ),
+            },
+            covered + 1,
+            first - 1,
+            path.display(),
+        );
+    }
+    let last_read = index.next_record().saturating_sub(1);
+    anyhow::ensure!(
+        last_written <= last_read,
+        "{} ends at record {last_read}, but this host wrote records up to {last_written}: \
+         the ledger was rotated without `legsync reopen` (or truncated, as copytruncate does), \
+         and the host cannot know which calls are open without those records. Put the rotated \
+         piece back in place (cat it before the current file), or, knowing that calls may then \
+         be billed twice or lost, move {} away to start anyway",
+        path.display(),
+        alive_path(path).display()
+    );
+    // The moment in sync was taken after that record was durable: an
+    // earlier one is another ledger's `.alive`, or an old copy.
+    if let Some(written_at) = last_written_at {
+        anyhow::ensure!(
+            alive_ms + ALIVE_SKEW_MS >= written_at,
+            "{} says the host was last in sync at {alive_ms} (Unix ms), before record {last_written} \
+             it names as durable was written ({written_at}): it is not this ledger's, or an old copy. \
+             Remove it to start without it (calls lost while the host was down then end at their last record)",
+            alive_path(path).display()
+        );
+    }
+    let recovered = index
+        .open_calls()
+        .filter_map(|(key, seen_ms)| {
+            let leg = open.remove(&key.leg)?;
+            Some(RecoveredCall {
+                leg,
+                proven_up_ms: seen_ms.max(alive_ms),
+            })
+        })
+        .collect();
+    Ok(Loaded {
+        index,
+        recovered,
+        good_len,
+        written_by: written_by.filter(|host: &compact_str::CompactString| !host.is_empty()),
+    })
 }
 
 /// How far ahead of this machine's clock an `.alive` time may be (a clock

@@ -24,6 +24,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         Some(path) => match HostConfig::load(path) {
             Ok(config) => {
                 println!("ok   config {}", path.display());
+                check_host(&config, &mut problems);
                 config
             }
             Err(e) => {
@@ -53,6 +54,60 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         problems.len()
     );
     Ok(ExitCode::FAILURE)
+}
+
+/// What `run` meets before the plugins: the ledger (and its sidecars, and
+/// its host name), the engine link's TLS files, the admin address.
+fn check_host(config: &HostConfig, problems: &mut Vec<String>) {
+    match crate::cdr::CdrWriter::verify(&config.cdr, &config.name) {
+        Ok(open) => println!("ok   ledger {} ({open} calls open)", config.cdr.display()),
+        Err(e) => problems.push(format!("{e:#}")),
+    }
+    if let Some(tls) = &config.tls {
+        let files = crate::tls::TlsFiles {
+            ca: tls.ca.clone(),
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+        };
+        match crate::tls::client_config(&files) {
+            Ok(_) => println!("ok   tls {} {}", tls.cert.display(), tls.key.display()),
+            Err(e) => problems.push(format!("cannot set up [tls]: {e:#}")),
+        }
+    }
+    match config.admin_addr() {
+        Ok(Some(addr)) if addr.port() != 0 => match std::net::TcpListener::bind(addr) {
+            Ok(_) => println!("ok   admin {addr} is free"),
+            // A running legsync holds it before a restart: that is fine.
+            Err(_) if answers_as_legsync(addr) => {
+                println!("ok   admin {addr} is held by the running legsync (a restart frees it)")
+            }
+            Err(e) => problems.push(format!(
+                "the admin address {addr} cannot be bound ({e}): another program holds it; set `admin` to a free address or \"off\""
+            )),
+        },
+        Ok(_) => {}
+        Err(e) => problems.push(format!("{e:#}")),
+    }
+}
+
+/// Whether a legsync admin endpoint answers at `addr`.
+fn answers_as_legsync(addr: std::net::SocketAddr) -> bool {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return false;
+    };
+    runtime.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            crate::admin::client::request(&addr.to_string(), hyper::Method::GET, "/status"),
+        )
+        .await
+        .is_ok_and(|answer| {
+            answer.is_ok_and(|(code, body)| code.is_success() && body.contains("\"role\""))
+        })
+    })
 }
 
 fn check_plugins(config: &HostConfig, dir: &std::path::Path, problems: &mut Vec<String>) {
