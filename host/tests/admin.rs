@@ -345,3 +345,113 @@ async fn a_failing_event_log_is_loud_and_can_stop_the_host() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("`events_required` is set"), "{stderr}");
 }
+
+/// Waits until the host's `/readyz` answers 200 (each try bounded: a
+/// connection may wait in the backlog).
+async fn wait_ready(admin: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let answered = tokio::time::timeout(Duration::from_secs(2), get(admin, "/readyz")).await;
+        if answered.is_ok_and(|(code, _)| code == StatusCode::OK) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the host is not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The admin port used against the host: a host short of file descriptors
+/// (run under `ulimit -n`) with a flood of idle connections backs off its
+/// accepts instead of spinning (it used to log millions of lines), keeps
+/// its engine link and its ledger, and serves again once they go; an idle
+/// connection is closed; a large POST body is refused without being read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_cannot_be_used_against_the_host() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProcess::spawn(
+        exe(),
+        &dir.path().join("engine.state"),
+        None,
+        &["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "1000"],
+    )
+    .await
+    .unwrap();
+    // `legsync` with few file descriptors.
+    let wrapper = dir.path().join("legsync-few-fds");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nulimit -n 128\nexec {} \"$@\"\n",
+            exe().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let log = dir.path().join("pri.log");
+    let mut host =
+        HostProcess::spawn(&wrapper, &config(dir.path(), "pri", sim.listen), &log).unwrap();
+    let admin = host.admin_addr().await.unwrap();
+    wait_ready(admin).await;
+
+    // More connections than the host has descriptors for, held open.
+    let mut flood = Vec::new();
+    for _ in 0..150 {
+        match tokio::net::TcpStream::connect(admin).await {
+            Ok(stream) => flood.push(stream),
+            Err(_) => break,
+        }
+    }
+    // Calls go on meanwhile: the engine link and the ledger still work.
+    let id = sim
+        .ok_id("call SIP_A 15145550100 14385550100")
+        .await
+        .unwrap();
+    legsync::demo::host_process::wait_for_count(
+        &dir.path().join("cdr-pri.jsonl"),
+        &format!("\"leg\":{id},"),
+        1,
+        WAIT,
+    )
+    .await
+    .unwrap();
+    // Idle connections are closed at the header timeout, so the host
+    // serves again; the accept failures were logged once, not per attempt.
+    wait_ready(admin).await;
+    let mut closed = 0;
+    // The first ones served have waited longest.
+    for stream in flood.iter_mut().take(16) {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(Duration::from_millis(50), stream.read(&mut byte)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed > 0, "idle connections are closed");
+    drop(flood);
+    let failures = legsync::demo::host_process::count_lines(&log, "accept failed");
+    assert!(
+        failures <= 3,
+        "{failures} accept-failure lines in {}",
+        host.log()
+    );
+
+    // A large body is refused, not buffered.
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let body = vec![b'x'; 8 << 20];
+    let head = format!(
+        "POST /reload HTTP/1.1\r\nhost: {admin}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let _ = stream.write_all(&body).await;
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_string(&mut answer)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    host.stop().await.unwrap();
+}

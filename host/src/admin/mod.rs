@@ -130,6 +130,21 @@ impl Admin {
     }
 }
 
+/// Connections served at once: more wait in the kernel's backlog, so that
+/// clients of the admin port can never take the file descriptors the
+/// engine link and the ledger need.
+const MAX_CONNECTIONS: usize = 64;
+/// A client that has not sent its request headers within this is closed.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest one connection is served (requests and idle keep-alive).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest request body read (`POST` bodies are not used).
+const MAX_BODY: usize = 64 * 1024;
+/// Backoff after a failed accept (out of file descriptors, say): from the
+/// first to the second, doubling; failures are logged once per interval.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Binds `addr` and serves until `shutdown`. Binding happens before this
 /// returns, so a taken port is a start-up error, not a silent absence.
 pub async fn serve(
@@ -154,13 +169,36 @@ pub async fn serve(
         }
     });
     let task = tokio::spawn(async move {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let mut backoff = ACCEPT_BACKOFF.0;
+        let mut failures: (u64, Option<std::time::Instant>) = (0, None);
         loop {
+            let slot = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            };
             let stream = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok((stream, _)) => {
+                        backoff = ACCEPT_BACKOFF.0;
+                        stream
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "admin endpoint: accept failed");
+                        // Out of file descriptors, most likely: waiting lets
+                        // the rest of the host (the engine link) go on,
+                        // where retrying at once would spin and log forever.
+                        let (count, logged) = &mut failures;
+                        *count += 1;
+                        if logged.is_none_or(|at| at.elapsed() >= ACCEPT_LOG_EVERY) {
+                            tracing::error!(error = %e, failures = *count, "admin endpoint: accept failed; backing off");
+                            (*count, *logged) = (0, Some(std::time::Instant::now()));
+                        }
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
                         continue;
                     }
                 },
@@ -171,9 +209,12 @@ pub async fn serve(
                     let admin = admin.clone();
                     async move { Ok::<_, std::convert::Infallible>(route(&admin, request).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+                drop(slot);
             });
         }
     });
@@ -192,14 +233,23 @@ async fn route(admin: &Arc<Admin>, request: Request<Incoming>) -> Reply {
         (&Method::GET, "/readyz") => readyz(admin),
         (&Method::GET, "/status") => json(StatusCode::OK, &status(admin)),
         (&Method::GET, "/legs") => legs(admin, &query).await,
-        (&Method::POST, "/reload") => {
-            // The body is not used; read it so the connection stays usable.
-            let _ = request.into_body().collect().await;
-            reload(admin).await
-        }
-        (&Method::POST, "/reopen") => {
-            let _ = request.into_body().collect().await;
-            reopen(admin).await
+        (&Method::POST, "/reload" | "/reopen") => {
+            // The body is not used; read it (bounded) so the connection
+            // stays usable.
+            let body = http_body_util::Limited::new(request.into_body(), MAX_BODY)
+                .collect()
+                .await;
+            if body.is_err() {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the body of a POST is not used: send none",
+                );
+            }
+            if path == "/reload" {
+                reload(admin).await
+            } else {
+                reopen(admin).await
+            }
         }
         (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/legs" | "/reload" | "/reopen") => {
             error(
