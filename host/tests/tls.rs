@@ -133,3 +133,64 @@ async fn hosts_and_engines_without_trusted_certificates_are_turned_away() {
         "no host ever controlled the engine"
     );
 }
+
+/// The `[tls]` section `legsync tls init --engine-name NAME` prints works
+/// as printed, with `engine` an address that is not that name (it used to
+/// leave `server_name` out, and the host then checked the address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_section_tls_init_prints_works_as_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki_dir = dir.path().join("pki");
+    let out = common::legsync(&[
+        "tls",
+        "init",
+        pki_dir.to_str().unwrap(),
+        "--engine-name",
+        "gw-1.example.net",
+    ]);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let printed = common::text(&out.stdout);
+    let section: String = printed
+        .lines()
+        .skip_while(|l| *l != "[tls]")
+        .take_while(|l| !l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        section.contains("server_name = \"gw-1.example.net\""),
+        "{printed}"
+    );
+    let engine = TlsFiles {
+        ca: pki_dir.join("ca.pem"),
+        cert: pki_dir.join("engine.pem"),
+        key: pki_dir.join("engine.key"),
+    };
+    let args = [
+        "--tls-cert",
+        engine.cert.to_str().unwrap(),
+        "--tls-key",
+        engine.key.to_str().unwrap(),
+        "--tls-client-ca",
+        engine.ca.to_str().unwrap(),
+    ];
+    let sim = SimProcess::spawn(exe(), &dir.path().join("engine.state"), Some(2), &args)
+        .await
+        .unwrap();
+    let events = dir.path().join("events.jsonl");
+    let config = dir.path().join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "engine = \"{}\"\nname = \"pri\"\nadmin = \"off\"\ncdr = \"{}\"\nevents = \"{}\"\n{section}",
+            sim.listen,
+            dir.path().join("cdr.jsonl").display(),
+            events.display(),
+        ),
+    )
+    .unwrap();
+    let mut host = HostProcess::spawn(exe(), &config, &dir.path().join("host.log")).unwrap();
+    wait_for_count(&events, "\"role\":\"active\"", 1, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}: {}", host.log()));
+    host.stop().await.unwrap();
+}

@@ -34,6 +34,11 @@ pub fn run(command: TlsCommand) -> anyhow::Result<ExitCode> {
     println!("ca = \"{}\"", pki.host.ca.display());
     println!("cert = \"{}\"", pki.host.cert.display());
     println!("key = \"{}\"", pki.host.key.display());
+    // The name the engine's certificate carries: the host checks it, and
+    // `engine` may be an address that is not that name.
+    if let Some(name) = args.engine_names.first() {
+        println!("server_name = \"{name}\"");
+    }
     println!(
         "\nfor engine-sim:\n\n  --tls-cert {} --tls-key {} --tls-client-ca {}",
         pki.engine.cert.display(),
