@@ -20,6 +20,7 @@ fn main() {
     let plugins = repo.join("plugins");
     println!("cargo:rerun-if-changed={}", plugins.display());
     println!("cargo:rerun-if-changed={}", repo.join("wit").display());
+    build_details(repo);
 
     ensure_wasm_target();
 
@@ -104,4 +105,42 @@ fn ensure_wasm_target() {
         status.success(),
         "`rustup target add {WASM_TARGET}` failed; the plugins cannot be built without it"
     );
+}
+
+/// The commit and its date, for `legsync --version` and the build-info
+/// metric (`unknown` outside a git checkout, such as a source tarball).
+fn build_details(repo: &Path) {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(repo)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .map(|text| text.trim().to_string())
+            .filter(|text| !text.is_empty())
+            .unwrap_or_else(|| "unknown".into())
+    };
+    println!(
+        "cargo:rustc-env=LEGSYNC_COMMIT={}",
+        git(&["rev-parse", "--short=12", "HEAD"])
+    );
+    println!(
+        "cargo:rustc-env=LEGSYNC_COMMIT_DATE={}",
+        git(&["log", "-1", "--format=%cs"])
+    );
+    // A new commit moves the branch's ref, which HEAD names.
+    let head = repo.join(".git/HEAD");
+    if head.exists() {
+        println!("cargo:rerun-if-changed={}", head.display());
+        if let Ok(text) = std::fs::read_to_string(&head)
+            && let Some(branch) = text.trim().strip_prefix("ref: ")
+        {
+            println!(
+                "cargo:rerun-if-changed={}",
+                repo.join(".git").join(branch).display()
+            );
+        }
+    }
 }

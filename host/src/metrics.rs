@@ -39,6 +39,7 @@ pub const SNAPSHOT_ANOMALIES: &str = "legsync_snapshot_anomalies_total";
 pub const HEARTBEAT_GAP_SECONDS: &str = "legsync_heartbeat_gap_seconds";
 pub const TABLE_FULL: &str = "legsync_table_full_refusals_total";
 pub const LIVE_DURABLE_SECONDS: &str = "legsync_live_batch_durable_seconds";
+pub const BUILD_INFO: &str = "legsync_build_info";
 
 /// Every metric: name, type, help (the list in docs/operations.md).
 pub const ALL: &[(&str, &str, &str)] = &[
@@ -46,6 +47,11 @@ pub const ALL: &[(&str, &str, &str)] = &[
         LINK_STATE,
         "gauge",
         "1 for the engine link's current state (label state: connecting, resyncing, connected, disconnected, purged), 0 for the others",
+    ),
+    (
+        BUILD_INFO,
+        "gauge",
+        "1, labelled with the build: version, commit, contract (plugin WIT), protocol (engine wire)",
     ),
     (
         ROLE,
@@ -201,6 +207,14 @@ pub fn install() -> &'static PrometheusHandle {
             }
         }
         zero_counters();
+        gauge!(
+            BUILD_INFO,
+            "version" => env!("CARGO_PKG_VERSION"),
+            "commit" => env!("LEGSYNC_COMMIT"),
+            "contract" => crate::policy::contract::CONTRACT_VERSION,
+            "protocol" => crate::protocol::PROTOCOL_VERSION.to_string()
+        )
+        .set(1.0);
         handle
     })
 }

@@ -131,6 +131,16 @@ async fn the_admin_endpoint_follows_the_host_and_its_commands_work() {
         // Shown at 0 before their first event, so that an alert on any
         // increase sees the first one.
         ("legsync_grace_expiries_total", 0.0),
+        (
+            &format!(
+                "legsync_build_info{{version=\"{}\",commit=\"{}\",contract=\"{}\",protocol=\"{}\"}}",
+                env!("CARGO_PKG_VERSION"),
+                build_commit(),
+                legsync::policy::contract::CONTRACT_VERSION,
+                legsync::protocol::PROTOCOL_VERSION
+            ),
+            1.0,
+        ),
         ("legsync_handovers_total", 0.0),
         ("legsync_disconnects_total{reason=\"heartbeat\"}", 0.0),
         ("legsync_reloads_total{outcome=\"rejected\"}", 0.0),
@@ -344,6 +354,22 @@ async fn a_failing_event_log_is_loud_and_can_stop_the_host() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("`events_required` is set"), "{stderr}");
+}
+
+/// The commit the binary names in `--version`.
+fn build_commit() -> String {
+    let out = std::process::Command::new(exe())
+        .arg("--version")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    said.split("commit ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// Waits until the host's `/readyz` answers 200 (each try bounded: a

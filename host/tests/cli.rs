@@ -473,6 +473,37 @@ fn admin_commands_take_the_address_from_the_config() {
     );
 }
 
+/// `--version` names the build: release, commit and its date, the plugin
+/// contract and the engine protocol.
+#[test]
+fn version_names_the_build_and_the_contracts() {
+    let out = legsync(&["--version"]);
+    let said = text(&out.stdout);
+    assert!(out.status.success());
+    let contract = legsync::policy::contract::CONTRACT_VERSION;
+    assert!(
+        said.starts_with(&format!("legsync {} (commit ", env!("CARGO_PKG_VERSION")))
+            && said.contains(&format!("plugin contract legsync:policy@{contract}"))
+            && said.contains(&format!(
+                "engine protocol {}",
+                legsync::protocol::PROTOCOL_VERSION
+            )),
+        "{said}"
+    );
+    let commit = said
+        .split("commit ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap();
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{said}"
+    );
+}
+
 #[test]
 fn bench_live_times_every_generated_event_to_its_durable_record() {
     let runs = bench_json(&[

@@ -12,10 +12,26 @@ mod tls;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// `legsync --version`: the release, the commit it was built from and its
+/// date, and the plugin contract and wire protocol it speaks.
+pub fn long_version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        format!(
+            "{} (commit {}, {}; plugin contract legsync:policy@{}, engine protocol {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("LEGSYNC_COMMIT"),
+            env!("LEGSYNC_COMMIT_DATE"),
+            crate::policy::contract::CONTRACT_VERSION,
+            crate::protocol::PROTOCOL_VERSION,
+        )
+    })
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "legsync",
-    version,
+    version = long_version(),
     about = "Call-leg resynchronization host with WebAssembly policy plugins"
 )]
 struct Cli {
