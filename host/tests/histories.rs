@@ -11,8 +11,9 @@
 //! standby is cut off (the standby's grace ENDs then carry an older
 //! epoch); the slot taken by a client that keeps no ledger past the grace
 //! time (the hosts hand their calls over); a sidecar damaged at a kill (a
-//! torn checkpoint, a damaged or future `.alive`: the restart must refuse,
-//! naming the file, and starts once it is repaired); logrotate's
+//! torn, deleted or stale checkpoint, a damaged or future `.alive`: the
+//! restart must refuse, naming the file, and starts once it is repaired);
+//! logrotate's
 //! `copytruncate` (the restart must refuse; the copy put back, it starts).
 //! Background traffic runs through all of it: 200 calls up at the start and
 //! calls answered and released at 20 a second. Then everything is
@@ -132,6 +133,8 @@ struct Run {
     refusing: bool,
     /// Calls answered and released in the background, through every fault.
     traffic: Option<Background>,
+    /// A checkpoint kept from an earlier rotation, to put back as a stale one.
+    old_checkpoint: Option<Vec<u8>>,
 }
 
 /// A task that keeps `engine-sim` generating calls (its `traffic` command,
@@ -190,6 +193,7 @@ impl Run {
             log: Vec::new(),
             refusing: false,
             traffic: None,
+            old_checkpoint: None,
         };
         for (i, name) in HOST_NAMES.iter().take(hosts).enumerate() {
             run.spawn_host(name, &plugins);
@@ -685,7 +689,7 @@ impl Run {
     /// The active is killed and one of its ledger's sidecars damaged: the
     /// restart must refuse, naming the file; once repaired, it starts.
     async fn damaged_sidecar_at_a_kill(&mut self, rng: &mut Rng) {
-        let start = now() - 1_000;
+        let damage = rng.below(5);
         let host = self.active().await;
         let ledger = self
             .dir
@@ -693,22 +697,50 @@ impl Run {
             .join(format!("cdr-{}.jsonl", HOST_NAMES[host]));
         let alive = PathBuf::from(format!("{}.alive", ledger.display()));
         let checkpoint = PathBuf::from(format!("{}.checkpoint", ledger.display()));
-        self.hosts[host].crash().await.unwrap();
-        let (file, damaged, expected): (&Path, Vec<u8>, &str) = match rng.below(3) {
-            0 if checkpoint.exists() => {
-                let whole = std::fs::read(&checkpoint).unwrap();
-                let half = whole[..whole.len() / 2].to_vec();
-                (&checkpoint, half, "is torn")
+        // The checkpoint's damages need one, and records after it: a
+        // rotation (twice for a stale one), then a call in the new file.
+        if damage >= 2 && self.hosts[host].is_running() {
+            self.wait_in_sync().await;
+            let rotations = if damage == 4 { 2 } else { 1 };
+            for round in 0..rotations {
+                self.rotate(host).await;
+                if round + 1 < rotations {
+                    // Records between the two, so that they differ.
+                    self.old_checkpoint = std::fs::read(&checkpoint).ok();
+                    self.wait_in_sync().await;
+                }
             }
-            1 if alive.exists() => (
+            self.wait_in_sync().await;
+        }
+        let start = now() - 1_000;
+        self.hosts[host].crash().await.unwrap();
+        let has_records = std::fs::metadata(&ledger).is_ok_and(|m| m.len() > 0);
+        let old = self.old_checkpoint.take();
+        // What is damaged, how, and what the refusal says (and names).
+        let (file, damaged, expected): (&Path, Option<Vec<u8>>, &str) = match damage {
+            0 if alive.exists() => (
                 &alive,
-                b"4102444800000 1\n".to_vec(),
+                Some(b"4102444800000 1\n".to_vec()),
                 "after this machine's clock",
             ),
-            _ if alive.exists() => (&alive, b"soon\n".to_vec(), "is damaged"),
+            1 if alive.exists() => (&alive, Some(b"soon\n".to_vec()), "is damaged"),
+            2 if checkpoint.exists() => {
+                let whole = std::fs::read(&checkpoint).unwrap();
+                (
+                    &checkpoint,
+                    Some(whole[..whole.len() / 2].to_vec()),
+                    "is torn",
+                )
+            }
+            3 if checkpoint.exists() && has_records => {
+                (&checkpoint, None, "there is no checkpoint")
+            }
+            4 if checkpoint.exists() && has_records && old.is_some() => {
+                (&checkpoint, old, "covers records up to")
+            }
             _ => {
                 self.log.push(format!(
-                    "host {} kill -9, no sidecar to damage yet, restart",
+                    "host {} kill -9, no sidecar to damage that way yet, restart",
                     HOST_NAMES[host]
                 ));
                 self.hosts[host].start().unwrap();
@@ -716,7 +748,10 @@ impl Run {
             }
         };
         let saved = std::fs::read(file).unwrap();
-        std::fs::write(file, &damaged).unwrap();
+        match &damaged {
+            Some(bytes) => std::fs::write(file, bytes).unwrap(),
+            None => std::fs::remove_file(file).unwrap(),
+        }
         self.hosts[host].start().unwrap();
         let status = self.hosts[host].wait_exit(WAIT).await.unwrap();
         let said = self.hosts[host].run_log();
