@@ -597,3 +597,50 @@ async fn an_engine_name_past_the_limit_is_refused() {
             .is_empty()
     );
 }
+
+/// The host's resident memory (VmRSS), in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// A 12-byte `SnapshotBegin` announcing four million legs (the default
+/// cap) used to take the host from 20 MiB to 1.3 GiB before a single leg
+/// arrived: memory now follows the legs that arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_follows_the_legs_that_arrive_not_the_count_announced() {
+    use legsync::demo::host_process::wait_for_count;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut host, mut engine, _, log) = scripted_process(dir.path(), None).await;
+    for message in [
+        common::engine_hello("scripted", 1),
+        EngineMessage::SnapshotBegin {
+            legs: 4_000_000,
+            links: 0,
+        },
+        EngineMessage::SnapshotLegs(vec![leg(5, 5, 1_000, Some(2_000))]),
+        EngineMessage::SnapshotEnd,
+    ] {
+        engine.send(message).await.unwrap();
+    }
+    wait_for_count(&log, "resync done", 1, WAIT).await.unwrap();
+    let pid = host.pid().unwrap();
+    // Tables are populated in the background: the peak over a while.
+    let mut peak = 0;
+    for _ in 0..20 {
+        peak = peak.max(rss_bytes(pid));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        peak < 300 << 20,
+        "{} MiB resident for one leg held",
+        peak >> 20
+    );
+    host.stop().await.unwrap();
+}

@@ -92,6 +92,15 @@ impl SnapshotDiff {
         }
     }
 
+    /// Makes room for `total` offered legs in a cold resync (the snapshot
+    /// grew past its reservation).
+    pub fn reserve_offered(&mut self, total: usize) {
+        if self.cold {
+            self.offered
+                .reserve(total.saturating_sub(self.offered.len()));
+        }
+    }
+
     /// Takes in a chunk of snapshot legs; returns those the host does not
     /// know, to be decided now (a million unknown legs are never all held
     /// at once).

@@ -239,9 +239,6 @@ impl Host {
                     ))
                     .into());
                 }
-                // A hint, capped: never more memory than the limits allow.
-                self.table.reserve_total(legs as usize);
-                self.cdr.reserve_total(legs as usize);
                 self.status.send_modify(|s| {
                     s.snapshot_expected = legs;
                     s.snapshot_received = 0;
@@ -256,7 +253,12 @@ impl Host {
                 .into());
             }
         };
-        let mut diff = SnapshotDiff::begin(&mut self.table, announced);
+        // The announced count is a hint: memory is reserved ahead of what
+        // arrives (doubling), never for what is only announced.
+        let mut reservation = Reservation::new(announced);
+        self.table.reserve_total(reservation.reserved);
+        self.cdr.reserve_total(reservation.reserved);
+        let mut diff = SnapshotDiff::begin(&mut self.table, reservation.reserved);
         // One chunk is decided on a blocking thread while the previous one is
         // adopted and the next one received and diffed.
         let mut deciding: Option<Deciding> = None;
@@ -271,6 +273,11 @@ impl Host {
                             self.options.max_legs
                         ))
                         .into());
+                    }
+                    if let Some(total) = reservation.grow_for(so_far as usize) {
+                        self.table.reserve_total(total);
+                        self.cdr.reserve_total(total);
+                        diff.reserve_offered(total);
                     }
                     let diffing = Instant::now();
                     let unknown = diff.legs(&mut self.table, chunk);
@@ -596,5 +603,63 @@ mod tests {
         for (n, text) in cases {
             assert_eq!(super::group_thousands(n), text);
         }
+    }
+}
+
+/// How much room a snapshot's tables have, grown ahead of what arrives: an
+/// engine announcing four million legs in a 12-byte frame gets room for a
+/// quarter of a million until they come (a full snapshot pays a few
+/// doublings, not the hint's whole size up front).
+struct Reservation {
+    announced: usize,
+    reserved: usize,
+}
+
+/// The room reserved before any leg arrives.
+const FIRST_RESERVATION: usize = 262_144;
+
+impl Reservation {
+    fn new(announced: usize) -> Reservation {
+        Reservation {
+            announced,
+            reserved: announced.min(FIRST_RESERVATION),
+        }
+    }
+
+    /// The new total to reserve once `arrived` legs are in (with the chunk
+    /// at hand), if the room is short: twice the room, up to the announced
+    /// count (or what arrived, if the engine sends more than it said).
+    fn grow_for(&mut self, arrived: usize) -> Option<usize> {
+        if arrived <= self.reserved {
+            return None;
+        }
+        self.reserved = (self.reserved * 2).min(self.announced).max(arrived);
+        Some(self.reserved)
+    }
+}
+
+#[cfg(test)]
+mod reservation_tests {
+    use super::*;
+
+    #[test]
+    fn room_follows_what_arrives_not_what_is_announced() {
+        let mut room = Reservation::new(4_000_000);
+        assert_eq!(room.reserved, FIRST_RESERVATION);
+        assert_eq!(room.grow_for(1_000), None);
+        assert_eq!(
+            room.grow_for(FIRST_RESERVATION + 1),
+            Some(2 * FIRST_RESERVATION)
+        );
+        let mut small = Reservation::new(1_000);
+        assert_eq!(small.reserved, 1_000);
+        // An engine that sends more than it announced.
+        assert_eq!(small.grow_for(1_500), Some(1_500));
+        let mut full = Reservation::new(1_000_000);
+        let mut grown = 0;
+        for arrived in (1_000..=1_000_000).step_by(1_000) {
+            grown += usize::from(full.grow_for(arrived).is_some());
+        }
+        assert_eq!((full.reserved, grown), (1_000_000, 2), "a few doublings");
     }
 }
