@@ -227,7 +227,7 @@ async fn a_live_answer_refused_by_a_plugin_is_billed_then_dropped() {
 async fn snapshot_anomalies_have_defined_outcomes_and_are_counted() {
     use legsync::model::Link;
     let dir = tempfile::tempdir().unwrap();
-    let (mut host, mut engine, _) = scripted(dir.path()).await;
+    let (mut host, mut engine, config) = scripted(dir.path()).await;
     let answered = |id| leg(id, id, 1_000, Some(2_000));
     let link = |id, leg_a, leg_b| Link { id, leg_a, leg_b };
     for message in [
@@ -268,6 +268,35 @@ async fn snapshot_anomalies_have_defined_outcomes_and_are_counted() {
     assert_eq!(summary.links_rebuilt, 2, "links 10 and 14");
     let status = host.status();
     assert_eq!((status.legs, status.links), (4, 2));
+
+    // Warm: the engine comes back listing every leg twice. The copies are
+    // duplicates, not more known legs.
+    drop(engine);
+    let listener = tokio::net::TcpListener::bind(config.engine.as_deref().unwrap())
+        .await
+        .unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut engine = FramedWrite::new(
+        stream,
+        FrameCodec::<HostMessage, EngineMessage>::new(1 << 20),
+    );
+    for message in [
+        common::engine_hello("scripted", 2),
+        EngineMessage::SnapshotBegin { legs: 8, links: 0 },
+        EngineMessage::SnapshotLegs((1..=4).chain(1..=4).map(answered).collect()),
+        EngineMessage::SnapshotEnd,
+    ] {
+        engine.send(message).await.unwrap();
+    }
+    let events = host.next_resync(WAIT).await.unwrap();
+    let Some(HostEvent::ResyncDone(summary)) = events.last() else {
+        panic!("no summary")
+    };
+    assert_eq!(
+        (summary.known, summary.anomalies.duplicate_legs),
+        (4, 4),
+        "{summary:?}"
+    );
     host.stop().await.unwrap();
 }
 

@@ -27,6 +27,9 @@ pub enum Sighting {
     /// The host held another call under this id (taken out of the table
     /// and returned): that call is over; this one is unknown.
     Replaced(CallLeg),
+    /// The host holds this call and this resync has seen it already: the
+    /// engine listed it twice (an anomaly, counted; nothing changes).
+    Again,
 }
 
 /// One known leg.
@@ -303,6 +306,9 @@ impl LegTable {
         }
         self.cursor = slot + 1;
         let entry = &mut self.slots[slot];
+        if entry.generation == self.generation {
+            return Sighting::Again;
+        }
         entry.generation = self.generation;
         entry.leg.state = leg.state;
         if entry.leg.answered_at_ms.is_none() && leg.answered_at_ms.is_some() {
@@ -389,6 +395,7 @@ mod tests {
         table.begin_generation();
         assert_eq!(table.mark_seen(&leg(1)), Sighting::Known);
         assert_eq!(table.mark_seen(&leg(3)), Sighting::Known);
+        assert_eq!(table.mark_seen(&leg(3)), Sighting::Again, "listed twice");
         assert_eq!(
             table.mark_seen(&leg(9)),
             Sighting::Unknown,

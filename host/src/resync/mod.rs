@@ -105,10 +105,8 @@ impl SnapshotDiff {
     /// know, to be decided now (a million unknown legs are never all held
     /// at once).
     ///
-    /// In a cold resync an engine that lists a leg twice gets both copies
-    /// decided, and the second replaces the first in the table (see
-    /// [`LegTable::insert`]); with a table to diff against, the second copy
-    /// counts as known.
+    /// An engine that lists a leg twice gets the second copy counted as a
+    /// duplicate and otherwise ignored, cold or warm.
     pub fn legs(&mut self, table: &mut LegTable, mut chunk: Vec<CallLeg>) -> Vec<CallLeg> {
         // Every leg is looked up in a table of millions: the misses are
         // started together.
@@ -128,6 +126,7 @@ impl SnapshotDiff {
         for leg in chunk {
             match table.mark_seen(&leg) {
                 Sighting::Known => self.known += 1,
+                Sighting::Again => self.anomalies.duplicate_legs += 1,
                 Sighting::NowAnswered => {
                     self.known += 1;
                     self.now_answered.push(leg);
