@@ -541,3 +541,49 @@ async fn live_events_never_grow_the_table_past_its_bound() {
     ));
     host.stop().await.unwrap();
 }
+
+/// SIGTERM with a plugin slow to hear of endings (4,000 legs at a
+/// millisecond each: 4 s of host-shutdown notices): the process exits
+/// within about a second, not when the notices are done (the runtime used
+/// to wait for them as it went down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_host_within_a_second_even_with_slow_notices() {
+    let world = World::new(Some(4_000), &[("50-slow", "fixture-slow-notify", None)]).await;
+    let config = world.dir.path().join("legsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "engine = \"{}\"\nname = \"h\"\nadmin = \"off\"\ncdr = \"{}\"\nevents = \"{}\"\n\
+             [policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n\
+             [policy.plugins.50-slow]\ndeadline_ms = 5000\n",
+            world.sim.listen,
+            world.cdr_path().display(),
+            world.events_path().display(),
+            world.plugins.display(),
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join("compile-cache")
+                .display(),
+        ),
+    )
+    .unwrap();
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_legsync"));
+    let mut host = legsync::demo::host_process::HostProcess::spawn(
+        exe,
+        &config,
+        &world.dir.path().join("host.log"),
+    )
+    .unwrap();
+    legsync::demo::host_process::wait_for_count(
+        &world.events_path(),
+        "\"kind\":\"resync-done\"",
+        1,
+        WAIT,
+    )
+    .await
+    .unwrap();
+    let asked = Instant::now();
+    host.stop().await.unwrap();
+    let took = asked.elapsed();
+    // A bound with room for a busy machine: the notices alone take 4 s.
+    assert!(took < Duration::from_millis(2_000), "stopped in {took:?}");
+}

@@ -132,11 +132,19 @@ pub fn main() -> ExitCode {
 fn block_on(
     future: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
 ) -> anyhow::Result<ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(future)
+        .build()?;
+    let result = runtime.block_on(future);
+    // Everything the command owes is done when its future returns (records
+    // durable, logs flushed); a blocking task still running (a plugin's
+    // termination notice past its second) must not hold the exit.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    result
 }
+
+/// How long the exit waits for blocking tasks still running.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn init_logging(quiet: bool, format: LogFormat) {
     use std::io::IsTerminal;

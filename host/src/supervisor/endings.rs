@@ -184,12 +184,16 @@ impl Host {
         let decider = self.policy.current();
         self.end_legs(legs, TerminationReason::HostShutdown, &decider)
             .await?;
-        // The plugins hear of the stop, within a second.
-        let _ =
-            tokio::time::timeout(std::time::Duration::from_secs(1), self.settle_notices()).await;
+        // The plugins hear of the stop for at most this long: with the
+        // runtime's own bound on what still runs (`cli::block_on`), the
+        // process is gone within a second of SIGTERM.
+        let _ = tokio::time::timeout(NOTICES_AT_STOP, self.settle_notices()).await;
         Ok(())
     }
 }
+
+/// How long a stop waits for the plugins' termination notices.
+const NOTICES_AT_STOP: std::time::Duration = std::time::Duration::from_millis(800);
 
 /// Tells the plugins, off the async threads (plugin calls block).
 fn notify(
