@@ -216,12 +216,6 @@ impl CdrRecord {
     /// A record about `leg` (which must be answered), numbered `record`.
     pub fn about(record: u64, kind: RecordKind, leg: &CallLeg, time_ms: u64) -> CdrRecord {
         CdrRecord {
-            record,
-            kind,
-            time_ms,
-            host: CompactString::default(),
-            engine: CompactString::default(),
-            epoch: 0,
             leg: leg.id,
             session: leg.session_id,
             nap: leg.nap.clone(),
@@ -229,21 +223,23 @@ impl CdrRecord {
             called: leg.called.clone(),
             offered_time_ms: leg.offered_at_ms,
             answer_time_ms: leg.answered_at_ms.unwrap_or_default(),
-            start_reason: None,
-            end_time_ms: None,
-            duration_ms: None,
-            end_reason: None,
-            resumes: None,
-            supersedes: None,
-            calls: None,
+            ..CdrRecord::blank(record, kind, time_ms)
         }
     }
 
     /// A CARRY record, numbered `record`, about `calls` open calls.
     pub fn carry(record: u64, calls: u64, time_ms: u64) -> CdrRecord {
         CdrRecord {
+            calls: Some(calls),
+            ..CdrRecord::blank(record, RecordKind::Carry, time_ms)
+        }
+    }
+
+    /// A record with nothing but its number, kind and time.
+    fn blank(record: u64, kind: RecordKind, time_ms: u64) -> CdrRecord {
+        CdrRecord {
             record,
-            kind: RecordKind::Carry,
+            kind,
             time_ms,
             host: CompactString::default(),
             engine: CompactString::default(),
@@ -261,7 +257,7 @@ impl CdrRecord {
             end_reason: None,
             resumes: None,
             supersedes: None,
-            calls: Some(calls),
+            calls: None,
         }
     }
 

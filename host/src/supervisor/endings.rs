@@ -112,19 +112,30 @@ impl Host {
         Ok(())
     }
 
-    /// The grace timer expired: every context is destroyed locally.
-    pub(super) async fn purge(&mut self) -> anyhow::Result<()> {
+    /// Every context destroyed locally (a grace expiry, a handover): each
+    /// answered call gets its END for `reason`, durable when this returns.
+    /// Returns how many legs were held and how many answered calls ended.
+    async fn destroy_every_context(
+        &mut self,
+        reason: TerminationReason,
+    ) -> anyhow::Result<(usize, usize)> {
         self.grace.disarm();
-        metrics::counter!(crate::metrics::GRACE_EXPIRIES).increment(1);
         let legs = self.table.drain();
         let held = legs.len();
         let answered =
             legs.iter().filter(|l| l.answered_at_ms.is_some()).count() + self.recovered.len();
         self.publish(Some(LinkState::Purged), None);
         let decider = self.policy.current();
-        self.end_legs(legs, TerminationReason::GraceExpired, &decider)
-            .await?;
-        self.end_recovered(TerminationReason::GraceExpired, &decider)
+        self.end_legs(legs, reason, &decider).await?;
+        self.end_recovered(reason, &decider).await?;
+        Ok((held, answered))
+    }
+
+    /// The grace timer expired: every context is destroyed locally.
+    pub(super) async fn purge(&mut self) -> anyhow::Result<()> {
+        metrics::counter!(crate::metrics::GRACE_EXPIRIES).increment(1);
+        let (held, answered) = self
+            .destroy_every_context(TerminationReason::GraceExpired)
             .await?;
         // After the ENDs are durable: the line says what the ledger holds.
         tracing::error!(
@@ -151,23 +162,17 @@ impl Host {
     /// RESUME follows should this host find the call again
     /// (docs/operations.md). Not a grace expiry: no alarm.
     pub(super) async fn hand_over(&mut self, controller: String) -> anyhow::Result<()> {
-        self.grace.disarm();
         self.slot_holder = None;
         metrics::counter!(crate::metrics::HANDOVERS).increment(1);
-        let legs = self.table.drain();
-        let recovered = self.recovered.len();
+        let (held, answered) = self
+            .destroy_every_context(TerminationReason::HandedOver)
+            .await?;
         tracing::info!(
-            legs = legs.len(),
-            recovered,
+            legs = held,
+            handed_over_calls = answered,
             controller = %controller,
-            "grace time over while another controller holds the engine: handing its calls over to it (ENDs of reason handed-over, which its records supersede)"
+            "grace time over while another controller holds the engine: its {answered} answered calls handed over to it (ENDs of reason handed-over, which its records supersede)"
         );
-        self.publish(Some(LinkState::Purged), None);
-        let decider = self.policy.current();
-        self.end_legs(legs, TerminationReason::HandedOver, &decider)
-            .await?;
-        self.end_recovered(TerminationReason::HandedOver, &decider)
-            .await?;
         self.events.emit(HostEvent::Link {
             state: LinkState::Purged,
             boot_id: None,
