@@ -451,7 +451,7 @@ impl Run {
         // Mostly recent legs: old ones are likely gone.
         let recent = &self.legs[self.legs.len().saturating_sub(8)..];
         let leg = rng.pick(recent);
-        match rng.below(112) {
+        match rng.below(110) {
             0..=17 => {
                 let nap = rng.pick(&NAPS).unwrap();
                 let n = rng.below(10_000);
@@ -603,6 +603,10 @@ impl Run {
             102..=103 => self.slot_taken_by_a_client_without_ledger(rng).await,
             104..=106 => self.damaged_sidecar_at_a_kill(rng).await,
             107..=108 => self.copytruncate_then_restart().await,
+            // With a pair, a standby whose own ledger never saw the lost
+            // epochs accepts the engine (it knows only its own ledger's
+            // epochs; docs/operations.md): one host only.
+            109 if self.hosts.len() == 1 => self.epoch_goes_back().await,
             _ => {
                 let ms = 20 + rng.below(300);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -770,6 +774,41 @@ impl Run {
         ));
         std::fs::write(file, saved).unwrap();
         self.hosts[host].start().unwrap();
+        self.blind_from(start);
+    }
+
+    /// The engine restarted without its epoch store, its epochs far behind
+    /// what the hosts' ledgers hold: every host refuses it (naming both
+    /// epochs) and its grace timer runs; once the store is back (ahead
+    /// again), the hosts resync and the calls still up are resumed.
+    async fn epoch_goes_back(&mut self) {
+        let start = now() - 1_000;
+        let store = legsync::sim::controller::epoch_path(&self.dir.path().join("engine.state"));
+        // A day ahead of the clock: the hosts' ledgers take it in.
+        let ahead = legsync::model::now_us() + 86_400_000_000;
+        self.sim.crash().await.unwrap();
+        std::fs::write(&store, format!("{ahead}\n")).unwrap();
+        self.sim.start_again().await.unwrap();
+        self.wait_in_sync().await;
+        // Lost: the clock's epochs are a day behind the ledgers'.
+        self.sim.crash().await.unwrap();
+        std::fs::remove_file(&store).unwrap();
+        self.sim.start_again().await.unwrap();
+        let refused = self.dir.path().join(format!("host-{}.log", HOST_NAMES[0]));
+        let seen = wait_for_count(&refused, "offers controller epoch", 1, WAIT).await;
+        self.log.push(format!(
+            "engine restarted without its epoch store (a day behind): {}",
+            if seen.is_ok() {
+                "refused by name"
+            } else {
+                "NOT refused"
+            }
+        ));
+        assert!(seen.is_ok(), "no host refused the epoch that went back");
+        // Back, ahead of everything the ledgers hold.
+        self.sim.crash().await.unwrap();
+        std::fs::write(&store, format!("{}\n", ahead + 1_000_000)).unwrap();
+        self.sim.start_again().await.unwrap();
         self.blind_from(start);
     }
 
