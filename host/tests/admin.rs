@@ -467,6 +467,29 @@ async fn the_admin_port_cannot_be_used_against_the_host() {
         host.log()
     );
 
+    // A web page cannot drive it: an Origin, or a Host that is a name
+    // (DNS rebinding), is refused on the control routes; metrics stay open.
+    let raw = async |head: String| {
+        let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        let _ = tokio::time::timeout(WAIT, stream.read_to_string(&mut answer)).await;
+        answer.lines().next().unwrap_or("").to_string()
+    };
+    let reload_from_page = format!(
+        "POST /reload HTTP/1.1\r\nhost: {admin}\r\norigin: http://evil.example\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    assert_eq!(raw(reload_from_page).await, "HTTP/1.1 403 Forbidden");
+    let rebound =
+        "GET /legs HTTP/1.1\r\nhost: evil.example:9464\r\nconnection: close\r\n\r\n".to_string();
+    assert_eq!(raw(rebound).await, "HTTP/1.1 403 Forbidden");
+    let scrape = format!(
+        "GET /metrics HTTP/1.1\r\nhost: gw-3-cc.example:9464\r\norigin: http://grafana.example\r\nconnection: close\r\n\r\n"
+    );
+    assert_eq!(raw(scrape).await, "HTTP/1.1 200 OK");
+    let own = format!("GET /legs HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n");
+    assert_eq!(raw(own).await, "HTTP/1.1 200 OK");
+
     // A large body is refused, not buffered.
     let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
     let body = vec![b'x'; 8 << 20];

@@ -219,14 +219,63 @@ pub async fn serve(
         }
     });
     tracing::info!(%bound, "admin endpoint listening");
+    if !bound.ip().is_loopback() {
+        tracing::warn!(%bound, "the admin endpoint listens beyond this machine and has no authentication: anyone who reaches it can reload, reopen and read callers' numbers; keep it on loopback or behind a firewall");
+    }
     Ok((bound, task))
 }
 
 type Reply = Response<Full<Bytes>>;
 
+/// The routes that act on the host or show callers' numbers.
+const CONTROL_ROUTES: [&str; 4] = ["/reload", "/reopen", "/legs", "/status"];
+
+/// A web page must not drive the host: a request to a control route that
+/// carries an `Origin` (a browser's cross-site request) or names a `Host`
+/// that is not an address (a DNS-rebinding page: its own name pointed at
+/// this machine) is refused. `legsync`'s own commands, curl and Prometheus
+/// send neither.
+fn refuse_browsers(request: &Request<Incoming>, path: &str) -> Option<Reply> {
+    if !CONTROL_ROUTES.contains(&path) {
+        return None;
+    }
+    if request.headers().contains_key(hyper::header::ORIGIN) {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "a request with an Origin (from a web page) is refused",
+        ));
+    }
+    let host = request
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !host.is_empty() && !is_address(host) {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "the Host header must be this endpoint's address (an IP, or localhost)",
+        ));
+    }
+    None
+}
+
+/// Whether a `Host` header names an address: an IP (v4, or v6 in
+/// brackets) or `localhost`, with or without a port.
+fn is_address(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !host.ends_with(']') && port.parse::<u16>().is_ok() => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 async fn route(admin: &Arc<Admin>, request: Request<Incoming>) -> Reply {
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
+    if let Some(refusal) = refuse_browsers(&request, &path) {
+        return refusal;
+    }
     match (request.method(), path.as_str()) {
         (&Method::GET, "/metrics") => metrics(admin),
         (&Method::GET, "/healthz") => healthz(admin).await,
@@ -535,6 +584,22 @@ fn percent_decode(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_header_must_be_an_address() {
+        for good in [
+            "127.0.0.1:9464",
+            "localhost:9464",
+            "[::1]:9464",
+            "10.0.0.5",
+            "[::1]",
+        ] {
+            assert!(is_address(good), "{good}");
+        }
+        for bad in ["evil.example:9464", "evil.example", "127.0.0.1.nip.io:9464"] {
+            assert!(!is_address(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn query_values_are_decoded() {
