@@ -483,9 +483,7 @@ async fn the_admin_port_cannot_be_used_against_the_host() {
     let rebound =
         "GET /legs HTTP/1.1\r\nhost: evil.example:9464\r\nconnection: close\r\n\r\n".to_string();
     assert_eq!(raw(rebound).await, "HTTP/1.1 403 Forbidden");
-    let scrape = format!(
-        "GET /metrics HTTP/1.1\r\nhost: gw-3-cc.example:9464\r\norigin: http://grafana.example\r\nconnection: close\r\n\r\n"
-    );
+    let scrape = "GET /metrics HTTP/1.1\r\nhost: gw-3-cc.example:9464\r\norigin: http://grafana.example\r\nconnection: close\r\n\r\n".to_string();
     assert_eq!(raw(scrape).await, "HTTP/1.1 200 OK");
     let own = format!("GET /legs HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n");
     assert_eq!(raw(own).await, "HTTP/1.1 200 OK");
