@@ -694,6 +694,8 @@ fn the_dist_config_loads() {
         &config,
         shipped
             .replace("/etc/legsync/tls", tls.to_str().unwrap())
+            // Where systemd hands the unit its key (LoadCredential).
+            .replace("/run/credentials/legsync.service", tls.to_str().unwrap())
             .replace("/etc/legsync/plugins.d", plugins.to_str().unwrap())
             .replace(
                 "/var/cache/legsync",

@@ -4,6 +4,7 @@ mod admin;
 mod cdr;
 mod check;
 mod init;
+mod notify;
 mod plugin;
 mod run;
 mod sim;

@@ -144,6 +144,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         crate::admin::serve(addr, admin, &events, shutdown.clone()).await?;
     }
+    // Everything a start can fail on is behind: the service is up (a
+    // standby is as ready as an active host).
+    super::notify::notify("READY=1");
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.cancelled().await;
+        super::notify::notify("STOPPING=1");
+    });
     host.run(shutdown.clone()).await?;
     shutdown.cancel();
     watching.await??;
