@@ -171,6 +171,17 @@ fn a_ledger_beside_the_watched_config_is_warned_about() {
     let warned = |lines: &[String]| lines.iter().any(|l| l.contains("watched for config"));
     let lines = first_lines_of_run(&config, 6);
     assert!(!warned(&lines), "{lines:#?}");
+    // The plugin set as text, not a Rust Debug list.
+    let set = lines
+        .iter()
+        .find(|l| l.contains("active plugin set"))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    let set: serde_json::Value = serde_json::from_str(set).unwrap();
+    let plugins = set["plugins"].as_str().unwrap();
+    assert!(
+        plugins.starts_with("20-rules@") && !plugins.contains('['),
+        "{plugins}"
+    );
 
     let beside = dir.path().join("beside.toml");
     let text = std::fs::read_to_string(&config)

@@ -93,7 +93,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("stopped while starting");
         return Ok(ExitCode::SUCCESS);
     }
-    tracing::info!(plugins = ?decider.describe(), "active plugin set");
+    tracing::info!(plugins = %decider.describe().join(", "), "active plugin set");
     let (host, policy) = app::build_host(&config, decider, events.clone())?;
     // A required audit trail that fails stops the host.
     let audit = events.audit_failed();

@@ -175,10 +175,12 @@ impl Reloader {
                 } else {
                     ReloadOutcome::Rejected
                 };
+                // One line in the log, whatever the rules parser wrote.
+                let line = error.replace('\n', " ");
                 if will_retry {
-                    tracing::warn!(trigger, %error, "new plugin set rejected; the current set stays; retrying once");
+                    tracing::warn!(trigger, error = %line, "new plugin set rejected; the current set stays; retrying once");
                 } else {
-                    tracing::error!(trigger, %error, "new plugin set rejected; the current set stays");
+                    tracing::error!(trigger, error = %line, "new plugin set rejected; the current set stays");
                 }
                 let plugins = self.policy.current().describe();
                 ReloadReport {
