@@ -220,6 +220,8 @@ type CallId = (String, CallKey);
 /// What a ledger says of one call under one epoch: a call record, or a
 /// CARRY's word that the call (open in that host's ledger) is still up.
 struct Observation<'a> {
+    /// The call's engine and identity, taken once.
+    id: CallId,
     /// The call record itself, or (for a CARRY) the call's latest START or
     /// RESUME in that host's ledger.
     record: &'a CdrRecord,
@@ -228,43 +230,75 @@ struct Observation<'a> {
 }
 
 /// The observations of `records` (each host's in its record order): call
-/// records as they are; a CARRY becomes a RESUME-like observation under its
-/// epoch for every call its host has open for the engine.
+/// records as they are; a CARRY as a RESUME-like observation, under its
+/// epoch, of every call its host has open for the engine.
+///
+/// A host's epochs only grow (`check` verifies it), so of the CARRYs that
+/// cover an open call only the last can decide it: one observation per
+/// call is made, where the call's open stretch ends (its END, another START
+/// or RESUME, or the end of the host's records), not one per CARRY (a long
+/// ledger has many CARRYs over a million open calls).
 fn observations(records: &[CdrRecord]) -> Vec<Observation<'_>> {
-    let mut out = Vec::with_capacity(records.len());
-    let mut host: Option<&str> = None;
-    // The current host's open calls and their latest START or RESUME.
-    let mut open: HashMap<CallId, &CdrRecord> = HashMap::new();
-    for record in records {
-        if host != Some(record.host.as_str()) {
-            open.clear();
-            host = Some(record.host.as_str());
+    /// The current host's open calls, by their latest START or RESUME,
+    /// and its latest CARRY of each engine: (record number, epoch).
+    #[derive(Default)]
+    struct HostState<'a> {
+        open: HashMap<CallId, &'a CdrRecord>,
+        carried: HashMap<&'a str, (u64, u64)>,
+    }
+    impl<'a> HostState<'a> {
+        /// The observation a CARRY makes of the call opened by `opened`, if
+        /// one came after it.
+        fn carried(&self, id: &CallId, opened: &'a CdrRecord) -> Option<Observation<'a>> {
+            let &(at, epoch) = self.carried.get(opened.engine.as_str())?;
+            (at > opened.record).then(|| Observation {
+                id: id.clone(),
+                record: opened,
+                epoch,
+                kind: RecordKind::Resume,
+            })
         }
-        let observed = |kind| Observation {
-            record,
-            epoch: record.epoch,
-            kind,
-        };
-        match record.kind {
-            RecordKind::Start | RecordKind::Resume => {
-                open.insert(call_id(record), record);
-                out.push(observed(record.kind));
-            }
-            RecordKind::End => {
-                open.remove(&call_id(record));
-                out.push(observed(RecordKind::End));
-            }
-            RecordKind::Carry => out.extend(
+        /// The host's records are over: what its CARRYs say of the calls
+        /// still open.
+        fn finish(&mut self, out: &mut Vec<Observation<'a>>) {
+            let open = std::mem::take(&mut self.open);
+            out.extend(
                 open.iter()
-                    .filter(|(id, _)| id.0 == record.engine)
-                    .map(|(_, call)| Observation {
-                        record: call,
-                        epoch: record.epoch,
-                        kind: RecordKind::Resume,
-                    }),
-            ),
+                    .filter_map(|(id, opened)| self.carried(id, opened)),
+            );
+            self.carried.clear();
         }
     }
+    let mut out = Vec::with_capacity(records.len());
+    let mut host: Option<&str> = None;
+    let mut state = HostState::default();
+    for record in records {
+        if host != Some(record.host.as_str()) {
+            state.finish(&mut out);
+            host = Some(record.host.as_str());
+        }
+        if record.kind == RecordKind::Carry {
+            state
+                .carried
+                .insert(record.engine.as_str(), (record.record, record.epoch));
+            continue;
+        }
+        let id = call_id(record);
+        let closed = match record.kind {
+            RecordKind::End => state.open.remove(&id),
+            _ => state.open.insert(id.clone(), record),
+        };
+        if let Some(seen) = closed.and_then(|opened| state.carried(&id, opened)) {
+            out.push(seen);
+        }
+        out.push(Observation {
+            id,
+            record,
+            epoch: record.epoch,
+            kind: record.kind,
+        });
+    }
+    state.finish(&mut out);
     out
 }
 
@@ -277,18 +311,17 @@ fn observations(records: &[CdrRecord]) -> Vec<Observation<'_>> {
 /// up or over, and the last END is the billed one.
 pub fn bill(records: &[CdrRecord]) -> Vec<BilledCall> {
     let observations = observations(records);
-    let mut latest: HashMap<CallId, u64> = HashMap::new();
+    let mut latest: HashMap<&CallId, u64> = HashMap::new();
     for seen in &observations {
-        let epoch = latest.entry(call_id(seen.record)).or_insert(seen.epoch);
+        let epoch = latest.entry(&seen.id).or_insert(seen.epoch);
         *epoch = (*epoch).max(seen.epoch);
     }
     let mut calls: BTreeMap<(u64, CallId), BilledCall> = BTreeMap::new();
     for seen in &observations {
         let record = seen.record;
-        let id = call_id(record);
-        let deciding = latest[&id] == seen.epoch;
+        let deciding = latest[&seen.id] == seen.epoch;
         let call = calls
-            .entry((record.answer_time_ms, id))
+            .entry((record.answer_time_ms, seen.id.clone()))
             .or_insert_with(|| BilledCall {
                 leg: record.leg,
                 session: record.session,
@@ -352,7 +385,26 @@ struct HostLedger {
     by_number: HashMap<u64, CdrRecord>,
     /// Per call: open (a START or RESUME after the last END).
     open: HashMap<CallId, bool>,
+    /// How many calls are open, per engine (what a CARRY must say), kept
+    /// as `open` changes: counting them at each CARRY would take the
+    /// checks of a long ledger quadratic.
+    open_count: HashMap<String, u64>,
     ends: HashMap<CallId, Vec<u64>>,
+}
+
+impl HostLedger {
+    /// Records whether the call `id` is open now.
+    fn set_open(&mut self, id: CallId, now: bool) {
+        let was = self.open.get(&id) == Some(&true);
+        if was != now {
+            if !self.open_count.contains_key(&id.0) {
+                self.open_count.insert(id.0.clone(), 0);
+            }
+            let count = self.open_count.get_mut(&id.0).expect("just ensured");
+            *count = if now { *count + 1 } else { *count - 1 };
+        }
+        self.open.insert(id, now);
+    }
 }
 
 /// A record and where it was read.
@@ -487,13 +539,9 @@ fn check_record(ledger: &mut HostLedger, record: &CdrRecord, at: &str, problems:
     *epoch = (*epoch).max(record.epoch);
     if record.kind == RecordKind::Carry {
         let engine = record.engine.as_str();
-        let open = ledger
-            .open
-            .iter()
-            .filter(|(id, open)| **open && id.0 == engine)
-            .count();
+        let open = ledger.open_count.get(engine).copied().unwrap_or_default();
         let claimed = record.calls.unwrap_or_default();
-        if claimed != open as u64 {
+        if claimed != open {
             problems.push(format!(
                 "{at}: CARRY says {claimed} calls open, but the ledger has {open} open for engine `{engine}`"
             ));
@@ -530,7 +578,7 @@ fn check_record(ledger: &mut HostLedger, record: &CdrRecord, at: &str, problems:
                     "{at}: START of a call that already ended (a RESUME was due)"
                 ));
             }
-            ledger.open.insert(id, true);
+            ledger.set_open(id, true);
         }
         RecordKind::Resume => {
             if is_open != Some(false) {
@@ -539,7 +587,7 @@ fn check_record(ledger: &mut HostLedger, record: &CdrRecord, at: &str, problems:
                 ));
             }
             points_at("resumes", record.resumes, problems);
-            ledger.open.insert(id, true);
+            ledger.set_open(id, true);
         }
         RecordKind::End => {
             match is_open {
@@ -555,7 +603,7 @@ fn check_record(ledger: &mut HostLedger, record: &CdrRecord, at: &str, problems:
             if record.end_time_ms.is_none() || record.duration_ms.is_none() {
                 problems.push(format!("{at}: END without end_time_ms or duration_ms"));
             }
-            ledger.open.insert(id.clone(), false);
+            ledger.set_open(id.clone(), false);
             ledger.ends.entry(id).or_default().push(record.record);
         }
         RecordKind::Carry => unreachable!("a CARRY is handled above"),
