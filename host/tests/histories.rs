@@ -220,16 +220,12 @@ impl Run {
             let stop = stop.clone();
             async move {
                 while !stop.is_cancelled() {
-                    let command = format!("traffic {rate} 500\n");
-                    let sent = async {
-                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                        let mut stream = tokio::net::TcpStream::connect(control).await?;
-                        stream.write_all(command.as_bytes()).await?;
-                        stream.shutdown().await?;
-                        let mut reply = String::new();
-                        stream.read_to_string(&mut reply).await?;
-                        Ok::<_, std::io::Error>(reply)
-                    };
+                    let command = format!("traffic {rate} 500");
+                    let sent = legsync::sim::process::control_at(
+                        control,
+                        &command,
+                        Duration::from_secs(10),
+                    );
                     // Each command runs to its end (half a second), so that
                     // no call is made after the task is stopped.
                     if sent.await.is_err() {

@@ -17,21 +17,6 @@ use std::path::{Path, PathBuf};
 
 const SNIPPET: &str = include_str!("../../dist/legsync.logrotate");
 
-/// The `logrotate` binary, if installed.
-fn logrotate() -> Option<PathBuf> {
-    let found = ["/usr/sbin/logrotate", "/usr/bin/logrotate"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file());
-    if found.is_none() {
-        if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-            panic!("logrotate is not installed: it is required under CI (.ci/run installs it)");
-        }
-        eprintln!("SKIPPED: logrotate is not installed (apt-get install logrotate)");
-    }
-    found
-}
-
 /// Runs `logrotate -f` on `config` with its own state file.
 fn rotate(logrotate: &Path, config: &Path, state: &Path) {
     let out = std::process::Command::new(logrotate)
@@ -67,7 +52,9 @@ fn pieces(ledger: &Path) -> Vec<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_logrotate_snippet_rotates_twice_a_day_and_loses_nothing() {
-    let Some(logrotate) = logrotate() else {
+    let Some(logrotate) =
+        common::system_tool(&["/usr/sbin/logrotate", "/usr/bin/logrotate"], "logrotate")
+    else {
         return;
     };
     let docs = include_str!("../../docs/operations.md");

@@ -61,16 +61,7 @@ impl SimProcess {
     /// [`SimProcess::control`] for a command that may take up to `within`
     /// (`traffic`).
     pub async fn control_within(&self, command: &str, within: Duration) -> anyhow::Result<String> {
-        let mut stream = TcpStream::connect(self.control)
-            .await
-            .context("cannot reach the control port")?;
-        stream.write_all(format!("{command}\n").as_bytes()).await?;
-        stream.shutdown().await?;
-        let mut reply = String::new();
-        tokio::time::timeout(within, stream.read_to_string(&mut reply))
-            .await
-            .context("control command timed out")??;
-        Ok(reply.trim_end().to_string())
+        control_at(self.control, command, within).await
     }
 
     /// Sends a command that must succeed; returns what follows `OK`.
@@ -228,4 +219,24 @@ async fn start(
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok((child, listen, control, boot))
+}
+
+/// Sends one control command to the control port at `addr` (for a task
+/// that does not hold the [`SimProcess`]); returns the reply, waiting at
+/// most `within` for it.
+pub async fn control_at(
+    addr: std::net::SocketAddr,
+    command: &str,
+    within: Duration,
+) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .context("cannot reach the control port")?;
+    stream.write_all(format!("{command}\n").as_bytes()).await?;
+    stream.shutdown().await?;
+    let mut reply = String::new();
+    tokio::time::timeout(within, stream.read_to_string(&mut reply))
+        .await
+        .context("control command timed out")??;
+    Ok(reply.trim_end().to_string())
 }

@@ -20,6 +20,22 @@ pub fn legsync(args: &[&str]) -> std::process::Output {
         .expect("legsync runs")
 }
 
+/// A system tool a test runs because the docs promise it works with it
+/// (logrotate, systemd-analyze): the first of `paths` that exists. Without
+/// it the test says SKIPPED (`None`); under `CI=true` it fails, since
+/// `.ci/run` installs `package`.
+pub fn system_tool(paths: &[&str], package: &str) -> Option<PathBuf> {
+    if let Some(found) = paths.iter().map(PathBuf::from).find(|p| p.is_file()) {
+        return Some(found);
+    }
+    let missing = format!("{} is not installed (Debian package `{package}`)", paths[0]);
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!("{missing}: it is required under CI (.ci/run installs it)");
+    }
+    eprintln!("SKIPPED: {missing}");
+    None
+}
+
 /// A process's output as text.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
