@@ -37,6 +37,15 @@ fn link_tls(
         }
         return Ok(None);
     };
+    engine_tls(tls, engine).map(Some)
+}
+
+/// The engine link's TLS from a `[tls]` section, for the engine at
+/// `engine` (also what `legsync check` loads).
+pub(crate) fn engine_tls(
+    tls: &crate::config::TlsConfig,
+    engine: &str,
+) -> anyhow::Result<crate::engine::connection::LinkTls> {
     let files = crate::tls::TlsFiles {
         ca: tls.ca.clone(),
         cert: tls.cert.clone(),
@@ -46,10 +55,10 @@ fn link_tls(
     let name = tls.server_name_for(engine);
     let server_name = rustls_pki_types::ServerName::try_from(name.clone())
         .with_context(|| format!("[tls] server_name `{name}` is not a host name or address"))?;
-    Ok(Some(crate::engine::connection::LinkTls {
+    Ok(crate::engine::connection::LinkTls {
         config,
         server_name,
-    }))
+    })
 }
 
 /// The policy runtime with the config's compile cache.

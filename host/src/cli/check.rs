@@ -63,15 +63,12 @@ fn check_host(config: &HostConfig, problems: &mut Vec<String>) {
         Ok(open) => println!("ok   ledger {} ({open} calls open)", config.cdr.display()),
         Err(e) => problems.push(format!("{e:#}")),
     }
-    if let Some(tls) = &config.tls {
-        let files = crate::tls::TlsFiles {
-            ca: tls.ca.clone(),
-            cert: tls.cert.clone(),
-            key: tls.key.clone(),
-        };
-        match crate::tls::client_config(&files) {
+    // As `run` loads it, for the engine the config names (without one,
+    // `run` needs `--engine`, and the TLS is loaded then).
+    if let (Some(tls), Some(engine)) = (&config.tls, &config.engine) {
+        match crate::app::engine_tls(tls, engine) {
             Ok(_) => println!("ok   tls {} {}", tls.cert.display(), tls.key.display()),
-            Err(e) => problems.push(format!("cannot set up [tls]: {e:#}")),
+            Err(e) => problems.push(format!("{e:#}")),
         }
     }
     match config.admin_addr() {
