@@ -32,6 +32,51 @@ const TABLE_FULL: &str = "max_legs";
 /// legs) is logged: once per interval, with a count.
 const REPEAT_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// A condition that may repeat thousands of times a second, counted and
+/// logged at most once per [`REPEAT_LOG_EVERY`].
+#[derive(Default)]
+pub(super) struct Repeated {
+    total: u64,
+    since_report: u64,
+    reported: Option<Instant>,
+}
+
+impl Repeated {
+    /// Counts one more; when a report is due, returns how many since the
+    /// last report and in all.
+    fn count(&mut self) -> Option<(u64, u64)> {
+        self.total += 1;
+        self.since_report += 1;
+        if self
+            .reported
+            .is_some_and(|at| at.elapsed() < REPEAT_LOG_EVERY)
+        {
+            return None;
+        }
+        let since = std::mem::take(&mut self.since_report);
+        self.reported = Some(Instant::now());
+        Some((since, self.total))
+    }
+}
+
+/// A live event about a leg, as logs name it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LegEvent {
+    Ringing,
+    Terminating,
+    Released,
+}
+
+impl LegEvent {
+    fn as_str(self) -> &'static str {
+        match self {
+            LegEvent::Ringing => "ringing",
+            LegEvent::Terminating => "terminating",
+            LegEvent::Released => "released",
+        }
+    }
+}
+
 /// Most messages handled as one batch (see [`LiveBatch`]).
 const LIVE_BATCH: usize = 1024;
 
@@ -211,7 +256,7 @@ impl Host {
                     self.released.remember(&leg);
                     batch.released.push(leg);
                 }
-                None => self.unknown_leg(id, "released"),
+                None => self.unknown_leg(id, LegEvent::Released),
             },
             EngineEvent::LinkCreated(link) => {
                 if !self.table.insert_link(link) {
@@ -386,9 +431,9 @@ impl Host {
             None => self.unknown_leg(
                 id,
                 if state == LegState::Ringing {
-                    "ringing"
+                    LegEvent::Ringing
                 } else {
-                    "terminating"
+                    LegEvent::Terminating
                 },
             ),
         }
@@ -404,15 +449,12 @@ impl Host {
             return false;
         }
         metrics::counter!(crate::metrics::TABLE_FULL).increment(1);
-        let (refused, logged) = &mut self.table_full_refusals;
-        *refused += 1;
-        if logged.is_none_or(|at| at.elapsed() >= REPEAT_LOG_EVERY) {
+        if let Some((_, refused)) = self.table_full_refusals.count() {
             tracing::error!(
                 max_legs = self.options.max_legs,
-                refused = *refused,
+                refused,
                 "the table is full (link.max_legs): new legs from the engine are refused and dropped"
             );
-            *logged = Some(Instant::now());
         }
         true
     }
@@ -420,10 +462,11 @@ impl Host {
     /// An event about a leg the host does not hold: counted, and logged
     /// once per interval with the count. The release of a leg this host
     /// dropped itself (a refusal) is expected: not counted.
-    fn unknown_leg(&mut self, id: LegId, what: &str) {
-        let dropped = match what {
-            "released" => self.dropped.remove(&id),
-            _ => self.dropped.contains(&id),
+    fn unknown_leg(&mut self, id: LegId, event: LegEvent) {
+        let what = event.as_str();
+        let dropped = match event {
+            LegEvent::Released => self.dropped.remove(&id),
+            LegEvent::Ringing | LegEvent::Terminating => self.dropped.contains(&id),
         };
         if dropped {
             tracing::debug!(
@@ -434,15 +477,12 @@ impl Host {
         }
         self.status.send_modify(|s| s.unknown_leg_events += 1);
         metrics::counter!(crate::metrics::UNKNOWN_LEG_EVENTS).increment(1);
-        let (since, logged) = &mut self.unknown_legs;
-        *since += 1;
-        if logged.is_none_or(|at| at.elapsed() >= REPEAT_LOG_EVERY) {
+        if let Some((since, _)) = self.unknown_legs.count() {
             tracing::warn!(
-                events = *since,
+                events = since,
                 latest_leg = id,
                 "the engine reported {since} event(s) about legs this host does not hold since the last report (the latest: leg {id} {what}); counted in legsync_unknown_leg_events_total"
             );
-            (*since, *logged) = (0, Some(Instant::now()));
         }
     }
 }

@@ -128,9 +128,8 @@ pub struct Host {
     notices: Vec<tokio::task::JoinHandle<()>>,
     /// Live batches whose records are with the ledger's writer.
     pipeline: pipeline::Pipeline,
-    /// Legs refused because the table was full, and when that was last
-    /// logged.
-    table_full_refusals: (u64, Option<std::time::Instant>),
+    /// Legs refused because the table was full (logged once per interval).
+    table_full_refusals: live::Repeated,
     /// The controller named by the engine's latest answer, when that answer
     /// was `Busy`: if the grace time runs out then, the calls are handed
     /// over to it instead of ended (see `endings`).
@@ -141,9 +140,9 @@ pub struct Host {
     /// Legs this host told the engine to drop on this connection: their
     /// release is expected, not an event about an unknown leg.
     dropped: crate::model::IdSet<LegId>,
-    /// Events about legs the host does not hold since the last report, and
-    /// when that was (one WARN per interval, not one per event).
-    unknown_legs: (u64, Option<std::time::Instant>),
+    /// Events about legs the host does not hold (one WARN per interval,
+    /// not one per event).
+    unknown_legs: live::Repeated,
 }
 
 impl Host {
@@ -183,11 +182,11 @@ impl Host {
             queries_tx,
             notices: Vec::new(),
             pipeline: pipeline::Pipeline::default(),
-            table_full_refusals: (0, None),
+            table_full_refusals: live::Repeated::default(),
             slot_holder: None,
             released: released::RecentlyReleased::default(),
             dropped: Default::default(),
-            unknown_legs: (0, None),
+            unknown_legs: live::Repeated::default(),
         }
     }
 
