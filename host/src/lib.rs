@@ -26,6 +26,7 @@ pub mod model;
 pub mod policy;
 pub mod protocol;
 pub mod reload;
+mod repeated;
 pub mod resync;
 pub mod sim;
 pub mod supervisor;

@@ -143,7 +143,6 @@ const MAX_BODY: usize = 64 * 1024;
 /// Backoff after a failed accept (out of file descriptors, say): from the
 /// first to the second, doubling; failures are logged once per interval.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
-const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Binds `addr` and serves until `shutdown`. Binding happens before this
 /// returns, so a taken port is a start-up error, not a silent absence.
@@ -171,7 +170,7 @@ pub async fn serve(
     let task = tokio::spawn(async move {
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let mut backoff = ACCEPT_BACKOFF.0;
-        let mut failures: (u64, Option<std::time::Instant>) = (0, None);
+        let mut failures = crate::repeated::Repeated::default();
         loop {
             let slot = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -188,11 +187,8 @@ pub async fn serve(
                         // Out of file descriptors, most likely: waiting lets
                         // the rest of the host (the engine link) go on,
                         // where retrying at once would spin and log forever.
-                        let (count, logged) = &mut failures;
-                        *count += 1;
-                        if logged.is_none_or(|at| at.elapsed() >= ACCEPT_LOG_EVERY) {
-                            tracing::error!(error = %e, failures = *count, "admin endpoint: accept failed; backing off");
-                            (*count, *logged) = (0, Some(std::time::Instant::now()));
+                        if let Some((since, _)) = failures.count() {
+                            tracing::error!(error = %e, failures = since, "admin endpoint: accept failed; backing off");
                         }
                         tokio::select! {
                             _ = shutdown.cancelled() => return,

@@ -28,37 +28,6 @@ const ALIVE_EVERY: Duration = Duration::from_secs(1);
 const TABLE_FULL: &str = "max_legs";
 
 /// How often a full table is logged while it refuses legs.
-/// How often a repeated condition (the table full, events about unknown
-/// legs) is logged: once per interval, with a count.
-const REPEAT_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// A condition that may repeat thousands of times a second, counted and
-/// logged at most once per [`REPEAT_LOG_EVERY`].
-#[derive(Default)]
-pub(super) struct Repeated {
-    total: u64,
-    since_report: u64,
-    reported: Option<Instant>,
-}
-
-impl Repeated {
-    /// Counts one more; when a report is due, returns how many since the
-    /// last report and in all.
-    fn count(&mut self) -> Option<(u64, u64)> {
-        self.total += 1;
-        self.since_report += 1;
-        if self
-            .reported
-            .is_some_and(|at| at.elapsed() < REPEAT_LOG_EVERY)
-        {
-            return None;
-        }
-        let since = std::mem::take(&mut self.since_report);
-        self.reported = Some(Instant::now());
-        Some((since, self.total))
-    }
-}
-
 /// A live event about a leg, as logs name it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum LegEvent {
@@ -442,7 +411,7 @@ impl Host {
     /// Whether a new leg from a live event must be refused because the
     /// table holds `link.max_legs` legs (so that no engine, whatever it
     /// sends, grows the table past its bound). A refusal is counted here,
-    /// and logged at most once per [`REPEAT_LOG_EVERY`]: call it once
+    /// and logged at most once per [`crate::repeated::REPEAT_LOG_EVERY`]: call it once
     /// per leg that would be added.
     fn refused_for_space(&mut self) -> bool {
         if self.table.len() < self.options.max_legs {

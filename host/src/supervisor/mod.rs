@@ -129,7 +129,7 @@ pub struct Host {
     /// Live batches whose records are with the ledger's writer.
     pipeline: pipeline::Pipeline,
     /// Legs refused because the table was full (logged once per interval).
-    table_full_refusals: live::Repeated,
+    table_full_refusals: crate::repeated::Repeated,
     /// The controller named by the engine's latest answer, when that answer
     /// was `Busy`: if the grace time runs out then, the calls are handed
     /// over to it instead of ended (see `endings`).
@@ -142,7 +142,7 @@ pub struct Host {
     dropped: crate::model::IdSet<LegId>,
     /// Events about legs the host does not hold (one WARN per interval,
     /// not one per event).
-    unknown_legs: live::Repeated,
+    unknown_legs: crate::repeated::Repeated,
 }
 
 impl Host {
@@ -182,11 +182,11 @@ impl Host {
             queries_tx,
             notices: Vec::new(),
             pipeline: pipeline::Pipeline::default(),
-            table_full_refusals: live::Repeated::default(),
+            table_full_refusals: crate::repeated::Repeated::default(),
             slot_holder: None,
             released: released::RecentlyReleased::default(),
             dropped: Default::default(),
-            unknown_legs: live::Repeated::default(),
+            unknown_legs: crate::repeated::Repeated::default(),
         }
     }
 
