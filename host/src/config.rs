@@ -55,6 +55,16 @@ pub struct HostConfig {
     /// 127.0.0.1:9464: loopback only unless configured otherwise.
     #[serde(default = "default_admin")]
     pub admin: String,
+    /// The file holding the admin endpoint's token, which its control
+    /// routes require (see `crate::admin::token`). Default: `admin.token`
+    /// in the ledger's directory, written by the host at its first start.
+    #[serde(default)]
+    pub admin_token: Option<PathBuf>,
+    /// A second listener that serves only `/metrics`, `/healthz` and
+    /// `/readyz`, without a credential: for a scraper on another machine
+    /// while `admin` stays on loopback. Default: none.
+    #[serde(default)]
+    pub metrics: Option<String>,
     #[serde(default)]
     pub link: LinkConfig,
     /// The engine link over TLS with mutual authentication; none: plain
@@ -223,6 +233,8 @@ impl Default for HostConfig {
             events: None,
             events_required: false,
             admin: default_admin(),
+            admin_token: None,
+            metrics: None,
             link: LinkConfig::default(),
             tls: None,
             policy: PolicyConfig::default(),
@@ -262,6 +274,7 @@ impl HostConfig {
             self.name
         );
         self.admin_addr()?;
+        self.metrics_addr()?;
         if let Some(engine) = &self.engine {
             check_engine_address(engine)?;
             anyhow::ensure!(
@@ -338,6 +351,25 @@ impl HostConfig {
                 "admin must be an address such as 127.0.0.1:9464, or \"off\" (it is `{}`)",
                 self.admin
             )
+        })
+    }
+
+    /// The monitoring listener's address, if one is configured.
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        let Some(metrics) = &self.metrics else {
+            return Ok(None);
+        };
+        metrics.parse().map(Some).map_err(|_| {
+            anyhow::anyhow!("metrics must be an address such as 0.0.0.0:9465 (it is `{metrics}`)")
+        })
+    }
+
+    /// The admin token's file: `admin_token`, or `admin.token` beside the
+    /// ledger.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.admin_token.clone().unwrap_or_else(|| {
+            let dir = self.cdr.parent().unwrap_or(Path::new(""));
+            dir.join("admin.token")
         })
     }
 

@@ -8,6 +8,7 @@ mod common;
 use common::world::WAIT;
 use hyper::{Method, StatusCode};
 use legsync::admin::client::request;
+use legsync::admin::token::AdminToken;
 use legsync::demo::host_process::HostProcess;
 use legsync::sim::process::SimProcess;
 use std::net::SocketAddr;
@@ -53,8 +54,20 @@ fn config(dir: &Path, name: &str, engine: SocketAddr) -> std::path::PathBuf {
     path
 }
 
+/// A monitoring route: no credential.
 async fn get(addr: SocketAddr, path: &str) -> (StatusCode, String) {
-    request(&addr.to_string(), Method::GET, path).await.unwrap()
+    request(&addr.to_string(), Method::GET, path, None)
+        .await
+        .unwrap()
+}
+
+/// A control route, with the token the host wrote beside its ledger in
+/// `dir`.
+async fn control(addr: SocketAddr, dir: &Path, method: Method, path: &str) -> (StatusCode, String) {
+    let token = AdminToken::read(&dir.join("admin.token")).unwrap();
+    request(&addr.to_string(), method, path, Some(&token))
+        .await
+        .unwrap()
 }
 
 /// The value of the sample `series` (name and labels, exactly as rendered).
@@ -172,14 +185,17 @@ async fn the_admin_endpoint_follows_the_host_and_its_commands_work() {
     );
 
     // The commands, on the real binary.
+    // `--config` names the token's file; `--admin` the port it logged.
     let addr = admin.to_string();
-    let out = legsync(&["status", "--admin", &addr]).await;
+    let pri_config = config(dir.path(), "pri", sim.listen);
+    let pri_config = pri_config.to_str().unwrap();
+    let out = legsync(&["status", "--config", pri_config, "--admin", &addr]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.starts_with("pri (legsync "), "{text}");
     assert!(text.contains(&format!("{kept} legs")), "{text}");
     assert!(text.contains("plugin 20-rules "), "{text}");
-    let out = legsync(&["status", "--admin", &addr, "--json"]).await;
+    let out = legsync(&["status", "--config", pri_config, "--admin", &addr, "--json"]).await;
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["role"], "active");
     assert_eq!(status["legs"], kept);
@@ -190,7 +206,8 @@ async fn the_admin_endpoint_follows_the_host_and_its_commands_work() {
     );
 
     let out = legsync(&[
-        "legs", "--admin", &addr, "--nap", "CAS_R2_3", "--limit", "3", "--json",
+        "legs", "--config", pri_config, "--admin", &addr, "--nap", "CAS_R2_3", "--limit", "3",
+        "--json",
     ])
     .await;
     let page: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -201,6 +218,8 @@ async fn the_admin_endpoint_follows_the_host_and_its_commands_work() {
     let next = page["next_after"].as_u64().unwrap();
     let more = legsync(&[
         "legs",
+        "--config",
+        pri_config,
         "--admin",
         &addr,
         "--after",
@@ -215,7 +234,7 @@ async fn the_admin_endpoint_follows_the_host_and_its_commands_work() {
         "{text}"
     );
 
-    let out = legsync(&["reload", "--admin", &addr]).await;
+    let out = legsync(&["reload", "--config", pri_config, "--admin", &addr]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
@@ -229,7 +248,7 @@ async fn the_admin_endpoint_follows_the_host_and_its_commands_work() {
     );
 
     // Mistakes get a clear answer.
-    let (code, body) = get(admin, "/legs?limit=0").await;
+    let (code, body) = control(admin, dir.path(), Method::GET, "/legs?limit=0").await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
     let (code, _) = get(admin, "/nowhere").await;
     assert_eq!(code, StatusCode::NOT_FOUND);
@@ -252,7 +271,15 @@ async fn the_admin_endpoint_follows_the_host_and_its_commands_work() {
         assert!(tokio::time::Instant::now() < deadline, "{body}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let out = legsync(&["status", "--admin", &alt.to_string()]).await;
+    let token_file = dir.path().join("admin.token");
+    let out = legsync(&[
+        "status",
+        "--admin",
+        &alt.to_string(),
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ])
+    .await;
     assert_eq!(out.status.code(), Some(3), "not ready: exit 3");
     let (_, metrics) = get(alt, "/metrics").await;
     assert_eq!(
@@ -485,14 +512,19 @@ async fn the_admin_port_cannot_be_used_against_the_host() {
     assert_eq!(raw(rebound).await, "HTTP/1.1 403 Forbidden");
     let scrape = "GET /metrics HTTP/1.1\r\nhost: gw-3-cc.example:9464\r\norigin: http://grafana.example\r\nconnection: close\r\n\r\n".to_string();
     assert_eq!(raw(scrape).await, "HTTP/1.1 200 OK");
-    let own = format!("GET /legs HTTP/1.1\r\nhost: {admin}\r\nconnection: close\r\n\r\n");
+    let token = AdminToken::read(&dir.path().join("admin.token")).unwrap();
+    let own = format!(
+        "GET /legs HTTP/1.1\r\nhost: {admin}\r\nauthorization: {}\r\nconnection: close\r\n\r\n",
+        token.header()
+    );
     assert_eq!(raw(own).await, "HTTP/1.1 200 OK");
 
     // A large body is refused, not buffered.
     let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
     let body = vec![b'x'; 8 << 20];
     let head = format!(
-        "POST /reload HTTP/1.1\r\nhost: {admin}\r\ncontent-length: {}\r\n\r\n",
+        "POST /reload HTTP/1.1\r\nhost: {admin}\r\nauthorization: {}\r\ncontent-length: {}\r\n\r\n",
+        token.header(),
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
@@ -501,4 +533,113 @@ async fn the_admin_port_cannot_be_used_against_the_host() {
     let _ = tokio::time::timeout(WAIT, stream.read_to_string(&mut answer)).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     host.stop().await.unwrap();
+}
+
+/// The control routes answer only the host's token; the `metrics`
+/// listener serves monitoring and nothing else; the commands say what is
+/// wrong with a token they cannot use; `legsync check` names a bad token
+/// file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_needs_the_token_and_metrics_can_be_served_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimProcess::spawn(
+        exe(),
+        &dir.path().join("engine.state"),
+        Some(100),
+        &["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "1000"],
+    )
+    .await
+    .unwrap();
+    let path = config(dir.path(), "pri", sim.listen);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("metrics = \"127.0.0.1:0\"\n{text}")).unwrap();
+    let mut host = HostProcess::spawn(exe(), &path, &dir.path().join("pri.log")).unwrap();
+    let admin = host.admin_addr().await.unwrap();
+    let metrics = host.metrics_addr().await.unwrap();
+    assert_ne!(admin, metrics);
+    wait_ready(metrics).await;
+
+    // The token was written beside the ledger, for the service's user only.
+    let token_file = dir.path().join("admin.token");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().mode() & 0o777,
+        0o600
+    );
+
+    // Without it, or with another, the control routes refuse; monitoring
+    // routes need none.
+    for path in ["/status", "/legs"] {
+        let (code, body) = get(admin, path).await;
+        assert_eq!(code, StatusCode::UNAUTHORIZED, "{path}: {body}");
+        assert!(body.contains("admin token"), "{body}");
+    }
+    let stranger = dir.path().join("stranger.token");
+    std::fs::write(&stranger, format!("{}\n", "f".repeat(64))).unwrap();
+    std::fs::set_permissions(
+        &stranger,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let wrong = AdminToken::read(&stranger).unwrap();
+    let (code, _) = request(&admin.to_string(), Method::POST, "/reload", Some(&wrong))
+        .await
+        .unwrap();
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    let (code, _) = control(admin, dir.path(), Method::GET, "/status").await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(get(admin, "/metrics").await.0, StatusCode::OK);
+
+    // The metrics listener: monitoring only, whatever the credential.
+    let (code, body) = get(metrics, "/metrics").await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(body.contains("legsync_legs "), "{body}");
+    assert_eq!(get(metrics, "/healthz").await.0, StatusCode::OK);
+    let token = AdminToken::read(&token_file).unwrap();
+    for (method, path) in [(Method::GET, "/legs"), (Method::POST, "/reload")] {
+        let (code, body) = request(&metrics.to_string(), method, path, Some(&token))
+            .await
+            .unwrap();
+        assert_eq!(code, StatusCode::NOT_FOUND, "{path}: {body}");
+    }
+
+    // The commands: a token the host does not hold, and none at all.
+    let addr = admin.to_string();
+    let out = legsync(&[
+        "status",
+        "--admin",
+        &addr,
+        "--token-file",
+        stranger.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refused the token in"), "{stderr}");
+    let missing = dir.path().join("missing.token");
+    let out = legsync(&[
+        "reload",
+        "--admin",
+        &addr,
+        "--token-file",
+        missing.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("needs its admin token") && stderr.contains("missing.token"),
+        "{stderr}"
+    );
+    host.stop().await.unwrap();
+
+    // `legsync check` names a token file `run` could not use.
+    std::fs::write(&token_file, "not a token\n").unwrap();
+    let out = legsync(&["check", "--config", path.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("FAIL the admin token") && stdout.contains("is not a token"),
+        "{stdout}"
+    );
 }

@@ -327,7 +327,8 @@ impl Run {
         let rotated = current.with_extension(format!("jsonl.{piece}"));
         std::fs::rename(&current, &rotated).unwrap();
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_legsync"))
-            .args(["reopen", "--admin", &admin.to_string()])
+            .args(["reopen", "--admin", &admin.to_string(), "--token-file"])
+            .arg(self.dir.path().join("admin.token"))
             .output()
             .await
             .unwrap();

@@ -1,5 +1,5 @@
 //! The client side of the admin endpoint, for `legsync status`, `legsync
-//! reload` and `legsync legs`: one HTTP/1.1 request over loopback.
+//! reload | reopen | legs`: one HTTP/1.1 request over loopback.
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -12,12 +12,14 @@ use tokio::net::TcpStream;
 /// How long an admin command waits for the host.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Sends `method path` to the admin endpoint at `addr` (`host:port`);
-/// returns the status and the body.
+/// Sends `method path` to the admin endpoint at `addr` (`host:port`),
+/// with the token if one is given (the control routes need it); returns
+/// the status and the body.
 pub async fn request(
     addr: &str,
     method: Method,
     path: &str,
+    token: Option<&super::token::AdminToken>,
 ) -> anyhow::Result<(StatusCode, String)> {
     let exchange = async {
         let stream = TcpStream::connect(addr).await.with_context(|| {
@@ -26,11 +28,14 @@ pub async fn request(
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(path)
-            .header(hyper::header::HOST, addr)
-            .body(Empty::<Bytes>::new())?;
+            .header(hyper::header::HOST, addr);
+        if let Some(token) = token {
+            request = request.header(hyper::header::AUTHORIZATION, token.header());
+        }
+        let request = request.body(Empty::<Bytes>::new())?;
         let response = sender.send_request(request).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();

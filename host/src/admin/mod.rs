@@ -1,21 +1,27 @@
 //! The admin endpoint: HTTP/1.1 on a loopback address by default
 //! (`admin` in the config, `--admin`), for monitoring and for the `legsync
-//! status | reload | legs` commands ([`client`]).
+//! status | reload | reopen | legs` commands ([`client`]); and, if
+//! configured (`metrics`), a monitoring listener that serves only the
+//! first three routes.
 //!
-//! | route | answer |
-//! |---|---|
-//! | `GET /metrics` | Prometheus text format (see [`crate::metrics`]) |
-//! | `GET /healthz` | 200 when the supervisor's loop answers within 10 s |
-//! | `GET /readyz` | 200 when active and in sync, else 503 naming the state |
-//! | `GET /status` | JSON: link, role, epoch, counts, plugins, last resync and reload |
-//! | `GET /legs?nap=X&after=ID&limit=N` | JSON: a page of held legs, by id |
-//! | `POST /reload` | reloads the plugin set now; JSON report (422 if rejected) |
+//! | route | answer | credential |
+//! |---|---|---|
+//! | `GET /metrics` | Prometheus text format (see [`crate::metrics`]) | none |
+//! | `GET /healthz` | 200 when the supervisor's loop answers within 10 s | none |
+//! | `GET /readyz` | 200 when active and in sync, else 503 naming the state | none |
+//! | `GET /status` | JSON: link, role, epoch, counts, plugins, last resync and reload | token |
+//! | `GET /legs?nap=X&after=ID&limit=N` | JSON: a page of held legs, by id | token |
+//! | `POST /reload` | reloads the plugin set now; JSON report (422 if rejected) | token |
+//! | `POST /reopen` | reopens the ledger and event log after a rotation | token |
+//!
+//! The token is [`token::AdminToken`]: `Authorization: Bearer <token>`.
 //!
 //! Nothing here takes a lock the call path takes: status comes from the
 //! supervisor's watch channel, legs from a question the supervisor answers
 //! between two batches.
 
 pub mod client;
+pub mod token;
 
 use crate::events::{
     Events, HostEvent, LinkState, ReloadOutcome, ReloadReport, ResyncSummary, Role,
@@ -34,6 +40,7 @@ use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use token::AdminToken;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -98,35 +105,36 @@ impl Admin {
         self.latest.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keeps the last resync summary and reload report (from `events`).
-    fn follow(self: &Arc<Self>, events: &Events, shutdown: CancellationToken) {
-        let mut summaries = events.subscribe_summaries();
-        let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    event = summaries.recv() => event,
-                };
-                let time_ms = crate::model::now_ms();
-                match event {
-                    Ok(HostEvent::ResyncDone(summary)) => {
-                        this.latest().resync = Some(Stamped {
-                            time_ms,
-                            value: *summary,
-                        });
-                    }
-                    Ok(HostEvent::Reload(report)) => {
-                        this.latest().reload = Some(Stamped {
-                            time_ms,
-                            value: *report,
-                        });
-                    }
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+    /// Keeps the last resync summary and reload report (from `events`)
+    /// until `shutdown`.
+    async fn keep_latest(
+        self: Arc<Self>,
+        mut summaries: tokio::sync::broadcast::Receiver<HostEvent>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                event = summaries.recv() => event,
+            };
+            let time_ms = crate::model::now_ms();
+            match event {
+                Ok(HostEvent::ResyncDone(summary)) => {
+                    self.latest().resync = Some(Stamped {
+                        time_ms,
+                        value: *summary,
+                    });
                 }
+                Ok(HostEvent::Reload(report)) => {
+                    self.latest().reload = Some(Stamped {
+                        time_ms,
+                        value: *report,
+                    });
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
-        });
+        }
     }
 }
 
@@ -144,29 +152,63 @@ const MAX_BODY: usize = 64 * 1024;
 /// first to the second, doubling; failures are logged once per interval.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
-/// Binds `addr` and serves until `shutdown`. Binding happens before this
-/// returns, so a taken port is a start-up error, not a silent absence.
-pub async fn serve(
-    addr: SocketAddr,
-    admin: Arc<Admin>,
+/// What a listener serves.
+#[derive(Debug, Clone)]
+pub enum Surface {
+    /// Every route; the control routes need the token.
+    Admin(AdminToken),
+    /// `/metrics`, `/healthz` and `/readyz` only (the `metrics` listener).
+    Monitoring,
+}
+
+impl Surface {
+    fn name(&self) -> &'static str {
+        match self {
+            Surface::Admin(_) => "admin",
+            Surface::Monitoring => "metrics",
+        }
+    }
+}
+
+/// Starts the work every listener shares (the last resync and reload kept
+/// for `/status`, the metrics' upkeep), until `shutdown`.
+pub fn follow(
+    admin: &Arc<Admin>,
     events: &Events,
     shutdown: CancellationToken,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on the admin address {addr} (set `admin` in the config, or `admin = \"off\"`)"))?;
-    let bound = listener.local_addr()?;
-    admin.follow(events, shutdown.clone());
-    let upkeep = shutdown.clone();
-    tokio::spawn(async move {
+) -> tokio::task::JoinHandle<()> {
+    let latest = admin
+        .clone()
+        .keep_latest(events.subscribe_summaries(), shutdown.clone());
+    let upkeep = async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
-                _ = upkeep.cancelled() => return,
+                _ = shutdown.cancelled() => return,
                 _ = tick.tick() => crate::metrics::install().run_upkeep(),
             }
         }
-    });
+    };
+    tokio::spawn(async move {
+        tokio::join!(latest, upkeep);
+    })
+}
+
+/// Binds `addr` and serves `surface` until `shutdown`. Binding happens
+/// before this returns, so a taken port is a start-up error, not a silent
+/// absence.
+pub async fn serve(
+    addr: SocketAddr,
+    surface: Surface,
+    admin: Arc<Admin>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let key = surface.name();
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on the {key} address {addr} (set `{key}` in the config)")
+    })?;
+    let bound = listener.local_addr()?;
+    let served = Arc::new(surface.clone());
     let task = tokio::spawn(async move {
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let mut backoff = ACCEPT_BACKOFF.0;
@@ -188,7 +230,7 @@ pub async fn serve(
                         // the rest of the host (the engine link) go on,
                         // where retrying at once would spin and log forever.
                         if let Some((since, _)) = failures.count() {
-                            tracing::error!(error = %e, failures = since, "admin endpoint: accept failed; backing off");
+                            tracing::error!(error = %e, failures = since, listener = key, "admin endpoint: accept failed; backing off");
                         }
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
@@ -200,10 +242,14 @@ pub async fn serve(
                 },
             };
             let admin = admin.clone();
+            let served = served.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request| {
                     let admin = admin.clone();
-                    async move { Ok::<_, std::convert::Infallible>(route(&admin, request).await) }
+                    let served = served.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(route(&admin, &served, request).await)
+                    }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -214,9 +260,14 @@ pub async fn serve(
             });
         }
     });
-    tracing::info!(%bound, "admin endpoint listening");
-    if !bound.ip().is_loopback() {
-        tracing::warn!(%bound, "the admin endpoint listens beyond this machine and has no authentication: anyone who reaches it can reload, reopen and read callers' numbers; keep it on loopback or behind a firewall");
+    match surface {
+        Surface::Admin(_) => {
+            tracing::info!(%bound, "admin endpoint listening");
+            if !bound.ip().is_loopback() {
+                tracing::warn!(%bound, "the admin endpoint listens beyond this machine: its control routes need the token, but it travels in clear HTTP; keep `admin` on loopback and give scrapers the `metrics` listener");
+            }
+        }
+        Surface::Monitoring => tracing::info!(%bound, "metrics endpoint listening"),
     }
     Ok((bound, task))
 }
@@ -225,6 +276,40 @@ type Reply = Response<Full<Bytes>>;
 
 /// The routes that act on the host or show callers' numbers.
 const CONTROL_ROUTES: [&str; 4] = ["/reload", "/reopen", "/legs", "/status"];
+
+/// A control request must carry the token; the monitoring listener serves
+/// no control route at all.
+fn refuse_unauthorized(
+    request: &Request<Incoming>,
+    path: &str,
+    surface: &Surface,
+) -> Option<Reply> {
+    if !CONTROL_ROUTES.contains(&path) {
+        return None;
+    }
+    let token = match surface {
+        Surface::Monitoring => {
+            return Some(error(
+                StatusCode::NOT_FOUND,
+                "this listener serves /metrics /healthz /readyz; the other routes are on the admin endpoint",
+            ));
+        }
+        Surface::Admin(token) => token,
+    };
+    let given = request.headers().get(hyper::header::AUTHORIZATION);
+    if given.is_some_and(|value| token.admits(value.as_bytes())) {
+        return None;
+    }
+    let mut reply = error(
+        StatusCode::UNAUTHORIZED,
+        "this route needs the admin token (`Authorization: Bearer <token>`, the token in the host's `admin_token` file); `legsync status | legs | reload | reopen --config <the host's config>` send it",
+    );
+    reply.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        hyper::header::HeaderValue::from_static("Bearer"),
+    );
+    Some(reply)
+}
 
 /// A web page must not drive the host: a request to a control route that
 /// carries an `Origin` (a browser's cross-site request) or names a `Host`
@@ -266,10 +351,12 @@ fn is_address(host: &str) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
-async fn route(admin: &Arc<Admin>, request: Request<Incoming>) -> Reply {
+async fn route(admin: &Arc<Admin>, surface: &Surface, request: Request<Incoming>) -> Reply {
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
-    if let Some(refusal) = refuse_browsers(&request, &path) {
+    if let Some(refusal) =
+        refuse_browsers(&request, &path).or_else(|| refuse_unauthorized(&request, &path, surface))
+    {
         return refusal;
     }
     match (request.method(), path.as_str()) {

@@ -2,6 +2,7 @@
 //! state and controls, through its admin endpoint.
 
 use crate::admin::client::request;
+use crate::admin::token::AdminToken;
 use crate::admin::{DEFAULT_ADDR, StatusReport};
 use crate::config::HostConfig;
 use anyhow::Context;
@@ -19,45 +20,79 @@ pub struct AdminArgs {
     /// The host's admin endpoint. Default: the `admin` of its config
     /// (`--config`, or /etc/legsync/legsync.toml if it exists), else
     /// 127.0.0.1:9464.
-    #[arg(long, conflicts_with = "config")]
+    #[arg(long)]
     admin: Option<String>,
-    /// The host's config file: its `admin` address is the one used.
+    /// The host's config file: its `admin` address and `admin_token` file
+    /// are the ones used.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The file holding the host's admin token (default: the config's
+    /// `admin_token`, else `admin.token` beside its ledger).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
     /// Print the endpoint's JSON as it is.
     #[arg(long)]
     json: bool,
 }
 
 impl AdminArgs {
-    /// The endpoint to ask: `--admin`, or the `admin` of the host's config.
-    fn address(&self) -> anyhow::Result<String> {
-        if let Some(admin) = &self.admin {
-            return Ok(admin.clone());
-        }
-        let config = match &self.config {
+    /// The host's config: `--config`, the packaged one if present, else
+    /// the defaults `legsync run` starts with.
+    fn host_config(&self) -> anyhow::Result<(HostConfig, Option<PathBuf>)> {
+        let path = match &self.config {
             Some(path) => path.clone(),
             None if Path::new(DEFAULT_CONFIG).exists() => PathBuf::from(DEFAULT_CONFIG),
-            None => return Ok(DEFAULT_ADDR.to_string()),
+            None => return Ok((HostConfig::default(), None)),
         };
-        admin_of(&config)
+        Ok((HostConfig::load(&path)?, Some(path)))
+    }
+
+    /// Sends `method path` to the host with its token; a refusal for want
+    /// of the token says how to give it.
+    async fn ask(&self, method: Method, path: &str) -> anyhow::Result<(StatusCode, String)> {
+        let (config, config_path) = self.host_config()?;
+        let addr = match &self.admin {
+            Some(admin) => admin.clone(),
+            None => match &config_path {
+                Some(file) => admin_of(&config, file)?,
+                None => DEFAULT_ADDR.to_string(),
+            },
+        };
+        let token_path = self
+            .token_file
+            .clone()
+            .unwrap_or_else(|| config.admin_token_path());
+        let token = AdminToken::read(&token_path);
+        let (code, body) = request(&addr, method, path, token.as_ref().ok()).await?;
+        if code == StatusCode::UNAUTHORIZED {
+            match token {
+                Err(e) => anyhow::bail!(
+                    "the host at {addr} needs its admin token, and {e}; pass the host's --config, or --token-file"
+                ),
+                Ok(_) => anyhow::bail!(
+                    "the host at {addr} refused the token in {}: it is another host's, or was replaced after the host started",
+                    token_path.display()
+                ),
+            }
+        }
+        Ok((code, body))
     }
 }
 
-/// The address to reach the admin endpoint of the host run with `config`.
-fn admin_of(config: &Path) -> anyhow::Result<String> {
-    let host = HostConfig::load(config)?;
-    let addr = host.admin_addr()?.with_context(|| {
+/// The address to reach the admin endpoint of the host run with `config`
+/// (read from `file`).
+fn admin_of(config: &HostConfig, file: &Path) -> anyhow::Result<String> {
+    let addr = config.admin_addr()?.with_context(|| {
         format!(
             "the admin endpoint is off in {} (`admin = \"off\"`): this command needs it. \
              Send SIGHUP to reload or SIGUSR1 to reopen instead, or set `admin`",
-            config.display()
+            file.display()
         )
     })?;
     anyhow::ensure!(
         addr.port() != 0,
         "{} has `admin` on port 0 (a free port at each start): pass the port the host logged with --admin",
-        config.display()
+        file.display()
     );
     // A host listening on every address is reached on loopback.
     let ip = if addr.ip().is_unspecified() {
@@ -89,7 +124,7 @@ pub struct LegsArgs {
 /// `legsync status`: exit 0 when the host is ready (active and in sync),
 /// 3 when it runs but is not (standby, resyncing, in grace...).
 pub async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
-    let (code, body) = request(&args.address()?, Method::GET, "/status").await?;
+    let (code, body) = args.ask(Method::GET, "/status").await?;
     anyhow::ensure!(code == StatusCode::OK, "the host answered {code}: {body}");
     if args.json {
         print!("{body}");
@@ -149,7 +184,7 @@ pub async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
 
 /// `legsync reload`: the plugin set is rebuilt now; exit 1 if rejected.
 pub async fn reload(args: AdminArgs) -> anyhow::Result<ExitCode> {
-    let (code, body) = request(&args.address()?, Method::POST, "/reload").await?;
+    let (code, body) = args.ask(Method::POST, "/reload").await?;
     let report: serde_json::Value = serde_json::from_str(&body)
         .map_err(|_| anyhow::anyhow!("the host answered {code}: {body}"))?;
     if args.json {
@@ -171,7 +206,7 @@ pub async fn reload(args: AdminArgs) -> anyhow::Result<ExitCode> {
 
 /// `legsync reopen`: after a rotation, the host writes new files.
 pub async fn reopen(args: AdminArgs) -> anyhow::Result<ExitCode> {
-    let (code, body) = request(&args.address()?, Method::POST, "/reopen").await?;
+    let (code, body) = args.ask(Method::POST, "/reopen").await?;
     anyhow::ensure!(code == StatusCode::OK, "the host answered {code}: {body}");
     println!("reopened: the ledger (checkpoint written beside it) and the event log");
     Ok(ExitCode::SUCCESS)
@@ -190,7 +225,7 @@ pub async fn legs(args: LegsArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let (code, body) = request(&args.admin.address()?, Method::GET, &path).await?;
+    let (code, body) = args.admin.ask(Method::GET, &path).await?;
     anyhow::ensure!(code == StatusCode::OK, "the host answered {code}: {body}");
     if args.admin.json {
         print!("{body}");

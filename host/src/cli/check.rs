@@ -71,19 +71,51 @@ fn check_host(config: &HostConfig, problems: &mut Vec<String>) {
             Err(e) => problems.push(format!("{e:#}")),
         }
     }
-    match config.admin_addr() {
-        Ok(Some(addr)) if addr.port() != 0 => match std::net::TcpListener::bind(addr) {
-            Ok(_) => println!("ok   admin {addr} is free"),
-            // A running legsync holds it before a restart: that is fine.
-            Err(_) if answers_as_legsync(addr) => {
-                println!("ok   admin {addr} is held by the running legsync (a restart frees it)")
+    for (key, addr) in [
+        ("admin", config.admin_addr()),
+        ("metrics", config.metrics_addr()),
+    ] {
+        match addr {
+            Ok(Some(addr)) if addr.port() != 0 => match std::net::TcpListener::bind(addr) {
+                Ok(_) => println!("ok   {key} {addr} is free"),
+                // A running legsync holds it before a restart: that is fine.
+                Err(_) if answers_as_legsync(addr) => {
+                    println!("ok   {key} {addr} is held by the running legsync (a restart frees it)")
+                }
+                Err(e) => problems.push(format!(
+                    "the {key} address {addr} cannot be bound ({e}): another program holds it; set `{key}` to a free address"
+                )),
+            },
+            Ok(_) => {}
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+    }
+    if let Ok(Some(_)) = config.admin_addr() {
+        check_token(&config.admin_token_path(), problems);
+    }
+}
+
+/// The admin token `run` reads, or the directory it writes one into.
+fn check_token(path: &std::path::Path, problems: &mut Vec<String>) {
+    match crate::admin::token::AdminToken::read(path) {
+        Ok(_) => println!("ok   admin token {}", path.display()),
+        Err(crate::admin::token::TokenError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if dir.is_none_or(|d| d.is_dir()) {
+                println!(
+                    "--   admin token {}: written at the first start",
+                    path.display()
+                );
+            } else {
+                problems.push(format!(
+                    "the admin token {} cannot be written: its directory does not exist",
+                    path.display()
+                ));
             }
-            Err(e) => problems.push(format!(
-                "the admin address {addr} cannot be bound ({e}): another program holds it; set `admin` to a free address or \"off\""
-            )),
-        },
-        Ok(_) => {}
-        Err(e) => problems.push(format!("{e:#}")),
+        }
+        Err(e) => problems.push(e.to_string()),
     }
 }
 
@@ -98,7 +130,7 @@ fn answers_as_legsync(addr: std::net::SocketAddr) -> bool {
     runtime.block_on(async {
         tokio::time::timeout(
             std::time::Duration::from_secs(2),
-            crate::admin::client::request(&addr.to_string(), hyper::Method::GET, "/status"),
+            crate::admin::client::request(&addr.to_string(), hyper::Method::GET, "/readyz", None),
         )
         .await
         .is_ok_and(|answer| {

@@ -1,5 +1,6 @@
 //! `legsync run`.
 
+use crate::admin::token::AdminToken;
 use crate::app;
 use crate::config::HostConfig;
 use crate::events::Events;
@@ -133,7 +134,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
     });
-    if let Some(addr) = config.admin_addr()? {
+    let mut served = Vec::new();
+    let (admin_addr, metrics_addr) = (config.admin_addr()?, config.metrics_addr()?);
+    if admin_addr.is_some() || metrics_addr.is_some() {
         let admin = crate::admin::Admin::new(
             config.name.clone(),
             host.status(),
@@ -142,7 +145,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Some(reloader),
             Some(files),
         );
-        crate::admin::serve(addr, admin, &events, shutdown.clone()).await?;
+        served.push(crate::admin::follow(&admin, &events, shutdown.clone()));
+        if let Some(addr) = admin_addr {
+            let token = AdminToken::load_or_create(&config.admin_token_path())?;
+            let surface = crate::admin::Surface::Admin(token);
+            let (_, task) =
+                crate::admin::serve(addr, surface, admin.clone(), shutdown.clone()).await?;
+            served.push(task);
+        }
+        if let Some(addr) = metrics_addr {
+            let surface = crate::admin::Surface::Monitoring;
+            let (_, task) = crate::admin::serve(addr, surface, admin, shutdown.clone()).await?;
+            served.push(task);
+        }
     }
     // Everything a start can fail on is behind: the service is up (a
     // standby is as ready as an active host).
@@ -155,6 +170,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     host.run(shutdown.clone()).await?;
     shutdown.cancel();
     watching.await??;
+    for task in served {
+        let _ = task.await;
+    }
     if events.audit_failed().is_cancelled() {
         anyhow::bail!(
             "stopped: the event log {} could not be written, and `events_required` is set (the ledger is intact; the host stops rather than run without its audit trail)",

@@ -117,6 +117,18 @@ impl HostProcess {
     /// The admin endpoint's address, from the host's log (a config with
     /// `admin = "127.0.0.1:0"` gets a free port), once it listens.
     pub async fn admin_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        self.listening("admin").await
+    }
+
+    /// The monitoring listener's address (`metrics` in the config), as
+    /// [`HostProcess::admin_addr`].
+    pub async fn metrics_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        self.listening("metrics").await
+    }
+
+    /// The address the `listener` endpoint logged it listens on.
+    async fn listening(&self, listener: &str) -> anyhow::Result<std::net::SocketAddr> {
+        let line = format!("{listener} endpoint listening");
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             // This run's lines only: an earlier run's port is gone.
@@ -126,7 +138,7 @@ impl HostProcess {
                 .unwrap_or("")
                 .lines()
                 .rev()
-                .filter(|l| l.contains("admin endpoint listening"))
+                .filter(|l| l.contains(&line))
                 .find_map(|l| l.split("bound=").nth(1))
                 .and_then(|rest| rest.split_whitespace().next())
                 .and_then(|addr| addr.parse().ok());
@@ -135,7 +147,7 @@ impl HostProcess {
             }
             if tokio::time::Instant::now() > deadline {
                 bail!(
-                    "the host never logged its admin address; see {}",
+                    "the host never logged its {listener} address; see {}",
                     self.log.display()
                 );
             }
