@@ -52,6 +52,9 @@ pub(crate) fn engine_tls(
         key: tls.key.clone(),
     };
     let config = crate::tls::client_config(&files).context("cannot set up [tls]")?;
+    let expiry = crate::tls::expiry(&files).context("cannot set up [tls]")?;
+    crate::metrics::certificate_expiry("host", expiry.cert);
+    crate::metrics::certificate_expiry("ca", expiry.ca);
     let name = tls.server_name_for(engine);
     let server_name = rustls_pki_types::ServerName::try_from(name.clone())
         .with_context(|| format!("[tls] server_name `{name}` is not a host name or address"))?;

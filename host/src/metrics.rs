@@ -40,6 +40,7 @@ pub const HEARTBEAT_GAP_SECONDS: &str = "legsync_heartbeat_gap_seconds";
 pub const TABLE_FULL: &str = "legsync_table_full_refusals_total";
 pub const LIVE_DURABLE_SECONDS: &str = "legsync_live_batch_durable_seconds";
 pub const BUILD_INFO: &str = "legsync_build_info";
+pub const TLS_EXPIRY: &str = "legsync_tls_certificate_expiry_timestamp_seconds";
 
 /// Every metric: name, type, help (the list in docs/operations.md).
 pub const ALL: &[(&str, &str, &str)] = &[
@@ -172,6 +173,11 @@ pub const ALL: &[(&str, &str, &str)] = &[
         "snapshot content ignored, by kind (duplicate-leg, self-link, leg-in-two-links, link-to-unlisted-leg)",
     ),
     (
+        TLS_EXPIRY,
+        "gauge",
+        "when a certificate of the engine link stops being valid, in Unix seconds, by certificate (host: this host's own, ca: the earliest of its CA bundle, engine: the engine's, at the latest handshake)",
+    ),
+    (
         EVENT_LOG_ERRORS,
         "counter",
         "event-log writes that failed (each a line or a buffer of lines): the audit trail is incomplete",
@@ -246,6 +252,13 @@ fn zero_counters() {
     for kind in ["start", "end", "resume", "carry"] {
         counter!(CDR_RECORDS, "kind" => kind).absolute(0);
     }
+}
+
+/// Records when the `certificate` (`host`, `ca`, `engine`) expires.
+pub fn certificate_expiry(certificate: &'static str, unix_seconds: i64) {
+    // Set before the admin endpoint starts: the recorder must be there.
+    install();
+    gauge!(TLS_EXPIRY, "certificate" => certificate).set(unix_seconds as f64);
 }
 
 /// Sets a one-hot gauge: `value` 1, every other of `all` 0.

@@ -95,6 +95,68 @@ fn roots(path: &Path) -> anyhow::Result<RootCertStore> {
     Ok(roots)
 }
 
+/// When one side's certificates stop being valid, in Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry {
+    /// This side's own certificate (the first of its chain).
+    pub cert: i64,
+    /// The earliest of the CA bundle's certificates.
+    pub ca: i64,
+}
+
+/// Days before expiry from which a certificate is warned about.
+pub const EXPIRY_WARNING_DAYS: i64 = 14;
+
+/// The expiry of `files`' certificate and CA bundle; an expired one is an
+/// error naming the file and the date (the peer would refuse it, or every
+/// certificate it signed, at the next handshake).
+pub fn expiry(files: &TlsFiles) -> anyhow::Result<Expiry> {
+    let now = crate::model::now_ms() as i64 / 1000;
+    let earliest = |path: &Path, first_only: bool| -> anyhow::Result<i64> {
+        let mut earliest: Option<(i64, String)> = None;
+        for der in certs(path)?
+            .iter()
+            .take(if first_only { 1 } else { usize::MAX })
+        {
+            let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} holds a certificate that cannot be parsed: {e}",
+                    path.display()
+                )
+            })?;
+            let not_after = cert.validity().not_after;
+            if earliest
+                .as_ref()
+                .is_none_or(|(t, _)| not_after.timestamp() < *t)
+            {
+                earliest = Some((not_after.timestamp(), not_after.to_string()));
+            }
+        }
+        let (at, date) = earliest.context("no certificate")?;
+        if at <= now {
+            bail!(
+                "the certificate in {} expired on {date}: renew it",
+                path.display()
+            );
+        }
+        if at - now < EXPIRY_WARNING_DAYS * 86_400 {
+            tracing::warn!(file = %path.display(), expires = %date, "a TLS certificate expires within {EXPIRY_WARNING_DAYS} days");
+        }
+        Ok(at)
+    };
+    Ok(Expiry {
+        cert: earliest(&files.cert, true)?,
+        ca: earliest(&files.ca, false)?,
+    })
+}
+
+/// When `cert` stops being valid, in Unix seconds; `None` if it cannot
+/// be parsed (the handshake that produced it has checked it already).
+pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// What [`generate`] wrote.
 #[derive(Debug, Clone)]
 pub struct Pki {
@@ -104,6 +166,11 @@ pub struct Pki {
     pub host: TlsFiles,
 }
 
+/// How long [`generate`]'s CA and its certificates are valid: a trial PKI
+/// should not outlive the trial (rcgen's default is the year 4096).
+pub const TRIAL_CA_DAYS: i64 = 3650;
+pub const TRIAL_LEAF_DAYS: i64 = 365;
+
 /// Writes a CA (`ca.pem`), an engine certificate for `engine_names`
 /// (`engine.pem`, `engine.key`) and a host certificate (`host.pem`,
 /// `host.key`), all signed by the CA, into `dir`. The CA's key is not
@@ -112,8 +179,11 @@ pub struct Pki {
 pub fn generate(dir: &Path, engine_names: &[String]) -> anyhow::Result<Pki> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let now = time::OffsetDateTime::now_utc();
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.not_before = now - time::Duration::hours(1);
+    ca.not_after = now + time::Duration::days(TRIAL_CA_DAYS);
     // Named apart from every other trial CA: a verifier finds a
     // certificate's issuer by name.
     ca.distinguished_name.push(
@@ -132,6 +202,8 @@ pub fn generate(dir: &Path, engine_names: &[String]) -> anyhow::Result<Pki> {
     let leaf = |stem: &str, names: Vec<String>| -> anyhow::Result<(PathBuf, PathBuf)> {
         let mut params = CertificateParams::new(names)?;
         params.distinguished_name.push(DnType::CommonName, stem);
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(TRIAL_LEAF_DAYS);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &issuer)?;
         Ok((
@@ -163,6 +235,36 @@ pub fn generate(dir: &Path, engine_names: &[String]) -> anyhow::Result<Pki> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiry_reads_each_certificate_and_refuses_an_expired_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = generate(dir.path(), &["engine-1".into()]).unwrap();
+        let now = crate::model::now_ms() as i64 / 1000;
+        let expiry = expiry(&pki.host).unwrap();
+        let days = |at: i64| (at - now + 3_600) / 86_400;
+        assert_eq!(days(expiry.cert), TRIAL_LEAF_DAYS);
+        assert_eq!(days(expiry.ca), TRIAL_CA_DAYS);
+
+        // A certificate that expired yesterday is refused, naming its file.
+        let mut params = rcgen::CertificateParams::new(vec!["old".to_string()]).unwrap();
+        let yesterday = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        params.not_before = yesterday - time::Duration::days(30);
+        params.not_after = yesterday;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let old = params.self_signed(&key).unwrap();
+        let old_path = dir.path().join("old.pem");
+        std::fs::write(&old_path, old.pem()).unwrap();
+        let files = TlsFiles {
+            cert: old_path,
+            ..pki.host.clone()
+        };
+        let error = format!("{:#}", super::expiry(&files).unwrap_err());
+        assert!(
+            error.contains("old.pem expired on") && error.contains("renew it"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn generated_files_make_both_configs_and_bad_files_are_named() {

@@ -45,7 +45,7 @@ fn host(dir: &Path, name: &str, sim: &SimProcess, tls: &TlsFiles) -> (HostProces
     std::fs::write(
         &config,
         format!(
-            "engine = \"{}\"\nname = \"{name}\"\nadmin = \"off\"\ncdr = \"{}\"\nevents = \"{}\"\n\
+            "engine = \"{}\"\nname = \"{name}\"\nadmin = \"127.0.0.1:0\"\ncdr = \"{}\"\nevents = \"{}\"\n\
              [link]\nbackoff_base_ms = 50\nbackoff_max_ms = 200\n\
              [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
              [policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n",
@@ -90,6 +90,29 @@ async fn the_engine_link_runs_over_mutual_tls() {
         .unwrap();
     let summary = std::fs::read_to_string(&events).unwrap();
     assert!(summary.contains("\"rebuilt\":20"), "{summary}");
+    // Each certificate's expiry is a metric: the host's and the engine's
+    // (a year, as `generate` makes them), the CA's (ten years).
+    let admin = host.admin_addr().await.unwrap();
+    let (_, metrics) =
+        legsync::admin::client::request(&admin.to_string(), hyper::Method::GET, "/metrics", None)
+            .await
+            .unwrap();
+    let now = legsync::model::now_ms() as i64 / 1000;
+    let days_left = |certificate: &str| {
+        let series = format!(
+            "legsync_tls_certificate_expiry_timestamp_seconds{{certificate=\"{certificate}\"}} "
+        );
+        let at: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+            .parse()
+            .unwrap();
+        (at as i64 - now + 3_600) / 86_400
+    };
+    assert_eq!(days_left("host"), legsync::tls::TRIAL_LEAF_DAYS);
+    assert_eq!(days_left("engine"), legsync::tls::TRIAL_LEAF_DAYS);
+    assert_eq!(days_left("ca"), legsync::tls::TRIAL_CA_DAYS);
     assert!(
         sim.ok("controller")
             .await

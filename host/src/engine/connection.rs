@@ -175,7 +175,17 @@ impl Connection {
                 let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
                 let handshake = connector.connect(tls.server_name.clone(), stream);
                 match timeout(options.connect_timeout, handshake).await {
-                    Ok(Ok(stream)) => Either::Right(stream),
+                    Ok(Ok(stream)) => {
+                        let (_, session) = stream.get_ref();
+                        if let Some(at) = session
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(|cert| crate::tls::not_after(cert))
+                        {
+                            crate::metrics::certificate_expiry("engine", at);
+                        }
+                        Either::Right(stream)
+                    }
                     Ok(Err(error)) => {
                         return Err(LinkError::Tls {
                             addr,
