@@ -198,6 +198,9 @@ async fn the_admin_endpoint_follows_the_host_and_its_commands_work() {
     let out = legsync(&["status", "--config", pri_config, "--admin", &addr, "--json"]).await;
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["role"], "active");
+    // A random 64-bit number: a string, so that jq reads it exactly.
+    let boot_id = status["boot_id"].as_str().unwrap();
+    assert_eq!(boot_id, sim.ok("boot").await.unwrap().trim());
     assert_eq!(status["legs"], kept);
     assert_eq!(status["last_resync"]["rebuilt"], kept);
     assert_eq!(

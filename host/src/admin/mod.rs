@@ -491,7 +491,9 @@ pub struct StatusReport {
     pub role: String,
     pub link: String,
     pub epoch: Option<u64>,
-    pub boot_id: Option<u64>,
+    /// A string: a random 64-bit number, which jq and JavaScript would
+    /// round as a JSON number.
+    pub boot_id: Option<String>,
     pub legs: usize,
     pub links: usize,
     pub resyncs: u64,
@@ -523,7 +525,7 @@ fn status(admin: &Admin) -> StatusReport {
             .map_or("connecting", LinkState::as_str)
             .to_string(),
         epoch: status.epoch,
-        boot_id: status.boot_id,
+        boot_id: status.boot_id.map(|id| id.to_string()),
         legs: status.legs,
         links: status.links,
         resyncs: status.resyncs,

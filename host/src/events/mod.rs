@@ -47,7 +47,12 @@ pub enum HostEvent {
     /// The engine link changed state.
     Link {
         state: LinkState,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        /// A string: boot ids are random 64-bit numbers, which jq and
+        /// JavaScript would round as JSON numbers.
+        #[serde(
+            skip_serializing_if = "Option::is_none",
+            serialize_with = "crate::json_line::u64_as_string"
+        )]
         boot_id: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
@@ -519,6 +524,22 @@ mod tests {
     }
 
     /// The hand-written lines are serde_json's, byte for byte.
+    #[test]
+    fn a_boot_id_is_a_string_so_jq_reads_it_exactly() {
+        let event = HostEvent::Link {
+            state: LinkState::Connected,
+            boot_id: Some(u64::MAX),
+            detail: None,
+        };
+        let mut line = Vec::new();
+        log::write_line(&mut line, &mut Vec::new(), 1, &event).unwrap();
+        let line = String::from_utf8(line).unwrap();
+        assert!(
+            line.contains(r#""boot_id":"18446744073709551615""#),
+            "{line}"
+        );
+    }
+
     #[test]
     fn per_item_lines_are_what_serde_writes() {
         let plugin = PluginName::new("20-\"odd\" rules");
