@@ -75,6 +75,19 @@ impl<'a> JsonLine<'a> {
     }
 }
 
+/// Serializes an id as a JSON string (for serde's `serialize_with`): a
+/// 64-bit id above 2^53 is rounded by jq and JavaScript when it is a JSON
+/// number.
+pub fn u64_as_string<S: serde::Serializer>(
+    id: &Option<u64>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => serializer.collect_str(id),
+        None => serializer.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,18 +109,5 @@ mod tests {
             String::from_utf8(out).unwrap(),
             format!("{}\n", serde_json::to_string(&expected).unwrap())
         );
-    }
-}
-
-/// Serializes an id as a JSON string (for serde's `serialize_with`): a
-/// 64-bit id above 2^53 is rounded by jq and JavaScript when it is a JSON
-/// number.
-pub fn u64_as_string<S: serde::Serializer>(
-    id: &Option<u64>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match id {
-        Some(id) => serializer.collect_str(id),
-        None => serializer.serialize_none(),
     }
 }
