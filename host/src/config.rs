@@ -155,11 +155,14 @@ impl Default for LinkConfig {
             max_legs: 4_000_000,
             max_links: 4_000_000,
             resync_timeout_ms: 120_000,
-            decision_budget_ms: 30_000,
+            decision_budget_ms: DEFAULT_DECISION_BUDGET_MS,
             allow_plain: false,
         }
     }
 }
+
+/// The default `link.decision_budget_ms`.
+pub const DEFAULT_DECISION_BUDGET_MS: u64 = 30_000;
 
 fn default_grace() -> f64 {
     10.0

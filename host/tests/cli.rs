@@ -933,29 +933,70 @@ fn slow_plugin_dir() -> tempfile::TempDir {
 fn plugin_check_measures_a_batch_and_warns_about_a_slow_plugin() {
     let dir = slow_plugin_dir();
     common::install(dir.path(), "20-rules", "rules", None);
-    let check = |stem: &str| {
+    common::install(
+        dir.path(),
+        "30-slow-calls",
+        "fixture-slow-notify",
+        Some("slow_calls"),
+    );
+    let check = |stem: &str, rules: Option<&str>| {
         let path = dir.path().join(format!("{stem}.wasm"));
-        let out = legsync(&["plugin", "check", path.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        text(&out.stdout)
+        let mut args = vec!["plugin", "check", path.to_str().unwrap()];
+        let rules_path = dir.path().join(format!("{stem}.rules"));
+        if rules.is_some() {
+            args.extend(["--rules", rules_path.to_str().unwrap()]);
+        }
+        let out = legsync(&args);
+        (out.status.code(), text(&out.stdout))
     };
-    let fast = check("20-rules");
+    let (code, fast) = check("20-rules", None);
+    assert_eq!(code, Some(0), "{fast}");
     assert!(
         fast.contains("measured: on-call-leg-sync: 1024 legs"),
         "{fast}"
     );
-    assert!(!fast.contains("WARNING"), "{fast}");
+    assert!(
+        !fast.contains("WARNING") && !fast.contains("FAIL"),
+        "{fast}"
+    );
+    assert!(fast.contains("a million-leg resync: ~"), "{fast}");
     // A millisecond per leg: a full batch overruns the 100 ms deadline and
-    // a million legs would take far past the 30 s decision budget.
-    let slow = check("10-slow");
+    // a million legs would take far past the 30 s decision budget: fails.
+    let (code, slow) = check("10-slow", None);
+    assert_eq!(code, Some(1), "{slow}");
     assert!(
         slow.contains("WARNING: a full batch would take over half the deadline"),
         "{slow}"
     );
     assert!(
-        slow.contains("WARNING: a million-leg resync would spend"),
+        slow.contains("FAIL a million-leg resync would spend"),
         "{slow}"
     );
+    // 60 ms a call whatever its size: measured in a few calls (not one per
+    // leg), and ~977 calls of a million legs fail a 30 s budget but pass a
+    // 100 s one.
+    let (code, per_call) = check("30-slow-calls", Some("slow_calls"));
+    assert_eq!(code, Some(1), "{per_call}");
+    assert!(per_call.contains("FAIL a million-leg resync"), "{per_call}");
+    let calls: u64 = per_call
+        .split(" plugin calls")
+        .next()
+        .and_then(|before| before.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no call count in {per_call}"));
+    assert!(calls <= 5, "{calls} calls for one batch: {per_call}");
+    let path = dir.path().join("30-slow-calls.wasm");
+    let rules = dir.path().join("30-slow-calls.rules");
+    let out = legsync(&[
+        "plugin",
+        "check",
+        path.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+        "--decision-budget-ms",
+        "100000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
 }
 
 /// A few legs time mostly the first call's warm-up: `eval` reports them but

@@ -426,6 +426,52 @@ async fn a_slow_chain_gets_a_time_budget_for_decisions() {
     host.stop().await.unwrap();
 }
 
+/// A plugin that pays 60 ms a call whatever the batch (legal: under its
+/// 100 ms deadline) used to be fed one leg a call (its cost per leg looked
+/// huge), so a resync never ended. Its batches stay full, and the resync
+/// ends at its budget with most legs decided by the plugin itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_slow_per_call_keeps_full_batches_and_the_resync_ends_at_its_budget() {
+    let world = World::new(
+        Some(50_000),
+        &[("50-slow", "fixture-slow-notify", Some("slow_calls"))],
+    )
+    .await;
+    let mut config = world.config(10.0);
+    // From the hello: the snapshot's arrival takes part of it.
+    config.link.decision_budget_ms = 2_000;
+    let decider = world.decider(&config);
+    let legsync::policy::Decider::Chain(chain) = &decider else {
+        panic!("a plugin chain")
+    };
+    let chain = chain.clone();
+    let mut host = RunningHost::start(&config, decider).unwrap();
+    let events = host.next_resync(WAIT).await.unwrap();
+    let Some(HostEvent::ResyncDone(summary)) = events
+        .iter()
+        .rev()
+        .find(|e| matches!(e, HostEvent::ResyncDone(_)))
+    else {
+        panic!("no summary")
+    };
+    // 50,000 legs in full batches of 1,024 take ~49 calls (2.9 s): the
+    // 2 s budget ends the plugin's part after at most 33 of them.
+    assert!(summary.decided_by_budget > 0, "{summary:?}");
+    assert_eq!(summary.rebuilt, 50_000, "fail-open: every call kept");
+    let by_plugin = events
+        .iter()
+        .filter(|e| matches!(e, HostEvent::CallLegSync { failure: None, .. }))
+        .count();
+    // Fed one leg a call, it would have decided a few dozen legs in the
+    // budget; in full batches, tens of thousands.
+    assert!(
+        by_plugin >= 10 * 1_024,
+        "{by_plugin} legs decided by the plugin itself: its batches shrank ({:?})",
+        chain.plugins()[0].stats()
+    );
+    host.stop().await.unwrap();
+}
+
 /// An engine that offers legs, answers legs and links them without end:
 /// the table never grows past `link.max_legs` (new legs are refused at the
 /// engine; an answered one is billed, as any refused call), and links past

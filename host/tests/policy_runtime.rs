@@ -744,10 +744,44 @@ fn a_slow_plugin_gets_batches_it_can_answer_within_its_deadline() {
     assert!(failures.is_empty(), "{failures:?}");
     assert!(verdicts.iter().all(|v| v.decision == Decision::Rebuild));
     let plugin = &chain.plugins()[0];
-    let limit = plugin.batch_limit("on-call-leg-sync", 1024);
+    let limit = plugin.batch_limit(legsync::policy::Export::LegSync, 1024);
     assert!(
         (20..=60).contains(&limit),
         "about 50 legs fit half of 100 ms at 1 ms a leg: {limit}"
     );
     assert!(plugin.stats().calls >= 6, "{:?}", plugin.stats().calls);
+}
+
+/// The decision budget stops the chain between two calls: a chunk of
+/// 2,048 legs at 1 ms a leg (about forty calls of 50) is not decided to its
+/// end once the budget has passed; the rest goes to the failure policy,
+/// marked `resync-budget`.
+#[test]
+fn the_decision_budget_stops_the_chain_between_calls() {
+    let dir = plugin_dir(&[("10-slow", "fixture-slow-notify", Some("slow_decisions"))]);
+    let chain = load(
+        dir.path(),
+        "batch_size = 4096\n[defaults]\nfailure = \"fail-closed\"\n",
+    )
+    .unwrap();
+    let legs: Vec<_> = (1..=2_048)
+        .map(|i| leg(i, "SIP_A", "15145550000"))
+        .collect();
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(300);
+    let verdicts = chain.decide_legs_until(&legs, Some(until));
+    let by_budget = verdicts
+        .iter()
+        .filter(|v| v.failure == Some(legsync::policy::FailureKind::ResyncBudget))
+        .count();
+    let by_plugin = verdicts.iter().filter(|v| v.failure.is_none()).count();
+    assert!(
+        by_plugin > 0 && by_budget > 1_000,
+        "{by_plugin} by the plugin, {by_budget} by the budget"
+    );
+    assert!(
+        verdicts[by_plugin..]
+            .iter()
+            .all(|v| v.decision == Decision::Refuse),
+        "fail-closed decides the rest"
+    );
 }

@@ -3,9 +3,11 @@
 
 use super::bindings::wit;
 use super::error::{FailureKind, PluginFailure};
+use super::export::Export;
 use super::lower::{LegBatch, LinkRecord};
 use super::plugin::Plugin;
 use crate::model::{CallLeg, Decision, Link, PluginName, TerminationReason};
+use std::time::Instant;
 
 /// The name recorded when no plugin is loaded and the host rebuilds by default.
 pub const NO_PLUGIN: &str = "(no plugins)";
@@ -50,10 +52,19 @@ impl PolicyChain {
     /// Each chunk is packed once; a later plugin in the chain gets the legs
     /// still rebuilt, pointing into the same text.
     pub fn decide_legs(&self, legs: &[CallLeg]) -> Vec<Verdict> {
+        self.decide_legs_until(legs, None)
+    }
+
+    /// `OnCallLegSync` as [`PolicyChain::decide_legs`], within a time
+    /// budget: from `until` on, no plugin is called, and each plugin's
+    /// failure policy decides the legs it has not seen (failure
+    /// `resync-budget`). Checked before every call, so a slow plugin holds
+    /// a resync at most one call past its budget.
+    pub fn decide_legs_until(&self, legs: &[CallLeg], until: Option<Instant>) -> Vec<Verdict> {
         legs.chunks(self.batch_size)
             .flat_map(|chunk| {
                 let batch = LegBatch::new(chunk);
-                self.decide_batch("leg", batch.legs(), &|plugin, offered| {
+                self.decide_batch(Export::LegSync, batch.legs(), until, &|plugin, offered| {
                     plugin.sync_legs(batch.with_legs(offered))
                 })
             })
@@ -66,7 +77,7 @@ impl PolicyChain {
             .chunks(self.batch_size)
             .flat_map(|chunk| {
                 let batch: Vec<LinkRecord> = chunk.iter().map(LinkRecord::from).collect();
-                self.decide_batch("link", &batch, &Plugin::sync_links)
+                self.decide_batch(Export::LinkSync, &batch, None, &Plugin::sync_links)
             })
             .collect()
     }
@@ -94,8 +105,9 @@ impl PolicyChain {
 
     fn decide_batch<W: Clone>(
         &self,
-        item: &'static str,
+        export: Export,
         batch: &[W],
+        until: Option<Instant>,
         call: &impl Fn(&Plugin, &[W]) -> Result<Vec<Decision>, PluginFailure>,
     ) -> Vec<Verdict> {
         // Plain copies while deciding; each verdict takes its plugin's name
@@ -115,15 +127,17 @@ impl PolicyChain {
                 &subset
             };
             // In calls the plugin can answer within its deadline.
-            let export = if item == "leg" {
-                "on-call-leg-sync"
-            } else {
-                "on-link-sync"
-            };
             let failed = plugin.settings().failure.decision();
             let mut answers = Vec::with_capacity(offered.len());
             let mut rest = offered;
             while !rest.is_empty() {
+                if until.is_some_and(|until| Instant::now() >= until) {
+                    answers.extend(std::iter::repeat_n(
+                        (failed, Some(FailureKind::ResyncBudget)),
+                        rest.len(),
+                    ));
+                    break;
+                }
                 // Sized again after each call: the first one measures.
                 let limit = plugin.batch_limit(export, rest.len());
                 let (part, after) = rest.split_at(limit);
@@ -145,7 +159,7 @@ impl PolicyChain {
             }
             pending.retain(|&i| slots[i].decision == Decision::Rebuild);
         }
-        count_decisions(&self.plugins, item, &slots);
+        count_decisions(&self.plugins, export, &slots);
         slots
             .into_iter()
             .map(|slot| Verdict {
@@ -162,7 +176,8 @@ impl PolicyChain {
 
 /// Counts a batch's verdicts, per plugin and decision (one increment per
 /// pair, not per item).
-fn count_decisions(plugins: &[Plugin], item: &'static str, slots: &[Slot]) {
+fn count_decisions(plugins: &[Plugin], export: Export, slots: &[Slot]) {
+    let item = export.item();
     let mut counts = vec![[0u64; 2]; plugins.len() + 1];
     for slot in slots {
         let by = slot.by.unwrap_or(plugins.len());

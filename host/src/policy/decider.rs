@@ -55,8 +55,18 @@ impl Decider {
     }
 
     pub fn decide_legs(&self, legs: &[CallLeg]) -> Vec<Verdict> {
+        self.decide_legs_until(legs, None)
+    }
+
+    /// [`Decider::decide_legs`] within a resync's time for decisions: see
+    /// [`PolicyChain::decide_legs_until`].
+    pub fn decide_legs_until(
+        &self,
+        legs: &[CallLeg],
+        until: Option<std::time::Instant>,
+    ) -> Vec<Verdict> {
         match self {
-            Decider::Chain(chain) => chain.decide_legs(legs),
+            Decider::Chain(chain) => chain.decide_legs_until(legs, until),
             Decider::Native(rules) => {
                 let name = PluginName::new(NATIVE);
                 rules

@@ -9,15 +9,19 @@
 //! - [`sandbox`]: what a plugin can reach: nothing but a capped log and a clock.
 //! - [`contract`]: the contract version check; [`imports`]: what a plugin
 //!   imports and what it gets; [`cache`]: the compile cache.
+//! - [`export`]: the exports the host calls, each with its own health and
+//!   [`call_cost`] (the model that sizes a plugin's batches).
 //! - `lower`: legs written straight into a plugin's memory (the hot path).
 
 mod bindings;
 pub mod cache;
+pub mod call_cost;
 pub mod chain;
 pub mod config;
 pub mod contract;
 pub mod decider;
 pub mod error;
+pub mod export;
 pub mod imports;
 pub mod limits;
 pub mod loader;
@@ -33,6 +37,7 @@ pub use chain::{PolicyChain, Verdict};
 pub use config::{FailurePolicy, MAX_INSTANCES, PluginSettings, PolicyConfig};
 pub use decider::{Decider, PolicyHandle};
 pub use error::{FailureKind, PluginFailure, PolicyError};
+pub use export::Export;
 pub use limits::Limits;
 pub use plugin::{Plugin, PluginStats};
 pub use runtime::PolicyRuntime;

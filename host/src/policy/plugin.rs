@@ -6,9 +6,11 @@
 
 use super::bindings::wit;
 use super::cache::{CacheOutcome, hex};
+use super::call_cost::CallCost;
 use super::config::PluginSettings;
 use super::contract::{self, Contract, ContractInfo};
 use super::error::{FailureKind, PluginFailure, PolicyError};
+use super::export::{Export, PerExport};
 use super::imports::{self, Grant};
 use super::limits::deadline_ticks;
 use super::lower::{LegBatchRef, LegBatchV0_2, LinkRecord};
@@ -116,13 +118,12 @@ pub struct Plugin {
     live: Vec<Mutex<Option<Live>>>,
     /// Which slot to wait for when all are busy (round robin).
     next_wait: AtomicUsize,
-    /// Measured cost of one item in each sync export, in nanoseconds (0:
-    /// not measured yet), by [`export_slot`]: see [`Plugin::batch_limit`].
-    item_cost_ns: [AtomicU64; 2],
+    /// Measured cost of each export's calls: see [`Plugin::batch_limit`].
+    cost: PerExport<CallCost>,
     /// Health per export (leg sync, link sync, termination notices): a
     /// notification handler that keeps failing is quarantined on its own,
     /// and never makes the plugin's healthy decisions refused.
-    health: [Mutex<Health>; EXPORTS.len()],
+    health: PerExport<Mutex<Health>>,
     counters: Counters,
 }
 
@@ -163,16 +164,7 @@ fn link(
     linker.instantiate_pre(component)
 }
 
-/// Items in a plugin's first call of a sync export, to measure its cost
-/// before sizing its batches ([`Plugin::batch_limit`]).
-pub const PROBE_ITEMS: usize = 64;
-
-/// The exports whose health is tracked apart.
-const EXPORTS: [&str; 3] = ["on-call-leg-sync", "on-link-sync", "on-call-leg-terminated"];
-
-fn export_slot(export: &str) -> usize {
-    EXPORTS.iter().position(|&e| e == export).unwrap_or(0)
-}
+pub use super::call_cost::PROBE_ITEMS;
 
 impl Plugin {
     /// Compiles, checks the contract version, pre-links and instantiates the
@@ -209,7 +201,7 @@ impl Plugin {
                 .map(|_| Mutex::new(None))
                 .collect(),
             next_wait: AtomicUsize::new(0),
-            item_cost_ns: Default::default(),
+            cost: Default::default(),
             health: Default::default(),
             counters: Counters::default(),
         };
@@ -275,7 +267,9 @@ impl Plugin {
     /// Whether any of the plugin's exports is quarantined now.
     pub fn is_quarantined(&self) -> bool {
         let now = Instant::now();
-        (0..EXPORTS.len()).any(|i| self.lock_health(i).quarantined_at(now))
+        self.health
+            .iter()
+            .any(|(_, health)| lock(health).quarantined_at(now))
     }
 
     /// `on-call-leg-sync` for one batch: one decision per leg, or a failure.
@@ -286,15 +280,15 @@ impl Plugin {
         }
         let count = batch.legs.len();
         match self.contract.contract {
-            Contract::V0_3 => self.decide("on-call-leg-sync", export, batch, count),
-            Contract::V0_2 => self.decide("on-call-leg-sync", export, batch.as_v0_2(), count),
+            Contract::V0_3 => self.decide(Export::LegSync, export, batch, count),
+            Contract::V0_2 => self.decide(Export::LegSync, export, batch.as_v0_2(), count),
         }
     }
 
     /// `on-link-sync` for one batch.
     pub fn sync_links(&self, links: &[LinkRecord]) -> Result<Vec<Decision>, PluginFailure> {
         self.decide(
-            "on-link-sync",
+            Export::LinkSync,
             |exports| &exports.link_sync,
             links,
             links.len(),
@@ -303,7 +297,7 @@ impl Plugin {
 
     /// `on-call-leg-terminated` for one batch (notification only).
     pub fn notify_terminated(&self, legs: &[wit::TerminatedLeg]) -> Result<(), PluginFailure> {
-        self.call_guest("on-call-leg-terminated", |exports, store| {
+        self.call_guest(Export::Terminated, |exports, store| {
             let func = exports
                 .terminated
                 .typed::<(&[wit::TerminatedLeg],), ()>(&*store)?;
@@ -315,15 +309,20 @@ impl Plugin {
     /// per item.
     fn decide<P: ComponentType + Lower>(
         &self,
-        name: &'static str,
+        name: Export,
         export: fn(&Exports) -> &Func,
         batch: P,
         count: usize,
     ) -> Result<Vec<Decision>, PluginFailure> {
-        let started = Instant::now();
+        // The guest's own time: not the wait for a busy instance (another
+        // chunk's call), which would make the plugin look slower per item.
+        let mut took = Duration::ZERO;
         let result = self.call_guest(name, |exports, store| {
             let func = export(exports).typed::<(P,), Decisions>(&*store)?;
-            let decisions = func.call(store, (batch,))?.0;
+            let started = Instant::now();
+            let called = func.call(store, (batch,));
+            took = started.elapsed();
+            let decisions = called?.0;
             if decisions.len() != count {
                 return Err(wasmtime::Error::new(Malformed(format!(
                     "returned {} decisions for {count} items",
@@ -332,51 +331,40 @@ impl Plugin {
             }
             Ok(decisions.into_iter().map(Decision::from).collect())
         });
-        // A deadline overrun says the cost is at least deadline / count.
-        if result.is_ok()
-            || result
-                .as_ref()
-                .is_err_and(|f| f.kind == FailureKind::Deadline)
-        {
-            self.measured(name, started.elapsed(), count);
+        match &result {
+            Ok(_) => self.cost[name].measured(count, took),
+            Err(failure) if failure.kind == FailureKind::Deadline => {
+                self.cost[name].overran(count, self.settings.limits.call_deadline)
+            }
+            Err(_) => {}
         }
         result
     }
 
-    /// How many items one call of the sync export `export` should carry:
-    /// as many as take half the plugin's deadline at its measured cost per
-    /// item, within `1..=batch_size`. Before any measurement, a small probe
-    /// ([`PROBE_ITEMS`]). A correct but slow plugin (Python or JavaScript
-    /// at tens of microseconds a leg) then gets batches it can answer in
-    /// time, instead of overrunning on a full batch and having the whole
-    /// batch decided by its failure policy.
-    pub fn batch_limit(&self, export: &str, batch_size: usize) -> usize {
-        let cost = self.item_cost_ns[export_slot(export)].load(Ordering::Relaxed);
-        if cost == 0 {
-            return PROBE_ITEMS.min(batch_size).max(1);
-        }
-        let budget = self.settings.limits.call_deadline.as_nanos() as u64 / 2;
-        ((budget / cost) as usize).clamp(1, batch_size.max(1))
+    /// How many items one call of the sync export `export` should carry,
+    /// within `1..=batch_size`, from its calls so far (see
+    /// [`CallCost::batch_limit`]): a correct but slow plugin gets batches
+    /// it can answer in time, instead of overrunning on a full batch and
+    /// having the whole batch decided by its failure policy; one slow per
+    /// call gets full batches, not one leg a call.
+    pub fn batch_limit(&self, export: Export, batch_size: usize) -> usize {
+        self.cost[export].batch_limit(self.settings.limits.call_deadline, batch_size)
     }
 
-    /// Folds one call's cost per item into the export's estimate (a moving
-    /// average, quick to follow a plugin that gets slower).
-    fn measured(&self, export: &str, took: Duration, items: usize) {
-        let sample = (took.as_nanos() as u64 / items.max(1) as u64).max(1);
-        let cost = &self.item_cost_ns[export_slot(export)];
-        let old = cost.load(Ordering::Relaxed);
-        let new = if old == 0 { sample } else { (old + sample) / 2 };
-        cost.store(new, Ordering::Relaxed);
+    /// The time to decide `items` with `export` once its batches have
+    /// settled, as its calls so far predict.
+    pub fn predict(&self, export: Export, items: usize, batch_size: usize) -> Duration {
+        self.cost[export].predict(items, self.settings.limits.call_deadline, batch_size)
     }
 
     /// Runs one guest call with the deadline armed; on any failure discards
     /// the instance and updates the health record.
     fn call_guest<R>(
         &self,
-        export: &'static str,
+        export: Export,
         f: impl FnOnce(&Exports, &mut Store<PluginState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFailure> {
-        let slot = export_slot(export);
+        let slot = export;
         if self.lock_health(slot).quarantined_at(Instant::now()) {
             self.counters
                 .quarantined_skips
@@ -409,7 +397,7 @@ impl Plugin {
         metrics::histogram!(
             crate::metrics::PLUGIN_CALL_SECONDS,
             "plugin" => self.name.as_str(),
-            "export" => export
+            "export" => export.name()
         )
         .record(started.elapsed().as_secs_f64());
         self.count_dropped(instance.store.data_mut().end_call());
@@ -444,7 +432,7 @@ impl Plugin {
         tracing::debug!(plugin = %self.name, memory_mb = self.settings.limits.memory_bytes >> 20, "plugin instance near its memory cap; replaced by a fresh one");
     }
 
-    fn failed(&self, slot: usize, failure: PluginFailure) -> PluginFailure {
+    fn failed(&self, slot: Export, failure: PluginFailure) -> PluginFailure {
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(
             crate::metrics::PLUGIN_FAILURES,
@@ -455,11 +443,11 @@ impl Plugin {
         let benched = self
             .lock_health(slot)
             .record_failure(Instant::now(), &self.settings.quarantine);
-        tracing::warn!(plugin = %self.name, export = EXPORTS[slot], kind = failure.kind.as_str(), detail = %failure.detail, "plugin call failed; instance discarded");
+        tracing::warn!(plugin = %self.name, export = slot.name(), kind = failure.kind.as_str(), detail = %failure.detail, "plugin call failed; instance discarded");
         if let Some(length) = benched {
             metrics::counter!(crate::metrics::QUARANTINES, "plugin" => self.name.as_str())
                 .increment(1);
-            tracing::error!(plugin = %self.name, export = EXPORTS[slot], seconds = length.as_secs_f64(), "plugin export keeps failing; quarantined");
+            tracing::error!(plugin = %self.name, export = slot.name(), seconds = length.as_secs_f64(), "plugin export keeps failing; quarantined");
         }
         failure
     }
@@ -525,9 +513,9 @@ impl Plugin {
         };
         let exports = Exports {
             init: func("init")?,
-            leg_sync: func("on-call-leg-sync")?,
-            link_sync: func("on-link-sync")?,
-            terminated: func("on-call-leg-terminated")?,
+            leg_sync: func(Export::LegSync.name())?,
+            link_sync: func(Export::LinkSync.name())?,
+            terminated: func(Export::Terminated.name())?,
         };
         exports.check_types(&*store, self.contract.contract)?;
         Ok(exports)
@@ -546,7 +534,7 @@ impl Plugin {
         lock(&self.live[next % self.live.len()])
     }
 
-    fn lock_health(&self, slot: usize) -> MutexGuard<'_, Health> {
+    fn lock_health(&self, slot: Export) -> MutexGuard<'_, Health> {
         lock(&self.health[slot])
     }
 }

@@ -530,7 +530,7 @@ fn spawn_decision(decider: &Decider, legs: Vec<CallLeg>, budget: Option<Instant>
         let verdicts = if budget.is_some_and(|budget| started >= budget) {
             decider.decide_by_failure_policy(legs.len())
         } else {
-            decider.decide_legs(&legs)
+            decider.decide_legs_until(&legs, budget)
         };
         (legs, verdicts, micros(started))
     })
