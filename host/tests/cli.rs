@@ -712,7 +712,8 @@ fn the_dist_config_loads() {
                 dir.path().join("logs").to_str().unwrap(),
             )
             // Not the default port: a host running on this machine holds it.
-            .replace("127.0.0.1:9464", "127.0.0.1:0"),
+            .replace("127.0.0.1:9464", "127.0.0.1:0")
+            .replace("0.0.0.0:9465", "127.0.0.1:0"),
     )
     .unwrap();
     let check = || {
@@ -786,7 +787,7 @@ fn the_dist_config_loads() {
         "LogsDirectory=legsync",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
-        "ExecReload=/usr/local/bin/legsync reload --config /etc/legsync/legsync.toml",
+        "ExecReload=/usr/bin/legsync reload --config /etc/legsync/legsync.toml",
     ] {
         assert!(unit.contains(needed), "{needed}");
     }

@@ -107,7 +107,7 @@ async fn the_shipped_logrotate_snippet_rotates_twice_a_day_and_loses_nothing() {
         SNIPPET
             .replace("/var/lib/legsync/cdr.jsonl", ledger.to_str().unwrap())
             .replace("/var/log/legsync/events.jsonl", events.to_str().unwrap())
-            .replace("/usr/local/bin/legsync", exe.to_str().unwrap())
+            .replace("/usr/bin/legsync", exe.to_str().unwrap())
             .replace("/etc/legsync/legsync.toml", config.to_str().unwrap()),
     )
     .unwrap();

@@ -196,3 +196,57 @@ fn a_ledger_beside_the_watched_config_is_warned_about() {
         "{lines:#?}"
     );
 }
+
+/// A plugin's log message with line breaks stays one line in the text
+/// log (breaks written as `\n`): a plugin cannot forge the host's lines.
+#[test]
+fn a_plugin_cannot_forge_text_log_lines() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let engine = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins.d");
+    std::fs::create_dir(&plugins).unwrap();
+    let built = std::path::Path::new(legsync::BUILT_PLUGINS_DIR).join("fixture_forger.wasm");
+    std::fs::copy(&built, plugins.join("10-forger.wasm")).unwrap();
+    let mut host = legsync()
+        .args([
+            "--log-format",
+            "text",
+            "run",
+            "--admin",
+            "off",
+            "--engine",
+            &engine,
+        ])
+        .arg("--plugin-dir")
+        .arg(&plugins)
+        .arg("--cdr")
+        .arg(dir.path().join("cdr.jsonl"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(host.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let forged = loop {
+        let line = lines.next().unwrap().unwrap();
+        seen.push(line.clone());
+        if line.contains("FORGED") {
+            break line;
+        }
+        assert!(seen.len() < 20, "{seen:#?}");
+    };
+    assert!(
+        forged.contains(r"loaded\n2026-12-06T00:00:00.000000Z ERROR")
+            && forged.contains(r"\nFORGED second line"),
+        "{forged}"
+    );
+    assert!(terminate(&mut host).success());
+    for line in lines.map_while(Result::ok) {
+        assert!(
+            !line.starts_with("FORGED") && !line.contains("00:00:00.000000Z ERROR"),
+            "{line}"
+        );
+    }
+}

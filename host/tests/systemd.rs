@@ -28,7 +28,7 @@ fn systemd_analyze_verifies_the_shipped_unit() {
     let unit = dir.path().join("legsync.service");
     std::fs::write(
         &unit,
-        shipped.replace("/usr/local/bin/legsync", env!("CARGO_BIN_EXE_legsync")),
+        shipped.replace("/usr/bin/legsync", env!("CARGO_BIN_EXE_legsync")),
     )
     .unwrap();
     let out = std::process::Command::new(analyze)

@@ -3,6 +3,7 @@
 mod admin;
 mod cdr;
 mod check;
+mod docs;
 mod init;
 mod notify;
 mod plugin;
@@ -85,6 +86,10 @@ enum Commands {
     /// ledger and event log anew, the ledger's checkpoint first (SIGUSR1
     /// does the same).
     Reopen(admin::AdminArgs),
+    /// Write the man pages (one per command) to DIR.
+    Man(docs::ManArgs),
+    /// Print the shell completions for SHELL (bash, zsh, fish...).
+    Completions(docs::CompletionsArgs),
 }
 
 /// Parses the command line, runs the command, maps errors to exit codes.
@@ -116,6 +121,8 @@ pub fn main() -> ExitCode {
         Commands::Reload(args) => block_on(admin::reload(args)),
         Commands::Legs(args) => block_on(admin::legs(args)),
         Commands::Reopen(args) => block_on(admin::reopen(args)),
+        Commands::Man(args) => docs::man(args),
+        Commands::Completions(args) => docs::completions(args),
     };
     match result {
         Ok(code) => code,
@@ -161,13 +168,33 @@ fn init_logging(quiet: bool, format: LogFormat) {
         // A closed stderr loses log lines, never the process.
         .log_internal_errors(false);
     let _ = match format {
-        LogFormat::Text => builder.with_ansi(colour).try_init(),
+        LogFormat::Text => builder
+            .with_ansi(colour)
+            .fmt_fields(one_line_fields())
+            .try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
     };
+}
+
+/// Text log fields as `DefaultFields` writes them (the message, then
+/// `name=value`), with line breaks written as `\n`: one event, one line,
+/// even when an error (a rules file's, a TOML parser's) spans several.
+fn one_line_fields() -> impl for<'writer> tracing_subscriber::fmt::FormatFields<'writer> {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        let text = text.replace("\r\n", "\\n").replace('\n', "\\n");
+        if field.name() == "message" {
+            write!(writer, "{text}")
+        } else {
+            write!(writer, "{field}={text}")
+        }
+    })
+    .delimited(" ")
 }
 
 /// Completes on Ctrl-C or SIGTERM.
