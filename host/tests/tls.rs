@@ -217,3 +217,31 @@ async fn the_tls_section_tls_init_prints_works_as_printed() {
         .unwrap_or_else(|e| panic!("{e:#}: {}", host.log()));
     host.stop().await.unwrap();
 }
+
+/// A host without `[tls]` pointed at an engine that speaks TLS says so,
+/// instead of reading the engine's TLS alert as a frame of 352,518,912
+/// bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_host_at_a_tls_engine_is_told_to_configure_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = generate(&dir.path().join("pki"), &["127.0.0.1".into()]).unwrap();
+    let sim = tls_engine(dir.path(), &pki, 20).await;
+    let config = dir.path().join("plain.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "engine = \"{}\"\nname = \"plain\"\nadmin = \"off\"\ncdr = \"{}\"\n[link]\nbackoff_base_ms = 50\nbackoff_max_ms = 200\n",
+            sim.listen,
+            dir.path().join("cdr-plain.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("plain.log");
+    let mut host = HostProcess::spawn(exe(), &config, &log).unwrap();
+    wait_for_count(&log, "answers with TLS and this host has no [tls]", 2, WAIT)
+        .await
+        .unwrap();
+    host.stop().await.unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("exceeds the maximum"), "{text}");
+}

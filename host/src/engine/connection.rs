@@ -70,6 +70,10 @@ pub enum LinkError {
         "the peer at {addr} does not speak the legsync protocol (it sent `{sample}`): is `engine` the engine's port?"
     )]
     NotLegsync { addr: String, sample: String },
+    #[error(
+        "the engine at {addr} answers with TLS and this host has no [tls]: configure [tls] (docs/operations.md, \"The engine link over TLS\")"
+    )]
+    TlsExpected { addr: String },
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
     #[error("no frame from the engine for {0:?} (heartbeat lost)")]
@@ -110,7 +114,7 @@ impl LinkError {
         match self {
             LinkError::Connect { .. } | LinkError::ConnectTimeout(_) => "connect",
             LinkError::Busy(_) => "busy",
-            LinkError::Tls { .. } => "tls",
+            LinkError::Tls { .. } | LinkError::TlsExpected { .. } => "tls",
             LinkError::Version { .. } | LinkError::Protocol(_) | LinkError::NotLegsync { .. } => {
                 "protocol"
             }
@@ -131,6 +135,7 @@ impl LinkError {
             LinkError::Version { .. }
             | LinkError::EpochWentBack(_)
             | LinkError::Tls { .. }
+            | LinkError::TlsExpected { .. }
             | LinkError::Unexpected(_)
             | LinkError::NotLegsync { .. }
             | LinkError::Limit(_)
@@ -215,6 +220,12 @@ impl Connection {
                 });
             }
             Ok(None) => return Err(LinkError::Closed),
+            // A TLS record (an alert, most likely) read as a frame length.
+            Ok(Some(Err(ProtocolError::Oversized { .. })))
+                if !tls && looks_like_tls(framed.read_buffer()) =>
+            {
+                return Err(LinkError::TlsExpected { addr });
+            }
             Ok(Some(Err(ProtocolError::Oversized { .. })))
                 if looks_like_text(framed.read_buffer()) =>
             {
@@ -338,6 +349,12 @@ fn tls_reason(error: &std::io::Error) -> String {
 /// Whether a first frame's bytes are text: a peer speaking HTTP, SMTP,
 /// SSH... (a legsync frame starts with a length whose first byte is 0 for
 /// anything under 16 MiB).
+/// Whether `bytes` start as a TLS record: content type alert (21) or
+/// handshake (22), then version 3.x.
+fn looks_like_tls(bytes: &[u8]) -> bool {
+    matches!(bytes, [21 | 22, 3, 0..=4, ..])
+}
+
 fn looks_like_text(bytes: &[u8]) -> bool {
     bytes.len() >= 4
         && bytes[..4]
