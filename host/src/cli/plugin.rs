@@ -68,10 +68,14 @@ pub struct CheckArgs {
     /// Its rules text (default: the `NAME.rules` sidecar, if any).
     #[arg(long)]
     rules: Option<PathBuf>,
-    /// The resync's time for decisions to hold a million legs to (the
-    /// host's `link.decision_budget_ms`; default its default).
+    /// The resync's time for decisions to hold the plugin to (the host's
+    /// `link.decision_budget_ms`; default its default).
     #[arg(long, default_value_t = DEFAULT_DECISION_BUDGET_MS)]
     decision_budget_ms: u64,
+    /// The legs of the largest resync the plugin must decide within that
+    /// budget: the engine's size.
+    #[arg(long = "resync-legs", default_value_t = 1_000_000)]
+    resync_legs: usize,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -167,17 +171,20 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             mb(cap as u64 / 4 * 3),
         );
         // As the host would call it once its batches have settled.
-        let million = plugin.predict(Export::LegSync, 1_000_000, chain.batch_size());
+        let legs = args.resync_legs;
+        let predicted = plugin.predict(Export::LegSync, legs, chain.batch_size());
         let budget = std::time::Duration::from_millis(args.decision_budget_ms);
         println!(
-            "a million-leg resync: ~{:.1} s in this plugin, of a decision budget of {:.0} s",
-            million.as_secs_f64(),
+            "a resync of {} legs: ~{:.1} s in this plugin, of a decision budget of {:.0} s",
+            crate::supervisor::group_thousands(legs as u64),
+            predicted.as_secs_f64(),
             budget.as_secs_f64()
         );
-        if million > budget {
+        if predicted > budget {
             println!(
-                "FAIL a million-leg resync would spend ~{:.0} s in this plugin, past the decision budget (link.decision_budget_ms, {:.0} s): the legs after it would be decided by the failure policy, not by the plugin",
-                million.as_secs_f64(),
+                "FAIL a resync of {} legs would spend ~{:.0} s in this plugin, past the decision budget (link.decision_budget_ms, {:.0} s): the legs after it would be decided by the failure policy, not by the plugin. Give it `instances = 2` (two chunks of a resync decided at once), a larger budget, or check against your engine's size (--resync-legs)",
+                crate::supervisor::group_thousands(legs as u64),
+                predicted.as_secs_f64(),
                 budget.as_secs_f64()
             );
             return Ok(ExitCode::FAILURE);

@@ -23,6 +23,8 @@ pub mod queries;
 mod released;
 mod resync;
 
+pub use resync::group_thousands;
+
 use crate::cdr::{CdrWriter, RecoveredCall};
 use crate::engine::{Backoff, Connection, LinkError, LinkOptions};
 use crate::events::{Events, HostEvent, LinkState, Role};

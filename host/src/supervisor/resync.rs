@@ -578,7 +578,7 @@ fn report_anomalies(anomalies: &crate::resync::Anomalies) {
 }
 
 /// `1234567` as `1,234,567`, for people.
-pub(crate) fn group_thousands(n: u64) -> String {
+pub fn group_thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
