@@ -3,11 +3,11 @@
 
 use legsync::model::{CallLeg, Link};
 use legsync::policy::{PolicyChain, PolicyConfig, PolicyRuntime, loader};
-use legsync::sim::state::EngineState;
+use legsync_lab::sim::state::EngineState;
 use std::path::Path;
 
 /// The rules the `rules` plugin and the native path both run.
-pub const RULES: &str = legsync::bench::BENCH_RULES;
+pub const RULES: &str = legsync_lab::bench::BENCH_RULES;
 
 /// `n` answered legs in `n / 2` links, as engine-sim preloads them.
 pub fn legs(n: u64) -> (Vec<CallLeg>, Vec<Link>) {

@@ -42,7 +42,7 @@ fn link_tls(
 
 /// The engine link's TLS from a `[tls]` section, for the engine at
 /// `engine` (also what `legsync check` loads).
-pub(crate) fn engine_tls(
+pub fn engine_tls(
     tls: &crate::config::TlsConfig,
     engine: &str,
 ) -> anyhow::Result<crate::engine::connection::LinkTls> {

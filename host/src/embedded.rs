@@ -1,5 +1,5 @@
 //! The example plugins, built with this binary and carried inside it: a
-//! `legsync` installed anywhere (`cargo install --path host`) can write them
+//! `legsync` installed anywhere (`cargo install --path cli`) can write them
 //! out (`legsync plugin export`, `legsync init`) and run its demo without
 //! the build folder it came from.
 

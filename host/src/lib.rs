@@ -1,20 +1,46 @@
-//! legsync: a call-leg resynchronization host.
+//! legsync: a call-leg resynchronization host, as a library.
 //!
 //! A call-control application keeps a context for every call leg and link a
 //! media gateway's engine carries. When the two lose each other, legsync
-//! re-synchronizes from the engine and asks sandboxed WebAssembly policy
-//! plugins what to do with every leg it did not know.
+//! re-synchronizes from the engine, asks sandboxed WebAssembly policy
+//! plugins what to do with every leg it did not know, and bills every
+//! answered call exactly once in its ledger.
 //!
-//! - [`model`]: legs, links, decisions, termination reasons.
-//! - [`policy`]: the wasmtime plugin runtime: load, limits, chain, failures.
+//! This crate is the product: what `legsync run` runs, and what an embedder
+//! needs. The `legsync` binary (crate `legsync-cli`) adds the command line;
+//! the engine simulator, the demo and the bench harness live beside it in
+//! `legsync-lab`, which depends on this crate and never the reverse.
+//!
+//! # Map
+//!
+//! From the wire up:
+//!
+//! - [`protocol`]: the wire protocol with the engine (frames, messages).
+//! - [`engine`]: the link to the engine: connect, hello, heartbeats,
+//!   reconnect backoff; [`tls`]: the link over mutual TLS.
+//! - [`model`]: legs, links, decisions and termination reasons: the types
+//!   every layer shares, and the rule that names a call.
+//! - [`ids`] and [`legs`]: the host's tables of legs and links (the
+//!   application's contexts), millions of them.
+//! - [`resync`]: the diff of a snapshot against the table.
+//! - [`policy`]: the WebAssembly plugin runtime: load, limits, chain,
+//!   failures, batches sized to each plugin.
+//! - [`cdr`]: the ledger (the CDR file): durable START / END records,
+//!   checkpoints, rotation, billing and checking.
+//! - [`supervisor`]: the state machine around one engine link: resync,
+//!   live events, the grace timer, the pair's roles.
+//! - [`events`]: the audit trail (the event log and in-process
+//!   subscribers); [`metrics`]: the Prometheus metrics.
+//! - [`config`]: the config file; [`app`]: from a config to a running
+//!   host; [`reload`]: hot reload of the plugin set.
+//! - [`admin`]: the admin endpoint (metrics, health, status, control) and
+//!   its client.
+//! - [`embedded`]: the example plugins carried in the binary.
 
 pub mod admin;
 pub mod app;
-pub mod bench;
 pub mod cdr;
-pub mod cli;
 pub mod config;
-pub mod demo;
 pub mod embedded;
 pub mod engine;
 pub mod events;
@@ -28,7 +54,6 @@ pub mod protocol;
 pub mod reload;
 mod repeated;
 pub mod resync;
-pub mod sim;
 pub mod supervisor;
 pub mod tls;
 
@@ -36,3 +61,8 @@ pub mod tls;
 /// `NAME.wasm` per crate, `-` in crate names turned into `_`). Used by the
 /// demo, the tests and the benchmarks.
 pub const BUILT_PLUGINS_DIR: &str = env!("LEGSYNC_BUILT_PLUGINS");
+
+/// The commit this build comes from (`unknown` outside a git checkout),
+/// and its date: `legsync --version` and the `legsync_build_info` metric.
+pub const BUILD_COMMIT: &str = env!("LEGSYNC_COMMIT");
+pub const BUILD_COMMIT_DATE: &str = env!("LEGSYNC_COMMIT_DATE");

@@ -180,6 +180,19 @@ pub struct ResyncPhases {
     pub durable_and_events: u64,
 }
 
+impl ResyncPhases {
+    /// All phases, in microseconds.
+    pub fn total(&self) -> u64 {
+        self.snapshot
+            + self.decisions
+            + self.adopt
+            + self.link_decisions
+            + self.absent
+            + self.drop_acks
+            + self.durable_and_events
+    }
+}
+
 /// What a reload attempt did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReloadReport {

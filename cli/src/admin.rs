@@ -1,0 +1,257 @@
+//! `legsync status`, `legsync reload`, `legsync legs`: a running host's
+//! state and controls, through its admin endpoint.
+
+use anyhow::Context;
+use clap::Args;
+use hyper::{Method, StatusCode};
+use legsync::admin::client::request;
+use legsync::admin::token::AdminToken;
+use legsync::admin::{DEFAULT_ADDR, StatusReport};
+use legsync::config::HostConfig;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The config the packaged unit runs with: read for its `admin` address
+/// when neither `--admin` nor `--config` is given.
+pub const DEFAULT_CONFIG: &str = "/etc/legsync/legsync.toml";
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The host's admin endpoint. Default: the `admin` of its config
+    /// (`--config`, or /etc/legsync/legsync.toml if it exists), else
+    /// 127.0.0.1:9464.
+    #[arg(long)]
+    admin: Option<String>,
+    /// The host's config file: its `admin` address and `admin_token` file
+    /// are the ones used.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The file holding the host's admin token (default: the config's
+    /// `admin_token`, else `admin.token` beside its ledger).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Print the endpoint's JSON as it is.
+    #[arg(long)]
+    json: bool,
+}
+
+impl AdminArgs {
+    /// The host's config: `--config`, the packaged one if present, else
+    /// the defaults `legsync run` starts with.
+    fn host_config(&self) -> anyhow::Result<(HostConfig, Option<PathBuf>)> {
+        let path = match &self.config {
+            Some(path) => path.clone(),
+            None if Path::new(DEFAULT_CONFIG).exists() => PathBuf::from(DEFAULT_CONFIG),
+            None => return Ok((HostConfig::default(), None)),
+        };
+        Ok((HostConfig::load(&path)?, Some(path)))
+    }
+
+    /// Sends `method path` to the host with its token; a refusal for want
+    /// of the token says how to give it.
+    async fn ask(&self, method: Method, path: &str) -> anyhow::Result<(StatusCode, String)> {
+        let (config, config_path) = self.host_config()?;
+        let addr = match &self.admin {
+            Some(admin) => admin.clone(),
+            None => match &config_path {
+                Some(file) => admin_of(&config, file)?,
+                None => DEFAULT_ADDR.to_string(),
+            },
+        };
+        let token_path = self
+            .token_file
+            .clone()
+            .unwrap_or_else(|| config.admin_token_path());
+        let token = AdminToken::read(&token_path);
+        let (code, body) = request(&addr, method, path, token.as_ref().ok()).await?;
+        if code == StatusCode::UNAUTHORIZED {
+            match token {
+                Err(e) => anyhow::bail!(
+                    "the host at {addr} needs its admin token, and {e}; pass the host's --config, or --token-file"
+                ),
+                Ok(_) => anyhow::bail!(
+                    "the host at {addr} refused the token in {}: it is another host's, or was replaced after the host started",
+                    token_path.display()
+                ),
+            }
+        }
+        Ok((code, body))
+    }
+}
+
+/// The address to reach the admin endpoint of the host run with `config`
+/// (read from `file`).
+fn admin_of(config: &HostConfig, file: &Path) -> anyhow::Result<String> {
+    let addr = config.admin_addr()?.with_context(|| {
+        format!(
+            "the admin endpoint is off in {} (`admin = \"off\"`): this command needs it. \
+             Send SIGHUP to reload or SIGUSR1 to reopen instead, or set `admin`",
+            file.display()
+        )
+    })?;
+    anyhow::ensure!(
+        addr.port() != 0,
+        "{} has `admin` on port 0 (a free port at each start): pass the port the host logged with --admin",
+        file.display()
+    );
+    // A host listening on every address is reached on loopback.
+    let ip = if addr.ip().is_unspecified() {
+        match addr {
+            std::net::SocketAddr::V4(_) => std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::SocketAddr::V6(_) => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        }
+    } else {
+        addr.ip()
+    };
+    Ok(std::net::SocketAddr::new(ip, addr.port()).to_string())
+}
+
+#[derive(Debug, Args)]
+pub struct LegsArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Only legs of this NAP.
+    #[arg(long)]
+    nap: Option<String>,
+    /// Legs with ids above this one (the `next_after` of the previous page).
+    #[arg(long, default_value_t = 0)]
+    after: u64,
+    /// At most this many legs (1 to 10,000).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+}
+
+/// `legsync status`: exit 0 when the host is ready (active and in sync),
+/// 3 when it runs but is not (standby, resyncing, in grace...).
+pub async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
+    let (code, body) = args.ask(Method::GET, "/status").await?;
+    anyhow::ensure!(code == StatusCode::OK, "the host answered {code}: {body}");
+    if args.json {
+        print!("{body}");
+    } else {
+        let s: StatusReport = serde_json::from_str(&body)?;
+        println!("{} (legsync {}): {}", s.name, s.version, s.state);
+        let epoch = s.epoch.map_or("-".to_string(), |e| e.to_string());
+        println!("  role {}, link {}, epoch {epoch}", s.role, s.link);
+        println!(
+            "  {} legs, {} links held; {} resyncs; {} calls from the ledger not yet matched",
+            s.legs, s.links, s.resyncs, s.recovered
+        );
+        for plugin in &s.plugins {
+            let text = |key: &str| plugin[key].as_str().unwrap_or("-").to_string();
+            let short = |hash: String| hash.chars().take(12).collect::<String>();
+            println!(
+                "  plugin {} {} rules {} ({}, {} calls, {} failures{})",
+                text("name"),
+                short(text("hash")),
+                short(text("rules_hash")),
+                text("failure"),
+                plugin["calls"],
+                plugin["failures"],
+                if plugin["quarantined"] == true {
+                    ", quarantined"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Some(resync) = &s.last_resync {
+            println!(
+                "  last resync: {} ms, known {}, rebuilt {}, refused {}, absent {}",
+                resync["millis"],
+                resync["known"],
+                resync["rebuilt"],
+                resync["refused"],
+                resync["absent"]
+            );
+        }
+        if let Some(reload) = &s.last_reload {
+            println!(
+                "  last reload: {} ({})",
+                reload["outcome"].as_str().unwrap_or("-"),
+                reload["trigger"].as_str().unwrap_or("-")
+            );
+        }
+    }
+    let ready =
+        serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| v["state"] == "active");
+    Ok(if ready {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// `legsync reload`: the plugin set is rebuilt now; exit 1 if rejected.
+pub async fn reload(args: AdminArgs) -> anyhow::Result<ExitCode> {
+    let (code, body) = args.ask(Method::POST, "/reload").await?;
+    let report: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|_| anyhow::anyhow!("the host answered {code}: {body}"))?;
+    if args.json {
+        print!("{body}");
+    } else if let Some(error) = report["error"].as_str() {
+        println!("reload rejected; the running set stays: {error}");
+    } else {
+        println!("reload applied; plugins now:");
+        for plugin in report["plugins"].as_array().into_iter().flatten() {
+            println!("  {}", plugin.as_str().unwrap_or("-"));
+        }
+    }
+    Ok(if code == StatusCode::OK {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `legsync reopen`: after a rotation, the host writes new files.
+pub async fn reopen(args: AdminArgs) -> anyhow::Result<ExitCode> {
+    let (code, body) = args.ask(Method::POST, "/reopen").await?;
+    anyhow::ensure!(code == StatusCode::OK, "the host answered {code}: {body}");
+    println!("reopened: the ledger (checkpoint written beside it) and the event log");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `legsync legs`: a page of the legs the host holds.
+pub async fn legs(args: LegsArgs) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/legs?after={}&limit={}", args.after, args.limit);
+    if let Some(nap) = &args.nap {
+        path.push_str("&nap=");
+        for byte in nap.bytes() {
+            if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+                path.push(byte as char);
+            } else {
+                path.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+    let (code, body) = args.admin.ask(Method::GET, &path).await?;
+    anyhow::ensure!(code == StatusCode::OK, "the host answered {code}: {body}");
+    if args.admin.json {
+        print!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let page: serde_json::Value = serde_json::from_str(&body)?;
+    for leg in page["legs"].as_array().into_iter().flatten() {
+        let text = |key: &str| leg[key].as_str().unwrap_or("-").to_string();
+        println!(
+            "{:>10} {:<11} {:<16} {} -> {}  adopted by {}",
+            leg["id"],
+            text("state"),
+            text("nap"),
+            text("calling"),
+            text("called"),
+            text("adopted_by")
+        );
+    }
+    let shown = page["legs"].as_array().map_or(0, Vec::len);
+    print!("{shown} of {} legs", page["matched"]);
+    if args.nap.is_some() {
+        print!(" of this NAP ({} held)", page["held"]);
+    }
+    match page["next_after"].as_u64() {
+        Some(next) => println!("; more with --after {next}"),
+        None => println!(),
+    }
+    Ok(ExitCode::SUCCESS)
+}

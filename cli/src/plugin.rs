@@ -1,0 +1,485 @@
+//! `legsync plugin check` and `legsync plugin eval`: the plugin author's loop.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use legsync::model::{CallLeg, Link};
+use legsync::policy::Export;
+use legsync::policy::{
+    CacheOutcome, CompileCache, PolicyChain, PolicyConfig, PolicyRuntime, Verdict, loader,
+};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Load a plugin, check it against the contract, run its init.
+    Check(CheckArgs),
+    /// Run a plugin (or a plugin directory, as a chain) over legs and links
+    /// from JSON files; print one JSON line per decision.
+    Eval(EvalArgs),
+    /// Write an example plugin carried in this binary (accept-all, rules,
+    /// nap-cap) to DIR as NAME.wasm.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// accept-all, rules or nap-cap.
+    name: String,
+    /// Where to write it (created if missing).
+    dir: PathBuf,
+    /// The file stem (default: NAME), e.g. `20-rules` for chain order.
+    #[arg(long = "as")]
+    stem: Option<String>,
+}
+
+/// Where compiled plugins are kept between runs: a big component (a
+/// Python or JavaScript plugin is 10-20 MB) takes many seconds to compile.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// The compile cache (default: as `legsync run`'s,
+    /// `$XDG_CACHE_HOME/legsync` or `~/.cache/legsync`).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Compile without the cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+}
+
+impl CacheArgs {
+    fn runtime(&self) -> anyhow::Result<PolicyRuntime> {
+        let dir = if self.no_cache {
+            None
+        } else {
+            self.cache_dir
+                .clone()
+                .or_else(legsync::app::default_cache_dir)
+        };
+        PolicyRuntime::new(dir.map(CompileCache::new))
+            .context("cannot start the WebAssembly runtime")
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The component (`.wasm`).
+    plugin: PathBuf,
+    /// Its rules text (default: the `NAME.rules` sidecar, if any).
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// The resync's time for decisions to hold the plugin to (the host's
+    /// `link.decision_budget_ms`; default its default).
+    #[arg(long, default_value_t = DEFAULT_DECISION_BUDGET_MS)]
+    decision_budget_ms: u64,
+    /// The legs of the largest resync the plugin must decide within that
+    /// budget: the engine's size.
+    #[arg(long = "resync-legs", default_value_t = 1_000_000)]
+    resync_legs: usize,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The component (`.wasm`), or a plugin directory for the whole chain.
+    plugin: PathBuf,
+    /// Its rules text (single plugin only; default: the sidecar).
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// A JSON array of legs (see docs/plugin-guide.md).
+    #[arg(long)]
+    legs: PathBuf,
+    /// A JSON array of links.
+    #[arg(long)]
+    links: Option<PathBuf>,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PluginCommand::Check(args) => check(args),
+        PluginCommand::Eval(args) => eval(args),
+        PluginCommand::Export(args) => export(args),
+    }
+}
+
+fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let wasm = legsync::embedded::plugin(&args.name)?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    let path = args.dir.join(format!(
+        "{}.wasm",
+        args.stem.as_deref().unwrap_or(&args.name)
+    ));
+    std::fs::write(&path, wasm).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {} ({} bytes)", path.display(), wasm.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let chain = load(&args.cache.runtime()?, &args.plugin, args.rules.as_deref())?;
+    let plugin = &chain.plugins()[0];
+    println!(
+        "ok: {} loads, matches the contract and accepts its rules",
+        args.plugin.display()
+    );
+    println!("name: {}", plugin.name());
+    println!(
+        "loaded in {:.2} s ({})",
+        started.elapsed().as_secs_f64(),
+        match plugin.cache_outcome() {
+            CacheOutcome::Hit => "compiled code from the cache".to_string(),
+            CacheOutcome::Miss => "compiled, and kept in the cache".to_string(),
+            CacheOutcome::Rebuilt { reason } => format!("compiled again: {reason}"),
+            CacheOutcome::Disabled => "compiled; no cache".to_string(),
+        }
+    );
+    println!(
+        "contract: legsync:policy@{}",
+        plugin.contract().contract.version()
+    );
+    println!("sha256: {}", plugin.hash());
+    println!("imports:");
+    let imports = &plugin.contract().imports;
+    let width = imports.iter().map(String::len).max().unwrap_or(0);
+    for import in imports {
+        let grant = legsync::policy::imports::classify(import).describe();
+        println!("  {import:<width$}  {grant}");
+    }
+    // Each export once, with sample data: a plugin that would fail live
+    // fails here.
+    let problems = exercise(&chain);
+    if problems.is_empty() {
+        println!("exercised: on-call-leg-sync, on-link-sync, on-call-leg-terminated: ok");
+        let plugin = &chain.plugins()[0];
+        let calls_before = plugin.stats().calls;
+        let (_, timing) = timed_decisions(&chain, &sample_legs(chain.batch_size()));
+        println!("measured: {timing}");
+        println!(
+            "  in {} plugin calls (sized to the plugin's measured cost per call and per leg)",
+            plugin.stats().calls - calls_before
+        );
+        let cap = plugin.settings().limits.memory_bytes;
+        let mb = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+        println!(
+            "memory: {:.1} MB after a full batch, of a {:.0} MB cap (memory_mb; an instance is replaced by a fresh one past {:.0} MB)",
+            mb(plugin.stats().peak_memory_bytes),
+            mb(cap as u64),
+            mb(cap as u64 / 4 * 3),
+        );
+        // As the host would call it once its batches have settled.
+        let legs = args.resync_legs;
+        let predicted = plugin.predict(Export::LegSync, legs, chain.batch_size());
+        let budget = std::time::Duration::from_millis(args.decision_budget_ms);
+        println!(
+            "a resync of {} legs: ~{:.1} s in this plugin, of a decision budget of {:.0} s",
+            legsync::supervisor::group_thousands(legs as u64),
+            predicted.as_secs_f64(),
+            budget.as_secs_f64()
+        );
+        if predicted > budget {
+            println!(
+                "FAIL a resync of {} legs would spend ~{:.0} s in this plugin, past the decision budget (link.decision_budget_ms, {:.0} s): the legs after it would be decided by the failure policy, not by the plugin. Give it `instances = 2` (two chunks of a resync decided at once), a larger budget, or check against your engine's size (--resync-legs)",
+                legsync::supervisor::group_thousands(legs as u64),
+                predicted.as_secs_f64(),
+                budget.as_secs_f64()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for problem in &problems {
+            println!("FAIL {problem}");
+        }
+        println!("the plugin loads but fails when called: it would fail live (see the log above)");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// The default `link.decision_budget_ms`: what `check` compares a
+/// million-leg resync's decisions with, unless told another.
+const DEFAULT_DECISION_BUDGET_MS: u64 = legsync::config::DEFAULT_DECISION_BUDGET_MS;
+
+/// `count` sample legs for timing, every other one with a non-ASCII NAP.
+fn sample_legs(count: usize) -> Vec<CallLeg> {
+    (1..=count as u64)
+        .map(|id| {
+            let (nap, protocol) = if id % 2 == 0 {
+                ("ISDN_ŁÓDŹ", legsync::model::Protocol::Isdn)
+            } else {
+                ("SIP_CARRIER_A", legsync::model::Protocol::Sip)
+            };
+            sample_leg(id, nap, protocol)
+        })
+        .collect()
+}
+
+fn sample_leg(id: u64, nap: &str, protocol: legsync::model::Protocol) -> CallLeg {
+    let now = legsync::model::now_ms();
+    CallLeg {
+        id,
+        session_id: id,
+        direction: legsync::model::Direction::Inbound,
+        protocol,
+        nap: nap.into(),
+        calling: "15145550100".into(),
+        called: "19005550100".into(),
+        offered_at_ms: now - 60_000,
+        answered_at_ms: Some(now - 50_000),
+        linked_to: None,
+        state: legsync::model::LegState::Answered,
+    }
+}
+
+/// Calls every export of a chain of one plugin once with sample legs (one
+/// with a non-ASCII NAP) and a link; returns what failed.
+fn exercise(chain: &PolicyChain) -> Vec<String> {
+    let legs = sample_legs(2);
+    let mut problems = Vec::new();
+    for (export, verdicts) in [
+        ("on-call-leg-sync", chain.decide_legs(&legs)),
+        (
+            "on-link-sync",
+            chain.decide_links(&[Link {
+                id: 1,
+                leg_a: 1,
+                leg_b: 2,
+            }]),
+        ),
+    ] {
+        if let Some(kind) = verdicts.iter().find_map(|v| v.failure) {
+            problems.push(format!("{export}: {}", kind.as_str()));
+        }
+    }
+    let plugin = &chain.plugins()[0];
+    let before = plugin.stats().failures;
+    chain.notify_terminated(&legs, legsync::model::TerminationReason::Released);
+    if plugin.stats().failures > before {
+        problems.push("on-call-leg-terminated: failed".to_string());
+    }
+    problems
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leg: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link: Option<u64>,
+    decision: legsync::model::Decision,
+    plugin: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure: Option<legsync::policy::FailureKind>,
+}
+
+fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let chain = if args.plugin.is_dir() {
+        anyhow::ensure!(
+            args.rules.is_none(),
+            "--rules applies to a single plugin; a directory uses its sidecars"
+        );
+        loader::load_dir(
+            &args.cache.runtime()?,
+            &args.plugin,
+            &PolicyConfig::default(),
+        )?
+    } else {
+        load(&args.cache.runtime()?, &args.plugin, args.rules.as_deref())?
+    };
+    let legs: Vec<CallLeg> = read_json(&args.legs)?;
+    let links: Vec<Link> = match &args.links {
+        Some(path) => read_json(path)?,
+        None => Vec::new(),
+    };
+    let print = |leg: Option<u64>, link: Option<u64>, v: &Verdict| -> anyhow::Result<()> {
+        let line = Line {
+            leg,
+            link,
+            decision: v.decision,
+            plugin: &v.plugin,
+            failure: v.failure,
+        };
+        println!("{}", serde_json::to_string(&line)?);
+        Ok(())
+    };
+    let mut refused = legsync::model::IdSet::default();
+    let mut rebuilt = legsync::model::IdSet::default();
+    let (verdicts, timing) = timed_decisions(&chain, &legs);
+    if !legs.is_empty() {
+        eprintln!("{timing}");
+    }
+    for (leg, verdict) in legs.iter().zip(verdicts) {
+        print(Some(leg.id), None, &verdict)?;
+        match verdict.decision {
+            legsync::model::Decision::Refuse => refused.insert(leg.id),
+            legsync::model::Decision::Rebuild => rebuilt.insert(leg.id),
+        };
+    }
+    // Links as the host sorts them: those of a refused leg are dropped
+    // without a decision, those of legs not given are ignored.
+    let mut sides = EvalSides {
+        rebuilt,
+        claimed: legsync::model::IdSet::default(),
+    };
+    let plan = legsync::resync::sort_links(&links, &refused, &mut sides);
+    for link in &plan.drop {
+        println!(
+            "{}",
+            serde_json::json!({"link": link.id, "decision": "refuse", "dropped": "a leg of the link was refused"})
+        );
+    }
+    let ignored = [
+        (&plan.ignored, "a leg of the link is not in --legs"),
+        (&plan.self_links, "a link from a leg to itself"),
+        (
+            &plan.doubly_linked,
+            "a leg of the link is already in another link",
+        ),
+    ];
+    for (links, why) in ignored {
+        for link in links {
+            println!("{}", serde_json::json!({"link": link.id, "ignored": why}));
+        }
+    }
+    for (link, verdict) in plan.offer.iter().zip(chain.decide_links(&plan.offer)) {
+        print(None, Some(link.id), &verdict)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The legs as `plugin eval` sees them: rebuilt ones are held, none linked
+/// before this run.
+struct EvalSides {
+    rebuilt: legsync::model::IdSet<u64>,
+    claimed: legsync::model::IdSet<u64>,
+}
+
+impl legsync::resync::LinkSides for EvalSides {
+    fn side(&self, leg: u64) -> Option<(bool, u32)> {
+        self.rebuilt
+            .contains(&leg)
+            .then(|| (self.claimed.contains(&leg), 0))
+    }
+    fn claim(&mut self, leg: u64) {
+        self.claimed.insert(leg);
+    }
+}
+
+/// `OnCallLegSync` over `legs` one batch at a time (as the host batches),
+/// each batch timed: the plugin author sees how close a batch comes to the
+/// deadline.
+fn timed_decisions(chain: &PolicyChain, legs: &[CallLeg]) -> (Vec<Verdict>, BatchTiming) {
+    let mut verdicts = Vec::with_capacity(legs.len());
+    let mut timing = BatchTiming {
+        legs: legs.len(),
+        batch_size: chain.batch_size(),
+        batches: 0,
+        total: std::time::Duration::ZERO,
+        slowest: std::time::Duration::ZERO,
+        deadline: chain
+            .plugins()
+            .iter()
+            .map(|p| p.settings().limits.call_deadline)
+            .min()
+            .unwrap_or_default(),
+    };
+    for batch in legs.chunks(chain.batch_size()) {
+        let started = std::time::Instant::now();
+        verdicts.extend(chain.decide_legs(batch));
+        let took = started.elapsed();
+        timing.batches += 1;
+        timing.total += took;
+        timing.slowest = timing.slowest.max(took);
+    }
+    (verdicts, timing)
+}
+
+/// How long a plugin chain took to decide, batch by batch.
+struct BatchTiming {
+    legs: usize,
+    batch_size: usize,
+    batches: usize,
+    total: std::time::Duration,
+    slowest: std::time::Duration,
+    /// The tightest deadline of the chain's plugins.
+    deadline: std::time::Duration,
+}
+
+impl BatchTiming {
+    fn per_leg(&self) -> std::time::Duration {
+        self.total / self.legs.max(1) as u32
+    }
+}
+
+impl std::fmt::Display for BatchTiming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        write!(
+            f,
+            "on-call-leg-sync: {} legs in {} batch(es) of up to {}; slowest batch {:.1} ms against a deadline of {:.0} ms; {:.1} us per leg",
+            self.legs,
+            self.batches,
+            self.batch_size,
+            ms(self.slowest),
+            ms(self.deadline),
+            self.per_leg().as_secs_f64() * 1e6,
+        )?;
+        // A handful of legs is mostly the first call's warm-up: scaled up,
+        // it would warn about plugins that are fine.
+        if self.legs < legsync::policy::plugin::PROBE_ITEMS {
+            return write!(
+                f,
+                " (too few legs to extrapolate; `plugin check` times a full batch)"
+            );
+        }
+        write!(
+            f,
+            " (a full batch: ~{:.1} ms; a million legs: ~{:.1} s)",
+            ms(self.per_leg() * self.batch_size as u32),
+            self.per_leg().as_secs_f64() * 1e6,
+        )?;
+        if self.per_leg() * self.batch_size as u32 * 2 > self.deadline {
+            write!(
+                f,
+                "\nWARNING: a full batch would take over half the deadline: raise deadline_ms or lower batch_size (docs/plugin-guide.md), or an overrun decides the whole batch by the failure policy"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads one plugin file as a chain of one.
+fn load(runtime: &PolicyRuntime, path: &Path, rules: Option<&Path>) -> anyhow::Result<PolicyChain> {
+    anyhow::ensure!(path.is_file(), "{} is not a file", path.display());
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("plugin")
+        .to_string();
+    let sidecar = path.with_extension("rules");
+    let rules = rules
+        .map(Path::to_path_buf)
+        .or_else(|| sidecar.is_file().then_some(sidecar));
+    let file = loader::PluginFile {
+        name,
+        wasm: path.to_path_buf(),
+        rules,
+    };
+    let config = PolicyConfig::default();
+    let plugin = loader::load_plugin(runtime, &file, &config)?;
+    Ok(PolicyChain::new(vec![plugin], config.batch_size))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not valid: expected a JSON array as in docs/plugin-guide.md",
+            path.display()
+        )
+    })
+}
