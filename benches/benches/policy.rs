@@ -3,8 +3,9 @@
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use legsync::policy::PolicyRuntime;
-use legsync::policy::native::NativeRules;
+use legsync::policy::native::NativePolicy;
 use legsync_benches::{RULES, chain, legs, plugin_dir};
+use legsync_lab::native_rules::NativeRules;
 use std::time::Duration;
 
 fn decisions(c: &mut Criterion) {

@@ -10,10 +10,11 @@ use legsync::cdr::record::StartReason;
 use legsync::legs::LegTable;
 use legsync::model::CallLeg;
 use legsync::policy::PolicyRuntime;
-use legsync::policy::native::NativeRules;
+use legsync::policy::native::NativePolicy;
 use legsync::protocol::{EngineMessage, FrameCodec, HostMessage, SNAPSHOT_CHUNK};
 use legsync::resync::SnapshotDiff;
 use legsync_benches::{RULES, chain, legs, plugin_dir};
+use legsync_lab::native_rules::NativeRules;
 use std::time::Duration;
 use tokio_util::codec::{Decoder, Encoder};
 

@@ -198,11 +198,6 @@ fn one_line_fields() -> impl for<'writer> tracing_subscriber::fmt::FormatFields<
     .delimited(" ")
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub(crate) async fn termination() {
-    stop_signals().cancelled().await
-}
-
 /// A token cancelled at Ctrl-C or SIGTERM. The handlers are in place when
 /// this returns (a signal from then on is never the default action, which
 /// would kill the process mid-start).
@@ -214,15 +209,21 @@ pub(crate) fn stop_signals() -> tokio_util::sync::CancellationToken {
         signal(SignalKind::interrupt()),
     );
     let stop = token.clone();
+    // Ends at the first signal, or when the command stops on its own.
     tokio::spawn(async move {
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            },
-            _ => std::future::pending().await,
+        let signalled = async {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                },
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = signalled => stop.cancel(),
+            _ = stop.cancelled() => {}
         }
-        stop.cancel();
     });
     token
 }

@@ -9,6 +9,7 @@ use legsync::reload::{PolicySource, Reloader};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use tokio_util::task::TaskTracker;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -96,13 +97,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(plugins = %decider.describe().join(", "), "active plugin set");
     let (host, policy) = app::build_host(&config, decider, events.clone())?;
+    // The command's own tasks: each ends at the stop, and is waited for.
+    let tasks = TaskTracker::new();
     // A required audit trail that fails stops the host.
     let audit = events.audit_failed();
     let stop = shutdown.clone();
-    tokio::spawn(async move {
-        audit.cancelled().await;
-        tracing::error!("the event log cannot be written and `events_required` is set: stopping");
-        stop.cancel();
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = audit.cancelled() => {
+                tracing::error!("the event log cannot be written and `events_required` is set: stopping");
+                stop.cancel();
+            }
+            _ = stop.cancelled() => {}
+        }
     });
     // Absolute: the watcher reports absolute paths, and a relative
     // `--config` would never match them.
@@ -124,8 +131,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut rotated =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
     let (cdr, log) = files.clone();
-    tokio::spawn(async move {
-        while rotated.recv().await.is_some() {
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                signal = rotated.recv() => if signal.is_none() { return },
+            }
             if let Err(e) = legsync::admin::reopen_files(&cdr, &log).await {
                 tracing::error!(
                     error = format!("{e:#}"),
@@ -163,16 +175,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // standby is as ready as an active host).
     super::notify::notify("READY=1");
     let stopping = shutdown.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         stopping.cancelled().await;
         super::notify::notify("STOPPING=1");
     });
-    host.run(shutdown.clone()).await?;
+    let ran = host.run(shutdown.clone()).await;
     shutdown.cancel();
-    watching.await??;
+    let watched = watching.await;
     for task in served {
         let _ = task.await;
     }
+    tasks.close();
+    tasks.wait().await;
+    ran?;
+    watched??;
     if events.audit_failed().is_cancelled() {
         anyhow::bail!(
             "stopped: the event log {} could not be written, and `events_required` is set (the ledger is intact; the host stops rather than run without its audit trail)",

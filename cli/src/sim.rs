@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
 pub struct SimArgs {
@@ -65,7 +64,7 @@ pub struct SimArgs {
 }
 
 pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
-    let shutdown = CancellationToken::new();
+    let shutdown = super::stop_signals();
     let options = SimOptions {
         listen: args.listen,
         control: args.control,
@@ -85,19 +84,24 @@ pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
             _ => None,
         },
     };
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        super::termination().await;
-        stop.cancel();
-    });
     // SIGHUP's default is to die: an operator's `kill -HUP $(pidof legsync)`
     // meant for a host would take the engine down with every call's context.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    tokio::spawn(async move {
-        while hangup.recv().await.is_some() {
-            tracing::info!("SIGHUP ignored (engine-sim has nothing to reload)");
+    let stop = shutdown.clone();
+    let ignoring = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                signal = hangup.recv() => match signal {
+                    Some(()) => tracing::info!("SIGHUP ignored (engine-sim has nothing to reload)"),
+                    None => return,
+                },
+            }
         }
     });
-    run_sim(options, shutdown).await?;
+    let ran = run_sim(options, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = ignoring.await;
+    ran?;
     Ok(ExitCode::SUCCESS)
 }

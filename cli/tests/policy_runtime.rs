@@ -100,10 +100,10 @@ fn rules_plugin_decides_like_the_native_rule_engine() {
     let native = legsync_rules::RuleSet::parse(rules).unwrap();
     let now = legsync::model::now_ms();
     for (leg, want) in legs.iter().zip(expected) {
-        let view = legsync::policy::native::leg_view(leg);
+        let view = legsync_lab::native_rules::leg_view(leg);
         let action = native.decide(&view, now);
         assert_eq!(
-            legsync::policy::native::decision(action),
+            legsync_lab::native_rules::decision(action),
             want,
             "leg {}",
             leg.id

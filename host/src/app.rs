@@ -115,6 +115,7 @@ pub fn build_host(
             max_frame: link.max_frame_bytes,
             host_name: config.name.clone(),
             tls,
+            heartbeat_gaps: Default::default(),
         },
         standby_retry: Duration::from_millis(link.standby_retry_ms),
         max_legs: link.max_legs as usize,

@@ -8,11 +8,13 @@
 //!   and [`demo::host_process`] / [`demo::harness`] to run a host as a
 //!   process or in-process, for the demo, the bench and the tests.
 //! - [`bench`]: `legsync bench`, the resync and live-event throughput
-//!   harness.
+//!   harness; [`native_rules`]: the `rules` policy called directly, to
+//!   measure the WebAssembly boundary against it.
 //!
 //! It depends on the product crate (`legsync`), never the reverse: a change
 //! here does not rebuild the product.
 
 pub mod bench;
 pub mod demo;
+pub mod native_rules;
 pub mod sim;

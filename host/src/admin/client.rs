@@ -27,7 +27,6 @@ pub async fn request(
         })?;
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -36,10 +35,17 @@ pub async fn request(
             request = request.header(hyper::header::AUTHORIZATION, token.header());
         }
         let request = request.body(Empty::<Bytes>::new())?;
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok::<_, anyhow::Error>((status, String::from_utf8_lossy(&body).into_owned()))
+        // The connection is driven here, beside the request, not by a task
+        // of its own: it ends when the sender is dropped after the answer.
+        let ask = async move {
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            drop(sender);
+            Ok::<_, anyhow::Error>((status, String::from_utf8_lossy(&body).into_owned()))
+        };
+        let (answer, _) = tokio::join!(ask, connection);
+        answer
     };
     tokio::time::timeout(TIMEOUT, exchange)
         .await

@@ -210,16 +210,19 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     let served = Arc::new(surface.clone());
     let task = tokio::spawn(async move {
+        // Every connection is owned here, ends at the stop, and is waited
+        // for before this task ends.
+        let connections = tokio_util::task::TaskTracker::new();
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let mut backoff = ACCEPT_BACKOFF.0;
         let mut failures = crate::repeated::Repeated::default();
         loop {
             let slot = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 slot = slots.clone().acquire_owned() => slot.expect("never closed"),
             };
             let stream = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         backoff = ACCEPT_BACKOFF.0;
@@ -233,7 +236,7 @@ pub async fn serve(
                             tracing::error!(error = %e, failures = since, listener = key, "admin endpoint: accept failed; backing off");
                         }
                         tokio::select! {
-                            _ = shutdown.cancelled() => return,
+                            _ = shutdown.cancelled() => break,
                             _ = tokio::time::sleep(backoff) => {}
                         }
                         backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
@@ -243,7 +246,8 @@ pub async fn serve(
             };
             let admin = admin.clone();
             let served = served.clone();
-            tokio::spawn(async move {
+            let stop = shutdown.clone();
+            connections.spawn(async move {
                 let service = hyper::service::service_fn(move |request| {
                     let admin = admin.clone();
                     let served = served.clone();
@@ -255,10 +259,15 @@ pub async fn serve(
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service);
-                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+                tokio::select! {
+                    _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection) => {}
+                    _ = stop.cancelled() => {}
+                }
                 drop(slot);
             });
         }
+        connections.close();
+        connections.wait().await;
     });
     match surface {
         Surface::Admin(_) => {

@@ -20,6 +20,7 @@ use tokio::time::timeout;
 use tokio_util::codec::Framed;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Link settings.
 #[derive(Debug, Clone)]
@@ -36,6 +37,8 @@ pub struct LinkOptions {
     pub host_name: String,
     /// TLS with the engine; none: plain TCP.
     pub tls: Option<LinkTls>,
+    /// Where the links record their longest heartbeat gap.
+    pub heartbeat_gaps: HeartbeatGaps,
 }
 
 /// The engine link's TLS: who we trust and are (see [`crate::tls`]), and
@@ -82,15 +85,72 @@ pub enum LinkError {
     Closed,
     #[error("the engine fenced our command: this connection's epoch is no longer the controller's")]
     Fenced,
-    #[error("unexpected message from the engine: {0}")]
-    Unexpected(String),
-    #[error("{0}")]
-    Limit(String),
-    #[error("{0}")]
-    Stalled(String),
+    #[error("unexpected message from the engine: {message} {place}")]
+    Unexpected {
+        /// The message's name (`EngineMessage::name`).
+        message: &'static str,
+        place: Place,
+    },
+    #[error(transparent)]
+    Limit(#[from] LimitExceeded),
+    #[error(transparent)]
+    Stalled(#[from] Stall),
     /// The engine's controller epoch is below one the ledger has seen.
     #[error(transparent)]
     EpochWentBack(#[from] crate::cdr::index::EpochWentBack),
+}
+
+/// Where in the conversation an unexpected message came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    BeforeHello,
+    InsteadOfSnapshot,
+    InsideSnapshot,
+    OutsideSnapshot,
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Place::BeforeHello => "before hello",
+            Place::InsteadOfSnapshot => "instead of a snapshot",
+            Place::InsideSnapshot => "inside a snapshot",
+            Place::OutsideSnapshot => "outside a snapshot",
+        })
+    }
+}
+
+/// What the engine sent past a bound of this host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitExceeded {
+    #[error(
+        "the engine announces a snapshot of {legs} legs and {links} links, above max_legs ({max_legs}) or max_links ({max_links})"
+    )]
+    SnapshotAnnounced {
+        legs: u64,
+        links: u64,
+        max_legs: usize,
+        max_links: usize,
+    },
+    #[error("the engine's snapshot goes past max_legs ({max}) legs")]
+    SnapshotLegs { max: usize },
+    #[error("the engine's snapshot goes past max_links ({max}) links")]
+    SnapshotLinks { max: usize },
+    #[error(
+        "the engine's name is {bytes} bytes long or holds control characters: at most {MAX_ENGINE_NAME} printable bytes (it is stamped on every ledger record)"
+    )]
+    EngineName { bytes: usize },
+}
+
+/// Why a resync was cut off before it finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Stall {
+    #[error(
+        "the resync was still running at the grace deadline: the engine is cut off, and the held contexts end"
+    )]
+    AtGraceDeadline,
+    #[error("the resync took longer than its budget of {secs} s: the engine is cut off")]
+    PastBudget { secs: u64 },
 }
 
 impl LinkError {
@@ -121,7 +181,7 @@ impl LinkError {
             LinkError::HeartbeatLost(_) => "heartbeat",
             LinkError::Closed => "closed",
             LinkError::Fenced => "fenced",
-            LinkError::Unexpected(_) => "unexpected",
+            LinkError::Unexpected { .. } => "unexpected",
             LinkError::Limit(_) => "limit",
             LinkError::Stalled(_) => "stalled",
             LinkError::EpochWentBack(_) => "epoch-went-back",
@@ -136,7 +196,7 @@ impl LinkError {
             | LinkError::EpochWentBack(_)
             | LinkError::Tls { .. }
             | LinkError::TlsExpected { .. }
-            | LinkError::Unexpected(_)
+            | LinkError::Unexpected { .. }
             | LinkError::NotLegsync { .. }
             | LinkError::Limit(_)
             | LinkError::Stalled(_) => true,
@@ -164,8 +224,9 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects, exchanges hellos and starts the reader and writer.
-    pub async fn open(options: &LinkOptions) -> Result<Connection, LinkError> {
+    /// Connects, exchanges hellos and starts the reader and writer, owned
+    /// by `tasks` (they end when the connection is dropped).
+    pub async fn open(options: &LinkOptions, tasks: &TaskTracker) -> Result<Connection, LinkError> {
         let addr = options.engine.clone();
         let stream = match timeout(options.connect_timeout, TcpStream::connect(addr.as_str())).await
         {
@@ -246,11 +307,10 @@ impl Connection {
                 } if protocol == PROTOCOL_VERSION => {
                     // Stamped on every ledger record: a name is a name.
                     if engine.len() > MAX_ENGINE_NAME || engine.chars().any(char::is_control) {
-                        return Err(LinkError::Limit(format!(
-                            "the engine's name is {} bytes long or holds control characters: \
-                             at most {MAX_ENGINE_NAME} printable bytes (it is stamped on every ledger record)",
-                            engine.len()
-                        )));
+                        return Err(LimitExceeded::EngineName {
+                            bytes: engine.len(),
+                        }
+                        .into());
                     }
                     (boot_id, engine, epoch)
                 }
@@ -259,10 +319,10 @@ impl Connection {
                 }
                 EngineMessage::Busy { reason } => return Err(LinkError::Busy(reason)),
                 other => {
-                    return Err(LinkError::Unexpected(format!(
-                        "{} before hello",
-                        other.name()
-                    )));
+                    return Err(LinkError::Unexpected {
+                        message: other.name(),
+                        place: Place::BeforeHello,
+                    });
                 }
             },
         };
@@ -272,17 +332,18 @@ impl Connection {
         // instead of piling up in memory.
         let (inbound_tx, inbound) = mpsc::channel(64);
         let (commands, commands_rx) = mpsc::unbounded_channel();
-        tokio::spawn(read_loop(
+        tasks.spawn(read_loop(
             stream,
             inbound_tx,
             options.heartbeat_timeout,
             cancel.clone(),
         ));
-        tokio::spawn(write_loop(
+        tasks.spawn(write_loop(
             sink,
             epoch,
             commands_rx,
             options.heartbeat,
+            options.heartbeat_gaps.clone(),
             cancel.clone(),
         ));
         Ok(Connection {
@@ -333,28 +394,30 @@ impl Drop for Connection {
 /// A TLS failure, with what the operator can do about it.
 fn tls_reason(error: &std::io::Error) -> String {
     let text = error.to_string();
-    if text.contains("invalid peer certificate") {
-        format!(
+    // tokio-rustls carries rustls's own error inside the I/O error.
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(_)) => format!(
             "{text} (the engine's certificate does not chain to [tls] ca, or does not carry [tls] server_name)"
-        )
-    } else if text.contains("received fatal alert") {
-        format!(
+        ),
+        Some(rustls::Error::AlertReceived(_)) => format!(
             "{text} (the engine refused this host's certificate: [tls] cert must be signed by a CA the engine trusts)"
-        )
-    } else {
-        text
+        ),
+        _ => text,
     }
 }
 
-/// Whether a first frame's bytes are text: a peer speaking HTTP, SMTP,
-/// SSH... (a legsync frame starts with a length whose first byte is 0 for
-/// anything under 16 MiB).
 /// Whether `bytes` start as a TLS record: content type alert (21) or
 /// handshake (22), then version 3.x.
 fn looks_like_tls(bytes: &[u8]) -> bool {
     matches!(bytes, [21 | 22, 3, 0..=4, ..])
 }
 
+/// Whether a first frame's bytes are text: a peer speaking HTTP, SMTP,
+/// SSH... (a legsync frame starts with a length whose first byte is 0 for
+/// anything under 16 MiB).
 fn looks_like_text(bytes: &[u8]) -> bool {
     bytes.len() >= 4
         && bytes[..4]
@@ -389,25 +452,34 @@ async fn read_loop(
     let _ = inbound.send(Err(outcome)).await;
 }
 
-/// The longest gap between two heartbeats this process sent since last
-/// taken, in microseconds (`legsync bench --mode live` reports it).
-static LONGEST_HEARTBEAT_GAP_US: AtomicU64 = AtomicU64::new(0);
+/// The longest gap between two heartbeats a host sent on its links since
+/// last taken (one per host, shared by its connections through
+/// [`LinkOptions`]): what `legsync bench --mode live` reports beside the
+/// `legsync_heartbeat_gap_seconds` histogram.
+#[derive(Debug, Clone, Default)]
+pub struct HeartbeatGaps(Arc<AtomicU64>);
 
-/// The longest gap between two heartbeats sent since the last call.
-pub fn take_longest_heartbeat_gap() -> Duration {
-    Duration::from_micros(LONGEST_HEARTBEAT_GAP_US.swap(0, Ordering::Relaxed))
+impl HeartbeatGaps {
+    /// The longest gap since the last call.
+    pub fn take_longest(&self) -> Duration {
+        Duration::from_micros(self.0.swap(0, Ordering::Relaxed))
+    }
+
+    fn record(&self, gap: Duration) {
+        self.0.fetch_max(gap.as_micros() as u64, Ordering::Relaxed);
+    }
 }
 
 /// Times the gap since the previous heartbeat sent: measured, and logged
 /// when it is half an interval late (the host too busy to send on time).
-fn heartbeat_sent(previous: &mut Option<Instant>, interval: Duration) {
+fn heartbeat_sent(previous: &mut Option<Instant>, interval: Duration, gaps: &HeartbeatGaps) {
     let now = Instant::now();
     let Some(last) = previous.replace(now) else {
         return;
     };
     let gap = now - last;
     crate::metrics::observe(crate::metrics::HEARTBEAT_GAP_SECONDS, gap);
-    LONGEST_HEARTBEAT_GAP_US.fetch_max(gap.as_micros() as u64, Ordering::Relaxed);
+    gaps.record(gap);
     if gap > interval + interval / 2 {
         tracing::warn!(
             gap_ms = gap.as_millis() as u64,
@@ -423,6 +495,7 @@ async fn write_loop(
     epoch: u64,
     mut commands: mpsc::UnboundedReceiver<(u64, Command)>,
     heartbeat: Duration,
+    gaps: HeartbeatGaps,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(heartbeat);
@@ -432,7 +505,7 @@ async fn write_loop(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {
                 let sent = sink.send(HostMessage::Heartbeat).await;
-                heartbeat_sent(&mut last_heartbeat, heartbeat);
+                heartbeat_sent(&mut last_heartbeat, heartbeat, &gaps);
                 sent
             }
             Some((id, command)) = commands.recv() => {

@@ -5,4 +5,6 @@ pub mod backoff;
 pub mod connection;
 
 pub use backoff::Backoff;
-pub use connection::{Connection, LinkError, LinkOptions, take_longest_heartbeat_gap};
+pub use connection::{
+    Connection, HeartbeatGaps, LimitExceeded, LinkError, LinkOptions, Place, Stall,
+};

@@ -6,7 +6,7 @@
 //! reload in the middle never splits a resync across two plugin sets.
 
 use super::chain::{PolicyChain, Verdict};
-use super::native::NativeRules;
+use super::native::NativePolicy;
 use crate::model::{CallLeg, Link, PluginName, TerminationReason};
 use std::sync::{Arc, RwLock};
 
@@ -17,7 +17,8 @@ pub const NATIVE: &str = "native-rules";
 #[derive(Debug, Clone)]
 pub enum Decider {
     Chain(Arc<PolicyChain>),
-    Native(Arc<NativeRules>),
+    /// A policy in Rust (see [`super::native`]).
+    Native(Arc<dyn NativePolicy>),
 }
 
 impl Decider {

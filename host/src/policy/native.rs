@@ -1,59 +1,18 @@
-//! The `rules` policy compiled into the host: the same `legsync-rules` crate
-//! the `rules` plugin runs, called directly. It exists so the cost of the
-//! WASM boundary can be measured against an otherwise identical path
-//! (`legsync bench --policy native`, the criterion benches).
+//! A policy written in Rust and compiled into the embedding program,
+//! instead of loaded as a plugin: [`Decider::Native`](super::Decider).
+//!
+//! For an embedder that decides in its own code, and for `legsync bench
+//! --policy native` (`legsync-lab`'s `NativeRules`: the `rules` plugin's
+//! engine called directly), which measures the cost of the WebAssembly
+//! boundary against an otherwise identical path. It has no limits, no
+//! failure policy and no termination notices: it is trusted code.
 
-use crate::model::{CallLeg, Decision, Direction, Protocol};
-use legsync_rules::{Action, LegView, RuleSet};
+use crate::model::{CallLeg, Decision};
 
-/// The rule engine's view of one of our legs (borrowed, no copies).
-pub fn leg_view(leg: &CallLeg) -> LegView<'_> {
-    LegView {
-        direction: match leg.direction {
-            Direction::Inbound => legsync_rules::Direction::Inbound,
-            Direction::Outbound => legsync_rules::Direction::Outbound,
-        },
-        protocol: match leg.protocol {
-            Protocol::Sip => legsync_rules::Protocol::Sip,
-            Protocol::Isdn => legsync_rules::Protocol::Isdn,
-            Protocol::Ss7 => legsync_rules::Protocol::Ss7,
-            Protocol::Cas => legsync_rules::Protocol::Cas,
-            Protocol::MediaOnly => legsync_rules::Protocol::MediaOnly,
-        },
-        nap: &leg.nap,
-        calling: &leg.calling,
-        called: &leg.called,
-        answered_at_ms: leg.answered_at_ms,
-    }
-}
-
-pub fn decision(action: Action) -> Decision {
-    match action {
-        Action::Rebuild => Decision::Rebuild,
-        Action::Refuse => Decision::Refuse,
-    }
-}
-
-/// A native rule-set policy.
-#[derive(Debug, Clone)]
-pub struct NativeRules {
-    set: RuleSet,
-}
-
-impl NativeRules {
-    pub fn new(set: RuleSet) -> Self {
-        NativeRules { set }
-    }
-
-    /// One decision per leg, judged at one instant like the plugin does.
-    pub fn decide_legs(&self, legs: &[CallLeg]) -> Vec<Decision> {
-        let now = crate::model::now_ms();
-        legs.iter()
-            .map(|leg| decision(self.set.decide(&leg_view(leg), now)))
-            .collect()
-    }
-
-    pub fn link_decision(&self) -> Decision {
-        decision(self.set.links)
-    }
+/// Decisions taken in Rust: one per leg, and one for every link.
+pub trait NativePolicy: Send + Sync + std::fmt::Debug {
+    /// One decision per leg, in order.
+    fn decide_legs(&self, legs: &[CallLeg]) -> Vec<Decision>;
+    /// The decision for every link whose two legs were rebuilt.
+    fn link_decision(&self) -> Decision;
 }

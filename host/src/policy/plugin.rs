@@ -205,14 +205,12 @@ impl Plugin {
             health: Default::default(),
             counters: Counters::default(),
         };
-        let live = plugin.instantiate().map_err(|failure| match failure.kind {
-            FailureKind::Instantiate if failure.detail.starts_with(INIT_REJECTED) => {
-                PolicyError::InitRejected {
-                    plugin: name.into(),
-                    message: super::error::clip(failure.detail[INIT_REJECTED.len()..].to_string()),
-                }
-            }
-            _ => PolicyError::InitFailed {
+        let live = plugin.instantiate().map_err(|not_ready| match not_ready {
+            NotReady::RulesRefused(message) => PolicyError::InitRejected {
+                plugin: name.into(),
+                message: super::error::clip(message),
+            },
+            NotReady::Failed(failure) => PolicyError::InitFailed {
                 plugin: name.into(),
                 failure,
             },
@@ -384,7 +382,7 @@ impl Plugin {
         if live.is_none() {
             match self.instantiate() {
                 Ok(fresh) => *live = Some(fresh),
-                Err(failure) => return Err(self.failed(slot, failure)),
+                Err(not_ready) => return Err(self.failed(slot, not_ready.into())),
             }
         }
         let instance = live.as_mut().expect("instantiated above");
@@ -453,7 +451,7 @@ impl Plugin {
     }
 
     /// A fresh instance with `init` run, under the plugin's limits.
-    fn instantiate(&self) -> Result<Live, PluginFailure> {
+    fn instantiate(&self) -> Result<Live, NotReady> {
         self.counters.instantiations.fetch_add(1, Ordering::Relaxed);
         let limits = self.settings.limits;
         let mut store = Store::new(
@@ -472,7 +470,7 @@ impl Plugin {
         };
         let exports = match self.instantiate_exports(&mut store) {
             Ok(exports) => exports,
-            Err(e) => return Err(to_failure(&store, e)),
+            Err(e) => return Err(NotReady::Failed(to_failure(&store, e))),
         };
         let init = exports
             .init
@@ -482,11 +480,8 @@ impl Plugin {
         store.data_mut().end_call();
         match init {
             Ok(Ok(())) => Ok(Live { store, exports }),
-            Ok(Err(message)) => Err(PluginFailure::new(
-                FailureKind::Instantiate,
-                format!("{INIT_REJECTED}{message}"),
-            )),
-            Err(e) => Err(to_failure(&store, e)),
+            Ok(Err(message)) => Err(NotReady::RulesRefused(message)),
+            Err(e) => Err(NotReady::Failed(to_failure(&store, e))),
         }
     }
 
@@ -543,8 +538,28 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Marks an `init` that returned an error (as opposed to trapping).
-const INIT_REJECTED: &str = "init rejected the rules: ";
+/// Why a fresh instance is not ready to decide.
+enum NotReady {
+    /// `init` answered `Err`: the plugin refused its rules, in its own
+    /// words.
+    RulesRefused(String),
+    /// It could not be created, or `init` trapped or overran.
+    Failed(PluginFailure),
+}
+
+impl From<NotReady> for PluginFailure {
+    /// For a call that had to re-create the instance: either way, the
+    /// plugin could not be instantiated.
+    fn from(not_ready: NotReady) -> Self {
+        match not_ready {
+            NotReady::RulesRefused(message) => PluginFailure::new(
+                FailureKind::Instantiate,
+                format!("init rejected the rules: {message}"),
+            ),
+            NotReady::Failed(failure) => failure,
+        }
+    }
+}
 
 /// A guest answer that does not fit the contract.
 #[derive(Debug)]

@@ -157,10 +157,10 @@ impl Host {
                 tracing::debug!(command, ?result, "command acknowledged late");
             }
             other => {
-                return Ok(Err(LinkError::Unexpected(format!(
-                    "{} outside a snapshot",
-                    other.name()
-                ))));
+                return Ok(Err(LinkError::Unexpected {
+                    message: other.name(),
+                    place: crate::engine::Place::OutsideSnapshot,
+                }));
             }
         }
         Ok(Ok(()))

@@ -26,7 +26,7 @@ mod resync;
 pub use resync::group_thousands;
 
 use crate::cdr::{CdrWriter, RecoveredCall};
-use crate::engine::{Backoff, Connection, LinkError, LinkOptions};
+use crate::engine::{Backoff, Connection, LinkError, LinkOptions, Stall};
 use crate::events::{Events, HostEvent, LinkState, Role};
 use crate::legs::LegTable;
 use crate::model::LegId;
@@ -36,6 +36,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Host settings (see `docs/operations.md`).
 #[derive(Debug, Clone)]
@@ -145,6 +146,9 @@ pub struct Host {
     /// Events about legs the host does not hold (one WARN per interval,
     /// not one per event).
     unknown_legs: crate::repeated::Repeated,
+    /// Every engine connection's reader and writer: awaited when the host
+    /// stops (a connection's drop cancels its two).
+    link_tasks: TaskTracker,
 }
 
 impl Host {
@@ -189,7 +193,14 @@ impl Host {
             released: released::RecentlyReleased::default(),
             dropped: Default::default(),
             unknown_legs: crate::repeated::Repeated::default(),
+            link_tasks: TaskTracker::new(),
         }
+    }
+
+    /// The longest gap between the heartbeats this host sends, since last
+    /// taken.
+    pub fn heartbeat_gaps(&self) -> crate::engine::HeartbeatGaps {
+        self.options.link.heartbeat_gaps.clone()
     }
 
     /// The ledger's writer (for `reopen` after a rotation).
@@ -211,7 +222,12 @@ impl Host {
     /// host cannot go on without (the CDR file failing).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let events = self.events.clone();
+        let link_tasks = self.link_tasks.clone();
         let result = self.serve(shutdown).await;
+        // The last connection was dropped with the host: its reader and
+        // writer are cancelled; wait for them to end.
+        link_tasks.close();
+        link_tasks.wait().await;
         // The event log is written by its own thread: everything the host
         // emitted (its shutdown's endings too) is in the file when it stops.
         events.flush().await;
@@ -223,9 +239,10 @@ impl Host {
         let mut retry_at = Instant::now();
         loop {
             let link = self.options.link.clone();
+            let tasks = self.link_tasks.clone();
             let attempt = async move {
                 sleep_until(retry_at).await;
-                Connection::open(&link).await
+                Connection::open(&link, &tasks).await
             };
             let deadline = self.grace.deadline();
             tokio::pin!(attempt);
@@ -299,12 +316,11 @@ impl Host {
             }
             let outcome = outcome.unwrap_or_else(|| {
                 Err(ResyncError::Link(LinkError::Stalled(if by_grace {
-                    "the resync was still running at the grace deadline: the engine is cut off, and the held contexts end".to_string()
+                    Stall::AtGraceDeadline
                 } else {
-                    format!(
-                        "the resync took longer than its budget of {} s: the engine is cut off",
-                        self.options.resync_budget.as_secs()
-                    )
+                    Stall::PastBudget {
+                        secs: self.options.resync_budget.as_secs(),
+                    }
                 })))
             });
             match outcome {

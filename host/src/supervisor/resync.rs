@@ -17,7 +17,7 @@
 use super::{Host, ResyncError};
 use crate::cdr::Pending;
 use crate::cdr::record::{StartReason, same_call};
-use crate::engine::{Connection, LinkError};
+use crate::engine::{Connection, LimitExceeded, LinkError, Place};
 use crate::events::{HostEvent, LinkState, ResyncSummary};
 use crate::model::IdSet as HashSet;
 use crate::model::{CallLeg, Decision, LegId, Link, TerminationReason};
@@ -234,9 +234,12 @@ impl Host {
             EngineMessage::SnapshotBegin { legs, links } => {
                 let (max_legs, max_links) = (self.options.max_legs, self.options.max_links);
                 if legs > max_legs as u64 || links > max_links as u64 {
-                    return Err(LinkError::Limit(format!(
-                        "the engine announces a snapshot of {legs} legs and {links} links, above max_legs ({max_legs}) or max_links ({max_links})"
-                    ))
+                    return Err(LinkError::from(LimitExceeded::SnapshotAnnounced {
+                        legs,
+                        links,
+                        max_legs,
+                        max_links,
+                    })
                     .into());
                 }
                 self.status.send_modify(|s| {
@@ -246,10 +249,10 @@ impl Host {
                 legs as usize
             }
             other => {
-                return Err(LinkError::Unexpected(format!(
-                    "{} instead of a snapshot",
-                    other.name()
-                ))
+                return Err(LinkError::Unexpected {
+                    message: other.name(),
+                    place: Place::InsteadOfSnapshot,
+                }
                 .into());
             }
         };
@@ -268,10 +271,9 @@ impl Host {
                     let received = chunk.len() as u64;
                     let so_far = self.status.borrow().snapshot_received + received;
                     if so_far > self.options.max_legs as u64 {
-                        return Err(LinkError::Limit(format!(
-                            "the engine's snapshot goes past max_legs ({}) legs",
-                            self.options.max_legs
-                        ))
+                        return Err(LinkError::from(LimitExceeded::SnapshotLegs {
+                            max: self.options.max_legs,
+                        })
                         .into());
                     }
                     if let Some(total) = reservation.grow_for(so_far as usize) {
@@ -293,10 +295,9 @@ impl Host {
                 }
                 EngineMessage::SnapshotLinks(chunk) => {
                     if diff.unknown_links.len() + chunk.len() > self.options.max_links {
-                        return Err(LinkError::Limit(format!(
-                            "the engine's snapshot goes past max_links ({}) links",
-                            self.options.max_links
-                        ))
+                        return Err(LinkError::from(LimitExceeded::SnapshotLinks {
+                            max: self.options.max_links,
+                        })
                         .into());
                     }
                     let diffing = Instant::now();
@@ -311,10 +312,10 @@ impl Host {
                     return Ok(diff);
                 }
                 other => {
-                    return Err(LinkError::Unexpected(format!(
-                        "{} inside a snapshot",
-                        other.name()
-                    ))
+                    return Err(LinkError::Unexpected {
+                        message: other.name(),
+                        place: Place::InsideSnapshot,
+                    }
                     .into());
                 }
             }

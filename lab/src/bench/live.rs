@@ -161,6 +161,7 @@ struct Probe {
     traffic_log: PathBuf,
     /// Traffic log lines already accounted for.
     traffic_seen: usize,
+    heartbeat_gaps: legsync::engine::HeartbeatGaps,
 }
 
 impl Probe {
@@ -184,6 +185,7 @@ impl Probe {
             ledger: std::io::BufReader::new(file),
             traffic_log: traffic_log.to_path_buf(),
             traffic_seen: 0,
+            heartbeat_gaps: host.heartbeat_gaps.clone(),
         })
     }
 
@@ -196,7 +198,7 @@ impl Probe {
         within: Duration,
     ) -> anyhow::Result<LivePhase> {
         sim.ok("heartbeats").await?;
-        legsync::engine::take_longest_heartbeat_gap();
+        self.heartbeat_gaps.take_longest();
         let before = self.marks.borrow().record;
         let reply = sim.ok_within(command, within).await?;
         let answers = reply_value(&reply, "answers").unwrap_or(0);
@@ -217,7 +219,7 @@ impl Probe {
             })?
             .context("the host's ledger writer stopped")?;
         let gaps = sim.ok("heartbeats").await?;
-        let sent_gap = legsync::engine::take_longest_heartbeat_gap();
+        let sent_gap = self.heartbeat_gaps.take_longest();
         let records = self.records_since()?;
         let lines = read_log(&self.traffic_log)?;
         let events = &lines[self.traffic_seen.min(lines.len())..];

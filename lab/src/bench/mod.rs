@@ -18,13 +18,13 @@ mod sweep;
 mod takeover;
 
 use crate::demo::harness::RunningHost;
+use crate::native_rules::NativeRules;
 use crate::sim::process::SimProcess;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use legsync::config::HostConfig;
 use legsync::engine::{Connection, LinkOptions};
 use legsync::events::{HostEvent, LinkState, ResyncSummary};
-use legsync::policy::native::NativeRules;
 use legsync::policy::{Decider, PolicyChain, PolicyConfig, PolicyRuntime, loader};
 use legsync::protocol::EngineMessage;
 use report::BenchReport;
@@ -218,13 +218,15 @@ fn link_options(sim: &SimProcess) -> LinkOptions {
         max_frame: legsync::protocol::DEFAULT_MAX_FRAME,
         host_name: "legsync bench".into(),
         tls: None,
+        heartbeat_gaps: Default::default(),
     }
 }
 
 /// Streams and decodes the snapshot, nothing else.
 async fn transfer(sim: &SimProcess, args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let started = Instant::now();
-    let mut connection = Connection::open(&link_options(sim)).await?;
+    let tasks = tokio_util::task::TaskTracker::new();
+    let mut connection = Connection::open(&link_options(sim), &tasks).await?;
     let mut legs = 0u64;
     loop {
         match connection.next().await? {
@@ -234,6 +236,10 @@ async fn transfer(sim: &SimProcess, args: &BenchArgs) -> anyhow::Result<BenchRep
         }
     }
     let wall = started.elapsed();
+    // Its reader and writer end with it.
+    drop(connection);
+    tasks.close();
+    tasks.wait().await;
     anyhow::ensure!(
         legs == args.legs,
         "received {legs} legs, expected {}",

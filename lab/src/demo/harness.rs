@@ -24,6 +24,8 @@ pub struct RunningHost {
     pub sink: Events,
     /// The host's ledger writer.
     pub ledger: legsync::cdr::CdrWriter,
+    /// The longest gap between the heartbeats it sends.
+    pub heartbeat_gaps: legsync::engine::HeartbeatGaps,
 }
 
 impl RunningHost {
@@ -51,6 +53,7 @@ impl RunningHost {
         let (host, policy) = app::build_host(config, decider, sink.clone())?;
         let status = host.status();
         let ledger = host.cdr_writer();
+        let heartbeat_gaps = host.heartbeat_gaps();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(host.run(shutdown.clone()));
         Ok(RunningHost {
@@ -61,6 +64,7 @@ impl RunningHost {
             policy,
             sink,
             ledger,
+            heartbeat_gaps,
         })
     }
 
