@@ -218,8 +218,11 @@ pub fn default_name() -> String {
     }
 }
 
+/// The default admin address: loopback only.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9464";
+
 fn default_admin() -> String {
-    crate::admin::DEFAULT_ADDR.to_string()
+    DEFAULT_ADMIN_ADDR.to_string()
 }
 
 fn default_cdr() -> PathBuf {

@@ -45,8 +45,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-/// The default admin address: loopback only.
-pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
+pub use crate::config::DEFAULT_ADMIN_ADDR as DEFAULT_ADDR;
 
 /// How long the supervisor may take to answer a question (a resync of
 /// several million legs holds it for seconds).

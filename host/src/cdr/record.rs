@@ -42,40 +42,9 @@ pub enum StartReason {
     Found,
 }
 
-/// Who a call is: an engine leg id names a leg only while it lives (an
-/// engine restart, a bug or a wrapped counter can give the id to another
-/// call), so the id goes with the session, the offer and the answer time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct CallKey {
-    pub leg: LegId,
-    pub session: u64,
-    pub offered_time_ms: u64,
-    pub answer_time_ms: u64,
-}
-
-impl CallKey {
-    /// The key of an answered leg; `None` before the answer (nothing to bill).
-    pub fn of(leg: &CallLeg) -> Option<CallKey> {
-        Some(CallKey {
-            leg: leg.id,
-            session: leg.session_id,
-            offered_time_ms: leg.offered_at_ms,
-            answer_time_ms: leg.answered_at_ms?,
-        })
-    }
-}
-
-/// Whether two views of a leg with the same id are the same call: same
-/// session and offer, and the same answer time once both are answered.
-pub fn same_call(a: &CallLeg, b: &CallLeg) -> bool {
-    a.id == b.id
-        && a.session_id == b.session_id
-        && a.offered_at_ms == b.offered_at_ms
-        && match (a.answered_at_ms, b.answered_at_ms) {
-            (Some(x), Some(y)) => x == y,
-            _ => true,
-        }
-}
+// The call identity rule is the model's: the ledger bills by it, the table
+// and engine-sim match legs by it.
+pub use crate::model::{CallKey, same_call};
 
 /// One line of the ledger. Field by field in `docs/operations.md`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,7 +138,7 @@ impl StartReason {
 
 impl CdrRecord {
     /// Appends the record as one JSON line, byte for byte what serde_json
-    /// writes for it ([`JsonLine`]): the writer encodes a million STARTs in
+    /// writes for it (`JsonLine`): the writer encodes a million STARTs in
     /// a cold resync.
     pub fn write_line(&self, out: &mut Vec<u8>) {
         let mut line = JsonLine::new(out);

@@ -416,7 +416,7 @@ impl Events {
     }
 
     /// Events also appended to `path`, by the event log's thread
-    /// ([`log`]): subscribers get each batch once it is in the file.
+    /// (`log`): subscribers get each batch once it is in the file.
     pub fn with_file(path: &Path) -> anyhow::Result<Self> {
         let events = Self::new();
         let log = EventLog::open(path, events.audit.clone(), events.subscribers.clone())?;

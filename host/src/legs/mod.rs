@@ -5,8 +5,8 @@
 //! with the new generation, so the legs absent from the engine are found in
 //! one pass without a million-entry "seen" set.
 
-use crate::cdr::record::same_call;
 use crate::ids::{DenseMap, IdIndex, prefault};
+use crate::model::same_call;
 use crate::model::{CallLeg, LegId, Link, LinkId, PluginName};
 
 /// Items of a batch (links, here and in the link plan) prefetched together:

@@ -42,8 +42,8 @@ pub struct HistoryLine {
 
 impl HistoryLine {
     /// The call this line is about, as the ledger names it.
-    pub fn key(&self) -> legsync::cdr::record::CallKey {
-        legsync::cdr::record::CallKey {
+    pub fn key(&self) -> legsync::model::CallKey {
+        legsync::model::CallKey {
             leg: self.leg,
             session: self.session,
             offered_time_ms: self.offered_time_ms,
