@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use legsync::model::{CallLeg, Link};
+use legsync::model::{CallLeg, Decision, Link};
 use legsync::policy::Export;
 use legsync::policy::{
     CacheOutcome, CompileCache, PolicyChain, PolicyConfig, PolicyRuntime, Verdict, loader,
@@ -151,12 +151,17 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     // Each export once, with sample data: a plugin that would fail live
     // fails here.
-    let problems = exercise(&chain);
+    let mut problems = exercise(&chain);
+    if problems.is_empty() {
+        let fresh = || load(&args.cache.runtime()?, &args.plugin, args.rules.as_deref());
+        problems.extend(consistency(fresh)?);
+    }
     if problems.is_empty() {
         println!("exercised: on-call-leg-sync, on-link-sync, on-call-leg-terminated: ok");
         let plugin = &chain.plugins()[0];
         let calls_before = plugin.stats().calls;
-        let (_, timing) = timed_decisions(&chain, &sample_legs(chain.batch_size()));
+        let (_, timing) =
+            timed_decisions(&chain, &legsync::policy::sample::legs(chain.batch_size()));
         println!("measured: {timing}");
         println!(
             "  in {} plugin calls (sized to the plugin's measured cost per call and per leg)",
@@ -194,7 +199,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         for problem in &problems {
             println!("FAIL {problem}");
         }
-        println!("the plugin loads but fails when called: it would fail live (see the log above)");
+        println!("the plugin loads, but would fail or misdecide live (see above)");
         Ok(ExitCode::FAILURE)
     }
 }
@@ -203,41 +208,110 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
 /// million-leg resync's decisions with, unless told another.
 const DEFAULT_DECISION_BUDGET_MS: u64 = legsync::config::DEFAULT_DECISION_BUDGET_MS;
 
-/// `count` sample legs for timing, every other one with a non-ASCII NAP.
-fn sample_legs(count: usize) -> Vec<CallLeg> {
-    (1..=count as u64)
-        .map(|id| {
-            let (nap, protocol) = if id % 2 == 0 {
-                ("ISDN_ŁÓDŹ", legsync::model::Protocol::Isdn)
+/// Decides the same legs three ways, each on a fresh instance (so a
+/// plugin's state starts equal): in one batch of plain ASCII legs, after
+/// legs with non-ASCII text in the same batch, and one leg per call. A
+/// plugin that reads its batch right decides each leg the same way every
+/// time; one that takes the spans (byte offsets into UTF-8) for character
+/// offsets misreads every leg after non-ASCII text. The problems found.
+fn consistency(fresh: impl Fn() -> anyhow::Result<PolicyChain>) -> anyhow::Result<Vec<String>> {
+    use legsync::model::Protocol;
+    use legsync::policy::sample::leg;
+    let called = [
+        "19005550100",
+        "15145550101",
+        "18005550102",
+        "19005550103",
+        "4420755501",
+    ];
+    let ascii: Vec<CallLeg> = (0..40u64)
+        .map(|i| {
+            let nap = if i % 3 == 0 {
+                "SIP_CARRIER_A"
             } else {
-                ("SIP_CARRIER_A", legsync::model::Protocol::Sip)
+                "SIP_CARRIER_B"
             };
-            sample_leg(id, nap, protocol)
+            let number = called[i as usize % called.len()];
+            leg(
+                1_000 + i,
+                nap,
+                Protocol::Sip,
+                &format!("1514555{i:04}"),
+                number,
+            )
         })
-        .collect()
-}
-
-fn sample_leg(id: u64, nap: &str, protocol: legsync::model::Protocol) -> CallLeg {
-    let now = legsync::model::now_ms();
-    CallLeg {
-        id,
-        session_id: id,
-        direction: legsync::model::Direction::Inbound,
-        protocol,
-        nap: nap.into(),
-        calling: "15145550100".into(),
-        called: "19005550100".into(),
-        offered_at_ms: now - 60_000,
-        answered_at_ms: Some(now - 50_000),
-        linked_to: None,
-        state: legsync::model::LegState::Answered,
+        .collect();
+    let wide: Vec<CallLeg> = (0..8u64)
+        .map(|i| {
+            leg(
+                i + 1,
+                "ISDN_ŁÓDŹ_ŻÓŁW",
+                Protocol::Isdn,
+                "+48 42 ☎ 555",
+                "１９００５５５０１００",
+            )
+        })
+        .collect();
+    let decisions = |verdicts: &[Verdict]| -> Option<Vec<Decision>> {
+        // A failure is reported by the other checks, not compared.
+        verdicts
+            .iter()
+            .map(|v| v.failure.is_none().then_some(v.decision))
+            .collect()
+    };
+    let alone = decisions(&fresh()?.decide_legs(&ascii));
+    let after_wide = {
+        let mixed: Vec<CallLeg> = wide.iter().chain(&ascii).cloned().collect();
+        decisions(&fresh()?.decide_legs(&mixed)[wide.len()..])
+    };
+    let one_by_one = {
+        let chain = fresh()?;
+        let verdicts: Vec<Verdict> = ascii
+            .iter()
+            .flat_map(|leg| chain.decide_legs(std::slice::from_ref(leg)))
+            .collect();
+        decisions(&verdicts)
+    };
+    let (Some(alone), Some(after_wide), Some(one_by_one)) = (alone, after_wide, one_by_one) else {
+        return Ok(Vec::new());
+    };
+    let mut problems = Vec::new();
+    for (how, other) in [
+        (
+            "after legs with non-ASCII text in the same batch",
+            &after_wide,
+        ),
+        ("one leg per call", &one_by_one),
+    ] {
+        let differ: Vec<String> = ascii
+            .iter()
+            .zip(alone.iter().zip(other))
+            .filter(|(_, (a, b))| a != b)
+            .map(|(leg, (a, b))| {
+                format!(
+                    "leg {} ({} in a batch, {} {how})",
+                    leg.id,
+                    a.as_str(),
+                    b.as_str()
+                )
+            })
+            .collect();
+        if !differ.is_empty() {
+            problems.push(format!(
+                "decisions depend on the batch: {} of {} legs decided differently {how}, e.g. {}. The plugin misreads its batch (a leg's spans are byte offsets into the batch's UTF-8 text, not character offsets: docs/plugin-guide.md) or keeps state across legs it should not",
+                differ.len(),
+                ascii.len(),
+                differ[0]
+            ));
+        }
     }
+    Ok(problems)
 }
 
 /// Calls every export of a chain of one plugin once with sample legs (one
 /// with a non-ASCII NAP) and a link; returns what failed.
 fn exercise(chain: &PolicyChain) -> Vec<String> {
-    let legs = sample_legs(2);
+    let legs = legsync::policy::sample::legs(2);
     let mut problems = Vec::new();
     for (export, verdicts) in [
         ("on-call-leg-sync", chain.decide_legs(&legs)),

@@ -29,6 +29,40 @@ fn plugin_check_reports_the_contract_and_imports() {
 }
 
 #[test]
+fn plugin_check_fails_a_plugin_that_misreads_its_batch() {
+    // Raw bindings that take the spans for character offsets: right on an
+    // ASCII batch, wrong after non-ASCII text.
+    let slicer = built_plugin("fixture-char-slicer");
+    let out = legsync(&["plugin", "check", slicer.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL decisions depend on the batch")
+            && stdout.contains("after legs with non-ASCII text in the same batch")
+            && stdout.contains("byte offsets"),
+        "{stdout}"
+    );
+    // The shipped examples read their batches right, stateful or not.
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["rules", "nap-cap"] {
+        let out = legsync(&["plugin", "export", name, dir.path().to_str().unwrap()]);
+        assert!(out.status.success());
+    }
+    std::fs::write(
+        dir.path().join("rules.rules"),
+        "[[rule]]\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n",
+    )
+    .unwrap();
+    for name in ["rules", "nap-cap"] {
+        let path = dir.path().join(format!("{name}.wasm"));
+        let out = legsync(&["plugin", "check", path.to_str().unwrap()]);
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{name}: {stdout}");
+        assert!(!stdout.contains("depend on the batch"), "{stdout}");
+    }
+}
+
+#[test]
 fn plugin_check_fails_precisely() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.wasm");

@@ -172,6 +172,29 @@ async fn broken_sets_are_rejected_and_the_old_set_keeps_deciding() {
         Decision::Refuse,
         "old rules still apply"
     );
+    std::fs::write(world.plugins.join("20-rules.rules"), REFUSE_PREMIUM).unwrap();
+    assert_eq!(next_reload(&mut host).await.outcome, ReloadOutcome::Applied);
+
+    // A plugin that loads but traps when it decides: tried on a sample
+    // batch first, it is named and the set is refused.
+    std::fs::copy(
+        common::built_plugin("fixture-panic"),
+        world.plugins.join("40-panic.wasm"),
+    )
+    .unwrap();
+    let report = next_reload(&mut host).await;
+    assert_eq!(report.outcome, ReloadOutcome::Rejected);
+    let error = report.error.unwrap();
+    assert!(
+        error.contains("plugin 40-panic fails on a sample batch")
+            && error.contains("on-call-leg-sync ends in trap"),
+        "{error}"
+    );
+    assert_eq!(
+        decision_for_new_leg(&world, &mut host, "19005550005").await,
+        (Decision::Refuse, "20-rules".into()),
+        "the working set still decides"
+    );
     stop.cancel();
     host.stop().await.unwrap();
 }

@@ -11,6 +11,7 @@
 //!   imports and what it gets; [`cache`]: the compile cache.
 //! - [`export`]: the exports the host calls, each with its own health and
 //!   [`call_cost`] (the model that sizes a plugin's batches).
+//! - [`sample`]: what a plugin set is tried on before it is trusted.
 //! - `lower`: legs written straight into a plugin's memory (the hot path).
 
 mod bindings;
@@ -30,6 +31,7 @@ pub mod native;
 pub mod plugin;
 pub mod quarantine;
 pub mod runtime;
+pub mod sample;
 pub mod sandbox;
 
 pub use cache::{CacheOutcome, CompileCache};

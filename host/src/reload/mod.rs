@@ -134,7 +134,13 @@ impl Reloader {
                     .plugin_dir
                     .clone()
                     .context("no plugin directory configured")?;
-                Ok(loader::load_dir(&self.runtime, &dir, &config)?)
+                let chain = loader::load_dir(&self.runtime, &dir, &config)?;
+                // Tried on a throwaway copy (its own instances: the new
+                // set's state never sees the sample): a plugin that loads
+                // but fails when called would fail every live decision.
+                let probe = loader::load_dir(&self.runtime, &dir, &config)?;
+                crate::policy::sample::try_chain(&probe)?;
+                Ok(chain)
             });
         let build_micros = started.elapsed().as_micros() as u64;
         let report = match built {
@@ -147,7 +153,7 @@ impl Reloader {
                 drop(old);
                 tracing::info!(
                     trigger,
-                    ?plugins,
+                    plugins = %plugins.join(", "),
                     build_micros,
                     swap_micros,
                     "plugin set reloaded"

@@ -1,0 +1,103 @@
+//! Sample legs and a link that a plugin set is tried on before it is
+//! trusted: by `legsync plugin check`, and by a reload before the new set
+//! replaces the working one. A reload tries a throwaway copy of the set
+//! (instances of its own), so a plugin's state never counts sample legs.
+//!
+//! Half the legs carry non-ASCII text (a NAP in Polish, a full-width
+//! number): a plugin that reads its batch's text wrong shows it here.
+
+use super::chain::PolicyChain;
+use super::error::FailureKind;
+use super::export::Export;
+use crate::model::{CallLeg, Direction, LegState, Link, Protocol, TerminationReason};
+
+/// `count` answered legs, every other one with non-ASCII text.
+pub fn legs(count: usize) -> Vec<CallLeg> {
+    (1..=count as u64)
+        .map(|id| {
+            if id % 2 == 0 {
+                leg(
+                    id,
+                    "ISDN_ŁÓDŹ",
+                    Protocol::Isdn,
+                    "+48 42 ☎ 555",
+                    "１９００５５５０１００",
+                )
+            } else {
+                leg(
+                    id,
+                    "SIP_CARRIER_A",
+                    Protocol::Sip,
+                    "15145550100",
+                    "19005550100",
+                )
+            }
+        })
+        .collect()
+}
+
+/// One answered leg.
+pub fn leg(id: u64, nap: &str, protocol: Protocol, calling: &str, called: &str) -> CallLeg {
+    let now = crate::model::now_ms();
+    CallLeg {
+        id,
+        session_id: id,
+        direction: Direction::Inbound,
+        protocol,
+        nap: nap.into(),
+        calling: calling.into(),
+        called: called.into(),
+        offered_at_ms: now - 60_000,
+        answered_at_ms: Some(now - 50_000),
+        linked_to: None,
+        state: LegState::Answered,
+    }
+}
+
+/// A plugin export that failed on the sample.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("plugin {plugin} fails on a sample batch: {export} {}", match kind {
+    Some(kind) => format!("ends in {}", kind.as_str()),
+    None => "fails".to_string(),
+})]
+pub struct SampleFailure {
+    pub plugin: String,
+    pub export: Export,
+    /// How a decision failed (a notice's failure is counted, not named).
+    pub kind: Option<FailureKind>,
+}
+
+/// Calls every export of `chain` once with sample legs and a link; the
+/// first failure, if any.
+pub fn try_chain(chain: &PolicyChain) -> Result<(), SampleFailure> {
+    let legs = legs(2);
+    let link = Link {
+        id: 1,
+        leg_a: 1,
+        leg_b: 2,
+    };
+    for (export, verdicts) in [
+        (Export::LegSync, chain.decide_legs(&legs)),
+        (Export::LinkSync, chain.decide_links(&[link])),
+    ] {
+        if let Some(verdict) = verdicts.iter().find(|v| v.failure.is_some()) {
+            return Err(SampleFailure {
+                plugin: verdict.plugin.as_str().to_string(),
+                export,
+                kind: verdict.failure,
+            });
+        }
+    }
+    let failures: Vec<u64> = chain.plugins().iter().map(|p| p.stats().failures).collect();
+    chain.notify_terminated(&legs, TerminationReason::Released);
+    for (plugin, before) in chain.plugins().iter().zip(failures) {
+        if plugin.stats().failures > before {
+            return Err(SampleFailure {
+                plugin: plugin.name().as_str().to_string(),
+                export: Export::Terminated,
+                kind: None,
+            });
+        }
+    }
+    Ok(())
+}
