@@ -71,7 +71,7 @@ pub fn policy_runtime(config: &HostConfig) -> anyhow::Result<PolicyRuntime> {
         .cache_dir
         .clone()
         .or_else(default_cache_dir)
-        .map(CompileCache::new);
+        .map(|dir| CompileCache::new(dir).with_max_mb(config.policy.cache_max_mb));
     PolicyRuntime::new(cache).context("cannot start the WebAssembly runtime")
 }
 

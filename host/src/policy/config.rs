@@ -5,6 +5,7 @@
 //! [policy]
 //! plugin_dir = "/etc/legsync/plugins.d"
 //! cache_dir = "/var/cache/legsync"
+//! cache_max_mb = 512
 //! batch_size = 1024
 //!
 //! [policy.defaults]          # every plugin
@@ -120,6 +121,10 @@ pub struct PolicyConfig {
     /// Where compiled plugins are cached; none disables the cache.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+    /// The compile cache's size bound, in MB (default 512): past it, the
+    /// entries used least recently are deleted.
+    #[serde(default = "default_cache_max_mb")]
+    pub cache_max_mb: u64,
     /// Legs per plugin call (default 1024). Bigger batches amortize the call,
     /// smaller ones bound the work lost to one failure.
     #[serde(default = "default_batch_size")]
@@ -135,11 +140,16 @@ fn default_batch_size() -> usize {
     1024
 }
 
+fn default_cache_max_mb() -> u64 {
+    super::cache::DEFAULT_MAX_MB
+}
+
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
             plugin_dir: None,
             cache_dir: None,
+            cache_max_mb: default_cache_max_mb(),
             batch_size: default_batch_size(),
             defaults: PluginConfig::default(),
             plugins: BTreeMap::new(),
@@ -178,6 +188,12 @@ impl PolicyConfig {
             return Err(format!(
                 "policy.batch_size must be between 1 and 65536 (it is {})",
                 self.batch_size
+            ));
+        }
+        if !(1..=1_048_576).contains(&self.cache_max_mb) {
+            return Err(format!(
+                "policy.cache_max_mb must be between 1 and 1048576 (it is {})",
+                self.cache_max_mb
             ));
         }
         for (name, cfg) in std::iter::once(("defaults", &self.defaults))

@@ -78,7 +78,8 @@ impl PolicySource {
     }
 }
 
-/// The settings outside `[policy]` that differ between two configs.
+/// The settings read at start only that differ between two configs: all
+/// outside `[policy]`, and the compile cache's.
 fn restart_only_changes(started: &HostConfig, now: &HostConfig) -> Vec<&'static str> {
     let mut changed = Vec::new();
     let mut check = |name: &'static str, same: bool| {
@@ -91,9 +92,23 @@ fn restart_only_changes(started: &HostConfig, now: &HostConfig) -> Vec<&'static 
     check("grace_secs", started.grace_secs == now.grace_secs);
     check("cdr", started.cdr == now.cdr);
     check("events", started.events == now.events);
+    check(
+        "events_required",
+        started.events_required == now.events_required,
+    );
     check("admin", started.admin == now.admin);
+    check("admin_token", started.admin_token == now.admin_token);
+    check("metrics", started.metrics == now.metrics);
     check("link", started.link == now.link);
     check("tls", started.tls == now.tls);
+    check(
+        "policy.cache_dir",
+        started.policy.cache_dir == now.policy.cache_dir,
+    );
+    check(
+        "policy.cache_max_mb",
+        started.policy.cache_max_mb == now.policy.cache_max_mb,
+    );
     changed
 }
 
