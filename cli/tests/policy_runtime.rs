@@ -367,6 +367,14 @@ fn a_wrong_number_of_decisions_is_a_malformed_answer() {
 
 #[test]
 fn a_chatty_plugin_is_capped_and_stopped() {
+    // A log that shows the plugin's info lines (a line it would not show is
+    // not counted against the cap).
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(std::io::sink)
+            .finish(),
+    );
     let (verdict, _, chain) = run_fixture("fixture-chatty", "[defaults]\ndeadline_ms = 300\n");
     assert_eq!(verdict.failure, Some(FailureKind::Deadline));
     let stats = chain.plugins()[0].stats();

@@ -88,6 +88,18 @@ impl legsync::policy::types::Host for PluginState {}
 
 impl legsync::policy::host::Host for PluginState {
     fn log(&mut self, level: Level, message: String) {
+        // A line the log would not show (debug, at the default level) costs
+        // nothing and does not count against the cap.
+        let shown = match level {
+            Level::Trace => tracing::enabled!(target: "legsync::plugin", tracing::Level::TRACE),
+            Level::Debug => tracing::enabled!(target: "legsync::plugin", tracing::Level::DEBUG),
+            Level::Info => tracing::enabled!(target: "legsync::plugin", tracing::Level::INFO),
+            Level::Warn => tracing::enabled!(target: "legsync::plugin", tracing::Level::WARN),
+            Level::Error => tracing::enabled!(target: "legsync::plugin", tracing::Level::ERROR),
+        };
+        if !shown {
+            return;
+        }
         if self.log_lines >= LOG_LINES_PER_CALL {
             self.dropped_log_lines = self.dropped_log_lines.saturating_add(1);
             return;
@@ -223,6 +235,27 @@ mod tests {
         assert_eq!(kept.len(), OUTPUT_BYTES_PER_CALL);
         assert_eq!(dropped, 2);
         assert_eq!(out.take(), (Vec::new(), 0));
+    }
+
+    #[test]
+    fn hidden_debug_lines_do_not_count_against_the_cap() {
+        use legsync::policy::host::Host;
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(std::io::sink)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let mut state = PluginState::new(PluginName::new("test"), 1 << 20);
+            for i in 0..1_000 {
+                state.log(Level::Debug, format!("debug {i}"));
+            }
+            state.log(Level::Info, "shown".to_string());
+            assert_eq!((state.log_lines, state.dropped_log_lines), (1, 0));
+            for i in 0..LOG_LINES_PER_CALL + 5 {
+                state.log(Level::Warn, format!("warn {i}"));
+            }
+            assert_eq!(state.dropped_log_lines, 6, "shown lines are capped");
+        });
     }
 
     #[test]
