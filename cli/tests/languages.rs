@@ -347,3 +347,32 @@ async fn a_javascript_plugin_decides_a_live_resync() {
     };
     live_resync(&plugin).await;
 }
+
+/// The `jco componentize` command of `plugins/js/legsync.js`'s header is
+/// the guide's, the one `the_javascript_example_...` runs (the header's
+/// own once failed: no `--bundle`, a wrong WIT path).
+#[test]
+fn the_js_sdk_header_builds_as_the_guide_does() {
+    let command = |text: &str, comment: &str| -> String {
+        let joined = text
+            .lines()
+            .map(|l| l.trim_start_matches(comment).trim())
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace("\\ ", "");
+        let start = joined.find("jco componentize").expect("a jco command");
+        let end = joined[start..].find(".wasm").expect("an output") + start + ".wasm".len();
+        joined[start..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let header = std::fs::read_to_string(repo().join("plugins/js/legsync.js")).unwrap();
+    let guide = std::fs::read_to_string(repo().join("docs/plugin-guide.md")).unwrap();
+    let header = command(&header, "//");
+    assert_eq!(header, command(&guide, ""));
+    assert!(
+        header.contains("--bundle") && header.contains("--wit wit/policy.wit"),
+        "{header}"
+    );
+}

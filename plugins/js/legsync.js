@@ -13,10 +13,11 @@
 //
 //     export const policy = exportPolicy(NoPremium);
 //
-// Build (docs/plugin-guide.md, "JavaScript"):
+// Build (docs/plugin-guide.md, "JavaScript"), from the repository's root
+// (`--bundle` pulls this file into the component):
 //
-//     jco componentize app.js --wit wit --world-name policy-plugin \
-//         --disable http fetch-event --out my-policy.wasm
+//     jco componentize path/to/app.js --bundle --wit wit/policy.wit \
+//         --world-name policy-plugin --disable http fetch-event --out my-policy.wasm
 //
 // The host sends legs in batches whose strings are spans of one byte buffer
 // (a Uint8Array); `legs(batch)` turns a batch into plain leg objects with
