@@ -145,6 +145,46 @@ fn nap_cap_refuses_past_the_cap_and_frees_slots_on_termination() {
     assert_eq!(again[1].decision, Decision::Refuse);
 }
 
+/// The host announces every leg's end to every plugin: the end of a leg
+/// nap-cap refused, or never saw, must not free a slot (it drifted toward
+/// zero, and the next resync adopted every call on a full NAP).
+#[test]
+fn nap_cap_frees_only_slots_it_counted() {
+    let dir = plugin_dir(&[("30-nap-cap", "nap-cap", Some("[max]\nSIP_A = 2\n"))]);
+    let chain = load(dir.path(), "").unwrap();
+    let legs: Vec<_> = (1..=3).map(|i| leg(i, "SIP_A", "1")).collect();
+    let got: Vec<_> = chain
+        .decide_legs(&legs)
+        .into_iter()
+        .map(|v| v.decision)
+        .collect();
+    assert_eq!(
+        got,
+        [Decision::Rebuild, Decision::Rebuild, Decision::Refuse]
+    );
+    // The refused leg's notice, and notices of legs it never decided.
+    chain.notify_terminated(&legs[2..], TerminationReason::RefusedByPolicy);
+    let strangers: Vec<_> = (100..110).map(|i| leg(i, "SIP_A", "1")).collect();
+    chain.notify_terminated(&strangers, TerminationReason::Released);
+    assert_eq!(
+        chain.decide_legs(&[leg(4, "SIP_A", "1")])[0].decision,
+        Decision::Refuse,
+        "the cap still holds: no counted call ended"
+    );
+    // A counted call offered again keeps its slot, without a second one.
+    assert_eq!(chain.decide_legs(&legs[..1])[0].decision, Decision::Rebuild);
+    chain.notify_terminated(&legs[..1], TerminationReason::Released);
+    assert_eq!(
+        chain.decide_legs(&[leg(5, "SIP_A", "1")])[0].decision,
+        Decision::Rebuild,
+        "a counted call's end frees its slot"
+    );
+    assert_eq!(
+        chain.decide_legs(&[leg(6, "SIP_A", "1")])[0].decision,
+        Decision::Refuse
+    );
+}
+
 #[test]
 fn nap_cap_rejects_bad_rules_at_load() {
     let dir = plugin_dir(&[("30-nap-cap", "nap-cap", Some("[max]\nSIP_A = lots\n"))]);

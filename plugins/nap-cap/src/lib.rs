@@ -3,7 +3,12 @@
 //! After a long outage a gateway may come back with more calls on a NAP than
 //! the application is licensed or dimensioned for; this policy rebuilds up to
 //! the cap and refuses the rest. It counts calls it rebuilt and forgets them
-//! when they end, so the cap holds across resyncs.
+//! when they end, so the cap holds across resyncs. The host announces the
+//! end of every leg to every plugin (refused ones, another plugin's, legs
+//! this one never saw): only a leg this instance counted frees a slot.
+//! State is per instance (run it with `instances = 1`) and starts empty
+//! after a reload or a replaced instance (docs/plugin-guide.md, "State,
+//! terminations and Unicode").
 //!
 //! Rules text (TOML):
 //!
@@ -22,6 +27,8 @@ struct NapCap {
     max: HashMap<String, u32>,
     /// Legs this instance rebuilt, per NAP, still up.
     active: HashMap<String, u32>,
+    /// The NAP of every leg counted in `active`, by leg id.
+    counted: HashMap<u64, String>,
 }
 
 impl Policy for NapCap {
@@ -30,6 +37,7 @@ impl Policy for NapCap {
             default_max: None,
             max: HashMap::new(),
             active: HashMap::new(),
+            counted: HashMap::new(),
         };
         let mut in_max_table = false;
         for (number, raw) in rules.lines().enumerate() {
@@ -72,6 +80,10 @@ impl Policy for NapCap {
     }
 
     fn on_call_leg_sync(&mut self, leg: &CallLeg) -> Decision {
+        if self.counted.contains_key(&leg.id) {
+            // Already counted (offered again): it holds its slot.
+            return Decision::Rebuild;
+        }
         let cap = self.max.get(leg.nap).copied().or(self.default_max);
         let count = self.active.entry(leg.nap.to_string()).or_insert(0);
         match cap {
@@ -84,13 +96,18 @@ impl Policy for NapCap {
             }
             _ => {
                 *count += 1;
+                self.counted.insert(leg.id, leg.nap.to_string());
                 Decision::Rebuild
             }
         }
     }
 
     fn on_call_leg_terminated(&mut self, leg: &CallLeg, _reason: TerminationReason) {
-        if let Some(count) = self.active.get_mut(leg.nap) {
+        // Only a leg this instance counted frees a slot (and a refused one,
+        // this plugin's or another's, was never counted, or is no longer).
+        if let Some(nap) = self.counted.remove(&leg.id)
+            && let Some(count) = self.active.get_mut(&nap)
+        {
             *count = count.saturating_sub(1);
         }
     }
