@@ -8,6 +8,7 @@ mod docs;
 mod init;
 mod notify;
 mod plugin;
+mod plugin_test;
 mod run;
 mod sim;
 mod tls;

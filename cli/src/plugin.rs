@@ -18,6 +18,9 @@ pub enum PluginCommand {
     /// Run a plugin (or a plugin directory, as a chain) over legs and links
     /// from JSON files; print one JSON line per decision.
     Eval(EvalArgs),
+    /// Decide the legs (and links) of test files and compare with the
+    /// decisions they expect; exit 1 on any difference.
+    Test(super::plugin_test::TestArgs),
     /// Write an example plugin carried in this binary (accept-all, rules,
     /// nap-cap) to DIR as NAME.wasm.
     Export(ExportArgs),
@@ -37,7 +40,7 @@ pub struct ExportArgs {
 /// Where compiled plugins are kept between runs: a big component (a
 /// Python or JavaScript plugin is 10-20 MB) takes many seconds to compile.
 #[derive(Debug, Args)]
-pub struct CacheArgs {
+pub(crate) struct CacheArgs {
     /// The compile cache (default: as `legsync run`'s,
     /// `$XDG_CACHE_HOME/legsync` or `~/.cache/legsync`).
     #[arg(long)]
@@ -48,7 +51,7 @@ pub struct CacheArgs {
 }
 
 impl CacheArgs {
-    fn runtime(&self) -> anyhow::Result<PolicyRuntime> {
+    pub(crate) fn runtime(&self) -> anyhow::Result<PolicyRuntime> {
         let dir = if self.no_cache {
             None
         } else {
@@ -87,7 +90,8 @@ pub struct EvalArgs {
     /// Its rules text (single plugin only; default: the sidecar).
     #[arg(long)]
     rules: Option<PathBuf>,
-    /// A JSON array of legs (see docs/plugin-guide.md).
+    /// A JSON array of legs (see docs/plugin-guide.md), or a page of
+    /// `legsync legs --json`.
     #[arg(long)]
     legs: PathBuf,
     /// A JSON array of links.
@@ -101,6 +105,7 @@ pub fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
     match command {
         PluginCommand::Check(args) => check(args),
         PluginCommand::Eval(args) => eval(args),
+        PluginCommand::Test(args) => super::plugin_test::run(args),
         PluginCommand::Export(args) => export(args),
     }
 }
@@ -363,7 +368,8 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     } else {
         load(&args.cache.runtime()?, &args.plugin, args.rules.as_deref())?
     };
-    let legs: Vec<CallLeg> = read_json(&args.legs)?;
+    let legs =
+        super::plugin_test::legs_from(read_json(&args.legs)?, &args.legs.display().to_string())?;
     let links: Vec<Link> = match &args.links {
         Some(path) => read_json(path)?,
         None => Vec::new(),
@@ -526,7 +532,11 @@ impl std::fmt::Display for BatchTiming {
 }
 
 /// Loads one plugin file as a chain of one.
-fn load(runtime: &PolicyRuntime, path: &Path, rules: Option<&Path>) -> anyhow::Result<PolicyChain> {
+pub(crate) fn load(
+    runtime: &PolicyRuntime,
+    path: &Path,
+    rules: Option<&Path>,
+) -> anyhow::Result<PolicyChain> {
     anyhow::ensure!(path.is_file(), "{} is not a file", path.display());
     let name = path
         .file_stem()

@@ -62,6 +62,77 @@ fn plugin_check_fails_a_plugin_that_misreads_its_batch() {
     }
 }
 
+/// `plugin test`: the shipped example's tests pass; a wrong expectation
+/// is named with the leg's fields and fails; a page of `legsync legs
+/// --json` serves as legs, as it does for `plugin eval`.
+#[test]
+fn plugin_test_compares_decisions_with_expectations() {
+    let rules = built_plugin("rules");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shipped = root.join("plugins/rules/tests.json");
+    let out = legsync(&[
+        "plugin",
+        "test",
+        rules.to_str().unwrap(),
+        shipped.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("7 decisions as expected"));
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        "[[rule]]\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n",
+    )
+    .unwrap();
+    // A page of `legsync legs --json`, with the host's own fields.
+    std::fs::write(
+        dir.path().join("page.json"),
+        r#"{"legs": [
+            {"id": 1, "nap": "SIP_A", "calling": "1", "called": "19005550001", "state": "answered", "adopted_by": "20-rules"},
+            {"id": 2, "nap": "SIP_A", "calling": "1", "called": "5145550002", "state": "answered", "adopted_by": "20-rules"}
+        ], "matched": 2, "held": 2, "next_after": null}"#,
+    )
+    .unwrap();
+    let tests = dir.path().join("wrong.tests.json");
+    std::fs::write(
+        &tests,
+        r#"{"rules": "rules.toml", "legs": "page.json", "expect": {"1": "rebuild", "2": "rebuild"},
+            "links": [{"id": 7, "leg_a": 1, "leg_b": 2}], "expect_links": {"7": "rebuild"}}"#,
+    )
+    .unwrap();
+    let out = legsync(&[
+        "plugin",
+        "test",
+        rules.to_str().unwrap(),
+        tests.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains(
+            "leg 1 (nap SIP_A, calling 1, called 19005550001): expected rebuild, got refuse"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("link 7: expected rebuild, but it was not offered"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 of 3 decisions differ"), "{stdout}");
+    let out = legsync(&[
+        "plugin",
+        "eval",
+        rules.to_str().unwrap(),
+        "--rules",
+        dir.path().join("rules.toml").to_str().unwrap(),
+        "--legs",
+        dir.path().join("page.json").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(r#""leg":1,"decision":"refuse""#));
+}
+
 #[test]
 fn plugin_check_fails_precisely() {
     let dir = tempfile::tempdir().unwrap();

@@ -285,6 +285,20 @@ async fn live_resync(plugin: &Path) {
 #[test]
 fn the_rust_rules_plugin_decides_the_non_ascii_fixture() {
     assert_eq!(eval_fixture(&built_plugin("rules")), EXPECTED);
+    plugin_test(&built_plugin("rules"), "plugins/rules/tests.json");
+}
+
+/// `legsync plugin test` with the example's own test file passes.
+fn plugin_test(plugin: &Path, tests: &str) {
+    let out = legsync(&[
+        "plugin",
+        "test",
+        plugin.to_str().unwrap(),
+        repo().join(tests).to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("7 decisions as expected"), "{stdout}");
 }
 
 /// Builds the example (or says why not), checks it (listing `imports`
@@ -295,6 +309,13 @@ fn checks_and_decides(build: Build, imports: &[(&str, &str)]) {
     };
     check(&plugin, imports);
     assert_eq!(eval_fixture(&plugin), EXPECTED);
+    plugin_test(
+        &plugin,
+        match build {
+            Build::Python => "plugins/python/rules/tests.json",
+            Build::JavaScript | Build::JavaScriptDefaults => "plugins/js/rules/tests.json",
+        },
+    );
 }
 
 #[test]

@@ -1,0 +1,227 @@
+//! `legsync plugin test PLUGIN.wasm TESTS.json...`: a plugin's decisions
+//! against what its author expects, on the built component.
+//!
+//! A test file (JSON), paths relative to it:
+//!
+//! ```json
+//! {
+//!   "rules": "rules.json",
+//!   "legs": "legs.json",
+//!   "expect": { "1": "rebuild", "2": "refuse" },
+//!   "links": [ { "id": 9, "leg_a": 1, "leg_b": 3 } ],
+//!   "expect_links": { "9": "rebuild" }
+//! }
+//! ```
+//!
+//! `rules` is the plugin's rules file (absent: none). `legs` is a file or an
+//! inline array of legs as `plugin eval` takes them, or a page of `legsync
+//! legs --json` (a running host's legs). The legs are decided in one batch
+//! in the order given, on a fresh instance per test file; links as the host
+//! would (those whose two legs were rebuilt). Every expectation is checked;
+//! a leg without one is decided but not judged.
+
+use anyhow::Context;
+use clap::Args;
+use legsync::model::{CallLeg, Decision, Link};
+use legsync::policy::Verdict;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The component (`.wasm`).
+    plugin: PathBuf,
+    /// Test files (JSON; see docs/plugin-guide.md, "Testing a plugin").
+    #[arg(required = true)]
+    tests: Vec<PathBuf>,
+    #[command(flatten)]
+    cache: super::plugin::CacheArgs,
+}
+
+/// One test file, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestFile {
+    #[serde(default)]
+    rules: Option<PathBuf>,
+    legs: Items,
+    #[serde(default)]
+    expect: BTreeMap<u64, Decision>,
+    #[serde(default)]
+    links: Option<Items>,
+    #[serde(default)]
+    expect_links: BTreeMap<u64, Decision>,
+}
+
+/// Items inline, or in a file beside the test file.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Items {
+    File(PathBuf),
+    Inline(serde_json::Value),
+}
+
+impl Items {
+    fn value(&self, base: &Path) -> anyhow::Result<serde_json::Value> {
+        match self {
+            Items::Inline(value) => Ok(value.clone()),
+            Items::File(path) => {
+                let path = base.join(path);
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not JSON", path.display()))
+            }
+        }
+    }
+}
+
+/// Legs from a JSON array, or from a page of `legsync legs --json` (whose
+/// legs carry the host's own `adopted_by`).
+pub fn legs_from(value: serde_json::Value, origin: &str) -> anyhow::Result<Vec<CallLeg>> {
+    let array = match value {
+        serde_json::Value::Object(mut page) if page.contains_key("legs") => {
+            page.remove("legs").unwrap_or_default()
+        }
+        other => other,
+    };
+    let serde_json::Value::Array(items) = array else {
+        anyhow::bail!(
+            "{origin}: expected a JSON array of legs, or a page of `legsync legs --json`"
+        );
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut item)| {
+            if let Some(fields) = item.as_object_mut() {
+                fields.remove("adopted_by");
+            }
+            serde_json::from_value(item).with_context(|| format!("{origin}: leg {}", i + 1))
+        })
+        .collect()
+}
+
+pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
+    let runtime = args.cache.runtime()?;
+    let mut failed = 0;
+    for path in &args.tests {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let test: TestFile = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a test file (docs/plugin-guide.md, \"Testing a plugin\")",
+                path.display()
+            )
+        })?;
+        let rules = test.rules.as_ref().map(|r| base.join(r));
+        let chain = super::plugin::load(&runtime, &args.plugin, rules.as_deref())?;
+        let origin = path.display().to_string();
+        let legs = legs_from(test.legs.value(base)?, &origin)?;
+        let links: Vec<Link> = match &test.links {
+            Some(items) => serde_json::from_value(items.value(base)?)
+                .with_context(|| format!("{origin}: links"))?,
+            None => Vec::new(),
+        };
+        for id in test.expect.keys() {
+            anyhow::ensure!(
+                legs.iter().any(|leg| leg.id == *id),
+                "{origin}: an expectation for leg {id}, which is not among its legs"
+            );
+        }
+        let verdicts = chain.decide_legs(&legs);
+        let mut problems = Vec::new();
+        let mut judged = 0;
+        for (leg, verdict) in legs.iter().zip(&verdicts) {
+            if let Some(expected) = test.expect.get(&leg.id) {
+                judged += 1;
+                if let Some(problem) = judge(
+                    &format!("leg {}", leg.id),
+                    describe(leg),
+                    *expected,
+                    verdict,
+                ) {
+                    problems.push(problem);
+                }
+            }
+        }
+        let rebuilt: Vec<&Link> = links
+            .iter()
+            .filter(|link| {
+                [link.leg_a, link.leg_b].iter().all(|side| {
+                    legs.iter()
+                        .zip(&verdicts)
+                        .any(|(leg, v)| leg.id == *side && v.decision == Decision::Rebuild)
+                })
+            })
+            .collect();
+        let offered: Vec<Link> = rebuilt.iter().map(|link| **link).collect();
+        let link_verdicts = chain.decide_links(&offered);
+        for (id, expected) in &test.expect_links {
+            judged += 1;
+            let name = format!("link {id}");
+            match offered.iter().position(|link| link.id == *id) {
+                Some(i) => {
+                    if let Some(problem) = judge(&name, String::new(), *expected, &link_verdicts[i]) {
+                        problems.push(problem);
+                    }
+                }
+                None => problems.push(format!(
+                    "{name}: expected {}, but it was not offered (a leg of it was refused, or is not among the legs)",
+                    expected.as_str()
+                )),
+            }
+        }
+        if problems.is_empty() {
+            println!("ok   {origin}: {judged} decisions as expected");
+        } else {
+            failed += 1;
+            for problem in &problems {
+                println!("FAIL {origin}: {problem}");
+            }
+            println!(
+                "{} of {judged} decisions differ from what {origin} expects",
+                problems.len()
+            );
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// What is wrong with one verdict, if anything.
+fn judge(name: &str, about: String, expected: Decision, verdict: &Verdict) -> Option<String> {
+    let about = if about.is_empty() {
+        String::new()
+    } else {
+        format!(" ({about})")
+    };
+    match verdict.failure {
+        Some(kind) => Some(format!(
+            "{name}{about}: expected {}, but the plugin failed ({}; its failure policy gave {})",
+            expected.as_str(),
+            kind.as_str(),
+            verdict.decision.as_str()
+        )),
+        None if verdict.decision != expected => Some(format!(
+            "{name}{about}: expected {}, got {}",
+            expected.as_str(),
+            verdict.decision.as_str()
+        )),
+        None => None,
+    }
+}
+
+/// The fields a rule usually looks at, to read a failure without the file.
+fn describe(leg: &CallLeg) -> String {
+    format!(
+        "nap {}, calling {}, called {}",
+        leg.nap, leg.calling, leg.called
+    )
+}
