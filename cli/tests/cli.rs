@@ -255,7 +255,7 @@ fn plugin_eval_prints_one_json_line_per_leg_and_link() {
     ]);
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("legs.json is not valid"),
+        text(&out.stderr).contains("legs.json: expected a JSON array of legs"),
         "{}",
         text(&out.stderr)
     );

@@ -224,7 +224,31 @@ impl Probe {
         let lines = read_log(&self.traffic_log)?;
         let events = &lines[self.traffic_seen.min(lines.len())..];
         self.traffic_seen = lines.len();
-        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Every record these events made is durable before they are timed
+        // (the ledger may hold one the reply did not count yet).
+        let needed = events
+            .iter()
+            .filter_map(|e| records.get(&(e.kind, e.leg)))
+            .max()
+            .copied()
+            .unwrap_or(0);
+        let mut marks = self.marks.clone();
+        tokio::time::timeout(within, marks.wait_for(|m| m.record >= needed))
+            .await
+            .with_context(|| {
+                format!(
+                    "record {needed} was not durable within {} s",
+                    within.as_secs()
+                )
+            })?
+            .context("the host's ledger writer stopped")?;
+        // The collecting task may not have run since the last mark: the
+        // watch's own latest mark is as good a sighting.
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let latest = *self.marks.borrow();
+        if seen.last().is_none_or(|m| m.record < latest.record) {
+            seen.push(latest);
+        }
         let latencies = join(events, &records, &seen)?;
         let first = events.iter().map(|e| e.intended_us).min().unwrap_or(0);
         let last = latencies.last_durable_us;
