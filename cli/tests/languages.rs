@@ -397,3 +397,58 @@ fn the_js_sdk_header_builds_as_the_guide_does() {
         "{header}"
     );
 }
+
+/// The JavaScript SDK's type declarations (`plugins/js/legsync.d.ts`)
+/// accept a plugin written in TypeScript (`plugins/js/types/check.ts`)
+/// and reject misuse: a decision that is not one, an id compared with a
+/// number, an answer time used as if always there. `tsc` comes with the
+/// pinned JavaScript toolchain (jco depends on it).
+#[test]
+fn the_js_sdk_types_accept_a_plugin_and_reject_misuse() {
+    let tsc = repo().join("target/toolchains/js/node_modules/.bin/tsc");
+    if !tsc.is_file() {
+        install_toolchains_under_ci();
+    }
+    if !tsc.is_file() {
+        let missing = format!("{} is missing; run .ci/toolchains", tsc.display());
+        if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+            panic!("{missing}: it is required under CI");
+        }
+        eprintln!("SKIPPED: {missing}");
+        return;
+    }
+    let compile = |file: &Path| {
+        let out = Command::new(&tsc)
+            .args([
+                "--noEmit", "--strict", "--target", "es2022", "--module", "es2022",
+            ])
+            .args(["--moduleResolution", "bundler"])
+            .arg(file)
+            .output()
+            .unwrap();
+        (out.status.success(), text(&out.stdout) + &text(&out.stderr))
+    };
+    let (ok, said) = compile(&repo().join("plugins/js/types/check.ts"));
+    assert!(ok, "{said}");
+    let dir = tempfile::tempdir().unwrap();
+    let misuse = dir.path().join("misuse.ts");
+    std::fs::write(
+        &misuse,
+        format!(
+            "import {{ Policy, type CallLeg, type Decision }} from '{}';\n\
+             class Wrong extends Policy {{\n\
+             \x20 onCallLegSync(leg: CallLeg): Decision {{\n\
+             \x20   if (leg.id === 5) {{ return 'maybe'; }}\n\
+             \x20   return leg.answeredAtMs > 0n ? 'rebuild' : 'refuse';\n\
+             \x20 }}\n\
+             }}\n",
+            repo().join("plugins/js/legsync.js").display()
+        ),
+    )
+    .unwrap();
+    let (ok, said) = compile(&misuse);
+    assert!(!ok, "misuse compiled");
+    for code in ["TS2367", "TS2322", "TS18048"] {
+        assert!(said.contains(code), "{code} in {said}");
+    }
+}

@@ -1,0 +1,122 @@
+// Type declarations for legsync.js, the JavaScript plugin SDK (contract
+// legsync:policy@0.3.0). Editors and `tsc` read them beside legsync.js; a
+// plugin written in TypeScript compiles against them, then is bundled as
+// JavaScript (docs/plugin-guide.md, "JavaScript").
+
+/** The contract version this SDK builds plugins for. */
+export const CONTRACT_VERSION: '0.3.0';
+
+/** A plugin's answer for a leg or a link. */
+export type Decision = 'rebuild' | 'refuse';
+export const REBUILD: 'rebuild';
+export const REFUSE: 'refuse';
+
+export type Direction = 'inbound' | 'outbound';
+export type Protocol = 'sip' | 'isdn' | 'ss7' | 'cas' | 'media-only';
+export type TerminationReason =
+  | 'released'
+  | 'absent-after-resync'
+  | 'grace-expired'
+  | 'refused-by-policy'
+  | 'host-shutdown';
+
+/** A call leg, its strings decoded. Ids and times are BigInts (u64). */
+export interface CallLeg {
+  id: bigint;
+  sessionId: bigint;
+  direction: Direction;
+  protocol: Protocol;
+  nap: string;
+  calling: string;
+  called: string;
+  /** Unix milliseconds. */
+  offeredAtMs: bigint;
+  /** Unix milliseconds; undefined until answered. */
+  answeredAtMs?: bigint;
+  /** The leg this one is linked to, if any. */
+  linkedTo?: bigint;
+}
+
+/** Two legs joined. */
+export interface Link {
+  id: bigint;
+  legA: bigint;
+  legB: bigint;
+}
+
+/** `len` bytes of a batch's text from byte `start`. */
+export interface TextSpan {
+  start: number;
+  len: number;
+}
+
+/** A leg as the host sends it: its strings are spans of the batch's text. */
+export interface PackedLeg {
+  id: bigint;
+  sessionId: bigint;
+  direction: Direction;
+  protocol: Protocol;
+  nap: TextSpan;
+  calling: TextSpan;
+  called: TextSpan;
+  offeredAtMs: bigint;
+  answeredAtMs?: bigint;
+  linkedTo?: bigint;
+}
+
+/** A batch as the host sends it: the text of all its legs, as UTF-8 bytes. */
+export interface LegBatch {
+  text: Uint8Array;
+  legs: PackedLeg[];
+}
+
+/** A leg that ended, with the reason. */
+export interface TerminatedLeg {
+  leg: CallLeg;
+  reason: TerminationReason;
+}
+
+/** The legs of a batch, their strings read from the batch's bytes. */
+export function legs(batch: LegBatch): CallLeg[];
+
+/**
+ * The decisions of one plugin: extend it and override what you decide.
+ * One object lives per plugin instance, built from the rules text; throw
+ * in the constructor to reject the rules with that message.
+ */
+export class Policy {
+  constructor(rules: string);
+  /** `OnCallLegSync` for one leg the host did not know. */
+  onCallLegSync(leg: CallLeg): Decision;
+  /** `OnLinkSync` for one link whose two legs were rebuilt. */
+  onLinkSync(link: Link): Decision;
+  /** `OnCallLegTerminated` for one leg that ended (every leg, to every plugin). */
+  onCallLegTerminated(leg: CallLeg, reason: TerminationReason): void;
+  /** A whole batch; one decision per leg, in order. */
+  onCallLegSyncBatch(legs: CallLeg[]): Decision[];
+  /** A whole batch of links; one decision per link, in order. */
+  onLinkSyncBatch(links: Link[]): Decision[];
+}
+
+/** The contract's exports, as `exportPolicy` builds them. */
+export interface PolicyExports {
+  init(config: string): void;
+  onCallLegSync(batch: LegBatch): Decision[];
+  onLinkSync(links: Link[]): Decision[];
+  onCallLegTerminated(ended: TerminatedLeg[]): void;
+}
+
+/** The contract's exports, implemented by an instance of `PolicyClass`:
+ * export it from your module as `policy`. */
+export function exportPolicy(PolicyClass: new (rules: string) => Policy): PolicyExports;
+
+/** One line to the host log, tagged with the plugin's name (capped per call). */
+export function trace(message: string): void;
+export function debug(message: string): void;
+export function info(message: string): void;
+export function warn(message: string): void;
+export function error(message: string): void;
+
+/** The host's wall clock in Unix milliseconds (for call ages against
+ * `answeredAtMs`). */
+export function nowMs(): bigint;
