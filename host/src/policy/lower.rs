@@ -16,11 +16,18 @@
 //! `#[derive(Lower)]` expands to (the `__internal` API of the pinned
 //! wasmtime); the layout comes from the field types' canonical ABI, not from
 //! hard-coded offsets, and the `fields` test fixture checks every field.
+//!
+//! The `public-lowering` feature builds the derived lowering instead (public
+//! API only), to measure what the private path saves on a given wasmtime:
+//! see benches/README.md.
 
 use super::bindings::wit;
 use crate::model;
+#[cfg(not(feature = "public-lowering"))]
 use std::mem::MaybeUninit;
+#[cfg(not(feature = "public-lowering"))]
 use std::sync::OnceLock;
+#[cfg(not(feature = "public-lowering"))]
 use wasmtime::component::__internal::{
     CanonicalAbiInfo, InterfaceType, LowerContext, bad_type_info, map_maybe_uninit,
     wasmtime_environ::component::StringEncoding,
@@ -37,6 +44,7 @@ pub struct TextSpan {
 
 /// A `packed-leg`: a leg's fields, its strings as spans of the batch text.
 #[derive(ComponentType, Clone, Copy, Debug)]
+#[cfg_attr(feature = "public-lowering", derive(Lower))]
 #[component(record)]
 pub struct PackedLeg {
     pub id: u64,
@@ -143,6 +151,7 @@ impl LegBatch {
     }
 }
 
+#[cfg(not(feature = "public-lowering"))]
 /// Byte offsets of the record's fields, in declaration order, from the
 /// canonical ABI of each field's type.
 struct Layout {
@@ -160,6 +169,7 @@ struct Layout {
     span_len: usize,
 }
 
+#[cfg(not(feature = "public-lowering"))]
 fn layout() -> &'static Layout {
     static LAYOUT: OnceLock<Layout> = OnceLock::new();
     LAYOUT.get_or_init(|| {
@@ -199,6 +209,7 @@ fn layout() -> &'static Layout {
     })
 }
 
+#[cfg(not(feature = "public-lowering"))]
 unsafe impl Lower for PackedLeg {
     fn linear_lower_to_flat<T>(
         &self,
@@ -268,6 +279,7 @@ unsafe impl Lower for PackedLeg {
     }
 }
 
+#[cfg(not(feature = "public-lowering"))]
 impl PackedLeg {
     /// Writes the record's bytes (little-endian, as the canonical ABI says).
     fn write_record(&self, record: &mut [u8], layout: &Layout) {
@@ -300,6 +312,7 @@ impl PackedLeg {
 
 /// A `link` record, lowered a whole list at a time.
 #[derive(ComponentType, Clone, Copy)]
+#[cfg_attr(feature = "public-lowering", derive(Lower))]
 #[component(record)]
 pub struct LinkRecord {
     pub id: u64,
@@ -319,6 +332,7 @@ impl From<&model::Link> for LinkRecord {
     }
 }
 
+#[cfg(not(feature = "public-lowering"))]
 unsafe impl Lower for LinkRecord {
     fn linear_lower_to_flat<T>(
         &self,
@@ -373,6 +387,7 @@ unsafe impl Lower for LinkRecord {
     }
 }
 
+#[cfg(not(feature = "public-lowering"))]
 /// Writes a list of records with no strings or lists inside (so nothing to
 /// allocate) at `offset`, where `lower_list` has reserved and checked room
 /// for them, through one view of guest memory: `write` fills one record.
