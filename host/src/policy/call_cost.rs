@@ -149,7 +149,16 @@ mod tests {
     /// Calls a simulated plugin (`fixed` + `per_item` × n) until its batch
     /// size settles; returns it.
     fn settle(fixed: Duration, per_item: Duration, batch_size: usize) -> (CallCost, usize) {
-        let cost = CallCost::default();
+        settle_from(CallCost::default(), fixed, per_item, batch_size)
+    }
+
+    /// [`settle`] from a model that has already seen calls.
+    fn settle_from(
+        cost: CallCost,
+        fixed: Duration,
+        per_item: Duration,
+        batch_size: usize,
+    ) -> (CallCost, usize) {
         let mut limit = cost.batch_limit(DEADLINE, batch_size);
         for _ in 0..10 {
             let took = fixed + per_item * limit as u32;
@@ -193,16 +202,7 @@ mod tests {
         ] {
             let cost = CallCost::default();
             cost.measured(1, fixed + per_item);
-            let mut limit = cost.batch_limit(DEADLINE, 1024);
-            for _ in 0..10 {
-                let took = fixed + per_item * limit as u32;
-                if took > DEADLINE {
-                    cost.overran(limit, DEADLINE);
-                } else {
-                    cost.measured(limit, took);
-                }
-                limit = cost.batch_limit(DEADLINE, 1024);
-            }
+            let (_, limit) = settle_from(cost, fixed, per_item, 1024);
             assert!(
                 settled.contains(&limit),
                 "{fixed:?} + {per_item:?}/leg: {limit}"
