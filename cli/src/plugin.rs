@@ -438,10 +438,10 @@ struct EvalSides {
 }
 
 impl legsync::resync::LinkSides for EvalSides {
-    fn side(&self, leg: u64) -> Option<(bool, u32)> {
+    fn side(&self, leg: u64) -> Option<(bool, legsync::legs::SlotHint)> {
         self.rebuilt
             .contains(&leg)
-            .then(|| (self.claimed.contains(&leg), 0))
+            .then(|| (self.claimed.contains(&leg), Default::default()))
     }
     fn claim(&mut self, leg: u64) {
         self.claimed.insert(leg);

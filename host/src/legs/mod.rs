@@ -47,6 +47,14 @@ pub struct LegEntry {
     claimed: u32,
 }
 
+/// Where a leg sat in the table when a link plan looked it up
+/// ([`LegTable::link_side`]): the link is then inserted there without
+/// looking its legs up again (two cache misses each in a table of
+/// millions). Only the table reads it; a hint that no longer holds the leg
+/// (a removal moved it) is looked up again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotHint(u32);
+
 /// The contexts.
 ///
 /// Entries live in one vector (a slab) with a small id-to-slot index beside
@@ -140,7 +148,7 @@ impl LegTable {
     /// [`LegTable::insert_link_at`] for a resync's links, with the hints of
     /// its plan: by batches whose entries and index slots are prefetched
     /// first. Returns how many were inserted.
-    pub fn insert_links_at(&mut self, links: &[Link], hints: &[[u32; 2]]) -> usize {
+    pub fn insert_links_at(&mut self, links: &[Link], hints: &[[SlotHint; 2]]) -> usize {
         let mut inserted = 0;
         for (links, hints) in links
             .chunks(PREFETCH_BATCH)
@@ -173,11 +181,11 @@ impl LegTable {
 
     /// Starts loading what inserting `links` at `hints` touches: the
     /// entries at the hints, and where each link will be indexed.
-    fn prefetch_links(&self, links: &[Link], hints: &[[u32; 2]]) {
+    fn prefetch_links(&self, links: &[Link], hints: &[[SlotHint; 2]]) {
         for link in links {
             self.links.prefetch(link.id);
         }
-        for &slot in hints.iter().flatten() {
+        for &SlotHint(slot) in hints.iter().flatten() {
             if let Some(entry) = self.slots.get(slot as usize) {
                 crate::ids::prefetch(entry);
             }
@@ -240,9 +248,9 @@ impl LegTable {
     /// link was planned ([`LegTable::link_side`]): a resync's links skip two
     /// look-ups in the id index, each a cache miss in a table of millions.
     /// A hint that no longer holds the leg is looked up again.
-    pub fn insert_link_at(&mut self, link: Link, hint: [u32; 2]) -> bool {
-        let at = |table: &Self, id: LegId, hint: u32| match table.slots.get(hint as usize) {
-            Some(entry) if entry.leg.id == id => Some(hint as usize),
+    pub fn insert_link_at(&mut self, link: Link, hint: [SlotHint; 2]) -> bool {
+        let at = |table: &Self, id: LegId, hint: SlotHint| match table.slots.get(hint.0 as usize) {
+            Some(entry) if entry.leg.id == id => Some(hint.0 as usize),
             _ => table.slot(id),
         };
         let (Some(a), Some(b)) = (at(self, link.leg_a, hint[0]), at(self, link.leg_b, hint[1]))
@@ -322,11 +330,11 @@ impl LegTable {
     /// whether the leg is taken: linked already, or claimed by an earlier
     /// link of the current resync's plan, and its slot (the hint for
     /// [`LegTable::insert_link_at`]). One look-up serves all three.
-    pub fn link_side(&self, id: LegId) -> Option<(bool, u32)> {
+    pub fn link_side(&self, id: LegId) -> Option<(bool, SlotHint)> {
         let slot = self.slot(id)?;
         let entry = &self.slots[slot];
         let taken = entry.leg.linked_to.is_some() || entry.claimed == self.generation;
-        Some((taken, slot as u32))
+        Some((taken, SlotHint(slot as u32)))
     }
 
     /// Marks a held leg as given a link by the current resync's plan.
@@ -448,7 +456,7 @@ mod tests {
                 leg_a: 1,
                 leg_b: 2
             },
-            [0, 1]
+            [SlotHint(0), SlotHint(1)]
         ));
     }
 

@@ -6,7 +6,7 @@
 //! rule once the legs are settled. Pure: the supervisor does the I/O.
 
 use crate::ids::IdIndex;
-use crate::legs::{LegTable, PREFETCH_BATCH, Sighting};
+use crate::legs::{LegTable, PREFETCH_BATCH, Sighting, SlotHint};
 use crate::model::IdSet as HashSet;
 use crate::model::{CallLeg, LegId, Link, LinkId};
 
@@ -61,7 +61,7 @@ pub struct LinkPlan {
     pub offer: Vec<Link>,
     /// Where each offered link's legs were found ([`LinkSides::side`]), for
     /// [`LegTable::insert_link_at`].
-    pub offer_at: Vec<[u32; 2]>,
+    pub offer_at: Vec<[SlotHint; 2]>,
     /// Unknown links with a refused leg: dropped at the engine.
     pub drop: Vec<Link>,
     /// Links the host knew that the engine no longer has.
@@ -186,9 +186,9 @@ impl SnapshotDiff {
 /// marks in its entries); `legsync plugin eval` answers from sets.
 pub trait LinkSides {
     /// `None` if the leg is not held; else whether it is taken, and where
-    /// it is (a hint for inserting the link; any number will do where there
-    /// is no table).
-    fn side(&self, leg: LegId) -> Option<(bool, u32)>;
+    /// it is (a hint for inserting the link; the default where there is no
+    /// table).
+    fn side(&self, leg: LegId) -> Option<(bool, SlotHint)>;
     /// Marks a held leg as given a link by this plan.
     fn claim(&mut self, leg: LegId);
     /// Starts loading what `side` will read about the legs of `links`, a
@@ -200,7 +200,7 @@ impl LinkSides for LegTable {
     fn prefetch_sides(&self, links: &[Link]) {
         LegTable::prefetch_sides(self, links);
     }
-    fn side(&self, leg: LegId) -> Option<(bool, u32)> {
+    fn side(&self, leg: LegId) -> Option<(bool, SlotHint)> {
         self.link_side(leg)
     }
     fn claim(&mut self, leg: LegId) {
@@ -244,8 +244,9 @@ fn sort_link(
         return;
     }
     let (a, b) = (sides.side(link.leg_a), sides.side(link.leg_b));
-    let taken =
-        |side: Option<(bool, u32)>, leg| side.map_or_else(|| claimed.contains(&leg), |(t, _)| t);
+    let taken = |side: Option<(bool, SlotHint)>, leg| {
+        side.map_or_else(|| claimed.contains(&leg), |(t, _)| t)
+    };
     if taken(a, link.leg_a) || taken(b, link.leg_b) {
         plan.doubly_linked.push(link);
         return;

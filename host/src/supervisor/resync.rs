@@ -435,7 +435,7 @@ impl Host {
         connection: &mut Connection,
         decider: &Decider,
         offer: Vec<Link>,
-        mut offer_at: Vec<[u32; 2]>,
+        mut offer_at: Vec<[crate::legs::SlotHint; 2]>,
         run: &mut Run,
     ) -> Result<(), ResyncError> {
         let (mut offer, verdicts) =
