@@ -100,6 +100,17 @@ pub fn build_host(
     decider: Decider,
     events: Events,
 ) -> anyhow::Result<(Host, PolicyHandle)> {
+    // Metrics a scrape must see from the start, which the metrics module
+    // cannot know by itself.
+    crate::metrics::build_info(
+        crate::policy::contract::CONTRACT_VERSION,
+        crate::protocol::PROTOCOL_VERSION,
+    );
+    crate::metrics::zero_labelled(
+        crate::metrics::DISCONNECTS,
+        "reason",
+        crate::engine::LinkError::REASONS,
+    );
     let engine = config
         .engine
         .clone()

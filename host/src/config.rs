@@ -56,7 +56,7 @@ pub struct HostConfig {
     #[serde(default = "default_admin")]
     pub admin: String,
     /// The file holding the admin endpoint's token, which its control
-    /// routes require (see `crate::admin::token`). Default: `admin.token`
+    /// routes require (see the admin endpoint's `token` module). Default: `admin.token`
     /// in the ledger's directory, written by the host at its first start.
     #[serde(default)]
     pub admin_token: Option<PathBuf>,

@@ -213,22 +213,40 @@ pub fn install() -> &'static PrometheusHandle {
             }
         }
         zero_counters();
-        gauge!(
-            BUILD_INFO,
-            "version" => env!("CARGO_PKG_VERSION"),
-            "commit" => env!("LEGSYNC_COMMIT"),
-            "contract" => crate::policy::contract::CONTRACT_VERSION,
-            "protocol" => crate::protocol::PROTOCOL_VERSION.to_string()
-        )
-        .set(1.0);
         handle
     })
+}
+
+/// `legsync_build_info`: 1, labelled with the build and the versions of
+/// the plugin contract and the engine protocol it speaks (given by the
+/// host's wiring: this module depends on no other).
+pub fn build_info(contract: &'static str, protocol: u8) {
+    install();
+    gauge!(
+        BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => crate::BUILD_COMMIT,
+        "contract" => contract,
+        "protocol" => protocol.to_string()
+    )
+    .set(1.0);
+}
+
+/// Shows `name` at 0 for each of `values` of its `label` (see
+/// `zero_counters`), for label sets another module owns (the engine link's
+/// disconnect reasons).
+pub fn zero_labelled(name: &'static str, label: &'static str, values: &[&'static str]) {
+    install();
+    for &value in values {
+        counter!(name, label => value).absolute(0);
+    }
 }
 
 /// Every counter series whose labels are known before it first counts,
 /// shown at 0 from the start: an alert on "any increase" (`increase(..) >
 /// 0`) cannot see the first event of a series that did not exist before it.
-/// Series labelled by plugin appear when their plugin first counts.
+/// Series labelled by plugin appear when their plugin first counts; the
+/// disconnect reasons are shown by the host's wiring ([`zero_labelled`]).
 fn zero_counters() {
     for name in [
         CONNECTS,
@@ -242,9 +260,6 @@ fn zero_counters() {
         TABLE_FULL,
     ] {
         counter!(name).absolute(0);
-    }
-    for reason in crate::engine::LinkError::REASONS {
-        counter!(DISCONNECTS, "reason" => *reason).absolute(0);
     }
     for outcome in ["applied", "rejected-will-retry", "rejected"] {
         counter!(RELOADS, "outcome" => outcome).absolute(0);
