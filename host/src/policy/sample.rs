@@ -68,36 +68,43 @@ pub struct SampleFailure {
 }
 
 /// Calls every export of `chain` once with sample legs and a link; the
-/// first failure, if any.
+/// first failure, if any (what a reload refuses a set for).
 pub fn try_chain(chain: &PolicyChain) -> Result<(), SampleFailure> {
+    failures(chain).into_iter().next().map_or(Ok(()), Err)
+}
+
+/// Calls every export of `chain` once with sample legs and a link; every
+/// export that failed (what `legsync plugin check` lists).
+pub fn failures(chain: &PolicyChain) -> Vec<SampleFailure> {
     let legs = legs(2);
     let link = Link {
         id: 1,
         leg_a: 1,
         leg_b: 2,
     };
+    let mut failed = Vec::new();
     for (export, verdicts) in [
         (Export::LegSync, chain.decide_legs(&legs)),
         (Export::LinkSync, chain.decide_links(&[link])),
     ] {
         if let Some(verdict) = verdicts.iter().find(|v| v.failure.is_some()) {
-            return Err(SampleFailure {
+            failed.push(SampleFailure {
                 plugin: verdict.plugin.as_str().to_string(),
                 export,
                 kind: verdict.failure,
             });
         }
     }
-    let failures: Vec<u64> = chain.plugins().iter().map(|p| p.stats().failures).collect();
+    let before: Vec<u64> = chain.plugins().iter().map(|p| p.stats().failures).collect();
     chain.notify_terminated(&legs, TerminationReason::Released);
-    for (plugin, before) in chain.plugins().iter().zip(failures) {
+    for (plugin, before) in chain.plugins().iter().zip(before) {
         if plugin.stats().failures > before {
-            return Err(SampleFailure {
+            failed.push(SampleFailure {
                 plugin: plugin.name().as_str().to_string(),
                 export: Export::Terminated,
                 kind: None,
             });
         }
     }
-    Ok(())
+    failed
 }
