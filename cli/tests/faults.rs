@@ -377,6 +377,18 @@ async fn slow_termination_notices_do_not_hold_up_the_purge() {
     host.stop().await.unwrap();
 }
 
+/// The summary of the last resync among `events`.
+fn last_summary(events: &[HostEvent]) -> &legsync::events::ResyncSummary {
+    events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            HostEvent::ResyncDone(summary) => Some(&**summary),
+            _ => None,
+        })
+        .expect("a resync summary")
+}
+
 /// A plugin that decides slowly but legally (1 ms a leg, under its
 /// deadline) used to hold a resync for as long as it liked (85 s for a
 /// million legs at 85 ms a batch). The chain's time for decisions is
@@ -396,13 +408,7 @@ async fn a_slow_chain_gets_a_time_budget_for_decisions() {
     );
     let mut host = RunningHost::start(&config, world.decider(&config)).unwrap();
     let events = host.next_resync(WAIT).await.unwrap();
-    let Some(HostEvent::ResyncDone(summary)) = events
-        .iter()
-        .rev()
-        .find(|e| matches!(e, HostEvent::ResyncDone(_)))
-    else {
-        panic!("no summary")
-    };
+    let summary = last_summary(&events);
     assert!(summary.decided_by_budget > 0, "{summary:?}");
     assert_eq!(summary.rebuilt, 6_000, "fail-open: every call kept");
     assert!(
@@ -447,13 +453,7 @@ async fn a_plugin_slow_per_call_keeps_full_batches_and_the_resync_ends_at_its_bu
     let chain = chain.clone();
     let mut host = RunningHost::start(&config, decider).unwrap();
     let events = host.next_resync(WAIT).await.unwrap();
-    let Some(HostEvent::ResyncDone(summary)) = events
-        .iter()
-        .rev()
-        .find(|e| matches!(e, HostEvent::ResyncDone(_)))
-    else {
-        panic!("no summary")
-    };
+    let summary = last_summary(&events);
     // 50,000 legs in full batches of 1,024 take ~49 calls (2.9 s): the
     // 2 s budget ends the plugin's part after at most 33 of them.
     assert!(summary.decided_by_budget > 0, "{summary:?}");

@@ -135,10 +135,7 @@ fn built(build: Build) -> Option<PathBuf> {
             build.language(),
             build.tool().display()
         );
-        if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-            panic!("{missing}: it is required under CI");
-        }
-        eprintln!("SKIPPED: {missing}");
+        common::unavailable(&missing);
         return None;
     }
     let built = BUILT[build as usize].get_or_init(|| {
@@ -410,11 +407,7 @@ fn the_js_sdk_types_accept_a_plugin_and_reject_misuse() {
         install_toolchains_under_ci();
     }
     if !tsc.is_file() {
-        let missing = format!("{} is missing; run .ci/toolchains", tsc.display());
-        if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-            panic!("{missing}: it is required under CI");
-        }
-        eprintln!("SKIPPED: {missing}");
+        common::unavailable(&format!("{} is missing; run .ci/toolchains", tsc.display()));
         return;
     }
     let compile = |file: &Path| {

@@ -32,10 +32,7 @@ fn package() -> Option<PathBuf> {
             "no package in {} (build it with .ci/package)",
             dir.display()
         );
-        if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-            panic!("{missing}: it is required under CI (.ci/run builds it)");
-        }
-        eprintln!("SKIPPED: {missing}");
+        common::unavailable(&missing);
     }
     newest
 }
@@ -137,10 +134,7 @@ fn the_package_installs_a_working_legsync() {
             version.trim(),
             ours.trim()
         );
-        if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-            panic!("{stale}");
-        }
-        eprintln!("SKIPPED: {stale}");
+        common::unavailable(&stale);
         return;
     }
     let (ok, said) = run(

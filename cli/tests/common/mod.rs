@@ -28,12 +28,21 @@ pub fn system_tool(paths: &[&str], package: &str) -> Option<PathBuf> {
     if let Some(found) = paths.iter().map(PathBuf::from).find(|p| p.is_file()) {
         return Some(found);
     }
-    let missing = format!("{} is not installed (Debian package `{package}`)", paths[0]);
-    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-        panic!("{missing}: it is required under CI (.ci/run installs it)");
-    }
-    eprintln!("SKIPPED: {missing}");
+    unavailable(&format!(
+        "{} is not installed (Debian package `{package}`; .ci/run installs it)",
+        paths[0]
+    ));
     None
+}
+
+/// Something a test needs is not there: under `CI=true` (where `.ci/run`
+/// provides it) the test fails; elsewhere it says SKIPPED, and why, and the
+/// caller returns.
+pub fn unavailable(why: &str) {
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!("{why}: it is required under CI");
+    }
+    eprintln!("SKIPPED: {why}");
 }
 
 /// A process's output as text.
