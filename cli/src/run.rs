@@ -97,6 +97,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(plugins = %decider.describe().join(", "), "active plugin set");
     let (host, policy) = app::build_host(&config, decider, events.clone())?;
+    // Sets loaded by a reload run in `runtime` too, whatever the first held.
+    runtime.held_legs().serve(host.held_legs());
     // The command's own tasks: each ends at the stop, and is waited for.
     let tasks = TaskTracker::new();
     // A required audit trail that fails stops the host.

@@ -5,13 +5,32 @@
 mod common;
 
 use common::{install, leg, plugin_dir};
-use legsync::model::{Decision, Direction, Link, Protocol, TerminationReason};
+use legsync::model::{
+    CallLeg, Custody, Decision, Direction, EndedLeg, Link, Protocol, TerminationReason,
+};
 use legsync::policy::loader::load_dir;
 use legsync::policy::{
     CacheOutcome, CompileCache, FailureKind, PolicyChain, PolicyConfig, PolicyError, PolicyRuntime,
 };
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// `legs` as they end, each with `custody`.
+fn ended(legs: &[CallLeg], custody: Custody) -> Vec<EndedLeg> {
+    legs.iter()
+        .map(|leg| EndedLeg {
+            leg: leg.clone(),
+            custody,
+        })
+        .collect()
+}
+
+/// Held by the host, adopted by `plugin`.
+fn held_by(plugin: &str) -> Custody {
+    Custody::Held {
+        adopted_by: plugin.into(),
+    }
+}
 
 fn runtime() -> PolicyRuntime {
     PolicyRuntime::new(None).unwrap()
@@ -135,7 +154,10 @@ fn nap_cap_refuses_past_the_cap_and_frees_slots_on_termination() {
         ]
     );
 
-    chain.notify_terminated(std::slice::from_ref(&legs[0]), TerminationReason::Released);
+    chain.notify_terminated(
+        &ended(&legs[..1], held_by("30-nap-cap")),
+        TerminationReason::Released,
+    );
     let again = chain.decide_legs(&[leg(5, "SIP_A", "1"), leg(6, "SIP_A", "1")]);
     assert_eq!(
         again[0].decision,
@@ -163,9 +185,18 @@ fn nap_cap_frees_only_slots_it_counted() {
         [Decision::Rebuild, Decision::Rebuild, Decision::Refuse]
     );
     // The refused leg's notice, and notices of legs it never decided.
-    chain.notify_terminated(&legs[2..], TerminationReason::RefusedByPolicy);
+    let by_cap = Custody::Refused {
+        by: "30-nap-cap".into(),
+    };
+    chain.notify_terminated(
+        &ended(&legs[2..], by_cap),
+        TerminationReason::RefusedByPolicy,
+    );
     let strangers: Vec<_> = (100..110).map(|i| leg(i, "SIP_A", "1")).collect();
-    chain.notify_terminated(&strangers, TerminationReason::Released);
+    chain.notify_terminated(
+        &ended(&strangers, held_by("live")),
+        TerminationReason::Released,
+    );
     assert_eq!(
         chain.decide_legs(&[leg(4, "SIP_A", "1")])[0].decision,
         Decision::Refuse,
@@ -173,7 +204,10 @@ fn nap_cap_frees_only_slots_it_counted() {
     );
     // A counted call offered again keeps its slot, without a second one.
     assert_eq!(chain.decide_legs(&legs[..1])[0].decision, Decision::Rebuild);
-    chain.notify_terminated(&legs[..1], TerminationReason::Released);
+    chain.notify_terminated(
+        &ended(&legs[..1], held_by("30-nap-cap")),
+        TerminationReason::Released,
+    );
     assert_eq!(
         chain.decide_legs(&[leg(5, "SIP_A", "1")])[0].decision,
         Decision::Rebuild,
@@ -469,7 +503,7 @@ fn a_failing_notification_handler_does_not_quarantine_the_decisions() {
     .unwrap();
     for _ in 0..4 {
         chain.notify_terminated(
-            &[leg(1, "A", "1")],
+            &ended(&[leg(1, "A", "1")], held_by("50-notify")),
             legsync::model::TerminationReason::Released,
         );
     }
@@ -621,49 +655,61 @@ fn a_corrupt_wasm_file_is_rejected_with_its_path() {
 fn a_plugin_for_another_contract_version_is_rejected_naming_both() {
     let dir = plugin_dir(&[("10-future", "fixture-future-contract", None)]);
     let err = load(dir.path(), "").unwrap_err().to_string();
+    assert!(err.contains("legsync:policy@0.5.0"), "{err}");
     assert!(err.contains("legsync:policy@0.4.0"), "{err}");
-    assert!(err.contains("legsync:policy@0.3.0"), "{err}");
     // What to rebuild with, in every language with an SDK.
     for tool in ["legsync-plugin-sdk", "componentize-py", "jco componentize"] {
         assert!(err.contains(tool), "{tool} in: {err}");
     }
 }
 
-/// Contract 0.2.0 sent the batch's text as a `string`; a plugin built for it
-/// keeps loading, gets the same bytes as a string, and logs through the
-/// 0.2.0 host import. A non-ASCII NAP before the refused leg proves the
-/// spans still point at the right bytes.
+/// Plugins built for older contracts keep loading and deciding. 0.2.0 sent
+/// the batch's text as a `string`: such a plugin gets the same bytes as a
+/// string. 0.3.0 had no `held` / `decided-by` in its termination notice:
+/// such a plugin gets the notice in its own record (its fixture traps on a
+/// notice that does not carry its leg). Both log through their own host
+/// import. A non-ASCII NAP before the refused leg proves the spans still
+/// point at the right bytes.
 #[test]
-fn a_plugin_built_for_contract_0_2_still_loads_and_decides() {
-    let dir = plugin_dir(&[("10-legacy", "fixture-contract-0-2", None)]);
-    let chain = load(dir.path(), "").unwrap();
-    let legs = [
-        leg(1, "ISDN_ŁÓDŹ", "5145551234"),
-        leg(2, "PREMIUM_ŻÓŁW", "19005551234"),
-        leg(3, "SIP_A", "5145551234"),
-        leg(4, "PREMIUM_A", "19005551234"),
-    ];
-    let verdicts = chain.decide_legs(&legs);
-    assert!(verdicts.iter().all(|v| v.failure.is_none()), "{verdicts:?}");
-    assert_eq!(
-        decided(&verdicts),
-        [
-            Decision::Rebuild,
-            Decision::Refuse,
-            Decision::Rebuild,
-            Decision::Refuse
-        ]
-    );
-    let links = [Link {
-        id: 9,
-        leg_a: 1,
-        leg_b: 3,
-    }];
-    assert_eq!(chain.decide_links(&links)[0].decision, Decision::Rebuild);
-    chain.notify_terminated(&legs[..1], TerminationReason::Released);
-    let plugin = &chain.plugins()[0];
-    assert_eq!(plugin.contract().contract.version(), "0.2.0");
-    assert_eq!(plugin.stats().failures, 0, "every export answered");
+fn plugins_built_for_contracts_0_2_and_0_3_still_load_and_decide() {
+    for (fixture, version) in [
+        ("fixture-contract-0-2", "0.2.0"),
+        ("fixture-contract-0-3", "0.3.0"),
+    ] {
+        let dir = plugin_dir(&[("10-legacy", fixture, None)]);
+        let chain = load(dir.path(), "").unwrap();
+        let legs = [
+            leg(1, "ISDN_ŁÓDŹ", "5145551234"),
+            leg(2, "PREMIUM_ŻÓŁW", "19005551234"),
+            leg(3, "SIP_A", "5145551234"),
+            leg(4, "PREMIUM_A", "19005551234"),
+        ];
+        let verdicts = chain.decide_legs(&legs);
+        assert!(verdicts.iter().all(|v| v.failure.is_none()), "{verdicts:?}");
+        assert_eq!(
+            decided(&verdicts),
+            [
+                Decision::Rebuild,
+                Decision::Refuse,
+                Decision::Rebuild,
+                Decision::Refuse
+            ],
+            "{version}"
+        );
+        let links = [Link {
+            id: 9,
+            leg_a: 1,
+            leg_b: 3,
+        }];
+        assert_eq!(chain.decide_links(&links)[0].decision, Decision::Rebuild);
+        chain.notify_terminated(
+            &ended(&legs[..1], held_by("10-legacy")),
+            TerminationReason::Released,
+        );
+        let plugin = &chain.plugins()[0];
+        assert_eq!(plugin.contract().contract.version(), version);
+        assert_eq!(plugin.stats().failures, 0, "every export of {version} answered");
+    }
 }
 
 #[test]
@@ -745,7 +791,10 @@ fn termination_notices_reach_every_plugin_without_deciding() {
         chain.decide_legs(&[leg(2, "SIP_A", "1")])[0].decision,
         Decision::Refuse
     );
-    chain.notify_terminated(&[first], TerminationReason::GraceExpired);
+    chain.notify_terminated(
+        &ended(&[first], held_by("30-nap-cap")),
+        TerminationReason::GraceExpired,
+    );
     assert_eq!(
         chain.decide_legs(&[leg(3, "SIP_A", "1")])[0].decision,
         Decision::Rebuild

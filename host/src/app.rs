@@ -139,6 +139,9 @@ pub fn build_host(
     };
     let ledger = CdrWriter::open(&config.cdr)?;
     ledger.0.set_host(&config.name)?;
-    let policy = PolicyHandle::new(decider);
-    Ok((Host::new(options, policy.clone(), ledger, events), policy))
+    let policy = PolicyHandle::new(decider.clone());
+    let host = Host::new(options, policy.clone(), ledger, events);
+    // The plugins' `held-legs` reads this host's table from now on.
+    decider.serve_held_legs(host.held_legs());
+    Ok((host, policy))
 }

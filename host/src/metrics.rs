@@ -27,6 +27,7 @@ pub const DECISIONS: &str = "legsync_sync_decisions_total";
 pub const PLUGIN_FAILURES: &str = "legsync_plugin_failures_total";
 pub const QUARANTINES: &str = "legsync_plugin_quarantines_total";
 pub const PLUGIN_RECYCLES: &str = "legsync_plugin_recycles_total";
+pub const PLUGIN_COUNTER: &str = "legsync_plugin_counter_total";
 pub const PLUGIN_CALL_SECONDS: &str = "legsync_plugin_call_duration_seconds";
 pub const RELOADS: &str = "legsync_reloads_total";
 pub const CDR_RECORDS: &str = "legsync_cdr_records_total";
@@ -115,7 +116,12 @@ pub const ALL: &[(&str, &str, &str)] = &[
     (
         PLUGIN_RECYCLES,
         "counter",
-        "plugin instances replaced by a fresh one after a call left them near their memory cap, by plugin",
+        "plugin instances replaced by a fresh one after a call left them near their memory cap or used up `max_calls_per_instance`, by plugin",
+    ),
+    (
+        PLUGIN_COUNTER,
+        "counter",
+        "a plugin's own counters (the contract's `count`), by plugin and counter name; at most 32 per plugin",
     ),
     (
         PLUGIN_CALL_SECONDS,

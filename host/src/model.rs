@@ -154,6 +154,50 @@ impl TerminationReason {
     }
 }
 
+/// What the host did with a leg before it ended: the plugins' termination
+/// notice says it (contract 0.4.0), so a plugin that counts the calls it
+/// let in frees a slot only for a leg it counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Custody {
+    /// The host held the leg's context: adopted at a resync (`adopted_by`
+    /// the plugin), or followed live from its setup ([`LIVE`]).
+    Held { adopted_by: PluginName },
+    /// Refused when it was decided (by this plugin, or its failure policy):
+    /// the host never held it.
+    Refused { by: PluginName },
+    /// A call the ledger had open from a previous run, which this run never
+    /// held (it ends at its last proven moment).
+    Previous,
+}
+
+impl Custody {
+    /// Whether the host held the leg's context until it ended.
+    pub fn held(self) -> bool {
+        matches!(self, Custody::Held { .. })
+    }
+
+    /// Who decided the leg, if a decision did: the adopting or refusing
+    /// plugin; none for a leg followed live or a previous run's call.
+    pub fn decided_by(self) -> Option<PluginName> {
+        match self {
+            Custody::Held { adopted_by } if adopted_by.as_str() == LIVE => None,
+            Custody::Held { adopted_by } => Some(adopted_by),
+            Custody::Refused { by } => Some(by),
+            Custody::Previous => None,
+        }
+    }
+}
+
+/// A leg that ends, and what the host did with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedLeg {
+    pub leg: CallLeg,
+    pub custody: Custody,
+}
+
+/// The `adopted_by` of a leg the host followed live from its setup.
+pub const LIVE: &str = "live";
+
 /// Who adopted a leg or decided a link: a plugin's name, or `live` /
 /// `native-rules`.
 ///

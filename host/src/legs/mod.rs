@@ -7,7 +7,7 @@
 
 use crate::ids::{DenseMap, IdIndex, prefault};
 use crate::model::same_call;
-use crate::model::{CallLeg, LegId, Link, LinkId, PluginName};
+use crate::model::{CallLeg, Custody, EndedLeg, LegId, Link, LinkId, PluginName};
 
 /// Items of a batch (links, here and in the link plan) prefetched together:
 /// enough misses to overlap, few enough that the first are still cached
@@ -26,7 +26,7 @@ pub enum Sighting {
     Unknown,
     /// The host held another call under this id (taken out of the table
     /// and returned): that call is over; this one is unknown.
-    Replaced(CallLeg),
+    Replaced(EndedLeg),
     /// The host holds this call and this resync has seen it already: the
     /// engine listed it twice (an anomaly, counted; nothing changes).
     Again,
@@ -45,6 +45,18 @@ pub struct LegEntry {
     /// The resync (generation) whose link plan gave this leg a link: a
     /// second link naming it in the same snapshot is an anomaly.
     claimed: u32,
+}
+
+impl LegEntry {
+    /// The leg as it leaves the table: held until now.
+    fn ended(self) -> EndedLeg {
+        EndedLeg {
+            leg: self.leg,
+            custody: Custody::Held {
+                adopted_by: self.adopted_by,
+            },
+        }
+    }
 }
 
 /// Where a leg sat in the table when a link plan looked it up
@@ -218,8 +230,9 @@ impl LegTable {
         }
     }
 
-    /// Removes a leg and any link it was part of; returns the leg.
-    pub fn remove(&mut self, id: LegId) -> Option<CallLeg> {
+    /// Removes a leg and any link it was part of; returns the leg, held
+    /// (by whoever adopted it) until now.
+    pub fn remove(&mut self, id: LegId) -> Option<EndedLeg> {
         let slot = self.slot(id)?;
         if let Some(link) = self.slots[slot].link {
             self.remove_link(link);
@@ -229,7 +242,7 @@ impl LegTable {
         if let Some(moved) = self.slots.get(slot) {
             self.index.insert(moved.leg.id, slot as u32);
         }
-        Some(entry.leg)
+        Some(entry.ended())
     }
 
     /// Adds a link between two known legs; false if either is unknown. A
@@ -376,12 +389,12 @@ impl LegTable {
     }
 
     /// Empties the table, returning every leg (the grace timer expired).
-    pub fn drain(&mut self) -> Vec<CallLeg> {
+    pub fn drain(&mut self) -> Vec<EndedLeg> {
         self.links.clear();
         self.index.clear();
         std::mem::take(&mut self.slots)
             .into_iter()
-            .map(|e| e.leg)
+            .map(LegEntry::ended)
             .collect()
     }
 }
@@ -426,7 +439,15 @@ mod tests {
         assert_eq!(table.get(1).unwrap().leg.answered_at_ms, Some(2));
         let mut other_call = leg(2);
         other_call.session_id += 100;
-        assert_eq!(table.mark_seen(&other_call), Sighting::Replaced(leg(2)));
+        assert_eq!(
+            table.mark_seen(&other_call),
+            Sighting::Replaced(EndedLeg {
+                leg: leg(2),
+                custody: Custody::Held {
+                    adopted_by: "live".into()
+                }
+            })
+        );
         assert!(table.get(2).is_none(), "the old call is out of the table");
     }
 
@@ -466,13 +487,13 @@ mod tests {
         for id in 1..=3 {
             table.insert(leg(id), "live".into());
         }
-        assert_eq!(table.remove(1).map(|l| l.id), Some(1));
+        assert_eq!(table.remove(1).map(|l| l.leg.id), Some(1));
         assert_eq!(
             table.get(3).map(|e| e.leg.id),
             Some(3),
             "3 moved into 1's slot"
         );
-        assert_eq!(table.remove(3).map(|l| l.id), Some(3));
+        assert_eq!(table.remove(3).map(|l| l.leg.id), Some(3));
         assert_eq!(table.len(), 1);
         assert!(table.get(2).is_some() && table.get(1).is_none());
     }

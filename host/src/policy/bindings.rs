@@ -9,25 +9,31 @@ use wasmtime::component::{HasSelf, Linker};
 wasmtime::component::bindgen!({
     world: "policy-plugin",
     path: "../wit",
+    // A page the host cannot produce in time traps the plugin's call with
+    // the reason, rather than passing for an empty table.
+    imports: { "legsync:policy/host.held-legs": trappable },
 });
 
 pub use self::legsync::policy::host::Level;
 pub use self::legsync::policy::types as wit;
 
 /// Links the `host` interface for every contract version the host loads:
-/// the generated bindings link the current one; an older one is the same
-/// two functions under its own name (their types are the same).
+/// the generated bindings link the current one; an older one is its first
+/// two functions under its own name (`log` and `now-ms`, whose types have
+/// not changed).
 pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
     use self::legsync::policy::host::Host;
     PolicyPlugin::add_to_linker::<_, HasSelf<_>>(linker, |state| state)?;
-    let mut host = linker.instance(&Contract::V0_2.host_import())?;
-    host.func_wrap("log", |mut cx, (level, message): (Level, String)| {
-        Host::log(cx.data_mut(), level, message);
-        Ok(())
-    })?;
-    host.func_wrap("now-ms", |mut cx, (): ()| {
-        Ok((Host::now_ms(cx.data_mut()),))
-    })?;
+    for older in Contract::OLDER {
+        let mut host = linker.instance(&older.host_import())?;
+        host.func_wrap("log", |mut cx, (level, message): (Level, String)| {
+            Host::log(cx.data_mut(), level, message);
+            Ok(())
+        })?;
+        host.func_wrap("now-ms", |mut cx, (): ()| {
+            Ok((Host::now_ms(cx.data_mut()),))
+        })?;
+    }
     Ok(())
 }
 

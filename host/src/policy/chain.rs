@@ -1,12 +1,11 @@
 //! The plugin chain: plugins in order, first refusal wins, every decision
 //! records the plugin that made it.
 
-use super::bindings::wit;
 use super::error::{FailureKind, PluginFailure};
 use super::export::Export;
 use super::lower::{LegBatch, LinkRecord};
-use super::plugin::Plugin;
-use crate::model::{CallLeg, Decision, Link, PluginName, TerminationReason};
+use super::plugin::{Plugin, TerminationNotice};
+use crate::model::{CallLeg, Decision, EndedLeg, Link, PluginName, TerminationReason};
 use std::time::Instant;
 
 /// The name recorded when no plugin is loaded and the host rebuilds by default.
@@ -82,23 +81,18 @@ impl PolicyChain {
             .collect()
     }
 
-    /// `OnCallLegTerminated`, to every plugin. Failures are logged (and count
-    /// towards quarantine) but decide nothing.
-    pub fn notify_terminated(&self, ended: &[CallLeg], reason: TerminationReason) {
+    /// `OnCallLegTerminated`, to every plugin: every leg that ended, held
+    /// or refused (the notice says which, and who decided). Failures are
+    /// logged (and count towards quarantine) but decide nothing.
+    pub fn notify_terminated(&self, ended: &[EndedLeg], reason: TerminationReason) {
         if self.plugins.is_empty() {
             return;
         }
         for chunk in ended.chunks(self.batch_size) {
-            let batch: Vec<wit::TerminatedLeg> = chunk
-                .iter()
-                .map(|leg| wit::TerminatedLeg {
-                    leg: leg.into(),
-                    reason: reason.into(),
-                })
-                .collect();
+            let notice = TerminationNotice::new(chunk, reason);
             for plugin in &self.plugins {
                 // The failure is already logged and counted by the plugin.
-                let _ = plugin.notify_terminated(&batch);
+                let _ = plugin.notify_terminated(&notice);
             }
         }
     }

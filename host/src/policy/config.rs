@@ -17,6 +17,7 @@
 //! failure = "fail-closed"
 //! deadline_ms = 20
 //! instances = 2              # stateless: decide two batches at once
+//! max_calls_per_instance = 100000  # a fresh instance after this many calls
 //! ```
 
 use super::limits::{Limits, LimitsConfig};
@@ -69,6 +70,11 @@ pub struct PluginConfig {
     /// memory and state, so more than one suits only plugins that keep no
     /// state across calls (rules, not counters such as a cap per NAP).
     pub instances: Option<u32>,
+    /// Calls after which an instance is replaced by a fresh one (none: only
+    /// near its memory cap or after a failure). Bounds what a slow leak in
+    /// a plugin can grow to; a plugin that keeps state rebuilds it in
+    /// `init` (`held-legs`).
+    pub max_calls_per_instance: Option<u64>,
 }
 
 impl PluginConfig {
@@ -83,6 +89,9 @@ impl PluginConfig {
             quarantine_after: self.quarantine_after.or(base.quarantine_after),
             quarantine_base_ms: self.quarantine_base_ms.or(base.quarantine_base_ms),
             instances: self.instances.or(base.instances),
+            max_calls_per_instance: self
+                .max_calls_per_instance
+                .or(base.max_calls_per_instance),
         }
     }
 }
@@ -95,6 +104,8 @@ pub struct PluginSettings {
     pub quarantine: QuarantinePolicy,
     /// At least 1.
     pub instances: u32,
+    /// Calls after which an instance is replaced (none: no such bound).
+    pub max_calls_per_instance: Option<u64>,
 }
 
 impl Default for PluginSettings {
@@ -104,6 +115,7 @@ impl Default for PluginSettings {
             failure: FailurePolicy::default(),
             quarantine: QuarantinePolicy::default(),
             instances: 1,
+            max_calls_per_instance: None,
         }
     }
 }
@@ -179,6 +191,7 @@ impl PolicyConfig {
                 max: default_quarantine.max,
             },
             instances: cfg.instances.unwrap_or(1),
+            max_calls_per_instance: cfg.max_calls_per_instance,
         }
     }
 
@@ -220,6 +233,7 @@ impl PolicyConfig {
                 cfg.quarantine_after.map(u64::from),
                 1..=1_000_000,
             )?;
+            within("max_calls_per_instance", cfg.max_calls_per_instance, 1..=u64::MAX)?;
             if let Some(n) = cfg.instances
                 && !(1..=MAX_INSTANCES).contains(&n)
             {

@@ -6,15 +6,17 @@
 //! versions instead of a bare link error.
 //!
 //! The host speaks [`CONTRACT_VERSION`] and still loads plugins built for
-//! 0.2.0: the two differ only in the type of `leg-batch.text` (a `string` in
-//! 0.2.0, bytes in 0.3.0), so an old plugin gets the same batch lowered with
-//! the old type (`plugin`), and the old `host` import (`runtime`).
+//! 0.3.0 and 0.2.0. 0.3.0 differs from 0.4.0 in the termination notice (no
+//! `held` / `decided-by`) and the `host` import (no `held-legs`, `count`);
+//! 0.2.0 also in the type of `leg-batch.text` (a `string`, bytes since
+//! 0.3.0). An old plugin gets the same batches lowered with its types
+//! (`plugin`) and its `host` import (`bindings`).
 
 use super::error::PolicyError;
 use wasmtime::component::Component;
 
 /// The contract version this host speaks, and that the SDKs build for.
-pub const CONTRACT_VERSION: &str = "0.3.0";
+pub const CONTRACT_VERSION: &str = "0.4.0";
 const EXPORT_PREFIX: &str = "legsync:policy/policy";
 const HOST_PREFIX: &str = "legsync:policy/host";
 
@@ -23,18 +25,25 @@ const HOST_PREFIX: &str = "legsync:policy/host";
 pub enum Contract {
     /// 0.2.0: the batch's text is a `string`.
     V0_2,
-    /// 0.3.0 (current): the batch's text is `list<u8>`.
+    /// 0.3.0: the batch's text is `list<u8>`.
     V0_3,
+    /// 0.4.0 (current): termination notices say `held` and `decided-by`;
+    /// the host offers `held-legs` and `count`.
+    V0_4,
 }
 
 impl Contract {
     /// Every version the host loads, newest first.
-    pub const ALL: [Contract; 2] = [Contract::V0_3, Contract::V0_2];
+    pub const ALL: [Contract; 3] = [Contract::V0_4, Contract::V0_3, Contract::V0_2];
+
+    /// The older versions, whose `host` import the host links by hand.
+    pub const OLDER: [Contract; 2] = [Contract::V0_3, Contract::V0_2];
 
     pub fn version(self) -> &'static str {
         match self {
             Contract::V0_2 => "0.2.0",
-            Contract::V0_3 => CONTRACT_VERSION,
+            Contract::V0_3 => "0.3.0",
+            Contract::V0_4 => CONTRACT_VERSION,
         }
     }
 
@@ -62,9 +71,10 @@ pub struct ContractInfo {
     pub imports: Vec<String>,
 }
 
-/// What the host loads, for error messages: "0.3.0 (and 0.2.0)".
+/// What the host loads, for error messages: "0.4.0 (and 0.3.0, 0.2.0)".
 fn spoken() -> String {
-    format!("{CONTRACT_VERSION} (and 0.2.0)")
+    let older: Vec<&str> = Contract::OLDER.iter().map(|c| c.version()).collect();
+    format!("{CONTRACT_VERSION} (and {})", older.join(", "))
 }
 
 /// Reads the contract version of `component` and rejects any the host does
@@ -119,13 +129,15 @@ mod tests {
     #[test]
     fn export_and_import_names_carry_the_contract_version() {
         assert_eq!(
-            Contract::V0_3.policy_export(),
-            "legsync:policy/policy@0.3.0"
+            Contract::V0_4.policy_export(),
+            "legsync:policy/policy@0.4.0"
         );
         assert_eq!(Contract::V0_2.host_import(), "legsync:policy/host@0.2.0");
-        assert_eq!(Contract::parse(CONTRACT_VERSION), Some(Contract::V0_3));
+        assert_eq!(Contract::parse(CONTRACT_VERSION), Some(Contract::V0_4));
+        assert_eq!(Contract::parse("0.3.0"), Some(Contract::V0_3));
         assert_eq!(Contract::parse("0.2.0"), Some(Contract::V0_2));
         assert_eq!(Contract::parse("0.1.0"), None);
-        assert_eq!(Contract::parse("0.4.0"), None);
+        assert_eq!(Contract::parse("0.5.0"), None);
+        assert_eq!(spoken(), "0.4.0 (and 0.3.0, 0.2.0)");
     }
 }

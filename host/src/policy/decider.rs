@@ -7,7 +7,7 @@
 
 use super::chain::{PolicyChain, Verdict};
 use super::native::NativePolicy;
-use crate::model::{CallLeg, Link, PluginName, TerminationReason};
+use crate::model::{CallLeg, EndedLeg, Link, PluginName, TerminationReason};
 use std::sync::{Arc, RwLock};
 
 /// The name recorded for decisions of the native rules.
@@ -101,9 +101,19 @@ impl Decider {
         }
     }
 
-    pub fn notify_terminated(&self, ended: &[CallLeg], reason: TerminationReason) {
+    pub fn notify_terminated(&self, ended: &[EndedLeg], reason: TerminationReason) {
         if let Decider::Chain(chain) = self {
             chain.notify_terminated(ended, reason);
+        }
+    }
+
+    /// Serves `source` to the plugins' `held-legs` (in every runtime the
+    /// chain's plugins run in).
+    pub fn serve_held_legs(&self, source: Arc<dyn super::held::HeldLegs>) {
+        if let Decider::Chain(chain) = self {
+            for plugin in chain.plugins() {
+                plugin.runtime().held_legs().serve(source.clone());
+            }
         }
     }
 

@@ -71,6 +71,15 @@ pub struct LegBatchRef<'a> {
     pub legs: &'a [PackedLeg],
 }
 
+/// A `terminated-leg` of contracts 0.3.0 and 0.2.0: without `held` and
+/// `decided-by`.
+#[derive(ComponentType, Lower, Clone, Debug)]
+#[component(record)]
+pub struct TerminatedLegV0_3 {
+    pub leg: wit::CallLeg,
+    pub reason: wit::TerminationReason,
+}
+
 /// A `leg-batch` of contract 0.2.0, whose text is a `string`: the same
 /// bytes, lowered as a string (a memory copy either way).
 #[derive(ComponentType, Lower, Clone, Copy)]
@@ -134,6 +143,46 @@ impl LegBatch {
         };
         self.text.push_str(text);
         span
+    }
+
+    /// The batch as the generated bindings type it (for `held-legs`, which
+    /// is not on the hot path), with `names` appended to its text.
+    fn into_wit(mut self, names: &[&str]) -> (wit::LegBatch, Vec<wit::TextSpan>) {
+        let spans = names
+            .iter()
+            .map(|name| {
+                let span = self.push_text(name);
+                wit::TextSpan {
+                    start: span.start,
+                    len: span.len,
+                }
+            })
+            .collect();
+        let span = |s: TextSpan| wit::TextSpan {
+            start: s.start,
+            len: s.len,
+        };
+        let legs = self
+            .legs
+            .iter()
+            .map(|leg| wit::PackedLeg {
+                id: leg.id,
+                session_id: leg.session_id,
+                direction: leg.direction,
+                protocol: leg.protocol,
+                nap: span(leg.nap),
+                calling: span(leg.calling),
+                called: span(leg.called),
+                offered_at_ms: leg.offered_at_ms,
+                answered_at_ms: leg.answered_at_ms,
+                linked_to: leg.linked_to,
+            })
+            .collect();
+        let batch = wit::LegBatch {
+            text: self.text.into_bytes(),
+            legs,
+        };
+        (batch, spans)
     }
 
     /// Every leg of the batch.
@@ -406,4 +455,24 @@ fn store_records<T, R: ComponentType>(
         write(item, record);
     }
     Ok(())
+}
+
+/// A `held-page` for a plugin: the legs packed as a `leg-batch`, each
+/// adopter's name a span of the same text (empty for a leg followed live).
+pub fn held_page(page: &super::held::HeldLegsPage) -> wit::HeldPage {
+    let legs: Vec<model::CallLeg> = page.legs.iter().map(|(leg, _)| leg.clone()).collect();
+    let names: Vec<&str> = page
+        .legs
+        .iter()
+        .map(|(_, by)| match by.as_str() {
+            model::LIVE => "",
+            name => name,
+        })
+        .collect();
+    let (batch, adopted_by) = LegBatch::new(&legs).into_wit(&names);
+    wit::HeldPage {
+        batch,
+        adopted_by,
+        next_after: page.next_after,
+    }
 }

@@ -12,6 +12,8 @@
 //! - [`export`]: the exports the host calls, each with its own health and
 //!   [`call_cost`] (the model that sizes a plugin's batches).
 //! - [`sample`]: what a plugin set is tried on before it is trusted.
+//! - [`held`]: the host's held legs as plugins page through them
+//!   (`held-legs`); [`counters`]: a plugin's own counters (`count`).
 //! - `lower`: legs written straight into a plugin's memory (the hot path).
 
 mod bindings;
@@ -20,9 +22,11 @@ pub mod call_cost;
 pub mod chain;
 pub mod config;
 pub mod contract;
+pub mod counters;
 pub mod decider;
 pub mod error;
 pub mod export;
+pub mod held;
 pub mod imports;
 pub mod limits;
 pub mod loader;

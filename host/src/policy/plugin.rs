@@ -9,26 +9,29 @@ use super::cache::{CacheOutcome, hex};
 use super::call_cost::CallCost;
 use super::config::PluginSettings;
 use super::contract::{self, Contract, ContractInfo};
+use super::counters::PluginCounters;
 use super::error::{FailureKind, PluginFailure, PolicyError};
 use super::export::{Export, PerExport};
 use super::imports::{self, Grant};
 use super::limits::deadline_ticks;
-use super::lower::{LegBatchRef, LegBatchV0_2, LinkRecord};
+use super::lower::{LegBatchRef, LegBatchV0_2, LinkRecord, TerminatedLegV0_3};
 use super::quarantine::Health;
 use super::runtime::PolicyRuntime;
 use super::sandbox::PluginState;
 use crate::model::{Decision, PluginName};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use wasmtime::Store;
+use wasmtime::{Store, UpdateDeadline};
 use wasmtime::component::{ComponentType, Func, InstancePre, Lower};
 
-/// A live instance: its store and its typed exports.
+/// A live instance: its store, its typed exports and how many calls it
+/// has answered (for `max_calls_per_instance`).
 struct Live {
     store: Store<PluginState>,
     exports: Exports,
+    calls: u64,
 }
 
 /// The instance's exports, as raw functions typed at each call: the sync
@@ -51,7 +54,7 @@ impl Exports {
     fn check_types(&self, store: &Store<PluginState>, contract: Contract) -> wasmtime::Result<()> {
         self.init.typed::<(&str,), (Result<(), String>,)>(store)?;
         match contract {
-            Contract::V0_3 => drop(
+            Contract::V0_4 | Contract::V0_3 => drop(
                 self.leg_sync
                     .typed::<(LegBatchRef<'_>,), Decisions>(store)?,
             ),
@@ -61,8 +64,16 @@ impl Exports {
             ),
         }
         self.link_sync.typed::<(&[LinkRecord],), Decisions>(store)?;
-        self.terminated
-            .typed::<(&[wit::TerminatedLeg],), ()>(store)?;
+        match contract {
+            Contract::V0_4 => drop(
+                self.terminated
+                    .typed::<(&[wit::TerminatedLeg],), ()>(store)?,
+            ),
+            Contract::V0_3 | Contract::V0_2 => drop(
+                self.terminated
+                    .typed::<(&[TerminatedLegV0_3],), ()>(store)?,
+            ),
+        }
         Ok(())
     }
 }
@@ -125,6 +136,8 @@ pub struct Plugin {
     /// and never makes the plugin's healthy decisions refused.
     health: PerExport<Mutex<Health>>,
     counters: Counters,
+    /// The plugin's own counters (`count`), shared by its instances.
+    own_counters: Arc<PluginCounters>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -204,6 +217,7 @@ impl Plugin {
             cost: Default::default(),
             health: Default::default(),
             counters: Counters::default(),
+            own_counters: Arc::new(PluginCounters::new(name.into())),
         };
         let live = plugin.instantiate().map_err(|not_ready| match not_ready {
             NotReady::RulesRefused(message) => PolicyError::InitRejected {
@@ -247,6 +261,16 @@ impl Plugin {
         &self.settings
     }
 
+    /// The runtime the plugin runs in (its `held-legs` source, its engine).
+    pub fn runtime(&self) -> &PolicyRuntime {
+        &self.runtime
+    }
+
+    /// The plugin's own counters (`count`), by name.
+    pub fn own_counters(&self) -> std::collections::BTreeMap<String, u64> {
+        self.own_counters.values()
+    }
+
     pub fn stats(&self) -> PluginStats {
         let c = &self.counters;
         PluginStats {
@@ -278,7 +302,7 @@ impl Plugin {
         }
         let count = batch.legs.len();
         match self.contract.contract {
-            Contract::V0_3 => self.decide(Export::LegSync, export, batch, count),
+            Contract::V0_4 | Contract::V0_3 => self.decide(Export::LegSync, export, batch, count),
             Contract::V0_2 => self.decide(Export::LegSync, export, batch.as_v0_2(), count),
         }
     }
@@ -293,15 +317,25 @@ impl Plugin {
         )
     }
 
-    /// `on-call-leg-terminated` for one batch (notification only).
-    pub fn notify_terminated(&self, legs: &[wit::TerminatedLeg]) -> Result<(), PluginFailure> {
-        self.call_guest(Export::Terminated, |exports, store| {
-            let func = exports
-                .terminated
-                .typed::<(&[wit::TerminatedLeg],), ()>(&*store)?;
+    /// `on-call-leg-terminated` for one batch (notification only), in the
+    /// record of the plugin's contract version.
+    pub fn notify_terminated(&self, notice: &TerminationNotice) -> Result<(), PluginFailure> {
+        fn call<P: ComponentType + Lower>(
+            exports: &Exports,
+            store: &mut Store<PluginState>,
+            legs: &[P],
+        ) -> wasmtime::Result<()> {
+            let func = exports.terminated.typed::<(&[P],), ()>(&*store)?;
             func.call(store, (legs,))
+        }
+        self.call_guest(Export::Terminated, |exports, store| {
+            match self.contract.contract {
+                Contract::V0_4 => call(exports, store, &notice.current),
+                Contract::V0_3 | Contract::V0_2 => call(exports, store, notice.older()),
+            }
         })
     }
+
 
     /// One sync export over a batch of `count` items: exactly one decision
     /// per item.
@@ -403,11 +437,16 @@ impl Plugin {
         self.counters
             .peak_memory
             .fetch_max(memory.largest as u64, Ordering::Relaxed);
+        instance.calls += 1;
+        let used_up = self
+            .settings
+            .max_calls_per_instance
+            .is_some_and(|max| instance.calls >= max);
         match result {
             Ok(value) => {
                 self.lock_health(slot).record_success();
-                if memory.nearly_full() {
-                    self.recycle(&mut live);
+                if memory.nearly_full() || used_up {
+                    self.recycle(&mut live, used_up);
                 }
                 Ok(value)
             }
@@ -420,14 +459,19 @@ impl Plugin {
         }
     }
 
-    /// Replaces an instance that a call left near its memory cap with a
-    /// fresh one (at the next call), before a batch fails on the cap.
-    fn recycle(&self, live: &mut Option<Live>) {
+    /// Replaces an instance that a call left near its memory cap (or that
+    /// used up its `max_calls_per_instance`) with a fresh one, at the next
+    /// call: before a batch fails on the cap.
+    fn recycle(&self, live: &mut Option<Live>, used_up: bool) {
         *live = None;
         self.counters.recycled.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(crate::metrics::PLUGIN_RECYCLES, "plugin" => self.name.as_str())
             .increment(1);
-        tracing::debug!(plugin = %self.name, memory_mb = self.settings.limits.memory_bytes >> 20, "plugin instance near its memory cap; replaced by a fresh one");
+        if used_up {
+            tracing::debug!(plugin = %self.name, calls = self.settings.max_calls_per_instance, "plugin instance used up its calls; replaced by a fresh one");
+        } else {
+            tracing::debug!(plugin = %self.name, memory_mb = self.settings.limits.memory_bytes >> 20, "plugin instance near its memory cap; replaced by a fresh one");
+        }
     }
 
     fn failed(&self, slot: Export, failure: PluginFailure) -> PluginFailure {
@@ -456,11 +500,26 @@ impl Plugin {
         let limits = self.settings.limits;
         let mut store = Store::new(
             self.runtime.engine(),
-            PluginState::new(self.name, limits.memory_bytes),
+            PluginState::new(
+                self.name,
+                limits.memory_bytes,
+                self.runtime.held_legs().clone(),
+                self.own_counters.clone(),
+            ),
         );
         store.limiter(|state| &mut state.memory);
         store.set_epoch_deadline(deadline_ticks(limits.call_deadline));
-        store.epoch_deadline_trap();
+        // At the deadline the call traps, unless it spent time waiting for
+        // the host (`held-legs`): that time is not the plugin's, and the
+        // deadline moves by as much.
+        store.epoch_deadline_callback(|mut cx| {
+            let owed = std::mem::take(&mut cx.data_mut().host_time);
+            Ok(if owed.is_zero() {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Continue(deadline_ticks(owed))
+            })
+        });
         let to_failure = |store: &Store<PluginState>, e: wasmtime::Error| {
             let mut failure = classify(&e, store.data().memory.exceeded);
             if failure.kind == FailureKind::Trap {
@@ -479,7 +538,11 @@ impl Plugin {
             .map(|(result,)| result);
         store.data_mut().end_call();
         match init {
-            Ok(Ok(())) => Ok(Live { store, exports }),
+            Ok(Ok(())) => Ok(Live {
+                store,
+                exports,
+                calls: 0,
+            }),
             Ok(Err(message)) => Err(NotReady::RulesRefused(message)),
             Err(e) => Err(NotReady::Failed(to_failure(&store, e))),
         }
@@ -536,6 +599,49 @@ impl Plugin {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One batch of termination notices, in the 0.4.0 record; plugins built
+/// for an older contract get it without `held` / `decided-by`.
+pub struct TerminationNotice {
+    current: Vec<wit::TerminatedLeg>,
+    /// The older record, made once if an older plugin is in the chain.
+    older: std::sync::OnceLock<Vec<TerminatedLegV0_3>>,
+}
+
+impl TerminationNotice {
+    /// The notice of `ended`, which ended for `reason`.
+    pub fn new(ended: &[crate::model::EndedLeg], reason: crate::model::TerminationReason) -> Self {
+        let current = ended
+            .iter()
+            .map(|ended| wit::TerminatedLeg {
+                leg: (&ended.leg).into(),
+                reason: reason.into(),
+                held: ended.custody.held(),
+                decided_by: ended
+                    .custody
+                    .decided_by()
+                    .filter(|name| name.as_str() != super::chain::NO_PLUGIN)
+                    .map(|name| name.as_str().to_string()),
+            })
+            .collect();
+        TerminationNotice {
+            current,
+            older: Default::default(),
+        }
+    }
+
+    fn older(&self) -> &[TerminatedLegV0_3] {
+        self.older.get_or_init(|| {
+            self.current
+                .iter()
+                .map(|ended| TerminatedLegV0_3 {
+                    leg: ended.leg.clone(),
+                    reason: ended.reason,
+                })
+                .collect()
+        })
+    }
 }
 
 /// Why a fresh instance is not ready to decide.

@@ -1,6 +1,7 @@
 //! The one wasmtime engine of the host, its linker and its compile cache.
 
 use super::cache::{CacheOutcome, CompileCache};
+use super::held::HeldSlot;
 use super::limits::EpochTicker;
 use super::sandbox::PluginState;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ struct Inner {
     engine: wasmtime::Engine,
     linker: Linker<PluginState>,
     cache: Option<CompileCache>,
+    held: HeldSlot,
     _ticker: EpochTicker,
 }
 
@@ -46,6 +48,7 @@ impl PolicyRuntime {
                 engine,
                 linker,
                 cache,
+                held: HeldSlot::default(),
                 _ticker: ticker,
             }),
         })
@@ -53,6 +56,12 @@ impl PolicyRuntime {
 
     pub fn engine(&self) -> &wasmtime::Engine {
         &self.inner.engine
+    }
+
+    /// What `held-legs` serves to this runtime's plugins: nothing until
+    /// the host's table is wired in ([`HeldSlot::serve`]).
+    pub fn held_legs(&self) -> &HeldSlot {
+        &self.inner.held
     }
 
     pub(crate) fn linker(&self) -> &Linker<PluginState> {

@@ -9,7 +9,9 @@
 use super::chain::PolicyChain;
 use super::error::FailureKind;
 use super::export::Export;
-use crate::model::{CallLeg, Direction, LegState, Link, Protocol, TerminationReason};
+use crate::model::{
+    CallLeg, Custody, Decision, Direction, EndedLeg, LegState, Link, Protocol, TerminationReason,
+};
 
 /// `count` answered legs, every other one with non-ASCII text.
 pub fn legs(count: usize) -> Vec<CallLeg> {
@@ -83,8 +85,25 @@ pub fn failures(chain: &PolicyChain) -> Vec<SampleFailure> {
         leg_b: 2,
     };
     let mut failed = Vec::new();
+    let leg_verdicts = chain.decide_legs(&legs);
+    // The notice that follows says of each leg what its verdict made of it.
+    let ended: Vec<EndedLeg> = legs
+        .iter()
+        .zip(&leg_verdicts)
+        .map(|(leg, verdict)| EndedLeg {
+            leg: leg.clone(),
+            custody: match verdict.decision {
+                Decision::Rebuild => Custody::Held {
+                    adopted_by: verdict.plugin,
+                },
+                Decision::Refuse => Custody::Refused {
+                    by: verdict.plugin,
+                },
+            },
+        })
+        .collect();
     for (export, verdicts) in [
-        (Export::LegSync, chain.decide_legs(&legs)),
+        (Export::LegSync, leg_verdicts),
         (Export::LinkSync, chain.decide_links(&[link])),
     ] {
         if let Some(verdict) = verdicts.iter().find(|v| v.failure.is_some()) {
@@ -96,7 +115,7 @@ pub fn failures(chain: &PolicyChain) -> Vec<SampleFailure> {
         }
     }
     let before: Vec<u64> = chain.plugins().iter().map(|p| p.stats().failures).collect();
-    chain.notify_terminated(&legs, TerminationReason::Released);
+    chain.notify_terminated(&ended, TerminationReason::Released);
     for (plugin, before) in chain.plugins().iter().zip(before) {
         if plugin.stats().failures > before {
             failed.push(SampleFailure {

@@ -2,9 +2,12 @@
 //! memory cap, and the plugin's log, stdout and stderr routed to the host log
 //! with caps, so a chatty plugin can neither flood the log nor the memory.
 
-use super::bindings::{Level, legsync};
+use super::bindings::{Level, legsync, wit};
+use super::counters::PluginCounters;
+use super::held::HeldSlot;
 use super::limits::MemoryCap;
 use crate::model::PluginName;
+use std::time::{Duration, Instant};
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use wasmtime::component::ResourceTable;
@@ -29,10 +32,22 @@ pub struct PluginState {
     log_lines: u32,
     /// Log lines and output bytes dropped by the caps during the current call.
     pub dropped_log_lines: u32,
+    /// Where `held-legs` reads the host's table.
+    held: HeldSlot,
+    /// The plugin's own counters (`count`), shared by its instances.
+    counters: std::sync::Arc<PluginCounters>,
+    /// Time the current call spent waiting for the host in `held-legs`: not
+    /// the plugin's, so its deadline is moved by as much (see `plugin`).
+    pub host_time: Duration,
 }
 
 impl PluginState {
-    pub fn new(plugin: PluginName, memory_cap: usize) -> Self {
+    pub fn new(
+        plugin: PluginName,
+        memory_cap: usize,
+        held: HeldSlot,
+        counters: std::sync::Arc<PluginCounters>,
+    ) -> Self {
         let output = CapturedOutput::default();
         // `WasiCtxBuilder::new` grants nothing: no preopened directories, no
         // environment, no arguments, stdin closed, every socket address denied,
@@ -49,6 +64,9 @@ impl PluginState {
             output,
             log_lines: 0,
             dropped_log_lines: 0,
+            held,
+            counters,
+            host_time: Duration::ZERO,
         }
     }
 
@@ -71,6 +89,7 @@ impl PluginState {
             );
         }
         self.log_lines = 0;
+        self.host_time = Duration::ZERO;
         (std::mem::take(&mut self.dropped_log_lines), dropped_bytes)
     }
 }
@@ -118,6 +137,18 @@ impl legsync::policy::host::Host for PluginState {
 
     fn now_ms(&mut self) -> u64 {
         crate::model::now_ms()
+    }
+
+    fn held_legs(&mut self, after: u64, max: u32) -> wasmtime::Result<wit::HeldPage> {
+        let started = Instant::now();
+        let page = self.held.page(after, max as usize);
+        self.host_time += started.elapsed();
+        let page = page.map_err(|e| wasmtime::format_err!("held-legs: {e}"))?;
+        Ok(super::lower::held_page(&page))
+    }
+
+    fn count(&mut self, name: String, delta: u64) {
+        self.counters.add(&name, delta);
     }
 }
 
@@ -245,7 +276,9 @@ mod tests {
             .with_writer(std::io::sink)
             .finish();
         tracing::subscriber::with_default(subscriber, || {
-            let mut state = PluginState::new(PluginName::new("test"), 1 << 20);
+            let name = PluginName::new("test");
+            let counters = std::sync::Arc::new(PluginCounters::new(name));
+            let mut state = PluginState::new(name, 1 << 20, HeldSlot::default(), counters);
             for i in 0..1_000 {
                 state.log(Level::Debug, format!("debug {i}"));
             }

@@ -8,7 +8,7 @@
 use crate::ids::IdIndex;
 use crate::legs::{LegTable, PREFETCH_BATCH, Sighting, SlotHint};
 use crate::model::IdSet as HashSet;
-use crate::model::{CallLeg, LegId, Link, LinkId};
+use crate::model::{CallLeg, EndedLeg, LegId, Link, LinkId};
 
 /// The diff in progress.
 #[derive(Debug, Default)]
@@ -21,7 +21,7 @@ pub struct SnapshotDiff {
     pub now_answered: Vec<CallLeg>,
     /// Held calls whose id the snapshot gives to another call (over; taken
     /// out of the table).
-    pub replaced: Vec<CallLeg>,
+    pub replaced: Vec<EndedLeg>,
     /// The host knew nothing when the resync began (a cold start): every
     /// snapshot leg and link is unknown, without a look-up each (a million
     /// look-ups that cannot hit are a tenth of a cold resync's own work).

@@ -4,14 +4,14 @@
 
 use super::Host;
 use crate::events::{HostEvent, LinkState};
-use crate::model::{CallLeg, TerminationReason, now_ms};
+use crate::model::{Custody, EndedLeg, TerminationReason, now_ms};
 use crate::policy::Decider;
 
 impl Host {
     /// Ends `legs` (already out of the table) for `reason`, now.
     pub(super) async fn end_legs(
         &mut self,
-        legs: Vec<CallLeg>,
+        legs: Vec<EndedLeg>,
         reason: TerminationReason,
         decider: &Decider,
     ) -> anyhow::Result<()> {
@@ -28,7 +28,7 @@ impl Host {
     /// before the event log says so or a plugin hears of it.
     pub(super) async fn end_legs_at(
         &mut self,
-        legs: Vec<(CallLeg, u64)>,
+        legs: Vec<(EndedLeg, u64)>,
         reason: TerminationReason,
         decider: &Decider,
     ) -> anyhow::Result<()> {
@@ -46,27 +46,27 @@ impl Host {
     /// next host adopts them from the ledger, so nothing is written then.
     pub(super) fn write_ends(
         &self,
-        legs: &[(CallLeg, u64)],
+        legs: &[(EndedLeg, u64)],
         reason: TerminationReason,
     ) -> crate::cdr::Pending {
         let legs = legs
             .iter()
             .filter(|_| reason != TerminationReason::HostShutdown);
         self.cdr
-            .close_calls(legs.map(|(leg, at)| (leg, *at)), reason)
+            .close_calls(legs.map(|(ended, at)| (&ended.leg, *at)), reason)
     }
 
     /// Once their ENDs are durable: the `OnCallLegTerminated` events, then
     /// the plugins' notice.
     pub(super) fn report_ended(
         &mut self,
-        ended: Vec<CallLeg>,
+        ended: Vec<EndedLeg>,
         reason: TerminationReason,
         decider: &Decider,
     ) {
         self.events
-            .emit_all(ended.iter().map(|leg| HostEvent::CallLegTerminated {
-                leg: leg.id,
+            .emit_all(ended.iter().map(|ended| HostEvent::CallLegTerminated {
+                leg: ended.leg.id,
                 reason,
             }));
         // Not awaited: a slow plugin never holds up a purge, the grace
@@ -79,8 +79,8 @@ impl Host {
 
     /// Waits until the plugins have heard of every ending so far.
     pub(super) async fn settle_notices(&mut self) {
-        for handle in self.notices.drain(..) {
-            if let Err(e) = handle.await {
+        for handle in std::mem::take(&mut self.notices) {
+            if let Err(e) = self.serving(handle).await {
                 tracing::error!(error = %e, "termination notification task failed");
             }
         }
@@ -96,9 +96,15 @@ impl Host {
         if self.recovered.is_empty() {
             return Ok(());
         }
-        let lost: Vec<(CallLeg, u64)> = std::mem::take(&mut self.recovered)
+        let lost: Vec<(EndedLeg, u64)> = std::mem::take(&mut self.recovered)
             .into_values()
-            .map(|call| (call.leg, call.proven_up_ms))
+            .map(|call| {
+                let ended = EndedLeg {
+                    leg: call.leg,
+                    custody: Custody::Previous,
+                };
+                (ended, call.proven_up_ms)
+            })
             .collect();
         if reason != TerminationReason::HandedOver {
             tracing::warn!(
@@ -122,8 +128,11 @@ impl Host {
         self.grace.disarm();
         let legs = self.table.drain();
         let held = legs.len();
-        let answered =
-            legs.iter().filter(|l| l.answered_at_ms.is_some()).count() + self.recovered.len();
+        let answered = legs
+            .iter()
+            .filter(|l| l.leg.answered_at_ms.is_some())
+            .count()
+            + self.recovered.len();
         self.publish(Some(LinkState::Purged), None);
         let decider = self.policy.current();
         self.end_legs(legs, reason, &decider).await?;
@@ -203,7 +212,7 @@ const NOTICES_AT_STOP: std::time::Duration = std::time::Duration::from_millis(80
 /// Tells the plugins, off the async threads (plugin calls block).
 fn notify(
     decider: &Decider,
-    ended: Vec<CallLeg>,
+    ended: Vec<EndedLeg>,
     reason: TerminationReason,
 ) -> tokio::task::JoinHandle<()> {
     let decider = decider.clone();

@@ -13,7 +13,7 @@ use crate::cdr::Pending;
 use crate::cdr::record::{StartReason, same_call};
 use crate::engine::{Connection, LinkError};
 use crate::events::HostEvent;
-use crate::model::{CallLeg, Decision, LegId, LegState, TerminationReason};
+use crate::model::{CallLeg, Custody, Decision, EndedLeg, LegId, LegState, TerminationReason};
 use crate::policy::Verdict;
 use crate::protocol::{Command, CommandResult, EngineEvent, EngineMessage};
 use std::time::{Duration, Instant};
@@ -54,7 +54,7 @@ const LIVE_BATCH: usize = 1024;
 /// plugin notice go out once, when the records are durable (see
 /// [`super::pipeline`]).
 struct LiveBatch {
-    released: Vec<CallLeg>,
+    released: Vec<EndedLeg>,
     starts: Vec<Pending>,
     /// When its first message was taken (the durable-latency metric).
     read_at: Instant,
@@ -214,16 +214,16 @@ impl Host {
                     self.dropped.insert(leg.id);
                     connection.send(Command::DropLeg(leg.id));
                 } else {
-                    self.table.insert(leg, "live".into());
+                    self.table.insert(leg, crate::model::LIVE.into());
                 }
             }
             EngineEvent::LegRinging(id) => self.set_state(id, LegState::Ringing),
             EngineEvent::LegAnswered(leg) => self.answered(connection, leg, batch).await?,
             EngineEvent::LegTerminating(id) => self.set_state(id, LegState::Terminating),
             EngineEvent::LegReleased(id) => match self.table.remove(id) {
-                Some(leg) => {
-                    self.released.remember(&leg);
-                    batch.released.push(leg);
+                Some(ended) => {
+                    self.released.remember(&ended.leg);
+                    batch.released.push(ended);
                 }
                 None => self.unknown_leg(id, LegEvent::Released),
             },
@@ -314,11 +314,11 @@ impl Host {
         } else {
             let (legs, verdicts) = {
                 let decider = decider.clone();
-                tokio::task::spawn_blocking(move || {
+                self.serving(tokio::task::spawn_blocking(move || {
                     let legs = vec![leg];
                     let verdicts = decider.decide_legs(&legs);
                     (legs, verdicts)
-                })
+                }))
                 .await?
             };
             leg = legs.into_iter().next().expect("one leg in, one out");
@@ -346,7 +346,13 @@ impl Host {
             Decision::Refuse => {
                 let id = leg.id;
                 self.events.emit(event);
-                self.end_legs(vec![leg], TerminationReason::RefusedByPolicy, &decider)
+                let refused = EndedLeg {
+                    leg,
+                    custody: Custody::Refused {
+                        by: verdict.plugin,
+                    },
+                };
+                self.end_legs(vec![refused], TerminationReason::RefusedByPolicy, &decider)
                     .await?;
                 self.dropped.insert(id);
                 connection.send(Command::DropLeg(id));
@@ -371,7 +377,8 @@ impl Host {
             return Ok(());
         }
         self.settle(batch).await?;
-        let held = self.table.remove(leg.id).expect("just seen");
+        let ended = self.table.remove(leg.id).expect("just seen");
+        let held = &ended.leg;
         // The same call answered at another time (the engine corrected it):
         // the held row ends where the new one begins, so that the two bill
         // the time the call was up once, with no overlap.
@@ -390,7 +397,7 @@ impl Host {
             leg.id
         );
         let decider = self.policy.current();
-        self.end_legs_at(vec![(held, end_ms)], TerminationReason::Replaced, &decider)
+        self.end_legs_at(vec![(ended, end_ms)], TerminationReason::Replaced, &decider)
             .await
     }
 

@@ -209,6 +209,12 @@ impl Host {
     }
 
     /// Where the admin endpoint sends its questions.
+    /// What plugins' `held-legs` reads: this host's table, through its
+    /// questions (see [`queries`]).
+    pub fn held_legs(&self) -> std::sync::Arc<dyn crate::policy::held::HeldLegs> {
+        std::sync::Arc::new(queries::HeldFromTable::new(self.queries_tx.clone()))
+    }
+
     pub fn admin_queries(&self) -> tokio::sync::mpsc::Sender<queries::AdminQuery> {
         self.queries_tx.clone()
     }

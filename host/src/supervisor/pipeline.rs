@@ -10,7 +10,7 @@
 
 use super::Host;
 use crate::cdr::Pending;
-use crate::model::{CallLeg, TerminationReason};
+use crate::model::{EndedLeg, TerminationReason};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -27,7 +27,7 @@ type Durable = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + Sync>>;
 struct InFlight {
     durable: Durable,
     /// Released legs, reported once their ENDs are durable.
-    released: Vec<CallLeg>,
+    released: Vec<EndedLeg>,
     /// The batch's last record: the ledger's durable mark must have reached
     /// it before anything is reported.
     last_record: u64,
@@ -62,7 +62,7 @@ impl Host {
     pub(super) async fn submit_batch(
         &mut self,
         starts: Vec<Pending>,
-        released: Vec<CallLeg>,
+        released: Vec<EndedLeg>,
         read_at: Instant,
     ) -> anyhow::Result<()> {
         // The status first: whoever sees an ending then sees the table
@@ -72,7 +72,7 @@ impl Host {
             return Ok(());
         }
         let now = crate::model::now_ms();
-        let ended: Vec<(CallLeg, u64)> = released.into_iter().map(|leg| (leg, now)).collect();
+        let ended: Vec<(EndedLeg, u64)> = released.into_iter().map(|leg| (leg, now)).collect();
         let ends = self.write_ends(&ended, TerminationReason::Released);
         let last_record = starts
             .iter()

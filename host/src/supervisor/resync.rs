@@ -20,7 +20,7 @@ use crate::cdr::record::{StartReason, same_call};
 use crate::engine::{Connection, LimitExceeded, LinkError, Place};
 use crate::events::{HostEvent, LinkState, ResyncSummary};
 use crate::model::IdSet as HashSet;
-use crate::model::{CallLeg, Decision, LegId, Link, TerminationReason};
+use crate::model::{CallLeg, Custody, Decision, EndedLeg, LegId, Link, TerminationReason};
 use crate::policy::{Decider, Verdict};
 use crate::protocol::{Command, CommandResult, EngineMessage};
 use crate::resync::SnapshotDiff;
@@ -36,7 +36,7 @@ struct Run {
     summary: ResyncSummary,
     /// Microseconds the snapshot loop waited for decisions to finish.
     waited: u64,
-    refused: Vec<CallLeg>,
+    refused: Vec<EndedLeg>,
     /// Commands sent, not yet acknowledged.
     pending: HashSet<u64>,
     /// Staged ledger records handed to the writer, not yet known written
@@ -129,7 +129,7 @@ impl Host {
         // legs.
         let phase = Instant::now();
         let refused = std::mem::take(&mut run.refused);
-        let refused_ids: HashSet<LegId> = refused.iter().map(|l| l.id).collect();
+        let refused_ids: HashSet<LegId> = refused.iter().map(|l| l.leg.id).collect();
         self.end_legs(refused, TerminationReason::RefusedByPolicy, &decider)
             .await
             .map_err(ResyncError::Fatal)?;
@@ -169,7 +169,7 @@ impl Host {
         run.summary.phases.link_decisions = micros(phase);
 
         let phase = Instant::now();
-        let absent: Vec<CallLeg> = SnapshotDiff::absent(&self.table)
+        let absent: Vec<EndedLeg> = SnapshotDiff::absent(&self.table)
             .into_iter()
             .filter_map(|id| self.table.remove(id))
             .collect();
@@ -331,7 +331,8 @@ impl Host {
         run: &mut Run,
     ) -> Result<(), ResyncError> {
         let waited = Instant::now();
-        let (unknown, verdicts, took) = deciding
+        let (unknown, verdicts, took) = self
+            .serving(deciding)
             .await
             .map_err(|e| ResyncError::Fatal(anyhow::anyhow!("decision task failed: {e}")))?;
         run.summary.phases.decisions += took;
@@ -368,7 +369,12 @@ impl Host {
                 }
                 Decision::Refuse => {
                     run.summary.refused += 1;
-                    run.refused.push(leg);
+                    run.refused.push(EndedLeg {
+                        leg,
+                        custody: Custody::Refused {
+                            by: verdict.plugin,
+                        },
+                    });
                 }
             }
         }
@@ -421,7 +427,13 @@ impl Host {
             if let Some(call) = self.recovered.remove(&leg.id)
                 && !same_call(&call.leg, leg)
             {
-                lost.push((call.leg, call.proven_up_ms));
+                lost.push((
+                    EndedLeg {
+                        leg: call.leg,
+                        custody: Custody::Previous,
+                    },
+                    call.proven_up_ms,
+                ));
             }
         }
         self.end_legs_at(lost, TerminationReason::HostLost, decider)
@@ -439,7 +451,8 @@ impl Host {
         run: &mut Run,
     ) -> Result<(), ResyncError> {
         let (mut offer, verdicts) =
-            decide_blocking(decider, offer, |d, links| d.decide_links(links)).await?;
+            self.serving(decide_blocking(decider, offer, |d, links| d.decide_links(links)))
+                .await?;
         let wanted = self.events.wants_items();
         let mut events = Vec::with_capacity(if wanted { offer.len() } else { 0 });
         // The rebuilt links are packed at the front of `offer` (no second

@@ -1,14 +1,17 @@
-//! `nap-cap`: caps how many calls are rebuilt per NAP (trunk group).
+//! `nap-cap`: caps how many calls are held per NAP (trunk group).
 //!
 //! After a long outage a gateway may come back with more calls on a NAP than
 //! the application is licensed or dimensioned for; this policy rebuilds up to
-//! the cap and refuses the rest. It counts calls it rebuilt and forgets them
-//! when they end, so the cap holds across resyncs. The host announces the
-//! end of every leg to every plugin (refused ones, another plugin's, legs
-//! this one never saw): only a leg this instance counted frees a slot.
-//! State is per instance (run it with `instances = 1`) and starts empty
-//! after a reload or a replaced instance (docs/plugin-guide.md, "State,
-//! terminations and Unicode").
+//! the cap and refuses the rest. What it counts, per NAP: the legs it voted
+//! to rebuild, and the legs a decision adopted that the host held when this
+//! instance started (`for_each_held_leg` in `init`: a reload, a recycled or
+//! failed instance starts from the host's table, not from zero). Legs the
+//! host followed live from their setup were never decided and do not count.
+//! Every leg that ends is announced to every plugin (legs refused by this
+//! plugin or a later one, legs it never saw): only a leg it counted frees a
+//! slot, so the cap holds across resyncs. State is per instance: run it with
+//! `instances = 1` (docs/plugin-guide.md, "State, terminations and
+//! Unicode").
 //!
 //! Rules text (TOML):
 //!
@@ -19,24 +22,31 @@
 //! ISDN_SPAN_3 = 30
 //! ```
 
-use legsync_plugin_sdk::{CallLeg, Decision, Policy, TerminationReason, export_policy, log};
+use legsync_plugin_sdk::{
+    CallLeg, Decision, Policy, Termination, count, export_policy, for_each_held_leg, log,
+};
 use std::collections::HashMap;
 
 struct NapCap {
     default_max: Option<u32>,
     max: HashMap<String, u32>,
-    /// Legs this instance rebuilt, per NAP, still up.
-    active: HashMap<String, u32>,
-    /// The NAP of every leg counted in `active`, by leg id.
-    counted: HashMap<u64, String>,
+    /// The NAPs seen, each once; legs refer to them by index.
+    naps: Vec<String>,
+    nap_index: HashMap<String, u32>,
+    /// Legs counted, per NAP index, still up.
+    active: Vec<u32>,
+    /// The NAP index of every leg counted in `active`, by leg id.
+    counted: HashMap<u64, u32>,
 }
 
-impl Policy for NapCap {
-    fn init(rules: &str) -> Result<Self, String> {
+impl NapCap {
+    fn parse(rules: &str) -> Result<Self, String> {
         let mut policy = NapCap {
             default_max: None,
             max: HashMap::new(),
-            active: HashMap::new(),
+            naps: Vec::new(),
+            nap_index: HashMap::new(),
+            active: Vec::new(),
             counted: HashMap::new(),
         };
         let mut in_max_table = false;
@@ -79,36 +89,78 @@ impl Policy for NapCap {
         Ok(policy)
     }
 
-    fn on_call_leg_sync(&mut self, leg: &CallLeg) -> Decision {
-        if self.counted.contains_key(&leg.id) {
-            // Already counted (offered again): it holds its slot.
-            return Decision::Rebuild;
+    fn nap(&mut self, nap: &str) -> u32 {
+        if let Some(&index) = self.nap_index.get(nap) {
+            return index;
         }
-        let cap = self.max.get(leg.nap).copied().or(self.default_max);
-        let count = self.active.entry(leg.nap.to_string()).or_insert(0);
-        match cap {
-            Some(cap) if *count >= cap => {
-                log::debug(&format!(
-                    "leg {} refused: NAP {} at its cap of {cap}",
-                    leg.id, leg.nap
-                ));
-                Decision::Refuse
-            }
-            _ => {
-                *count += 1;
-                self.counted.insert(leg.id, leg.nap.to_string());
-                Decision::Rebuild
-            }
-        }
+        let index = self.naps.len() as u32;
+        self.naps.push(nap.to_string());
+        self.nap_index.insert(nap.to_string(), index);
+        self.active.push(0);
+        index
     }
 
-    fn on_call_leg_terminated(&mut self, leg: &CallLeg, _reason: TerminationReason) {
-        // Only a leg this instance counted frees a slot (and a refused one,
-        // this plugin's or another's, was never counted, or is no longer).
-        if let Some(nap) = self.counted.remove(&leg.id)
-            && let Some(count) = self.active.get_mut(&nap)
-        {
-            *count = count.saturating_sub(1);
+    fn count(&mut self, leg: &CallLeg) {
+        let nap = self.nap(leg.nap);
+        if self.counted.insert(leg.id, nap).is_none() {
+            self.active[nap as usize] += 1;
+        }
+    }
+}
+
+impl Policy for NapCap {
+    fn init(rules: &str) -> Result<Self, String> {
+        let mut policy = NapCap::parse(rules)?;
+        for_each_held_leg(|leg, adopted_by| {
+            if adopted_by.is_some() {
+                policy.count(leg);
+            }
+        });
+        if !policy.counted.is_empty() {
+            log::info(&format!(
+                "counting {} held calls adopted at earlier resyncs",
+                policy.counted.len()
+            ));
+        }
+        Ok(policy)
+    }
+
+    fn on_call_leg_sync_batch(&mut self, legs: &[CallLeg<'_>]) -> Vec<Decision> {
+        let mut refused = 0;
+        let decisions = legs
+            .iter()
+            .map(|leg| {
+                if self.counted.contains_key(&leg.id) {
+                    // Already counted (offered again): it holds its slot.
+                    return Decision::Rebuild;
+                }
+                let cap = self.max.get(leg.nap).copied().or(self.default_max);
+                let nap = self.nap(leg.nap);
+                match cap {
+                    Some(cap) if self.active[nap as usize] >= cap => {
+                        refused += 1;
+                        Decision::Refuse
+                    }
+                    _ => {
+                        self.count(leg);
+                        Decision::Rebuild
+                    }
+                }
+            })
+            .collect();
+        if refused > 0 {
+            count("refused_over_cap", refused);
+            log::debug(&format!("{refused} legs refused: their NAP at its cap"));
+        }
+        decisions
+    }
+
+    fn on_call_leg_terminated(&mut self, ended: &Termination<'_>) {
+        // Only a leg this instance counted frees a slot (a refused one, this
+        // plugin's or another's, was never counted, or is no longer).
+        if let Some(nap) = self.counted.remove(&ended.leg.id) {
+            let active = &mut self.active[nap as usize];
+            *active = active.saturating_sub(1);
         }
     }
 }

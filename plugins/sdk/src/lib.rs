@@ -42,7 +42,7 @@ pub use bindings::legsync::policy::types::{
 };
 
 /// The contract version this SDK builds plugins for.
-pub const CONTRACT_VERSION: &str = "0.3.0";
+pub const CONTRACT_VERSION: &str = "0.4.0";
 
 /// A call leg as the engine reports it. Its strings are borrowed from the
 /// batch the host sent (one buffer for the whole batch): copy what you keep
@@ -111,6 +111,24 @@ impl<'a> CallLeg<'a> {
     }
 }
 
+/// A leg that ended (`OnCallLegTerminated`). Every plugin hears of every
+/// leg that ends, including legs refused at a resync (by this plugin or
+/// another), which the host never held: a counter frees a slot only for a
+/// leg it counted (see `nap-cap`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Termination<'a> {
+    /// The leg as the host last knew it.
+    pub leg: CallLeg<'a>,
+    /// Why it ended.
+    pub reason: TerminationReason,
+    /// Whether the host held the leg's context until now; false for a leg
+    /// refused at a resync and for a previous run's call.
+    pub held: bool,
+    /// The plugin that decided the leg at its last resync (refused it, or
+    /// was the last to agree); none for a leg followed live from its setup.
+    pub decided_by: Option<&'a str>,
+}
+
 /// A policy: the decisions of one plugin. One value lives per plugin instance,
 /// created by `init` and kept until the host discards the instance.
 pub trait Policy: Sized + 'static {
@@ -129,7 +147,7 @@ pub trait Policy: Sized + 'static {
     }
 
     /// `OnCallLegTerminated` for one leg that ended.
-    fn on_call_leg_terminated(&mut self, _leg: &CallLeg<'_>, _reason: TerminationReason) {}
+    fn on_call_leg_terminated(&mut self, _ended: &Termination<'_>) {}
 
     /// A whole batch of legs; override only to share work across a batch.
     /// Must return exactly one decision per leg, in order.
@@ -171,6 +189,40 @@ pub fn now_ms() -> u64 {
     bindings::legsync::policy::host::now_ms()
 }
 
+/// Calls `f` with every leg the host holds now, by ascending id, and the
+/// plugin that adopted it (none for a leg the host followed live from its
+/// setup). Call it from `init` to rebuild what the policy counts: a fresh
+/// instance (after a reload, a recycle, a failure) starts empty. Pages of
+/// 10,000 legs; the wait for the host does not count against the deadline.
+pub fn for_each_held_leg(mut f: impl FnMut(&CallLeg<'_>, Option<&str>)) {
+    let mut after = 0;
+    loop {
+        let page = bindings::legsync::policy::host::held_legs(after, HELD_PAGE);
+        let text = __private::batch_text(&page.batch.text);
+        for (leg, adopted_by) in page.batch.legs.iter().zip(&page.adopted_by) {
+            let adopted_by = text
+                .get(adopted_by.start as usize..(adopted_by.start + adopted_by.len) as usize)
+                .filter(|name| !name.is_empty());
+            f(&CallLeg::packed(text, leg), adopted_by);
+        }
+        match page.next_after {
+            Some(next) => after = next,
+            None => return,
+        }
+    }
+}
+
+/// The legs asked for per page by [`for_each_held_leg`] (the host's most).
+const HELD_PAGE: u32 = 10_000;
+
+/// Adds `delta` to the plugin's counter `name`, exported by the host as the
+/// metric `legsync_plugin_counter_total{plugin, counter}`. Names are 1 to 64
+/// of `a-z`, `0-9` and `_`; at most 32 per plugin (the rest are dropped,
+/// and the host says so once).
+pub fn count(name: &str, delta: u64) {
+    bindings::legsync::policy::host::count(name, delta);
+}
+
 /// Used by [`export_policy!`]; not part of the API.
 #[doc(hidden)]
 pub mod __private {
@@ -209,8 +261,13 @@ pub mod __private {
     }
 
     /// The view of a terminated leg.
-    pub fn terminated_leg(ended: &TerminatedLeg) -> CallLeg<'_> {
-        CallLeg::unpacked(&ended.leg)
+    pub fn termination(ended: &TerminatedLeg) -> crate::Termination<'_> {
+        crate::Termination {
+            leg: CallLeg::unpacked(&ended.leg),
+            reason: ended.reason,
+            held: ended.held,
+            decided_by: ended.decided_by.as_deref(),
+        }
     }
 
     /// Runs one export: its arguments (lowered into the arena) are dropped
@@ -237,7 +294,7 @@ pub mod __private {
 macro_rules! export_policy {
     ($policy:ty) => {
         const _: () = {
-            use $crate::__private::{batch_legs, export_call, terminated_leg, with_policy};
+            use $crate::__private::{batch_legs, export_call, termination, with_policy};
             use $crate::Policy as _;
 
             ::std::thread_local! {
@@ -275,7 +332,7 @@ macro_rules! export_policy {
                         STATE.with(|s| {
                             with_policy(&mut s.borrow_mut(), |p| {
                                 for ended in legs {
-                                    p.on_call_leg_terminated(&terminated_leg(ended), ended.reason);
+                                    p.on_call_leg_terminated(&termination(ended));
                                 }
                             })
                         })
