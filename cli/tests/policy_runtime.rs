@@ -882,3 +882,118 @@ fn the_decision_budget_stops_the_chain_between_calls() {
         "fail-closed decides the rest"
     );
 }
+
+/// What a test host holds, as `held-legs` serves it.
+fn serve_held(runtime: &PolicyRuntime, legs: &[(CallLeg, &str)]) {
+    let legs = legs
+        .iter()
+        .map(|(leg, by)| (leg.clone(), (*by).into()))
+        .collect();
+    runtime
+        .held_legs()
+        .serve(std::sync::Arc::new(legsync::policy::held::FixedHeld::new(legs)));
+}
+
+/// A fresh nap-cap instance counts the calls the host holds that a
+/// decision adopted (not those followed live from their setup), so a
+/// recycled instance keeps the cap instead of starting from zero; and it
+/// exports its own counter.
+#[test]
+fn a_fresh_nap_cap_instance_counts_the_held_calls() {
+    let runtime = runtime();
+    serve_held(
+        &runtime,
+        &[
+            (leg(1, "SIP_A", "1"), "30-nap-cap"),
+            (leg(2, "SIP_A", "1"), "20-rules"),
+            (leg(3, "SIP_A", "1"), "live"),
+        ],
+    );
+    let dir = plugin_dir(&[("30-nap-cap", "nap-cap", Some("[max]\nSIP_A = 3\n"))]);
+    let config: PolicyConfig =
+        toml::from_str("[plugins.30-nap-cap]\nmax_calls_per_instance = 2\n").unwrap();
+    let chain = load_dir(&runtime, dir.path(), &config).unwrap();
+    let verdicts = chain.decide_legs(&[leg(10, "SIP_A", "1"), leg(11, "SIP_A", "1")]);
+    assert_eq!(
+        decided(&verdicts),
+        [Decision::Rebuild, Decision::Refuse],
+        "two held calls adopted by decisions, and one more, fill a cap of 3"
+    );
+    // The second call uses the instance up: the next one starts fresh from
+    // the table, which no longer holds call 1 and now holds call 10.
+    chain.notify_terminated(
+        &ended(&[leg(1, "SIP_A", "1")], held_by("30-nap-cap")),
+        TerminationReason::Released,
+    );
+    serve_held(
+        &runtime,
+        &[
+            (leg(2, "SIP_A", "1"), "20-rules"),
+            (leg(3, "SIP_A", "1"), "live"),
+            (leg(10, "SIP_A", "1"), "30-nap-cap"),
+        ],
+    );
+    let verdicts = chain.decide_legs(&[leg(12, "SIP_A", "1"), leg(13, "SIP_A", "1")]);
+    assert_eq!(decided(&verdicts), [Decision::Rebuild, Decision::Refuse]);
+    let plugin = &chain.plugins()[0];
+    assert_eq!(plugin.stats().recycled, 1, "max_calls_per_instance = 2");
+    assert_eq!(plugin.stats().instantiations, 2);
+    assert_eq!(plugin.own_counters()["refused_over_cap"], 2);
+}
+
+/// `held-legs` as a slow host serves it: `delay` per page.
+struct SlowHeld {
+    delay: Duration,
+    answer: Result<(), legsync::policy::held::HeldLegsError>,
+}
+
+impl legsync::policy::held::HeldLegs for SlowHeld {
+    fn page(
+        &self,
+        _after: u64,
+        _max: usize,
+    ) -> Result<legsync::policy::held::HeldLegsPage, legsync::policy::held::HeldLegsError> {
+        std::thread::sleep(self.delay);
+        let held = vec![(leg(1, "SIP_A", "1"), "30-nap-cap".into())];
+        self.answer.clone().map(|()| legsync::policy::held::HeldLegsPage {
+            legs: held,
+            next_after: None,
+        })
+    }
+}
+
+/// The time `init` waits for the host's `held-legs` is not the plugin's:
+/// a page that takes four deadlines to come still lets `init` finish. A
+/// host that cannot answer fails the instance, with the reason.
+#[test]
+fn waiting_for_held_legs_is_not_the_plugins_time_and_no_answer_fails_init() {
+    let dir = plugin_dir(&[("30-nap-cap", "nap-cap", Some("[max]\nSIP_A = 1\n"))]);
+    let config: PolicyConfig = toml::from_str("[defaults]\ndeadline_ms = 50\n").unwrap();
+    let runtime = runtime();
+    runtime.held_legs().serve(std::sync::Arc::new(SlowHeld {
+        delay: Duration::from_millis(200),
+        answer: Ok(()),
+    }));
+    let chain = load_dir(&runtime, dir.path(), &config).unwrap();
+    assert_eq!(
+        decided(&chain.decide_legs(&[leg(2, "SIP_A", "1")])),
+        [Decision::Refuse],
+        "the held call counted: the cap of 1 is full"
+    );
+
+    let runtime = self::runtime();
+    runtime.held_legs().serve(std::sync::Arc::new(SlowHeld {
+        delay: Duration::ZERO,
+        answer: Err(legsync::policy::held::HeldLegsError::Unanswered(10)),
+    }));
+    let err = load_dir(&runtime, dir.path(), &config).unwrap_err();
+    assert!(
+        matches!(&err, PolicyError::InitFailed { plugin, .. } if plugin == "30-nap-cap"),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("held-legs: the host did not list its held legs within 10 s"),
+        "{err}"
+    );
+}

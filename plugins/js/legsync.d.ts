@@ -1,10 +1,10 @@
 // Type declarations for legsync.js, the JavaScript plugin SDK (contract
-// legsync:policy@0.3.0). Editors and `tsc` read them beside legsync.js; a
+// legsync:policy@0.4.0). Editors and `tsc` read them beside legsync.js; a
 // plugin written in TypeScript compiles against them, then is bundled as
 // JavaScript (docs/plugin-guide.md, "JavaScript").
 
 /** The contract version this SDK builds plugins for. */
-export const CONTRACT_VERSION: '0.3.0';
+export const CONTRACT_VERSION: '0.4.0';
 
 /** A plugin's answer for a leg or a link. */
 export type Decision = 'rebuild' | 'refuse';
@@ -70,11 +70,44 @@ export interface LegBatch {
   legs: PackedLeg[];
 }
 
-/** A leg that ended, with the reason. */
+/** A leg that ended, as the host sends it. */
 export interface TerminatedLeg {
   leg: CallLeg;
   reason: TerminationReason;
+  held: boolean;
+  decidedBy?: string;
 }
+
+/**
+ * A leg that ended (`OnCallLegTerminated`). Every plugin hears of every leg
+ * that ends, including legs refused at a resync, which the host never held.
+ */
+export interface Termination {
+  /** The leg as the host last knew it. */
+  leg: CallLeg;
+  /** Why it ended. */
+  reason: TerminationReason;
+  /** Whether the host held the leg until now (false for a refused leg). */
+  held: boolean;
+  /** The plugin that decided the leg at its last resync; null for a leg
+   * the host followed live from its setup. */
+  decidedBy: string | null;
+}
+
+/** A leg the host holds, and the plugin that adopted it (null: followed
+ * live from its setup). */
+export interface HeldLeg {
+  leg: CallLeg;
+  adoptedBy: string | null;
+}
+
+/** Every leg the host holds now, by ascending id: call it from the
+ * constructor to rebuild what the policy counts. */
+export function heldLegs(): Generator<HeldLeg, void, undefined>;
+
+/** Adds `delta` (default 1) to the plugin's counter `name`, exported as
+ * `legsync_plugin_counter_total{plugin, counter}`. */
+export function count(name: string, delta?: number | bigint): void;
 
 /** The legs of a batch, their strings read from the batch's bytes. */
 export function legs(batch: LegBatch): CallLeg[];
@@ -91,7 +124,7 @@ export class Policy {
   /** `OnLinkSync` for one link whose two legs were rebuilt. */
   onLinkSync(link: Link): Decision;
   /** `OnCallLegTerminated` for one leg that ended (every leg, to every plugin). */
-  onCallLegTerminated(leg: CallLeg, reason: TerminationReason): void;
+  onCallLegTerminated(ended: Termination): void;
   /** A whole batch; one decision per leg, in order. */
   onCallLegSyncBatch(legs: CallLeg[]): Decision[];
   /** A whole batch of links; one decision per link, in order. */

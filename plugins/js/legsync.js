@@ -1,4 +1,4 @@
-// Write a legsync policy plugin in JavaScript (contract legsync:policy@0.3.0).
+// Write a legsync policy plugin in JavaScript (contract legsync:policy@0.4.0).
 //
 // Extend `Policy`, override what you decide (every method has a default that
 // rebuilds everything), and export the contract's interface as `policy`:
@@ -16,7 +16,8 @@
 // Build (docs/plugin-guide.md, "JavaScript"), from the repository's root
 // (`--bundle` pulls this file into the component):
 //
-//     jco componentize path/to/app.js --bundle --wit wit/policy.wit \
+//     jco componentize path/to/app.js --bundle \
+//         --bundle-config plugins/js/bundle.config.mjs --wit wit/policy.wit \
 //         --world-name policy-plugin --disable http fetch-event --out my-policy.wasm
 //
 // The host sends legs in batches whose strings are spans of one byte buffer
@@ -25,20 +26,27 @@
 // would count UTF-16 units, not bytes, and misread every leg after a
 // non-ASCII NAP). Ids and times are BigInts, as the contract's u64s are.
 
-import { log, nowMs as hostNowMs } from 'legsync:policy/host@0.3.0';
+import {
+  log,
+  nowMs as hostNowMs,
+  heldLegs as hostHeldLegs,
+  count as hostCount,
+} from 'legsync:policy/host@0.4.0';
 
 /** The contract version this SDK builds plugins for. */
-export const CONTRACT_VERSION = '0.3.0';
+export const CONTRACT_VERSION = '0.4.0';
 
 export const REBUILD = 'rebuild';
 export const REFUSE = 'refuse';
 
 const utf8 = new TextDecoder('utf-8');
 
+const spanReader = (text) => (s) =>
+  utf8.decode(text.subarray(s.start, s.start + s.len));
+
 /** The legs of a batch, their strings read from the batch's bytes. */
 export function legs(batch) {
-  const text = batch.text;
-  const span = (s) => utf8.decode(text.subarray(s.start, s.start + s.len));
+  const span = spanReader(batch.text);
   return batch.legs.map((leg) => ({
     id: leg.id,
     sessionId: leg.sessionId,
@@ -52,6 +60,37 @@ export function legs(batch) {
     linkedTo: leg.linkedTo,
   }));
 }
+
+/** Legs asked for per page by `heldLegs` (the host's most). */
+const HELD_PAGE = 10000;
+
+/**
+ * Every leg the host holds now, by ascending id, as `{ leg, adoptedBy }`
+ * (`adoptedBy` null for a leg followed live from its setup). Call it from
+ * the constructor to rebuild what the policy counts: a fresh instance
+ * (after a reload, a recycle, a failure) starts empty. The wait for the
+ * host does not count against the call's deadline.
+ */
+export function* heldLegs() {
+  let after = 0n;
+  for (;;) {
+    const page = hostHeldLegs(after, HELD_PAGE);
+    const span = spanReader(page.batch.text);
+    const batchLegs = legs(page.batch);
+    for (let i = 0; i < batchLegs.length; i++) {
+      yield { leg: batchLegs[i], adoptedBy: span(page.adoptedBy[i]) || null };
+    }
+    if (page.nextAfter === undefined || page.nextAfter === null) {
+      return;
+    }
+    after = page.nextAfter;
+  }
+}
+
+/** Adds `delta` (default 1) to the plugin's counter `name`, exported by the
+ * host as `legsync_plugin_counter_total{plugin, counter}`. Names are 1 to 64
+ * of a-z, 0-9 and _; at most 32 per plugin. */
+export const count = (name, delta = 1) => hostCount(name, BigInt(delta));
 
 /**
  * The decisions of one plugin. One object lives per plugin instance, built
@@ -71,8 +110,14 @@ export class Policy {
     return REBUILD;
   }
 
-  /** `OnCallLegTerminated` for one leg that ended (notification only). */
-  onCallLegTerminated(_leg, _reason) {}
+  /**
+   * `OnCallLegTerminated` for one leg that ended (notification only):
+   * `{ leg, reason, held, decidedBy }`. Every plugin hears of every leg that
+   * ends, including legs refused at a resync (by this plugin or another),
+   * which the host never held (`held` false): a counter frees a slot only
+   * for a leg it counted.
+   */
+  onCallLegTerminated(_ended) {}
 
   /** A whole batch; one decision per leg, in order. */
   onCallLegSyncBatch(legs) {
@@ -113,8 +158,8 @@ export function exportPolicy(PolicyClass) {
     },
     onCallLegTerminated(ended) {
       const p = policy();
-      for (const { leg, reason } of ended) {
-        p.onCallLegTerminated(leg, reason);
+      for (const { leg, reason, held, decidedBy } of ended) {
+        p.onCallLegTerminated({ leg, reason, held, decidedBy: decidedBy ?? null });
       }
     },
   };

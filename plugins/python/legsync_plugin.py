@@ -1,4 +1,4 @@
-"""Write a legsync policy plugin in Python (contract legsync:policy@0.3.0).
+"""Write a legsync policy plugin in Python (contract legsync:policy@0.4.0).
 
 Subclass `Policy`, override what you decide (every method has a default that
 rebuilds everything), and export it from your app module under the name
@@ -23,14 +23,15 @@ each span from the bytes (slicing a decoded `str` would count characters, not
 bytes, and misread every leg after a non-ASCII NAP).
 """
 
-from typing import Callable, List, Optional, Type
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional, Tuple, Type
 
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import host, types
 
 #: The contract version this SDK builds plugins for.
-CONTRACT_VERSION = "0.3.0"
+CONTRACT_VERSION = "0.4.0"
 
 CallLeg = types.CallLeg
 Link = types.Link
@@ -43,13 +44,16 @@ REBUILD = types.Decision.REBUILD
 REFUSE = types.Decision.REFUSE
 
 
-def legs(batch: types.LegBatch) -> List[CallLeg]:
-    """The legs of a batch, their strings read from the batch's bytes."""
-    text = batch.text
-
+def _span_reader(text: bytes) -> Callable[[types.TextSpan], str]:
     def span(s: types.TextSpan) -> str:
         return text[s.start : s.start + s.len].decode("utf-8", errors="replace")
 
+    return span
+
+
+def legs(batch: types.LegBatch) -> List[CallLeg]:
+    """The legs of a batch, their strings read from the batch's bytes."""
+    span = _span_reader(batch.text)
     return [
         CallLeg(
             id=leg.id,
@@ -65,6 +69,52 @@ def legs(batch: types.LegBatch) -> List[CallLeg]:
         )
         for leg in batch.legs
     ]
+
+
+@dataclass(frozen=True)
+class Termination:
+    """A leg that ended (`OnCallLegTerminated`). Every plugin hears of every
+    leg that ends, including legs refused at a resync (by this plugin or
+    another), which the host never held: a counter frees a slot only for a
+    leg it counted."""
+
+    #: The leg as the host last knew it.
+    leg: CallLeg
+    #: Why it ended.
+    reason: TerminationReason
+    #: Whether the host held the leg until now (False for a refused leg).
+    held: bool
+    #: The plugin that decided the leg at its last resync; None for a leg
+    #: the host followed live from its setup.
+    decided_by: Optional[str]
+
+
+#: Legs asked for per page by `held_legs` (the host's most).
+_HELD_PAGE = 10_000
+
+
+def held_legs() -> Iterator[Tuple[CallLeg, Optional[str]]]:
+    """Every leg the host holds now, by ascending id, with the plugin that
+    adopted it (None for a leg followed live from its setup). Call it from
+    `__init__` to rebuild what the policy counts: a fresh instance (after a
+    reload, a recycle, a failure) starts empty. The wait for the host does
+    not count against the call's deadline."""
+    after = 0
+    while True:
+        page = host.held_legs(after, _HELD_PAGE)
+        span = _span_reader(page.batch.text)
+        for leg, adopted_by in zip(legs(page.batch), page.adopted_by):
+            yield leg, (span(adopted_by) or None)
+        if page.next_after is None:
+            return
+        after = page.next_after
+
+
+def count(name: str, delta: int = 1) -> None:
+    """Adds `delta` to the plugin's counter `name`, exported by the host as
+    `legsync_plugin_counter_total{plugin, counter}`. Names are 1 to 64 of
+    a-z, 0-9 and _; at most 32 per plugin."""
+    host.count(name, delta)
 
 
 class Policy:
@@ -83,7 +133,7 @@ class Policy:
         """`OnLinkSync` for one link whose two legs were rebuilt."""
         return REBUILD
 
-    def on_call_leg_terminated(self, leg: CallLeg, reason: TerminationReason) -> None:
+    def on_call_leg_terminated(self, ended: Termination) -> None:
         """`OnCallLegTerminated` for one leg that ended (notification only)."""
 
     def on_call_leg_sync_batch(self, legs: List[CallLeg]) -> List[Decision]:
@@ -122,7 +172,7 @@ def export(policy_class: Type[Policy]) -> type:
         def on_call_leg_terminated(self, ended: List[types.TerminatedLeg]) -> None:
             p = policy()
             for t in ended:
-                p.on_call_leg_terminated(t.leg, t.reason)
+                p.on_call_leg_terminated(Termination(t.leg, t.reason, t.held, t.decided_by))
 
     return Export
 

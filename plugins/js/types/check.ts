@@ -1,6 +1,18 @@
 // Compiled with `tsc --noEmit --strict` by cli/tests/languages.rs: the SDK's
 // declarations describe what a TypeScript plugin uses, and reject misuse.
-import { Policy, REBUILD, REFUSE, exportPolicy, info, nowMs, type CallLeg, type Decision } from '../legsync.js';
+import {
+  Policy,
+  REBUILD,
+  REFUSE,
+  count,
+  exportPolicy,
+  heldLegs,
+  info,
+  nowMs,
+  type CallLeg,
+  type Decision,
+  type Termination,
+} from '../legsync.js';
 
 class NoPremium extends Policy {
   private readonly prefix: string;
@@ -19,4 +31,25 @@ class NoPremium extends Policy {
   }
 }
 
+/** A counter that starts from the calls the host holds. */
+class Counting extends Policy {
+  private readonly counted = new Set<bigint>();
+
+  constructor(rules: string) {
+    super(rules);
+    for (const { leg, adoptedBy } of heldLegs()) {
+      if (adoptedBy !== null) {
+        this.counted.add(leg.id);
+      }
+    }
+  }
+
+  onCallLegTerminated(ended: Termination): void {
+    if (ended.held && ended.decidedBy !== null && this.counted.delete(ended.leg.id)) {
+      count('freed', 1);
+    }
+  }
+}
+
 export const policy = exportPolicy(NoPremium);
+export const counting = exportPolicy(Counting);
