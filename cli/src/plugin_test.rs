@@ -9,7 +9,8 @@
 //!   "legs": "legs.json",
 //!   "expect": { "1": "rebuild", "2": "refuse" },
 //!   "links": [ { "id": 9, "leg_a": 1, "leg_b": 3 } ],
-//!   "expect_links": { "9": "rebuild" }
+//!   "expect_links": { "9": "rebuild" },
+//!   "held": "held.json"
 //! }
 //! ```
 //!
@@ -19,11 +20,18 @@
 //! in the order given, on a fresh instance per test file; links as the host
 //! would (those whose two legs were rebuilt). Every expectation is checked;
 //! a leg without one is decided but not judged.
+//!
+//! `held` (optional) is what the host holds when the plugin starts, as
+//! `held-legs` serves it: legs in the same formats, each with the plugin
+//! that adopted it (`adopted_by`; `live` for a leg followed from its setup;
+//! absent: adopted by a decision of `plugin-test`). A page of `legsync legs
+//! --json` keeps its own `adopted_by`: a running host's table, replayed.
 
 use anyhow::Context;
 use clap::Args;
-use legsync::model::{CallLeg, Decision, Link};
+use legsync::model::{CallLeg, Decision, Link, PluginName};
 use legsync::policy::Verdict;
+use legsync::policy::held::FixedHeld;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -53,6 +61,8 @@ struct TestFile {
     links: Option<Items>,
     #[serde(default)]
     expect_links: BTreeMap<u64, Decision>,
+    #[serde(default)]
+    held: Option<Items>,
 }
 
 /// Items inline, or in a file beside the test file.
@@ -81,6 +91,17 @@ impl Items {
 /// Legs from a JSON array, or from a page of `legsync legs --json` (whose
 /// legs carry the host's own `adopted_by`).
 pub fn legs_from(value: serde_json::Value, origin: &str) -> anyhow::Result<Vec<CallLeg>> {
+    Ok(held_from(value, origin)?
+        .into_iter()
+        .map(|(leg, _)| leg)
+        .collect())
+}
+
+/// The adopter of a held leg whose test file names none.
+const TEST_ADOPTER: &str = "plugin-test";
+
+/// Legs as [`legs_from`] reads them, each with its `adopted_by`.
+fn held_from(value: serde_json::Value, origin: &str) -> anyhow::Result<Vec<(CallLeg, PluginName)>> {
     let array = match value {
         serde_json::Value::Object(mut page) if page.contains_key("legs") => {
             page.remove("legs").unwrap_or_default()
@@ -96,10 +117,14 @@ pub fn legs_from(value: serde_json::Value, origin: &str) -> anyhow::Result<Vec<C
         .into_iter()
         .enumerate()
         .map(|(i, mut item)| {
-            if let Some(fields) = item.as_object_mut() {
-                fields.remove("adopted_by");
-            }
-            serde_json::from_value(item).with_context(|| format!("{origin}: leg {}", i + 1))
+            let adopted_by = item
+                .as_object_mut()
+                .and_then(|fields| fields.remove("adopted_by"))
+                .and_then(|by| by.as_str().map(PluginName::new))
+                .unwrap_or_else(|| PluginName::new(TEST_ADOPTER));
+            let leg =
+                serde_json::from_value(item).with_context(|| format!("{origin}: leg {}", i + 1))?;
+            Ok((leg, adopted_by))
         })
         .collect()
 }
@@ -118,8 +143,15 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
         let rules = test.rules.as_ref().map(|r| base.join(r));
-        let chain = super::plugin::load(&runtime, &args.plugin, rules.as_deref())?;
         let origin = path.display().to_string();
+        let held = match &test.held {
+            Some(items) => held_from(items.value(base)?, &format!("{origin}: held"))?,
+            None => Vec::new(),
+        };
+        runtime
+            .held_legs()
+            .serve(std::sync::Arc::new(FixedHeld::new(held)));
+        let chain = super::plugin::load(&runtime, &args.plugin, rules.as_deref())?;
         let legs = legs_from(test.legs.value(base)?, &origin)?;
         let links: Vec<Link> = match &test.links {
             Some(items) => serde_json::from_value(items.value(base)?)

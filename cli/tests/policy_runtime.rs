@@ -708,7 +708,11 @@ fn plugins_built_for_contracts_0_2_and_0_3_still_load_and_decide() {
         );
         let plugin = &chain.plugins()[0];
         assert_eq!(plugin.contract().contract.version(), version);
-        assert_eq!(plugin.stats().failures, 0, "every export of {version} answered");
+        assert_eq!(
+            plugin.stats().failures,
+            0,
+            "every export of {version} answered"
+        );
     }
 }
 
@@ -891,7 +895,9 @@ fn serve_held(runtime: &PolicyRuntime, legs: &[(CallLeg, &str)]) {
         .collect();
     runtime
         .held_legs()
-        .serve(std::sync::Arc::new(legsync::policy::held::FixedHeld::new(legs)));
+        .serve(std::sync::Arc::new(legsync::policy::held::FixedHeld::new(
+            legs,
+        )));
 }
 
 /// A fresh nap-cap instance counts the calls the host holds that a
@@ -955,10 +961,12 @@ impl legsync::policy::held::HeldLegs for SlowHeld {
     ) -> Result<legsync::policy::held::HeldLegsPage, legsync::policy::held::HeldLegsError> {
         std::thread::sleep(self.delay);
         let held = vec![(leg(1, "SIP_A", "1"), "30-nap-cap".into())];
-        self.answer.clone().map(|()| legsync::policy::held::HeldLegsPage {
-            legs: held,
-            next_after: None,
-        })
+        self.answer
+            .clone()
+            .map(|()| legsync::policy::held::HeldLegsPage {
+                legs: held,
+                next_after: None,
+            })
     }
 }
 

@@ -89,9 +89,7 @@ impl PluginConfig {
             quarantine_after: self.quarantine_after.or(base.quarantine_after),
             quarantine_base_ms: self.quarantine_base_ms.or(base.quarantine_base_ms),
             instances: self.instances.or(base.instances),
-            max_calls_per_instance: self
-                .max_calls_per_instance
-                .or(base.max_calls_per_instance),
+            max_calls_per_instance: self.max_calls_per_instance.or(base.max_calls_per_instance),
         }
     }
 }
@@ -233,7 +231,11 @@ impl PolicyConfig {
                 cfg.quarantine_after.map(u64::from),
                 1..=1_000_000,
             )?;
-            within("max_calls_per_instance", cfg.max_calls_per_instance, 1..=u64::MAX)?;
+            within(
+                "max_calls_per_instance",
+                cfg.max_calls_per_instance,
+                1..=u64::MAX,
+            )?;
             if let Some(n) = cfg.instances
                 && !(1..=MAX_INSTANCES).contains(&n)
             {

@@ -23,8 +23,8 @@ use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use wasmtime::{Store, UpdateDeadline};
 use wasmtime::component::{ComponentType, Func, InstancePre, Lower};
+use wasmtime::{Store, UpdateDeadline};
 
 /// A live instance: its store, its typed exports and how many calls it
 /// has answered (for `max_calls_per_instance`).
@@ -335,7 +335,6 @@ impl Plugin {
             }
         })
     }
-
 
     /// One sync export over a batch of `count` items: exactly one decision
     /// per item.

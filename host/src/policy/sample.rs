@@ -96,9 +96,7 @@ pub fn failures(chain: &PolicyChain) -> Vec<SampleFailure> {
                 Decision::Rebuild => Custody::Held {
                     adopted_by: verdict.plugin,
                 },
-                Decision::Refuse => Custody::Refused {
-                    by: verdict.plugin,
-                },
+                Decision::Refuse => Custody::Refused { by: verdict.plugin },
             },
         })
         .collect();

@@ -348,9 +348,7 @@ impl Host {
                 self.events.emit(event);
                 let refused = EndedLeg {
                     leg,
-                    custody: Custody::Refused {
-                        by: verdict.plugin,
-                    },
+                    custody: Custody::Refused { by: verdict.plugin },
                 };
                 self.end_legs(vec![refused], TerminationReason::RefusedByPolicy, &decider)
                     .await?;

@@ -89,8 +89,7 @@ impl Host {
                 limit,
                 reply,
             } => {
-                let (_, slots, next_after) =
-                    self.page(None, after, limit.clamp(1, MAX_HELD_PAGE));
+                let (_, slots, next_after) = self.page(None, after, limit.clamp(1, MAX_HELD_PAGE));
                 let legs = self.table.legs().collect::<Vec<_>>();
                 let legs = slots
                     .iter()
@@ -128,7 +127,11 @@ impl Host {
         }
         page.sort_unstable();
         let next_after = more.then(|| page.last().map(|&(id, _)| id)).flatten();
-        (matched, page.into_iter().map(|(_, slot)| slot).collect(), next_after)
+        (
+            matched,
+            page.into_iter().map(|(_, slot)| slot).collect(),
+            next_after,
+        )
     }
 
     /// Awaits plugin work, answering questions meanwhile: a plugin may ask

@@ -371,9 +371,7 @@ impl Host {
                     run.summary.refused += 1;
                     run.refused.push(EndedLeg {
                         leg,
-                        custody: Custody::Refused {
-                            by: verdict.plugin,
-                        },
+                        custody: Custody::Refused { by: verdict.plugin },
                     });
                 }
             }
@@ -450,9 +448,11 @@ impl Host {
         mut offer_at: Vec<[crate::legs::SlotHint; 2]>,
         run: &mut Run,
     ) -> Result<(), ResyncError> {
-        let (mut offer, verdicts) =
-            self.serving(decide_blocking(decider, offer, |d, links| d.decide_links(links)))
-                .await?;
+        let (mut offer, verdicts) = self
+            .serving(decide_blocking(decider, offer, |d, links| {
+                d.decide_links(links)
+            }))
+            .await?;
         let wanted = self.events.wants_items();
         let mut events = Vec::with_capacity(if wanted { offer.len() } else { 0 });
         // The rebuilt links are packed at the front of `offer` (no second

@@ -117,7 +117,7 @@ impl Policy for NapCap {
             }
         });
         if !policy.counted.is_empty() {
-            log::info(&format!(
+            log::debug(&format!(
                 "counting {} held calls adopted at earlier resyncs",
                 policy.counted.len()
             ));
