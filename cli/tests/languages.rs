@@ -291,6 +291,74 @@ fn the_javascript_build_is_quiet() {
     );
 }
 
+/// The Python SDK's type hints hold: the SDK and every example check
+/// under `mypy --strict` against the bindings componentize-py generates,
+/// and misuse is rejected: a decision that is not one, a leg id used as a
+/// string. mypy comes with the pinned Python toolchain.
+#[test]
+fn the_python_sdk_type_checks_and_rejects_misuse() {
+    let python = repo().join("target/toolchains/python/bin");
+    if !python.join("mypy").is_file() {
+        install_toolchains_under_ci();
+    }
+    if !python.join("mypy").is_file() {
+        common::unavailable(&format!(
+            "{} is missing; run .ci/toolchains",
+            python.join("mypy").display()
+        ));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bindings = dir.path().join("bindings");
+    let out = Command::new(python.join("componentize-py"))
+        .current_dir(repo())
+        .args(["-d", "wit", "-w", "policy-plugin", "bindings"])
+        .arg(&bindings)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mypy = |files: &[PathBuf]| {
+        let out = Command::new(python.join("mypy"))
+            .current_dir(dir.path())
+            .env(
+                "MYPYPATH",
+                format!(
+                    "{}:{}",
+                    bindings.display(),
+                    repo().join("plugins/python").display()
+                ),
+            )
+            // The generated bindings are not ours to check.
+            .args(["--strict", "--follow-imports=silent", "--no-incremental"])
+            .args(files)
+            .output()
+            .unwrap();
+        (out.status.success(), text(&out.stdout) + &text(&out.stderr))
+    };
+    let sdk = repo().join("plugins/python/legsync_plugin.py");
+    for example in ["rules", "nap-cap"] {
+        let app = repo().join("plugins/python").join(example).join("app.py");
+        let (ok, said) = mypy(&[sdk.clone(), app]);
+        assert!(ok, "{example}: {said}");
+    }
+    let misuse = dir.path().join("misuse.py");
+    std::fs::write(
+        &misuse,
+        "import legsync_plugin as legsync\n\n\n\
+         class Wrong(legsync.Policy):\n\
+         \x20   def on_call_leg_sync(self, leg: legsync.CallLeg) -> legsync.Decision:\n\
+         \x20       return \"maybe\"\n\n\
+         \x20   def on_call_leg_terminated(self, ended: legsync.Termination) -> None:\n\
+         \x20       legsync.info(ended.leg.id + \"x\")\n",
+    )
+    .unwrap();
+    let (ok, said) = mypy(&[sdk, misuse]);
+    assert!(!ok, "misuse type-checked");
+    for code in ["[return-value]", "[operator]"] {
+        assert!(said.contains(code), "{code} in {said}");
+    }
+}
+
 /// The JavaScript SDK's type declarations (`plugins/js/legsync.d.ts`)
 /// accept a plugin written in TypeScript (`plugins/js/types/check.ts`)
 /// and reject misuse: a decision that is not one, an id compared with a

@@ -37,7 +37,9 @@ CallLeg = types.CallLeg
 Link = types.Link
 Decision = types.Decision
 Direction = types.Direction
-Protocol = types.Protocol
+# componentize-py 0.25 names the WIT enum `Protocol` in a module that also
+# imports typing.Protocol: at run time it is the enum, mypy sees the other.
+Protocol = types.Protocol  # type: ignore[attr-defined]
 TerminationReason = types.TerminationReason
 
 REBUILD = types.Decision.REBUILD

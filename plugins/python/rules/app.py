@@ -14,6 +14,7 @@ list means "any of these".
 """
 
 import json
+from typing import Any, Dict, List, Optional, Set
 
 import legsync_plugin as legsync
 
@@ -23,12 +24,13 @@ PROTOCOLS = {"sip", "isdn", "ss7", "cas", "media-only"}
 DIRECTIONS = {"inbound", "outbound"}
 
 
-def parse_rules(text):
+def parse_rules(text: str) -> Dict[str, Any]:
     if not text.strip():
         return {}
     if text.lstrip().startswith("{"):
         try:
-            return json.loads(text)
+            parsed: Dict[str, Any] = json.loads(text)
+            return parsed
         except json.JSONDecodeError as e:
             raise ValueError(f"invalid JSON rules: {e}")
     import tomllib
@@ -39,24 +41,24 @@ def parse_rules(text):
         raise ValueError(f"invalid TOML rules: {e}")
 
 
-def action(value, where):
+def action(value: Any, where: str) -> legsync.Decision:
     if value not in ACTIONS:
         raise ValueError(f"{where}: unknown action {value!r} (rebuild or refuse)")
     return ACTIONS[value]
 
 
 class Rule:
-    def __init__(self, index, spec):
-        self.name = spec.get("name", f"rule {index + 1}")
+    def __init__(self, index: int, spec: Dict[str, Any]) -> None:
+        self.name: str = spec.get("name", f"rule {index + 1}")
         unknown = set(spec) - RULE_KEYS
         if unknown:
             raise ValueError(f"{self.name}: unknown key(s) {', '.join(sorted(unknown))}")
         self.action = action(spec.get("action"), self.name)
-        self.nap = spec.get("nap", [])
-        self.called = spec.get("called_prefix", [])
-        self.calling = spec.get("calling_prefix", [])
-        self.protocols = set(spec.get("protocol", []))
-        self.direction = spec.get("direction")
+        self.nap: List[str] = spec.get("nap", [])
+        self.called: List[str] = spec.get("called_prefix", [])
+        self.calling: List[str] = spec.get("calling_prefix", [])
+        self.protocols: Set[str] = set(spec.get("protocol", []))
+        self.direction: Optional[str] = spec.get("direction")
         if self.protocols - PROTOCOLS:
             raise ValueError(f"{self.name}: unknown protocol(s) {sorted(self.protocols - PROTOCOLS)}")
         if self.direction is not None and self.direction not in DIRECTIONS:
@@ -64,7 +66,7 @@ class Rule:
         if not (self.nap or self.called or self.calling or self.protocols or self.direction):
             raise ValueError(f"{self.name}: a rule without conditions matches every call")
 
-    def matches(self, leg):
+    def matches(self, leg: legsync.CallLeg) -> bool:
         return (
             (not self.called or any(leg.called.startswith(p) for p in self.called))
             and (not self.calling or any(leg.calling.startswith(p) for p in self.calling))
@@ -74,12 +76,13 @@ class Rule:
         )
 
 
-def protocol_name(protocol):
-    return protocol.name.lower().replace("_", "-")
+def protocol_name(protocol: Any) -> str:
+    name: str = protocol.name.lower().replace("_", "-")
+    return name
 
 
 class Rules(legsync.Policy):
-    def __init__(self, rules):
+    def __init__(self, rules: str) -> None:
         spec = parse_rules(rules)
         unknown = set(spec) - {"default", "links", "rule"}
         if unknown:
@@ -89,13 +92,13 @@ class Rules(legsync.Policy):
         self.rules = [Rule(i, r) for i, r in enumerate(spec.get("rule", []))]
         legsync.info(f"loaded {len(self.rules)} rule(s)")
 
-    def on_call_leg_sync(self, leg):
+    def on_call_leg_sync(self, leg: legsync.CallLeg) -> legsync.Decision:
         for rule in self.rules:
             if rule.matches(leg):
                 return rule.action
         return self.default
 
-    def on_link_sync(self, link):
+    def on_link_sync(self, link: legsync.Link) -> legsync.Decision:
         return self.links
 
 
