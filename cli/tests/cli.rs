@@ -11,11 +11,11 @@ fn plugin_check_reports_the_contract_and_imports() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(
-        stdout.contains("contract: legsync:policy@0.3.0"),
+        stdout.contains("contract: legsync:policy@0.4.0"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("legsync:policy/host@0.3.0"),
+        stdout.contains("legsync:policy/host@0.4.0"),
         "the host import is listed: {stdout}"
     );
     assert!(
@@ -151,7 +151,7 @@ fn plugin_check_fails_precisely() {
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("legsync:policy@0.4.0") && stderr.contains("legsync:policy@0.3.0"),
+        stderr.contains("legsync:policy@0.5.0") && stderr.contains("legsync:policy@0.4.0"),
         "{stderr}"
     );
 
@@ -1006,7 +1006,7 @@ fn plugin_check_lists_what_each_import_gets() {
             .to_string()
     };
     assert!(line("fixture:extra/lookup").ends_with("not granted by the host: a call to it traps"));
-    assert!(line("legsync:policy/types@0.3.0").ends_with("granted (the contract)"));
+    assert!(line("legsync:policy/types@0.4.0").ends_with("granted (the contract)"));
     assert!(line("wasi:io/streams@0.2.6").ends_with("granted"));
 }
 

@@ -185,11 +185,16 @@ impl HeldLegs for HeldFromTable {
                     query = again;
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err(_) => return Err(unanswered()),
+                Err(mpsc::error::TrySendError::Full(_)) => return Err(unanswered()),
+                // The host has stopped (a new one is starting with this
+                // runtime): it holds nothing.
+                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(HeldLegsPage::default()),
             }
         }
-        answer
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .map_err(|_| unanswered())
+        match answer.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(page) => Ok(page),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Ok(HeldLegsPage::default()),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(unanswered()),
+        }
     }
 }
