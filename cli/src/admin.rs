@@ -183,25 +183,78 @@ pub async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `legsync reload`: the plugin set is rebuilt now; exit 1 if rejected.
-pub async fn reload(args: AdminArgs) -> anyhow::Result<ExitCode> {
-    let (code, body) = args.ask(Method::POST, "/reload").await?;
+pub async fn reload(args: ReloadArgs) -> anyhow::Result<ExitCode> {
+    let path = match &args.accept {
+        Some(hash) => format!("/reload?accept={hash}"),
+        None => "/reload".to_string(),
+    };
+    let (code, body) = args.admin.ask(Method::POST, &path).await?;
     let report: serde_json::Value = serde_json::from_str(&body)
         .map_err(|_| anyhow::anyhow!("the host answered {code}: {body}"))?;
-    if args.json {
+    let held_back = report["outcome"] == "held-back";
+    if args.admin.json {
         print!("{body}");
-    } else if let Some(error) = report["error"].as_str() {
-        println!("reload rejected; the running set stays: {error}");
     } else {
-        println!("reload applied; plugins now:");
-        for plugin in report["plugins"].as_array().into_iter().flatten() {
-            println!("  {}", plugin.as_str().unwrap_or("-"));
+        if let Some(radius) = report.get("blast_radius") {
+            println!("blast radius: {}", blast_line(radius));
+            for group in radius["groups"].as_array().into_iter().flatten() {
+                println!(
+                    "  {:>8} legs ({} answered) refused by {} on {}{}",
+                    group["legs"],
+                    group["answered"],
+                    group["plugin"].as_str().unwrap_or("-"),
+                    group["nap"].as_str().unwrap_or("-"),
+                    group["failure"]
+                        .as_str()
+                        .map(|f| format!(" ({f})"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        let error = report["error"].as_str().unwrap_or("-");
+        if held_back {
+            let hash = report["set_hash"].as_str().unwrap_or("-");
+            println!("reload HELD BACK; the running set stays: {error}");
+            println!("to apply this set anyway: legsync reload --accept {hash}");
+        } else if report["error"].is_string() {
+            println!("reload rejected; the running set stays: {error}");
+        } else {
+            println!("reload applied; plugins now:");
+            for plugin in report["plugins"].as_array().into_iter().flatten() {
+                println!("  {}", plugin.as_str().unwrap_or("-"));
+            }
         }
     }
     Ok(if code == StatusCode::OK {
         ExitCode::SUCCESS
+    } else if held_back {
+        ExitCode::from(2)
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A blast radius as one line: "would refuse R of H held legs (A
+/// answered) and L of K links".
+fn blast_line(radius: &serde_json::Value) -> String {
+    format!(
+        "the new set would refuse {} of {} held legs ({} answered) and {} of {} links",
+        radius["refused_legs"],
+        radius["held_legs"],
+        radius["refused_answered"],
+        radius["refused_links"],
+        radius["held_links"]
+    )
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Apply the set on disk even over the guard, if its hash is this one
+    /// (the hash a held-back reload printed).
+    #[arg(long, value_name = "SET_HASH")]
+    accept: Option<String>,
 }
 
 /// `legsync reopen`: after a rotation, the host writes new files.

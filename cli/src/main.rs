@@ -80,8 +80,9 @@ enum Commands {
     Tls(tls::TlsCommand),
     /// A running host's state, from its admin endpoint (exit 3 when not ready).
     Status(admin::AdminArgs),
-    /// Reload a running host's plugin set now (exit 1 if rejected).
-    Reload(admin::AdminArgs),
+    /// Reload a running host's plugin set now, showing its blast radius
+    /// (exit 1 if rejected, 2 if held back by the guard).
+    Reload(admin::ReloadArgs),
     /// The legs a running host holds, a page at a time.
     Legs(admin::LegsArgs),
     /// After a rotation (logrotate postrotate): a running host writes its

@@ -30,6 +30,7 @@ pub const PLUGIN_RECYCLES: &str = "legsync_plugin_recycles_total";
 pub const PLUGIN_COUNTER: &str = "legsync_plugin_counter_total";
 pub const PLUGIN_CALL_SECONDS: &str = "legsync_plugin_call_duration_seconds";
 pub const RELOADS: &str = "legsync_reloads_total";
+pub const RELOAD_BLAST_RADIUS: &str = "legsync_reload_blast_radius_legs";
 pub const CDR_RECORDS: &str = "legsync_cdr_records_total";
 pub const CDR_FSYNC_SECONDS: &str = "legsync_cdr_fsync_duration_seconds";
 pub const GRACE_EXPIRIES: &str = "legsync_grace_expiries_total";
@@ -131,7 +132,12 @@ pub const ALL: &[(&str, &str, &str)] = &[
     (
         RELOADS,
         "counter",
-        "plugin set reloads, by outcome (applied, rejected-will-retry, rejected)",
+        "plugin set reloads, by outcome (applied, held-back, rejected-will-retry, rejected)",
+    ),
+    (
+        RELOAD_BLAST_RADIUS,
+        "gauge",
+        "held legs the last reloaded set would refuse (its blast radius), applied or held back",
     ),
     (
         CDR_RECORDS,
@@ -267,7 +273,7 @@ fn zero_counters() {
     ] {
         counter!(name).absolute(0);
     }
-    for outcome in ["applied", "rejected-will-retry", "rejected"] {
+    for outcome in ["applied", "held-back", "rejected-will-retry", "rejected"] {
         counter!(RELOADS, "outcome" => outcome).absolute(0);
     }
     for kind in ["start", "end", "resume", "carry"] {

@@ -11,7 +11,8 @@
 //! | `GET /readyz` | 200 when active and in sync, else 503 naming the state | none |
 //! | `GET /status` | JSON: link, role, epoch, counts, plugins, last resync and reload | token |
 //! | `GET /legs?nap=X&after=ID&limit=N` | JSON: a page of held legs, by id | token |
-//! | `POST /reload` | reloads the plugin set now; JSON report (422 if rejected) | token |
+//! | `POST /reload` | reloads the plugin set now; JSON report with its blast radius (409 if held back by the guard, 422 if rejected) | token |
+//! | `POST /reload?accept=HASH` | applies the set on disk over the guard, if its hash is HASH | token |
 //! | `POST /reopen` | reopens the ledger and event log after a rotation | token |
 //!
 //! The token is [`token::AdminToken`]: `Authorization: Bearer <token>`.
@@ -386,7 +387,12 @@ async fn route(admin: &Arc<Admin>, surface: &Surface, request: Request<Incoming>
                 );
             }
             if path == "/reload" {
-                reload(admin).await
+                let accept = query
+                    .split('&')
+                    .filter_map(|pair| pair.strip_prefix("accept="))
+                    .map(percent_decode)
+                    .next();
+                reload(admin, accept).await
             } else {
                 reopen(admin).await
             }
@@ -613,19 +619,25 @@ pub async fn reopen_files(cdr: &crate::cdr::CdrWriter, events: &Events) -> anyho
     Ok(())
 }
 
-async fn reload(admin: &Admin) -> Reply {
+async fn reload(admin: &Admin, accept: Option<String>) -> Reply {
     let Some(reloader) = admin.reloader.clone() else {
         return error(
             StatusCode::CONFLICT,
             "this host has no reloadable plugin set",
         );
     };
-    match tokio::task::spawn_blocking(move || reloader.reload("api", false)).await {
+    let attempt = move || match accept {
+        Some(hash) => reloader.accept(&hash),
+        None => reloader.reload("api", false),
+    };
+    match tokio::task::spawn_blocking(attempt).await {
         Ok(report) => {
-            let code = if report.outcome == ReloadOutcome::Applied {
-                StatusCode::OK
-            } else {
-                StatusCode::UNPROCESSABLE_ENTITY
+            let code = match report.outcome {
+                ReloadOutcome::Applied => StatusCode::OK,
+                ReloadOutcome::HeldBack => StatusCode::CONFLICT,
+                ReloadOutcome::Rejected | ReloadOutcome::RejectedWillRetry => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
             };
             json(code, &report)
         }

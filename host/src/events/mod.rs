@@ -211,12 +211,19 @@ pub struct ReloadReport {
     /// applied (a restart applies them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub needs_restart: Vec<String>,
+    /// The new set's identity (what `legsync reload --accept` names).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_hash: Option<String>,
+    /// What the new set would refuse of the calls held when it was built.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blast_radius: Option<crate::policy::blast::BlastRadius>,
 }
 
 impl ReloadOutcome {
     pub fn as_str(self) -> &'static str {
         match self {
             ReloadOutcome::Applied => "applied",
+            ReloadOutcome::HeldBack => "held-back",
             ReloadOutcome::RejectedWillRetry => "rejected-will-retry",
             ReloadOutcome::Rejected => "rejected",
         }
@@ -229,6 +236,9 @@ impl ReloadOutcome {
 pub enum ReloadOutcome {
     /// The new set replaced the old one.
     Applied,
+    /// The new set loaded, but would refuse more of the calls held than
+    /// the guard allows: the old one stays until the set is accepted.
+    HeldBack,
     /// The new set failed; the old one stays; another attempt follows.
     RejectedWillRetry,
     /// The new set failed; the old one stays.

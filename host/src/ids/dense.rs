@@ -103,6 +103,16 @@ impl<V> DenseMap<V> {
     }
 
     /// Every entry, in no particular order.
+    /// Up to `limit` entries from position `from`, in storage order (for
+    /// walking the map in pages between which it may change).
+    pub fn page(&self, from: usize, limit: usize) -> impl Iterator<Item = (u64, &V)> + '_ {
+        self.entries
+            .iter()
+            .skip(from)
+            .take(limit)
+            .map(|(id, value)| (*id, value))
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (u64, &V)> + '_ {
         self.entries.iter().map(|(id, value)| (*id, value))
     }

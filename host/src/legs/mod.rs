@@ -388,6 +388,22 @@ impl LegTable {
             .collect()
     }
 
+    /// Up to `limit` legs and links from position `from` of their storage,
+    /// for a walk of the whole table in short pages (a reload's blast
+    /// radius): between two pages the table may change, so a walk may see
+    /// a leg twice or miss one that moved.
+    pub fn page_from(&self, from: usize, limit: usize) -> (Vec<(CallLeg, PluginName)>, Vec<Link>) {
+        let legs = self
+            .slots
+            .iter()
+            .skip(from)
+            .take(limit)
+            .map(|entry| (entry.leg.clone(), entry.adopted_by))
+            .collect();
+        let links = self.links.page(from, limit).map(|(_, (link, _))| *link).collect();
+        (legs, links)
+    }
+
     /// Empties the table, returning every leg (the grace timer expired).
     pub fn drain(&mut self) -> Vec<EndedLeg> {
         self.links.clear();

@@ -122,7 +122,7 @@ impl Default for PluginSettings {
 pub const MAX_INSTANCES: u32 = 16;
 
 /// The `[policy]` section.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// The drop-in directory of `*.wasm` plugins (and `*.rules` sidecars).
@@ -144,6 +144,9 @@ pub struct PolicyConfig {
     /// Per-plugin overrides, by file stem (`20-rules` for `20-rules.wasm`).
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
+    /// What a reloaded set may refuse of the calls held (`[policy.guard]`).
+    #[serde(default)]
+    pub guard: super::blast::Guard,
 }
 
 fn default_batch_size() -> usize {
@@ -163,6 +166,7 @@ impl Default for PolicyConfig {
             batch_size: default_batch_size(),
             defaults: PluginConfig::default(),
             plugins: BTreeMap::new(),
+            guard: Default::default(),
         }
     }
 }
@@ -195,6 +199,7 @@ impl PolicyConfig {
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), String> {
+        self.guard.validate()?;
         if !(1..=65_536).contains(&self.batch_size) {
             return Err(format!(
                 "policy.batch_size must be between 1 and 65536 (it is {})",

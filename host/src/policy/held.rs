@@ -34,11 +34,34 @@ pub enum HeldLegsError {
     Unanswered(u64),
 }
 
+/// Everything the host holds, at about one moment: what a reload's blast
+/// radius decides again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeldSnapshot {
+    pub legs: Vec<(CallLeg, PluginName)>,
+    pub links: Vec<crate::model::Link>,
+}
+
 /// Where pages of held legs come from.
 pub trait HeldLegs: Send + Sync {
     /// Up to `max` held legs with an id above `after`, by ascending id.
     /// Called from a plugin call, on a blocking thread.
     fn page(&self, after: LegId, max: usize) -> Result<HeldLegsPage, HeldLegsError>;
+
+    /// Every held leg and link, in no order (a leg at most once). By
+    /// default from [`HeldLegs::page`] (no links).
+    fn snapshot(&self) -> Result<HeldSnapshot, HeldLegsError> {
+        let mut snapshot = HeldSnapshot::default();
+        let mut after = 0;
+        loop {
+            let page = self.page(after, MAX_HELD_PAGE)?;
+            snapshot.legs.extend(page.legs);
+            match page.next_after {
+                Some(next) => after = next,
+                None => return Ok(snapshot),
+            }
+        }
+    }
 }
 
 /// A host that holds nothing (no host running).
@@ -100,8 +123,15 @@ impl HeldSlot {
     }
 
     pub fn page(&self, after: LegId, max: usize) -> Result<HeldLegsPage, HeldLegsError> {
-        let source = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
-        source.page(after, max)
+        self.source().page(after, max)
+    }
+
+    pub fn snapshot(&self) -> Result<HeldSnapshot, HeldLegsError> {
+        self.source().snapshot()
+    }
+
+    fn source(&self) -> Arc<dyn HeldLegs> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

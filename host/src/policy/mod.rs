@@ -11,12 +11,14 @@
 //!   imports and what it gets; [`cache`]: the compile cache.
 //! - [`export`]: the exports the host calls, each with its own health and
 //!   [`call_cost`] (the model that sizes a plugin's batches).
-//! - [`sample`]: what a plugin set is tried on before it is trusted.
+//! - [`sample`]: what a plugin set is tried on before it is trusted;
+//!   [`blast`]: what it would refuse of the calls held, and the guard.
 //! - [`held`]: the host's held legs as plugins page through them
 //!   (`held-legs`); [`counters`]: a plugin's own counters (`count`).
 //! - `lower`: legs written straight into a plugin's memory (the hot path).
 
 mod bindings;
+pub mod blast;
 pub mod cache;
 pub mod call_cost;
 pub mod chain;

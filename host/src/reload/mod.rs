@@ -14,7 +14,8 @@
 
 use crate::config::HostConfig;
 use crate::events::{Events, HostEvent, ReloadOutcome, ReloadReport};
-use crate::policy::{Decider, PolicyConfig, PolicyHandle, PolicyRuntime, loader};
+use crate::policy::blast::{BlastRadius, blast_radius};
+use crate::policy::{Decider, PolicyChain, PolicyConfig, PolicyHandle, PolicyRuntime, loader};
 use anyhow::Context;
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
@@ -112,6 +113,33 @@ fn restart_only_changes(started: &HostConfig, now: &HostConfig) -> Vec<&'static 
     changed
 }
 
+/// A set built by a reload attempt, and whether it may go live.
+enum Built {
+    /// Within the guard.
+    Within(PolicyChain),
+    /// Over the guard, accepted by its hash.
+    Accepted(PolicyChain),
+    /// Over the guard: why.
+    HeldBack(String),
+}
+
+/// The identity of a plugin set: every plugin's name, code, rules and
+/// settings, in chain order (hex SHA-256). What an operator accepts.
+pub fn set_hash(chain: &PolicyChain) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for plugin in chain.plugins() {
+        hasher.update(format!(
+            "{}\n{}\n{}\n{:?}\n",
+            plugin.name(),
+            plugin.hash(),
+            plugin.rules_hash().unwrap_or_default(),
+            plugin.settings()
+        ));
+    }
+    crate::policy::cache::hex(&hasher.finalize())[..16].to_string()
+}
+
 /// Reloads the plugin set into a [`PolicyHandle`].
 pub struct Reloader {
     runtime: PolicyRuntime,
@@ -135,11 +163,25 @@ impl Reloader {
         }
     }
 
-    /// One reload attempt: build, and swap if the whole set loaded. Blocks
-    /// (compiling); run it off the async threads.
+    /// One reload attempt: build, and swap if the whole set loaded, passed
+    /// its sample check and stays within the guard. Blocks (compiling,
+    /// deciding the held calls); run it off the async threads.
     pub fn reload(&self, trigger: &str, will_retry: bool) -> ReloadReport {
+        self.try_set(trigger, will_retry, None)
+    }
+
+    /// A reload that applies the set on disk even over the guard, if its
+    /// hash is `set_hash` (the one a held-back reload named): a set changed
+    /// since cannot slip through on an acceptance given for another.
+    pub fn accept(&self, set_hash: &str) -> ReloadReport {
+        self.try_set("accept", false, Some(set_hash))
+    }
+
+    fn try_set(&self, trigger: &str, will_retry: bool, accepted: Option<&str>) -> ReloadReport {
         let started = Instant::now();
         let mut restart_only = Vec::new();
+        let mut radius = None;
+        let mut hash = None;
         let built = self
             .source
             .load_with_restart_only()
@@ -150,16 +192,53 @@ impl Reloader {
                     .clone()
                     .context("no plugin directory configured")?;
                 let chain = loader::load_dir(&self.runtime, &dir, &config)?;
+                hash = Some(set_hash(&chain));
                 // Tried on a throwaway copy (its own instances: the new
-                // set's state never sees the sample): a plugin that loads
-                // but fails when called would fail every live decision.
+                // set's state never sees the sample or the held calls): a
+                // plugin that loads but fails when called would fail every
+                // live decision.
                 let probe = loader::load_dir(&self.runtime, &dir, &config)?;
                 crate::policy::sample::try_chain(&probe)?;
-                Ok(chain)
+                let held = self
+                    .runtime
+                    .held_legs()
+                    .snapshot()
+                    .context("cannot list the held calls for the blast radius")?;
+                let blast = blast_radius(&probe, &held);
+                metrics::gauge!(crate::metrics::RELOAD_BLAST_RADIUS).set(blast.refused_legs as f64);
+                let over = config.guard.exceeded_by(&blast);
+                radius = Some(blast);
+                match (over, accepted) {
+                    (None, _) => Ok(Built::Within(chain)),
+                    (Some(_), Some(accepted)) if hash.as_deref() == Some(accepted) => {
+                        Ok(Built::Accepted(chain))
+                    }
+                    (Some(why), _) => Ok(Built::HeldBack(why)),
+                }
+            })
+            .and_then(|built| match (accepted, &hash) {
+                (Some(accepted), Some(hash)) if accepted != hash => Err(anyhow::anyhow!(
+                    "the set on disk is {hash}, not the set {accepted} that was accepted (it changed since)"
+                )),
+                _ => Ok(built),
             });
         let build_micros = started.elapsed().as_micros() as u64;
+        let report = |outcome, plugins, error, swap_micros, needs_restart| ReloadReport {
+            trigger: trigger.into(),
+            outcome,
+            plugins,
+            error,
+            build_micros,
+            swap_micros,
+            needs_restart,
+            set_hash: hash.clone(),
+            blast_radius: radius.clone(),
+        };
+        let blast = radius
+            .as_ref()
+            .map_or_else(String::new, BlastRadius::summary);
         let report = match built {
-            Ok(chain) => {
+            Ok(Built::Within(chain) | Built::Accepted(chain)) => {
                 let decider = Decider::Chain(Arc::new(chain));
                 let plugins = decider.describe();
                 let swap_started = Instant::now();
@@ -171,6 +250,7 @@ impl Reloader {
                     plugins = %plugins.join(", "),
                     build_micros,
                     swap_micros,
+                    blast_radius = %blast,
                     "plugin set reloaded"
                 );
                 if !restart_only.is_empty() {
@@ -179,15 +259,31 @@ impl Reloader {
                         "the plugin set was reloaded, but these settings changed and apply only at a restart"
                     );
                 }
-                ReloadReport {
-                    trigger: trigger.into(),
-                    outcome: ReloadOutcome::Applied,
+                let needs_restart = restart_only.iter().map(|s| s.to_string()).collect();
+                report(
+                    ReloadOutcome::Applied,
                     plugins,
-                    error: None,
-                    build_micros,
+                    None,
                     swap_micros,
-                    needs_restart: restart_only.iter().map(|s| s.to_string()).collect(),
-                }
+                    needs_restart,
+                )
+            }
+            Ok(Built::HeldBack(why)) => {
+                let set = hash.clone().unwrap_or_default();
+                tracing::error!(
+                    trigger,
+                    set_hash = %set,
+                    blast_radius = %blast,
+                    "new plugin set held back: {why}; the current set stays (to apply it anyway: legsync reload --accept {set})"
+                );
+                let plugins = self.policy.current().describe();
+                report(
+                    ReloadOutcome::HeldBack,
+                    plugins,
+                    Some(why),
+                    0,
+                    Vec::new(),
+                )
             }
             Err(error) => {
                 let error = format!("{error:#}");
@@ -204,15 +300,7 @@ impl Reloader {
                     tracing::error!(trigger, error = %line, "new plugin set rejected; the current set stays");
                 }
                 let plugins = self.policy.current().describe();
-                ReloadReport {
-                    trigger: trigger.into(),
-                    outcome,
-                    plugins,
-                    error: Some(error),
-                    build_micros,
-                    swap_micros: 0,
-                    needs_restart: Vec::new(),
-                }
+                report(outcome, plugins, Some(error), 0, Vec::new())
             }
         };
         metrics::counter!(crate::metrics::RELOADS, "outcome" => report.outcome.as_str())

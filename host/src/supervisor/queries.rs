@@ -4,7 +4,7 @@
 
 use super::Host;
 use crate::model::{CallLeg, LegId};
-use crate::policy::held::{HeldLegs, HeldLegsError, HeldLegsPage, MAX_HELD_PAGE};
+use crate::policy::held::{HeldLegs, HeldLegsError, HeldLegsPage, HeldSnapshot, MAX_HELD_PAGE};
 use serde::Serialize;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -29,6 +29,23 @@ pub enum AdminQuery {
         limit: usize,
         reply: std::sync::mpsc::SyncSender<HeldLegsPage>,
     },
+    /// Legs and links from a position of the table's storage (a walk of
+    /// the whole table for a reload's blast radius), and the table's size.
+    Slots {
+        from: usize,
+        limit: usize,
+        reply: std::sync::mpsc::SyncSender<SlotsPage>,
+    },
+}
+
+/// One page of [`AdminQuery::Slots`].
+#[derive(Debug, Default)]
+pub struct SlotsPage {
+    legs: Vec<(CallLeg, crate::model::PluginName)>,
+    links: Vec<crate::model::Link>,
+    /// Legs and links held when the page was taken (the walk's end).
+    held_legs: usize,
+    held_links: usize,
 }
 
 /// One page of held legs.
@@ -97,6 +114,15 @@ impl Host {
                     .collect();
                 let _ = reply.try_send(HeldLegsPage { legs, next_after });
             }
+            AdminQuery::Slots { from, limit, reply } => {
+                let (legs, links) = self.table.page_from(from, limit);
+                let _ = reply.try_send(SlotsPage {
+                    legs,
+                    links,
+                    held_legs: self.table.len(),
+                    held_links: self.table.links_len(),
+                });
+            }
         }
     }
 
@@ -164,18 +190,16 @@ impl HeldFromTable {
     pub fn new(queries: mpsc::Sender<AdminQuery>) -> Self {
         HeldFromTable { queries }
     }
-}
 
-impl HeldLegs for HeldFromTable {
-    fn page(&self, after: LegId, max: usize) -> Result<HeldLegsPage, HeldLegsError> {
+    /// Asks the supervisor `query`, whose answer comes on `answer`; `None`
+    /// when the host has stopped (it holds nothing).
+    fn ask<T>(
+        &self,
+        mut query: AdminQuery,
+        answer: std::sync::mpsc::Receiver<T>,
+    ) -> Result<Option<T>, HeldLegsError> {
         let unanswered = || HeldLegsError::Unanswered(HELD_LEGS_WAIT.as_secs());
         let deadline = Instant::now() + HELD_LEGS_WAIT;
-        let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        let mut query = AdminQuery::Held {
-            after,
-            limit: max,
-            reply,
-        };
         // Not `blocking_send`: the question queue is short, and a plugin
         // call must not wait on it past the deadline.
         loop {
@@ -188,13 +212,60 @@ impl HeldLegs for HeldFromTable {
                 Err(mpsc::error::TrySendError::Full(_)) => return Err(unanswered()),
                 // The host has stopped (a new one is starting with this
                 // runtime): it holds nothing.
-                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(HeldLegsPage::default()),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(None),
             }
         }
         match answer.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(page) => Ok(page),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Ok(HeldLegsPage::default()),
+            Ok(page) => Ok(Some(page)),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Ok(None),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(unanswered()),
+        }
+    }
+}
+
+/// Legs a blast radius walk asks for at once: a page costs the supervisor
+/// about a millisecond, so the live path never waits long for it.
+const SLOTS_PAGE: usize = 16_384;
+
+impl HeldLegs for HeldFromTable {
+    fn page(&self, after: LegId, max: usize) -> Result<HeldLegsPage, HeldLegsError> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let query = AdminQuery::Held {
+            after,
+            limit: max,
+            reply,
+        };
+        Ok(self.ask(query, answer)?.unwrap_or_default())
+    }
+
+    fn snapshot(&self) -> Result<HeldSnapshot, HeldLegsError> {
+        let mut snapshot = HeldSnapshot::default();
+        let mut seen = crate::model::IdSet::default();
+        let mut from = 0;
+        loop {
+            let (reply, answer) = std::sync::mpsc::sync_channel(1);
+            let query = AdminQuery::Slots {
+                from,
+                limit: SLOTS_PAGE,
+                reply,
+            };
+            let Some(page) = self.ask(query, answer)? else {
+                return Ok(HeldSnapshot::default());
+            };
+            // The table may change between pages: a leg moved by a removal
+            // can be met twice.
+            snapshot.legs.extend(
+                page.legs
+                    .into_iter()
+                    .filter(|(leg, _)| seen.insert(leg.id)),
+            );
+            snapshot.links.extend(page.links);
+            from += SLOTS_PAGE;
+            if from >= page.held_legs.max(page.held_links) {
+                snapshot.links.sort_unstable_by_key(|link| link.id);
+                snapshot.links.dedup_by_key(|link| link.id);
+                return Ok(snapshot);
+            }
         }
     }
 }
