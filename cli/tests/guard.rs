@@ -21,7 +21,8 @@ use common::world::WAIT;
 /// numbers (`1900...`), which the starting rules refuse.
 const CALLS: u64 = 2_000;
 const PREMIUM: u64 = CALLS / 100;
-const REFUSE_PREMIUM: &str = "[[rule]]\nname = \"no premium\"\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n";
+const REFUSE_PREMIUM: &str =
+    "[[rule]]\nname = \"no premium\"\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n";
 
 fn exe() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_legsync"))
@@ -173,8 +174,7 @@ async fn a_set_over_the_guard_is_held_back_until_accepted_by_its_hash() {
     let status = trial.get("/status").await;
     assert_eq!(status["last_reload"]["outcome"], "held-back", "{status}");
     assert_eq!(
-        status["last_reload"]["blast_radius"]["refused_legs"],
-        kept,
+        status["last_reload"]["blast_radius"]["refused_legs"], kept,
         "{status}"
     );
     let metrics = {
@@ -201,7 +201,9 @@ async fn a_set_over_the_guard_is_held_back_until_accepted_by_its_hash() {
     let (code, said) = trial.reload(&["--accept", "0123456789abcdef"]);
     assert_eq!(code, Some(1), "{said}");
     assert!(
-        said.contains(&format!("the set on disk is {hash}, not the set 0123456789abcdef")),
+        said.contains(&format!(
+            "the set on disk is {hash}, not the set 0123456789abcdef"
+        )),
         "{said}"
     );
     let (code, said) = trial.reload(&["--accept", &hash]);

@@ -400,7 +400,11 @@ impl LegTable {
             .take(limit)
             .map(|entry| (entry.leg.clone(), entry.adopted_by))
             .collect();
-        let links = self.links.page(from, limit).map(|(_, (link, _))| *link).collect();
+        let links = self
+            .links
+            .page(from, limit)
+            .map(|(_, (link, _))| *link)
+            .collect();
         (legs, links)
     }
 

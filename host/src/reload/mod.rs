@@ -277,13 +277,7 @@ impl Reloader {
                     "new plugin set held back: {why}; the current set stays (to apply it anyway: legsync reload --accept {set})"
                 );
                 let plugins = self.policy.current().describe();
-                report(
-                    ReloadOutcome::HeldBack,
-                    plugins,
-                    Some(why),
-                    0,
-                    Vec::new(),
-                )
+                report(ReloadOutcome::HeldBack, plugins, Some(why), 0, Vec::new())
             }
             Err(error) => {
                 let error = format!("{error:#}");

@@ -254,11 +254,9 @@ impl HeldLegs for HeldFromTable {
             };
             // The table may change between pages: a leg moved by a removal
             // can be met twice.
-            snapshot.legs.extend(
-                page.legs
-                    .into_iter()
-                    .filter(|(leg, _)| seen.insert(leg.id)),
-            );
+            snapshot
+                .legs
+                .extend(page.legs.into_iter().filter(|(leg, _)| seen.insert(leg.id)));
             snapshot.links.extend(page.links);
             from += SLOTS_PAGE;
             if from >= page.held_legs.max(page.held_links) {
