@@ -197,19 +197,7 @@ pub async fn reload(args: ReloadArgs) -> anyhow::Result<ExitCode> {
     } else {
         if let Some(radius) = report.get("blast_radius") {
             println!("blast radius: {}", blast_line(radius));
-            for group in radius["groups"].as_array().into_iter().flatten() {
-                println!(
-                    "  {:>8} legs ({} answered) refused by {} on {}{}",
-                    group["legs"],
-                    group["answered"],
-                    group["plugin"].as_str().unwrap_or("-"),
-                    group["nap"].as_str().unwrap_or("-"),
-                    group["failure"]
-                        .as_str()
-                        .map(|f| format!(" ({f})"))
-                        .unwrap_or_default()
-                );
-            }
+            print_groups(radius);
         }
         let error = report["error"].as_str().unwrap_or("-");
         if held_back {
@@ -232,6 +220,78 @@ pub async fn reload(args: ReloadArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `legsync enforce [--confirm HASH]`: the working set's blast radius on
+/// the calls held; confirmed by its hash, those calls refused.
+pub async fn enforce(args: EnforceArgs) -> anyhow::Result<ExitCode> {
+    let (method, path) = match &args.confirm {
+        Some(hash) => (Method::POST, format!("/enforce?confirm={hash}")),
+        None => (Method::GET, "/enforce".to_string()),
+    };
+    let (code, body) = args.admin.ask(method, &path).await?;
+    let report: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|_| anyhow::anyhow!("the host answered {code}: {body}"))?;
+    if args.admin.json {
+        print!("{body}");
+    } else if let Some(error) = report["error"].as_str() {
+        println!("nothing enforced: {error}");
+    } else {
+        let radius = &report["blast_radius"];
+        println!(
+            "the working set {} {}",
+            report["set_hash"].as_str().unwrap_or("-"),
+            blast_line(radius).trim_start_matches("the new set ")
+        );
+        print_groups(radius);
+        match report.get("enforced") {
+            Some(done) => println!(
+                "enforced: {} legs refused, ended and dropped ({} answered calls billed to now){}",
+                done["ended_legs"],
+                done["ended_answered"],
+                match done["gone_meanwhile"].as_u64() {
+                    Some(n) if n > 0 => format!("; {n} had ended meanwhile"),
+                    _ => String::new(),
+                }
+            ),
+            None => println!(
+                "nothing changed; to refuse these calls now: legsync enforce --confirm {}",
+                report["set_hash"].as_str().unwrap_or("-")
+            ),
+        }
+    }
+    Ok(if code == StatusCode::OK {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EnforceArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Refuse the calls now, if the working set's hash is this one (the
+    /// hash `legsync enforce` printed).
+    #[arg(long, value_name = "SET_HASH")]
+    confirm: Option<String>,
+}
+
+/// The refusal groups of a blast radius, one line each.
+fn print_groups(radius: &serde_json::Value) {
+    for group in radius["groups"].as_array().into_iter().flatten() {
+        println!(
+            "  {:>8} legs ({} answered) refused by {} on {}{}",
+            group["legs"],
+            group["answered"],
+            group["plugin"].as_str().unwrap_or("-"),
+            group["nap"].as_str().unwrap_or("-"),
+            group["failure"]
+                .as_str()
+                .map(|f| format!(" ({f})"))
+                .unwrap_or_default()
+        );
+    }
 }
 
 /// A blast radius as one line: "would refuse R of H held legs (A

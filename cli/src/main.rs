@@ -83,6 +83,10 @@ enum Commands {
     /// Reload a running host's plugin set now, showing its blast radius
     /// (exit 1 if rejected, 2 if held back by the guard).
     Reload(admin::ReloadArgs),
+    /// Apply the working plugin set to the calls a running host holds now:
+    /// shows its blast radius; with --confirm HASH, refuses, ends (billed)
+    /// and drops exactly those calls.
+    Enforce(admin::EnforceArgs),
     /// The legs a running host holds, a page at a time.
     Legs(admin::LegsArgs),
     /// After a rotation (logrotate postrotate): a running host writes its
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
         Commands::Tls(command) => tls::run(command),
         Commands::Status(args) => block_on(admin::status(args)),
         Commands::Reload(args) => block_on(admin::reload(args)),
+        Commands::Enforce(args) => block_on(admin::enforce(args)),
         Commands::Legs(args) => block_on(admin::legs(args)),
         Commands::Reopen(args) => block_on(admin::reopen(args)),
         Commands::Man(args) => docs::man(args),

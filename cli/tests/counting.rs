@@ -9,7 +9,9 @@
 //! the leg, and a fresh instance rebuilds its counts from `held-legs`.
 //!
 //! The plugin runs with `max_calls_per_instance = 2`, so its instances are
-//! replaced all along the test; the reload swaps the whole set.
+//! replaced all along the test; the reload swaps the whole set. Its
+//! deadline is 1 s, as the guide advises for interpreted plugins: a Python
+//! instance's start and `init` take ~50 ms alone, more on a busy machine.
 
 mod common;
 
@@ -67,7 +69,7 @@ impl Trial {
                 "engine = \"{}\"\nname = \"pri\"\nadmin = \"127.0.0.1:0\"\ncdr = \"{}\"\nevents = \"{}\"\n\
                  [link]\nheartbeat_ms = 100\nheartbeat_timeout_ms = 600\nbackoff_base_ms = 50\nbackoff_max_ms = 200\n\
                  [policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n\
-                 [policy.plugins.30-nap-cap]\nmax_calls_per_instance = 2\n",
+                 [policy.plugins.30-nap-cap]\nmax_calls_per_instance = 2\ndeadline_ms = 1000\n",
                 sim.listen,
                 dir.path().join("cdr.jsonl").display(),
                 dir.path().join("events.jsonl").display(),

@@ -36,7 +36,9 @@ struct Trial {
 }
 
 impl Trial {
-    async fn start() -> Trial {
+    /// The engine with [`CALLS`] calls, then the host (its config with
+    /// `extra` appended), after its first resync.
+    async fn start(extra: &str) -> Trial {
         let dir = tempfile::tempdir().unwrap();
         let sim = SimProcess::spawn(
             exe(),
@@ -55,7 +57,7 @@ impl Trial {
             format!(
                 "engine = \"{}\"\nname = \"pri\"\nadmin = \"127.0.0.1:0\"\ncdr = \"{}\"\nevents = \"{}\"\ngrace_secs = 1.0\n\
                  [link]\nheartbeat_ms = 100\nheartbeat_timeout_ms = 600\nbackoff_base_ms = 50\nbackoff_max_ms = 200\n\
-                 [policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n",
+                 [policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n{extra}",
                 sim.listen,
                 dir.path().join("cdr.jsonl").display(),
                 dir.path().join("events.jsonl").display(),
@@ -107,10 +109,15 @@ impl Trial {
 
     /// `legsync reload [extra]`: exit code and what it printed.
     fn reload(&self, extra: &[&str]) -> (Option<i32>, String) {
+        self.command("reload", extra)
+    }
+
+    /// `legsync COMMAND --admin .. --token-file .. [extra]`.
+    fn command(&self, command: &str, extra: &[&str]) -> (Option<i32>, String) {
         let token = self.dir.path().join("admin.token");
         let admin = self.admin.to_string();
         let mut args = vec![
-            "reload",
+            command,
             "--admin",
             &admin,
             "--token-file",
@@ -140,7 +147,7 @@ impl Trial {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_over_the_guard_is_held_back_until_accepted_by_its_hash() {
-    let trial = Trial::start().await;
+    let trial = Trial::start("").await;
     let kept = CALLS - PREMIUM;
     assert_eq!(trial.held().await, kept);
 
@@ -217,6 +224,143 @@ async fn a_set_over_the_guard_is_held_back_until_accepted_by_its_hash() {
         assert!(tokio::time::Instant::now() < deadline, "calls still held");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let mut host = trial.host;
+    host.stop().await.unwrap();
+}
+
+/// `legsync enforce` applies the working set to the calls held now, on
+/// purpose: it shows the blast radius and changes nothing; confirmed by the
+/// set's hash, it refuses exactly those calls through the normal path: an
+/// END for each answered one (once), the audit naming the plugin, the drop
+/// at the engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enforce_refuses_exactly_the_blast_radius_once_confirmed() {
+    // No guard: this set is meant to refuse a whole NAP.
+    let trial = Trial::start("[policy.guard]\nrefused_share = 1.0\n").await;
+    let kept = CALLS - PREMIUM;
+    let on_b = trial.get("/legs?nap=SIP_CARRIER_B&limit=10000").await["matched"]
+        .as_u64()
+        .unwrap();
+    assert!(on_b > 100, "{on_b} calls on SIP_CARRIER_B");
+    trial.write_rules(&format!(
+        "{REFUSE_PREMIUM}[[rule]]\nname = \"carrier B off\"\naction = \"refuse\"\nnap = [\"SIP_CARRIER_B\"]\n"
+    ));
+    let (code, said) = trial.reload(&[]);
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(trial.held().await, kept, "a reload ends no held call");
+
+    // The preview: the radius, the hash, nothing changed.
+    let (code, said) = trial.command("enforce", &[]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains(&format!(
+            "would refuse {on_b} of {kept} held legs ({on_b} answered)"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains("refused by 20-rules on SIP_CARRIER_B"),
+        "{said}"
+    );
+    let hash = said
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("nothing changed; to refuse these calls now: legsync enforce --confirm ")
+        })
+        .unwrap_or_else(|| panic!("no hash in: {said}"))
+        .trim()
+        .to_string();
+    assert_eq!(trial.held().await, kept);
+
+    // Confirmed with another hash: refused, nothing done.
+    let (code, said) = trial.command("enforce", &["--confirm", "0123456789abcdef"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains(&format!("the working set is {hash}")),
+        "{said}"
+    );
+    assert_eq!(trial.held().await, kept);
+
+    let (code, said) = trial.command("enforce", &["--confirm", &hash]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains(&format!(
+            "enforced: {on_b} legs refused, ended and dropped ({on_b} answered"
+        )),
+        "{said}"
+    );
+    assert_eq!(trial.held().await, kept - on_b);
+    assert_eq!(trial.get("/legs?nap=SIP_CARRIER_B").await["matched"], 0);
+
+    // The engine dropped them.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let list = trial.sim.control("list").await.unwrap();
+        let on_b_at_engine = list
+            .lines()
+            .filter(|l| l.contains(" SIP_CARRIER_B "))
+            .count();
+        if on_b_at_engine == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{on_b_at_engine} still at the engine"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Billed once each: one END, refused by policy, per enforced call; the
+    // audit names the plugin; the ledger's rules hold.
+    let ledger = std::fs::read_to_string(trial.dir.path().join("cdr.jsonl")).unwrap();
+    let ends: Vec<&str> = ledger
+        .lines()
+        .filter(|l| l.contains("\"END\"") || l.contains("\"end\""))
+        .filter(|l| l.contains("refused-by-policy"))
+        .collect();
+    // The first resync's refused premium calls (answered: billed too), and
+    // the enforced ones, once each.
+    assert_eq!(
+        ends.len() as u64,
+        PREMIUM + on_b,
+        "one END per refused call"
+    );
+    let legs: std::collections::HashSet<u64> = ends
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["leg"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(legs.len(), ends.len(), "no call ended twice");
+    let events = std::fs::read_to_string(trial.events()).unwrap();
+    assert_eq!(
+        events
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"call-leg-sync\"")
+                && l.contains("\"decision\":\"refuse\"")
+                && l.contains("\"plugin\":\"20-rules\""))
+            .count() as u64,
+        PREMIUM + on_b,
+        "the first resync's refusals and the enforced ones, each naming the plugin"
+    );
+    assert_eq!(
+        events.matches("\"kind\":\"enforced\"").count(),
+        1,
+        "{events}"
+    );
+    let out = legsync(&[
+        "cdr",
+        "check",
+        trial.dir.path().join("cdr.jsonl").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     let mut host = trial.host;
     host.stop().await.unwrap();
 }

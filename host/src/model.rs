@@ -165,6 +165,9 @@ pub enum Custody {
     /// Refused when it was decided (by this plugin, or its failure policy):
     /// the host never held it.
     Refused { by: PluginName },
+    /// Held, then refused by this plugin when an operator enforced the
+    /// working set on the calls held (`legsync enforce`).
+    Withdrawn { by: PluginName },
     /// A call the ledger had open from a previous run, which this run never
     /// held (it ends at its last proven moment).
     Previous,
@@ -173,7 +176,7 @@ pub enum Custody {
 impl Custody {
     /// Whether the host held the leg's context until it ended.
     pub fn held(self) -> bool {
-        matches!(self, Custody::Held { .. })
+        matches!(self, Custody::Held { .. } | Custody::Withdrawn { .. })
     }
 
     /// Who decided the leg, if a decision did: the adopting or refusing
@@ -182,7 +185,7 @@ impl Custody {
         match self {
             Custody::Held { adopted_by } if adopted_by.as_str() == LIVE => None,
             Custody::Held { adopted_by } => Some(adopted_by),
-            Custody::Refused { by } => Some(by),
+            Custody::Refused { by } | Custody::Withdrawn { by } => Some(by),
             Custody::Previous => None,
         }
     }

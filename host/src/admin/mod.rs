@@ -13,6 +13,8 @@
 //! | `GET /legs?nap=X&after=ID&limit=N` | JSON: a page of held legs, by id | token |
 //! | `POST /reload` | reloads the plugin set now; JSON report with its blast radius (409 if held back by the guard, 422 if rejected) | token |
 //! | `POST /reload?accept=HASH` | applies the set on disk over the guard, if its hash is HASH | token |
+//! | `GET /enforce` | JSON: the working set's hash and blast radius on the calls held | token |
+//! | `POST /enforce?confirm=HASH` | refuses, ends and drops the held calls the working set refuses, if its hash is HASH | token |
 //! | `POST /reopen` | reopens the ledger and event log after a rotation | token |
 //!
 //! The token is [`token::AdminToken`]: `Authorization: Bearer <token>`.
@@ -284,7 +286,7 @@ pub async fn serve(
 type Reply = Response<Full<Bytes>>;
 
 /// The routes that act on the host or show callers' numbers.
-const CONTROL_ROUTES: [&str; 4] = ["/reload", "/reopen", "/legs", "/status"];
+const CONTROL_ROUTES: [&str; 5] = ["/reload", "/reopen", "/legs", "/status", "/enforce"];
 
 /// A control request must carry the token; the monitoring listener serves
 /// no control route at all.
@@ -374,6 +376,21 @@ async fn route(admin: &Arc<Admin>, surface: &Surface, request: Request<Incoming>
         (&Method::GET, "/readyz") => readyz(admin),
         (&Method::GET, "/status") => json(StatusCode::OK, &status(admin)),
         (&Method::GET, "/legs") => legs(admin, &query).await,
+        (&Method::GET, "/enforce") => enforce(admin, None).await,
+        (&Method::POST, "/enforce") => {
+            let confirm = query
+                .split('&')
+                .filter_map(|pair| pair.strip_prefix("confirm="))
+                .map(percent_decode)
+                .next();
+            match confirm {
+                Some(hash) => enforce(admin, Some(hash)).await,
+                None => error(
+                    StatusCode::BAD_REQUEST,
+                    "POST /enforce needs ?confirm=HASH (the hash GET /enforce shows)",
+                ),
+            }
+        }
         (&Method::POST, "/reload" | "/reopen") => {
             // The body is not used; read it (bounded) so the connection
             // stays usable.
@@ -397,12 +414,14 @@ async fn route(admin: &Arc<Admin>, surface: &Surface, request: Request<Incoming>
                 reopen(admin).await
             }
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/status" | "/legs" | "/reload" | "/reopen") => {
-            error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "GET /metrics /healthz /readyz /status /legs; POST /reload /reopen",
-            )
-        }
+        (
+            _,
+            "/metrics" | "/healthz" | "/readyz" | "/status" | "/legs" | "/reload" | "/reopen"
+            | "/enforce",
+        ) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET /metrics /healthz /readyz /status /legs; POST /reload /reopen",
+        ),
         _ => error(
             StatusCode::NOT_FOUND,
             "no such route; try /metrics /healthz /readyz /status /legs, or POST /reload",
@@ -642,6 +661,100 @@ async fn reload(admin: &Admin, accept: Option<String>) -> Reply {
             json(code, &report)
         }
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the reload task failed"),
+    }
+}
+
+/// What `/enforce` answers: the working set, its blast radius on the calls
+/// held, and (once confirmed) what was done.
+#[derive(Debug, Serialize)]
+struct EnforceReport {
+    set_hash: String,
+    plugins: Vec<String>,
+    blast_radius: crate::policy::blast::BlastRadius,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enforced: Option<crate::events::Enforced>,
+}
+
+/// How long a confirmed enforcement waits for the supervisor to end the
+/// calls (it does between two batches of live work).
+const ENFORCE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `GET /enforce` (the blast radius of the working set on the calls held)
+/// and `POST /enforce?confirm=HASH` (the same, then those calls refused).
+async fn enforce(admin: &Admin, confirm: Option<String>) -> Reply {
+    let crate::policy::Decider::Chain(chain) = admin.policy.current() else {
+        return error(
+            StatusCode::CONFLICT,
+            "this host decides with native rules: nothing to enforce",
+        );
+    };
+    let plugins = admin.policy.current().describe();
+    let queries = admin.queries.clone();
+    // On a throwaway copy of the working set, off the async threads: the
+    // live set's state and its decisions are not touched.
+    let preview = tokio::task::spawn_blocking(move || {
+        let set_hash = crate::reload::set_hash(&chain);
+        let fork = chain.fork().map_err(|e| format!("{e}"))?;
+        let held = crate::policy::held::HeldLegs::snapshot(
+            &crate::supervisor::queries::HeldFromTable::new(queries),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok::<_, String>((set_hash, crate::policy::blast::blast_radius(&fork, &held)))
+    })
+    .await;
+    let (set_hash, radius) = match preview {
+        Ok(Ok(preview)) => preview,
+        Ok(Err(why)) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("cannot compute the blast radius: {why}"),
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the blast radius task failed",
+            );
+        }
+    };
+    let mut report = EnforceReport {
+        set_hash,
+        plugins,
+        blast_radius: radius,
+        enforced: None,
+    };
+    let Some(confirmed) = confirm else {
+        return json(StatusCode::OK, &report);
+    };
+    if confirmed != report.set_hash {
+        return error(
+            StatusCode::CONFLICT,
+            &format!(
+                "the working set is {}, not the set {confirmed} that was confirmed: nothing was enforced",
+                report.set_hash
+            ),
+        );
+    }
+    let (reply, done) = tokio::sync::oneshot::channel();
+    let query = AdminQuery::Enforce {
+        set: (report.set_hash.clone(), report.plugins.clone()),
+        legs: report.blast_radius.refused.clone(),
+        reply,
+    };
+    if admin.queries.send(query).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the host is stopping");
+    }
+    match tokio::time::timeout(ENFORCE_WAIT, done).await {
+        Ok(Ok(Ok(enforced))) => {
+            report.enforced = Some(enforced);
+            json(StatusCode::OK, &report)
+        }
+        Ok(Ok(Err(refused))) => error(StatusCode::CONFLICT, &refused.to_string()),
+        Ok(Err(_)) => error(StatusCode::SERVICE_UNAVAILABLE, "the host is stopping"),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the host did not take the enforcement within 60 s (it may still apply it); see the event log",
+        ),
     }
 }
 

@@ -73,6 +73,8 @@ pub enum HostEvent {
     ResyncDone(Box<ResyncSummary>),
     /// A plugin set was loaded (or failed to load).
     Reload(Box<ReloadReport>),
+    /// An operator enforced the working set on the calls held.
+    Enforced(Box<Enforced>),
 }
 
 /// The engine link's state, as the supervisor sees it.
@@ -191,6 +193,21 @@ impl ResyncPhases {
             + self.drop_acks
             + self.durable_and_events
     }
+}
+
+/// What an enforcement did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Enforced {
+    /// The set enforced (its hash, as `legsync reload` shows it).
+    pub set_hash: String,
+    /// `name@sha256-prefix` of its plugins.
+    pub plugins: Vec<String>,
+    /// Legs ended and dropped (those of the blast radius still held).
+    pub ended_legs: u64,
+    /// Of them, answered calls: each got its END.
+    pub ended_answered: u64,
+    /// Legs of the blast radius that had ended meanwhile.
+    pub gone_meanwhile: u64,
 }
 
 /// What a reload attempt did.

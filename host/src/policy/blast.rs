@@ -9,7 +9,7 @@
 
 use super::chain::{PolicyChain, Verdict};
 use super::held::HeldSnapshot;
-use crate::model::{Decision, LegId, Link};
+use crate::model::{Decision, LegId, Link, PluginName};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -35,9 +35,10 @@ pub struct BlastRadius {
     pub more_groups: usize,
     /// How long deciding took, in microseconds.
     pub micros: u64,
-    /// The refused legs, for an enforcement of exactly these.
+    /// The refused legs and who refused each, for an enforcement of
+    /// exactly these.
     #[serde(skip)]
-    pub refused: Vec<LegId>,
+    pub refused: Vec<(LegId, PluginName)>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -99,7 +100,7 @@ pub fn blast_radius(chain: &PolicyChain, held: &HeldSnapshot) -> BlastRadius {
             let answered = u64::from(leg.answered_at_ms.is_some());
             radius.refused_legs += 1;
             radius.refused_answered += answered;
-            radius.refused.push(leg.id);
+            radius.refused.push((leg.id, verdict.plugin));
             let key = (
                 verdict.plugin.as_str(),
                 leg.nap.as_str(),

@@ -27,6 +27,8 @@ pub struct PolicyChain {
     plugins: Vec<Plugin>,
     batch_size: usize,
     default_name: PluginName,
+    /// Whether its decisions count in the metrics (not a throwaway copy's).
+    counted: bool,
 }
 
 impl PolicyChain {
@@ -35,7 +37,23 @@ impl PolicyChain {
             plugins,
             batch_size: batch_size.max(1),
             default_name: NO_PLUGIN.into(),
+            counted: true,
         }
+    }
+
+    /// A throwaway copy of the chain ([`Plugin::fork`] of each plugin):
+    /// the same decisions, none of the live set's state, no metrics.
+    pub fn fork(&self) -> Result<PolicyChain, super::PolicyError> {
+        Ok(PolicyChain {
+            plugins: self
+                .plugins
+                .iter()
+                .map(Plugin::fork)
+                .collect::<Result<_, _>>()?,
+            batch_size: self.batch_size,
+            default_name: self.default_name,
+            counted: false,
+        })
     }
 
     /// The most items of one plugin call.
@@ -153,7 +171,9 @@ impl PolicyChain {
             }
             pending.retain(|&i| slots[i].decision == Decision::Rebuild);
         }
-        count_decisions(&self.plugins, export, &slots);
+        if self.counted {
+            count_decisions(&self.plugins, export, &slots);
+        }
         slots
             .into_iter()
             .map(|slot| Verdict {

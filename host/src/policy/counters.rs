@@ -19,6 +19,8 @@ const MAX_NAME: usize = 64;
 pub struct PluginCounters {
     plugin: PluginName,
     state: Mutex<State>,
+    /// Whether the values go to the metrics (not for a throwaway copy).
+    exported: bool,
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +35,15 @@ impl PluginCounters {
         PluginCounters {
             plugin,
             state: Mutex::default(),
+            exported: true,
+        }
+    }
+
+    /// Counters kept but not exported: a throwaway copy's.
+    pub fn detached(plugin: PluginName) -> Self {
+        PluginCounters {
+            exported: false,
+            ..PluginCounters::new(plugin)
         }
     }
 
@@ -52,6 +63,9 @@ impl PluginCounters {
             return;
         }
         *state.values.entry(name.to_string()).or_default() += delta;
+        if !self.exported {
+            return;
+        }
         metrics::counter!(
             crate::metrics::PLUGIN_COUNTER,
             "plugin" => self.plugin.as_str(),

@@ -138,6 +138,8 @@ pub struct Plugin {
     counters: Counters,
     /// The plugin's own counters (`count`), shared by its instances.
     own_counters: Arc<PluginCounters>,
+    /// A throwaway copy ([`Plugin::fork`]): its calls show in no metric.
+    quiet: bool,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -218,8 +220,41 @@ impl Plugin {
             health: Default::default(),
             counters: Counters::default(),
             own_counters: Arc::new(PluginCounters::new(name.into())),
+            quiet: false,
         };
-        let live = plugin.instantiate().map_err(|not_ready| match not_ready {
+        plugin.ready()
+    }
+
+    /// A throwaway copy: the same compiled code, rules and settings, with
+    /// instances of its own (`init` run again) and no metrics: what a
+    /// reload tries the sample legs and the held calls on, and what an
+    /// enforcement's blast radius decides with, without the live set's
+    /// state, health or counters seeing any of it.
+    pub fn fork(&self) -> Result<Plugin, PolicyError> {
+        Plugin {
+            name: self.name,
+            hash: self.hash.clone(),
+            contract: self.contract.clone(),
+            cache: self.cache.clone(),
+            rules: self.rules.clone(),
+            settings: self.settings,
+            pre: self.pre.clone(),
+            runtime: self.runtime.clone(),
+            live: (0..self.live.len()).map(|_| Mutex::new(None)).collect(),
+            next_wait: AtomicUsize::new(0),
+            cost: Default::default(),
+            health: Default::default(),
+            counters: Counters::default(),
+            own_counters: Arc::new(PluginCounters::detached(self.name)),
+            quiet: true,
+        }
+        .ready()
+    }
+
+    /// The plugin with its first instance made and `init` run.
+    fn ready(self) -> Result<Plugin, PolicyError> {
+        let name = self.name.as_str();
+        let live = self.instantiate().map_err(|not_ready| match not_ready {
             NotReady::RulesRefused(message) => PolicyError::InitRejected {
                 plugin: name.into(),
                 message: super::error::clip(message),
@@ -229,8 +264,8 @@ impl Plugin {
                 failure,
             },
         })?;
-        *lock(&plugin.live[0]) = Some(live);
-        Ok(plugin)
+        *lock(&self.live[0]) = Some(live);
+        Ok(self)
     }
 
     pub fn name(&self) -> PluginName {
@@ -400,12 +435,14 @@ impl Plugin {
             self.counters
                 .quarantined_skips
                 .fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(
-                crate::metrics::PLUGIN_FAILURES,
-                "plugin" => self.name.as_str(),
-                "kind" => FailureKind::Quarantined.as_str()
-            )
-            .increment(1);
+            if !self.quiet {
+                metrics::counter!(
+                    crate::metrics::PLUGIN_FAILURES,
+                    "plugin" => self.name.as_str(),
+                    "kind" => FailureKind::Quarantined.as_str()
+                )
+                .increment(1);
+            }
             return Err(PluginFailure::new(
                 FailureKind::Quarantined,
                 "plugin is quarantined",
@@ -425,12 +462,14 @@ impl Plugin {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let result = f(&instance.exports, &mut instance.store);
-        metrics::histogram!(
-            crate::metrics::PLUGIN_CALL_SECONDS,
-            "plugin" => self.name.as_str(),
-            "export" => export.name()
-        )
-        .record(started.elapsed().as_secs_f64());
+        if !self.quiet {
+            metrics::histogram!(
+                crate::metrics::PLUGIN_CALL_SECONDS,
+                "plugin" => self.name.as_str(),
+                "export" => export.name()
+            )
+            .record(started.elapsed().as_secs_f64());
+        }
         self.count_dropped(instance.store.data_mut().end_call());
         let memory = &instance.store.data().memory;
         self.counters
@@ -464,8 +503,10 @@ impl Plugin {
     fn recycle(&self, live: &mut Option<Live>, used_up: bool) {
         *live = None;
         self.counters.recycled.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(crate::metrics::PLUGIN_RECYCLES, "plugin" => self.name.as_str())
-            .increment(1);
+        if !self.quiet {
+            metrics::counter!(crate::metrics::PLUGIN_RECYCLES, "plugin" => self.name.as_str())
+                .increment(1);
+        }
         if used_up {
             tracing::debug!(plugin = %self.name, calls = self.settings.max_calls_per_instance, "plugin instance used up its calls; replaced by a fresh one");
         } else {
@@ -475,17 +516,21 @@ impl Plugin {
 
     fn failed(&self, slot: Export, failure: PluginFailure) -> PluginFailure {
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(
-            crate::metrics::PLUGIN_FAILURES,
-            "plugin" => self.name.as_str(),
-            "kind" => failure.kind.as_str()
-        )
-        .increment(1);
+        if !self.quiet {
+            metrics::counter!(
+                crate::metrics::PLUGIN_FAILURES,
+                "plugin" => self.name.as_str(),
+                "kind" => failure.kind.as_str()
+            )
+            .increment(1);
+        }
         let benched = self
             .lock_health(slot)
             .record_failure(Instant::now(), &self.settings.quarantine);
         tracing::warn!(plugin = %self.name, export = slot.name(), kind = failure.kind.as_str(), detail = %failure.detail, "plugin call failed; instance discarded");
-        if let Some(length) = benched {
+        if let Some(length) = benched
+            && !self.quiet
+        {
             metrics::counter!(crate::metrics::QUARANTINES, "plugin" => self.name.as_str())
                 .increment(1);
             tracing::error!(plugin = %self.name, export = slot.name(), seconds = length.as_secs_f64(), "plugin export keeps failing; quarantined");

@@ -197,7 +197,7 @@ impl Reloader {
                 // set's state never sees the sample or the held calls): a
                 // plugin that loads but fails when called would fail every
                 // live decision.
-                let probe = loader::load_dir(&self.runtime, &dir, &config)?;
+                let probe = chain.fork()?;
                 crate::policy::sample::try_chain(&probe)?;
                 let held = self
                     .runtime

@@ -93,7 +93,13 @@ impl Host {
                     continue;
                 }
                 Some(query) = self.queries.recv() => {
-                    self.answer(query);
+                    match query {
+                        super::queries::AdminQuery::Enforce { set, legs, reply } => {
+                            let done = self.enforce(connection, set, legs).await?;
+                            let _ = reply.send(Ok(done));
+                        }
+                        other => self.answer(other),
+                    }
                     continue;
                 }
                 message = connection.next() => message,

@@ -16,6 +16,7 @@
 //! - `endings`: every termination: event, CDR, plugin notification.
 
 mod endings;
+pub mod enforce;
 pub mod grace;
 mod live;
 mod pipeline;

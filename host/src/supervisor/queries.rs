@@ -29,6 +29,15 @@ pub enum AdminQuery {
         limit: usize,
         reply: std::sync::mpsc::SyncSender<HeldLegsPage>,
     },
+    /// Ends and drops these legs, each refused by its plugin (an operator
+    /// enforcing the working set: [`super::enforce`]). Only the live loop
+    /// can (it holds the connection); elsewhere it is refused.
+    Enforce {
+        /// The set enforced: its hash and plugins, for the report.
+        set: (String, Vec<String>),
+        legs: Vec<(LegId, crate::model::PluginName)>,
+        reply: oneshot::Sender<Result<crate::events::Enforced, super::enforce::EnforceRefused>>,
+    },
     /// Legs and links from a position of the table's storage (a walk of
     /// the whole table for a reload's blast radius), and the table's size.
     Slots {
@@ -113,6 +122,9 @@ impl Host {
                     .map(|&slot| (legs[slot].leg.clone(), legs[slot].adopted_by))
                     .collect();
                 let _ = reply.try_send(HeldLegsPage { legs, next_after });
+            }
+            AdminQuery::Enforce { reply, .. } => {
+                let _ = reply.send(Err(super::enforce::EnforceRefused::NotLive));
             }
             AdminQuery::Slots { from, limit, reply } => {
                 let (legs, links) = self.table.page_from(from, limit);
