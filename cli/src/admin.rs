@@ -267,6 +267,54 @@ pub async fn enforce(args: EnforceArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `legsync shadow`: the shadow set's verdicts against the live ones.
+pub async fn shadow(args: AdminArgs) -> anyhow::Result<ExitCode> {
+    let (code, body) = args.ask(Method::GET, "/shadow").await?;
+    let report: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|_| anyhow::anyhow!("the host answered {code}: {body}"))?;
+    if code != StatusCode::OK {
+        anyhow::bail!(
+            "{}",
+            report["error"]
+                .as_str()
+                .unwrap_or("the host has no shadow set")
+        );
+    }
+    if args.json {
+        print!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let plugins: Vec<&str> = report["plugins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str())
+        .collect();
+    println!("shadow set: {}", plugins.join(", "));
+    println!(
+        "compared {} legs and {} links; {} not compared (the shadow set was behind); {} shadow verdicts by a failure policy",
+        report["compared_legs"],
+        report["compared_links"],
+        report["skipped"],
+        report["shadow_failures"]
+    );
+    println!(
+        "the shadow set would refuse {} the live set rebuilt, and rebuild {} it refused",
+        report["shadow_refuses"], report["shadow_rebuilds"]
+    );
+    for difference in report["differences"].as_array().into_iter().flatten() {
+        println!(
+            "  {:>8} {} {} by {} on {}",
+            difference["count"],
+            difference["item"].as_str().unwrap_or("-"),
+            difference["kind"].as_str().unwrap_or("-"),
+            difference["plugin"].as_str().unwrap_or("-"),
+            difference["nap"].as_str().unwrap_or("-")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[derive(Debug, clap::Args)]
 pub struct EnforceArgs {
     #[command(flatten)]

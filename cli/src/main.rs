@@ -87,6 +87,9 @@ enum Commands {
     /// shows its blast radius; with --confirm HASH, refuses, ends (billed)
     /// and drops exactly those calls.
     Enforce(admin::EnforceArgs),
+    /// How a running host's shadow plugin set decided against the live one:
+    /// differences by kind, plugin and NAP.
+    Shadow(admin::AdminArgs),
     /// The legs a running host holds, a page at a time.
     Legs(admin::LegsArgs),
     /// After a rotation (logrotate postrotate): a running host writes its
@@ -127,6 +130,7 @@ fn main() -> ExitCode {
         Commands::Status(args) => block_on(admin::status(args)),
         Commands::Reload(args) => block_on(admin::reload(args)),
         Commands::Enforce(args) => block_on(admin::enforce(args)),
+        Commands::Shadow(args) => block_on(admin::shadow(args)),
         Commands::Legs(args) => block_on(admin::legs(args)),
         Commands::Reopen(args) => block_on(admin::reopen(args)),
         Commands::Man(args) => docs::man(args),

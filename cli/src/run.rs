@@ -99,6 +99,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (host, policy) = app::build_host(&config, decider, events.clone())?;
     // Sets loaded by a reload run in `runtime` too, whatever the first held.
     runtime.held_legs().serve(host.held_legs());
+    policy.set_shadow({
+        let (config, runtime) = (config.clone(), runtime.clone());
+        tokio::task::spawn_blocking(move || app::load_shadow(&config, &runtime)).await??
+    });
     // The command's own tasks: each ends at the stop, and is waited for.
     let tasks = TaskTracker::new();
     // A required audit trail that fails stops the host.

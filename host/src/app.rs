@@ -94,6 +94,23 @@ pub fn load_policy(config: &HostConfig) -> anyhow::Result<(PolicyRuntime, Decide
     Ok((runtime, decider))
 }
 
+/// The shadow plugin set of `policy.shadow_dir`, started, if one is
+/// configured.
+pub fn load_shadow(
+    config: &HostConfig,
+    runtime: &PolicyRuntime,
+) -> anyhow::Result<Option<crate::policy::shadow::Shadow>> {
+    let Some(dir) = &config.policy.shadow_dir else {
+        return Ok(None);
+    };
+    let chain = loader::load_dir(runtime, dir, &config.policy)
+        .with_context(|| format!("cannot load the shadow plugins in {}", dir.display()))?;
+    let shadow = crate::policy::shadow::Shadow::start(chain)
+        .context("cannot start the shadow plugins' thread")?;
+    tracing::info!(plugins = %shadow.plugins().join(", "), "shadow plugin set: compared with the live set, never enforced");
+    Ok(Some(shadow))
+}
+
 /// A host ready to run, with its policy handle (for reloads) and events.
 pub fn build_host(
     config: &HostConfig,

@@ -31,6 +31,9 @@ pub const PLUGIN_COUNTER: &str = "legsync_plugin_counter_total";
 pub const PLUGIN_CALL_SECONDS: &str = "legsync_plugin_call_duration_seconds";
 pub const RELOADS: &str = "legsync_reloads_total";
 pub const RELOAD_BLAST_RADIUS: &str = "legsync_reload_blast_radius_legs";
+pub const SHADOW_DIFFERENCES: &str = "legsync_shadow_differences_total";
+pub const SHADOW_COMPARED: &str = "legsync_shadow_compared_total";
+pub const SHADOW_SKIPPED: &str = "legsync_shadow_skipped_total";
 pub const CDR_RECORDS: &str = "legsync_cdr_records_total";
 pub const CDR_FSYNC_SECONDS: &str = "legsync_cdr_fsync_duration_seconds";
 pub const GRACE_EXPIRIES: &str = "legsync_grace_expiries_total";
@@ -133,6 +136,21 @@ pub const ALL: &[(&str, &str, &str)] = &[
         RELOADS,
         "counter",
         "plugin set reloads, by outcome (applied, held-back, rejected-will-retry, rejected)",
+    ),
+    (
+        SHADOW_DIFFERENCES,
+        "counter",
+        "shadow verdicts that differ from the live ones, by kind (shadow-refuses, shadow-rebuilds), item, the plugin that refused, and NAP",
+    ),
+    (
+        SHADOW_COMPARED,
+        "counter",
+        "legs and links the shadow plugin set decided and compared with the live verdicts",
+    ),
+    (
+        SHADOW_SKIPPED,
+        "counter",
+        "legs and links the shadow set did not compare: it was behind (its queue of 64 batches full)",
     ),
     (
         RELOAD_BLAST_RADIUS,

@@ -13,6 +13,7 @@
 //! | `GET /legs?nap=X&after=ID&limit=N` | JSON: a page of held legs, by id | token |
 //! | `POST /reload` | reloads the plugin set now; JSON report with its blast radius (409 if held back by the guard, 422 if rejected) | token |
 //! | `POST /reload?accept=HASH` | applies the set on disk over the guard, if its hash is HASH | token |
+//! | `GET /shadow` | JSON: the shadow set's verdicts against the live ones since the start | token |
 //! | `GET /enforce` | JSON: the working set's hash and blast radius on the calls held | token |
 //! | `POST /enforce?confirm=HASH` | refuses, ends and drops the held calls the working set refuses, if its hash is HASH | token |
 //! | `POST /reopen` | reopens the ledger and event log after a rotation | token |
@@ -286,7 +287,9 @@ pub async fn serve(
 type Reply = Response<Full<Bytes>>;
 
 /// The routes that act on the host or show callers' numbers.
-const CONTROL_ROUTES: [&str; 5] = ["/reload", "/reopen", "/legs", "/status", "/enforce"];
+const CONTROL_ROUTES: [&str; 6] = [
+    "/reload", "/reopen", "/legs", "/status", "/enforce", "/shadow",
+];
 
 /// A control request must carry the token; the monitoring listener serves
 /// no control route at all.
@@ -377,6 +380,13 @@ async fn route(admin: &Arc<Admin>, surface: &Surface, request: Request<Incoming>
         (&Method::GET, "/status") => json(StatusCode::OK, &status(admin)),
         (&Method::GET, "/legs") => legs(admin, &query).await,
         (&Method::GET, "/enforce") => enforce(admin, None).await,
+        (&Method::GET, "/shadow") => match admin.policy.shadow() {
+            Some(shadow) => json(StatusCode::OK, &shadow.report()),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "no shadow plugin set: set policy.shadow_dir",
+            ),
+        },
         (&Method::POST, "/enforce") => {
             let confirm = query
                 .split('&')
@@ -417,7 +427,7 @@ async fn route(admin: &Arc<Admin>, surface: &Surface, request: Request<Incoming>
         (
             _,
             "/metrics" | "/healthz" | "/readyz" | "/status" | "/legs" | "/reload" | "/reopen"
-            | "/enforce",
+            | "/enforce" | "/shadow",
         ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "GET /metrics /healthz /readyz /status /legs; POST /reload /reopen",

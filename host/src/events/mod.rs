@@ -75,6 +75,9 @@ pub enum HostEvent {
     Reload(Box<ReloadReport>),
     /// An operator enforced the working set on the calls held.
     Enforced(Box<Enforced>),
+    /// How the shadow plugin set's verdicts differed from the live ones
+    /// since the last such line (after each resync).
+    Shadow(Box<crate::policy::shadow::ShadowSummary>),
 }
 
 /// The engine link's state, as the supervisor sees it.

@@ -147,6 +147,11 @@ pub struct PolicyConfig {
     /// What a reloaded set may refuse of the calls held (`[policy.guard]`).
     #[serde(default)]
     pub guard: super::blast::Guard,
+    /// A second plugin directory whose set decides alongside the live one,
+    /// compared and never enforced (see [`super::shadow`]). Its plugins
+    /// take their settings from `defaults` and `plugins` as live ones do.
+    #[serde(default)]
+    pub shadow_dir: Option<PathBuf>,
 }
 
 fn default_batch_size() -> usize {
@@ -167,6 +172,7 @@ impl Default for PolicyConfig {
             defaults: PluginConfig::default(),
             plugins: BTreeMap::new(),
             guard: Default::default(),
+            shadow_dir: None,
         }
     }
 }

@@ -168,13 +168,29 @@ impl Decider {
 #[derive(Debug, Clone)]
 pub struct PolicyHandle {
     current: Arc<RwLock<Decider>>,
+    /// The shadow set, if one is configured (see [`super::shadow`]).
+    shadow: Arc<RwLock<Option<Arc<super::shadow::Shadow>>>>,
 }
 
 impl PolicyHandle {
     pub fn new(decider: Decider) -> Self {
         PolicyHandle {
             current: Arc::new(RwLock::new(decider)),
+            shadow: Default::default(),
         }
+    }
+
+    /// The shadow set, if any.
+    pub fn shadow(&self) -> Option<Arc<super::shadow::Shadow>> {
+        self.shadow
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sets (or, with `None`, removes) the shadow set.
+    pub fn set_shadow(&self, shadow: Option<super::shadow::Shadow>) {
+        *self.shadow.write().unwrap_or_else(|e| e.into_inner()) = shadow.map(Arc::new);
     }
 
     /// The decider to use for one resync or one batch.

@@ -13,6 +13,8 @@
 //!   [`call_cost`] (the model that sizes a plugin's batches).
 //! - [`sample`]: what a plugin set is tried on before it is trusted;
 //!   [`blast`]: what it would refuse of the calls held, and the guard.
+//! - [`shadow`]: a second set that sees every decision, compared, never
+//!   enforced.
 //! - [`held`]: the host's held legs as plugins page through them
 //!   (`held-legs`); [`counters`]: a plugin's own counters (`count`).
 //! - `lower`: legs written straight into a plugin's memory (the hot path).
@@ -39,6 +41,7 @@ pub mod quarantine;
 pub mod runtime;
 pub mod sample;
 pub mod sandbox;
+pub mod shadow;
 
 pub use cache::{CacheOutcome, CompileCache};
 pub use chain::{PolicyChain, Verdict};

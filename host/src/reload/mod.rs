@@ -187,6 +187,7 @@ impl Reloader {
             .load_with_restart_only()
             .and_then(|(config, changed)| {
                 restart_only = changed;
+                self.reload_shadow(&config);
                 let dir = config
                     .plugin_dir
                     .clone()
@@ -302,6 +303,36 @@ impl Reloader {
         self.events
             .emit(HostEvent::Reload(Box::new(report.clone())));
         report
+    }
+
+    /// Builds the shadow set of `config` (if any) and puts it in place of
+    /// the running one; a shadow set that fails to load is logged and the
+    /// running one stays (it decides nothing live).
+    fn reload_shadow(&self, config: &PolicyConfig) {
+        let Some(dir) = &config.shadow_dir else {
+            if self.policy.shadow().is_some() {
+                tracing::info!("policy.shadow_dir removed: the shadow set stops");
+                self.policy.set_shadow(None);
+            }
+            return;
+        };
+        let chain = match loader::load_dir(&self.runtime, dir, config) {
+            Ok(chain) => chain,
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %format!("{e:#}").replace('\n', " "), "new shadow plugin set rejected; the running shadow set stays");
+                return;
+            }
+        };
+        match self.policy.shadow() {
+            Some(shadow) => shadow.replace(chain),
+            None => match crate::policy::shadow::Shadow::start(chain) {
+                Ok(shadow) => self.policy.set_shadow(Some(shadow)),
+                Err(e) => tracing::error!(error = %e, "cannot start the shadow plugins' thread"),
+            },
+        }
+        if let Some(shadow) = self.policy.shadow() {
+            tracing::info!(plugins = %shadow.plugins().join(", "), "shadow plugin set reloaded");
+        }
     }
 
     /// Starts watching the files and SIGHUP until `shutdown`. The watcher

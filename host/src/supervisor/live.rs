@@ -327,6 +327,9 @@ impl Host {
                 }))
                 .await?
             };
+            if let Some(shadow) = self.policy.shadow() {
+                shadow.observe_legs(&legs, &verdicts);
+            }
             leg = legs.into_iter().next().expect("one leg in, one out");
             verdicts
                 .into_iter()

@@ -213,6 +213,11 @@ impl Host {
         // The status first: whoever sees the event then sees the new state.
         self.status.send_modify(|s| s.resyncs += 1);
         self.publish(Some(LinkState::Connected), Some(boot_id));
+        if let Some(shadow) = self.policy.shadow() {
+            // Once the shadow set has caught up: one line for this resync.
+            let events = self.events.clone();
+            shadow.summarize(move |summary| events.emit(HostEvent::Shadow(Box::new(summary))));
+        }
         self.events.emit_all([
             HostEvent::ResyncDone(Box::new(summary)),
             HostEvent::Link {
@@ -338,6 +343,9 @@ impl Host {
         run.summary.phases.decisions += took;
         run.waited += micros(waited);
         let phase = Instant::now();
+        if let Some(shadow) = self.policy.shadow() {
+            shadow.observe_legs(&unknown, &verdicts);
+        }
         self.match_recovered(&unknown, decider).await?;
         if self.events.wants_items() {
             run.sync_events.extend(
@@ -453,6 +461,9 @@ impl Host {
                 d.decide_links(links)
             }))
             .await?;
+        if let Some(shadow) = self.policy.shadow() {
+            shadow.observe_links(&offer, &verdicts);
+        }
         let wanted = self.events.wants_items();
         let mut events = Vec::with_capacity(if wanted { offer.len() } else { 0 });
         // The rebuilt links are packed at the front of `offer` (no second

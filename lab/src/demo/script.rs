@@ -624,7 +624,7 @@ impl Demo {
                     Some(epoch) => format!("role               {} (epoch {epoch})", role.as_str()),
                     None => format!("role               {}", role.as_str()),
                 },
-                HostEvent::Reload(_) | HostEvent::Enforced(_) => continue,
+                HostEvent::Reload(_) | HostEvent::Enforced(_) | HostEvent::Shadow(_) => continue,
             };
             println!("    {line}");
         }
