@@ -102,7 +102,7 @@ impl Tally {
                 count: *count,
             })
             .collect();
-        differences.sort_by(|a, b| b.count.cmp(&a.count));
+        differences.sort_by_key(|d| std::cmp::Reverse(d.count));
         let total = |kind| {
             self.differences
                 .iter()
