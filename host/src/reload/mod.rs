@@ -405,7 +405,15 @@ impl Reloader {
                 .collect();
             warn_busy_files_in(&watched, config);
         }
+        // The shadow set's directory, as the host started with it: a change
+        // there reloads too (the live set is rebuilt alongside, unchanged).
+        let shadow_dir = self
+            .source
+            .started
+            .as_ref()
+            .and_then(|config| config.policy.shadow_dir.clone());
         let filter_dir = plugin_dir.clone();
+        let filter_shadow = shadow_dir.clone();
         let filter_config = config_file.clone();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -414,8 +422,10 @@ impl Reloader {
                     return; // our own reads of the files
                 }
                 let relevant = event.paths.iter().any(|path| {
+                    let in_a_plugin_dir = filter_dir.as_deref() == path.parent()
+                        || (filter_shadow.is_some() && filter_shadow.as_deref() == path.parent());
                     filter_config.as_deref() == Some(path.as_path())
-                        || (filter_dir.as_deref() == path.parent() && is_plugin_file(path))
+                        || (in_a_plugin_dir && is_plugin_file(path))
                 });
                 if relevant {
                     let _ = changes.send(());
@@ -423,6 +433,11 @@ impl Reloader {
             })
             .context("cannot start the file watcher")?;
         if let Some(dir) = &plugin_dir {
+            watcher
+                .watch(dir, RecursiveMode::NonRecursive)
+                .with_context(|| format!("cannot watch {}", dir.display()))?;
+        }
+        if let Some(dir) = &shadow_dir {
             watcher
                 .watch(dir, RecursiveMode::NonRecursive)
                 .with_context(|| format!("cannot watch {}", dir.display()))?;
