@@ -9,6 +9,7 @@ mod init;
 mod notify;
 mod plugin;
 mod plugin_test;
+mod replay;
 mod run;
 mod sim;
 mod tls;
@@ -66,6 +67,10 @@ enum Commands {
     /// Tools for plugin authors.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Decide a recorded resync again with a plugin set (`[recording]`), and
+    /// show how its decisions differ from those made then, or from another
+    /// set's (--against).
+    Replay(replay::ReplayArgs),
     /// Billing from the ledger (the CDR file): bill and check.
     #[command(subcommand)]
     Cdr(cdr::CdrCommand),
@@ -123,6 +128,7 @@ fn main() -> ExitCode {
         Commands::Demo(args) => block_on(legsync_lab::demo::run(args)),
         Commands::Bench(args) => block_on(legsync_lab::bench::run(args)),
         Commands::Plugin(command) => plugin::run(command),
+        Commands::Replay(args) => replay::run(args),
         Commands::Cdr(command) => cdr::run(command),
         Commands::Check(args) => check::run(args),
         Commands::Init(args) => init::run(args),

@@ -157,7 +157,17 @@ pub fn build_host(
     let ledger = CdrWriter::open(&config.cdr)?;
     ledger.0.set_host(&config.name)?;
     let policy = PolicyHandle::new(decider.clone());
-    let host = Host::new(options, policy.clone(), ledger, events);
+    let mut host = Host::new(options, policy.clone(), ledger, events);
+    if config.recording.enabled {
+        let dir = config.recordings_dir();
+        let recorder = crate::recording::Recorder::start(
+            &dir,
+            config.recording.max_files,
+            config.recording.max_mb.saturating_mul(1 << 20),
+        )?;
+        tracing::info!(dir = %dir.display(), "every resync is recorded (for legsync replay)");
+        host.record_resyncs(recorder);
+    }
     // The plugins' `held-legs` reads this host's table from now on.
     decider.serve_held_legs(host.held_legs());
     Ok((host, policy))

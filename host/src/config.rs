@@ -73,6 +73,9 @@ pub struct HostConfig {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// `[recording]`: resyncs recorded for `legsync replay` (off by default).
+    #[serde(default)]
+    pub recording: crate::recording::RecordingConfig,
 }
 
 /// `[tls]`: the engine link's certificates (PEM files; see `crate::tls`).
@@ -244,11 +247,22 @@ impl Default for HostConfig {
             link: LinkConfig::default(),
             tls: None,
             policy: PolicyConfig::default(),
+            recording: Default::default(),
         }
     }
 }
 
 impl HostConfig {
+    /// Where resyncs are recorded: `recording.dir`, else `recordings/`
+    /// beside the ledger.
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.recording.dir.clone().unwrap_or_else(|| {
+            self.cdr
+                .parent()
+                .map_or_else(|| PathBuf::from("recordings"), |dir| dir.join("recordings"))
+        })
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> anyhow::Result<HostConfig> {
         let text = std::fs::read_to_string(path)

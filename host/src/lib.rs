@@ -32,7 +32,9 @@
 //! - [`events`]: the audit trail (the event log and in-process
 //!   subscribers); [`metrics`]: the Prometheus metrics.
 //! - [`config`]: the config file; [`app`]: from a config to a running
-//!   host; [`reload`]: hot reload of the plugin set.
+//!   host; [`reload`]: hot reload of the plugin set, its blast radius and
+//!   guard.
+//! - [`recording`]: resyncs recorded for `legsync replay`.
 //! - [`admin`]: the admin endpoint (metrics, health, status, control) and
 //!   its client.
 //! - [`embedded`]: the example plugins carried in the binary.
@@ -51,6 +53,7 @@ pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod protocol;
+pub mod recording;
 pub mod reload;
 mod repeated;
 pub mod resync;

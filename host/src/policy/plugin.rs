@@ -549,6 +549,7 @@ impl Plugin {
                 limits.memory_bytes,
                 self.runtime.held_legs().clone(),
                 self.own_counters.clone(),
+                self.runtime.clock(),
             ),
         );
         store.limiter(|state| &mut state.memory);

@@ -19,6 +19,9 @@ struct Inner {
     linker: Linker<PluginState>,
     cache: Option<CompileCache>,
     held: HeldSlot,
+    /// The time plugins see (`now-ms`): 0 for the wall clock, else fixed
+    /// (a replay gives the recorded time, so replays are deterministic).
+    clock: Arc<std::sync::atomic::AtomicU64>,
     _ticker: EpochTicker,
 }
 
@@ -49,6 +52,7 @@ impl PolicyRuntime {
                 linker,
                 cache,
                 held: HeldSlot::default(),
+                clock: Default::default(),
                 _ticker: ticker,
             }),
         })
@@ -62,6 +66,17 @@ impl PolicyRuntime {
     /// the host's table is wired in ([`HeldSlot::serve`]).
     pub fn held_legs(&self) -> &HeldSlot {
         &self.inner.held
+    }
+
+    /// From now on, plugins of this runtime see `ms` as the time.
+    pub fn fix_clock(&self, ms: u64) {
+        self.inner
+            .clock
+            .store(ms.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn clock(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.inner.clock.clone()
     }
 
     pub(crate) fn linker(&self) -> &Linker<PluginState> {

@@ -36,6 +36,8 @@ pub struct PluginState {
     held: HeldSlot,
     /// The plugin's own counters (`count`), shared by its instances.
     counters: std::sync::Arc<PluginCounters>,
+    /// The time it sees: 0 for the wall clock (see `PolicyRuntime::fix_clock`).
+    clock: Arc<std::sync::atomic::AtomicU64>,
     /// Time the current call spent waiting for the host in `held-legs`: not
     /// the plugin's, so its deadline is moved by as much (see `plugin`).
     pub host_time: Duration,
@@ -47,6 +49,7 @@ impl PluginState {
         memory_cap: usize,
         held: HeldSlot,
         counters: std::sync::Arc<PluginCounters>,
+        clock: Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {
         let output = CapturedOutput::default();
         // `WasiCtxBuilder::new` grants nothing: no preopened directories, no
@@ -66,6 +69,7 @@ impl PluginState {
             dropped_log_lines: 0,
             held,
             counters,
+            clock,
             host_time: Duration::ZERO,
         }
     }
@@ -136,7 +140,10 @@ impl legsync::policy::host::Host for PluginState {
     }
 
     fn now_ms(&mut self) -> u64 {
-        crate::model::now_ms()
+        match self.clock.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => crate::model::now_ms(),
+            fixed => fixed,
+        }
     }
 
     fn held_legs(&mut self, after: u64, max: u32) -> wasmtime::Result<wit::HeldPage> {
@@ -278,7 +285,8 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             let name = PluginName::new("test");
             let counters = std::sync::Arc::new(PluginCounters::new(name));
-            let mut state = PluginState::new(name, 1 << 20, HeldSlot::default(), counters);
+            let clock = Default::default();
+            let mut state = PluginState::new(name, 1 << 20, HeldSlot::default(), counters, clock);
             for i in 0..1_000 {
                 state.log(Level::Debug, format!("debug {i}"));
             }

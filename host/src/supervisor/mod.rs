@@ -150,6 +150,8 @@ pub struct Host {
     /// Every engine connection's reader and writer: awaited when the host
     /// stops (a connection's drop cancels its two).
     link_tasks: TaskTracker,
+    /// Records each resync for `legsync replay`, if enabled.
+    recorder: Option<crate::recording::Recorder>,
 }
 
 impl Host {
@@ -195,7 +197,13 @@ impl Host {
             dropped: Default::default(),
             unknown_legs: crate::repeated::Repeated::default(),
             link_tasks: TaskTracker::new(),
+            recorder: None,
         }
+    }
+
+    /// Records every resync from now on with `recorder`.
+    pub fn record_resyncs(&mut self, recorder: crate::recording::Recorder) {
+        self.recorder = Some(recorder);
     }
 
     /// The longest gap between the heartbeats this host sends, since last
@@ -330,6 +338,12 @@ impl Host {
                     }
                 })))
             });
+            if let Some(recorder) = &mut self.recorder {
+                match outcome {
+                    Ok(()) => recorder.finish(),
+                    Err(_) => recorder.abandon(),
+                }
+            }
             match outcome {
                 Ok(()) => {
                     self.grace.disarm();

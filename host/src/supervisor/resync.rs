@@ -108,6 +108,17 @@ impl Host {
             detail: None,
         });
 
+        if let Some(recorder) = &mut self.recorder {
+            let header = crate::recording::Header {
+                format: crate::recording::FORMAT,
+                host: self.options.link.host_name.clone(),
+                boot_id,
+                started_ms: crate::model::now_ms(),
+                plugins: decider.describe(),
+            };
+            let (legs, links) = self.table.page_from(0, usize::MAX);
+            recorder.begin(header, legs, links);
+        }
         let mut run = Run {
             decisions_until: Some(started + self.options.decision_budget),
             ..Run::default()
@@ -286,6 +297,9 @@ impl Host {
                         self.cdr.reserve_total(total);
                         diff.reserve_offered(total);
                     }
+                    if let Some(recorder) = &mut self.recorder {
+                        recorder.legs(&chunk);
+                    }
                     let diffing = Instant::now();
                     let unknown = diff.legs(&mut self.table, chunk);
                     run.summary.phases.diff += micros(diffing);
@@ -304,6 +318,9 @@ impl Host {
                             max: self.options.max_links,
                         })
                         .into());
+                    }
+                    if let Some(recorder) = &mut self.recorder {
+                        recorder.links(&chunk);
                     }
                     let diffing = Instant::now();
                     diff.links(&mut self.table, chunk);
@@ -345,6 +362,9 @@ impl Host {
         let phase = Instant::now();
         if let Some(shadow) = self.policy.shadow() {
             shadow.observe_legs(&unknown, &verdicts);
+        }
+        if let Some(recorder) = &mut self.recorder {
+            recorder.decided(&unknown, &verdicts);
         }
         self.match_recovered(&unknown, decider).await?;
         if self.events.wants_items() {
@@ -463,6 +483,9 @@ impl Host {
             .await?;
         if let Some(shadow) = self.policy.shadow() {
             shadow.observe_links(&offer, &verdicts);
+        }
+        if let Some(recorder) = &mut self.recorder {
+            recorder.decided_links(&offer, &verdicts);
         }
         let wanted = self.events.wants_items();
         let mut events = Vec::with_capacity(if wanted { offer.len() } else { 0 });

@@ -1,8 +1,10 @@
 //! Changing policy safely, over real processes (engine-sim, `legsync run`,
-//! the `legsync reload` command): every reload reports its blast radius; a
-//! set that would refuse far more of the held calls than the guard allows
-//! is held back, and the calls stay up through a following outage past the
-//! grace time; accepting it takes its exact hash.
+//! the `legsync reload | enforce | replay` commands): every reload reports
+//! its blast radius; a set that would refuse far more of the held calls
+//! than the guard allows is held back, and the calls stay up through a
+//! following outage past the grace time; accepting it takes its exact
+//! hash; enforcing the working set refuses exactly its blast radius; a
+//! recorded resync replays deterministically, as it was decided.
 
 mod common;
 
@@ -361,6 +363,123 @@ async fn enforce_refuses_exactly_the_blast_radius_once_confirmed() {
         text(&out.stdout),
         text(&out.stderr)
     );
+    let mut host = trial.host;
+    host.stop().await.unwrap();
+}
+
+/// `legsync replay RECORDING --plugin-dir DIR --json [extra]`, without
+/// its timing.
+fn replay(recording: &Path, plugin_dir: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "replay",
+        recording.to_str().unwrap(),
+        "--plugin-dir",
+        plugin_dir.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = legsync(&args);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let mut json: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    json.as_object_mut().unwrap().remove("micros");
+    json
+}
+
+/// Every resync recorded (bounded); a replay with the set that decided
+/// then gives the same decisions, twice the same; against a candidate set
+/// it names exactly what would change; a warm resync offers only what the
+/// host did not hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_resyncs_replay_deterministically_as_decided() {
+    let trial = Trial::start("[recording]\nenabled = true\nmax_files = 2\n").await;
+    let recordings = trial.dir.path().join("recordings");
+    let files = || {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&recordings)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    };
+    // The cold resync's recording is closed once the resync is over.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while files().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no recording");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cold = files()[0].clone();
+    let live = trial.dir.path().join("plugins.d");
+    let first = replay(&cold, &live, &[]);
+    assert_eq!(first["complete"], true, "{first}");
+    assert_eq!(first["offered_legs"], CALLS, "{first}");
+    assert_eq!(first["counts"]["legs_refused"], PREMIUM, "{first}");
+    assert_eq!(first["counts"], first["against_counts"], "{first}");
+    assert_eq!(
+        first["differences"],
+        serde_json::json!([]),
+        "as decided then"
+    );
+    assert_eq!(replay(&cold, &live, &[]), first, "deterministic");
+
+    // A candidate set: one more NAP refused.
+    let candidate = trial.dir.path().join("candidate.d");
+    std::fs::create_dir(&candidate).unwrap();
+    common::install(
+        &candidate,
+        "20-rules",
+        "rules",
+        Some(&format!(
+            "{REFUSE_PREMIUM}[[rule]]\nname = \"carrier B off\"\naction = \"refuse\"\nnap = [\"SIP_CARRIER_B\"]\n"
+        )),
+    );
+    let on_b = trial.get("/legs?nap=SIP_CARRIER_B&limit=10").await["matched"]
+        .as_u64()
+        .unwrap();
+    let against = replay(&cold, &live, &["--against", candidate.to_str().unwrap()]);
+    let differences = against["differences"].as_array().unwrap();
+    // Legs of carrier B, and the links they are in.
+    let legs = differences.iter().filter(|d| d["item"] == "leg").count() as u64;
+    assert_eq!(legs, on_b, "{against}");
+    assert!(
+        differences
+            .iter()
+            .all(|d| d["before"]["decision"] == "refuse" || d["item"] == "link")
+    );
+
+    // Warm resyncs: what the host held is not offered again. Three in all:
+    // the oldest recording goes (max_files = 2).
+    for resync in [2, 3] {
+        trial.sim.ok("partition 60000").await.unwrap();
+        wait_for_count(
+            &trial.events(),
+            "\"state\":\"disconnected\"",
+            resync - 1,
+            WAIT,
+        )
+        .await
+        .unwrap();
+        trial
+            .sim
+            .ok_id("call SIP_CARRIER_A 15145550000 15145559999")
+            .await
+            .unwrap();
+        trial.sim.ok("partition 0").await.unwrap();
+        trial.resyncs(resync).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while files().contains(&cold) {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", files());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(files().len(), 2, "{:?}", files());
+    let warm = replay(files().last().unwrap(), &live, &[]);
+    assert_eq!(warm["offered_legs"], 1, "{warm}");
+    assert_eq!(warm["differences"], serde_json::json!([]), "{warm}");
     let mut host = trial.host;
     host.stop().await.unwrap();
 }
