@@ -283,10 +283,9 @@ fn prune(dir: &Path, max_files: usize, max_bytes: u64) {
     let mut kept_bytes = 0;
     for (index, (_, size, path)) in files.iter().enumerate() {
         kept_bytes += size;
-        if index >= max_files || (index > 0 && kept_bytes > max_bytes) {
-            if let Err(e) = std::fs::remove_file(path) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot delete an old resync recording");
-            }
+        let over = index >= max_files || (index > 0 && kept_bytes > max_bytes);
+        if over && let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot delete an old resync recording");
         }
     }
 }
