@@ -334,9 +334,10 @@ fn print_groups(radius: &serde_json::Value) {
             group["answered"],
             group["plugin"].as_str().unwrap_or("-"),
             group["nap"].as_str().unwrap_or("-"),
-            group["failure"]
+            group["reason"]
                 .as_str()
-                .map(|f| format!(" ({f})"))
+                .or(group["failure"].as_str())
+                .map(|why| format!(" ({why})"))
                 .unwrap_or_default()
         );
     }

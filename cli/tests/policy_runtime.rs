@@ -1005,3 +1005,32 @@ fn waiting_for_held_legs_is_not_the_plugins_time_and_no_answer_fails_init() {
         "{err}"
     );
 }
+
+/// A plugin says why it refused (`explain`; the SDK's `because`): the
+/// `rules` plugin names the rule, and the verdict carries it. A leg the
+/// default decides has no reason.
+#[test]
+fn refusals_carry_the_reason_the_plugin_gave() {
+    let dir = plugin_dir(&[(
+        "20-rules",
+        "rules",
+        Some(
+            "[[rule]]\nname = \"no premium\"\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n[[rule]]\naction = \"refuse\"\nnap = [\"SIP_X\"]\n",
+        ),
+    )]);
+    let chain = load(dir.path(), "").unwrap();
+    let verdicts = chain.decide_legs(&[
+        leg(1, "SIP_A", "19005550001"),
+        leg(2, "SIP_A", "5145550002"),
+        leg(3, "SIP_X", "5145550003"),
+    ]);
+    let reasons: Vec<Option<&str>> = verdicts
+        .iter()
+        .map(|v| v.reason.map(|r| r.as_str()))
+        .collect();
+    assert_eq!(reasons, [Some("no premium"), None, Some("rule 2")]);
+    assert_eq!(
+        decided(&verdicts),
+        [Decision::Refuse, Decision::Rebuild, Decision::Refuse]
+    );
+}

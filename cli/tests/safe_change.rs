@@ -260,8 +260,9 @@ async fn enforce_refuses_exactly_the_blast_radius_once_confirmed() {
         )),
         "{said}"
     );
+    // Grouped by the rule that refuses, as the plugin named it.
     assert!(
-        said.contains("refused by 20-rules on SIP_CARRIER_B"),
+        said.contains("refused by 20-rules on SIP_CARRIER_B (carrier B off)"),
         "{said}"
     );
     let hash = said
@@ -352,6 +353,14 @@ async fn enforce_refuses_exactly_the_blast_radius_once_confirmed() {
         1,
         "{events}"
     );
+    for (rule, count) in [("no premium", PREMIUM), ("carrier B off", on_b)] {
+        let audit = events
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"call-leg-sync\""))
+            .filter(|l| l.contains(&format!("\"reason\":\"{rule}\"")))
+            .count();
+        assert_eq!(audit as u64, count, "the audit names the rule");
+    }
     let out = legsync(&[
         "cdr",
         "check",

@@ -237,6 +237,28 @@ impl PluginName {
     }
 }
 
+/// Why a plugin refused an item, in its own words (the contract's
+/// `explain`: a rule's name, say). Interned as plugin names are; a plugin
+/// may give a bounded number of distinct reasons (see `policy::plugin`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Reason(&'static str);
+
+impl Reason {
+    pub fn new(reason: &str) -> Self {
+        Reason(PluginName::new(reason).as_str())
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
 impl From<&str> for PluginName {
     fn from(name: &str) -> Self {
         PluginName::new(name)

@@ -27,6 +27,12 @@ pub enum HostEvent {
         plugin: PluginName,
         #[serde(skip_serializing_if = "Option::is_none")]
         failure: Option<FailureKind>,
+        /// Why, in the plugin's words (`explain`), when it said.
+        #[serde(
+            skip_serializing_if = "Option::is_none",
+            serialize_with = "reason_text"
+        )]
+        reason: Option<crate::model::Reason>,
     },
     /// `OnLinkSync`: an unknown link was decided.
     LinkSync {
@@ -290,14 +296,17 @@ impl HostEvent {
     fn write_item_line(&self, time_ms: u64, out: &mut Vec<u8>) -> bool {
         let mut line = JsonLine::new(out);
         line.num("time_ms", time_ms);
+        let mut why = None;
         let (decision, plugin, failure) = match self {
             HostEvent::CallLegSync {
                 leg,
                 decision,
                 plugin,
                 failure,
+                reason,
             } => {
                 line.text("kind", "call-leg-sync").num("leg", *leg);
+                why = *reason;
                 (decision, plugin, failure)
             }
             HostEvent::LinkSync {
@@ -333,8 +342,21 @@ impl HostEvent {
         if let Some(failure) = failure {
             line.text("failure", failure.as_str());
         }
+        if let Some(why) = why {
+            line.text("reason", why.as_str());
+        }
         line.end();
         true
+    }
+}
+
+fn reason_text<S: serde::Serializer>(
+    reason: &Option<crate::model::Reason>,
+    out: S,
+) -> Result<S::Ok, S::Error> {
+    match reason {
+        Some(reason) => out.serialize_str(reason.as_str()),
+        None => out.serialize_none(),
     }
 }
 
@@ -592,12 +614,14 @@ mod tests {
                 decision: Decision::Refuse,
                 plugin,
                 failure: None,
+                reason: Some(crate::model::Reason::new("no \"premium\" calls")),
             },
             HostEvent::CallLegSync {
                 leg: u64::MAX,
                 decision: Decision::Rebuild,
                 plugin,
                 failure: Some(FailureKind::MemoryCap),
+                reason: None,
             },
             HostEvent::LinkSync {
                 link: 9,

@@ -9,7 +9,7 @@
 
 use super::chain::{PolicyChain, Verdict};
 use super::held::HeldSnapshot;
-use crate::model::{Decision, LegId, Link, PluginName};
+use crate::model::{Decision, LegId, Link, PluginName, Reason};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -38,7 +38,7 @@ pub struct BlastRadius {
     /// The refused legs and who refused each, for an enforcement of
     /// exactly these.
     #[serde(skip)]
-    pub refused: Vec<(LegId, PluginName)>,
+    pub refused: Vec<(LegId, PluginName, Option<Reason>)>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -54,6 +54,9 @@ pub struct RefusalGroup {
     /// Set when the plugin's failure policy refused (it trapped, overran).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure: Option<&'static str>,
+    /// Why, in the plugin's words (a rule's name), when it said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
     pub legs: u64,
     pub answered: u64,
 }
@@ -75,8 +78,8 @@ impl BlastRadius {
                 "; {} by {} on {}",
                 group.legs, group.plugin, group.nap
             ));
-            if let Some(failure) = group.failure {
-                line.push_str(&format!(" ({failure})"));
+            if let Some(why) = group.reason.or(group.failure) {
+                line.push_str(&format!(" ({why})"));
             }
         }
         line
@@ -94,17 +97,21 @@ pub fn blast_radius(chain: &PolicyChain, held: &HeldSnapshot) -> BlastRadius {
         held_links: held.links.len() as u64,
         ..BlastRadius::default()
     };
-    let mut groups: HashMap<(&str, &str, Option<&'static str>), (u64, u64)> = HashMap::new();
+    type Key<'a> = (&'a str, &'a str, Option<&'static str>, Option<&'static str>);
+    let mut groups: HashMap<Key, (u64, u64)> = HashMap::new();
     for (leg, verdict) in legs.iter().zip(&verdicts) {
         if verdict.decision == Decision::Refuse {
             let answered = u64::from(leg.answered_at_ms.is_some());
             radius.refused_legs += 1;
             radius.refused_answered += answered;
-            radius.refused.push((leg.id, verdict.plugin));
+            radius
+                .refused
+                .push((leg.id, verdict.plugin, verdict.reason));
             let key = (
                 verdict.plugin.as_str(),
                 leg.nap.as_str(),
                 verdict.failure.map(|f| f.as_str()),
+                verdict.reason.map(|r| r.as_str()),
             );
             let group = groups.entry(key).or_default();
             group.0 += 1;
@@ -114,16 +121,20 @@ pub fn blast_radius(chain: &PolicyChain, held: &HeldSnapshot) -> BlastRadius {
     radius.refused_links = links_refused(chain, &held.links, &legs, &verdicts);
     let mut groups: Vec<RefusalGroup> = groups
         .into_iter()
-        .map(|((plugin, nap, failure), (legs, answered))| RefusalGroup {
-            plugin: plugin.to_string(),
-            nap: nap.to_string(),
-            failure,
-            legs,
-            answered,
-        })
+        .map(
+            |((plugin, nap, failure, reason), (legs, answered))| RefusalGroup {
+                plugin: plugin.to_string(),
+                nap: nap.to_string(),
+                failure,
+                reason,
+                legs,
+                answered,
+            },
+        )
         .collect();
     groups.sort_by(|a, b| {
-        (b.legs, &a.plugin, &a.nap, a.failure).cmp(&(a.legs, &b.plugin, &b.nap, b.failure))
+        (b.legs, &a.plugin, &a.nap, a.failure, a.reason)
+            .cmp(&(a.legs, &b.plugin, &b.nap, b.failure, b.reason))
     });
     radius.more_groups = groups.len().saturating_sub(GROUPS);
     groups.truncate(GROUPS);

@@ -4,8 +4,8 @@
 use super::error::{FailureKind, PluginFailure};
 use super::export::Export;
 use super::lower::{LegBatch, LinkRecord};
-use super::plugin::{Plugin, TerminationNotice};
-use crate::model::{CallLeg, Decision, EndedLeg, Link, PluginName, TerminationReason};
+use super::plugin::{Decided, Plugin, TerminationNotice};
+use crate::model::{CallLeg, Decision, EndedLeg, Link, PluginName, Reason, TerminationReason};
 use std::time::Instant;
 
 /// The name recorded when no plugin is loaded and the host rebuilds by default.
@@ -19,6 +19,8 @@ pub struct Verdict {
     pub plugin: PluginName,
     /// Set when the decision is the plugin's failure policy, not its answer.
     pub failure: Option<FailureKind>,
+    /// Why, in the deciding plugin's words, when it said (`explain`).
+    pub reason: Option<Reason>,
 }
 
 /// An ordered set of loaded plugins.
@@ -120,7 +122,7 @@ impl PolicyChain {
         export: Export,
         batch: &[W],
         until: Option<Instant>,
-        call: &impl Fn(&Plugin, &[W]) -> Result<Vec<Decision>, PluginFailure>,
+        call: &impl Fn(&Plugin, &[W]) -> Result<Decided, PluginFailure>,
     ) -> Vec<Verdict> {
         // Plain copies while deciding; each verdict takes its plugin's name
         // once at the end.
@@ -141,6 +143,8 @@ impl PolicyChain {
             // In calls the plugin can answer within its deadline.
             let failed = plugin.settings().failure.decision();
             let mut answers = Vec::with_capacity(offered.len());
+            // Reasons the plugin gave, by position in `offered`.
+            let mut reasons: Vec<(usize, Reason)> = Vec::new();
             let mut rest = offered;
             while !rest.is_empty() {
                 if until.is_some_and(|until| Instant::now() >= until) {
@@ -154,8 +158,17 @@ impl PolicyChain {
                 let limit = plugin.batch_limit(export, rest.len());
                 let (part, after) = rest.split_at(limit);
                 rest = after;
+                let base = answers.len();
                 match call(plugin, part) {
-                    Ok(decisions) => answers.extend(decisions.into_iter().map(|d| (d, None))),
+                    Ok(decided) => {
+                        answers.extend(decided.decisions.into_iter().map(|d| (d, None)));
+                        reasons.extend(
+                            decided
+                                .reasons
+                                .into_iter()
+                                .map(|(at, reason)| (base + at as usize, reason)),
+                        );
+                    }
                     Err(failure) => answers.extend(std::iter::repeat_n(
                         (failed, Some(failure.kind)),
                         part.len(),
@@ -167,7 +180,13 @@ impl PolicyChain {
                     decision,
                     by: Some(index),
                     failure,
+                    reason: None,
                 };
+            }
+            for (at, reason) in reasons {
+                if let Some(&i) = pending.get(at) {
+                    slots[i].reason = Some(reason);
+                }
             }
             pending.retain(|&i| slots[i].decision == Decision::Rebuild);
         }
@@ -183,6 +202,7 @@ impl PolicyChain {
                     None => self.default_name,
                 },
                 failure: slot.failure,
+                reason: slot.reason,
             })
             .collect()
     }
@@ -219,6 +239,7 @@ struct Slot {
     decision: Decision,
     by: Option<usize>,
     failure: Option<FailureKind>,
+    reason: Option<Reason>,
 }
 
 impl Default for Slot {
@@ -227,6 +248,7 @@ impl Default for Slot {
             decision: Decision::Rebuild,
             by: None,
             failure: None,
+            reason: None,
         }
     }
 }

@@ -50,6 +50,7 @@ impl Decider {
                 decision: verdict.0,
                 plugin: verdict.1,
                 failure,
+                reason: None,
             };
             count
         ]
@@ -77,6 +78,7 @@ impl Decider {
                         decision,
                         plugin: name,
                         failure: None,
+                        reason: None,
                     })
                     .collect()
             }
@@ -95,6 +97,7 @@ impl Decider {
                         decision,
                         plugin: name,
                         failure: None,
+                        reason: None,
                     })
                     .collect()
             }

@@ -47,6 +47,20 @@ struct Exports {
 
 type Decisions = (Vec<wit::Decision>,);
 
+/// A call's answer: one decision per item, and the reasons the plugin gave
+/// for some of them (`explain`), by position in the call's items.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decided {
+    pub decisions: Vec<Decision>,
+    pub reasons: Vec<(u32, crate::model::Reason)>,
+}
+
+/// Distinct reasons one plugin may give; past this, a new one reads
+/// `other` (a reason per leg would blow up every report that groups them).
+pub const MAX_REASONS: usize = 64;
+/// The longest reason kept, in bytes.
+const MAX_REASON: usize = 64;
+
 impl Exports {
     /// Type-checks every export against the Rust types the host calls it
     /// with, so a plugin whose signatures do not match fails at load, not at
@@ -140,6 +154,8 @@ pub struct Plugin {
     own_counters: Arc<PluginCounters>,
     /// A throwaway copy ([`Plugin::fork`]): its calls show in no metric.
     quiet: bool,
+    /// The reasons it gave so far, each once ([`MAX_REASONS`] at most).
+    reasons: Mutex<std::collections::HashMap<String, crate::model::Reason>>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -221,6 +237,7 @@ impl Plugin {
             counters: Counters::default(),
             own_counters: Arc::new(PluginCounters::new(name.into())),
             quiet: false,
+            reasons: Default::default(),
         };
         plugin.ready()
     }
@@ -247,6 +264,7 @@ impl Plugin {
             counters: Counters::default(),
             own_counters: Arc::new(PluginCounters::detached(self.name)),
             quiet: true,
+            reasons: Default::default(),
         }
         .ready()
     }
@@ -331,7 +349,7 @@ impl Plugin {
 
     /// `on-call-leg-sync` for one batch: one decision per leg, or a failure.
     /// A plugin built for contract 0.2.0 gets the batch's text as a string.
-    pub fn sync_legs(&self, batch: LegBatchRef<'_>) -> Result<Vec<Decision>, PluginFailure> {
+    pub fn sync_legs(&self, batch: LegBatchRef<'_>) -> Result<Decided, PluginFailure> {
         fn export(exports: &Exports) -> &Func {
             &exports.leg_sync
         }
@@ -343,7 +361,7 @@ impl Plugin {
     }
 
     /// `on-link-sync` for one batch.
-    pub fn sync_links(&self, links: &[LinkRecord]) -> Result<Vec<Decision>, PluginFailure> {
+    pub fn sync_links(&self, links: &[LinkRecord]) -> Result<Decided, PluginFailure> {
         self.decide(
             Export::LinkSync,
             |exports| &exports.link_sync,
@@ -379,14 +397,14 @@ impl Plugin {
         export: fn(&Exports) -> &Func,
         batch: P,
         count: usize,
-    ) -> Result<Vec<Decision>, PluginFailure> {
+    ) -> Result<Decided, PluginFailure> {
         // The guest's own time: not the wait for a busy instance (another
         // chunk's call), which would make the plugin look slower per item.
         let mut took = Duration::ZERO;
         let result = self.call_guest(name, |exports, store| {
             let func = export(exports).typed::<(P,), Decisions>(&*store)?;
             let started = Instant::now();
-            let called = func.call(store, (batch,));
+            let called = func.call(&mut *store, (batch,));
             took = started.elapsed();
             let decisions = called?.0;
             if decisions.len() != count {
@@ -395,7 +413,11 @@ impl Plugin {
                     decisions.len(),
                 ))));
             }
-            Ok(decisions.into_iter().map(Decision::from).collect())
+            let explained = store.data_mut().take_explained();
+            Ok(Decided {
+                decisions: decisions.into_iter().map(Decision::from).collect(),
+                reasons: self.reasons_of(explained, count),
+            })
         });
         match &result {
             Ok(_) => self.cost[name].measured(count, took),
@@ -405,6 +427,35 @@ impl Plugin {
             Err(_) => {}
         }
         result
+    }
+
+    /// The reasons a call gave (`explain`), interned, for items it had.
+    fn reasons_of(
+        &self,
+        explained: Vec<(u32, String)>,
+        count: usize,
+    ) -> Vec<(u32, crate::model::Reason)> {
+        if explained.is_empty() {
+            return Vec::new();
+        }
+        let mut known = lock(&self.reasons);
+        explained
+            .into_iter()
+            .filter(|(at, _)| (*at as usize) < count)
+            .map(|(at, reason)| {
+                let reason = super::sandbox::truncate(&reason, MAX_REASON);
+                let interned = match known.get(reason) {
+                    Some(interned) => *interned,
+                    None if known.len() < MAX_REASONS => {
+                        let interned = crate::model::Reason::new(reason);
+                        known.insert(reason.to_string(), interned);
+                        interned
+                    }
+                    None => crate::model::Reason::new("other"),
+                };
+                (at, interned)
+            })
+            .collect()
     }
 
     /// How many items one call of the sync export `export` should carry,

@@ -38,6 +38,8 @@ pub struct PluginState {
     counters: std::sync::Arc<PluginCounters>,
     /// The time it sees: 0 for the wall clock (see `PolicyRuntime::fix_clock`).
     clock: Arc<std::sync::atomic::AtomicU64>,
+    /// What the current call explained (`explain`): item, reason.
+    explained: Vec<(u32, String)>,
     /// Time the current call spent waiting for the host in `held-legs`: not
     /// the plugin's, so its deadline is moved by as much (see `plugin`).
     pub host_time: Duration,
@@ -70,8 +72,14 @@ impl PluginState {
             held,
             counters,
             clock,
+            explained: Vec::new(),
             host_time: Duration::ZERO,
         }
+    }
+
+    /// What the current call explained, taken.
+    pub fn take_explained(&mut self) -> Vec<(u32, String)> {
+        std::mem::take(&mut self.explained)
     }
 
     /// Resets the per-call budgets and forwards what the last call printed.
@@ -94,6 +102,7 @@ impl PluginState {
         }
         self.log_lines = 0;
         self.host_time = Duration::ZERO;
+        self.explained.clear();
         (std::mem::take(&mut self.dropped_log_lines), dropped_bytes)
     }
 }
@@ -157,9 +166,16 @@ impl legsync::policy::host::Host for PluginState {
     fn count(&mut self, name: String, delta: u64) {
         self.counters.add(&name, delta);
     }
+
+    fn explain(&mut self, reasons: Vec<wit::Explained>) {
+        // A batch has at most 65,536 items; more explanations are noise.
+        let room = 65_536usize.saturating_sub(self.explained.len());
+        self.explained
+            .extend(reasons.into_iter().take(room).map(|e| (e.index, e.reason)));
+    }
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+pub(super) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

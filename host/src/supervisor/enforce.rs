@@ -13,7 +13,7 @@
 use super::Host;
 use crate::engine::Connection;
 use crate::events::{Enforced, HostEvent};
-use crate::model::{Custody, Decision, LegId, PluginName, TerminationReason};
+use crate::model::{Custody, Decision, LegId, PluginName, Reason, TerminationReason};
 use crate::protocol::Command;
 
 /// Why nothing was enforced.
@@ -33,14 +33,16 @@ impl Host {
         &mut self,
         connection: &mut Connection,
         set: (String, Vec<String>),
-        legs: Vec<(LegId, PluginName)>,
+        legs: Vec<(LegId, PluginName, Option<Reason>)>,
     ) -> anyhow::Result<Enforced> {
         // What was read before is reported first.
         self.settle_batches().await?;
         let decider = self.policy.current();
         let asked = legs.len() as u64;
         let mut ended = Vec::with_capacity(legs.len());
-        for (id, by) in legs {
+        let mut reasons = crate::model::IdMap::default();
+        for (id, by, reason) in legs {
+            reasons.insert(id, reason);
             if let Some(mut leg) = self.table.remove(id) {
                 leg.custody = Custody::Withdrawn { by };
                 ended.push(leg);
@@ -64,6 +66,7 @@ impl Host {
                     decision: Decision::Refuse,
                     plugin: by,
                     failure: None,
+                    reason: reasons.get(&e.leg.id).copied().flatten(),
                 }),
                 _ => None,
             }));

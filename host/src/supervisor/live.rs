@@ -316,6 +316,7 @@ impl Host {
                 decision: Decision::Refuse,
                 plugin: TABLE_FULL.into(),
                 failure: None,
+                reason: None,
             }
         } else {
             let (legs, verdicts) = {
@@ -341,6 +342,7 @@ impl Host {
             decision: verdict.decision,
             plugin: verdict.plugin,
             failure: verdict.failure,
+            reason: verdict.reason,
         };
         match verdict.decision {
             Decision::Rebuild => {

@@ -35,7 +35,11 @@ pub enum AdminQuery {
     Enforce {
         /// The set enforced: its hash and plugins, for the report.
         set: (String, Vec<String>),
-        legs: Vec<(LegId, crate::model::PluginName)>,
+        legs: Vec<(
+            LegId,
+            crate::model::PluginName,
+            Option<crate::model::Reason>,
+        )>,
         reply: oneshot::Sender<Result<crate::events::Enforced, super::enforce::EnforceRefused>>,
     },
     /// Legs and links from a position of the table's storage (a walk of

@@ -566,6 +566,7 @@ fn sync_event(leg: LegId, verdict: &Verdict) -> HostEvent {
         decision: verdict.decision,
         plugin: verdict.plugin,
         failure: verdict.failure,
+        reason: verdict.reason,
     }
 }
 

@@ -7,6 +7,8 @@ use legsync_rules::{Action, LegView, RuleSet};
 
 struct Rules {
     set: RuleSet,
+    /// Each rule's name, the reason given for its refusals.
+    names: Vec<String>,
     /// The clock, read once per batch: every leg of a batch is judged at the
     /// same instant, and a host call per leg would double the cost.
     now_ms: u64,
@@ -16,15 +18,41 @@ impl Policy for Rules {
     fn init(rules: &str) -> Result<Self, String> {
         let set = RuleSet::parse(rules).map_err(|e| e.to_string())?;
         legsync_plugin_sdk::log::info(&format!("loaded {} rule(s)", set.rules.len()));
-        Ok(Rules { set, now_ms: 0 })
+        let names = (0..set.rules.len()).map(|i| set.rule_name(i)).collect();
+        Ok(Rules {
+            set,
+            names,
+            now_ms: 0,
+        })
     }
 
     fn on_call_leg_sync_batch(&mut self, legs: &[CallLeg]) -> Vec<Decision> {
         self.now_ms = legsync_plugin_sdk::now_ms();
-        legs.iter().map(|leg| self.on_call_leg_sync(leg)).collect()
+        legs.iter()
+            .enumerate()
+            .map(|(index, leg)| {
+                let (decision, rule) = self.decide(leg);
+                if let (Decision::Refuse, Some(rule)) = (decision, rule) {
+                    legsync_plugin_sdk::because_at(index, &self.names[rule]);
+                }
+                decision
+            })
+            .collect()
     }
 
     fn on_call_leg_sync(&mut self, leg: &CallLeg) -> Decision {
+        self.decide(leg).0
+    }
+
+    fn on_link_sync(&mut self, _link: &Link) -> Decision {
+        to_decision(self.set.links)
+    }
+}
+
+impl Rules {
+    /// The decision for `leg`, and the rule that made it (none: the
+    /// default).
+    fn decide(&self, leg: &CallLeg) -> (Decision, Option<usize>) {
         let view = LegView {
             direction: match leg.direction {
                 Direction::Inbound => legsync_rules::Direction::Inbound,
@@ -42,11 +70,10 @@ impl Policy for Rules {
             called: leg.called,
             answered_at_ms: leg.answered_at_ms,
         };
-        to_decision(self.set.decide(&view, self.now_ms))
-    }
-
-    fn on_link_sync(&mut self, _link: &Link) -> Decision {
-        to_decision(self.set.links)
+        match self.set.matching_rule(&view, self.now_ms) {
+            Some(rule) => (to_decision(self.set.rules[rule].action), Some(rule)),
+            None => (to_decision(self.set.default), None),
+        }
     }
 }
 

@@ -152,12 +152,25 @@ pub trait Policy: Sized + 'static {
     /// A whole batch of legs; override only to share work across a batch.
     /// Must return exactly one decision per leg, in order.
     fn on_call_leg_sync_batch(&mut self, legs: &[CallLeg<'_>]) -> Vec<Decision> {
-        legs.iter().map(|leg| self.on_call_leg_sync(leg)).collect()
+        legs.iter()
+            .enumerate()
+            .map(|(index, leg)| {
+                __private::deciding(index);
+                self.on_call_leg_sync(leg)
+            })
+            .collect()
     }
 
     /// A whole batch of links; must return exactly one decision per link.
     fn on_link_sync_batch(&mut self, links: &[Link]) -> Vec<Decision> {
-        links.iter().map(|link| self.on_link_sync(link)).collect()
+        links
+            .iter()
+            .enumerate()
+            .map(|(index, link)| {
+                __private::deciding(index);
+                self.on_link_sync(link)
+            })
+            .collect()
     }
 }
 
@@ -210,6 +223,21 @@ pub fn for_each_held_leg(mut f: impl FnMut(&CallLeg<'_>, Option<&str>)) {
             None => return,
         }
     }
+}
+
+/// Says why the leg (or link) being decided gets its decision: a rule's
+/// name, say. Call it from `on_call_leg_sync` / `on_link_sync`, typically
+/// for a refusal; the host shows it in the audit, a reload's blast radius
+/// and `legsync enforce`. At most 64 bytes are kept, and 64 distinct
+/// reasons per plugin. From a batch override, use [`because_at`].
+pub fn because(reason: &str) {
+    __private::explain(__private::current(), reason);
+}
+
+/// [`because`] for the item at `index` of the batch (from
+/// `on_call_leg_sync_batch` or `on_link_sync_batch`).
+pub fn because_at(index: usize, reason: &str) {
+    __private::explain(index, reason);
 }
 
 /// The legs asked for per page by [`for_each_held_leg`] (the host's most).
@@ -270,6 +298,46 @@ pub mod __private {
         }
     }
 
+    use std::cell::{Cell, RefCell};
+
+    std::thread_local! {
+        /// The item being decided, for [`crate::because`].
+        static CURRENT: Cell<usize> = const { Cell::new(0) };
+        /// The reasons given during the current call.
+        static REASONS: RefCell<Vec<crate::bindings::legsync::policy::types::Explained>> =
+            const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn deciding(index: usize) {
+        CURRENT.with(|c| c.set(index));
+    }
+
+    pub fn current() -> usize {
+        CURRENT.with(Cell::get)
+    }
+
+    pub fn explain(index: usize, reason: &str) {
+        REASONS.with(|r| {
+            r.borrow_mut()
+                .push(crate::bindings::legsync::policy::types::Explained {
+                    index: index as u32,
+                    reason: reason.to_string(),
+                })
+        });
+    }
+
+    /// Runs a sync export's body, then hands the host the reasons it gave.
+    pub fn explaining<R>(body: impl FnOnce() -> R) -> R {
+        REASONS.with(|r| r.borrow_mut().clear());
+        CURRENT.with(|c| c.set(0));
+        let result = body();
+        let reasons = REASONS.with(|r| std::mem::take(&mut *r.borrow_mut()));
+        if !reasons.is_empty() {
+            crate::bindings::legsync::policy::host::explain(&reasons);
+        }
+        result
+    }
+
     /// Runs one export: its arguments (lowered into the arena) are dropped
     /// before the arena is reused for the next call.
     pub fn export_call<A, R>(args: A, body: impl FnOnce(&A) -> R) -> R {
@@ -294,7 +362,9 @@ pub mod __private {
 macro_rules! export_policy {
     ($policy:ty) => {
         const _: () = {
-            use $crate::__private::{batch_legs, export_call, termination, with_policy};
+            use $crate::__private::{
+                batch_legs, explaining, export_call, termination, with_policy,
+            };
             use $crate::Policy as _;
 
             ::std::thread_local! {
@@ -315,15 +385,21 @@ macro_rules! export_policy {
                 fn on_call_leg_sync(batch: $crate::__private::LegBatch) -> Vec<$crate::Decision> {
                     export_call(batch, |batch| {
                         let legs = batch_legs(batch);
-                        STATE.with(|s| {
-                            with_policy(&mut s.borrow_mut(), |p| p.on_call_leg_sync_batch(&legs))
+                        explaining(|| {
+                            STATE.with(|s| {
+                                with_policy(&mut s.borrow_mut(), |p| {
+                                    p.on_call_leg_sync_batch(&legs)
+                                })
+                            })
                         })
                     })
                 }
                 fn on_link_sync(links: Vec<$crate::Link>) -> Vec<$crate::Decision> {
                     export_call(links, |links| {
-                        STATE.with(|s| {
-                            with_policy(&mut s.borrow_mut(), |p| p.on_link_sync_batch(links))
+                        explaining(|| {
+                            STATE.with(|s| {
+                                with_policy(&mut s.borrow_mut(), |p| p.on_link_sync_batch(links))
+                            })
                         })
                     })
                 }
@@ -332,7 +408,7 @@ macro_rules! export_policy {
                         STATE.with(|s| {
                             with_policy(&mut s.borrow_mut(), |p| {
                                 for ended in legs {
-                                    p.on_call_leg_terminated(&termination(ended));
+                            p.on_call_leg_terminated(&termination(ended));
                                 }
                             })
                         })
@@ -340,7 +416,7 @@ macro_rules! export_policy {
                 }
             }
 
-    $crate::__private::bindings::export!(Export with_types_in $crate::__private::bindings);
+            $crate::__private::bindings::export!(Export with_types_in $crate::__private::bindings);
         };
     };
 }
