@@ -408,7 +408,7 @@ macro_rules! export_policy {
                         STATE.with(|s| {
                             with_policy(&mut s.borrow_mut(), |p| {
                                 for ended in legs {
-                            p.on_call_leg_terminated(&termination(ended));
+                                    p.on_call_leg_terminated(&termination(ended));
                                 }
                             })
                         })
@@ -416,7 +416,7 @@ macro_rules! export_policy {
                 }
             }
 
-            $crate::__private::bindings::export!(Export with_types_in $crate::__private::bindings);
+    $crate::__private::bindings::export!(Export with_types_in $crate::__private::bindings);
         };
     };
 }
