@@ -8,16 +8,12 @@
 
 mod common;
 
+use common::host_trial::HostTrial;
+use common::world::WAIT;
 use common::{legsync, text};
 use hyper::Method;
-use legsync::admin::client::request;
-use legsync::admin::token::AdminToken;
-use legsync_lab::demo::host_process::{HostProcess, wait_for_count};
-use legsync_lab::sim::process::SimProcess;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use common::world::WAIT;
 
 /// Calls the engine carries before the host starts; 1 % go to premium
 /// numbers (`1900...`), which the starting rules refuse.
@@ -26,139 +22,51 @@ const PREMIUM: u64 = CALLS / 100;
 const REFUSE_PREMIUM: &str =
     "[[rule]]\nname = \"no premium\"\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n";
 
-fn exe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_legsync"))
-}
-
-struct Trial {
-    dir: tempfile::TempDir,
-    sim: SimProcess,
-    host: HostProcess,
-    admin: std::net::SocketAddr,
-}
-
-impl Trial {
-    /// The engine with [`CALLS`] calls, then the host (its config with
-    /// `extra` appended), after its first resync.
-    async fn start(extra: &str) -> Trial {
-        let dir = tempfile::tempdir().unwrap();
-        let sim = SimProcess::spawn(
-            exe(),
-            &dir.path().join("engine.state"),
-            Some(CALLS),
-            &["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "1000"],
-        )
-        .await
-        .unwrap();
-        let plugins = dir.path().join("plugins.d");
-        std::fs::create_dir(&plugins).unwrap();
+/// The engine with [`CALLS`] calls, then the host (its config's
+/// `[policy]` followed by `extra`), after its first resync; a grace time of
+/// 1 s, for the outages past it.
+async fn start(extra: &str) -> HostTrial {
+    HostTrial::start(Some(CALLS), &[], "grace_secs = 1.0\n", |dir| {
+        let plugins = dir.join("plugins.d");
         common::install(&plugins, "20-rules", "rules", Some(REFUSE_PREMIUM));
-        let config = dir.path().join("host.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "engine = \"{}\"\nname = \"pri\"\nadmin = \"127.0.0.1:0\"\ncdr = \"{}\"\nevents = \"{}\"\ngrace_secs = 1.0\n\
-                 [link]\nheartbeat_ms = 100\nheartbeat_timeout_ms = 600\nbackoff_base_ms = 50\nbackoff_max_ms = 200\n\
-                 [policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n{extra}",
-                sim.listen,
-                dir.path().join("cdr.jsonl").display(),
-                dir.path().join("events.jsonl").display(),
-                plugins.display(),
-                PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-                    .join("compile-cache")
-                    .display(),
-            ),
-        )
-        .unwrap();
-        let host = HostProcess::spawn(exe(), &config, &dir.path().join("host.log")).unwrap();
-        let admin = host.admin_addr().await.unwrap();
-        let trial = Trial {
-            dir,
-            sim,
-            host,
-            admin,
-        };
-        trial.resyncs(1).await;
-        trial
-    }
+        extra.to_string()
+    })
+    .await
+}
 
-    fn events(&self) -> PathBuf {
-        self.dir.path().join("events.jsonl")
-    }
+/// The legs the host holds.
+async fn held(trial: &HostTrial) -> u64 {
+    trial.get("/status").await["legs"].as_u64().unwrap()
+}
 
-    async fn resyncs(&self, n: usize) {
-        wait_for_count(&self.events(), "\"kind\":\"resync-done\"", n, WAIT)
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.host.log()));
-    }
+fn write_rules(trial: &HostTrial, rules: &str) {
+    std::fs::write(trial.dir.path().join("plugins.d/20-rules.rules"), rules).unwrap();
+}
 
-    async fn get(&self, path: &str) -> serde_json::Value {
-        let token = AdminToken::read(&self.dir.path().join("admin.token")).unwrap();
-        let (code, body) = request(&self.admin.to_string(), Method::GET, path, Some(&token))
-            .await
-            .unwrap();
-        assert!(code.is_success(), "{path}: {code} {body}");
-        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
-    }
-
-    async fn held(&self) -> u64 {
-        self.get("/status").await["legs"].as_u64().unwrap()
-    }
-
-    fn write_rules(&self, rules: &str) {
-        std::fs::write(self.dir.path().join("plugins.d/20-rules.rules"), rules).unwrap();
-    }
-
-    /// `legsync reload [extra]`: exit code and what it printed.
-    fn reload(&self, extra: &[&str]) -> (Option<i32>, String) {
-        self.command("reload", extra)
-    }
-
-    /// `legsync COMMAND --admin .. --token-file .. [extra]`.
-    fn command(&self, command: &str, extra: &[&str]) -> (Option<i32>, String) {
-        let token = self.dir.path().join("admin.token");
-        let admin = self.admin.to_string();
-        let mut args = vec![
-            command,
-            "--admin",
-            &admin,
-            "--token-file",
-            token.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let out = legsync(&args);
-        (out.status.code(), text(&out.stdout) + &text(&out.stderr))
-    }
-
-    /// The engine away past the grace time and back: every context is
-    /// destroyed, and the next resync decides every call again with the
-    /// set that is live.
-    async fn outage_past_grace(&self, resync: usize) {
-        let purged = 1 + std::fs::read_to_string(self.events())
-            .unwrap_or_default()
-            .matches("\"state\":\"purged\"")
-            .count();
-        self.sim.ok("partition 60000").await.unwrap();
-        wait_for_count(&self.events(), "\"state\":\"purged\"", purged, WAIT)
-            .await
-            .unwrap();
-        self.sim.ok("partition 0").await.unwrap();
-        self.resyncs(resync).await;
-    }
+/// The engine away past the grace time and back: every context is
+/// destroyed, and the next resync decides every call again with the set
+/// that is live.
+async fn outage_past_grace(trial: &HostTrial, resync: usize) {
+    trial
+        .cut_off("\"state\":\"purged\"", async |_| {}, resync)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_over_the_guard_is_held_back_until_accepted_by_its_hash() {
-    let trial = Trial::start("").await;
+    let trial = start("").await;
     let kept = CALLS - PREMIUM;
-    assert_eq!(trial.held().await, kept);
+    assert_eq!(held(&trial).await, kept);
 
     // Within the guard: a rule for one more destination applies, and says
     // what it would refuse (nothing held goes to 1901).
-    trial.write_rules(&format!(
-        "{REFUSE_PREMIUM}[[rule]]\nname = \"fraud\"\naction = \"refuse\"\ncalled_prefix = [\"1901\"]\n"
-    ));
-    let (code, said) = trial.reload(&[]);
+    write_rules(
+        &trial,
+        &format!(
+            "{REFUSE_PREMIUM}[[rule]]\nname = \"fraud\"\naction = \"refuse\"\ncalled_prefix = [\"1901\"]\n"
+        ),
+    );
+    let (code, said) = trial.command("reload", &[]);
     assert_eq!(code, Some(0), "{said}");
     assert!(
         said.contains(&format!("would refuse 0 of {kept} held legs")),
@@ -166,8 +74,8 @@ async fn a_set_over_the_guard_is_held_back_until_accepted_by_its_hash() {
     );
 
     // A typo that refuses everything: held back, loudly, with its hash.
-    trial.write_rules("default = \"refuse\"\n");
-    let (code, said) = trial.reload(&[]);
+    write_rules(&trial, "default = \"refuse\"\n");
+    let (code, said) = trial.command("reload", &[]);
     assert_eq!(code, Some(2), "held back: exit 2\n{said}");
     assert!(said.contains("reload HELD BACK"), "{said}");
     assert!(
@@ -186,12 +94,7 @@ async fn a_set_over_the_guard_is_held_back_until_accepted_by_its_hash() {
         status["last_reload"]["blast_radius"]["refused_legs"], kept,
         "{status}"
     );
-    let metrics = {
-        let (_, body) = request(&trial.admin.to_string(), Method::GET, "/metrics", None)
-            .await
-            .unwrap();
-        body
-    };
+    let metrics = trial.admin(Method::GET, "/metrics").await;
     assert!(
         metrics.contains(&format!("legsync_reload_blast_radius_legs {kept}")),
         "{metrics}"
@@ -203,11 +106,11 @@ async fn a_set_over_the_guard_is_held_back_until_accepted_by_its_hash() {
 
     // The running set stays: after an outage past the grace time, the
     // resync decides every call again, and keeps them.
-    trial.outage_past_grace(2).await;
-    assert_eq!(trial.held().await, kept, "{}", trial.host.log());
+    outage_past_grace(&trial, 2).await;
+    assert_eq!(held(&trial).await, kept, "{}", trial.host.log());
 
     // An acceptance names one set: another hash is refused.
-    let (code, said) = trial.reload(&["--accept", "0123456789abcdef"]);
+    let (code, said) = trial.command("reload", &["--accept", "0123456789abcdef"]);
     assert_eq!(code, Some(1), "{said}");
     assert!(
         said.contains(&format!(
@@ -215,19 +118,18 @@ async fn a_set_over_the_guard_is_held_back_until_accepted_by_its_hash() {
         )),
         "{said}"
     );
-    let (code, said) = trial.reload(&["--accept", &hash]);
+    let (code, said) = trial.command("reload", &["--accept", &hash]);
     assert_eq!(code, Some(0), "{said}");
     assert!(said.contains("reload applied"), "{said}");
 
     // Now the accepted set decides: the next full resync refuses all.
-    trial.outage_past_grace(3).await;
+    outage_past_grace(&trial, 3).await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    while trial.held().await != 0 {
+    while held(&trial).await != 0 {
         assert!(tokio::time::Instant::now() < deadline, "calls still held");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut host = trial.host;
-    host.stop().await.unwrap();
+    trial.stop().await;
 }
 
 /// `legsync enforce` applies the working set to the calls held now, on
@@ -238,18 +140,21 @@ async fn a_set_over_the_guard_is_held_back_until_accepted_by_its_hash() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enforce_refuses_exactly_the_blast_radius_once_confirmed() {
     // No guard: this set is meant to refuse a whole NAP.
-    let trial = Trial::start("[policy.guard]\nrefused_share = 1.0\n").await;
+    let trial = start("[policy.guard]\nrefused_share = 1.0\n").await;
     let kept = CALLS - PREMIUM;
     let on_b = trial.get("/legs?nap=SIP_CARRIER_B&limit=10000").await["matched"]
         .as_u64()
         .unwrap();
     assert!(on_b > 100, "{on_b} calls on SIP_CARRIER_B");
-    trial.write_rules(&format!(
-        "{REFUSE_PREMIUM}[[rule]]\nname = \"carrier B off\"\naction = \"refuse\"\nnap = [\"SIP_CARRIER_B\"]\n"
-    ));
-    let (code, said) = trial.reload(&[]);
+    write_rules(
+        &trial,
+        &format!(
+            "{REFUSE_PREMIUM}[[rule]]\nname = \"carrier B off\"\naction = \"refuse\"\nnap = [\"SIP_CARRIER_B\"]\n"
+        ),
+    );
+    let (code, said) = trial.command("reload", &[]);
     assert_eq!(code, Some(0), "{said}");
-    assert_eq!(trial.held().await, kept, "a reload ends no held call");
+    assert_eq!(held(&trial).await, kept, "a reload ends no held call");
 
     // The preview: the radius, the hash, nothing changed.
     let (code, said) = trial.command("enforce", &[]);
@@ -273,7 +178,7 @@ async fn enforce_refuses_exactly_the_blast_radius_once_confirmed() {
         .unwrap_or_else(|| panic!("no hash in: {said}"))
         .trim()
         .to_string();
-    assert_eq!(trial.held().await, kept);
+    assert_eq!(held(&trial).await, kept);
 
     // Confirmed with another hash: refused, nothing done.
     let (code, said) = trial.command("enforce", &["--confirm", "0123456789abcdef"]);
@@ -282,7 +187,7 @@ async fn enforce_refuses_exactly_the_blast_radius_once_confirmed() {
         said.contains(&format!("the working set is {hash}")),
         "{said}"
     );
-    assert_eq!(trial.held().await, kept);
+    assert_eq!(held(&trial).await, kept);
 
     let (code, said) = trial.command("enforce", &["--confirm", &hash]);
     assert_eq!(code, Some(0), "{said}");
@@ -292,7 +197,7 @@ async fn enforce_refuses_exactly_the_blast_radius_once_confirmed() {
         )),
         "{said}"
     );
-    assert_eq!(trial.held().await, kept - on_b);
+    assert_eq!(held(&trial).await, kept - on_b);
     assert_eq!(trial.get("/legs?nap=SIP_CARRIER_B").await["matched"], 0);
 
     // The engine dropped them.
@@ -372,8 +277,7 @@ async fn enforce_refuses_exactly_the_blast_radius_once_confirmed() {
         text(&out.stdout),
         text(&out.stderr)
     );
-    let mut host = trial.host;
-    host.stop().await.unwrap();
+    trial.stop().await;
 }
 
 /// `legsync replay RECORDING --plugin-dir DIR --json [extra]`, without
@@ -405,7 +309,7 @@ fn replay(recording: &Path, plugin_dir: &Path, extra: &[&str]) -> serde_json::Va
 /// host did not hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_resyncs_replay_deterministically_as_decided() {
-    let trial = Trial::start("[recording]\nenabled = true\nmax_files = 2\n").await;
+    let trial = start("[recording]\nenabled = true\nmax_files = 2\n").await;
     let recordings = trial.dir.path().join("recordings");
     let files = || {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&recordings)
@@ -463,22 +367,14 @@ async fn recorded_resyncs_replay_deterministically_as_decided() {
     // Warm resyncs: what the host held is not offered again. Three in all:
     // the oldest recording goes (max_files = 2).
     for resync in [2, 3] {
-        trial.sim.ok("partition 60000").await.unwrap();
-        wait_for_count(
-            &trial.events(),
-            "\"state\":\"disconnected\"",
-            resync - 1,
-            WAIT,
-        )
-        .await
-        .unwrap();
+        let one_more = async |sim: &legsync_lab::sim::process::SimProcess| {
+            sim.ok_id("call SIP_CARRIER_A 15145550000 15145559999")
+                .await
+                .unwrap();
+        };
         trial
-            .sim
-            .ok_id("call SIP_CARRIER_A 15145550000 15145559999")
-            .await
-            .unwrap();
-        trial.sim.ok("partition 0").await.unwrap();
-        trial.resyncs(resync).await;
+            .cut_off("\"state\":\"disconnected\"", one_more, resync)
+            .await;
     }
     let deadline = tokio::time::Instant::now() + WAIT;
     while files().contains(&cold) {
@@ -489,6 +385,5 @@ async fn recorded_resyncs_replay_deterministically_as_decided() {
     let warm = replay(files().last().unwrap(), &live, &[]);
     assert_eq!(warm["offered_legs"], 1, "{warm}");
     assert_eq!(warm["differences"], serde_json::json!([]), "{warm}");
-    let mut host = trial.host;
-    host.stop().await.unwrap();
+    trial.stop().await;
 }

@@ -2,6 +2,7 @@
 //! `plugins/`, copied into drop-in directories the way an operator would.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod host_trial;
 pub mod languages;
 pub mod world;
 
