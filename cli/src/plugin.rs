@@ -336,6 +336,9 @@ struct Line<'a> {
     plugin: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     failure: Option<legsync::policy::FailureKind>,
+    /// Why, in the plugin's words (`explain`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
 }
 
 fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
@@ -365,6 +368,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             decision: v.decision,
             plugin: &v.plugin,
             failure: v.failure,
+            reason: v.reason.map(|r| r.as_str()),
         };
         println!("{}", serde_json::to_string(&line)?);
         Ok(())

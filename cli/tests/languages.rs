@@ -56,6 +56,16 @@ fn eval_fixture(plugin: &Path) -> Vec<Decision> {
         .map(|line| {
             let line: serde_json::Value = serde_json::from_str(line).unwrap();
             assert!(line.get("failure").is_none(), "a plugin failure: {line}");
+            // The plugin says which rule refused (`explain`), and nothing
+            // for what the default rebuilt.
+            match line["decision"].as_str() {
+                Some("refuse") => assert!(
+                    ["no premium trunks", "no premium numbers"]
+                        .contains(&line["reason"].as_str().unwrap_or("-")),
+                    "a refusal without its rule: {line}"
+                ),
+                _ => assert!(line.get("reason").is_none(), "{line}"),
+            }
             match line["decision"].as_str() {
                 Some("rebuild") => Decision::Rebuild,
                 Some("refuse") => Decision::Refuse,

@@ -105,6 +105,12 @@ export interface HeldLeg {
  * constructor to rebuild what the policy counts. */
 export function heldLegs(): Generator<HeldLeg, void, undefined>;
 
+/** Says why the leg (or link) being decided gets its decision (a rule's
+ * name): shown in the audit, blast radius and `legsync enforce`. */
+export function because(reason: string): void;
+/** `because` for the item at `index` of the batch (from a batch override). */
+export function becauseAt(index: number, reason: string): void;
+
 /** Adds `delta` (default 1) to the plugin's counter `name`, exported as
  * `legsync_plugin_counter_total{plugin, counter}`. */
 export function count(name: string, delta?: number | bigint): void;

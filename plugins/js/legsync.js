@@ -31,6 +31,7 @@ import {
   nowMs as hostNowMs,
   heldLegs as hostHeldLegs,
   count as hostCount,
+  explain as hostExplain,
 } from 'legsync:policy/host@0.4.0';
 
 /** The contract version this SDK builds plugins for. */
@@ -59,6 +60,34 @@ export function legs(batch) {
     answeredAtMs: leg.answeredAtMs,
     linkedTo: leg.linkedTo,
   }));
+}
+
+/** Reasons given during the current call, and the item being decided. */
+const reasons = [];
+let current = 0;
+
+/** Says why the leg (or link) being decided gets its decision: a rule's
+ * name, say (typically for a refusal). The host shows it in the audit, a
+ * reload's blast radius and `legsync enforce`. From a batch override, use
+ * `becauseAt`. */
+export const because = (reason) => {
+  reasons.push({ index: current, reason });
+};
+
+/** `because` for the item at `index` of the batch. */
+export const becauseAt = (index, reason) => {
+  reasons.push({ index, reason });
+};
+
+function explaining(body) {
+  reasons.length = 0;
+  current = 0;
+  const decisions = body();
+  if (reasons.length > 0) {
+    hostExplain(reasons.slice());
+    reasons.length = 0;
+  }
+  return decisions;
 }
 
 /** Legs asked for per page by `heldLegs` (the host's most). */
@@ -121,12 +150,18 @@ export class Policy {
 
   /** A whole batch; one decision per leg, in order. */
   onCallLegSyncBatch(legs) {
-    return legs.map((leg) => this.onCallLegSync(leg));
+    return legs.map((leg, index) => {
+      current = index;
+      return this.onCallLegSync(leg);
+    });
   }
 
   /** A whole batch of links; one decision per link, in order. */
   onLinkSyncBatch(links) {
-    return links.map((link) => this.onLinkSync(link));
+    return links.map((link, index) => {
+      current = index;
+      return this.onLinkSync(link);
+    });
   }
 }
 
@@ -151,10 +186,10 @@ export function exportPolicy(PolicyClass) {
       }
     },
     onCallLegSync(batch) {
-      return policy().onCallLegSyncBatch(legs(batch));
+      return explaining(() => policy().onCallLegSyncBatch(legs(batch)));
     },
     onLinkSync(links) {
-      return policy().onLinkSyncBatch(links);
+      return explaining(() => policy().onLinkSyncBatch(links));
     },
     onCallLegTerminated(ended) {
       const p = policy();

@@ -91,6 +91,35 @@ class Termination:
     decided_by: Optional[str]
 
 
+#: Reasons given during the current call: (item index, reason).
+_reasons: List[Tuple[int, str]] = []
+#: The item being decided, for `because`.
+_current = [0]
+
+
+def because(reason: str) -> None:
+    """Says why the leg (or link) being decided gets its decision: a rule's
+    name, say (typically for a refusal). The host shows it in the audit, a
+    reload's blast radius and `legsync enforce`. From a batch override, use
+    `because_at`."""
+    _reasons.append((_current[0], reason))
+
+
+def because_at(index: int, reason: str) -> None:
+    """`because` for the item at `index` of the batch."""
+    _reasons.append((index, reason))
+
+
+def _explaining(body: Callable[[], List[Decision]]) -> List[Decision]:
+    _reasons.clear()
+    _current[0] = 0
+    decisions = body()
+    if _reasons:
+        host.explain([types.Explained(index=i, reason=r) for i, r in _reasons])
+        _reasons.clear()
+    return decisions
+
+
 #: Legs asked for per page by `held_legs` (the host's most).
 _HELD_PAGE = 10_000
 
@@ -141,11 +170,19 @@ class Policy:
     def on_call_leg_sync_batch(self, legs: List[CallLeg]) -> List[Decision]:
         """A whole batch; override only to share work across it. Must return
         exactly one decision per leg, in order."""
-        return [self.on_call_leg_sync(leg) for leg in legs]
+        decisions = []
+        for index, leg in enumerate(legs):
+            _current[0] = index
+            decisions.append(self.on_call_leg_sync(leg))
+        return decisions
 
     def on_link_sync_batch(self, links: List[Link]) -> List[Decision]:
         """A whole batch of links; one decision per link, in order."""
-        return [self.on_link_sync(link) for link in links]
+        decisions = []
+        for index, link in enumerate(links):
+            _current[0] = index
+            decisions.append(self.on_link_sync(link))
+        return decisions
 
 
 def export(policy_class: Type[Policy]) -> type:
@@ -166,10 +203,10 @@ def export(policy_class: Type[Policy]) -> type:
                 raise Err(str(e))
 
         def on_call_leg_sync(self, batch: types.LegBatch) -> List[Decision]:
-            return policy().on_call_leg_sync_batch(legs(batch))
+            return _explaining(lambda: policy().on_call_leg_sync_batch(legs(batch)))
 
         def on_link_sync(self, links: List[Link]) -> List[Decision]:
-            return policy().on_link_sync_batch(links)
+            return _explaining(lambda: policy().on_link_sync_batch(links))
 
         def on_call_leg_terminated(self, ended: List[types.TerminatedLeg]) -> None:
             p = policy()

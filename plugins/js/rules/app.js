@@ -11,7 +11,7 @@
 // Rules are tried in order; the first whose every condition holds decides;
 // a list means "any of these".
 
-import { Policy, REBUILD, REFUSE, exportPolicy, info } from '../legsync.js';
+import { Policy, REBUILD, REFUSE, because, exportPolicy, info } from '../legsync.js';
 
 const ACTIONS = { rebuild: REBUILD, refuse: REFUSE };
 const RULE_KEYS = new Set(['name', 'action', 'nap', 'called_prefix', 'calling_prefix', 'protocol', 'direction']);
@@ -85,7 +85,10 @@ class Rules extends Policy {
 
   onCallLegSync(leg) {
     for (const rule of this.rules) {
-      if (rule.matches(leg)) return rule.action;
+      if (rule.matches(leg)) {
+        if (rule.action === REFUSE) because(rule.name);
+        return rule.action;
+      }
     }
     return this.default;
   }

@@ -95,6 +95,8 @@ class Rules(legsync.Policy):
     def on_call_leg_sync(self, leg: legsync.CallLeg) -> legsync.Decision:
         for rule in self.rules:
             if rule.matches(leg):
+                if rule.action == legsync.REFUSE:
+                    legsync.because(rule.name)
                 return rule.action
         return self.default
 
