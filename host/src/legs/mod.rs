@@ -85,9 +85,17 @@ pub struct LegTable {
     /// adopted legs in, so the next leg is usually in the next slot: a warm
     /// resync then walks the slots instead of hashing a million ids.
     cursor: usize,
+    /// Bumped whenever a leg comes, goes or moves to another slot: what a
+    /// reader of slots (a paged listing) checks its view against.
+    version: u64,
 }
 
 impl LegTable {
+    /// Changes whenever the set of legs or their slots change.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     pub fn new() -> Self {
         Self::default()
     }
@@ -219,6 +227,7 @@ impl LegTable {
                 };
             }
             None => {
+                self.version += 1;
                 self.slots.push(LegEntry {
                     leg,
                     adopted_by,
@@ -238,6 +247,7 @@ impl LegTable {
             self.remove_link(link);
         }
         self.index.remove(id);
+        self.version += 1;
         let entry = self.slots.swap_remove(slot);
         if let Some(moved) = self.slots.get(slot) {
             self.index.insert(moved.leg.id, slot as u32);
@@ -412,6 +422,7 @@ impl LegTable {
     pub fn drain(&mut self) -> Vec<EndedLeg> {
         self.links.clear();
         self.index.clear();
+        self.version += 1;
         std::mem::take(&mut self.slots)
             .into_iter()
             .map(LegEntry::ended)

@@ -152,6 +152,9 @@ pub struct Host {
     link_tasks: TaskTracker,
     /// Records each resync for `legsync replay`, if enabled.
     recorder: Option<crate::recording::Recorder>,
+    /// The held legs' ids, sorted, with their slots, for paged listings,
+    /// and the table version they were read at (see `queries`).
+    held_order: std::sync::Mutex<Option<(u64, Vec<(LegId, usize)>)>>,
 }
 
 impl Host {
@@ -198,6 +201,7 @@ impl Host {
             unknown_legs: crate::repeated::Repeated::default(),
             link_tasks: TaskTracker::new(),
             recorder: None,
+            held_order: Default::default(),
         }
     }
 
