@@ -198,7 +198,11 @@ impl Host {
         }
         page.sort_unstable();
         let next_after = more.then(|| page.last().map(|&(id, _)| id)).flatten();
-        (matched, page.into_iter().map(|(_, slot)| slot).collect(), next_after)
+        (
+            matched,
+            page.into_iter().map(|(_, slot)| slot).collect(),
+            next_after,
+        )
     }
 
     /// Awaits plugin work, answering questions meanwhile: a plugin may ask
