@@ -154,7 +154,7 @@ pub struct Host {
     recorder: Option<crate::recording::Recorder>,
     /// The held legs' ids, sorted, with their slots, for paged listings,
     /// and the table version they were read at (see `queries`).
-    held_order: std::sync::Mutex<Option<(u64, Vec<(LegId, usize)>)>>,
+    held_order: std::sync::Mutex<Option<queries::HeldOrder>>,
 }
 
 impl Host {

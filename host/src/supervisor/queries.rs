@@ -61,6 +61,10 @@ pub struct SlotsPage {
     held_links: usize,
 }
 
+/// The held legs' ids, sorted, each with its slot, and the table version
+/// they were read at.
+pub(super) type HeldOrder = (u64, Vec<(LegId, usize)>);
+
 /// One page of held legs.
 #[derive(Debug, Clone, Serialize)]
 pub struct LegsPage {
