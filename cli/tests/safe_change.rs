@@ -189,6 +189,8 @@ async fn enforce_refuses_exactly_the_blast_radius_once_confirmed() {
     );
     assert_eq!(held(&trial).await, kept);
 
+    let links_before = trial.get("/status").await["links"].as_u64().unwrap();
+    let dropped_before = trial.event_lines("\"kind\":\"link-dropped\"");
     let (code, said) = trial.command("enforce", &["--confirm", &hash]);
     assert_eq!(code, Some(0), "{said}");
     assert!(
@@ -198,6 +200,16 @@ async fn enforce_refuses_exactly_the_blast_radius_once_confirmed() {
         "{said}"
     );
     assert_eq!(held(&trial).await, kept - on_b);
+    // The links of the refused legs went with them, each said once.
+    let links_after = trial.get("/status").await["links"].as_u64().unwrap();
+    assert!(
+        links_after < links_before,
+        "{links_before} -> {links_after}"
+    );
+    assert_eq!(
+        (trial.event_lines("\"kind\":\"link-dropped\"") - dropped_before) as u64,
+        links_before - links_after
+    );
     assert_eq!(trial.get("/legs?nap=SIP_CARRIER_B").await["matched"], 0);
 
     // The engine dropped them.

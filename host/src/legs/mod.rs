@@ -133,6 +133,12 @@ impl LegTable {
         self.slot(id).map(|slot| &self.slots[slot])
     }
 
+    /// The link the leg `id` is part of, if any.
+    pub fn link_of(&self, id: LegId) -> Option<Link> {
+        let link = self.get(id)?.link?;
+        self.links.get(&link).map(|(link, _)| *link)
+    }
+
     pub fn get_mut(&mut self, id: LegId) -> Option<&mut CallLeg> {
         let slot = self.slot(id)?;
         Some(&mut self.slots[slot].leg)

@@ -41,8 +41,16 @@ impl Host {
         let asked = legs.len() as u64;
         let mut ended = Vec::with_capacity(legs.len());
         let mut reasons = crate::model::IdMap::default();
+        // The links of refused legs go with them, as at a resync.
+        let mut dropped_links: Vec<crate::model::Link> = Vec::new();
+        let mut seen_links = crate::model::IdSet::default();
         for (id, by, reason) in legs {
             reasons.insert(id, reason);
+            if let Some(link) = self.table.link_of(id)
+                && seen_links.insert(link.id)
+            {
+                dropped_links.push(link);
+            }
             if let Some(mut leg) = self.table.remove(id) {
                 leg.custody = Custody::Withdrawn { by };
                 ended.push(leg);
@@ -69,6 +77,11 @@ impl Host {
                     reason: reasons.get(&e.leg.id).copied().flatten(),
                 }),
                 _ => None,
+            }));
+        self.events
+            .emit_all(dropped_links.iter().map(|l| HostEvent::LinkDropped {
+                link: l.id,
+                legs: [l.leg_a, l.leg_b],
             }));
         self.end_legs(ended, TerminationReason::RefusedByPolicy, &decider)
             .await?;
