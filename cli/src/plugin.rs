@@ -158,7 +158,9 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     // fails here.
     let mut problems = exercise(&chain);
     if problems.is_empty() {
-        let fresh = || load(&args.cache.runtime()?, &args.plugin, args.rules.as_deref());
+        // Fresh instances of the same compiled plugin (`init` run again),
+        // not another load and compile.
+        let fresh = || Ok(chain.fork()?);
         problems.extend(consistency(fresh)?);
     }
     if problems.is_empty() {
