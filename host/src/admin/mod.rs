@@ -387,20 +387,13 @@ async fn route(admin: &Arc<Admin>, surface: &Surface, request: Request<Incoming>
                 "no shadow plugin set: set policy.shadow_dir",
             ),
         },
-        (&Method::POST, "/enforce") => {
-            let confirm = query
-                .split('&')
-                .filter_map(|pair| pair.strip_prefix("confirm="))
-                .map(percent_decode)
-                .next();
-            match confirm {
-                Some(hash) => enforce(admin, Some(hash)).await,
-                None => error(
-                    StatusCode::BAD_REQUEST,
-                    "POST /enforce needs ?confirm=HASH (the hash GET /enforce shows)",
-                ),
-            }
-        }
+        (&Method::POST, "/enforce") => match query_param(&query, "confirm") {
+            Some(hash) => enforce(admin, Some(hash)).await,
+            None => error(
+                StatusCode::BAD_REQUEST,
+                "POST /enforce needs ?confirm=HASH (the hash GET /enforce shows)",
+            ),
+        },
         (&Method::POST, "/reload" | "/reopen") => {
             // The body is not used; read it (bounded) so the connection
             // stays usable.
@@ -414,12 +407,7 @@ async fn route(admin: &Arc<Admin>, surface: &Surface, request: Request<Incoming>
                 );
             }
             if path == "/reload" {
-                let accept = query
-                    .split('&')
-                    .filter_map(|pair| pair.strip_prefix("accept="))
-                    .map(percent_decode)
-                    .next();
-                reload(admin, accept).await
+                reload(admin, query_param(&query, "accept")).await
             } else {
                 reopen(admin).await
             }
@@ -692,13 +680,14 @@ const ENFORCE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// `GET /enforce` (the blast radius of the working set on the calls held)
 /// and `POST /enforce?confirm=HASH` (the same, then those calls refused).
 async fn enforce(admin: &Admin, confirm: Option<String>) -> Reply {
-    let crate::policy::Decider::Chain(chain) = admin.policy.current() else {
+    let decider = admin.policy.current();
+    let plugins = decider.describe();
+    let crate::policy::Decider::Chain(chain) = decider else {
         return error(
             StatusCode::CONFLICT,
             "this host decides with native rules: nothing to enforce",
         );
     };
-    let plugins = admin.policy.current().describe();
     let queries = admin.queries.clone();
     // On a throwaway copy of the working set, off the async threads: the
     // live set's state and its decisions are not touched.
@@ -785,6 +774,14 @@ fn error(code: StatusCode, message: &str) -> Reply {
 }
 
 /// `%XX` and `+` in a query value.
+/// The first value of `key` in a query string, decoded.
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        (name == key).then(|| percent_decode(value))
+    })
+}
+
 fn percent_decode(value: &str) -> String {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

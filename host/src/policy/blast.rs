@@ -7,7 +7,7 @@
 //! throwaway copy of the set, so no plugin's state sees it), reports it,
 //! and holds back a set above its guard ([`Guard`]).
 
-use super::chain::{PolicyChain, Verdict};
+use super::chain::PolicyChain;
 use super::held::HeldSnapshot;
 use crate::model::{Decision, LegId, Link, PluginName, Reason};
 use serde::{Deserialize, Serialize};
@@ -118,7 +118,8 @@ pub fn blast_radius(chain: &PolicyChain, held: &HeldSnapshot) -> BlastRadius {
             group.1 += answered;
         }
     }
-    radius.refused_links = links_refused(chain, &held.links, &legs, &verdicts);
+    let refused: crate::model::IdSet<LegId> = radius.refused.iter().map(|r| r.0).collect();
+    radius.refused_links = links_refused(chain, &held.links, &refused);
     let mut groups: Vec<RefusalGroup> = groups
         .into_iter()
         .map(
@@ -144,18 +145,7 @@ pub fn blast_radius(chain: &PolicyChain, held: &HeldSnapshot) -> BlastRadius {
 }
 
 /// Links that would go: with a refused leg, or refused themselves.
-fn links_refused(
-    chain: &PolicyChain,
-    links: &[Link],
-    legs: &[crate::model::CallLeg],
-    verdicts: &[Verdict],
-) -> u64 {
-    let refused: crate::model::IdSet<LegId> = legs
-        .iter()
-        .zip(verdicts)
-        .filter(|(_, v)| v.decision == Decision::Refuse)
-        .map(|(leg, _)| leg.id)
-        .collect();
+fn links_refused(chain: &PolicyChain, links: &[Link], refused: &crate::model::IdSet<LegId>) -> u64 {
     let (with_refused_leg, offered): (Vec<Link>, Vec<Link>) = links
         .iter()
         .partition(|link| refused.contains(&link.leg_a) || refused.contains(&link.leg_b));

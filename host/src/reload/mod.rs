@@ -193,7 +193,17 @@ impl Reloader {
                     .clone()
                     .context("no plugin directory configured")?;
                 let chain = loader::load_dir(&self.runtime, &dir, &config)?;
-                hash = Some(set_hash(&chain));
+                let this = set_hash(&chain);
+                hash = Some(this.clone());
+                // An acceptance names one set: another is refused before
+                // any of its calls are decided.
+                if let Some(accepted) = accepted
+                    && accepted != this
+                {
+                    anyhow::bail!(
+                        "the set on disk is {this}, not the set {accepted} that was accepted (it changed since)"
+                    );
+                }
                 // Tried on a throwaway copy (its own instances: the new
                 // set's state never sees the sample or the held calls): a
                 // plugin that loads but fails when called would fail every
@@ -209,19 +219,11 @@ impl Reloader {
                 metrics::gauge!(crate::metrics::RELOAD_BLAST_RADIUS).set(blast.refused_legs as f64);
                 let over = config.guard.exceeded_by(&blast);
                 radius = Some(blast);
-                match (over, accepted) {
-                    (None, _) => Ok(Built::Within(chain)),
-                    (Some(_), Some(accepted)) if hash.as_deref() == Some(accepted) => {
-                        Ok(Built::Accepted(chain))
-                    }
-                    (Some(why), _) => Ok(Built::HeldBack(why)),
-                }
-            })
-            .and_then(|built| match (accepted, &hash) {
-                (Some(accepted), Some(hash)) if accepted != hash => Err(anyhow::anyhow!(
-                    "the set on disk is {hash}, not the set {accepted} that was accepted (it changed since)"
-                )),
-                _ => Ok(built),
+                Ok(match (over, accepted) {
+                    (None, _) => Built::Within(chain),
+                    (Some(_), Some(_)) => Built::Accepted(chain),
+                    (Some(why), None) => Built::HeldBack(why),
+                })
             });
         let build_micros = started.elapsed().as_micros() as u64;
         let report = |outcome, plugins, error, swap_micros, needs_restart| ReloadReport {
