@@ -167,7 +167,12 @@ fn check_plugins(config: &HostConfig, dir: &std::path::Path, problems: &mut Vec<
         Err(e) => return problems.push(format!("{e:#}")),
     };
     for file in &files {
-        match loader::load_plugin(&runtime, file, &config.policy) {
+        match loader::load_plugin(
+            &runtime,
+            file,
+            &config.policy,
+            &config.policy.dataset_dir(dir),
+        ) {
             Ok(plugin) => {
                 let rules = match (&file.rules, plugin.rules_hash()) {
                     (Some(path), Some(hash)) => {

@@ -64,6 +64,50 @@ impl CacheArgs {
     }
 }
 
+/// Reference data for the plugin under test.
+#[derive(Debug, Args)]
+pub(crate) struct DatasetArgs {
+    /// A dataset directory (`NAME.set`, `NAME.map`, `NAME.prefix`): every
+    /// dataset in it is granted to the plugin (to every plugin of a
+    /// directory).
+    #[arg(long)]
+    datasets: Option<PathBuf>,
+}
+
+impl DatasetArgs {
+    pub(crate) fn dir(&self) -> Option<&Path> {
+        self.datasets.as_deref()
+    }
+}
+
+/// A config that grants every dataset of `dir` (if any) to each of `plugins`.
+pub(crate) fn granting_all(
+    dir: Option<&Path>,
+    plugins: impl IntoIterator<Item = String>,
+) -> anyhow::Result<PolicyConfig> {
+    let mut config = PolicyConfig::default();
+    let Some(dir) = dir else {
+        return Ok(config);
+    };
+    let names = legsync::policy::datasets::names_in(dir)?;
+    anyhow::ensure!(
+        !names.is_empty(),
+        "{} holds no dataset (NAME.set, NAME.map or NAME.prefix)",
+        dir.display()
+    );
+    config.dataset_dir = Some(dir.to_path_buf());
+    for plugin in plugins {
+        config.plugins.insert(
+            plugin,
+            legsync::policy::config::PluginConfig {
+                datasets: Some(names.clone()),
+                ..Default::default()
+            },
+        );
+    }
+    Ok(config)
+}
+
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// The component (`.wasm`).
@@ -79,6 +123,8 @@ pub struct CheckArgs {
     /// budget: the engine's size.
     #[arg(long = "resync-legs", default_value_t = 1_000_000)]
     resync_legs: usize,
+    #[command(flatten)]
+    datasets: DatasetArgs,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -97,6 +143,8 @@ pub struct EvalArgs {
     /// A JSON array of links.
     #[arg(long)]
     links: Option<PathBuf>,
+    #[command(flatten)]
+    datasets: DatasetArgs,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -125,7 +173,12 @@ fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
 
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
-    let chain = load(&args.cache.runtime()?, &args.plugin, args.rules.as_deref())?;
+    let chain = load(
+        &args.cache.runtime()?,
+        &args.plugin,
+        args.rules.as_deref(),
+        args.datasets.dir(),
+    )?;
     let plugin = &chain.plugins()[0];
     println!(
         "ok: {} loads, matches the contract and accepts its rules",
@@ -341,6 +394,9 @@ struct Line<'a> {
     /// Why, in the plugin's words (`explain`).
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
+    /// The deciding plugin's datasets, `name@version,...`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    datasets: Option<&'static str>,
 }
 
 fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
@@ -349,13 +405,18 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             args.rules.is_none(),
             "--rules applies to a single plugin; a directory uses its sidecars"
         );
-        loader::load_dir(
+        let names = loader::scan(&args.plugin)?
+            .into_iter()
+            .map(|file| file.name);
+        let config = granting_all(args.datasets.dir(), names)?;
+        loader::load_dir(&args.cache.runtime()?, &args.plugin, &config)?
+    } else {
+        load(
             &args.cache.runtime()?,
             &args.plugin,
-            &PolicyConfig::default(),
+            args.rules.as_deref(),
+            args.datasets.dir(),
         )?
-    } else {
-        load(&args.cache.runtime()?, &args.plugin, args.rules.as_deref())?
     };
     let legs =
         super::plugin_test::legs_from(read_json(&args.legs)?, &args.legs.display().to_string())?;
@@ -371,6 +432,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             plugin: &v.plugin,
             failure: v.failure,
             reason: v.reason.map(|r| r.as_str()),
+            datasets: v.data.map(|d| d.as_str()),
         };
         println!("{}", serde_json::to_string(&line)?);
         Ok(())
@@ -521,11 +583,13 @@ impl std::fmt::Display for BatchTiming {
     }
 }
 
-/// Loads one plugin file as a chain of one.
+/// Loads one plugin file as a chain of one, granted every dataset of
+/// `datasets` (if given).
 pub(crate) fn load(
     runtime: &PolicyRuntime,
     path: &Path,
     rules: Option<&Path>,
+    datasets: Option<&Path>,
 ) -> anyhow::Result<PolicyChain> {
     anyhow::ensure!(path.is_file(), "{} is not a file", path.display());
     let name = path
@@ -537,13 +601,14 @@ pub(crate) fn load(
     let rules = rules
         .map(Path::to_path_buf)
         .or_else(|| sidecar.is_file().then_some(sidecar));
+    let config = granting_all(datasets, [name.clone()])?;
     let file = loader::PluginFile {
         name,
         wasm: path.to_path_buf(),
         rules,
     };
-    let config = PolicyConfig::default();
-    let plugin = loader::load_plugin(runtime, &file, &config)?;
+    let dataset_dir = datasets.map_or_else(PathBuf::new, Path::to_path_buf);
+    let plugin = loader::load_plugin(runtime, &file, &config, &dataset_dir)?;
     Ok(PolicyChain::new(vec![plugin], config.batch_size))
 }
 

@@ -63,6 +63,10 @@ struct TestFile {
     expect_links: BTreeMap<u64, Decision>,
     #[serde(default)]
     held: Option<Items>,
+    /// A dataset directory (relative to the test file): every dataset in it
+    /// is granted to the plugin.
+    #[serde(default)]
+    datasets: Option<PathBuf>,
 }
 
 /// Items inline, or in a file beside the test file.
@@ -151,7 +155,13 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         runtime
             .held_legs()
             .serve(std::sync::Arc::new(FixedHeld::new(held)));
-        let chain = super::plugin::load(&runtime, &args.plugin, rules.as_deref())?;
+        let datasets = test.datasets.as_ref().map(|d| base.join(d));
+        let chain = super::plugin::load(
+            &runtime,
+            &args.plugin,
+            rules.as_deref(),
+            datasets.as_deref(),
+        )?;
         let legs = legs_from(test.legs.value(base)?, &origin)?;
         let links: Vec<Link> = match &test.links {
             Some(items) => serde_json::from_value(items.value(base)?)

@@ -253,6 +253,28 @@ impl Reason {
     }
 }
 
+/// The datasets a decision consulted, as `name@version,...` (the versions
+/// of the deciding plugin's datasets: one per dataset for a whole plugin
+/// set). Interned as plugin names are: one per plugin set loaded.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DataVersions(&'static str);
+
+impl DataVersions {
+    pub fn new(versions: &str) -> Self {
+        DataVersions(PluginName::new(versions).as_str())
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for DataVersions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
 impl std::fmt::Debug for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?}", self.0)

@@ -33,6 +33,10 @@ pub enum HostEvent {
             serialize_with = "reason_text"
         )]
         reason: Option<crate::model::Reason>,
+        /// The versions of the datasets the deciding plugin consults
+        /// (`name@version,...`), when it has any.
+        #[serde(skip_serializing_if = "Option::is_none", serialize_with = "data_text")]
+        datasets: Option<crate::model::DataVersions>,
     },
     /// `OnLinkSync`: an unknown link was decided.
     LinkSync {
@@ -243,6 +247,9 @@ pub struct ReloadReport {
     /// What the new set would refuse of the calls held when it was built.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blast_radius: Option<crate::policy::blast::BlastRadius>,
+    /// The datasets of the set now deciding, each with its version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datasets: Vec<crate::policy::datasets::DatasetInfo>,
 }
 
 impl ReloadOutcome {
@@ -297,6 +304,7 @@ impl HostEvent {
         let mut line = JsonLine::new(out);
         line.num("time_ms", time_ms);
         let mut why = None;
+        let mut data = None;
         let (decision, plugin, failure) = match self {
             HostEvent::CallLegSync {
                 leg,
@@ -304,9 +312,11 @@ impl HostEvent {
                 plugin,
                 failure,
                 reason,
+                datasets,
             } => {
                 line.text("kind", "call-leg-sync").num("leg", *leg);
                 why = *reason;
+                data = *datasets;
                 (decision, plugin, failure)
             }
             HostEvent::LinkSync {
@@ -345,8 +355,21 @@ impl HostEvent {
         if let Some(why) = why {
             line.text("reason", why.as_str());
         }
+        if let Some(data) = data {
+            line.text("datasets", data.as_str());
+        }
         line.end();
         true
+    }
+}
+
+fn data_text<S: serde::Serializer>(
+    data: &Option<crate::model::DataVersions>,
+    out: S,
+) -> Result<S::Ok, S::Error> {
+    match data {
+        Some(data) => out.serialize_str(data.as_str()),
+        None => out.serialize_none(),
     }
 }
 
@@ -615,6 +638,7 @@ mod tests {
                 plugin,
                 failure: None,
                 reason: Some(crate::model::Reason::new("no \"premium\" calls")),
+                datasets: Some(crate::model::DataVersions::new("blocked@0123456789abcdef")),
             },
             HostEvent::CallLegSync {
                 leg: u64::MAX,
@@ -622,6 +646,7 @@ mod tests {
                 plugin,
                 failure: Some(FailureKind::MemoryCap),
                 reason: None,
+                datasets: None,
             },
             HostEvent::LinkSync {
                 link: 9,

@@ -11,7 +11,13 @@ wasmtime::component::bindgen!({
     path: "../wit",
     // A page the host cannot produce in time traps the plugin's call with
     // the reason, rather than passing for an empty table.
-    imports: { "legsync:policy/host.held-legs": trappable },
+    // A look-up with a handle `open` never gave traps (a plugin bug).
+    imports: {
+        "legsync:policy/host.held-legs": trappable,
+        "legsync:policy/datasets.contains": trappable,
+        "legsync:policy/datasets.get": trappable,
+        "legsync:policy/datasets.longest-prefix": trappable,
+    },
 });
 
 pub use self::legsync::policy::host::Level;

@@ -5,7 +5,9 @@ use super::error::{FailureKind, PluginFailure};
 use super::export::Export;
 use super::lower::{LegBatch, LinkRecord};
 use super::plugin::{Decided, Plugin, TerminationNotice};
-use crate::model::{CallLeg, Decision, EndedLeg, Link, PluginName, Reason, TerminationReason};
+use crate::model::{
+    CallLeg, DataVersions, Decision, EndedLeg, Link, PluginName, Reason, TerminationReason,
+};
 use std::time::Instant;
 
 /// The name recorded when no plugin is loaded and the host rebuilds by default.
@@ -21,6 +23,9 @@ pub struct Verdict {
     pub failure: Option<FailureKind>,
     /// Why, in the deciding plugin's words, when it said (`explain`).
     pub reason: Option<Reason>,
+    /// The versions of the datasets the deciding plugin may consult, when
+    /// it has any and answered (not its failure policy).
+    pub data: Option<DataVersions>,
 }
 
 /// An ordered set of loaded plugins.
@@ -65,6 +70,19 @@ impl PolicyChain {
 
     pub fn plugins(&self) -> &[Plugin] {
         &self.plugins
+    }
+
+    /// The datasets its plugins consult, each once (by name), with its
+    /// version.
+    pub fn datasets(&self) -> Vec<super::datasets::DatasetInfo> {
+        let mut infos: Vec<super::datasets::DatasetInfo> = self
+            .plugins
+            .iter()
+            .flat_map(|plugin| plugin.datasets().infos())
+            .collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        infos.dedup_by(|a, b| a.name == b.name);
+        infos
     }
 
     /// `OnCallLegSync` for legs the host did not know: one verdict per leg.
@@ -203,6 +221,10 @@ impl PolicyChain {
                 },
                 failure: slot.failure,
                 reason: slot.reason,
+                data: match (slot.by, slot.failure) {
+                    (Some(index), None) => self.plugins[index].data_versions(),
+                    _ => None,
+                },
             })
             .collect()
     }

@@ -18,6 +18,7 @@
 //! deadline_ms = 20
 //! instances = 2              # stateless: decide two batches at once
 //! max_calls_per_instance = 100000  # a fresh instance after this many calls
+//! datasets = ["blocked", "rates"]  # granted: plugins/datasets/blocked.set...
 //! ```
 
 use super::limits::{Limits, LimitsConfig};
@@ -56,7 +57,7 @@ impl FailurePolicy {
 }
 
 /// Settings of one plugin, as written in the config (everything optional).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     pub failure: Option<FailurePolicy>,
@@ -75,6 +76,10 @@ pub struct PluginConfig {
     /// a plugin can grow to; a plugin that keeps state rebuilds it in
     /// `init` (`held-legs`).
     pub max_calls_per_instance: Option<u64>,
+    /// The datasets the plugin may open, by name (a file `NAME.set`,
+    /// `NAME.map` or `NAME.prefix` in the dataset directory). Per plugin
+    /// only: nothing is granted by default.
+    pub datasets: Option<Vec<String>>,
 }
 
 impl PluginConfig {
@@ -90,6 +95,7 @@ impl PluginConfig {
             quarantine_base_ms: self.quarantine_base_ms.or(base.quarantine_base_ms),
             instances: self.instances.or(base.instances),
             max_calls_per_instance: self.max_calls_per_instance.or(base.max_calls_per_instance),
+            datasets: self.datasets.clone(),
         }
     }
 }
@@ -152,6 +158,10 @@ pub struct PolicyConfig {
     /// take their settings from `defaults` and `plugins` as live ones do.
     #[serde(default)]
     pub shadow_dir: Option<PathBuf>,
+    /// Where the datasets are (default: `datasets/` in the plugin
+    /// directory). See [`super::datasets`].
+    #[serde(default)]
+    pub dataset_dir: Option<PathBuf>,
 }
 
 fn default_batch_size() -> usize {
@@ -173,6 +183,7 @@ impl Default for PolicyConfig {
             plugins: BTreeMap::new(),
             guard: Default::default(),
             shadow_dir: None,
+            dataset_dir: None,
         }
     }
 }
@@ -183,7 +194,7 @@ impl PolicyConfig {
         let cfg = self
             .plugins
             .get(name)
-            .map_or(self.defaults, |p| p.over(&self.defaults));
+            .map_or_else(|| self.defaults.clone(), |p| p.over(&self.defaults));
         let default_quarantine = QuarantinePolicy::default();
         PluginSettings {
             limits: cfg.limits.apply(Limits::default()),
@@ -203,9 +214,41 @@ impl PolicyConfig {
         }
     }
 
+    /// The datasets granted to the plugin named `name`.
+    pub fn datasets_for(&self, name: &str) -> &[String] {
+        self.plugins
+            .get(name)
+            .and_then(|p| p.datasets.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// Where the datasets of the plugins in `plugin_dir` are.
+    pub fn dataset_dir(&self, plugin_dir: &std::path::Path) -> PathBuf {
+        self.dataset_dir
+            .clone()
+            .unwrap_or_else(|| plugin_dir.join("datasets"))
+    }
+
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), String> {
         self.guard.validate()?;
+        if self.defaults.datasets.is_some() {
+            return Err("policy.defaults.datasets: datasets are granted per plugin ([policy.plugins.NAME] datasets = [...]), never to every plugin".into());
+        }
+        for (plugin, cfg) in &self.plugins {
+            for name in cfg.datasets.iter().flatten() {
+                let valid = !name.is_empty()
+                    && name.len() <= 64
+                    && name.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                    });
+                if !valid {
+                    return Err(format!(
+                        "policy.plugins.{plugin}.datasets: {name:?} is not a dataset name (1 to 64 of a-z, 0-9, _ and -)"
+                    ));
+                }
+            }
+        }
         if !(1..=65_536).contains(&self.batch_size) {
             return Err(format!(
                 "policy.batch_size must be between 1 and 65536 (it is {})",

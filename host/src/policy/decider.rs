@@ -51,6 +51,7 @@ impl Decider {
                 plugin: verdict.1,
                 failure,
                 reason: None,
+                data: None,
             };
             count
         ]
@@ -79,6 +80,7 @@ impl Decider {
                         plugin: name,
                         failure: None,
                         reason: None,
+                        data: None,
                     })
                     .collect()
             }
@@ -98,9 +100,18 @@ impl Decider {
                         plugin: name,
                         failure: None,
                         reason: None,
+                        data: None,
                     })
                     .collect()
             }
+        }
+    }
+
+    /// The datasets its plugins consult, each once, with its version.
+    pub fn datasets(&self) -> Vec<super::datasets::DatasetInfo> {
+        match self {
+            Decider::Chain(chain) => chain.datasets(),
+            Decider::Native(_) => Vec::new(),
         }
     }
 

@@ -43,6 +43,12 @@ pub enum PolicyError {
         plugin: String,
         failure: PluginFailure,
     },
+    #[error(
+        "plugin {plugin} asked for dataset {dataset} in init, which its config does not grant ([policy.plugins.{plugin}] datasets = [...])"
+    )]
+    DatasetNotGranted { plugin: String, dataset: String },
+    #[error(transparent)]
+    Dataset(#[from] super::datasets::DatasetError),
     #[error("invalid policy configuration: {0}")]
     Config(String),
 }

@@ -57,11 +57,13 @@ pub fn scan(dir: &Path) -> Result<Vec<PluginFile>, PolicyError> {
     Ok(files)
 }
 
-/// Loads one plugin file with its sidecar and configured settings.
+/// Loads one plugin file with its sidecar, configured settings and the
+/// datasets granted to it (from `dataset_dir`).
 pub fn load_plugin(
     runtime: &PolicyRuntime,
     file: &PluginFile,
     config: &PolicyConfig,
+    dataset_dir: &Path,
 ) -> Result<Plugin, PolicyError> {
     let wasm = std::fs::read(&file.wasm).map_err(|error| PolicyError::Read {
         path: file.wasm.clone(),
@@ -81,12 +83,17 @@ pub fn load_plugin(
         })?,
         None => String::new(),
     };
+    let datasets =
+        runtime
+            .datasets()
+            .grant(dataset_dir, &file.name, config.datasets_for(&file.name))?;
     Plugin::load(
         runtime,
         &file.name,
         &wasm,
         rules,
         config.settings_for(&file.name),
+        datasets,
     )
     .map_err(|e| match e {
         PolicyError::NotAComponent { reason, .. } => PolicyError::NotAComponent {
@@ -110,9 +117,10 @@ pub fn load_dir(
             tracing::warn!(plugin = %configured, dir = %dir.display(), "the config has settings for a plugin that is not in the plugin directory");
         }
     }
+    let dataset_dir = config.dataset_dir(dir);
     let plugins = files
         .iter()
-        .map(|file| load_plugin(runtime, file, config))
+        .map(|file| load_plugin(runtime, file, config, &dataset_dir))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(PolicyChain::new(plugins, config.batch_size))
 }

@@ -17,6 +17,8 @@
 //!   enforced.
 //! - [`held`]: the host's held legs as plugins page through them
 //!   (`held-legs`); [`counters`]: a plugin's own counters (`count`).
+//! - [`datasets`]: reference data built once and shared with the plugins
+//!   granted it (`datasets`).
 //! - `lower`: legs written straight into a plugin's memory (the hot path).
 
 mod bindings;
@@ -27,6 +29,7 @@ pub mod chain;
 pub mod config;
 pub mod contract;
 pub mod counters;
+pub mod datasets;
 pub mod decider;
 pub mod error;
 pub mod export;

@@ -10,6 +10,7 @@ use super::call_cost::CallCost;
 use super::config::PluginSettings;
 use super::contract::{self, Contract, ContractInfo};
 use super::counters::PluginCounters;
+use super::datasets::Granted;
 use super::error::{FailureKind, PluginFailure, PolicyError};
 use super::export::{Export, PerExport};
 use super::imports::{self, Grant};
@@ -156,6 +157,10 @@ pub struct Plugin {
     quiet: bool,
     /// The reasons it gave so far, each once ([`MAX_REASONS`] at most).
     reasons: Mutex<std::collections::HashMap<String, crate::model::Reason>>,
+    /// The datasets it may open, one version each for its whole life.
+    datasets: Granted,
+    /// Their `name@version`s, as its verdicts name them (none: no dataset).
+    data_versions: Option<crate::model::DataVersions>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -206,6 +211,7 @@ impl Plugin {
         wasm: &[u8],
         rules: String,
         settings: PluginSettings,
+        datasets: Granted,
     ) -> Result<Plugin, PolicyError> {
         let (component, cache) = runtime
             .compile(wasm)
@@ -238,6 +244,9 @@ impl Plugin {
             own_counters: Arc::new(PluginCounters::new(name.into())),
             quiet: false,
             reasons: Default::default(),
+            data_versions: (!datasets.is_empty())
+                .then(|| crate::model::DataVersions::new(&datasets.versions())),
+            datasets,
         };
         plugin.ready()
     }
@@ -265,6 +274,8 @@ impl Plugin {
             own_counters: Arc::new(PluginCounters::detached(self.name)),
             quiet: true,
             reasons: Default::default(),
+            datasets: self.datasets.clone(),
+            data_versions: self.data_versions,
         }
         .ready()
     }
@@ -280,6 +291,10 @@ impl Plugin {
             NotReady::Failed(failure) => PolicyError::InitFailed {
                 plugin: name.into(),
                 failure,
+            },
+            NotReady::DatasetNotGranted(dataset) => PolicyError::DatasetNotGranted {
+                plugin: name.into(),
+                dataset,
             },
         })?;
         *lock(&self.live[0]) = Some(live);
@@ -312,6 +327,16 @@ impl Plugin {
 
     pub fn settings(&self) -> &PluginSettings {
         &self.settings
+    }
+
+    /// The datasets it may open.
+    pub fn datasets(&self) -> &Granted {
+        &self.datasets
+    }
+
+    /// Its datasets' `name@version`s, as its verdicts name them.
+    pub fn data_versions(&self) -> Option<crate::model::DataVersions> {
+        self.data_versions
     }
 
     /// The runtime the plugin runs in (its `held-legs` source, its engine).
@@ -601,6 +626,7 @@ impl Plugin {
                 self.runtime.held_legs().clone(),
                 self.own_counters.clone(),
                 self.runtime.clock(),
+                self.datasets.clone(),
             ),
         );
         store.limiter(|state| &mut state.memory);
@@ -633,6 +659,9 @@ impl Plugin {
             .and_then(|init| init.call(&mut store, (&self.rules,)))
             .map(|(result,)| result);
         store.data_mut().end_call();
+        if let Some(dataset) = store.data_mut().take_refused_dataset() {
+            return Err(NotReady::DatasetNotGranted(dataset));
+        }
         match init {
             Ok(Ok(())) => Ok(Live {
                 store,
@@ -747,6 +776,8 @@ enum NotReady {
     RulesRefused(String),
     /// It could not be created, or `init` trapped or overran.
     Failed(PluginFailure),
+    /// `init` asked for a dataset its config does not grant.
+    DatasetNotGranted(String),
 }
 
 impl From<NotReady> for PluginFailure {
@@ -759,6 +790,10 @@ impl From<NotReady> for PluginFailure {
                 format!("init rejected the rules: {message}"),
             ),
             NotReady::Failed(failure) => failure,
+            NotReady::DatasetNotGranted(dataset) => PluginFailure::new(
+                FailureKind::Instantiate,
+                format!("init asked for dataset {dataset}, which is not granted"),
+            ),
         }
     }
 }

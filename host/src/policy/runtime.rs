@@ -19,6 +19,7 @@ struct Inner {
     linker: Linker<PluginState>,
     cache: Option<CompileCache>,
     held: HeldSlot,
+    datasets: super::datasets::DatasetStore,
     /// The time plugins see (`now-ms`): 0 for the wall clock, else fixed
     /// (a replay gives the recorded time, so replays are deterministic).
     clock: Arc<std::sync::atomic::AtomicU64>,
@@ -52,6 +53,7 @@ impl PolicyRuntime {
                 linker,
                 cache,
                 held: HeldSlot::default(),
+                datasets: Default::default(),
                 clock: Default::default(),
                 _ticker: ticker,
             }),
@@ -66,6 +68,11 @@ impl PolicyRuntime {
     /// the host's table is wired in ([`HeldSlot::serve`]).
     pub fn held_legs(&self) -> &HeldSlot {
         &self.inner.held
+    }
+
+    /// The datasets built for this runtime's plugin sets.
+    pub fn datasets(&self) -> &super::datasets::DatasetStore {
+        &self.inner.datasets
     }
 
     /// From now on, plugins of this runtime see `ms` as the time.

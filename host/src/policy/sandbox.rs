@@ -40,6 +40,11 @@ pub struct PluginState {
     clock: Arc<std::sync::atomic::AtomicU64>,
     /// What the current call explained (`explain`): item, reason.
     explained: Vec<(u32, String)>,
+    /// The datasets the plugin may open (`datasets`).
+    datasets: crate::policy::datasets::Granted,
+    /// The first dataset it asked for and was not granted: asked in
+    /// `init`, it rejects the plugin.
+    refused_dataset: Option<String>,
     /// Time the current call spent waiting for the host in `held-legs`: not
     /// the plugin's, so its deadline is moved by as much (see `plugin`).
     pub host_time: Duration,
@@ -52,6 +57,7 @@ impl PluginState {
         held: HeldSlot,
         counters: std::sync::Arc<PluginCounters>,
         clock: Arc<std::sync::atomic::AtomicU64>,
+        datasets: crate::policy::datasets::Granted,
     ) -> Self {
         let output = CapturedOutput::default();
         // `WasiCtxBuilder::new` grants nothing: no preopened directories, no
@@ -73,8 +79,28 @@ impl PluginState {
             counters,
             clock,
             explained: Vec::new(),
+            datasets,
+            refused_dataset: None,
             host_time: Duration::ZERO,
         }
+    }
+
+    pub fn plugin(&self) -> PluginName {
+        self.plugin
+    }
+
+    pub fn datasets(&self) -> &crate::policy::datasets::Granted {
+        &self.datasets
+    }
+
+    /// Remembers the first dataset asked for and not granted.
+    pub fn refuse_dataset(&mut self, name: String) {
+        self.refused_dataset.get_or_insert(name);
+    }
+
+    /// The dataset asked for and not granted, if any, taken.
+    pub fn take_refused_dataset(&mut self) -> Option<String> {
+        self.refused_dataset.take()
     }
 
     /// What the current call explained, taken.
@@ -302,7 +328,14 @@ mod tests {
             let name = PluginName::new("test");
             let counters = std::sync::Arc::new(PluginCounters::new(name));
             let clock = Default::default();
-            let mut state = PluginState::new(name, 1 << 20, HeldSlot::default(), counters, clock);
+            let mut state = PluginState::new(
+                name,
+                1 << 20,
+                HeldSlot::default(),
+                counters,
+                clock,
+                Default::default(),
+            );
             for i in 0..1_000 {
                 state.log(Level::Debug, format!("debug {i}"));
             }

@@ -136,6 +136,8 @@ pub fn set_hash(chain: &PolicyChain) -> String {
             plugin.rules_hash().unwrap_or_default(),
             plugin.settings()
         ));
+        // A dataset's new version is a new set, with its own blast radius.
+        hasher.update(plugin.datasets().versions());
     }
     crate::policy::cache::hex(&hasher.finalize())[..16].to_string()
 }
@@ -236,6 +238,7 @@ impl Reloader {
             needs_restart,
             set_hash: hash.clone(),
             blast_radius: radius.clone(),
+            datasets: self.policy.current().datasets(),
         };
         let blast = radius
             .as_ref()

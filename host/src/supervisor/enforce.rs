@@ -75,6 +75,7 @@ impl Host {
                     plugin: by,
                     failure: None,
                     reason: reasons.get(&e.leg.id).copied().flatten(),
+                    datasets: None,
                 }),
                 _ => None,
             }));

@@ -317,6 +317,7 @@ impl Host {
                 plugin: TABLE_FULL.into(),
                 failure: None,
                 reason: None,
+                data: None,
             }
         } else {
             let (legs, verdicts) = {
@@ -343,6 +344,7 @@ impl Host {
             plugin: verdict.plugin,
             failure: verdict.failure,
             reason: verdict.reason,
+            datasets: verdict.data,
         };
         match verdict.decision {
             Decision::Rebuild => {

@@ -567,6 +567,7 @@ fn sync_event(leg: LegId, verdict: &Verdict) -> HostEvent {
         plugin: verdict.plugin,
         failure: verdict.failure,
         reason: verdict.reason,
+        datasets: verdict.data,
     }
 }
 
