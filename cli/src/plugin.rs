@@ -207,6 +207,21 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         let grant = legsync::policy::imports::classify(import).describe();
         println!("  {import:<width$}  {grant}");
     }
+    let datasets = plugin.datasets().infos();
+    if !datasets.is_empty() {
+        println!("datasets granted:");
+    }
+    for dataset in datasets {
+        println!(
+            "  {}@{}  {}, {} keys, {:.1} MB in memory (file {:.1} MB)",
+            dataset.name,
+            dataset.version,
+            dataset.kind.as_str(),
+            legsync::supervisor::group_thousands(dataset.entries),
+            dataset.bytes as f64 / 1e6,
+            dataset.file_bytes as f64 / 1e6,
+        );
+    }
     // Each export once, with sample data: a plugin that would fail live
     // fails here.
     let mut problems = exercise(&chain);

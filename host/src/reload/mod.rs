@@ -417,8 +417,17 @@ impl Reloader {
             .started
             .as_ref()
             .and_then(|config| config.policy.shadow_dir.clone());
+        // The datasets' directory, as the host started with it: a data
+        // file replaced there reloads, and the new set gets its version.
+        let dataset_dir = plugin_dir.as_deref().and_then(|dir| {
+            let policy = self.source.load().ok()?;
+            let data = policy.dataset_dir(dir);
+            let data = std::path::absolute(&data).unwrap_or(data);
+            data.is_dir().then_some(data)
+        });
         let filter_dir = plugin_dir.clone();
         let filter_shadow = shadow_dir.clone();
+        let filter_data = dataset_dir.clone();
         let filter_config = config_file.clone();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -429,8 +438,11 @@ impl Reloader {
                 let relevant = event.paths.iter().any(|path| {
                     let in_a_plugin_dir = filter_dir.as_deref() == path.parent()
                         || (filter_shadow.is_some() && filter_shadow.as_deref() == path.parent());
+                    let in_the_dataset_dir =
+                        filter_data.is_some() && filter_data.as_deref() == path.parent();
                     filter_config.as_deref() == Some(path.as_path())
                         || (in_a_plugin_dir && is_plugin_file(path))
+                        || (in_the_dataset_dir && is_dataset_file(path))
                 });
                 if relevant {
                     let _ = changes.send(());
@@ -438,6 +450,11 @@ impl Reloader {
             })
             .context("cannot start the file watcher")?;
         if let Some(dir) = &plugin_dir {
+            watcher
+                .watch(dir, RecursiveMode::NonRecursive)
+                .with_context(|| format!("cannot watch {}", dir.display()))?;
+        }
+        if let Some(dir) = &dataset_dir {
             watcher
                 .watch(dir, RecursiveMode::NonRecursive)
                 .with_context(|| format!("cannot watch {}", dir.display()))?;
@@ -487,6 +504,13 @@ fn warn_busy_files_in(watched: &[&Path], config: &HostConfig) {
 fn is_plugin_file(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e == "wasm" || e == "rules")
+}
+
+fn is_dataset_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .and_then(crate::policy::datasets::DatasetKind::from_extension)
+        .is_some()
 }
 
 /// Returns once no change arrived for `quiet_for`.

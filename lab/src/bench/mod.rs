@@ -81,6 +81,10 @@ pub struct BenchArgs {
     /// Rules text for the policy (default: refuse called numbers 1900*).
     #[arg(long)]
     rules: Option<PathBuf>,
+    /// A dataset directory: every dataset in it is granted to the plugin
+    /// (`--policy wasm`), for rules that read reference data.
+    #[arg(long)]
+    datasets: Option<PathBuf>,
     /// Plugin instances deciding at once (the `instances` setting). Default:
     /// 2 for the built `rules` plugin (it keeps no state across calls), 1
     /// for a `--plugin`, which may.
@@ -345,6 +349,10 @@ async fn decider(
         PolicyKind::Both => anyhow::bail!("--policy both runs each policy in its own process"),
         PolicyKind::Native => {
             let set = legsync_rules::RuleSet::parse(rules)?;
+            anyhow::ensure!(
+                set.lookups().is_empty(),
+                "these rules read datasets, which only the WebAssembly policy serves: use --policy wasm"
+            );
             Ok((
                 Decider::Native(Arc::new(NativeRules::new(set))),
                 "native".into(),
@@ -362,6 +370,16 @@ async fn decider(
             write_rules(&plugins, args, rules)?;
             let runtime = PolicyRuntime::new(None)?;
             let mut config = PolicyConfig::default();
+            if let Some(dir) = &args.datasets {
+                config.dataset_dir = Some(dir.clone());
+                config.plugins.insert(
+                    "10-bench".into(),
+                    legsync::policy::config::PluginConfig {
+                        datasets: Some(legsync::policy::datasets::names_in(dir)?),
+                        ..Default::default()
+                    },
+                );
+            }
             config.defaults.instances = Some(args.instances.unwrap_or(match args.plugin {
                 None => 2,
                 Some(_) => 1,

@@ -112,6 +112,9 @@ pub(super) async fn run_child(
     if args.ascending {
         command.arg("--ascending");
     }
+    if let Some(dir) = &args.datasets {
+        command.arg("--datasets").arg(dir);
+    }
     if args.crafted_ids {
         command.arg("--crafted-ids");
     }

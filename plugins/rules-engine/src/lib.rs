@@ -22,10 +22,25 @@
 //! protocol = ["sip"]
 //! direction = "inbound"
 //! min_age_secs = 14400         # answered more than 4 hours ago
+//!
+//! [[rule]]                     # reference data (datasets granted to the plugin)
+//! name = "blocked numbers"
+//! action = "refuse"
+//! called_in = ["blocked"]      # the called number is a key of `blocked`
+//!
+//! [[rule]]
+//! name = "premium destinations"
+//! action = "refuse"
+//! called_value = { dataset = "rates", one_of = ["premium"] }
 //! ```
 //!
 //! Rules are tried in order; the first whose every condition holds decides.
 //! Within one condition, a list means "any of these".
+//!
+//! Dataset conditions (`called_in`, `calling_in`, `called_prefix_in`,
+//! `calling_prefix_in`, `called_value`, `calling_value`) are answered by
+//! look-ups the caller makes for a whole batch ([`RuleSet::lookups`]), one
+//! per dataset and number, and hands to [`RuleSet::matching_rule_with`].
 
 use serde::Deserialize;
 use std::fmt;
@@ -107,9 +122,86 @@ pub struct Rule {
     /// Matches legs answered at most this many seconds ago.
     #[serde(default)]
     pub max_age_secs: Option<u64>,
+    /// The called number is a key of one of these datasets (exactly).
+    #[serde(default)]
+    pub called_in: Vec<String>,
+    /// The calling number is a key of one of these datasets (exactly).
+    #[serde(default)]
+    pub calling_in: Vec<String>,
+    /// A prefix of the called number is a key of one of these datasets.
+    #[serde(default)]
+    pub called_prefix_in: Vec<String>,
+    /// A prefix of the calling number is a key of one of these datasets.
+    #[serde(default)]
+    pub calling_prefix_in: Vec<String>,
+    /// The dataset's value for the called number is one of a list: the
+    /// value of its longest prefix in a prefix table, of the number itself
+    /// in a map.
+    #[serde(default)]
+    pub called_value: Option<ValueCondition>,
+    /// As `called_value`, for the calling number.
+    #[serde(default)]
+    pub calling_value: Option<ValueCondition>,
     /// A rule without any condition matches every call; it must say so.
     #[serde(default)]
     pub match_all: bool,
+    /// The dataset conditions, as indexes into the set's look-ups.
+    #[serde(skip)]
+    data: Vec<DataCondition>,
+}
+
+/// `called_value` / `calling_value`: a dataset and the values that match.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueCondition {
+    pub dataset: String,
+    pub one_of: Vec<String>,
+}
+
+/// Which number of a leg a look-up reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Field {
+    Called,
+    Calling,
+}
+
+/// How a look-up reads its dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Whether the number is a key.
+    Exact,
+    /// Whether a prefix of the number is a key.
+    Prefix,
+    /// The number's value: its longest prefix's in a prefix table, its
+    /// own in a map.
+    Value,
+}
+
+/// One look-up the rules need for every leg: the caller answers it for a
+/// whole batch at once (one host call per look-up and batch).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lookup {
+    pub dataset: String,
+    pub field: Field,
+    pub mode: Mode,
+}
+
+impl Field {
+    /// The number this field names in `leg`.
+    pub fn of<'a>(self, leg: &LegView<'a>) -> &'a str {
+        match self {
+            Field::Called => leg.called,
+            Field::Calling => leg.calling,
+        }
+    }
+}
+
+/// A rule's dataset condition: any of `lookups` found, and (when `one_of`
+/// is not empty) with one of these values.
+#[derive(Debug, Clone)]
+struct DataCondition {
+    lookups: Vec<usize>,
+    one_of: Vec<String>,
 }
 
 /// A parsed, validated rule set.
@@ -124,6 +216,9 @@ pub struct RuleSet {
     pub links: Action,
     #[serde(default, rename = "rule")]
     pub rules: Vec<Rule>,
+    /// Every look-up the rules' dataset conditions need, each once.
+    #[serde(skip)]
+    lookups: Vec<Lookup>,
 }
 
 impl RuleSet {
@@ -131,14 +226,80 @@ impl RuleSet {
     /// Empty text is the empty rule set: rebuild everything.
     pub fn parse(text: &str) -> Result<Self, RulesError> {
         let trimmed = text.trim_start();
-        let set: RuleSet = if trimmed.starts_with('{') {
+        let mut set: RuleSet = if trimmed.starts_with('{') {
             serde_json::from_str(text)
                 .map_err(|e| RulesError(format!("invalid JSON rules: {e}")))?
         } else {
             toml::from_str(text).map_err(|e| RulesError(format!("invalid TOML rules: {e}")))?
         };
         set.validate()?;
+        set.compile_lookups();
         Ok(set)
+    }
+
+    /// The look-ups the rules need for each leg, in the order
+    /// [`RuleSet::matching_rule_with`] asks for them; empty when no rule
+    /// reads a dataset.
+    pub fn lookups(&self) -> &[Lookup] {
+        &self.lookups
+    }
+
+    /// The datasets the rules read, each once, in order of first use.
+    pub fn datasets(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for lookup in &self.lookups {
+            if !names.contains(&lookup.dataset.as_str()) {
+                names.push(&lookup.dataset);
+            }
+        }
+        names
+    }
+
+    fn compile_lookups(&mut self) {
+        let mut lookups = Vec::new();
+        let mut index_of = |dataset: &str, field: Field, mode: Mode| {
+            let lookup = Lookup {
+                dataset: dataset.to_string(),
+                field,
+                mode,
+            };
+            match lookups.iter().position(|l| *l == lookup) {
+                Some(index) => index,
+                None => {
+                    lookups.push(lookup);
+                    lookups.len() - 1
+                }
+            }
+        };
+        for rule in &mut self.rules {
+            let mut data = Vec::new();
+            for (datasets, field, mode) in [
+                (&rule.called_in, Field::Called, Mode::Exact),
+                (&rule.calling_in, Field::Calling, Mode::Exact),
+                (&rule.called_prefix_in, Field::Called, Mode::Prefix),
+                (&rule.calling_prefix_in, Field::Calling, Mode::Prefix),
+            ] {
+                if !datasets.is_empty() {
+                    data.push(DataCondition {
+                        lookups: datasets.iter().map(|d| index_of(d, field, mode)).collect(),
+                        one_of: Vec::new(),
+                    });
+                }
+            }
+            for (condition, field) in [
+                (&rule.called_value, Field::Called),
+                (&rule.calling_value, Field::Calling),
+            ] {
+                if let Some(condition) = condition {
+                    data.push(DataCondition {
+                        lookups: vec![index_of(&condition.dataset, field, Mode::Value)],
+                        one_of: condition.one_of.clone(),
+                    });
+                }
+            }
+            rule.data = data;
+        }
+        self.lookups = lookups;
     }
 
     fn validate(&self) -> Result<(), RulesError> {
@@ -157,7 +318,8 @@ impl RuleSet {
                 || !rule.protocol.is_empty()
                 || rule.direction.is_some()
                 || rule.min_age_secs.is_some()
-                || rule.max_age_secs.is_some();
+                || rule.max_age_secs.is_some()
+                || rule.reads_data();
             if !conditions && !rule.match_all {
                 return Err(RulesError(format!(
                     "{name}: a rule without conditions matches every call; add a condition, or write `match_all = true` if that is what you mean"
@@ -167,6 +329,17 @@ impl RuleSet {
                 return Err(RulesError(format!(
                     "{name}: `match_all = true` and conditions contradict each other; keep one"
                 )));
+            }
+            for condition in [&rule.called_value, &rule.calling_value]
+                .into_iter()
+                .flatten()
+            {
+                if condition.one_of.is_empty() {
+                    return Err(RulesError(format!(
+                        "{name}: a value condition on dataset {} lists no value (`one_of`); to match any number the dataset has, use called_in or called_prefix_in",
+                        condition.dataset
+                    )));
+                }
             }
             let prefixes = rule.called_prefix.iter().chain(&rule.calling_prefix);
             if prefixes.clone().any(|p| p.is_empty()) {
@@ -179,15 +352,32 @@ impl RuleSet {
     }
 
     /// Decides one leg. `now_ms` is the wall clock in Unix milliseconds, for
-    /// the age conditions.
+    /// the age conditions. Dataset conditions find nothing: see
+    /// [`RuleSet::matching_rule_with`].
     pub fn decide(&self, leg: &LegView<'_>, now_ms: u64) -> Action {
         self.matching_rule(leg, now_ms)
             .map_or(self.default, |index| self.rules[index].action)
     }
 
-    /// The index of the first rule that matches, if any.
+    /// The index of the first rule that matches, if any (dataset
+    /// conditions find nothing).
     pub fn matching_rule(&self, leg: &LegView<'_>, now_ms: u64) -> Option<usize> {
-        self.rules.iter().position(|rule| rule.matches(leg, now_ms))
+        self.matching_rule_with(leg, now_ms, |_| None)
+    }
+
+    /// The index of the first rule that matches, if any. `answer(i)` is
+    /// the answer of look-up `i` of [`RuleSet::lookups`] for this leg:
+    /// none when the dataset has nothing for it, else the value found
+    /// (`""` for a key of a set, and for `Exact` / `Prefix` look-ups).
+    pub fn matching_rule_with<'v>(
+        &self,
+        leg: &LegView<'_>,
+        now_ms: u64,
+        answer: impl Fn(usize) -> Option<&'v str>,
+    ) -> Option<usize> {
+        self.rules
+            .iter()
+            .position(|rule| rule.matches(leg, now_ms) && rule.data_matches(&answer))
     }
 
     /// The display name of rule `index`.
@@ -203,6 +393,29 @@ fn rule_name(rule: &Rule, index: usize) -> String {
 }
 
 impl Rule {
+    fn reads_data(&self) -> bool {
+        !self.called_in.is_empty()
+            || !self.calling_in.is_empty()
+            || !self.called_prefix_in.is_empty()
+            || !self.calling_prefix_in.is_empty()
+            || self.called_value.is_some()
+            || self.calling_value.is_some()
+    }
+
+    fn data_matches<'v>(&self, answer: &impl Fn(usize) -> Option<&'v str>) -> bool {
+        self.data.iter().all(|condition| {
+            condition
+                .lookups
+                .iter()
+                .any(|&lookup| match answer(lookup) {
+                    None => false,
+                    Some(value) => {
+                        condition.one_of.is_empty() || condition.one_of.iter().any(|v| v == value)
+                    }
+                })
+        })
+    }
+
     fn matches(&self, leg: &LegView<'_>, now_ms: u64) -> bool {
         any_prefix(&self.called_prefix, leg.called)
             && any_prefix(&self.calling_prefix, leg.calling)
@@ -327,6 +540,59 @@ mod tests {
         assert!(err.to_string().contains("rule 1: min_age_secs"), "{err}");
         let err = RuleSet::parse(r#"{"rule": [}"#).unwrap_err();
         assert!(err.to_string().contains("invalid JSON rules"), "{err}");
+    }
+
+    #[test]
+    fn dataset_conditions_ask_each_lookup_once_and_use_its_answers() {
+        let set = RuleSet::parse(
+            r#"
+            [[rule]]
+            name = "blocked"
+            action = "refuse"
+            called_in = ["blocked", "fraud"]
+            [[rule]]
+            name = "premium"
+            action = "refuse"
+            called_value = { dataset = "rates", one_of = ["premium"] }
+            nap = ["SIP_A"]
+            [[rule]]
+            name = "also blocked"
+            action = "refuse"
+            calling_prefix_in = ["ranges"]
+            called_in = ["blocked"]
+            "#,
+        )
+        .unwrap();
+        let lookups = set.lookups();
+        assert_eq!(lookups.len(), 4, "{lookups:?}");
+        assert_eq!(set.datasets(), ["blocked", "fraud", "rates", "ranges"]);
+        let at = |dataset: &str, mode: Mode| {
+            lookups
+                .iter()
+                .position(|l| l.dataset == dataset && l.mode == mode)
+                .unwrap()
+        };
+        let (fraud, rates) = (at("fraud", Mode::Exact), at("rates", Mode::Value));
+        assert_eq!(lookups[rates].field, Field::Called);
+        let leg = leg("19005550100");
+        assert_eq!(set.matching_rule_with(&leg, NOW, |_| None), None);
+        assert_eq!(
+            set.matching_rule_with(&leg, NOW, |i| (i == fraud).then_some("")),
+            Some(0)
+        );
+        assert_eq!(
+            set.matching_rule_with(&leg, NOW, |i| (i == rates).then_some("premium")),
+            Some(1)
+        );
+        assert_eq!(
+            set.matching_rule_with(&leg, NOW, |i| (i == rates).then_some("standard")),
+            None
+        );
+        let err = RuleSet::parse(
+            "[[rule]]\naction = \"refuse\"\ncalled_value = { dataset = \"rates\", one_of = [] }\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("lists no value"), "{err}");
     }
 
     #[test]

@@ -251,6 +251,141 @@ pub fn count(name: &str, delta: u64) {
     bindings::legsync::policy::host::count(name, delta);
 }
 
+/// Reference data the host builds from the operator's files and shares
+/// with the plugins granted it (`[policy.plugins.NAME] datasets = [...]`):
+/// block lists, ported numbers, rate tables. Open each dataset once in
+/// `init` and keep it; look keys up a batch at a time (one host call per
+/// batch, whatever its size):
+///
+/// ```ignore
+/// let blocked = Dataset::open("blocked")?;
+/// let hits = blocked.contains(legs.iter().map(|leg| leg.called));
+/// ```
+///
+/// Every decision of one plugin set sees one version of each dataset; a
+/// new version comes with a reload, to a fresh instance (`init` again).
+pub mod datasets {
+    use crate::bindings::legsync::policy::datasets as host;
+    use crate::bindings::legsync::policy::types::TextSpan;
+
+    pub use host::DatasetKind as Kind;
+
+    /// An open dataset.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Dataset {
+        handle: u32,
+        name: String,
+        kind: Kind,
+        version: String,
+        entries: u64,
+    }
+
+    impl Dataset {
+        /// Opens the dataset `name`. One the plugin's config does not
+        /// grant is an error; asked for in `init`, the host rejects the
+        /// plugin and names the dataset.
+        pub fn open(name: &str) -> Result<Dataset, String> {
+            let info = host::open(name)?;
+            Ok(Dataset {
+                handle: info.handle,
+                name: name.to_string(),
+                kind: info.kind,
+                version: info.version,
+                entries: info.entries,
+            })
+        }
+
+        pub fn name(&self) -> &str {
+            &self.name
+        }
+
+        /// A set (keys only), a map or a prefix table.
+        pub fn kind(&self) -> Kind {
+            self.kind
+        }
+
+        /// The version (the first 16 hex digits of the file's SHA-256), as
+        /// the host's audit names it.
+        pub fn version(&self) -> &str {
+            &self.version
+        }
+
+        /// Distinct keys.
+        pub fn entries(&self) -> u64 {
+            self.entries
+        }
+
+        /// For each key: whether the dataset has it, exactly.
+        pub fn contains<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Vec<bool> {
+            host::contains(self.handle, &key_batch(keys))
+        }
+
+        /// For each key: its value, when the dataset has it exactly (`""`
+        /// for a key of a set).
+        pub fn get<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Found {
+            Found(host::get(self.handle, &key_batch(keys)))
+        }
+
+        /// For each key: the longest of the dataset's keys that is a
+        /// prefix of it, and its value (a rate class by destination).
+        pub fn longest_prefix<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> Found {
+            Found(host::longest_prefix(self.handle, &key_batch(keys)))
+        }
+    }
+
+    fn key_batch<'k>(keys: impl IntoIterator<Item = &'k str>) -> host::KeyBatch {
+        let keys = keys.into_iter();
+        let mut batch = host::KeyBatch {
+            text: Vec::with_capacity(keys.size_hint().0 * 12),
+            keys: Vec::with_capacity(keys.size_hint().0),
+        };
+        for key in keys {
+            batch.keys.push(TextSpan {
+                start: batch.text.len() as u32,
+                len: key.len() as u32,
+            });
+            batch.text.extend_from_slice(key.as_bytes());
+        }
+        batch
+    }
+
+    /// The answers of [`Dataset::get`] or [`Dataset::longest_prefix`], one
+    /// per key, in order.
+    #[derive(Debug)]
+    pub struct Found(host::Found);
+
+    impl Found {
+        pub fn len(&self) -> usize {
+            self.0.hits.len()
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.0.hits.is_empty()
+        }
+
+        /// The value found for key `index`, if any.
+        pub fn value(&self, index: usize) -> Option<&str> {
+            let hit = self.0.hits.get(index)?.as_ref()?;
+            let start = hit.value.start as usize;
+            let bytes = self.0.text.get(start..start + hit.value.len as usize)?;
+            core::str::from_utf8(bytes).ok()
+        }
+
+        /// How many bytes of key `index` matched (the prefix's length for
+        /// `longest_prefix`), if it was found.
+        pub fn matched(&self, index: usize) -> Option<usize> {
+            Some(self.0.hits.get(index)?.as_ref()?.matched as usize)
+        }
+
+        /// The values, one per key.
+        pub fn values(&self) -> impl Iterator<Item = Option<&str>> {
+            (0..self.len()).map(|index| self.value(index))
+        }
+    }
+}
+
+pub use datasets::Dataset;
+
 /// Used by [`export_policy!`]; not part of the API.
 #[doc(hidden)]
 pub mod __private {
