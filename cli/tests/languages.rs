@@ -175,6 +175,37 @@ fn the_rust_rules_plugin_decides_the_non_ascii_fixture() {
     plugin_test(&built_plugin("rules"), "plugins/rules/tests.json");
 }
 
+/// The `reference-data` example, in Rust, Python and JavaScript, decides
+/// its test file's legs from the fixture's datasets (a block list with
+/// non-ASCII keys, a prefix table with overlapping prefixes): the SDKs'
+/// dataset wrappers, each over the real host interface.
+#[test]
+fn the_reference_data_examples_decide_from_a_block_list_and_a_rate_table() {
+    let decides = |plugin: &Path, tests: &str| {
+        let out = legsync(&[
+            "plugin",
+            "test",
+            plugin.to_str().unwrap(),
+            repo().join(tests).to_str().unwrap(),
+        ]);
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+        assert!(stdout.contains("9 decisions as expected"), "{stdout}");
+    };
+    decides(
+        &built_plugin("reference-data"),
+        "plugins/reference-data/tests.json",
+    );
+    for (build, tests) in [
+        (Build::Python, "plugins/python/reference-data/tests.json"),
+        (Build::JavaScript, "plugins/js/reference-data/tests.json"),
+    ] {
+        if let Some(plugin) = common::languages::built(build, "reference-data") {
+            decides(&plugin, tests);
+        }
+    }
+}
+
 /// `legsync plugin test` with the example's own test file passes.
 fn plugin_test(plugin: &Path, tests: &str) {
     let out = legsync(&[
@@ -346,7 +377,7 @@ fn the_python_sdk_type_checks_and_rejects_misuse() {
         (out.status.success(), text(&out.stdout) + &text(&out.stderr))
     };
     let sdk = repo().join("plugins/python/legsync_plugin.py");
-    for example in ["rules", "nap-cap"] {
+    for example in ["rules", "nap-cap", "reference-data"] {
         let app = repo().join("plugins/python").join(example).join("app.py");
         let (ok, said) = mypy(&[sdk.clone(), app]);
         assert!(ok, "{example}: {said}");

@@ -159,3 +159,25 @@ export function error(message: string): void;
 /** The host's wall clock in Unix milliseconds (for call ages against
  * `answeredAtMs`). */
 export function nowMs(): bigint;
+
+/** What a dataset's file holds. */
+export type DatasetKind = 'set' | 'map' | 'prefix-table';
+
+/** Reference data the host shares with the plugins granted it
+ * (`[policy.plugins.NAME] datasets = [...]`). Open it in the constructor;
+ * look keys up a batch at a time. Throws when the dataset is not granted. */
+export class Dataset {
+  constructor(name: string);
+  readonly name: string;
+  readonly kind: DatasetKind;
+  /** The first 16 hex digits of the file's SHA-256, as the audit names it. */
+  readonly version: string;
+  /** Distinct keys. */
+  readonly entries: bigint;
+  /** For each key: whether the dataset has it, exactly. */
+  contains(keys: Iterable<string>): boolean[];
+  /** For each key: its value when the dataset has it exactly ('' for a key of a set). */
+  get(keys: Iterable<string>): (string | undefined)[];
+  /** For each key: [the longest prefix of it that is a key, its value]. */
+  longestPrefix(keys: Iterable<string>): ([string, string] | undefined)[];
+}

@@ -33,6 +33,12 @@ import {
   count as hostCount,
   explain as hostExplain,
 } from 'legsync:policy/host@0.4.0';
+import {
+  open as openDataset,
+  contains as hostContains,
+  get as hostGet,
+  longestPrefix as hostLongestPrefix,
+} from 'legsync:policy/datasets@0.4.0';
 
 /** The contract version this SDK builds plugins for. */
 export const CONTRACT_VERSION = '0.4.0';
@@ -41,6 +47,7 @@ export const REBUILD = 'rebuild';
 export const REFUSE = 'refuse';
 
 const utf8 = new TextDecoder('utf-8');
+const toUtf8 = new TextEncoder();
 
 const spanReader = (text) => (s) =>
   utf8.decode(text.subarray(s.start, s.start + s.len));
@@ -210,3 +217,70 @@ export const error = (message) => log('error', message);
 /** The host's wall clock in Unix milliseconds, a BigInt (for call ages
  * against `answeredAtMs`). */
 export const nowMs = () => hostNowMs();
+
+/** Keys as the host reads them: their bytes in one buffer, each a span. */
+function keyBatch(keys) {
+  const encoded = Array.from(keys, (key) => toUtf8.encode(key));
+  const text = new Uint8Array(encoded.reduce((n, key) => n + key.length, 0));
+  const spans = [];
+  let start = 0;
+  for (const key of encoded) {
+    text.set(key, start);
+    spans.push({ start, len: key.length });
+    start += key.length;
+  }
+  return [{ text, keys: spans }, encoded];
+}
+
+/**
+ * Reference data the host built from the operator's files and shares with
+ * the plugins granted it (`[policy.plugins.NAME] datasets = [...]`): a
+ * block list (set), a map, or a prefix table (rates by destination). Open
+ * it in the constructor and keep it; look keys up a batch at a time (one
+ * host call per batch, whatever its size). A dataset the plugin was not
+ * granted throws, and the host rejects the plugin, naming it.
+ */
+export class Dataset {
+  constructor(name) {
+    let info;
+    try {
+      info = openDataset(name);
+    } catch (e) {
+      throw new Error(String(e?.payload ?? e?.message ?? e));
+    }
+    this.name = name;
+    this.handle = info.handle;
+    /** `set`, `map` or `prefix-table`. */
+    this.kind = info.kind;
+    /** The version (the first 16 hex digits of the file's SHA-256). */
+    this.version = info.version;
+    /** Distinct keys (a BigInt). */
+    this.entries = info.entries;
+  }
+
+  /** For each key: whether the dataset has it, exactly. */
+  contains(keys) {
+    return hostContains(this.handle, keyBatch(keys)[0]);
+  }
+
+  /** For each key: its value when the dataset has it exactly ('' for a key
+   * of a set), else undefined. */
+  get(keys) {
+    const found = hostGet(this.handle, keyBatch(keys)[0]);
+    const value = spanReader(found.text);
+    return found.hits.map((hit) => (hit === undefined ? undefined : value(hit.value)));
+  }
+
+  /** For each key: the longest of the dataset's keys that is a prefix of
+   * it and its value, as [prefix, value]; undefined when no key is. */
+  longestPrefix(keys) {
+    const [batch, encoded] = keyBatch(keys);
+    const found = hostLongestPrefix(this.handle, batch);
+    const value = spanReader(found.text);
+    return found.hits.map((hit, i) =>
+      hit === undefined
+        ? undefined
+        : [utf8.decode(encoded[i].subarray(0, hit.matched)), value(hit.value)],
+    );
+  }
+}

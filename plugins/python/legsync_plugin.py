@@ -24,10 +24,11 @@ bytes, and misread every leg after a non-ASCII NAP).
 """
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Tuple, Type
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Type
 
 from componentize_py_types import Err
 from wit_world import exports
+from wit_world.imports import datasets as _datasets
 from wit_world.imports import host, types
 
 #: The contract version this SDK builds plugins for.
@@ -146,6 +147,77 @@ def count(name: str, delta: int = 1) -> None:
     `legsync_plugin_counter_total{plugin, counter}`. Names are 1 to 64 of
     a-z, 0-9 and _; at most 32 per plugin."""
     host.count(name, delta)
+
+
+def _key_batch(keys: Iterable[str]) -> Tuple[_datasets.KeyBatch, List[bytes]]:
+    encoded = [key.encode("utf-8") for key in keys]
+    spans = []
+    start = 0
+    for key in encoded:
+        spans.append(types.TextSpan(start=start, len=len(key)))
+        start += len(key)
+    return _datasets.KeyBatch(text=b"".join(encoded), keys=spans), encoded
+
+
+class Dataset:
+    """Reference data the host built from the operator's files and shares
+    with the plugins granted it (`[policy.plugins.NAME] datasets = [...]`):
+    a block list (set), a map, or a prefix table (rates by destination).
+    Open it in `__init__` and keep it; look keys up a batch at a time (one
+    host call per batch, whatever its size). A dataset the plugin was not
+    granted raises `ValueError`, and the host rejects the plugin, naming it.
+    """
+
+    def __init__(self, name: str) -> None:
+        try:
+            info = _datasets.open(name)
+        except Err as e:
+            raise ValueError(str(e.value))
+        self.name = name
+        self._handle = info.handle
+        #: `set`, `map` or `prefix-table`.
+        self.kind = {
+            _datasets.DatasetKind.SET: "set",
+            _datasets.DatasetKind.MAP: "map",
+            _datasets.DatasetKind.PREFIX_TABLE: "prefix-table",
+        }[info.kind]
+        #: The version (the first 16 hex digits of the file's SHA-256), as
+        #: the host's audit names it.
+        self.version = info.version
+        #: Distinct keys.
+        self.entries = info.entries
+
+    def contains(self, keys: Iterable[str]) -> List[bool]:
+        """For each key: whether the dataset has it, exactly."""
+        batch, _ = _key_batch(keys)
+        return list(_datasets.contains(self._handle, batch))
+
+    def get(self, keys: Iterable[str]) -> List[Optional[str]]:
+        """For each key: its value when the dataset has it exactly ("" for a
+        key of a set), else None."""
+        batch, _ = _key_batch(keys)
+        found = _datasets.get(self._handle, batch)
+        text = found.text
+        return [
+            None if hit is None else text[hit.value.start : hit.value.start + hit.value.len].decode()
+            for hit in found.hits
+        ]
+
+    def longest_prefix(self, keys: Iterable[str]) -> List[Optional[Tuple[str, str]]]:
+        """For each key: the longest of the dataset's keys that is a prefix
+        of it, and its value, as (prefix, value); None when no key is."""
+        batch, encoded = _key_batch(keys)
+        found = _datasets.longest_prefix(self._handle, batch)
+        text = found.text
+        return [
+            None
+            if hit is None
+            else (
+                key[: hit.matched].decode(),
+                text[hit.value.start : hit.value.start + hit.value.len].decode(),
+            )
+            for key, hit in zip(encoded, found.hits)
+        ]
 
 
 class Policy:
