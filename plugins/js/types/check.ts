@@ -1,6 +1,7 @@
 // Compiled with `tsc --noEmit --strict` by cli/tests/languages.rs: the SDK's
 // declarations describe what a TypeScript plugin uses, and reject misuse.
 import {
+  Dataset,
   Policy,
   REBUILD,
   REFUSE,
@@ -51,5 +52,26 @@ class Counting extends Policy {
   }
 }
 
+/** Reference data: a block list and a rate table, a batch per look-up. */
+class Reference extends Policy {
+  private readonly blocked = new Dataset('blocked');
+  private readonly rates = new Dataset('rates');
+
+  onCallLegSyncBatch(legs: CallLeg[]): Decision[] {
+    const called = legs.map((leg) => leg.called);
+    const blocked: boolean[] = this.blocked.contains(called);
+    const rates = this.rates.longestPrefix(called);
+    const ported: (string | undefined)[] = this.rates.get(called);
+    return legs.map((_, i) => {
+      const rate = rates[i];
+      if (blocked[i] || (rate !== undefined && rate[1] === 'premium') || ported[i] === 'X') {
+        return REFUSE;
+      }
+      return this.rates.kind === 'prefix-table' && this.blocked.entries > 0n ? REBUILD : REFUSE;
+    });
+  }
+}
+
 export const policy = exportPolicy(NoPremium);
+export const reference = exportPolicy(Reference);
 export const counting = exportPolicy(Counting);
