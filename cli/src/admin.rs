@@ -155,6 +155,16 @@ pub async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
                 }
             );
         }
+        for dataset in &s.datasets {
+            println!(
+                "  dataset {}@{} ({}, {} keys, {:.1} MB)",
+                dataset.name,
+                dataset.version,
+                dataset.kind.as_str(),
+                dataset.entries,
+                dataset.bytes as f64 / 1e6
+            );
+        }
         if let Some(resync) = &s.last_resync {
             println!(
                 "  last resync: {} ms, known {}, rebuilt {}, refused {}, absent {}",

@@ -277,6 +277,8 @@ async fn a_new_version_swaps_in_whole_while_resyncs_decide_and_a_broken_one_stay
         ),
         "{said}"
     );
+    let status = trial.get("/status").await;
+    assert_eq!(status["datasets"][0]["version"], v2.as_str(), "{status}");
     let before = trial.event_lines(&format!("blocked@{v2}"));
     trial
         .cut_off(

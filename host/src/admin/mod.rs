@@ -531,6 +531,9 @@ pub struct StatusReport {
     pub recovered: usize,
     pub unknown_leg_events: u64,
     pub plugins: Vec<serde_json::Value>,
+    /// The datasets the deciding set reads, with their versions.
+    #[serde(default)]
+    pub datasets: Vec<crate::policy::datasets::DatasetInfo>,
     pub last_resync: Option<serde_json::Value>,
     pub last_reload: Option<serde_json::Value>,
 }
@@ -545,6 +548,7 @@ fn status(admin: &Admin) -> StatusReport {
         .into_iter()
         .filter_map(|p| serde_json::to_value(p).ok())
         .collect();
+    let datasets = admin.policy.current().datasets();
     StatusReport {
         name: admin.name.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -558,6 +562,7 @@ fn status(admin: &Admin) -> StatusReport {
         epoch: status.epoch,
         boot_id: status.boot_id.map(|id| id.to_string()),
         legs: status.legs,
+        datasets,
         links: status.links,
         resyncs: status.resyncs,
         recovered: status.recovered,

@@ -11,6 +11,7 @@
 //! - `takeover`: a standby taking over from a lost active (see
 //!   [`takeover`]).
 
+mod datasets;
 mod live;
 mod report;
 mod series;
@@ -66,6 +67,10 @@ pub enum Mode {
     /// (`--loss`) and the time until the standby's resync is done is the
     /// figure (see `bench/takeover.rs`).
     Takeover,
+    /// Reference data: a 10M-number block list and a 1M-prefix rate table,
+    /// their build time, memory and look-up cost, and decisions' latency
+    /// while one is rebuilt (see `bench/datasets.rs`).
+    Datasets,
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +145,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(sizes) = &args.sweep {
         return sweep::run(&args, sizes).await;
     }
+    if args.mode == Mode::Datasets {
+        return datasets::run(&args).await;
+    }
     let one_policy = matches!(args.mode, Mode::Transfer | Mode::Takeover | Mode::Live);
     anyhow::ensure!(
         args.mode != Mode::Live || (args.repeat == 1 && args.policy != PolicyKind::Both),
@@ -204,6 +212,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Mode::Transfer => transfer(&sim, &args).await?,
         Mode::Takeover => takeover::run(&sim, &args, &rules, dir.path()).await?,
         Mode::Cold | Mode::Warm | Mode::Live => resync(&sim, &args, &rules, dir.path()).await?,
+        Mode::Datasets => unreachable!("measured before the engine starts"),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -24,7 +24,7 @@ pub use build::{DatasetError, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use store::{DatasetStore, Granted, names_in};
 
 /// How a dataset's file reads, from its extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DatasetKind {
     /// `NAME.set`: one key per line (a block list).
@@ -113,7 +113,7 @@ impl Values {
 
 /// What a dataset is, for reports: the reload event, `plugin check`,
 /// `/status`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DatasetInfo {
     pub name: String,
     pub kind: DatasetKind,
