@@ -7,7 +7,7 @@
 
 use anyhow::Context;
 use clap::Args;
-use legsync::policy::{PolicyChain, PolicyConfig, PolicyRuntime, loader};
+use legsync::policy::{PolicyChain, PolicyRuntime, loader};
 use legsync::recording::{Recording, Replayed, Verdicts};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,6 +31,8 @@ pub struct ReplayArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
+    datasets: super::plugin::DatasetArgs,
+    #[command(flatten)]
     cache: super::plugin::CacheArgs,
 }
 
@@ -40,13 +42,14 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let runtime = args.cache.runtime()?;
     // Before any plugin starts: `init` may read the clock too.
     runtime.fix_clock(header.started_ms);
-    let chain = load(&runtime, &args.plugin_dir)?;
+    let data = args.datasets.dir();
+    let chain = load(&runtime, &args.plugin_dir, data)?;
     let started = Instant::now();
     let now = recording.replay(&chain);
     let took = started.elapsed();
     let (reference, against) = match &args.against {
         Some(dir) => (
-            recording.replay(&load(&runtime, dir)?),
+            recording.replay(&load(&runtime, dir, data)?),
             dir.display().to_string(),
         ),
         None => (
@@ -118,8 +121,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn load(runtime: &PolicyRuntime, dir: &Path) -> anyhow::Result<PolicyChain> {
-    loader::load_dir(runtime, dir, &PolicyConfig::default())
+/// The plugin set of `dir`, granted every dataset of `data` (if given).
+fn load(runtime: &PolicyRuntime, dir: &Path, data: Option<&Path>) -> anyhow::Result<PolicyChain> {
+    let names = loader::scan(dir)?.into_iter().map(|file| file.name);
+    let config = super::plugin::granting_all(data, names)?;
+    loader::load_dir(runtime, dir, &config)
         .with_context(|| format!("cannot load the plugins in {}", dir.display()))
 }
 
