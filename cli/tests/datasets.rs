@@ -20,6 +20,25 @@ fn rules_wasm() -> std::path::PathBuf {
     common::built_plugin("rules")
 }
 
+/// `legsync plugin eval` of the `rules` plugin with `rules` over `legs`,
+/// granted the datasets of `datasets`.
+fn eval(rules: &Path, legs: &Path, datasets: Option<&Path>) -> std::process::Output {
+    let mut args = vec![
+        "plugin".to_string(),
+        "eval".into(),
+        rules_wasm().display().to_string(),
+        "--rules".into(),
+        rules.display().to_string(),
+        "--legs".into(),
+        legs.display().to_string(),
+        "--no-cache".into(),
+    ];
+    if let Some(datasets) = datasets {
+        args.extend(["--datasets".into(), datasets.display().to_string()]);
+    }
+    legsync(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 /// Writes `text` to `path` as an operator's export lands: a temporary
 /// file renamed over the old one.
 fn replace(path: &Path, text: &str) {
@@ -78,18 +97,7 @@ fn the_rules_plugin_answers_exactly_from_sets_and_prefix_tables() {
         .collect();
     let legs_file = dir.path().join("legs.json");
     std::fs::write(&legs_file, serde_json::to_string(&legs).unwrap()).unwrap();
-    let out = legsync(&[
-        "plugin",
-        "eval",
-        rules_wasm().to_str().unwrap(),
-        "--rules",
-        rules.to_str().unwrap(),
-        "--legs",
-        legs_file.to_str().unwrap(),
-        "--datasets",
-        data.to_str().unwrap(),
-        "--no-cache",
-    ]);
+    let out = eval(&rules, &legs_file, Some(&data));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let lines: Vec<serde_json::Value> = text(&out.stdout)
         .lines()
@@ -118,16 +126,7 @@ fn a_plugin_that_asks_for_a_dataset_it_was_not_granted_is_rejected_by_name() {
     let rules = dir.path().join("rules.toml");
     std::fs::write(&rules, RULES).unwrap();
     std::fs::write(dir.path().join("legs.json"), "[]").unwrap();
-    let out = legsync(&[
-        "plugin",
-        "eval",
-        rules_wasm().to_str().unwrap(),
-        "--rules",
-        rules.to_str().unwrap(),
-        "--legs",
-        dir.path().join("legs.json").to_str().unwrap(),
-        "--no-cache",
-    ]);
+    let out = eval(&rules, &dir.path().join("legs.json"), None);
     assert!(!out.status.success());
     let said = text(&out.stderr);
     assert!(
