@@ -471,7 +471,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         rebuilt,
         claimed: legsync::model::IdSet::default(),
     };
-    let plan = legsync::resync::sort_links(&links, &refused, &mut sides);
+    let plan = legsync::internals::sort_links(&links, &refused, &mut sides);
     for link in &plan.drop {
         println!(
             "{}",
@@ -504,8 +504,8 @@ struct EvalSides {
     claimed: legsync::model::IdSet<u64>,
 }
 
-impl legsync::resync::LinkSides for EvalSides {
-    fn side(&self, leg: u64) -> Option<(bool, legsync::legs::SlotHint)> {
+impl legsync::internals::LinkSides for EvalSides {
+    fn side(&self, leg: u64) -> Option<(bool, legsync::internals::SlotHint)> {
         self.rebuilt
             .contains(&leg)
             .then(|| (self.claimed.contains(&leg), Default::default()))

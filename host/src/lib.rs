@@ -20,9 +20,9 @@
 //!   reconnect backoff; [`tls`]: the link over mutual TLS.
 //! - [`model`]: legs, links, decisions and termination reasons: the types
 //!   every layer shares, and the rule that names a call.
-//! - [`ids`] and [`legs`]: the host's tables of legs and links (the
+//! - `ids` and `legs` (private): the host's tables of legs and links (the
 //!   application's contexts), millions of them.
-//! - [`resync`]: the diff of a snapshot against the table.
+//! - `resync` (private): the diff of a snapshot against the table.
 //! - [`policy`]: the WebAssembly plugin runtime: load, limits, chain,
 //!   failures, batches sized to each plugin.
 //! - [`cdr`]: the ledger (the CDR file): durable START / END records,
@@ -38,6 +38,12 @@
 //! - [`admin`]: the admin endpoint (metrics, health, status, control) and
 //!   its client.
 //! - [`embedded`]: the example plugins carried in the binary.
+//!
+//! The public API is what the `legsync` binary and an embedder need: the
+//! config, the app, the supervisor, the ledger, the admin client, the
+//! policy runtime's entry points. The tables and the diff stay private;
+//! `internals` (hidden) lends two of them to the benches and `plugin eval`
+//! and is not API.
 
 pub mod admin;
 pub mod app;
@@ -46,9 +52,9 @@ pub mod config;
 pub mod embedded;
 pub mod engine;
 pub mod events;
-pub mod ids;
+mod ids;
 mod json_line;
-pub mod legs;
+mod legs;
 pub mod metrics;
 pub mod model;
 pub mod policy;
@@ -56,9 +62,18 @@ pub mod protocol;
 pub mod recording;
 pub mod reload;
 mod repeated;
-pub mod resync;
+mod resync;
 pub mod supervisor;
 pub mod tls;
+
+/// What the criterion benches and `legsync plugin eval` reach below the
+/// API: the host's leg table and its snapshot diff (the link rule `plugin
+/// eval` shows). Not part of the API: it changes with the implementation.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::legs::{LegTable, SlotHint};
+    pub use crate::resync::{LinkSides, SnapshotDiff, sort_links};
+}
 
 /// Where `host/build.rs` put the plugins built from `plugins/` (one
 /// `NAME.wasm` per crate, `-` in crate names turned into `_`). Used by the

@@ -161,7 +161,7 @@ impl LedgerIndex {
 
     /// [`LedgerIndex::open`] for a batch of legs (a snapshot chunk's): each
     /// look-up is a miss in an index of millions, so they are all started
-    /// together first ([`crate::ids::IdIndex::prefetch`]).
+    /// together first (`IdIndex::prefetch`).
     pub fn open_all<'a>(
         &mut self,
         legs: impl IntoIterator<Item = &'a CallLeg, IntoIter: Clone>,

@@ -39,10 +39,6 @@ impl IdIndex {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The slot where the probe for `id` starts.
     fn home(&self, id: u64) -> usize {
         self.hasher.hash_one(id) as usize & (self.slots.len() - 1)
@@ -200,7 +196,7 @@ mod tests {
             assert_eq!(index.get(*id), Some(*position));
         }
         index.clear();
-        assert!(index.is_empty() && index.get(*plain.keys().next().unwrap()).is_none());
+        assert!(index.len() == 0 && index.get(*plain.keys().next().unwrap()).is_none());
     }
 
     /// A reserved table takes its ids without moving them again, and never

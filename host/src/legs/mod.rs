@@ -72,7 +72,7 @@ pub struct SlotHint(u32);
 /// Entries live in one vector (a slab) with a small id-to-slot index beside
 /// it: at a million legs a `HashMap<LegId, LegEntry>` would spend about
 /// twice the entry size per leg on its buckets; this layout spends the entry
-/// plus a 16-byte index slot (at most 3/4 full: [`IdIndex`]).
+/// plus a 16-byte index slot (at most 3/4 full: `IdIndex`).
 #[derive(Debug, Default)]
 pub struct LegTable {
     slots: Vec<LegEntry>,

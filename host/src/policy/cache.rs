@@ -43,7 +43,7 @@ pub struct CompileCache {
 }
 
 impl CompileCache {
-    /// The cache in `dir`, bounded to [`DEFAULT_MAX_MB`].
+    /// The cache in `dir`, bounded to `DEFAULT_MAX_MB`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         CompileCache {
             dir: dir.into(),

@@ -154,8 +154,9 @@ pub struct PolicyConfig {
     #[serde(default)]
     pub guard: super::blast::Guard,
     /// A second plugin directory whose set decides alongside the live one,
-    /// compared and never enforced (see [`super::shadow`]). Its plugins
-    /// take their settings from `defaults` and `plugins` as live ones do.
+    /// compared and never enforced (operations guide, "Shadow plugins").
+    /// Its plugins take their settings from `defaults` and `plugins` as
+    /// live ones do.
     #[serde(default)]
     pub shadow_dir: Option<PathBuf>,
     /// Where the datasets are (default: `datasets/` in the plugin

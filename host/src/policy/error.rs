@@ -98,7 +98,7 @@ pub struct PluginFailure {
 
 impl PluginFailure {
     /// A failure; its detail (a plugin's own words, a trap's backtrace) is
-    /// cut to [`MAX_DETAIL`]: a log line, not a dump.
+    /// cut to `MAX_DETAIL` (1 KiB): a log line, not a dump.
     pub fn new(kind: FailureKind, detail: impl Into<String>) -> Self {
         PluginFailure {
             kind,

@@ -485,7 +485,7 @@ impl Plugin {
 
     /// How many items one call of the sync export `export` should carry,
     /// within `1..=batch_size`, from its calls so far (see
-    /// [`CallCost::batch_limit`]): a correct but slow plugin gets batches
+    /// `CallCost::batch_limit`): a correct but slow plugin gets batches
     /// it can answer in time, instead of overrunning on a full batch and
     /// having the whole batch decided by its failure policy; one slow per
     /// call gets full batches, not one leg a call.

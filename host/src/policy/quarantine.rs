@@ -42,11 +42,6 @@ impl Health {
         self.until.is_some_and(|until| now < until)
     }
 
-    /// When the current quarantine ends, if one is running.
-    pub fn quarantined_until(&self) -> Option<Instant> {
-        self.until
-    }
-
     /// Records a failure; returns the quarantine length if it starts one.
     pub fn record_failure(&mut self, now: Instant, policy: &QuarantinePolicy) -> Option<Duration> {
         self.consecutive_failures += 1;

@@ -12,9 +12,9 @@
 //! dataset. A file that does not build (a bad line, named with its number)
 //! fails the reload and the working version stays.
 //!
-//! - [`build`]: parsing a file and building its index.
-//! - [`store`]: the folder, the cache of built versions, the grants.
-//! - [`serve`]: the `datasets` interface plugins call.
+//! - `build`: parsing a file and building its index.
+//! - `store`: the folder, the cache of built versions, the grants.
+//! - `serve`: the `datasets` interface plugins call.
 
 mod build;
 mod serve;
