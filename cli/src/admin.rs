@@ -134,8 +134,8 @@ pub async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
         let epoch = s.epoch.map_or("-".to_string(), |e| e.to_string());
         println!("  role {}, link {}, epoch {epoch}", s.role, s.link);
         println!(
-            "  {} legs, {} links held; {} resyncs; {} calls from the ledger not yet matched",
-            s.legs, s.links, s.resyncs, s.recovered
+            "  {} legs, {} links, {} mixers ({} joined legs) held; {} resyncs; {} calls from the ledger not yet matched",
+            s.legs, s.links, s.mixers, s.joins, s.resyncs, s.recovered
         );
         for plugin in &s.plugins {
             let text = |key: &str| plugin[key].as_str().unwrap_or("-").to_string();

@@ -47,6 +47,11 @@ pub struct SimArgs {
     /// leg array would, instead of the table's own hash order.
     #[arg(long)]
     ascending: bool,
+    /// The newest protocol version to speak: 4 (mixers), or 3 to act as an
+    /// engine without mixers (it closes on a version 4 hello).
+    #[arg(long, default_value_t = legsync::protocol::PROTOCOL_VERSION,
+          value_parser = clap::value_parser!(u8).range(3..=4))]
+    protocol: u8,
     /// Log the generated traffic (`traffic`, `burst` control commands)
     /// here: one line per event with the time it was meant to be sent.
     #[arg(long)]
@@ -77,6 +82,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         reuse_ids: args.reuse_ids,
         crafted_ids: args.crafted_ids,
         ascending: args.ascending,
+        protocol: args.protocol,
         name: args.name,
         traffic_log: args.traffic_log,
         tls: match (args.tls_cert, args.tls_key, args.tls_client_ca) {

@@ -131,6 +131,13 @@ pub struct LinkConfig {
     pub max_legs: u64,
     /// The most links a snapshot may carry.
     pub max_links: u64,
+    /// The most mixers a snapshot may carry (protocol 4).
+    pub max_mixers: u64,
+    /// The most joins (a leg in a mixer) a snapshot may carry.
+    pub max_joins: u64,
+    /// The protocol version offered in the hello: 4 (mixers), or 3 for an
+    /// engine that speaks 3 only (it closes on a version 4 hello).
+    pub protocol: u8,
     /// The longest a resync may take (snapshot, decisions, drop
     /// acknowledgements) before the engine is cut off.
     pub resync_timeout_ms: u64,
@@ -157,6 +164,9 @@ impl Default for LinkConfig {
             standby_retry_ms: 100,
             max_legs: 4_000_000,
             max_links: 4_000_000,
+            max_mixers: 1_000_000,
+            max_joins: 4_000_000,
+            protocol: crate::protocol::PROTOCOL_VERSION,
             resync_timeout_ms: 120_000,
             decision_budget_ms: DEFAULT_DECISION_BUDGET_MS,
             allow_plain: false,
@@ -328,6 +338,14 @@ impl HostConfig {
             ("link.standby_retry_ms", link.standby_retry_ms, 10..=60_000),
             ("link.max_legs", link.max_legs, 1..=100_000_000),
             ("link.max_links", link.max_links, 1..=100_000_000),
+            ("link.max_mixers", link.max_mixers, 1..=100_000_000),
+            ("link.max_joins", link.max_joins, 1..=100_000_000),
+            (
+                "link.protocol",
+                u64::from(link.protocol),
+                u64::from(crate::protocol::OLDEST_PROTOCOL_VERSION)
+                    ..=u64::from(crate::protocol::PROTOCOL_VERSION),
+            ),
             (
                 "link.decision_budget_ms",
                 link.decision_budget_ms,
@@ -428,6 +446,8 @@ mod tests {
             ("link", "standby_retry_ms"),
             ("link", "max_legs"),
             ("link", "max_links"),
+            ("link", "max_mixers"),
+            ("link", "max_joins"),
             ("policy", "batch_size"),
             ("policy.defaults", "memory_mb"),
             ("policy.defaults", "deadline_ms"),

@@ -23,6 +23,8 @@
 //! - `ids` and `legs` (private): the host's tables of legs and links (the
 //!   application's contexts), millions of them.
 //! - `resync` (private): the diff of a snapshot against the table.
+//! - [`mixers`]: the conference mixers the host holds (protocol 4), their
+//!   joins, and the diff of a snapshot's mixers.
 //! - [`policy`]: the WebAssembly plugin runtime: load, limits, chain,
 //!   failures, batches sized to each plugin.
 //! - [`cdr`]: the ledger (the CDR file): durable START / END records,
@@ -56,6 +58,7 @@ mod ids;
 mod json_line;
 mod legs;
 pub mod metrics;
+pub mod mixers;
 pub mod model;
 pub mod policy;
 pub mod protocol;

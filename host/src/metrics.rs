@@ -21,6 +21,10 @@ pub const RESYNCS: &str = "legsync_resyncs_total";
 pub const RESYNC_SECONDS: &str = "legsync_resync_duration_seconds";
 pub const LEGS: &str = "legsync_legs";
 pub const LINKS: &str = "legsync_links";
+pub const MIXERS: &str = "legsync_mixers";
+pub const JOINS: &str = "legsync_mixer_joins";
+pub const MIXER_DECISIONS: &str = "legsync_mixer_decisions_total";
+pub const MIXERS_TERMINATED: &str = "legsync_mixers_terminated_total";
 pub const RECOVERED: &str = "legsync_recovered_calls";
 pub const UNKNOWN_LEG_EVENTS: &str = "legsync_unknown_leg_events_total";
 pub const DECISIONS: &str = "legsync_sync_decisions_total";
@@ -92,6 +96,18 @@ pub const ALL: &[(&str, &str, &str)] = &[
     ),
     (LEGS, "gauge", "call legs held"),
     (LINKS, "gauge", "links held"),
+    (MIXERS, "gauge", "conference mixers held (protocol 4)"),
+    (JOINS, "gauge", "legs joined to the mixers held"),
+    (
+        MIXER_DECISIONS,
+        "counter",
+        "unknown mixers decided at resyncs, by decision (rebuild, refuse)",
+    ),
+    (
+        MIXERS_TERMINATED,
+        "counter",
+        "mixers the host held that ended, by reason (released, absent-after-resync, grace-expired, replaced, host-shutdown, handed-over)",
+    ),
     (
         RECOVERED,
         "gauge",

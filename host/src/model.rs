@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 pub type LegId = u64;
 /// The engine's id of a link (two joined legs).
 pub type LinkId = u64;
+/// The engine's id of a conference mixer.
+pub type MixerId = u64;
 
 /// Which way a leg was set up, seen from the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -98,6 +100,77 @@ pub struct Link {
     pub id: LinkId,
     pub leg_a: LegId,
     pub leg_b: LegId,
+}
+
+/// A conference mixer: legs joined to it hear and are heard by each other
+/// (as their roles say). Mixers are not billed; their legs are.
+///
+/// As with legs, an id names a mixer only while it lives: a mixer is the
+/// same one only if its id and `created_at_ms` match ([`same_mixer`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mixer {
+    pub id: MixerId,
+    /// Unix milliseconds: with the id, who the mixer is.
+    pub created_at_ms: u64,
+    /// The conference it carries, as the application named it (a
+    /// conference id, a room): what a policy decides on.
+    #[serde(default)]
+    pub name: CompactString,
+}
+
+/// Whether two views of a mixer are the same mixer.
+pub fn same_mixer(a: &Mixer, b: &Mixer) -> bool {
+    a.id == b.id && a.created_at_ms == b.created_at_ms
+}
+
+/// How a leg takes part in a mixer.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum JoinRole {
+    /// Heard by the others, hears nothing.
+    Speaker,
+    /// Hears the others, is not heard.
+    Listener,
+    /// Both: a conference participant.
+    #[default]
+    Both,
+}
+
+impl JoinRole {
+    /// The role as the event log and the control port spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinRole::Speaker => "speaker",
+            JoinRole::Listener => "listener",
+            JoinRole::Both => "both",
+        }
+    }
+}
+
+impl std::str::FromStr for JoinRole {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "speaker" => Ok(JoinRole::Speaker),
+            "listener" => Ok(JoinRole::Listener),
+            "both" => Ok(JoinRole::Both),
+            other => Err(format!("unknown role {other:?}: speaker, listener or both")),
+        }
+    }
+}
+
+/// A leg joined to a mixer. A leg may be joined to several mixers, and to
+/// one mixer once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Join {
+    pub mixer: MixerId,
+    pub leg: LegId,
+    pub role: JoinRole,
 }
 
 /// What to do with a leg or link the host did not know.

@@ -433,6 +433,8 @@ fn metrics(admin: &Admin) -> Reply {
     let status = admin.status.borrow().clone();
     metrics::gauge!(crate::metrics::LEGS).set(status.legs as f64);
     metrics::gauge!(crate::metrics::LINKS).set(status.links as f64);
+    metrics::gauge!(crate::metrics::MIXERS).set(status.mixers as f64);
+    metrics::gauge!(crate::metrics::JOINS).set(status.joins as f64);
     metrics::gauge!(crate::metrics::RECOVERED).set(status.recovered as f64);
     if let Some(epoch) = status.epoch {
         metrics::gauge!(crate::metrics::EPOCH).set(epoch as f64);
@@ -527,6 +529,11 @@ pub struct StatusReport {
     pub boot_id: Option<String>,
     pub legs: usize,
     pub links: usize,
+    /// Conference mixers held and the legs joined to them.
+    #[serde(default)]
+    pub mixers: usize,
+    #[serde(default)]
+    pub joins: usize,
     pub resyncs: u64,
     pub recovered: usize,
     pub unknown_leg_events: u64,
@@ -564,6 +571,8 @@ fn status(admin: &Admin) -> StatusReport {
         legs: status.legs,
         datasets,
         links: status.links,
+        mixers: status.mixers,
+        joins: status.joins,
         resyncs: status.resyncs,
         recovered: status.recovered,
         unknown_leg_events: status.unknown_leg_events,

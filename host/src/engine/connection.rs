@@ -7,7 +7,7 @@
 //! decision batch never starves the heartbeats.
 
 use crate::protocol::{
-    Command, EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION, ProtocolError,
+    Command, EngineMessage, FrameCodec, HostMessage, OLDEST_PROTOCOL_VERSION, ProtocolError,
 };
 use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::ServerName;
@@ -32,6 +32,8 @@ pub struct LinkOptions {
     /// Silence longer than this means the link is dead.
     pub heartbeat_timeout: Duration,
     pub max_frame: usize,
+    /// The protocol version we offer (and then speak): 3 or 4.
+    pub protocol: u8,
     /// Our name in the hello: the engine names its controller with it, and
     /// the ledger's records carry it. Unique within a host pair.
     pub host_name: String,
@@ -67,8 +69,12 @@ pub enum LinkError {
     Busy(String),
     #[error("TLS with the engine at {addr} failed: {reason}")]
     Tls { addr: String, reason: String },
-    #[error("the engine speaks protocol {found}, we speak {PROTOCOL_VERSION}")]
-    Version { found: u8 },
+    #[error("the engine answered in protocol {found}, we offered {offered}")]
+    Version { found: u8, offered: u8 },
+    #[error(
+        "the engine closed the connection on our hello (protocol {offered}): an engine that speaks protocol 3 only does this; if it is one, set link.protocol = 3"
+    )]
+    ClosedOnHello { offered: u8 },
     #[error(
         "the peer at {addr} does not speak the legsync protocol (it sent `{sample}`): is `engine` the engine's port?"
     )]
@@ -136,6 +142,10 @@ pub enum LimitExceeded {
     SnapshotLegs { max: usize },
     #[error("the engine's snapshot goes past max_links ({max}) links")]
     SnapshotLinks { max: usize },
+    #[error("the engine's snapshot goes past max_mixers ({max}) mixers")]
+    SnapshotMixers { max: usize },
+    #[error("the engine's snapshot goes past max_joins ({max}) joins")]
+    SnapshotJoins { max: usize },
     #[error(
         "the engine's name is {bytes} bytes long or holds control characters: at most {MAX_ENGINE_NAME} printable bytes (it is stamped on every ledger record)"
     )]
@@ -179,7 +189,7 @@ impl LinkError {
                 "protocol"
             }
             LinkError::HeartbeatLost(_) => "heartbeat",
-            LinkError::Closed => "closed",
+            LinkError::Closed | LinkError::ClosedOnHello { .. } => "closed",
             LinkError::Fenced => "fenced",
             LinkError::Unexpected { .. } => "unexpected",
             LinkError::Limit(_) => "limit",
@@ -216,6 +226,8 @@ pub struct Connection {
     pub engine: String,
     /// The controller epoch the engine gave this connection.
     pub epoch: u64,
+    /// The protocol version spoken (below 4: the engine has no mixers).
+    pub protocol: u8,
     /// Frames from the engine; ends with the error that closed the link.
     pub inbound: mpsc::Receiver<Result<EngineMessage, LinkError>>,
     commands: mpsc::UnboundedSender<(u64, Command)>,
@@ -263,10 +275,12 @@ impl Connection {
             }
         };
         let tls = options.tls.is_some();
-        let mut framed = Framed::new(stream, FrameCodec::new(options.max_frame));
+        let mut codec = FrameCodec::new(options.max_frame);
+        codec.set_version(options.protocol);
+        let mut framed = Framed::new(stream, codec);
         framed
             .send(HostMessage::Hello {
-                protocol: PROTOCOL_VERSION,
+                protocol: options.protocol,
                 host: options.host_name.clone(),
             })
             .await?;
@@ -278,6 +292,11 @@ impl Connection {
                 return Err(LinkError::Tls {
                     addr,
                     reason: tls_reason(&error),
+                });
+            }
+            Ok(None) if options.protocol > OLDEST_PROTOCOL_VERSION => {
+                return Err(LinkError::ClosedOnHello {
+                    offered: options.protocol,
                 });
             }
             Ok(None) => return Err(LinkError::Closed),
@@ -304,7 +323,7 @@ impl Connection {
                     boot_id,
                     engine,
                     epoch,
-                } if protocol == PROTOCOL_VERSION => {
+                } if protocol == options.protocol => {
                     // Stamped on every ledger record: a name is a name.
                     if engine.len() > MAX_ENGINE_NAME || engine.chars().any(char::is_control) {
                         return Err(LimitExceeded::EngineName {
@@ -315,7 +334,10 @@ impl Connection {
                     (boot_id, engine, epoch)
                 }
                 EngineMessage::Hello { protocol, .. } => {
-                    return Err(LinkError::Version { found: protocol });
+                    return Err(LinkError::Version {
+                        found: protocol,
+                        offered: options.protocol,
+                    });
                 }
                 EngineMessage::Busy { reason } => return Err(LinkError::Busy(reason)),
                 other => {
@@ -350,6 +372,7 @@ impl Connection {
             boot_id,
             engine,
             epoch,
+            protocol: options.protocol,
             inbound,
             commands,
             next_command: 1,

@@ -5,7 +5,7 @@
 //! audit what the host decided and why.
 
 use crate::json_line::JsonLine;
-use crate::model::{Decision, LegId, LinkId, PluginName, TerminationReason};
+use crate::model::{Decision, JoinRole, LegId, LinkId, MixerId, PluginName, TerminationReason};
 use crate::policy::FailureKind;
 mod log;
 
@@ -49,6 +49,28 @@ pub enum HostEvent {
     },
     /// A link the engine offered was dropped because one of its legs was refused.
     LinkDropped { link: LinkId, legs: [LegId; 2] },
+    /// An unknown mixer was decided (rebuilt with `legs` joined, or
+    /// refused: freed at the engine).
+    MixerSync {
+        mixer: MixerId,
+        legs: u32,
+        decision: Decision,
+        plugin: PluginName,
+    },
+    /// A mixer the host held ended (its legs live on, each on its own).
+    MixerTerminated {
+        mixer: MixerId,
+        reason: TerminationReason,
+    },
+    /// A leg joined a mixer the host holds (live).
+    LegJoined {
+        leg: LegId,
+        mixer: MixerId,
+        role: JoinRole,
+    },
+    /// A leg left a mixer (live; a leg that ends leaves its mixers
+    /// without a line of its own).
+    LegUnjoined { leg: LegId, mixer: MixerId },
     /// `OnCallLegTerminated`.
     CallLegTerminated {
         leg: LegId,
@@ -170,6 +192,15 @@ pub struct ResyncSummary {
     /// time for decisions ran out.
     #[serde(default)]
     pub decided_by_budget: u64,
+    /// Mixers (protocol 4): listed and held, decided, held but not listed.
+    #[serde(default)]
+    pub mixers_known: u64,
+    #[serde(default)]
+    pub mixers_rebuilt: u64,
+    #[serde(default)]
+    pub mixers_refused: u64,
+    #[serde(default)]
+    pub mixers_absent: u64,
 }
 
 /// Where the time of one resync went, in microseconds.
@@ -193,6 +224,9 @@ pub struct ResyncPhases {
     /// their `call-leg-sync` events (which wait for those STARTs).
     #[serde(default)]
     pub durable_and_events: u64,
+    /// Mixers: the diff, decisions, endings.
+    #[serde(default)]
+    pub mixers: u64,
 }
 
 impl ResyncPhases {
@@ -205,6 +239,7 @@ impl ResyncPhases {
             + self.absent
             + self.drop_acks
             + self.durable_and_events
+            + self.mixers
     }
 }
 
@@ -292,6 +327,10 @@ impl HostEvent {
                 | HostEvent::LinkSync { .. }
                 | HostEvent::LinkDropped { .. }
                 | HostEvent::CallLegTerminated { .. }
+                | HostEvent::MixerSync { .. }
+                | HostEvent::MixerTerminated { .. }
+                | HostEvent::LegJoined { .. }
+                | HostEvent::LegUnjoined { .. }
         )
     }
 

@@ -13,6 +13,9 @@ use std::sync::{Arc, RwLock};
 /// The name recorded for decisions of the native rules.
 pub const NATIVE: &str = "native-rules";
 
+/// The name recorded for mixers rebuilt with no plugin deciding them.
+pub const NO_MIXER_POLICY: &str = "no-mixer-policy";
+
 /// A set of rules that decides.
 #[derive(Debug, Clone)]
 pub enum Decider {
@@ -105,6 +108,24 @@ impl Decider {
                     .collect()
             }
         }
+    }
+
+    /// The mixer decision for unknown mixers. No plugin decides mixers yet
+    /// (the contract's mixer export is still to come): every unknown mixer
+    /// is rebuilt, with [`NO_MIXER_POLICY`] named as its decider, so that a
+    /// conference survives a resync instead of being lost.
+    pub fn decide_mixers(&self, mixers: &[crate::mixers::HeldMixer]) -> Vec<Verdict> {
+        let name = PluginName::new(NO_MIXER_POLICY);
+        mixers
+            .iter()
+            .map(|_| Verdict {
+                decision: crate::model::Decision::Rebuild,
+                plugin: name,
+                failure: None,
+                reason: None,
+                data: None,
+            })
+            .collect()
     }
 
     /// The datasets its plugins consult, each once, with its version.

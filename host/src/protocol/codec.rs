@@ -2,7 +2,7 @@
 //! byte and a postcard-encoded message. A bad frame is an error for the
 //! connection, never a panic.
 
-use super::PROTOCOL_VERSION;
+use super::{OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use bytes::{Buf, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -20,7 +20,9 @@ pub enum ProtocolError {
     Oversized { len: usize, max: usize },
     #[error("empty frame (no version byte)")]
     Empty,
-    #[error("frame of protocol version {found}; this side speaks {PROTOCOL_VERSION}")]
+    #[error(
+        "frame of protocol version {found}; this side speaks {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
+    )]
     UnknownVersion { found: u8 },
     #[error("malformed frame: {0}")]
     Malformed(postcard::Error),
@@ -47,9 +49,14 @@ impl ProtocolError {
 }
 
 /// Decodes `In` frames and encodes `Out` frames.
+///
+/// It reads frames of any version this build speaks (the first frame of a
+/// connection tells an engine which one the host chose) and writes frames
+/// of its own version, [`PROTOCOL_VERSION`] until [`FrameCodec::set_version`].
 #[derive(Debug)]
 pub struct FrameCodec<In, Out> {
     max_frame: usize,
+    version: u8,
     _types: PhantomData<fn(Out) -> In>,
 }
 
@@ -57,8 +64,20 @@ impl<In, Out> FrameCodec<In, Out> {
     pub fn new(max_frame: usize) -> Self {
         FrameCodec {
             max_frame,
+            version: PROTOCOL_VERSION,
             _types: PhantomData,
         }
+    }
+
+    /// Writes frames of `version` from now on (one [`super::speaks`]).
+    pub fn set_version(&mut self, version: u8) {
+        debug_assert!(super::speaks(version));
+        self.version = version;
+    }
+
+    /// The version this side writes.
+    pub fn version(&self) -> u8 {
+        self.version
     }
 }
 
@@ -84,7 +103,7 @@ impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
         src.advance(4);
         let payload = src.split_to(len);
         let (&version, body) = payload.split_first().ok_or(ProtocolError::Empty)?;
-        if version != PROTOCOL_VERSION {
+        if !super::speaks(version) {
             return Err(ProtocolError::UnknownVersion { found: version });
         }
         Ok(Some(postcard::from_bytes(body)?))
@@ -95,7 +114,7 @@ impl<In, Out: Serialize> Encoder<Out> for FrameCodec<In, Out> {
     type Error = ProtocolError;
 
     fn encode(&mut self, item: Out, dst: &mut BytesMut) -> Result<(), ProtocolError> {
-        dst.extend_from_slice(&encode_frame(&item, self.max_frame)?);
+        dst.extend_from_slice(&encode_frame(&item, self.version, self.max_frame)?);
         Ok(())
     }
 }
@@ -116,11 +135,12 @@ const SNAPSHOT_LEGS_VARIANT: u8 = 3;
 /// for byte the frame of `EngineMessage::SnapshotLegs` with those legs.
 pub fn encode_encoded_legs_frame(
     legs: &[&[u8]],
+    version: u8,
     max_frame: usize,
 ) -> Result<bytes::Bytes, ProtocolError> {
     let body: usize = legs.iter().map(|leg| leg.len()).sum();
     let mut frame = Vec::with_capacity(16 + body);
-    frame.extend_from_slice(&[0, 0, 0, 0, PROTOCOL_VERSION, SNAPSHOT_LEGS_VARIANT]);
+    frame.extend_from_slice(&[0, 0, 0, 0, version, SNAPSHOT_LEGS_VARIANT]);
     let mut frame = postcard::to_extend(&(legs.len() as u64), frame)?;
     for leg in legs {
         frame.extend_from_slice(leg);
@@ -128,13 +148,15 @@ pub fn encode_encoded_legs_frame(
     finish_frame(frame, max_frame)
 }
 
-/// One whole frame (length prefix included) for `message`.
+/// One whole frame (length prefix included) for `message`, of protocol
+/// `version`.
 pub fn encode_frame(
     message: &impl Serialize,
+    version: u8,
     max_frame: usize,
 ) -> Result<bytes::Bytes, ProtocolError> {
     let mut frame = Vec::with_capacity(64);
-    frame.extend_from_slice(&[0, 0, 0, 0, PROTOCOL_VERSION]);
+    frame.extend_from_slice(&[0, 0, 0, 0, version]);
     finish_frame(postcard::to_extend(message, frame)?, max_frame)
 }
 
@@ -219,7 +241,7 @@ mod tests {
             let legs: Vec<CallLeg> = (1..=count).map(leg).collect();
             let encoded: Vec<Box<[u8]>> = legs.iter().map(encode_leg).collect();
             let parts: Vec<&[u8]> = encoded.iter().map(|leg| &**leg).collect();
-            let fast = encode_encoded_legs_frame(&parts, 1 << 20).unwrap();
+            let fast = encode_encoded_legs_frame(&parts, PROTOCOL_VERSION, 1 << 20).unwrap();
             assert_eq!(
                 &fast[..],
                 &encode(EngineMessage::SnapshotLegs(legs))[..],
@@ -228,7 +250,7 @@ mod tests {
         }
         let one = [&*encode_leg(&leg(1))];
         assert!(matches!(
-            encode_encoded_legs_frame(&one, 10),
+            encode_encoded_legs_frame(&one, PROTOCOL_VERSION, 10),
             Err(ProtocolError::Oversized { max: 10, .. })
         ));
     }
@@ -366,6 +388,79 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn mixer_messages_round_trip_and_come_after_every_version_3_variant() {
+        use crate::model::{Join, JoinRole, Mixer};
+        use crate::protocol::{Command, HostMessage};
+        let mixer = Mixer {
+            id: 9,
+            created_at_ms: 1_700_000_000_000,
+            name: "conf-Ünïcode".into(),
+        };
+        let join = Join {
+            mixer: 9,
+            leg: 3,
+            role: JoinRole::Listener,
+        };
+        let messages = vec![
+            EngineMessage::SnapshotMixers(vec![mixer.clone()]),
+            EngineMessage::SnapshotJoins(vec![join]),
+            EngineMessage::Event(EngineEvent::MixerCreated(mixer)),
+            EngineMessage::Event(EngineEvent::LegJoined(join)),
+            EngineMessage::Event(EngineEvent::LegUnjoined { mixer: 9, leg: 3 }),
+            EngineMessage::Event(EngineEvent::MixerFreed(9)),
+        ];
+        let mut codec = HostSide::new(1 << 20);
+        for m in messages {
+            let mut buf = encode(m.clone());
+            assert_eq!(codec.decode(&mut buf).unwrap(), Some(m));
+        }
+        // Version 3's variants keep their indices (docs/protocol.md): the
+        // new ones are appended, so a version 3 peer's frames decode as
+        // they always did.
+        let body = |m: &EngineMessage| postcard::to_allocvec(m).unwrap()[0];
+        assert_eq!(body(&EngineMessage::Busy { reason: "x".into() }), 8);
+        assert_eq!(body(&EngineMessage::SnapshotMixers(vec![])), 9);
+        assert_eq!(body(&EngineMessage::SnapshotJoins(vec![])), 10);
+        let event = |e: EngineEvent| postcard::to_allocvec(&e).unwrap()[0];
+        assert_eq!(event(EngineEvent::LinkRemoved(1)), 6);
+        assert_eq!(
+            event(EngineEvent::MixerCreated(Mixer {
+                id: 1,
+                created_at_ms: 1,
+                name: "".into()
+            })),
+            7
+        );
+        assert_eq!(event(EngineEvent::LegUnjoined { mixer: 1, leg: 1 }), 10);
+        let command = |c: Command| postcard::to_allocvec(&c).unwrap()[0];
+        assert_eq!(command(Command::DropLink(1)), 1);
+        assert_eq!(command(Command::FreeMixer(1)), 2);
+        assert_eq!(command(Command::UnjoinLeg { mixer: 1, leg: 1 }), 3);
+        let mut buf = BytesMut::new();
+        let mut host = FrameCodec::<EngineMessage, HostMessage>::new(1 << 20);
+        host.encode(HostMessage::Heartbeat, &mut buf).unwrap();
+        assert_eq!(buf[4], PROTOCOL_VERSION);
+    }
+
+    #[test]
+    fn a_codec_set_to_version_3_writes_version_3_frames_that_a_newer_side_reads() {
+        let mut engine = EngineSide::new(1 << 20);
+        engine.set_version(OLDEST_PROTOCOL_VERSION);
+        let mut buf = BytesMut::new();
+        engine.encode(EngineMessage::Heartbeat, &mut buf).unwrap();
+        assert_eq!(buf[4], 3);
+        assert_eq!(
+            HostSide::new(1 << 20).decode(&mut buf).unwrap(),
+            Some(EngineMessage::Heartbeat)
+        );
+        let mut old = BytesMut::from(&[0, 0, 0, 2, 2, 1][..]);
+        assert!(matches!(
+            HostSide::new(1 << 20).decode(&mut old),
+            Err(ProtocolError::UnknownVersion { found: 2 })
+        ));
     }
 
     #[test]

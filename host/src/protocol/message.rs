@@ -1,6 +1,6 @@
 //! The messages of the protocol. Every frame holds exactly one.
 
-use crate::model::{CallLeg, LegId, Link, LinkId};
+use crate::model::{CallLeg, Join, LegId, Link, LinkId, Mixer, MixerId};
 use serde::{Deserialize, Serialize};
 
 /// Engine to host.
@@ -24,7 +24,7 @@ pub enum EngineMessage {
     SnapshotBegin { legs: u64, links: u64 },
     /// A chunk of active legs.
     SnapshotLegs(Vec<CallLeg>),
-    /// A chunk of links (sent after every leg chunk).
+    /// A chunk of links (sent after every leg, mixer and join chunk).
     SnapshotLinks(Vec<Link>),
     /// The snapshot is complete; live events follow.
     SnapshotEnd,
@@ -35,6 +35,10 @@ pub enum EngineMessage {
     /// The engine already has a controller (named in `reason`); the
     /// connection will close. A host that gets it is a standby.
     Busy { reason: String },
+    /// Protocol 4: a chunk of mixers (after every leg chunk, before joins).
+    SnapshotMixers(Vec<Mixer>),
+    /// Protocol 4: a chunk of joins (after every mixer chunk, before links).
+    SnapshotJoins(Vec<Join>),
 }
 
 impl EngineMessage {
@@ -51,6 +55,8 @@ impl EngineMessage {
             EngineMessage::Event(_) => "Event",
             EngineMessage::Ack { .. } => "Ack",
             EngineMessage::Busy { .. } => "Busy",
+            EngineMessage::SnapshotMixers(_) => "SnapshotMixers",
+            EngineMessage::SnapshotJoins(_) => "SnapshotJoins",
         }
     }
 }
@@ -92,6 +98,15 @@ pub enum EngineEvent {
     LinkCreated(Link),
     /// A link was undone (its legs may live on).
     LinkRemoved(LinkId),
+    /// Protocol 4: a new mixer (no legs yet).
+    MixerCreated(Mixer),
+    /// Protocol 4: a mixer is gone (its legs were unjoined first, each with
+    /// its own `LegUnjoined`).
+    MixerFreed(MixerId),
+    /// Protocol 4: a leg was joined to a mixer.
+    LegJoined(Join),
+    /// Protocol 4: a leg left a mixer (the leg lives on).
+    LegUnjoined { mixer: MixerId, leg: LegId },
 }
 
 /// What the host asks of the engine.
@@ -101,13 +116,18 @@ pub enum Command {
     DropLeg(LegId),
     /// Undo a link.
     DropLink(LinkId),
+    /// Protocol 4: free a mixer, unjoining its legs (they live on).
+    FreeMixer(MixerId),
+    /// Protocol 4: take a leg out of a mixer.
+    UnjoinLeg { mixer: MixerId, leg: LegId },
 }
 
 /// The engine's answer to a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandResult {
     Done,
-    /// The leg or link did not exist (already gone): nothing to do.
+    /// The leg, link, mixer or join did not exist (already gone): nothing
+    /// to do.
     NotFound,
     /// The command carried an epoch that is not the current controller's:
     /// ignored.

@@ -11,11 +11,23 @@ pub mod message;
 pub use codec::{FrameCodec, ProtocolError};
 pub use message::{Command, CommandResult, EngineEvent, EngineMessage, HostMessage};
 
-/// The protocol version both sides put in every frame and in their hello.
+/// The newest protocol version: what the host offers by default, in its
+/// hello and every frame of the connection.
 /// 2: `LegAnswered` carries the whole leg (identity and parties).
 /// 3: the engine's `Hello` carries the controller epoch, and commands carry
 /// it back (fencing); the engine answers the host's hello (accept or `Busy`).
-pub const PROTOCOL_VERSION: u8 = 3;
+/// 4: conference mixers: in the snapshot, as live events and as commands.
+pub const PROTOCOL_VERSION: u8 = 4;
+
+/// The oldest version still spoken (an engine without mixers): a host set
+/// to it (`link.protocol = 3`) sees no mixers, and engine-sim answers a
+/// host's hello in the version the host chose.
+pub const OLDEST_PROTOCOL_VERSION: u8 = 3;
+
+/// Whether `version` is one this build speaks.
+pub fn speaks(version: u8) -> bool {
+    (OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version)
+}
 
 /// The default largest frame accepted, in bytes. A snapshot chunk of 1,024
 /// legs is about 70 KB, so this leaves room without letting a broken peer

@@ -31,6 +31,10 @@ pub struct SnapshotDiff {
     offered: IdIndex,
     /// What the snapshot got wrong, counted (logged once per resync).
     pub anomalies: Anomalies,
+    /// The snapshot's mixers and joins (protocol 4), diffed once the legs
+    /// are settled ([`crate::mixers::MixerTable::diff`]).
+    pub mixers: Vec<crate::model::Mixer>,
+    pub joins: Vec<crate::model::Join>,
 }
 
 /// Snapshot content with a defined outcome other than the obvious one: each

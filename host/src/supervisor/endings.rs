@@ -4,6 +4,7 @@
 
 use super::Host;
 use crate::events::{HostEvent, LinkState};
+use crate::mixers::HeldMixer;
 use crate::model::{Custody, EndedLeg, TerminationReason, now_ms};
 use crate::policy::Decider;
 
@@ -64,6 +65,12 @@ impl Host {
         reason: TerminationReason,
         decider: &Decider,
     ) {
+        // An ended leg leaves every mixer it was in.
+        if !self.mixers.is_empty() {
+            for ended in &ended {
+                self.mixers.leave_all(ended.leg.id);
+            }
+        }
         self.events
             .emit_all(ended.iter().map(|ended| HostEvent::CallLegTerminated {
                 leg: ended.leg.id,
@@ -75,6 +82,21 @@ impl Host {
         // before it decides again.
         self.notices.retain(|h| !h.is_finished());
         self.notices.push(notify(decider, ended, reason));
+    }
+
+    /// Ends mixers the host held (already out of the table) for `reason`.
+    /// Their legs live on, each on its own.
+    pub(super) fn end_mixers(&mut self, mixers: Vec<HeldMixer>, reason: TerminationReason) {
+        if mixers.is_empty() {
+            return;
+        }
+        metrics::counter!(crate::metrics::MIXERS_TERMINATED, "reason" => reason.as_str())
+            .increment(mixers.len() as u64);
+        self.events
+            .emit_all(mixers.iter().map(|held| HostEvent::MixerTerminated {
+                mixer: held.mixer.id,
+                reason,
+            }));
     }
 
     /// Waits until the plugins have heard of every ending so far.
@@ -126,6 +148,8 @@ impl Host {
         reason: TerminationReason,
     ) -> anyhow::Result<(usize, usize)> {
         self.grace.disarm();
+        let mixers = self.mixers.drain();
+        self.end_mixers(mixers, reason);
         let legs = self.table.drain();
         let held = legs.len();
         let answered = legs
@@ -193,6 +217,8 @@ impl Host {
     /// The host stops: plugins hear of it; no CDR is written, since the
     /// calls go on in the engine and the next host re-adopts them.
     pub(super) async fn shut_down(mut self) -> anyhow::Result<()> {
+        let mixers = self.mixers.drain();
+        self.end_mixers(mixers, TerminationReason::HostShutdown);
         let legs = self.table.drain();
         tracing::info!(legs = legs.len(), "host shutting down");
         let decider = self.policy.current();

@@ -241,6 +241,50 @@ impl Host {
             EngineEvent::LinkRemoved(id) => {
                 self.table.remove_link(id);
             }
+            EngineEvent::MixerCreated(mixer) => {
+                // Live: the host was in sync, so the mixer is its own.
+                let id = mixer.id;
+                if let Some(previous) = self.mixers.insert(mixer, Vec::new()) {
+                    tracing::warn!(
+                        mixer = id,
+                        "the engine created a mixer under the id of one held: the held one ends (replaced)"
+                    );
+                    self.end_mixers(vec![previous], TerminationReason::Replaced);
+                }
+                self.publish(None, None);
+            }
+            EngineEvent::MixerFreed(id) => match self.mixers.remove(id) {
+                Some(held) => {
+                    self.end_mixers(vec![held], TerminationReason::Released);
+                    self.publish(None, None);
+                }
+                None => tracing::debug!(
+                    mixer = id,
+                    "the engine freed a mixer this host does not hold"
+                ),
+            },
+            EngineEvent::LegJoined(join) => {
+                if !self.table.contains(join.leg) {
+                    tracing::debug!(
+                        leg = join.leg,
+                        mixer = join.mixer,
+                        "a leg this host does not hold joined a mixer"
+                    );
+                } else if let Err(refused) = self.mixers.join(join) {
+                    tracing::debug!(reason = %refused, "a join the host cannot take");
+                } else {
+                    self.events.emit(HostEvent::LegJoined {
+                        leg: join.leg,
+                        mixer: join.mixer,
+                        role: join.role,
+                    });
+                }
+            }
+            EngineEvent::LegUnjoined { mixer, leg } => {
+                if self.mixers.unjoin(mixer, leg) {
+                    self.events.emit(HostEvent::LegUnjoined { leg, mixer });
+                }
+            }
         }
         Ok(())
     }

@@ -54,6 +54,9 @@ pub struct HostOptions {
     /// trusted with memory).
     pub max_legs: usize,
     pub max_links: usize,
+    /// The most mixers, and joins, a snapshot may carry.
+    pub max_mixers: usize,
+    pub max_joins: usize,
     /// The longest a resync may take before the engine is cut off.
     pub resync_budget: Duration,
     /// The plugins' time for decisions in one resync; past it their
@@ -73,6 +76,9 @@ pub struct HostStatus {
     pub boot_id: Option<u64>,
     pub legs: usize,
     pub links: usize,
+    /// Conference mixers held, and the legs joined to them (protocol 4).
+    pub mixers: usize,
+    pub joins: usize,
     /// Completed resyncs.
     pub resyncs: u64,
     /// Legs received so far in the current (or last) snapshot.
@@ -94,6 +100,8 @@ impl Default for HostStatus {
             boot_id: None,
             legs: 0,
             links: 0,
+            mixers: 0,
+            joins: 0,
             resyncs: 0,
             snapshot_received: 0,
             snapshot_expected: 0,
@@ -113,6 +121,8 @@ enum Exit {
 pub struct Host {
     options: HostOptions,
     table: LegTable,
+    /// Conference mixers and their joins (protocol 4).
+    mixers: crate::mixers::MixerTable,
     policy: PolicyHandle,
     cdr: CdrWriter,
     events: Events,
@@ -183,6 +193,7 @@ impl Host {
         Host {
             options,
             table: LegTable::new(),
+            mixers: Default::default(),
             policy,
             cdr,
             events,
@@ -431,6 +442,7 @@ impl Host {
 
     fn publish(&self, link: Option<LinkState>, boot_id: Option<u64>) {
         let (legs, links) = (self.table.len(), self.table.links_len());
+        let (mixers, joins) = (self.mixers.len(), self.mixers.joins_len());
         let recovered = self.recovered.len();
         self.status.send_modify(|status| {
             status.recovered = recovered;
@@ -442,6 +454,8 @@ impl Host {
             }
             status.legs = legs;
             status.links = links;
+            status.mixers = mixers;
+            status.joins = joins;
         });
     }
 }

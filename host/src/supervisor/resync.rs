@@ -20,7 +20,9 @@ use crate::cdr::record::{StartReason, same_call};
 use crate::engine::{Connection, LimitExceeded, LinkError, Place};
 use crate::events::{HostEvent, LinkState, ResyncSummary};
 use crate::model::IdSet as HashSet;
-use crate::model::{CallLeg, Custody, Decision, EndedLeg, LegId, Link, TerminationReason};
+use crate::model::{
+    CallLeg, Custody, Decision, EndedLeg, Join, LegId, Link, Mixer, TerminationReason,
+};
 use crate::policy::{Decider, Verdict};
 use crate::protocol::{Command, CommandResult, EngineMessage};
 use crate::resync::SnapshotDiff;
@@ -198,6 +200,14 @@ impl Host {
             .map_err(ResyncError::Fatal)?;
         run.summary.phases.absent = micros(phase);
 
+        if connection.protocol >= 4 {
+            let phase = Instant::now();
+            let mixers = std::mem::take(&mut diff.mixers);
+            let joins = std::mem::take(&mut diff.joins);
+            self.resync_mixers(connection, &decider, mixers, joins, &refused_ids, &mut run);
+            run.summary.phases.mixers = micros(phase);
+        }
+
         let phase = Instant::now();
         self.await_acks(connection, std::mem::take(&mut run.pending))
             .await?;
@@ -325,6 +335,24 @@ impl Host {
                     let diffing = Instant::now();
                     diff.links(&mut self.table, chunk);
                     run.summary.phases.diff += micros(diffing);
+                }
+                EngineMessage::SnapshotMixers(chunk) => {
+                    if diff.mixers.len() + chunk.len() > self.options.max_mixers {
+                        return Err(LinkError::from(LimitExceeded::SnapshotMixers {
+                            max: self.options.max_mixers,
+                        })
+                        .into());
+                    }
+                    diff.mixers.extend(chunk);
+                }
+                EngineMessage::SnapshotJoins(chunk) => {
+                    if diff.joins.len() + chunk.len() > self.options.max_joins {
+                        return Err(LinkError::from(LimitExceeded::SnapshotJoins {
+                            max: self.options.max_joins,
+                        })
+                        .into());
+                    }
+                    diff.joins.extend(chunk);
                 }
                 EngineMessage::SnapshotEnd => {
                     if let Some(last) = deciding.take() {
@@ -465,6 +493,55 @@ impl Host {
         self.end_legs_at(lost, TerminationReason::HostLost, decider)
             .await
             .map_err(ResyncError::Fatal)
+    }
+
+    /// The snapshot's mixers against the held ones, once the legs are
+    /// settled: known ones stay (with the engine's joins), gone and replaced
+    /// ones end, unknown ones are decided: rebuilt with their joins to held
+    /// legs, or refused and freed at the engine (their legs live on).
+    fn resync_mixers(
+        &mut self,
+        connection: &mut Connection,
+        decider: &Decider,
+        mixers: Vec<Mixer>,
+        joins: Vec<Join>,
+        refused: &HashSet<LegId>,
+        run: &mut Run,
+    ) {
+        let table = &self.table;
+        let plan = self
+            .mixers
+            .diff(mixers, joins, |leg| table.contains(leg), refused);
+        report_mixer_anomalies(&plan.anomalies);
+        run.summary.mixers_known = plan.known;
+        run.summary.mixers_absent = plan.gone.len() as u64;
+        self.end_mixers(plan.replaced, TerminationReason::Replaced);
+        self.end_mixers(plan.gone, TerminationReason::AbsentAfterResync);
+        let verdicts = decider.decide_mixers(&plan.unknown);
+        let mut events = Vec::with_capacity(plan.unknown.len());
+        for (held, verdict) in plan.unknown.into_iter().zip(verdicts) {
+            metrics::counter!(crate::metrics::MIXER_DECISIONS, "decision" => verdict.decision.as_str())
+                .increment(1);
+            events.push(HostEvent::MixerSync {
+                mixer: held.mixer.id,
+                legs: held.joins.len() as u32,
+                decision: verdict.decision,
+                plugin: verdict.plugin,
+            });
+            match verdict.decision {
+                Decision::Rebuild => {
+                    run.summary.mixers_rebuilt += 1;
+                    self.mixers.insert(held.mixer, held.joins);
+                }
+                Decision::Refuse => {
+                    run.summary.mixers_refused += 1;
+                    run.pending
+                        .insert(connection.send(Command::FreeMixer(held.mixer.id)));
+                }
+            }
+        }
+        self.events.emit_all(events);
+        self.publish(None, None);
     }
 
     /// `OnLinkSync` for unknown links whose legs the host now holds.
@@ -623,6 +700,28 @@ fn report_anomalies(anomalies: &crate::resync::Anomalies) {
             legs_in_two_links = anomalies.legs_in_two_links,
             links_to_unlisted_legs = anomalies.links_to_unlisted_legs,
             "the engine's snapshot had anomalies; each was ignored as docs/protocol.md says"
+        );
+    }
+}
+
+/// One log line for what a snapshot's mixers got wrong, and the counters.
+fn report_mixer_anomalies(anomalies: &crate::mixers::MixerAnomalies) {
+    let kinds = [
+        ("duplicate-mixer", anomalies.duplicate_mixers),
+        ("duplicate-join", anomalies.duplicate_joins),
+        ("join-to-unlisted-mixer", anomalies.joins_to_unlisted_mixers),
+        ("join-to-unheld-leg", anomalies.joins_to_unheld_legs),
+    ];
+    for (kind, n) in kinds {
+        crate::metrics::count(crate::metrics::SNAPSHOT_ANOMALIES, "kind", kind, n);
+    }
+    if anomalies.any() {
+        tracing::warn!(
+            duplicate_mixers = anomalies.duplicate_mixers,
+            duplicate_joins = anomalies.duplicate_joins,
+            joins_to_unlisted_mixers = anomalies.joins_to_unlisted_mixers,
+            joins_to_unheld_legs = anomalies.joins_to_unheld_legs,
+            "the engine's snapshot had mixer anomalies; each was ignored as docs/protocol.md says"
         );
     }
 }

@@ -229,6 +229,7 @@ fn link_options(sim: &SimProcess) -> LinkOptions {
         heartbeat: Duration::from_secs(1),
         heartbeat_timeout: Duration::from_secs(600),
         max_frame: legsync::protocol::DEFAULT_MAX_FRAME,
+        protocol: legsync::protocol::PROTOCOL_VERSION,
         host_name: "legsync bench".into(),
         tls: None,
         heartbeat_gaps: Default::default(),

@@ -615,6 +615,26 @@ impl Demo {
                         reason.as_str()
                     )
                 }
+                HostEvent::MixerSync {
+                    mixer,
+                    legs,
+                    decision,
+                    plugin,
+                } => format!(
+                    "mixer decision     mixer {mixer} ({legs} leg(s) joined) -> {} by {plugin}",
+                    decision.as_str()
+                ),
+                HostEvent::MixerTerminated { mixer, reason } => {
+                    format!("mixer terminated   mixer {mixer} ({})", reason.as_str())
+                }
+                HostEvent::LegJoined { leg, mixer, role } => format!(
+                    "joined             {} to mixer {mixer} as {}",
+                    self.name(*leg),
+                    role.as_str()
+                ),
+                HostEvent::LegUnjoined { leg, mixer } => {
+                    format!("unjoined           {} from mixer {mixer}", self.name(*leg))
+                }
                 HostEvent::Link { state, .. } => format!("link               {}", state.as_str()),
                 HostEvent::ResyncDone(s) => format!(
                     "resync done        known {} rebuilt {} refused {} absent {} (engine restarted: {})",

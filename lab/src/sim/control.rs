@@ -26,6 +26,21 @@ pub enum ControlCommand {
     Release(u64),
     Link(u64, u64),
     Unlink(u64),
+    /// A new, empty conference mixer with this name (protocol 4).
+    Mixer(String),
+    /// Join a leg to a mixer.
+    Join {
+        leg: u64,
+        mixer: u64,
+        role: legsync::model::JoinRole,
+    },
+    /// Take a leg out of a mixer.
+    Unjoin {
+        leg: u64,
+        mixer: u64,
+    },
+    /// Free a mixer (its legs are unjoined and live on).
+    FreeMixer(u64),
     List,
     Counts,
     /// Save the media-unit view to the state file now.
@@ -57,7 +72,7 @@ pub enum ControlCommand {
     Heartbeats,
 }
 
-pub const HELP: &str = "commands: ring NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media] | call (as ring, answered at once) | answer LEG | terminate LEG | release LEG | link LEG LEG | unlink LINK | list | counts | sync | boot | partition MS | isolate MS | controller | churn RELEASE ADD | calls N | traffic RATE MS | burst N | heartbeats";
+pub const HELP: &str = "commands: ring NAP CALLING CALLED [in|out] [sip|isdn|ss7|cas|media] | call (as ring, answered at once) | answer LEG | terminate LEG | release LEG | link LEG LEG | unlink LINK | mixer NAME | join LEG MIXER [speaker|listener|both] | unjoin LEG MIXER | free-mixer MIXER | list | counts | sync | boot | partition MS | isolate MS | controller | churn RELEASE ADD | calls N | traffic RATE MS | burst N | heartbeats";
 
 impl ControlCommand {
     pub fn parse(line: &str) -> Result<ControlCommand, String> {
@@ -117,6 +132,28 @@ impl ControlCommand {
                 ControlCommand::Link(id(1)?, id(2)?)
             }
             "unlink" => exact(2).and(id(1)).map(ControlCommand::Unlink)?,
+            "mixer" => {
+                exact(2)?;
+                ControlCommand::Mixer(words[1].into())
+            }
+            "join" => {
+                if !(3..=4).contains(&words.len()) {
+                    return Err("usage: join LEG MIXER [speaker|listener|both]".into());
+                }
+                ControlCommand::Join {
+                    leg: id(1)?,
+                    mixer: id(2)?,
+                    role: words.get(3).map_or(Ok(Default::default()), |w| w.parse())?,
+                }
+            }
+            "unjoin" => {
+                exact(3)?;
+                ControlCommand::Unjoin {
+                    leg: id(1)?,
+                    mixer: id(2)?,
+                }
+            }
+            "free-mixer" => exact(2).and(id(1)).map(ControlCommand::FreeMixer)?,
             "list" => exact(1).map(|_| ControlCommand::List)?,
             "counts" => exact(1).map(|_| ControlCommand::Counts)?,
             "sync" => exact(1).map(|_| ControlCommand::Sync)?,
@@ -196,6 +233,10 @@ pub fn execute(
             Err(e) => format!("ERR {e}"),
         },
         ControlCommand::Unlink(id) => done(state.unlink(*id)),
+        ControlCommand::Mixer(name) => format!("OK {}", state.create_mixer(name, now_ms)),
+        ControlCommand::Join { leg, mixer, role } => done(state.join(*leg, *mixer, *role)),
+        ControlCommand::Unjoin { leg, mixer } => done(state.unjoin(*leg, *mixer)),
+        ControlCommand::FreeMixer(mixer) => done(state.free_mixer(*mixer)),
         ControlCommand::List => {
             let mut legs: Vec<_> = state.legs().collect();
             legs.sort_by_key(|l| l.id);
@@ -212,6 +253,13 @@ pub fn execute(
             for l in links {
                 out.push_str(&format!("link {} {} {}\n", l.id, l.leg_a, l.leg_b));
             }
+            let (mixers, joins) = state.conferences();
+            for m in mixers {
+                out.push_str(&format!("mixer {} {}\n", m.id, m.name));
+            }
+            for j in joins {
+                out.push_str(&format!("join {} {} {}\n", j.mixer, j.leg, j.role.as_str()));
+            }
             out.push_str("END");
             out
         }
@@ -223,8 +271,8 @@ pub fn execute(
                 "none"
             };
             format!(
-                "OK legs={} answered={} transient={} terminating={} links={} host={host}",
-                c.legs, c.answered, c.transient, c.terminating, c.links
+                "OK legs={} answered={} transient={} terminating={} links={} mixers={} joins={} host={host}",
+                c.legs, c.answered, c.transient, c.terminating, c.links, c.mixers, c.joins
             )
         }
         ControlCommand::Sync => "OK".into(),

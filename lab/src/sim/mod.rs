@@ -57,6 +57,8 @@ pub struct SimOptions {
     pub crafted_ids: bool,
     /// Stream snapshots in ascending leg id order (a neutral order).
     pub ascending: bool,
+    /// The newest protocol version spoken (3: no mixers).
+    pub protocol: u8,
     /// The engine's name (hello, ledger records).
     pub name: String,
     /// Log generated traffic here (`traffic`, `burst`; see [`traffic`]).
@@ -99,6 +101,7 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         heartbeat_timeout: options.heartbeat_timeout,
         max_frame: options.max_frame,
         ascending: options.ascending,
+        protocol: options.protocol,
         persist_lock: tokio::sync::Mutex::new(()),
         partitioned_until: Mutex::new(None),
         controller: controller::ControllerSlot::open(&options.state_file)?,

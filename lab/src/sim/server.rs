@@ -12,8 +12,8 @@ use futures_util::{SinkExt, StreamExt};
 use legsync::model::now_ms;
 use legsync::protocol::codec::{encode_encoded_legs_frame, encode_frame};
 use legsync::protocol::{
-    Command, CommandResult, EngineMessage, FrameCodec, HostMessage, PROTOCOL_VERSION,
-    ProtocolError, SNAPSHOT_CHUNK,
+    Command, CommandResult, EngineEvent, EngineMessage, FrameCodec, HostMessage,
+    OLDEST_PROTOCOL_VERSION, ProtocolError, SNAPSHOT_CHUNK,
 };
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,6 +40,9 @@ pub struct Shared {
     /// own (FxHash) order: a neutral order, as an engine walking its leg
     /// array would send (see benches/README.md on what order costs).
     pub ascending: bool,
+    /// The newest protocol version spoken: a host offering a newer one is
+    /// closed on (as an engine of that version would).
+    pub protocol: u8,
     /// Serializes writes of the state file.
     pub persist_lock: tokio::sync::Mutex<()>,
     /// Until when hosts are cut off (the `partition` control command).
@@ -178,16 +181,24 @@ async fn serve_host(
         stream,
         FrameCodec::<HostMessage, EngineMessage>::new(shared.max_frame),
     );
-    let host = match timeout(shared.heartbeat_timeout, framed.next()).await {
-        Ok(Some(Ok(HostMessage::Hello { protocol, host }))) if protocol == PROTOCOL_VERSION => host,
+    let (host, protocol) = match timeout(shared.heartbeat_timeout, framed.next()).await {
+        Ok(Some(Ok(HostMessage::Hello { protocol, host })))
+            if legsync::protocol::speaks(protocol) && protocol <= shared.protocol =>
+        {
+            (host, protocol)
+        }
         Ok(Some(Ok(HostMessage::Hello { protocol, .. }))) => {
-            bail!("host speaks protocol {protocol}, this engine {PROTOCOL_VERSION}")
+            bail!(
+                "host speaks protocol {protocol}, this engine {} (oldest {OLDEST_PROTOCOL_VERSION})",
+                shared.protocol
+            )
         }
         Ok(Some(Ok(_))) => bail!("expected a hello from the host"),
         Ok(Some(Err(e))) => return Err(e).context("bad hello frame"),
         Ok(None) => bail!("host closed before its hello"),
         Err(_) => bail!("no hello from the host"),
     };
+    framed.codec_mut().set_version(protocol);
     if shared.controller.is_isolated(&host) {
         // Cut off: as if its packets never arrived.
         tracing::debug!(%host, "refused an isolated host");
@@ -220,14 +231,19 @@ async fn serve_host(
         shared.controller.persist(controller.epoch).await?;
         framed
             .send(EngineMessage::Hello {
-                protocol: PROTOCOL_VERSION,
+                protocol,
                 boot_id: shared.boot_id,
                 engine: shared.name.clone(),
                 epoch: controller.epoch,
             })
             .await?;
         tracing::info!(%host, epoch = controller.epoch, "host connected: it controls the engine");
-        stream_snapshot(&mut framed, snapshot, shared.max_frame, shared.ascending).await?;
+        let order = SnapshotOrder {
+            version: protocol,
+            max_frame: shared.max_frame,
+            ascending: shared.ascending,
+        };
+        stream_snapshot(&mut framed, snapshot, order).await?;
         serve_attached(shared, framed, events, &controller).await
     }
     .await;
@@ -239,18 +255,32 @@ async fn serve_host(
 /// Frames encoded ahead of the socket: enough to keep it busy, little memory.
 const FRAMES_AHEAD: usize = 16;
 
+/// How a snapshot is streamed.
+#[derive(Debug, Clone, Copy)]
+struct SnapshotOrder {
+    /// The connection's protocol version (below 4: no mixers).
+    version: u8,
+    max_frame: usize,
+    ascending: bool,
+}
+
 /// Streams the snapshot: a blocking thread walks the media view and builds
-/// `SnapshotLegs` frames (from the legs' stored encodings), then
-/// `SnapshotLinks` frames, while this task writes the previous ones, so the
+/// `SnapshotLegs` frames (from the legs' stored encodings), then (protocol
+/// 4) `SnapshotMixers` and `SnapshotJoins` frames, then `SnapshotLinks`
+/// frames, while this task writes the previous ones, so the
 /// host starts decoding the first chunk while the last is still being
 /// encoded (as a real engine walks its table). No lock is held here: the
 /// view is shared copy-on-write with the live state.
 async fn stream_snapshot(
     framed: &mut Framed<SimStream, FrameCodec<HostMessage, EngineMessage>>,
     snapshot: MediaView,
-    max_frame: usize,
-    ascending: bool,
+    order: SnapshotOrder,
 ) -> anyhow::Result<()> {
+    let SnapshotOrder {
+        version,
+        max_frame,
+        ascending,
+    } = order;
     framed
         .send(EngineMessage::SnapshotBegin {
             legs: snapshot.legs.len() as u64,
@@ -264,13 +294,24 @@ async fn stream_snapshot(
             order.sort_unstable_by_key(|stored| stored.leg.id);
         }
         let legs = order.into_iter().map(|stored| &*stored.wire);
-        let sent = send_chunks(&frames_tx, legs, |chunk| {
-            encode_encoded_legs_frame(&chunk, max_frame)
+        let mut sent = send_chunks(&frames_tx, legs, |chunk| {
+            encode_encoded_legs_frame(&chunk, version, max_frame)
         })?;
+        if sent && version >= 4 {
+            let mixers = snapshot.mixers.values().cloned();
+            sent = send_chunks(&frames_tx, mixers, |chunk| {
+                encode_frame(&EngineMessage::SnapshotMixers(chunk), version, max_frame)
+            })?;
+            if sent {
+                sent = send_chunks(&frames_tx, snapshot.answered_joins(), |chunk| {
+                    encode_frame(&EngineMessage::SnapshotJoins(chunk), version, max_frame)
+                })?;
+            }
+        }
         let links = snapshot.links.values().copied();
         if sent {
             send_chunks(&frames_tx, links, |chunk| {
-                encode_frame(&EngineMessage::SnapshotLinks(chunk), max_frame)
+                encode_frame(&EngineMessage::SnapshotLinks(chunk), version, max_frame)
             })?;
         }
         Ok::<_, ProtocolError>(())
@@ -312,9 +353,10 @@ async fn serve_attached(
     events: tokio::sync::mpsc::UnboundedReceiver<legsync::protocol::EngineEvent>,
     controller: &Controller,
 ) -> anyhow::Result<()> {
+    let version = framed.codec().version();
     let (sink, mut stream) = framed.split();
     let (acks, acks_rx) = tokio::sync::mpsc::unbounded_channel();
-    let writer = write_to_host(sink, events, acks_rx, shared.heartbeat);
+    let writer = write_to_host(sink, events, acks_rx, shared.heartbeat, version);
     tokio::pin!(writer);
     let mut last_seen = Instant::now();
     let mut last_heartbeat: Option<Instant> = None;
@@ -357,6 +399,8 @@ async fn serve_attached(
                             match command {
                                 Command::DropLeg(leg) => state.drop_leg(leg),
                                 Command::DropLink(link) => state.drop_link(link),
+                                Command::FreeMixer(mixer) => state.free_mixer_command(mixer),
+                                Command::UnjoinLeg { mixer, leg } => state.unjoin_command(leg, mixer),
                             }
                         };
                         let _ = acks.send(EngineMessage::Ack { command: id, result });
@@ -378,14 +422,30 @@ async fn write_to_host(
     mut events: tokio::sync::mpsc::UnboundedReceiver<legsync::protocol::EngineEvent>,
     mut acks: tokio::sync::mpsc::UnboundedReceiver<EngineMessage>,
     every: Duration,
+    version: u8,
 ) -> anyhow::Result<()> {
+    // A version 3 host hears nothing of mixers.
+    let heard = |event: &EngineEvent| {
+        version >= 4
+            || !matches!(
+                event,
+                EngineEvent::MixerCreated(_)
+                    | EngineEvent::MixerFreed(_)
+                    | EngineEvent::LegJoined(_)
+                    | EngineEvent::LegUnjoined { .. }
+            )
+    };
     let mut heartbeat = interval(every);
     loop {
         tokio::select! {
             Some(event) = events.recv() => {
-                sink.feed(EngineMessage::Event(event)).await?;
-                while let Ok(event) = events.try_recv() {
+                if heard(&event) {
                     sink.feed(EngineMessage::Event(event)).await?;
+                }
+                while let Ok(event) = events.try_recv() {
+                    if heard(&event) {
+                        sink.feed(EngineMessage::Event(event)).await?;
+                    }
                 }
             }
             Some(ack) = acks.recv() => {

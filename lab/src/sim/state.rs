@@ -6,6 +6,8 @@
 //! [`super::media`]), shared copy-on-write with snapshots and saves; the
 //! other legs and links live in signalling maps, lost at a restart.
 
+mod conference;
+
 use super::history::{History, HistoryKind};
 use super::media::{LegMap, LinkMap, MediaUnits, MediaView, StoredLeg};
 use legsync::model::{CallLeg, Direction, LegId, LegState, Link, LinkId, Protocol};
@@ -47,6 +49,8 @@ pub struct EngineState {
     signalling_links: LinkMap,
     /// The link of each linked leg (so a release finds it without a scan).
     link_of: HashMap<LegId, LinkId>,
+    /// The mixers of each joined leg (so a release unjoins without a scan).
+    mixers_of: HashMap<LegId, Vec<legsync::model::MixerId>>,
     /// Events go to the attached host, if any.
     host: Option<UnboundedSender<EngineEvent>>,
     /// Changes so far, so a saver can tell a quiet moment from a burst.
@@ -65,6 +69,8 @@ pub struct Counts {
     pub transient: usize,
     pub terminating: usize,
     pub links: usize,
+    pub mixers: usize,
+    pub joins: usize,
 }
 
 const NAPS: [(&str, Protocol); 6] = [
@@ -92,15 +98,20 @@ impl EngineState {
         let next_link = units
             .next_link
             .max(units.links.iter().map(|l| l.id + 1).max().unwrap_or(1));
+        let next_mixer = units
+            .next_mixer
+            .max(units.mixers.iter().map(|m| m.id + 1).max().unwrap_or(1));
         let mut state = EngineState {
             media: MediaView {
                 next_leg,
                 next_link,
+                next_mixer,
                 ..MediaView::default()
             },
             signalling: LegMap::default(),
             signalling_links: LinkMap::default(),
             link_of: HashMap::default(),
+            mixers_of: HashMap::default(),
             host: None,
             changes: 0,
             saved: 0,
@@ -114,6 +125,7 @@ impl EngineState {
             state.link_of.insert(link.leg_b, link.id);
             state.put_link(link);
         }
+        state.restore_conferences(units.mixers, units.joins);
         state
     }
 
@@ -282,6 +294,8 @@ impl EngineState {
             legs: self.media.legs.len() + self.signalling.len(),
             answered: self.media.legs.len(),
             links: self.media.links.len() + self.signalling_links.len(),
+            mixers: self.media.mixers.len(),
+            joins: self.media.joins.len(),
             ..Counts::default()
         };
         for leg in self.signalling.values() {
@@ -408,12 +422,13 @@ impl EngineState {
         Ok(())
     }
 
-    /// Releases a leg, undoing its link first.
+    /// Releases a leg, undoing its link and its joins first.
     pub fn release(&mut self, id: LegId) -> Result<(), SimError> {
         self.leg(id)?;
         if let Some(link) = self.link_of.get(&id).copied() {
             self.unlink(link)?;
         }
+        self.unjoin_all(id);
         if let Some(leg) = self.take_leg(id) {
             self.record(HistoryKind::Release, &leg);
         }

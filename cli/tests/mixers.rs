@@ -1,0 +1,281 @@
+//! The vendor page's situation with its conference: Mixer-1, with leg E
+//! joined to it, through the four reference scenarios, against a real
+//! engine-sim process over TCP (protocol 4) with real plugins; and a
+//! version 3 engine, which has no mixers.
+
+mod common;
+
+use common::world::{Calls, WAIT, World};
+use legsync::events::HostEvent;
+use legsync::model::{Decision, TerminationReason};
+use legsync_lab::demo::harness::{RunningHost, synced};
+
+const RULES: &str =
+    "[[rule]]\nname = \"no premium\"\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n";
+
+fn plugins() -> Vec<(&'static str, &'static str, Option<&'static str>)> {
+    vec![
+        ("10-accept-all", "accept-all", None),
+        ("20-rules", "rules", Some(RULES)),
+    ]
+}
+
+/// Mixer-1 ("ready"), with E joined to it; waits until `host` holds both.
+async fn mixer_1(world: &World, host: &mut RunningHost, calls: &Calls) -> u64 {
+    let mixer = world.sim.ok_id("mixer conference-1").await.unwrap();
+    world
+        .sim
+        .ok(&format!("join {} {mixer} both", calls.e))
+        .await
+        .unwrap();
+    host.wait_status(WAIT, |s| s.mixers == 1 && s.joins == 1)
+        .await
+        .unwrap();
+    mixer
+}
+
+fn mixers_synced(events: &[HostEvent]) -> Vec<(u64, u32, Decision)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            HostEvent::MixerSync {
+                mixer,
+                legs,
+                decision,
+                ..
+            } => Some((*mixer, *legs, *decision)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn mixers_terminated(events: &[HostEvent]) -> Vec<(u64, TerminationReason)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            HostEvent::MixerTerminated { mixer, reason } => Some((*mixer, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_back_within_grace_keeps_mixer_1_and_its_join_with_no_decision() {
+    let mut world = World::new(None, &plugins()).await;
+    let (mut host, _) = world.host(10.0).await;
+    let calls = world.reference_calls(&mut host).await;
+    let mixer = mixer_1(&world, &mut host, &calls).await;
+
+    world.sim.restart().await.unwrap();
+    let events = host.next_resync(WAIT).await.unwrap();
+
+    assert!(mixers_synced(&events).is_empty(), "known: no decision");
+    assert!(mixers_terminated(&events).is_empty());
+    let summary = resync_summary(&events);
+    assert_eq!((summary.mixers_known, summary.mixers_absent), (1, 0));
+    let status = host.status();
+    assert_eq!((status.mixers, status.joins), (1, 1), "E's join stays");
+    // And it is live: E leaving the conference is heard.
+    world
+        .sim
+        .ok(&format!("unjoin {} {mixer}", calls.e))
+        .await
+        .unwrap();
+    host.wait_status(WAIT, |s| s.joins == 0).await.unwrap();
+    host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_away_past_grace_destroys_mixer_1_then_rebuilds_it_with_its_join() {
+    let mut world = World::new(None, &plugins()).await;
+    let (mut host, _) = world.host(1.0).await;
+    let calls = world.reference_calls(&mut host).await;
+    let mixer = mixer_1(&world, &mut host, &calls).await;
+
+    world.sim.kill().await.unwrap();
+    let purge = host.wait_purged(WAIT).await.unwrap();
+    assert_eq!(
+        mixers_terminated(&purge),
+        [(mixer, TerminationReason::GraceExpired)]
+    );
+    assert_eq!((host.status().mixers, host.status().joins), (0, 0));
+
+    world.sim.start_again().await.unwrap();
+    let events = host.next_resync(WAIT).await.unwrap();
+    assert_eq!(mixers_synced(&events), [(mixer, 1, Decision::Rebuild)]);
+    assert!(synced(&events).contains(&(calls.e, Decision::Rebuild)));
+    let status = host.status();
+    assert_eq!((status.mixers, status.joins), (1, 1), "E joined again");
+    host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_host_restart_rebuilds_mixer_1_and_restores_e_in_it() {
+    let world = World::new(None, &plugins()).await;
+    let (mut first, _) = world.host(10.0).await;
+    let calls = world.reference_calls(&mut first).await;
+    let mixer = mixer_1(&world, &mut first, &calls).await;
+    first.stop().await.unwrap();
+
+    let (second, events) = world.host(10.0).await;
+    assert!(synced(&events).contains(&(calls.e, Decision::Rebuild)));
+    assert_eq!(mixers_synced(&events), [(mixer, 1, Decision::Rebuild)]);
+    // The mixer is decided after its legs: E was rebuilt first.
+    let position = |wanted: &dyn Fn(&HostEvent) -> bool| events.iter().position(wanted).unwrap();
+    assert!(
+        position(&|e| matches!(e, HostEvent::CallLegSync { leg, .. } if *leg == calls.e))
+            < position(&|e| matches!(e, HostEvent::MixerSync { .. }))
+    );
+    let status = second.status();
+    assert_eq!((status.mixers, status.joins), (1, 1));
+    second.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_blip_changes_nothing_and_a_mixer_freed_meanwhile_is_terminated() {
+    let world = World::new(None, &plugins()).await;
+    let (mut host, _) = world.host(10.0).await;
+    let calls = world.reference_calls(&mut host).await;
+    let mixer = mixer_1(&world, &mut host, &calls).await;
+    let second = world.sim.ok_id("mixer conference-2").await.unwrap();
+    world
+        .sim
+        .ok(&format!("join {} {second} listener", calls.c))
+        .await
+        .unwrap();
+    host.wait_status(WAIT, |s| s.mixers == 2 && s.joins == 2)
+        .await
+        .unwrap();
+
+    world.sim.ok("partition 60000").await.unwrap();
+    host.wait_disconnected(WAIT).await.unwrap();
+    world.sim.ok(&format!("free-mixer {second}")).await.unwrap();
+    world.sim.ok("partition 0").await.unwrap();
+    let events = host.next_resync(WAIT).await.unwrap();
+
+    assert!(mixers_synced(&events).is_empty());
+    assert_eq!(
+        mixers_terminated(&events),
+        [(second, TerminationReason::AbsentAfterResync)]
+    );
+    assert!(!resync_summary(&events).engine_restarted);
+    let status = host.status();
+    assert_eq!((status.mixers, status.joins), (1, 1));
+    assert_eq!(
+        status.legs, 3,
+        "C, D and E stay: a freed mixer's legs live on"
+    );
+    // Mixer-1 is still E's: its release ends the join, not the mixer.
+    world.sim.ok(&format!("release {}", calls.e)).await.unwrap();
+    host.wait_status(WAIT, |s| s.legs == 2 && s.joins == 0 && s.mixers == 1)
+        .await
+        .unwrap();
+    let list = world.sim.control("list").await.unwrap();
+    assert!(list.contains(&format!("mixer {mixer} conference-1")));
+    host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_leg_leaves_its_mixer_which_stays() {
+    let world = World::new(None, &plugins()).await;
+    let sim = &world.sim;
+    // Answered while no host is connected: a cold start finds them.
+    let premium = sim
+        .ok_id("call SIP_CARRIER_B 15145550100 19005550100")
+        .await
+        .unwrap();
+    let keep = sim
+        .ok_id("call SIP_CARRIER_B 15145550101 15145550199")
+        .await
+        .unwrap();
+    let mixer = sim.ok_id("mixer conference-9").await.unwrap();
+    sim.ok(&format!("join {premium} {mixer}")).await.unwrap();
+    sim.ok(&format!("join {keep} {mixer} speaker"))
+        .await
+        .unwrap();
+
+    let (host, events) = world.host(10.0).await;
+    assert!(synced(&events).contains(&(premium, Decision::Refuse)));
+    assert_eq!(
+        mixers_synced(&events),
+        [(mixer, 1, Decision::Rebuild)],
+        "rebuilt with the leg that stayed"
+    );
+    let status = host.status();
+    assert_eq!((status.mixers, status.joins), (1, 1));
+    // At the engine, the refused leg was dropped and so left the mixer.
+    let list = sim.control("list").await.unwrap();
+    let joins: Vec<&str> = list.lines().filter(|l| l.starts_with("join ")).collect();
+    assert_eq!(joins, [format!("join {mixer} {keep} speaker").as_str()]);
+    host.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_3_engine_still_works_and_shows_no_mixers() {
+    let mut world = World::new(None, &plugins()).await;
+    world.sim.set_extra_args(&[
+        "--heartbeat-ms",
+        "100",
+        "--heartbeat-timeout-ms",
+        "1000",
+        "--protocol",
+        "3",
+    ]);
+    world.sim.restart().await.unwrap();
+    let c = world
+        .sim
+        .ok_id("call SIP_CARRIER_B 15145550101 15145550199")
+        .await
+        .unwrap();
+    let mixer = world.sim.ok_id("mixer conference-1").await.unwrap();
+    world.sim.ok(&format!("join {c} {mixer}")).await.unwrap();
+
+    // A host offering 4 is closed on, and says what to do.
+    let options = legsync::engine::LinkOptions {
+        engine: world.sim.listen.to_string(),
+        connect_timeout: std::time::Duration::from_secs(5),
+        heartbeat: std::time::Duration::from_millis(100),
+        heartbeat_timeout: std::time::Duration::from_secs(1),
+        max_frame: legsync::protocol::DEFAULT_MAX_FRAME,
+        protocol: 4,
+        host_name: "probe".into(),
+        tls: None,
+        heartbeat_gaps: Default::default(),
+    };
+    let tasks = tokio_util::task::TaskTracker::new();
+    let refused = legsync::engine::Connection::open(&options, &tasks).await;
+    let Err(error) = refused else {
+        panic!("a version 3 engine closes on hello 4")
+    };
+    assert!(
+        matches!(
+            error,
+            legsync::engine::LinkError::ClosedOnHello { offered: 4 }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("set link.protocol = 3"));
+
+    let mut config = world.config(10.0);
+    config.link.protocol = 3;
+    let mut host = RunningHost::start(&config, world.decider(&config)).unwrap();
+    let events = host.next_resync(WAIT).await.unwrap();
+    assert_eq!(synced(&events), [(c, Decision::Rebuild)]);
+    assert!(mixers_synced(&events).is_empty());
+    // Live mixer events are not sent to a version 3 host either.
+    world.sim.ok("mixer conference-2").await.unwrap();
+    world.sim.ok(&format!("release {c}")).await.unwrap();
+    host.wait_status(WAIT, |s| s.legs == 0).await.unwrap();
+    assert_eq!(host.status().mixers, 0);
+    host.stop().await.unwrap();
+}
+
+fn resync_summary(events: &[HostEvent]) -> legsync::events::ResyncSummary {
+    events
+        .iter()
+        .find_map(|e| match e {
+            HostEvent::ResyncDone(s) => Some(**s),
+            _ => None,
+        })
+        .expect("a resync summary")
+}
