@@ -112,7 +112,7 @@ impl Decider {
 
     /// The mixer decision for unknown mixers. No plugin decides mixers yet
     /// (the contract's mixer export is still to come): every unknown mixer
-    /// is rebuilt, with [`NO_MIXER_POLICY`] named as its decider, so that a
+    /// is rebuilt, with `NO_MIXER_POLICY` named as its decider, so that a
     /// conference survives a resync instead of being lost.
     pub fn decide_mixers(&self, mixers: &[crate::mixers::HeldMixer]) -> Vec<Verdict> {
         let name = PluginName::new(NO_MIXER_POLICY);
