@@ -143,6 +143,10 @@ pub struct EvalArgs {
     /// A JSON array of links.
     #[arg(long)]
     links: Option<PathBuf>,
+    /// A JSON array of conference mixers, each with its joins:
+    /// `{"id": 1, "name": "sales", "joins": [{"leg": 3, "role": "listener"}]}`.
+    #[arg(long)]
+    mixers: Option<PathBuf>,
     #[command(flatten)]
     datasets: DatasetArgs,
     #[command(flatten)]
@@ -232,7 +236,15 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         problems.extend(consistency(fresh)?);
     }
     if problems.is_empty() {
-        println!("exercised: on-call-leg-sync, on-link-sync, on-call-leg-terminated: ok");
+        let exports: Vec<&str> = Export::ALL
+            .into_iter()
+            .filter(|export| {
+                plugin.has_mixer_exports()
+                    || !matches!(export, Export::MixerSync | Export::MixerTerminated)
+            })
+            .map(Export::name)
+            .collect();
+        println!("exercised: {}: ok", exports.join(", "));
         let plugin = &chain.plugins()[0];
         let calls_before = plugin.stats().calls;
         let (_, timing) =
@@ -402,6 +414,8 @@ struct Line<'a> {
     leg: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     link: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mixer: Option<u64>,
     decision: legsync::model::Decision,
     plugin: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -439,10 +453,22 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         Some(path) => read_json(path)?,
         None => Vec::new(),
     };
-    let print = |leg: Option<u64>, link: Option<u64>, v: &Verdict| -> anyhow::Result<()> {
+    let (mixers, joins) = match &args.mixers {
+        Some(path) => {
+            super::plugin_test::mixers_from(read_json(path)?, &path.display().to_string())?
+        }
+        None => Default::default(),
+    };
+    let print = |item: Item, v: &Verdict| -> anyhow::Result<()> {
+        let (leg, link, mixer) = match item {
+            Item::Leg(id) => (Some(id), None, None),
+            Item::Link(id) => (None, Some(id), None),
+            Item::Mixer(id) => (None, None, Some(id)),
+        };
         let line = Line {
             leg,
             link,
+            mixer,
             decision: v.decision,
             plugin: &v.plugin,
             failure: v.failure,
@@ -459,7 +485,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{timing}");
     }
     for (leg, verdict) in legs.iter().zip(verdicts) {
-        print(Some(leg.id), None, &verdict)?;
+        print(Item::Leg(leg.id), &verdict)?;
         match verdict.decision {
             legsync::model::Decision::Refuse => refused.insert(leg.id),
             legsync::model::Decision::Rebuild => rebuilt.insert(leg.id),
@@ -467,6 +493,8 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     }
     // Links as the host sorts them: those of a refused leg are dropped
     // without a decision, those of legs not given are ignored.
+    // Mixers as the host offers them: joins of held legs only.
+    let offered = super::plugin_test::offered_mixers(mixers, joins, &rebuilt, &refused);
     let mut sides = EvalSides {
         rebuilt,
         claimed: legsync::model::IdSet::default(),
@@ -492,9 +520,20 @@ fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         }
     }
     for (link, verdict) in plan.offer.iter().zip(chain.decide_links(&plan.offer)) {
-        print(None, Some(link.id), &verdict)?;
+        print(Item::Link(link.id), &verdict)?;
+    }
+    for (held, verdict) in offered.iter().zip(chain.decide_mixers(&offered)) {
+        print(Item::Mixer(held.mixer.id), &verdict)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a line of `plugin eval` decides.
+#[derive(Debug, Clone, Copy)]
+enum Item {
+    Leg(u64),
+    Link(u64),
+    Mixer(u64),
 }
 
 /// The legs as `plugin eval` sees them: rebuilt ones are held, none linked

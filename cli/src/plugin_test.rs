@@ -10,9 +10,15 @@
 //!   "expect": { "1": "rebuild", "2": "refuse" },
 //!   "links": [ { "id": 9, "leg_a": 1, "leg_b": 3 } ],
 //!   "expect_links": { "9": "rebuild" },
+//!   "mixers": [ { "id": 4, "name": "sales", "joins": [ { "leg": 1 } ] } ],
+//!   "expect_mixers": { "4": "rebuild" },
 //!   "held": "held.json"
 //! }
 //! ```
+//!
+//! Mixers are decided after the legs, with their joins to rebuilt legs
+//! only, as the host offers them; `expect_mixers` takes `rebuild`,
+//! `refuse` or `abstain` (the plugin does not decide mixers).
 //!
 //! `rules` is the plugin's rules file (absent: none). `legs` is a file or an
 //! inline array of legs as `plugin eval` takes them, or a page of `legsync
@@ -29,7 +35,8 @@
 
 use anyhow::Context;
 use clap::Args;
-use legsync::model::{CallLeg, Decision, Link, PluginName};
+use legsync::mixers::{HeldMixer, MixerTable};
+use legsync::model::{CallLeg, Decision, IdSet, Join, JoinRole, Link, Mixer, PluginName};
 use legsync::policy::Verdict;
 use legsync::policy::held::FixedHeld;
 use serde::Deserialize;
@@ -62,11 +69,87 @@ struct TestFile {
     #[serde(default)]
     expect_links: BTreeMap<u64, Decision>,
     #[serde(default)]
+    mixers: Option<Items>,
+    #[serde(default)]
+    expect_mixers: BTreeMap<u64, MixerExpectation>,
+    #[serde(default)]
     held: Option<Items>,
     /// A dataset directory (relative to the test file): every dataset in it
     /// is granted to the plugin.
     #[serde(default)]
     datasets: Option<PathBuf>,
+}
+
+/// What a test expects of a mixer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum MixerExpectation {
+    Rebuild,
+    Refuse,
+    /// The plugin does not decide mixers (it abstains).
+    Abstain,
+}
+
+/// A mixer as a test file or `plugin eval --mixers` writes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrittenMixer {
+    id: u64,
+    #[serde(default)]
+    created_at_ms: u64,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    joins: Vec<WrittenJoin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WrittenJoin {
+    leg: u64,
+    #[serde(default)]
+    role: JoinRole,
+}
+
+/// Mixers from a JSON array (each with its joins), as the wire carries
+/// them: mixers, and joins.
+pub fn mixers_from(
+    value: serde_json::Value,
+    origin: &str,
+) -> anyhow::Result<(Vec<Mixer>, Vec<Join>)> {
+    let written: Vec<WrittenMixer> =
+        serde_json::from_value(value).with_context(|| format!("{origin}: mixers"))?;
+    let mut joins = Vec::new();
+    let mixers = written
+        .into_iter()
+        .map(|m| {
+            joins.extend(m.joins.iter().map(|j| Join {
+                mixer: m.id,
+                leg: j.leg,
+                role: j.role,
+            }));
+            Mixer {
+                id: m.id,
+                created_at_ms: m.created_at_ms,
+                name: m.name.into(),
+            }
+        })
+        .collect();
+    Ok((mixers, joins))
+}
+
+/// The mixers as the host would offer them once `rebuilt` and `refused`
+/// legs are decided: the host's own diff, so joins of refused or unknown
+/// legs are left out as they would be.
+pub fn offered_mixers(
+    mixers: Vec<Mixer>,
+    joins: Vec<Join>,
+    rebuilt: &IdSet<u64>,
+    refused: &IdSet<u64>,
+) -> Vec<HeldMixer> {
+    MixerTable::default()
+        .diff(mixers, joins, |leg| rebuilt.contains(&leg), refused)
+        .unknown
 }
 
 /// Items inline, or in a file beside the test file.
@@ -216,6 +299,53 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
                     expected.as_str()
                 )),
             }
+        }
+        let (mixers, joins) = match &test.mixers {
+            Some(items) => mixers_from(items.value(base)?, &origin)?,
+            None => Default::default(),
+        };
+        let decided = |wanted: Decision| -> IdSet<u64> {
+            legs.iter()
+                .zip(&verdicts)
+                .filter(|(_, v)| v.decision == wanted)
+                .map(|(leg, _)| leg.id)
+                .collect()
+        };
+        let offered_mixers = offered_mixers(
+            mixers,
+            joins,
+            &decided(Decision::Rebuild),
+            &decided(Decision::Refuse),
+        );
+        let mixer_verdicts = chain.decide_mixers(&offered_mixers);
+        for (id, expected) in &test.expect_mixers {
+            judged += 1;
+            let name = format!("mixer {id}");
+            let Some(i) = offered_mixers.iter().position(|m| m.mixer.id == *id) else {
+                problems.push(format!(
+                    "{name}: an expectation for a mixer not among its mixers"
+                ));
+                continue;
+            };
+            let verdict = &mixer_verdicts[i];
+            let abstained = verdict.plugin.as_str() == legsync::policy::NO_MIXER_POLICY;
+            let problem = match (expected, abstained) {
+                (MixerExpectation::Abstain, true) => None,
+                (MixerExpectation::Abstain, false) => Some(format!(
+                    "{name}: expected the plugin to abstain, but it decided {}",
+                    verdict.decision.as_str()
+                )),
+                (_, true) => Some(format!(
+                    "{name}: expected a decision, but the plugin abstains (it does not decide mixers)"
+                )),
+                (MixerExpectation::Rebuild, false) => {
+                    judge(&name, String::new(), Decision::Rebuild, verdict)
+                }
+                (MixerExpectation::Refuse, false) => {
+                    judge(&name, String::new(), Decision::Refuse, verdict)
+                }
+            };
+            problems.extend(problem);
         }
         if problems.is_empty() {
             println!("ok   {origin}: {judged} decisions as expected");

@@ -970,8 +970,9 @@ fn plugin_check_exercises_every_export() {
     let out = legsync(&["plugin", "check", built_plugin("rules").to_str().unwrap()]);
     assert!(out.status.success());
     assert!(
-        text(&out.stdout)
-            .contains("exercised: on-call-leg-sync, on-link-sync, on-call-leg-terminated: ok")
+        text(&out.stdout).contains(
+            "exercised: on-call-leg-sync, on-link-sync, on-call-leg-terminated, on-mixer-sync, on-mixer-terminated: ok"
+        )
     );
     for (fixture, export) in [
         ("fixture-notify-trap", "on-call-leg-terminated"),
@@ -985,6 +986,20 @@ fn plugin_check_exercises_every_export() {
             "{fixture}: {stdout}"
         );
     }
+    let dir = tempfile::tempdir().unwrap();
+    let trap = dir.path().join("trap.rules");
+    std::fs::write(&trap, "trap").unwrap();
+    let plugin = built_plugin("fixture-mixer-counter");
+    let out = legsync(&[
+        "plugin",
+        "check",
+        plugin.to_str().unwrap(),
+        "--rules",
+        trap.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL on-mixer-sync: trap"), "{stdout}");
 }
 
 #[test]

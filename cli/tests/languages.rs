@@ -196,6 +196,36 @@ fn the_reference_data_examples_decide_from_a_block_list_and_a_rate_table() {
     }
 }
 
+/// The `rules` example decides conference mixers in each language (by
+/// name prefix and size, with the joins of a refused leg left out) and, a
+/// plugin without mixer rules, abstains.
+#[test]
+fn the_rules_examples_decide_mixers_in_rust_python_and_javascript() {
+    const MIXERS: &str = "plugins/fixtures/mixers/tests.json";
+    plugin_test(&built_plugin("rules"), MIXERS, 6);
+    for build in [Build::Python, Build::JavaScript] {
+        if let Some(plugin) = built(build) {
+            plugin_test(&plugin, MIXERS, 6);
+            let check = legsync(&["plugin", "check", plugin.to_str().unwrap()]);
+            assert!(
+                text(&check.stdout).contains("on-mixer-sync, on-mixer-terminated: ok"),
+                "{}",
+                text(&check.stdout)
+            );
+        }
+    }
+    // Without mixer rules the plugin abstains.
+    let dir = tempfile::tempdir().unwrap();
+    let tests = dir.path().join("abstain.json");
+    std::fs::write(
+        &tests,
+        r#"{"legs": [{"id": 1}], "mixers": [{"id": 5, "name": "x", "joins": [{"leg": 1}]}],
+            "expect_mixers": {"5": "abstain"}}"#,
+    )
+    .unwrap();
+    plugin_test(&built_plugin("rules"), tests.to_str().unwrap(), 1);
+}
+
 /// `legsync plugin test` with the example's own test file passes, with
 /// `decisions` decisions.
 fn plugin_test(plugin: &Path, tests: &str, decisions: usize) {

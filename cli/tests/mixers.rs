@@ -8,6 +8,7 @@ mod common;
 use common::world::{Calls, WAIT, World};
 use legsync::events::HostEvent;
 use legsync::model::{Decision, TerminationReason};
+use legsync::policy::Decider;
 use legsync_lab::demo::harness::{RunningHost, synced};
 
 const RULES: &str =
@@ -34,8 +35,9 @@ async fn mixer_1(world: &World, host: &mut RunningHost, calls: &Calls) -> u64 {
     mixer
 }
 
+/// Each decided mixer, by id.
 fn mixers_synced(events: &[HostEvent]) -> Vec<(u64, u32, Decision)> {
-    events
+    let mut decided: Vec<_> = events
         .iter()
         .filter_map(|e| match e {
             HostEvent::MixerSync {
@@ -46,7 +48,22 @@ fn mixers_synced(events: &[HostEvent]) -> Vec<(u64, u32, Decision)> {
             } => Some((*mixer, *legs, *decision)),
             _ => None,
         })
-        .collect()
+        .collect();
+    decided.sort_unstable_by_key(|(mixer, ..)| *mixer);
+    decided
+}
+
+/// Who decided each mixer, by id.
+fn mixer_deciders(events: &[HostEvent]) -> Vec<(u64, String)> {
+    let mut deciders: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            HostEvent::MixerSync { mixer, plugin, .. } => Some((*mixer, plugin.to_string())),
+            _ => None,
+        })
+        .collect();
+    deciders.sort_unstable();
+    deciders
 }
 
 fn mixers_terminated(events: &[HostEvent]) -> Vec<(u64, TerminationReason)> {
@@ -120,6 +137,11 @@ async fn a_cold_host_restart_rebuilds_mixer_1_and_restores_e_in_it() {
     let (second, events) = world.host(10.0).await;
     assert!(synced(&events).contains(&(calls.e, Decision::Rebuild)));
     assert_eq!(mixers_synced(&events), [(mixer, 1, Decision::Rebuild)]);
+    assert_eq!(
+        mixer_deciders(&events),
+        [(mixer, "no-mixer-policy".to_string())],
+        "accept-all and rules without mixer rules abstain: nobody voted"
+    );
     // The mixer is decided after its legs: E was rebuilt first.
     let position = |wanted: &dyn Fn(&HostEvent) -> bool| events.iter().position(wanted).unwrap();
     assert!(
@@ -267,6 +289,97 @@ async fn a_version_3_engine_still_works_and_shows_no_mixers() {
     world.sim.ok(&format!("release {c}")).await.unwrap();
     host.wait_status(WAIT, |s| s.legs == 0).await.unwrap();
     assert_eq!(host.status().mixers, 0);
+    host.stop().await.unwrap();
+}
+
+const MIXER_RULES: &str = "[[mixer_rule]]\nname = \"no test conferences\"\naction = \"refuse\"\nname_prefix = [\"test-\"]\n";
+
+/// The counter `name` of plugin `index` of the chain, once it reaches
+/// `at_least` (termination notices arrive off the live path).
+async fn plugin_counter(decider: &Decider, index: usize, name: &str, at_least: u64) -> u64 {
+    let Decider::Chain(chain) = decider else {
+        panic!("a plugin chain")
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let value = chain.plugins()[index]
+            .own_counters()
+            .get(name)
+            .copied()
+            .unwrap_or(0);
+        if value >= at_least || std::time::Instant::now() > deadline {
+            return value;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rules_plugin_refuses_a_conference_by_name_and_the_engine_frees_it() {
+    let world = World::new(
+        None,
+        &[
+            ("10-counter", "fixture-mixer-counter", None),
+            ("20-rules", "rules", Some(MIXER_RULES)),
+            ("30-legacy", "fixture-contract-0-3", None),
+        ],
+    )
+    .await;
+    let sim = &world.sim;
+    let x = sim
+        .ok_id("call SIP_A 15145550100 15145550199")
+        .await
+        .unwrap();
+    let y = sim
+        .ok_id("call SIP_A 15145550101 15145550299")
+        .await
+        .unwrap();
+    let test_room = sim.ok_id("mixer test-room").await.unwrap();
+    let sales = sim.ok_id("mixer sales").await.unwrap();
+    sim.ok(&format!("join {x} {test_room}")).await.unwrap();
+    sim.ok(&format!("join {y} {sales} listener")).await.unwrap();
+
+    let config = world.config(10.0);
+    let decider = world.decider(&config);
+    let mut host = RunningHost::start(&config, decider.clone()).unwrap();
+    let events = host.next_resync(WAIT).await.unwrap();
+
+    assert_eq!(
+        mixers_synced(&events),
+        [
+            (test_room, 1, Decision::Refuse),
+            (sales, 1, Decision::Rebuild)
+        ]
+    );
+    assert_eq!(
+        mixer_deciders(&events),
+        [
+            (test_room, "20-rules".to_string()),
+            // The 0.3.0 plugin has no mixer decision: it did not vote.
+            (sales, "20-rules".to_string())
+        ]
+    );
+    assert_eq!(
+        synced(&events).len(),
+        2,
+        "both legs live on, decided on their own"
+    );
+    let status = host.status();
+    assert_eq!((status.legs, status.mixers, status.joins), (2, 1, 1));
+    let list = sim.control("list").await.unwrap();
+    assert!(!list.contains("test-room"), "freed at the engine: {list}");
+    assert!(
+        list.contains(&format!("leg {x} ")),
+        "its leg lives on: {list}"
+    );
+    assert_eq!(plugin_counter(&decider, 0, "mixers_decided", 2).await, 2);
+    assert_eq!(plugin_counter(&decider, 0, "joins_seen", 2).await, 2);
+
+    // A mixer the engine frees ends with a notice, once.
+    sim.ok(&format!("free-mixer {sales}")).await.unwrap();
+    host.wait_status(WAIT, |s| s.mixers == 0).await.unwrap();
+    assert_eq!(plugin_counter(&decider, 0, "mixers_released", 1).await, 1);
     host.stop().await.unwrap();
 }
 

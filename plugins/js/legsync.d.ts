@@ -94,6 +94,29 @@ export interface Termination {
   decidedBy: string | null;
 }
 
+/** How a leg takes part in a conference mixer. */
+export type JoinRole = 'speaker' | 'listener' | 'both';
+
+/** A leg joined to a mixer. */
+export interface MixerJoin {
+  leg: bigint;
+  role: JoinRole;
+}
+
+/** A conference mixer: its legs the host holds are `joins`. */
+export interface Mixer {
+  id: bigint;
+  createdAtMs: bigint;
+  name: string;
+  joins: MixerJoin[];
+}
+
+/** A mixer that ended, as the host sends it. */
+export interface TerminatedMixer {
+  mixer: Mixer;
+  reason: TerminationReason;
+}
+
 /** A leg the host holds, and the plugin that adopted it (null: followed
  * live from its setup). */
 export interface HeldLeg {
@@ -135,6 +158,14 @@ export class Policy {
   onCallLegSyncBatch(legs: CallLeg[]): Decision[];
   /** A whole batch of links; one decision per link, in order. */
   onLinkSyncBatch(links: Link[]): Decision[];
+  /** Whether this policy decides mixers (default false: it abstains). */
+  decidesMixers(): boolean;
+  /** The mixer decision for one mixer the host did not know. */
+  onMixerSync(mixer: Mixer): Decision;
+  /** A mixer the host held ended (its legs live on). */
+  onMixerTerminated(mixer: Mixer, reason: TerminationReason): void;
+  /** A whole batch of mixers; one decision per mixer, in order. */
+  onMixerSyncBatch(mixers: Mixer[]): Decision[];
 }
 
 /** The contract's exports, as `exportPolicy` builds them. */
@@ -143,6 +174,9 @@ export interface PolicyExports {
   onCallLegSync(batch: LegBatch): Decision[];
   onLinkSync(links: Link[]): Decision[];
   onCallLegTerminated(ended: TerminatedLeg[]): void;
+  /** Undefined: the policy abstains from the mixer decision. */
+  onMixerSync(mixers: Mixer[]): Decision[] | undefined;
+  onMixerTerminated(ended: TerminatedMixer[]): void;
 }
 
 /** The contract's exports, implemented by an instance of `PolicyClass`:

@@ -170,6 +170,35 @@ export class Policy {
       return this.onLinkSync(link);
     });
   }
+
+  /**
+   * Whether this policy decides conference mixers. False (the default): it
+   * abstains and does not vote on mixers at all.
+   */
+  decidesMixers() {
+    return false;
+  }
+
+  /**
+   * The mixer decision for one mixer the host did not know (asked only when
+   * `decidesMixers()`): `{ id, createdAtMs, name, joins: [{ leg, role }] }`,
+   * its joins the legs the host holds. A refused mixer is freed at the
+   * engine; its legs live on.
+   */
+  onMixerSync(_mixer) {
+    return REBUILD;
+  }
+
+  /** A mixer the host held ended (its legs live on). */
+  onMixerTerminated(_mixer, _reason) {}
+
+  /** A whole batch of mixers; one decision per mixer, in order. */
+  onMixerSyncBatch(mixers) {
+    return mixers.map((mixer, index) => {
+      current = index;
+      return this.onMixerSync(mixer);
+    });
+  }
 }
 
 /** The contract's exports, implemented by an instance of `PolicyClass`:
@@ -202,6 +231,20 @@ export function exportPolicy(PolicyClass) {
       const p = policy();
       for (const { leg, reason, held, decidedBy } of ended) {
         p.onCallLegTerminated({ leg, reason, held, decidedBy: decidedBy ?? null });
+      }
+    },
+    // `option<list<decision>>`: undefined abstains.
+    onMixerSync(mixers) {
+      const p = policy();
+      if (!p.decidesMixers()) {
+        return undefined;
+      }
+      return explaining(() => p.onMixerSyncBatch(mixers));
+    },
+    onMixerTerminated(ended) {
+      const p = policy();
+      for (const { mixer, reason } of ended) {
+        p.onMixerTerminated(mixer, reason);
       }
     },
   };

@@ -42,6 +42,9 @@ Direction = types.Direction
 # imports typing.Protocol: at run time it is the enum, mypy sees the other.
 Protocol = types.Protocol  # type: ignore[attr-defined]
 TerminationReason = types.TerminationReason
+Mixer = types.Mixer
+MixerJoin = types.MixerJoin
+JoinRole = types.JoinRole
 
 REBUILD = types.Decision.REBUILD
 REFUSE = types.Decision.REFUSE
@@ -256,6 +259,28 @@ class Policy:
             decisions.append(self.on_link_sync(link))
         return decisions
 
+    def decides_mixers(self) -> bool:
+        """Whether this policy decides conference mixers. False (the
+        default): it abstains and does not vote on mixers at all."""
+        return False
+
+    def on_mixer_sync(self, mixer: Mixer) -> Decision:
+        """The mixer decision for one mixer the host did not know (asked
+        only when `decides_mixers()`); `mixer.joins` are its legs the host
+        holds. A refused mixer is freed at the engine; its legs live on."""
+        return REBUILD
+
+    def on_mixer_terminated(self, mixer: Mixer, reason: TerminationReason) -> None:
+        """A mixer the host held ended (its legs live on)."""
+
+    def on_mixer_sync_batch(self, mixers: List[Mixer]) -> List[Decision]:
+        """A whole batch of mixers; one decision per mixer, in order."""
+        decisions = []
+        for index, mixer in enumerate(mixers):
+            _current[0] = index
+            decisions.append(self.on_mixer_sync(mixer))
+        return decisions
+
 
 def export(policy_class: Type[Policy]) -> type:
     """The class to bind to the name `Policy` in your app module: it
@@ -284,6 +309,17 @@ def export(policy_class: Type[Policy]) -> type:
             p = policy()
             for t in ended:
                 p.on_call_leg_terminated(Termination(t.leg, t.reason, t.held, t.decided_by))
+
+        def on_mixer_sync(self, mixers: List[Mixer]) -> Optional[List[Decision]]:
+            p = policy()
+            if not p.decides_mixers():
+                return None
+            return _explaining(lambda: p.on_mixer_sync_batch(mixers))
+
+        def on_mixer_terminated(self, ended: List[types.TerminatedMixer]) -> None:
+            p = policy()
+            for t in ended:
+                p.on_mixer_terminated(t.mixer, t.reason)
 
     return Export
 

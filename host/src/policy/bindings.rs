@@ -90,6 +90,34 @@ impl From<wit::Decision> for model::Decision {
     }
 }
 
+impl From<model::JoinRole> for wit::JoinRole {
+    fn from(role: model::JoinRole) -> Self {
+        match role {
+            model::JoinRole::Speaker => wit::JoinRole::Speaker,
+            model::JoinRole::Listener => wit::JoinRole::Listener,
+            model::JoinRole::Both => wit::JoinRole::Both,
+        }
+    }
+}
+
+impl From<&crate::mixers::HeldMixer> for wit::Mixer {
+    fn from(held: &crate::mixers::HeldMixer) -> Self {
+        wit::Mixer {
+            id: held.mixer.id,
+            created_at_ms: held.mixer.created_at_ms,
+            name: held.mixer.name.to_string(),
+            joins: held
+                .joins
+                .iter()
+                .map(|&(leg, role)| wit::MixerJoin {
+                    leg,
+                    role: role.into(),
+                })
+                .collect(),
+        }
+    }
+}
+
 impl From<model::TerminationReason> for wit::TerminationReason {
     fn from(reason: model::TerminationReason) -> Self {
         match reason {

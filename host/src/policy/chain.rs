@@ -1,10 +1,12 @@
 //! The plugin chain: plugins in order, first refusal wins, every decision
 //! records the plugin that made it.
 
+use super::bindings::wit;
 use super::error::{FailureKind, PluginFailure};
 use super::export::Export;
 use super::lower::{LegBatch, LinkRecord};
 use super::plugin::{Decided, Plugin, TerminationNotice};
+use crate::mixers::HeldMixer;
 use crate::model::{
     CallLeg, DataVersions, Decision, EndedLeg, Link, PluginName, Reason, TerminationReason,
 };
@@ -12,6 +14,10 @@ use std::time::Instant;
 
 /// The name recorded when no plugin is loaded and the host rebuilds by default.
 pub const NO_PLUGIN: &str = "(no plugins)";
+
+/// The name recorded for a mixer rebuilt because no plugin voted on it
+/// (each abstained, or was built for a contract without mixers).
+pub const NO_MIXER_POLICY: &str = "no-mixer-policy";
 
 /// One decision and who made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +108,7 @@ impl PolicyChain {
             .flat_map(|chunk| {
                 let batch = LegBatch::new(chunk);
                 self.decide_batch(Export::LegSync, batch.legs(), until, &|plugin, offered| {
-                    plugin.sync_legs(batch.with_legs(offered))
+                    plugin.sync_legs(batch.with_legs(offered)).map(Some)
                 })
             })
             .collect()
@@ -114,9 +120,49 @@ impl PolicyChain {
             .chunks(self.batch_size)
             .flat_map(|chunk| {
                 let batch: Vec<LinkRecord> = chunk.iter().map(LinkRecord::from).collect();
-                self.decide_batch(Export::LinkSync, &batch, None, &Plugin::sync_links)
+                self.decide_batch(Export::LinkSync, &batch, None, &|plugin, links| {
+                    plugin.sync_links(links).map(Some)
+                })
             })
             .collect()
+    }
+
+    /// The mixer decision for mixers the host did not know (their legs
+    /// already decided). A plugin that abstains, or was built for a
+    /// contract without mixers, does not vote; a mixer no plugin voted on
+    /// is rebuilt, named [`NO_MIXER_POLICY`].
+    pub fn decide_mixers(&self, mixers: &[HeldMixer]) -> Vec<Verdict> {
+        mixers
+            .chunks(self.batch_size)
+            .flat_map(|chunk| {
+                let batch: Vec<wit::Mixer> = chunk.iter().map(wit::Mixer::from).collect();
+                let verdicts =
+                    self.decide_batch(Export::MixerSync, &batch, None, &Plugin::sync_mixers);
+                verdicts.into_iter().map(|mut verdict| {
+                    if verdict.plugin == self.default_name {
+                        verdict.plugin = PluginName::new(NO_MIXER_POLICY);
+                    }
+                    verdict
+                })
+            })
+            .collect()
+    }
+
+    /// `on-mixer-terminated`, to every plugin that has it.
+    pub fn notify_mixers_terminated(&self, mixers: &[HeldMixer], reason: TerminationReason) {
+        for chunk in mixers.chunks(self.batch_size) {
+            let notice: Vec<wit::TerminatedMixer> = chunk
+                .iter()
+                .map(|held| wit::TerminatedMixer {
+                    mixer: held.into(),
+                    reason: reason.into(),
+                })
+                .collect();
+            for plugin in self.plugins.iter().filter(|p| p.has_mixer_exports()) {
+                // The failure is already logged and counted by the plugin.
+                let _ = plugin.notify_mixers_terminated(&notice);
+            }
+        }
     }
 
     /// `OnCallLegTerminated`, to every plugin: every leg that ended, held
@@ -140,7 +186,7 @@ impl PolicyChain {
         export: Export,
         batch: &[W],
         until: Option<Instant>,
-        call: &impl Fn(&Plugin, &[W]) -> Result<Decided, PluginFailure>,
+        call: &impl Fn(&Plugin, &[W]) -> Result<Option<Decided>, PluginFailure>,
     ) -> Vec<Verdict> {
         // Plain copies while deciding; each verdict takes its plugin's name
         // once at the end.
@@ -164,6 +210,8 @@ impl PolicyChain {
             // Reasons the plugin gave, by position in `offered`.
             let mut reasons: Vec<(usize, Reason)> = Vec::new();
             let mut rest = offered;
+            // A plugin that abstains (none) does not vote on this batch.
+            let mut abstained = false;
             while !rest.is_empty() {
                 if until.is_some_and(|until| Instant::now() >= until) {
                     answers.extend(std::iter::repeat_n(
@@ -178,7 +226,11 @@ impl PolicyChain {
                 rest = after;
                 let base = answers.len();
                 match call(plugin, part) {
-                    Ok(decided) => {
+                    Ok(None) => {
+                        abstained = true;
+                        break;
+                    }
+                    Ok(Some(decided)) => {
                         answers.extend(decided.decisions.into_iter().map(|d| (d, None)));
                         reasons.extend(
                             decided
@@ -192,6 +244,9 @@ impl PolicyChain {
                         part.len(),
                     )),
                 }
+            }
+            if abstained {
+                continue;
             }
             for (&i, (decision, failure)) in pending.iter().zip(answers) {
                 slots[i] = Slot {

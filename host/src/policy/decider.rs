@@ -13,9 +13,6 @@ use std::sync::{Arc, RwLock};
 /// The name recorded for decisions of the native rules.
 pub const NATIVE: &str = "native-rules";
 
-/// The name recorded for mixers rebuilt with no plugin deciding them.
-pub const NO_MIXER_POLICY: &str = "no-mixer-policy";
-
 /// A set of rules that decides.
 #[derive(Debug, Clone)]
 pub enum Decider {
@@ -110,22 +107,37 @@ impl Decider {
         }
     }
 
-    /// The mixer decision for unknown mixers. No plugin decides mixers yet
-    /// (the contract's mixer export is still to come): every unknown mixer
-    /// is rebuilt, with `NO_MIXER_POLICY` named as its decider, so that a
-    /// conference survives a resync instead of being lost.
+    /// The mixer decision for unknown mixers (see
+    /// [`PolicyChain::decide_mixers`]). Native rules have none: every
+    /// unknown mixer is rebuilt, named `no-mixer-policy`.
     pub fn decide_mixers(&self, mixers: &[crate::mixers::HeldMixer]) -> Vec<Verdict> {
-        let name = PluginName::new(NO_MIXER_POLICY);
-        mixers
-            .iter()
-            .map(|_| Verdict {
-                decision: crate::model::Decision::Rebuild,
-                plugin: name,
-                failure: None,
-                reason: None,
-                data: None,
-            })
-            .collect()
+        match self {
+            Decider::Chain(chain) => chain.decide_mixers(mixers),
+            Decider::Native(_) => {
+                let name = PluginName::new(super::chain::NO_MIXER_POLICY);
+                mixers
+                    .iter()
+                    .map(|_| Verdict {
+                        decision: crate::model::Decision::Rebuild,
+                        plugin: name,
+                        failure: None,
+                        reason: None,
+                        data: None,
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Tells the plugins that `mixers` ended for `reason`.
+    pub fn notify_mixers_terminated(
+        &self,
+        mixers: &[crate::mixers::HeldMixer],
+        reason: TerminationReason,
+    ) {
+        if let Decider::Chain(chain) = self {
+            chain.notify_mixers_terminated(mixers, reason);
+        }
     }
 
     /// The datasets its plugins consult, each once, with its version.

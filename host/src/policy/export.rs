@@ -12,10 +12,20 @@ pub enum Export {
     LinkSync,
     /// `on-call-leg-terminated`: `OnCallLegTerminated` notices.
     Terminated,
+    /// `on-mixer-sync`: the mixer decision for a batch of mixers (0.4.0).
+    MixerSync,
+    /// `on-mixer-terminated`: mixer termination notices (0.4.0).
+    MixerTerminated,
 }
 
 impl Export {
-    pub const ALL: [Export; 3] = [Export::LegSync, Export::LinkSync, Export::Terminated];
+    pub const ALL: [Export; 5] = [
+        Export::LegSync,
+        Export::LinkSync,
+        Export::Terminated,
+        Export::MixerSync,
+        Export::MixerTerminated,
+    ];
 
     /// The export's name in the WIT world (and in logs and metrics).
     pub const fn name(self) -> &'static str {
@@ -23,17 +33,20 @@ impl Export {
             Export::LegSync => "on-call-leg-sync",
             Export::LinkSync => "on-link-sync",
             Export::Terminated => "on-call-leg-terminated",
+            Export::MixerSync => "on-mixer-sync",
+            Export::MixerTerminated => "on-mixer-terminated",
         }
     }
 }
 
 impl Export {
     /// What one item of its batches is (the `item` label of the decision
-    /// metric): `leg` or `link`.
+    /// metric): `leg`, `link` or `mixer`.
     pub const fn item(self) -> &'static str {
         match self {
             Export::LegSync | Export::Terminated => "leg",
             Export::LinkSync => "link",
+            Export::MixerSync | Export::MixerTerminated => "mixer",
         }
     }
 }
@@ -46,7 +59,7 @@ impl std::fmt::Display for Export {
 
 /// One `T` per export.
 #[derive(Debug, Default)]
-pub struct PerExport<T>([T; 3]);
+pub struct PerExport<T>([T; 5]);
 
 impl<T> PerExport<T> {
     /// Every export's value, with its export.
@@ -58,7 +71,7 @@ impl<T> PerExport<T> {
 impl<T> std::ops::Index<Export> for PerExport<T> {
     type Output = T;
     fn index(&self, export: Export) -> &T {
-        // The discriminants are 0, 1, 2, the order of `ALL`.
+        // The discriminants are 0 to 4, the order of `ALL`.
         &self.0[export as usize]
     }
 }
@@ -69,14 +82,20 @@ mod tests {
 
     #[test]
     fn each_export_has_its_own_slot() {
-        let slots = PerExport([10, 20, 30]);
+        let slots = PerExport([10, 20, 30, 40, 50]);
         for (i, export) in Export::ALL.into_iter().enumerate() {
             assert_eq!(slots[export], (i + 1) * 10, "{export}");
         }
         let names: Vec<_> = slots.iter().map(|(e, _)| e.name()).collect();
         assert_eq!(
             names,
-            ["on-call-leg-sync", "on-link-sync", "on-call-leg-terminated"]
+            [
+                "on-call-leg-sync",
+                "on-link-sync",
+                "on-call-leg-terminated",
+                "on-mixer-sync",
+                "on-mixer-terminated"
+            ]
         );
     }
 }

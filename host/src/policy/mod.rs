@@ -51,7 +51,7 @@ pub(crate) mod shadow;
 
 pub use blast::{BlastRadius, Guard, RefusalGroup};
 pub use cache::{CacheOutcome, CompileCache};
-pub use chain::{PolicyChain, Verdict};
+pub use chain::{NO_MIXER_POLICY, NO_PLUGIN, PolicyChain, Verdict};
 pub use config::{FailurePolicy, MAX_INSTANCES, PluginSettings, PolicyConfig};
 pub use decider::{Decider, PluginInfo, PolicyHandle};
 pub use error::{FailureKind, PluginFailure, PolicyError};

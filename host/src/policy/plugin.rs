@@ -44,9 +44,19 @@ struct Exports {
     leg_sync: Func,
     link_sync: Func,
     terminated: Func,
+    /// The mixer exports: a plugin built for 0.4.0 has them; an older one
+    /// does not, and never votes on mixers.
+    mixers: Option<MixerExports>,
+}
+
+struct MixerExports {
+    sync: Func,
+    terminated: Func,
 }
 
 type Decisions = (Vec<wit::Decision>,);
+/// A mixer decision's answer: none when the plugin abstains.
+type MixerDecisions = (Option<Vec<wit::Decision>>,);
 
 /// A call's answer: one decision per item, and the reasons the plugin gave
 /// for some of them (`explain`), by position in the call's items.
@@ -79,6 +89,14 @@ impl Exports {
             ),
         }
         self.link_sync.typed::<(&[LinkRecord],), Decisions>(store)?;
+        if let Some(mixers) = &self.mixers {
+            mixers
+                .sync
+                .typed::<(&[wit::Mixer],), MixerDecisions>(store)?;
+            mixers
+                .terminated
+                .typed::<(&[wit::TerminatedMixer],), ()>(store)?;
+        }
         match contract {
             Contract::V0_4 => drop(
                 self.terminated
@@ -414,6 +432,73 @@ impl Plugin {
         })
     }
 
+    /// Whether the plugin has the mixer decision (built for 0.4.0); it may
+    /// still abstain, call by call.
+    pub fn has_mixer_exports(&self) -> bool {
+        self.contract.contract == Contract::V0_4
+    }
+
+    /// `on-mixer-sync` for one batch: one decision per mixer, none when the
+    /// plugin abstains (or was built for a contract without mixers, and is
+    /// not called).
+    pub fn sync_mixers(&self, mixers: &[wit::Mixer]) -> Result<Option<Decided>, PluginFailure> {
+        if !self.has_mixer_exports() {
+            return Ok(None);
+        }
+        let count = mixers.len();
+        let mut took = Duration::ZERO;
+        let result = self.call_guest(Export::MixerSync, |exports, store| {
+            let export = exports.mixers.as_ref().expect("a 0.4.0 plugin's exports");
+            let func = export
+                .sync
+                .typed::<(&[wit::Mixer],), MixerDecisions>(&*store)?;
+            let started = Instant::now();
+            let called = func.call(&mut *store, (mixers,));
+            took = started.elapsed();
+            let Some(decisions) = called?.0 else {
+                store.data_mut().take_explained();
+                return Ok(None);
+            };
+            if decisions.len() != count {
+                return Err(wasmtime::Error::new(Malformed(format!(
+                    "returned {} decisions for {count} mixers",
+                    decisions.len(),
+                ))));
+            }
+            let explained = store.data_mut().take_explained();
+            Ok(Some(Decided {
+                decisions: decisions.into_iter().map(Decision::from).collect(),
+                reasons: self.reasons_of(explained, count),
+            }))
+        });
+        match &result {
+            Ok(_) => self.cost[Export::MixerSync].measured(count, took),
+            Err(failure) if failure.kind == FailureKind::Deadline => {
+                self.cost[Export::MixerSync].overran(count, self.settings.limits.call_deadline)
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// `on-mixer-terminated` for one batch (notification only); nothing for
+    /// a plugin built for a contract without mixers.
+    pub fn notify_mixers_terminated(
+        &self,
+        mixers: &[wit::TerminatedMixer],
+    ) -> Result<(), PluginFailure> {
+        if !self.has_mixer_exports() {
+            return Ok(());
+        }
+        self.call_guest(Export::MixerTerminated, |exports, store| {
+            let export = exports.mixers.as_ref().expect("a 0.4.0 plugin's exports");
+            let func = export
+                .terminated
+                .typed::<(&[wit::TerminatedMixer],), ()>(&*store)?;
+            func.call(store, (mixers,))
+        })
+    }
+
     /// One sync export over a batch of `count` items: exactly one decision
     /// per item.
     fn decide<P: ComponentType + Lower>(
@@ -694,11 +779,20 @@ impl Plugin {
                 .and_then(|index| instance.get_func(&mut *store, index))
                 .ok_or_else(|| wasmtime::format_err!("no export {name}"))
         };
+        let mixers = if self.contract.contract == Contract::V0_4 {
+            Some(MixerExports {
+                sync: func(Export::MixerSync.name())?,
+                terminated: func(Export::MixerTerminated.name())?,
+            })
+        } else {
+            None
+        };
         let exports = Exports {
             init: func("init")?,
             leg_sync: func(Export::LegSync.name())?,
             link_sync: func(Export::LinkSync.name())?,
             terminated: func(Export::Terminated.name())?,
+            mixers,
         };
         exports.check_types(&*store, self.contract.contract)?;
         Ok(exports)

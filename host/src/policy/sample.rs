@@ -1,4 +1,4 @@
-//! Sample legs and a link that a plugin set is tried on before it is
+//! Sample legs, a link and a mixer that a plugin set is tried on before it is
 //! trusted: by `legsync plugin check`, and by a reload before the new set
 //! replaces the working one. A reload tries a throwaway copy of the set
 //! (instances of its own), so a plugin's state never counts sample legs.
@@ -9,8 +9,10 @@
 use super::chain::PolicyChain;
 use super::error::FailureKind;
 use super::export::Export;
+use crate::mixers::HeldMixer;
 use crate::model::{
-    CallLeg, Custody, Decision, Direction, EndedLeg, LegState, Link, Protocol, TerminationReason,
+    CallLeg, Custody, Decision, Direction, EndedLeg, JoinRole, LegState, Link, Mixer, Protocol,
+    TerminationReason,
 };
 
 /// `count` answered legs, every other one with non-ASCII text.
@@ -53,6 +55,19 @@ pub fn leg(id: u64, nap: &str, protocol: Protocol, calling: &str, called: &str) 
         answered_at_ms: Some(now - 50_000),
         linked_to: None,
         state: LegState::Answered,
+    }
+}
+
+/// A conference with the two sample legs, one of them listening, named in
+/// a language other than English.
+pub fn mixer() -> HeldMixer {
+    HeldMixer {
+        mixer: Mixer {
+            id: 1,
+            created_at_ms: crate::model::now_ms() - 40_000,
+            name: "conférence-équipe".into(),
+        },
+        joins: vec![(1, JoinRole::Both), (2, JoinRole::Listener)],
     }
 }
 
@@ -100,9 +115,11 @@ pub fn failures(chain: &PolicyChain) -> Vec<SampleFailure> {
             },
         })
         .collect();
+    let mixers = [mixer()];
     for (export, verdicts) in [
         (Export::LegSync, leg_verdicts),
         (Export::LinkSync, chain.decide_links(&[link])),
+        (Export::MixerSync, chain.decide_mixers(&mixers)),
     ] {
         if let Some(verdict) = verdicts.iter().find(|v| v.failure.is_some()) {
             failed.push(SampleFailure {
@@ -119,6 +136,17 @@ pub fn failures(chain: &PolicyChain) -> Vec<SampleFailure> {
             failed.push(SampleFailure {
                 plugin: plugin.name().as_str().to_string(),
                 export: Export::Terminated,
+                kind: None,
+            });
+        }
+    }
+    let before: Vec<u64> = chain.plugins().iter().map(|p| p.stats().failures).collect();
+    chain.notify_mixers_terminated(&mixers, TerminationReason::Released);
+    for (plugin, before) in chain.plugins().iter().zip(before) {
+        if plugin.stats().failures > before {
+            failed.push(SampleFailure {
+                plugin: plugin.name().as_str().to_string(),
+                export: Export::MixerTerminated,
                 kind: None,
             });
         }

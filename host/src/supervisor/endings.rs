@@ -97,6 +97,12 @@ impl Host {
                 mixer: held.mixer.id,
                 reason,
             }));
+        // As for legs: not awaited, heard before the next decision.
+        let decider = self.policy.current();
+        self.notices.retain(|h| !h.is_finished());
+        self.notices.push(tokio::task::spawn_blocking(move || {
+            decider.notify_mixers_terminated(&mixers, reason)
+        }));
     }
 
     /// Waits until the plugins have heard of every ending so far.

@@ -9,7 +9,9 @@
 //                "direction": "inbound"}]}
 //
 // Rules are tried in order; the first whose every condition holds decides;
-// a list means "any of these".
+// a list means "any of these". Conference mixers have rules of their own
+// (`mixer_rule`: `name_prefix`, `more_legs_than`); without them the plugin
+// abstains from the mixer decision.
 
 import { Policy, REBUILD, REFUSE, because, exportPolicy, info } from '../legsync.js';
 
@@ -64,6 +66,31 @@ class Rule {
   }
 }
 
+const MIXER_RULE_KEYS = new Set(['name', 'action', 'name_prefix', 'more_legs_than']);
+
+class MixerRule {
+  constructor(index, spec) {
+    this.name = spec.name ?? `mixer rule ${index + 1}`;
+    const unknown = unknownKeys(spec, MIXER_RULE_KEYS);
+    if (unknown.length) {
+      throw new Error(`${this.name}: unknown key(s) ${unknown.join(', ')}`);
+    }
+    this.action = action(spec.action, this.name);
+    this.prefixes = spec.name_prefix ?? [];
+    this.most = spec.more_legs_than;
+    if (!this.prefixes.length && this.most === undefined) {
+      throw new Error(`${this.name}: a mixer rule without conditions matches every mixer`);
+    }
+  }
+
+  matches(mixer) {
+    return (
+      (!this.prefixes.length || this.prefixes.some((p) => mixer.name.startsWith(p))) &&
+      (this.most === undefined || mixer.joins.length > this.most)
+    );
+  }
+}
+
 class Rules extends Policy {
   constructor(text) {
     super(text);
@@ -75,12 +102,27 @@ class Rules extends Policy {
         throw new Error(`invalid JSON rules: ${e.message}`);
       }
     }
-    const unknown = unknownKeys(spec, new Set(['default', 'links', 'rule']));
+    const unknown = unknownKeys(spec, new Set(['default', 'links', 'rule', 'mixer_rule']));
     if (unknown.length) throw new Error(`unknown key(s) ${unknown.join(', ')}`);
     this.default = action(spec.default ?? 'rebuild', 'default');
     this.links = action(spec.links ?? 'rebuild', 'links');
     this.rules = (spec.rule ?? []).map((r, i) => new Rule(i, r));
-    info(`loaded ${this.rules.length} rule(s)`);
+    this.mixerRules = (spec.mixer_rule ?? []).map((r, i) => new MixerRule(i, r));
+    info(`loaded ${this.rules.length} rule(s), ${this.mixerRules.length} mixer rule(s)`);
+  }
+
+  decidesMixers() {
+    return this.mixerRules.length > 0;
+  }
+
+  onMixerSync(mixer) {
+    for (const rule of this.mixerRules) {
+      if (rule.matches(mixer)) {
+        if (rule.action === REFUSE) because(rule.name);
+        return rule.action;
+      }
+    }
+    return REBUILD;
   }
 
   onCallLegSync(leg) {

@@ -12,7 +12,9 @@ import {
   nowMs,
   type CallLeg,
   type Decision,
+  type Mixer,
   type Termination,
+  type TerminationReason,
 } from '../legsync.js';
 
 class NoPremium extends Policy {
@@ -72,6 +74,25 @@ class Reference extends Policy {
   }
 }
 
+/** Decides conferences: none named `test-`, none above 100 legs. */
+class Conferences extends Policy {
+  decidesMixers(): boolean {
+    return true;
+  }
+
+  onMixerSync(mixer: Mixer): Decision {
+    const listeners = mixer.joins.filter((join) => join.role === 'listener').length;
+    return mixer.name.startsWith('test-') || mixer.joins.length - listeners > 100 ? REFUSE : REBUILD;
+  }
+
+  onMixerTerminated(mixer: Mixer, reason: TerminationReason): void {
+    info(`mixer ${mixer.id} ended: ${reason}`);
+  }
+}
+
 export const policy = exportPolicy(NoPremium);
+export const conferences = exportPolicy(Conferences);
+const abstained: Decision[] | undefined = conferences.onMixerSync([]);
+void abstained;
 export const reference = exportPolicy(Reference);
 export const counting = exportPolicy(Counting);

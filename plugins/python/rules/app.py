@@ -10,7 +10,9 @@ these keys (anything else is refused at load, never ignored):
                "direction": "inbound"}]}
 
 Rules are tried in order; the first whose every condition holds decides; a
-list means "any of these".
+list means "any of these". Conference mixers have rules of their own
+(`mixer_rule`: `name_prefix`, `more_legs_than`); without them the plugin
+abstains from the mixer decision.
 """
 
 import json
@@ -76,6 +78,27 @@ class Rule:
         )
 
 
+MIXER_RULE_KEYS = {"name", "action", "name_prefix", "more_legs_than"}
+
+
+class MixerRule:
+    def __init__(self, index: int, spec: Dict[str, Any]) -> None:
+        self.name: str = spec.get("name", f"mixer rule {index + 1}")
+        unknown = set(spec) - MIXER_RULE_KEYS
+        if unknown:
+            raise ValueError(f"{self.name}: unknown key(s) {', '.join(sorted(unknown))}")
+        self.action = action(spec.get("action"), self.name)
+        self.prefixes: List[str] = spec.get("name_prefix", [])
+        self.most: Optional[int] = spec.get("more_legs_than")
+        if not self.prefixes and self.most is None:
+            raise ValueError(f"{self.name}: a mixer rule without conditions matches every mixer")
+
+    def matches(self, mixer: legsync.Mixer) -> bool:
+        return (not self.prefixes or any(mixer.name.startswith(p) for p in self.prefixes)) and (
+            self.most is None or len(mixer.joins) > self.most
+        )
+
+
 def protocol_name(protocol: Any) -> str:
     name: str = protocol.name.lower().replace("_", "-")
     return name
@@ -84,13 +107,14 @@ def protocol_name(protocol: Any) -> str:
 class Rules(legsync.Policy):
     def __init__(self, rules: str) -> None:
         spec = parse_rules(rules)
-        unknown = set(spec) - {"default", "links", "rule"}
+        unknown = set(spec) - {"default", "links", "rule", "mixer_rule"}
         if unknown:
             raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}")
         self.default = action(spec.get("default", "rebuild"), "default")
         self.links = action(spec.get("links", "rebuild"), "links")
         self.rules = [Rule(i, r) for i, r in enumerate(spec.get("rule", []))]
-        legsync.info(f"loaded {len(self.rules)} rule(s)")
+        self.mixer_rules = [MixerRule(i, r) for i, r in enumerate(spec.get("mixer_rule", []))]
+        legsync.info(f"loaded {len(self.rules)} rule(s), {len(self.mixer_rules)} mixer rule(s)")
 
     def on_call_leg_sync(self, leg: legsync.CallLeg) -> legsync.Decision:
         for rule in self.rules:
@@ -102,6 +126,17 @@ class Rules(legsync.Policy):
 
     def on_link_sync(self, link: legsync.Link) -> legsync.Decision:
         return self.links
+
+    def decides_mixers(self) -> bool:
+        return bool(self.mixer_rules)
+
+    def on_mixer_sync(self, mixer: legsync.Mixer) -> legsync.Decision:
+        for rule in self.mixer_rules:
+            if rule.matches(mixer):
+                if rule.action == legsync.REFUSE:
+                    legsync.because(rule.name)
+                return rule.action
+        return legsync.REBUILD
 
 
 Policy = legsync.export(Rules)

@@ -34,6 +34,20 @@
 //! called_value = { dataset = "rates", one_of = ["premium"] }
 //! ```
 //!
+//! Conference mixers have rules of their own, tried in order for each mixer
+//! the host did not know (a set without them does not decide mixers):
+//!
+//! ```toml
+//! [[mixer_rule]]
+//! name = "no test conferences"
+//! action = "refuse"
+//! name_prefix = ["test-"]
+//!
+//! [[mixer_rule]]
+//! action = "refuse"
+//! more_legs_than = 100         # no conference above 100 legs
+//! ```
+//!
 //! Rules are tried in order; the first whose every condition holds decides.
 //! Within one condition, a list means "any of these".
 //!
@@ -42,6 +56,9 @@
 //! look-ups the caller makes for a whole batch ([`RuleSet::lookups`]), one
 //! per dataset and number, and hands to [`RuleSet::matching_rule_with`].
 
+mod mixer;
+
+pub use mixer::{MixerRule, MixerView};
 use serde::Deserialize;
 use std::fmt;
 
@@ -216,6 +233,9 @@ pub struct RuleSet {
     pub links: Action,
     #[serde(default, rename = "rule")]
     pub rules: Vec<Rule>,
+    /// Rules for conference mixers (`[[mixer_rule]]`).
+    #[serde(default, rename = "mixer_rule")]
+    pub mixer_rules: Vec<MixerRule>,
     /// Every look-up the rules' dataset conditions need, each once.
     #[serde(skip)]
     lookups: Vec<Lookup>,
@@ -303,6 +323,9 @@ impl RuleSet {
     }
 
     fn validate(&self) -> Result<(), RulesError> {
+        for (index, rule) in self.mixer_rules.iter().enumerate() {
+            rule.validate(index)?;
+        }
         for (index, rule) in self.rules.iter().enumerate() {
             let name = rule_name(rule, index);
             if let (Some(min), Some(max)) = (rule.min_age_secs, rule.max_age_secs)
@@ -378,6 +401,29 @@ impl RuleSet {
         self.rules
             .iter()
             .position(|rule| rule.matches(leg, now_ms) && rule.data_matches(&answer))
+    }
+
+    /// Whether the set decides mixers: it has mixer rules.
+    pub fn decides_mixers(&self) -> bool {
+        !self.mixer_rules.is_empty()
+    }
+
+    /// The index of the first mixer rule that matches, if any (none: the
+    /// mixer is rebuilt).
+    pub fn matching_mixer_rule(&self, mixer: &MixerView<'_>) -> Option<usize> {
+        self.mixer_rules.iter().position(|rule| rule.matches(mixer))
+    }
+
+    /// Decides one mixer: the first matching mixer rule's action, else
+    /// rebuild.
+    pub fn decide_mixer(&self, mixer: &MixerView<'_>) -> Action {
+        self.matching_mixer_rule(mixer)
+            .map_or(Action::Rebuild, |index| self.mixer_rules[index].action)
+    }
+
+    /// The display name of mixer rule `index`.
+    pub fn mixer_rule_name(&self, index: usize) -> String {
+        self.mixer_rules[index].display_name(index)
     }
 
     /// The display name of rule `index`.

@@ -3,8 +3,10 @@
 //! `docs/plugin-guide.md`) and change them without compiling anything.
 
 use legsync_plugin_sdk::datasets::{Dataset, Found, Kind};
-use legsync_plugin_sdk::{CallLeg, Decision, Direction, Link, Policy, Protocol, export_policy};
-use legsync_rules::{Action, LegView, Mode, RuleSet};
+use legsync_plugin_sdk::{
+    CallLeg, Decision, Direction, Link, Mixer, Policy, Protocol, export_policy,
+};
+use legsync_rules::{Action, LegView, MixerView, Mode, RuleSet};
 
 struct Rules {
     set: RuleSet,
@@ -89,6 +91,24 @@ impl Policy for Rules {
 
     fn on_link_sync(&mut self, _link: &Link) -> Decision {
         to_decision(self.set.links)
+    }
+
+    /// Only with `[[mixer_rule]]`s: otherwise the plugin does not vote.
+    fn decides_mixers(&self) -> bool {
+        self.set.decides_mixers()
+    }
+
+    fn on_mixer_sync(&mut self, mixer: &Mixer) -> Decision {
+        let view = MixerView {
+            name: &mixer.name,
+            legs: mixer.joins.len(),
+        };
+        let rule = self.set.matching_mixer_rule(&view);
+        let decision = to_decision(self.set.decide_mixer(&view));
+        if let (Decision::Refuse, Some(rule)) = (decision, rule) {
+            legsync_plugin_sdk::because(&self.set.mixer_rule_name(rule));
+        }
+        decision
     }
 }
 

@@ -38,7 +38,7 @@ static ALLOCATOR: arena::ArenaAwareAllocator = arena::ArenaAwareAllocator;
 
 use bindings::legsync::policy::types as wit;
 pub use bindings::legsync::policy::types::{
-    Decision, Direction, Link, Protocol, TerminationReason,
+    Decision, Direction, JoinRole, Link, Mixer, MixerJoin, Protocol, TerminationReason,
 };
 
 /// The contract version this SDK builds plugins for.
@@ -169,6 +169,37 @@ pub trait Policy: Sized + 'static {
             .map(|(index, link)| {
                 __private::deciding(index);
                 self.on_link_sync(link)
+            })
+            .collect()
+    }
+
+    /// Whether this policy decides conference mixers. False (the default):
+    /// it abstains, and does not vote on mixers at all; true: the host asks
+    /// `on_mixer_sync` for every mixer it did not know.
+    fn decides_mixers(&self) -> bool {
+        false
+    }
+
+    /// The mixer decision for one mixer the host did not know (asked only
+    /// when [`Policy::decides_mixers`]). Its legs are already decided: a
+    /// refused leg is not among `mixer.joins`. A refused mixer is freed at
+    /// the engine; its legs live on.
+    fn on_mixer_sync(&mut self, _mixer: &Mixer) -> Decision {
+        Decision::Rebuild
+    }
+
+    /// A mixer the host held ended (freed, absent at a resync, destroyed at
+    /// the grace timer). Its legs live on, each on its own.
+    fn on_mixer_terminated(&mut self, _mixer: &Mixer, _reason: TerminationReason) {}
+
+    /// A whole batch of mixers; must return exactly one decision per mixer.
+    fn on_mixer_sync_batch(&mut self, mixers: &[Mixer]) -> Vec<Decision> {
+        mixers
+            .iter()
+            .enumerate()
+            .map(|(index, mixer)| {
+                __private::deciding(index);
+                self.on_mixer_sync(mixer)
             })
             .collect()
     }
@@ -400,7 +431,7 @@ pub mod __private {
     }
     use crate::CallLeg;
     pub use crate::bindings::exports::legsync::policy::policy::Guest;
-    pub use crate::bindings::legsync::policy::types::{LegBatch, TerminatedLeg};
+    pub use crate::bindings::legsync::policy::types::{LegBatch, TerminatedLeg, TerminatedMixer};
 
     /// The views of a batch's legs, for `on_call_leg_sync_batch`.
     pub fn batch_legs(batch: &LegBatch) -> Vec<CallLeg<'_>> {
@@ -534,6 +565,28 @@ macro_rules! export_policy {
                         explaining(|| {
                             STATE.with(|s| {
                                 with_policy(&mut s.borrow_mut(), |p| p.on_link_sync_batch(links))
+                            })
+                        })
+                    })
+                }
+                fn on_mixer_sync(mixers: Vec<$crate::Mixer>) -> Option<Vec<$crate::Decision>> {
+                    export_call(mixers, |mixers| {
+                        explaining(|| {
+                            STATE.with(|s| {
+                                with_policy(&mut s.borrow_mut(), |p| {
+                                    p.decides_mixers().then(|| p.on_mixer_sync_batch(mixers))
+                                })
+                            })
+                        })
+                    })
+                }
+                fn on_mixer_terminated(mixers: Vec<$crate::__private::TerminatedMixer>) {
+                    export_call(mixers, |mixers| {
+                        STATE.with(|s| {
+                            with_policy(&mut s.borrow_mut(), |p| {
+                                for ended in mixers {
+                                    p.on_mixer_terminated(&ended.mixer, ended.reason);
+                                }
                             })
                         })
                     })
