@@ -43,6 +43,10 @@ pub struct SimArgs {
     /// hostile engine), to measure the host's tables against them.
     #[arg(long, hide = true)]
     crafted_ids: bool,
+    /// Bench only: with `--preload`, this many mixers, each with 5 of the
+    /// preloaded legs joined.
+    #[arg(long, hide = true, requires = "preload")]
+    preload_mixers: Option<u64>,
     /// Stream snapshots in ascending leg id order, as an engine walking its
     /// leg array would, instead of the table's own hash order.
     #[arg(long)]
@@ -81,6 +85,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         history: args.history,
         reuse_ids: args.reuse_ids,
         crafted_ids: args.crafted_ids,
+        preload_mixers: args.preload_mixers,
         ascending: args.ascending,
         protocol: args.protocol,
         name: args.name,

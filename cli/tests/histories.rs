@@ -126,6 +126,9 @@ struct Run {
     rules: PathBuf,
     legs: Vec<u64>,
     links: Vec<u64>,
+    /// Conference mixers made (some freed since), and legs joined to them.
+    mixers: Vec<u64>,
+    joined: Vec<u64>,
     /// Periods in which the host may not see what the engine does.
     blind: Vec<(u64, u64)>,
     /// What was done, for the failure report.
@@ -145,11 +148,16 @@ struct Background {
 }
 
 fn write_rules(path: &Path, refuse_b: bool) {
-    let text = if refuse_b {
+    let legs = if refuse_b {
         "[[rule]]\nname = \"no B\"\naction = \"refuse\"\nnap = [\"SIP_B\"]\n"
     } else {
         "[[rule]]\nname = \"none\"\naction = \"refuse\"\ncalled_prefix = [\"0000000\"]\n"
     };
+    // Conferences named test-* found at a resync are refused (freed at
+    // the engine, their legs live on).
+    let text = format!(
+        "{legs}\n[[mixer_rule]]\nname = \"no test conferences\"\naction = \"refuse\"\nname_prefix = [\"test-\"]\n"
+    );
     // Atomically, as docs/operations.md tells operators to.
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
@@ -189,6 +197,8 @@ impl Run {
             rules,
             legs: Vec::new(),
             links: Vec::new(),
+            mixers: Vec::new(),
+            joined: Vec::new(),
             blind: Vec::new(),
             log: Vec::new(),
             refusing: false,
@@ -448,7 +458,7 @@ impl Run {
         // Mostly recent legs: old ones are likely gone.
         let recent = &self.legs[self.legs.len().saturating_sub(8)..];
         let leg = rng.pick(recent);
-        match rng.below(110) {
+        match rng.below(123) {
             0..=17 => {
                 let nap = rng.pick(&NAPS).unwrap();
                 let n = rng.below(10_000);
@@ -604,6 +614,39 @@ impl Run {
             // epochs accepts the engine (it knows only its own ledger's
             // epochs; docs/operations.md): one host only.
             109 if self.hosts.len() == 1 => self.epoch_goes_back().await,
+            110..=112 => {
+                let name = if rng.below(3) == 0 { "test" } else { "conf" };
+                let n = rng.below(1_000);
+                let reply = self.control(&format!("mixer {name}-{n}")).await;
+                if let Some(id) = reply.strip_prefix("OK ") {
+                    self.mixers.push(id.parse().unwrap());
+                }
+            }
+            113..=118 => {
+                if let (Some(leg), Some(mixer)) = (leg, rng.pick(&self.mixers)) {
+                    let role = ["speaker", "listener", "both"][rng.below(3) as usize];
+                    let reply = self.control(&format!("join {leg} {mixer} {role}")).await;
+                    if reply.starts_with("OK") {
+                        self.joined.push(leg);
+                    }
+                }
+            }
+            119 => {
+                if let (Some(leg), Some(mixer)) = (rng.pick(&self.joined), rng.pick(&self.mixers)) {
+                    self.control(&format!("unjoin {leg} {mixer}")).await;
+                }
+            }
+            120 => {
+                if let Some(mixer) = rng.pick(&self.mixers) {
+                    self.control(&format!("free-mixer {mixer}")).await;
+                }
+            }
+            121..=122 => {
+                // A leg released while joined: it leaves its mixers first.
+                if let Some(leg) = rng.pick(&self.joined) {
+                    self.control(&format!("release {leg}")).await;
+                }
+            }
             _ => {
                 let ms = 20 + rng.below(300);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -781,8 +824,13 @@ impl Run {
     async fn epoch_goes_back(&mut self) {
         let start = now() - 1_000;
         let store = legsync_lab::sim::controller::epoch_path(&self.dir.path().join("engine.state"));
-        // A day ahead of the clock: the hosts' ledgers take it in.
-        let ahead = legsync::model::now_us() + 86_400_000_000;
+        // A day ahead of the clock, and of any epoch an earlier round of
+        // this step left in the store: the hosts' ledgers take it in.
+        let stored: u64 = std::fs::read_to_string(&store)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0);
+        let ahead = (legsync::model::now_us() + 86_400_000_000).max(stored + 1_000_000);
         self.sim.crash().await.unwrap();
         std::fs::write(&store, format!("{ahead}\n")).unwrap();
         self.sim.start_again().await.unwrap();

@@ -531,6 +531,13 @@ impl Host {
             match verdict.decision {
                 Decision::Rebuild => {
                     run.summary.mixers_rebuilt += 1;
+                    // The event log names each leg of a rebuilt conference,
+                    // as it does a live join: what billing groups by.
+                    events.extend(held.joins.iter().map(|&(leg, role)| HostEvent::LegJoined {
+                        leg,
+                        mixer: held.mixer.id,
+                        role,
+                    }));
                     self.mixers.insert(held.mixer, held.joins);
                 }
                 Decision::Refuse => {

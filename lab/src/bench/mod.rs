@@ -37,8 +37,7 @@ use std::time::{Duration, Instant};
 
 /// The rules both policies run: refuse premium-rate numbers (1 % of the
 /// simulator's preloaded calls).
-pub const BENCH_RULES: &str =
-    "[[rule]]\nname = \"no premium\"\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n";
+pub const BENCH_RULES: &str = "[[rule]]\nname = \"no premium\"\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n\n[[mixer_rule]]\nname = \"no test conferences\"\naction = \"refuse\"\nname_prefix = [\"test-\"]\n";
 
 const LONG: Duration = Duration::from_secs(3600);
 
@@ -125,6 +124,10 @@ pub struct BenchArgs {
     /// order) instead of its table's hash order.
     #[arg(long)]
     ascending: bool,
+    /// Conference mixers in the engine, each with 5 legs joined (the first
+    /// 5 x N answered legs): the rules plugin decides them at a resync.
+    #[arg(long, default_value_t = 0)]
+    mixers: u64,
     /// `--mode live`: steady traffic at each of these rates (call events
     /// per second, answers and releases alternating), one phase each.
     #[arg(long, value_delimiter = ',', default_value = "10000,50000")]
@@ -169,6 +172,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.ascending {
         sim_args.push("--ascending".into());
+    }
+    if args.mixers > 0 {
+        sim_args.push("--preload-mixers".into());
+        sim_args.push(args.mixers.to_string());
     }
     if args.tls {
         anyhow::ensure!(

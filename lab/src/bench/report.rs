@@ -25,6 +25,9 @@ pub struct BenchReport {
     pub absent: u64,
     pub links_rebuilt: u64,
     pub links_refused: u64,
+    /// Mixers decided (rebuilt), and the time the mixer phase took.
+    #[serde(default)]
+    pub mixers_rebuilt: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -41,6 +44,9 @@ pub struct Phases {
     /// The adopted calls' STARTs durable, their events written.
     #[serde(default)]
     pub durable_and_events: f64,
+    /// Mixers: the diff, the mixer decision, endings.
+    #[serde(default)]
+    pub mixers: f64,
 }
 
 fn secs(micros: u64) -> f64 {
@@ -105,6 +111,7 @@ impl BenchReport {
                 absent_and_cdr_end: secs(p.absent),
                 drop_acks: secs(p.drop_acks),
                 durable_and_events: secs(p.durable_and_events),
+                mixers: secs(p.mixers),
             },
             known: s.known,
             rebuilt: s.rebuilt,
@@ -112,6 +119,7 @@ impl BenchReport {
             absent: s.absent,
             links_rebuilt: s.links_rebuilt,
             links_refused: s.links_refused,
+            mixers_rebuilt: s.mixers_rebuilt,
         }
     }
 }
@@ -138,6 +146,7 @@ impl fmt::Display for BenchReport {
             ("absent legs, CDR END", p.absent_and_cdr_end),
             ("drop acknowledgements", p.drop_acks),
             ("STARTs durable, their events", p.durable_and_events),
+            ("mixers (diff, decisions)", p.mixers),
         ] {
             writeln!(f, "  {name:<30} {value:>8.3} s")?;
         }

@@ -112,6 +112,9 @@ pub(super) async fn run_child(
     if args.ascending {
         command.arg("--ascending");
     }
+    if args.mixers > 0 {
+        command.arg("--mixers").arg(args.mixers.to_string());
+    }
     if let Some(dir) = &args.datasets {
         command.arg("--datasets").arg(dir);
     }

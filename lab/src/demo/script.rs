@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
-const RULES: &str = "# Refuse premium-rate calls when they are offered for resync.\n[[rule]]\nname = \"no premium\"\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n";
+const RULES: &str = "# Refuse premium-rate calls when they are offered for resync.\n[[rule]]\nname = \"no premium\"\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n\n# And test conferences.\n[[mixer_rule]]\nname = \"no test conferences\"\naction = \"refuse\"\nname_prefix = [\"test-\"]\n";
 
 pub struct Demo {
     dir: PathBuf,
@@ -27,6 +27,8 @@ pub struct Demo {
     runtime: PolicyRuntime,
     /// Leg ids by the names the narration uses (A, B, C...).
     names: BTreeMap<u64, String>,
+    /// Mixer ids by their names (Mixer-1).
+    mixer_names: BTreeMap<u64, String>,
     failures: std::cell::Cell<usize>,
     cdrs_seen: std::cell::Cell<usize>,
 }
@@ -86,6 +88,7 @@ impl Demo {
             config,
             runtime,
             names: BTreeMap::new(),
+            mixer_names: BTreeMap::new(),
             failures: Default::default(),
             cdrs_seen: Default::default(),
         })
@@ -101,7 +104,7 @@ impl Demo {
             self.dir.display()
         );
         println!(
-            "plugin chain: 10-accept-all -> 20-rules (refuse called 1900*) -> 30-nap-cap; grace {} s",
+            "plugin chain: 10-accept-all -> 20-rules (refuse called 1900*, and test- conferences) -> 30-nap-cap; grace {} s",
             self.config.grace_secs
         );
         self.start_host().await?;
@@ -181,15 +184,26 @@ impl Demo {
         let d = self.answered("D", "SIP_CARRIER_B", "15145551004").await?;
         let e = self.answered("E", "SIP_CARRIER_B", "15145551005").await?;
         self.sim.ok(&format!("link {c} {d}")).await?;
+        let mixer = self.sim.ok_id("mixer Mixer-1").await?;
+        self.mixer_names.insert(mixer, "Mixer-1".into());
+        self.sim.ok(&format!("join {e} {mixer} both")).await?;
         self.host()?
-            .wait_status(WAIT, |s| s.legs == 5 && s.links == 1)
+            .wait_status(WAIT, |s| {
+                s.legs == 5 && s.links == 1 && s.mixers == 1 && s.joins == 1
+            })
             .await?;
         step(
-            "A ringing, B terminating, C D E answered, C-D linked. Restarting the engine (kill -9, start).",
+            "A ringing, B terminating, C D E answered, C-D linked, Mixer-1 ready with E joined. Restarting the engine (kill -9, start).",
         );
         self.sim.restart().await?;
         let events = self.host()?.next_resync(WAIT).await?;
         self.narrate(&events);
+        self.check(
+            "Mixer-1 and E's join stay valid with no mixer decision",
+            mixers_synced(&events).is_empty()
+                && self.status().mixers == 1
+                && self.status().joins == 1,
+        );
         self.check(
             "A and B end with OnCallLegTerminated",
             terminated(&events)
@@ -229,6 +243,12 @@ impl Demo {
             "at the deadline A-E all end with OnCallLegTerminated",
             terminated(&events) == expected,
         );
+        let [mixer] = self.mixer_ids(["Mixer-1"]);
+        self.check(
+            "Mixer-1 is destroyed locally with them (its termination notice to the plugins)",
+            mixers_ended(&events) == [(mixer, TerminationReason::GraceExpired)]
+                && self.status().mixers == 0,
+        );
         let cdrs = self.new_cdrs();
         self.check(
             "a CDR END for C, D and E",
@@ -241,6 +261,10 @@ impl Demo {
         self.check(
             "C, D, E come back through OnCallLegSync (rebuild)",
             synced(&events) == all_rebuilt([c, d, e]),
+        );
+        self.check(
+            "Mixer-1 comes back through the mixer decision, with E joined",
+            mixers_synced(&events) == [(mixer, 1, Decision::Rebuild)] && self.status().joins == 1,
         );
         self.check(
             "C-D comes back through OnLinkSync",
@@ -274,6 +298,11 @@ impl Demo {
             "C, D, E come through OnCallLegSync",
             synced(&events) == all_rebuilt([c, d, e]),
         );
+        let [mixer] = self.mixer_ids(["Mixer-1"]);
+        self.check(
+            "Mixer-1 comes through the mixer decision, E's join restored",
+            mixers_synced(&events) == [(mixer, 1, Decision::Rebuild)] && self.status().joins == 1,
+        );
         self.check(
             "C-D comes through OnLinkSync",
             links_synced(&events)
@@ -293,10 +322,14 @@ impl Demo {
         let (a, b) = self.transient_legs().await?;
         self.host()?.wait_status(WAIT, |s| s.legs == 5).await?;
         let [e] = self.ids(["E"]);
-        step("Cutting the host off; E hangs up meanwhile; the network comes back.");
+        let [mixer] = self.mixer_ids(["Mixer-1"]);
+        step(
+            "Cutting the host off; E hangs up and Mixer-1 is freed meanwhile; the network comes back.",
+        );
         self.sim.ok("partition 60000").await?;
         self.host()?.wait_disconnected(WAIT).await?;
         self.sim.ok(&format!("release {e}")).await?;
+        self.sim.ok(&format!("free-mixer {mixer}")).await?;
         self.sim.ok("partition 0").await?;
         let events = self.host()?.next_resync(WAIT).await?;
         self.narrate(&events);
@@ -312,6 +345,12 @@ impl Demo {
         self.check(
             "C and D stay valid with no callback",
             synced(&events).is_empty() && self.status().legs == 2,
+        );
+        self.check(
+            "Mixer-1, freed meanwhile, is terminated",
+            mixers_ended(&events) == [(mixer, TerminationReason::AbsentAfterResync)]
+                && mixers_synced(&events).is_empty()
+                && self.status().mixers == 0,
         );
         let cdrs = self.new_cdrs();
         self.check("a CDR END for E", legs_of(&cdrs, RecordKind::End) == [e]);
@@ -573,6 +612,21 @@ impl Demo {
         })
     }
 
+    fn mixer_ids<const N: usize>(&self, names: [&str; N]) -> [u64; N] {
+        names.map(|n| {
+            self.mixer_names
+                .iter()
+                .find(|(_, v)| v.as_str() == n)
+                .map_or(0, |(k, _)| *k)
+        })
+    }
+
+    fn mixer_name(&self, mixer: u64) -> String {
+        self.mixer_names
+            .get(&mixer)
+            .map_or(format!("mixer {mixer}"), |n| format!("{n} (mixer {mixer})"))
+    }
+
     fn name(&self, leg: u64) -> String {
         self.names
             .get(&leg)
@@ -621,20 +675,26 @@ impl Demo {
                     decision,
                     plugin,
                 } => format!(
-                    "mixer decision     mixer {mixer} ({legs} leg(s) joined) -> {} by {plugin}",
+                    "mixer decision     {} ({legs} leg(s) joined) -> {} by {plugin}",
+                    self.mixer_name(*mixer),
                     decision.as_str()
                 ),
-                HostEvent::MixerTerminated { mixer, reason } => {
-                    format!("mixer terminated   mixer {mixer} ({})", reason.as_str())
-                }
+                HostEvent::MixerTerminated { mixer, reason } => format!(
+                    "mixer terminated   {} ({})",
+                    self.mixer_name(*mixer),
+                    reason.as_str()
+                ),
                 HostEvent::LegJoined { leg, mixer, role } => format!(
-                    "joined             {} to mixer {mixer} as {}",
+                    "joined             {} to {} as {}",
                     self.name(*leg),
+                    self.mixer_name(*mixer),
                     role.as_str()
                 ),
-                HostEvent::LegUnjoined { leg, mixer } => {
-                    format!("unjoined           {} from mixer {mixer}", self.name(*leg))
-                }
+                HostEvent::LegUnjoined { leg, mixer } => format!(
+                    "unjoined           {} from {}",
+                    self.name(*leg),
+                    self.mixer_name(*mixer)
+                ),
                 HostEvent::Link { state, .. } => format!("link               {}", state.as_str()),
                 HostEvent::ResyncDone(s) => format!(
                     "resync done        known {} rebuilt {} refused {} absent {} (engine restarted: {})",
@@ -763,6 +823,35 @@ fn all_rebuilt<const N: usize>(legs: [u64; N]) -> Vec<(u64, Decision)> {
     sorted(legs)
         .into_iter()
         .map(|leg| (leg, Decision::Rebuild))
+        .collect()
+}
+
+/// Each mixer decided: (mixer, legs joined, decision), by id.
+fn mixers_synced(events: &[HostEvent]) -> Vec<(u64, u32, Decision)> {
+    let mut decided: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            HostEvent::MixerSync {
+                mixer,
+                legs,
+                decision,
+                ..
+            } => Some((*mixer, *legs, *decision)),
+            _ => None,
+        })
+        .collect();
+    decided.sort_unstable_by_key(|(mixer, ..)| *mixer);
+    decided
+}
+
+/// Each mixer that ended, with why.
+fn mixers_ended(events: &[HostEvent]) -> Vec<(u64, TerminationReason)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            HostEvent::MixerTerminated { mixer, reason } => Some((*mixer, *reason)),
+            _ => None,
+        })
         .collect()
 }
 

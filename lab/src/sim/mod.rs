@@ -53,6 +53,8 @@ pub struct SimOptions {
     pub history: Option<PathBuf>,
     /// Test-only: give new legs the ids of legs a restart dropped.
     pub reuse_ids: bool,
+    /// Bench-only: with `preload`, this many mixers of 5 joined legs each.
+    pub preload_mixers: Option<u64>,
     /// Bench-only: preload legs whose ids collide under FxHash.
     pub crafted_ids: bool,
     /// Stream snapshots in ascending leg id order (a neutral order).
@@ -83,6 +85,9 @@ pub async fn run(options: SimOptions, shutdown: CancellationToken) -> anyhow::Re
         && state.counts().legs == 0
     {
         state.preload_with(count, legsync::model::now_ms(), options.crafted_ids);
+        if let Some(mixers) = options.preload_mixers {
+            state.preload_mixers(mixers, legsync::model::now_ms());
+        }
     }
     if options.reuse_ids {
         state.reuse_ids();

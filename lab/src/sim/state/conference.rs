@@ -102,6 +102,25 @@ impl EngineState {
         Ok(())
     }
 
+    /// `count` mixers (`conference-N`) with 5 answered legs joined to each,
+    /// the legs in id order (a bench's preload: no host is attached).
+    pub fn preload_mixers(&mut self, count: u64, now_ms: u64) {
+        const JOINS: usize = 5;
+        let legs = self.answered_ids();
+        let mut chunks = legs.chunks(JOINS);
+        for i in 0..count {
+            let mixer = self.create_mixer(&format!("conference-{i}"), now_ms);
+            for &leg in chunks.next().unwrap_or_default() {
+                let role = if leg % 5 == 0 {
+                    JoinRole::Listener
+                } else {
+                    JoinRole::Both
+                };
+                self.join(leg, mixer, role).expect("a fresh join");
+            }
+        }
+    }
+
     /// A host's `FreeMixer` command.
     pub fn free_mixer_command(&mut self, mixer: MixerId) -> CommandResult {
         match self.free_mixer(mixer) {
