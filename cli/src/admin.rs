@@ -121,6 +121,18 @@ pub struct LegsArgs {
     limit: usize,
 }
 
+#[derive(Debug, Args)]
+pub struct MixersArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Mixers with ids above this one (the `next_after` of the previous page).
+    #[arg(long, default_value_t = 0)]
+    after: u64,
+    /// At most this many mixers (1 to 10,000).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+}
+
 /// `legsync status`: exit 0 when the host is ready (active and in sync),
 /// 3 when it runs but is not (standby, resyncing, in grace...).
 pub async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
@@ -381,6 +393,42 @@ pub async fn reopen(args: AdminArgs) -> anyhow::Result<ExitCode> {
     let (code, body) = args.ask(Method::POST, "/reopen").await?;
     anyhow::ensure!(code == StatusCode::OK, "the host answered {code}: {body}");
     println!("reopened: the ledger (checkpoint written beside it) and the event log");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `legsync mixers`: a page of the conference mixers the host holds, each
+/// with its legs.
+pub async fn mixers(args: MixersArgs) -> anyhow::Result<ExitCode> {
+    let path = format!("/mixers?after={}&limit={}", args.after, args.limit);
+    let (code, body) = args.admin.ask(Method::GET, &path).await?;
+    anyhow::ensure!(code == StatusCode::OK, "the host answered {code}: {body}");
+    if args.admin.json {
+        print!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let page: serde_json::Value = serde_json::from_str(&body)?;
+    for mixer in page["mixers"].as_array().into_iter().flatten() {
+        let joins: Vec<String> = mixer["joins"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|join| format!("{} ({})", join["leg"], join["role"].as_str().unwrap_or("-")))
+            .collect();
+        println!(
+            "{:>10} {:<24} {} leg(s){}{}",
+            mixer["id"],
+            mixer["name"].as_str().unwrap_or("-"),
+            joins.len(),
+            if joins.is_empty() { "" } else { ": " },
+            joins.join(", ")
+        );
+    }
+    let shown = page["mixers"].as_array().map_or(0, Vec::len);
+    print!("{shown} of {} mixers", page["held"]);
+    match page["next_after"].as_u64() {
+        Some(next) => println!("; more with --after {next}"),
+        None => println!(),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

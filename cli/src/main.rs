@@ -97,6 +97,8 @@ enum Commands {
     Shadow(admin::AdminArgs),
     /// The legs a running host holds, a page at a time.
     Legs(admin::LegsArgs),
+    /// The conference mixers a running host holds, each with its legs.
+    Mixers(admin::MixersArgs),
     /// After a rotation (logrotate postrotate): a running host writes its
     /// ledger and event log anew, the ledger's checkpoint first (SIGUSR1
     /// does the same).
@@ -138,6 +140,7 @@ fn main() -> ExitCode {
         Commands::Enforce(args) => block_on(admin::enforce(args)),
         Commands::Shadow(args) => block_on(admin::shadow(args)),
         Commands::Legs(args) => block_on(admin::legs(args)),
+        Commands::Mixers(args) => block_on(admin::mixers(args)),
         Commands::Reopen(args) => block_on(admin::reopen(args)),
         Commands::Man(args) => docs::man(args),
         Commands::Completions(args) => docs::completions(args),

@@ -392,3 +392,61 @@ fn resync_summary(events: &[HostEvent]) -> legsync::events::ResyncSummary {
         })
         .expect("a resync summary")
 }
+
+/// What an operator sees of conferences on a running host (`legsync run`):
+/// `/status` and `legsync status`, the `/mixers` view and `legsync
+/// mixers`, the metrics, and the event log that billing groups legs by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_see_mixers_in_status_the_mixers_view_metrics_and_the_event_log() {
+    use common::host_trial::HostTrial;
+    let trial = HostTrial::start(None, &[], "", |dir| {
+        common::install(&dir.join("plugins.d"), "10-accept-all", "accept-all", None);
+        String::new()
+    })
+    .await;
+    let sim = &trial.sim;
+    let a = sim
+        .ok_id("call SIP_A 15145550100 15145550199")
+        .await
+        .unwrap();
+    let b = sim
+        .ok_id("call SIP_A 15145550101 15145550299")
+        .await
+        .unwrap();
+    let mixer = sim.ok_id("mixer sales-weekly").await.unwrap();
+    sim.ok(&format!("join {a} {mixer}")).await.unwrap();
+    sim.ok(&format!("join {b} {mixer} listener")).await.unwrap();
+    trial.wait_events("\"kind\":\"leg-joined\"", 2).await;
+
+    let page = trial.get("/mixers").await;
+    assert_eq!(page["held"], 1, "{page}");
+    assert_eq!(page["mixers"][0]["name"], "sales-weekly");
+    assert_eq!(page["mixers"][0]["joins"][1]["role"], "listener");
+    let (code, out) = trial.command("mixers", &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("sales-weekly")
+            && out.contains(&format!("2 leg(s): {a} (both), {b} (listener)")),
+        "{out}"
+    );
+    let status = trial.get("/status").await;
+    assert_eq!(
+        (status["mixers"].as_u64(), status["joins"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let (_, out) = trial.command("status", &[]);
+    assert!(out.contains("1 mixers (2 joined legs)"), "{out}");
+    assert_eq!(trial.metric("legsync_mixers").await, 1.0);
+    assert_eq!(trial.metric("legsync_mixer_joins").await, 2.0);
+
+    sim.ok(&format!("free-mixer {mixer}")).await.unwrap();
+    trial.wait_events("\"kind\":\"mixer-terminated\"", 1).await;
+    assert_eq!(
+        trial
+            .metric("legsync_mixers_terminated_total{reason=\"released\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(trial.event_lines("\"kind\":\"leg-unjoined\""), 2);
+    assert_eq!(trial.get("/mixers").await["held"], 0);
+}

@@ -11,6 +11,7 @@
 //! | `GET /readyz` | 200 when active and in sync, else 503 naming the state | none |
 //! | `GET /status` | JSON: link, role, epoch, counts, plugins, last resync and reload | token |
 //! | `GET /legs?nap=X&after=ID&limit=N` | JSON: a page of held legs, by id | token |
+//! | `GET /mixers?after=ID&limit=N` | JSON: a page of held mixers and their legs, by id | token |
 //! | `POST /reload` | reloads the plugin set now; JSON report with its blast radius (409 if held back by the guard, 422 if rejected) | token |
 //! | `POST /reload?accept=HASH` | applies the set on disk over the guard, if its hash is HASH | token |
 //! | `GET /shadow` | JSON: the shadow set's verdicts against the live ones since the start | token |
@@ -287,8 +288,8 @@ pub async fn serve(
 type Reply = Response<Full<Bytes>>;
 
 /// The routes that act on the host or show callers' numbers.
-const CONTROL_ROUTES: [&str; 6] = [
-    "/reload", "/reopen", "/legs", "/status", "/enforce", "/shadow",
+const CONTROL_ROUTES: [&str; 7] = [
+    "/reload", "/reopen", "/legs", "/mixers", "/status", "/enforce", "/shadow",
 ];
 
 /// A control request must carry the token; the monitoring listener serves
@@ -379,6 +380,7 @@ async fn route(admin: &Arc<Admin>, surface: &Surface, request: Request<Incoming>
         (&Method::GET, "/readyz") => readyz(admin),
         (&Method::GET, "/status") => json(StatusCode::OK, &status(admin)),
         (&Method::GET, "/legs") => legs(admin, &query).await,
+        (&Method::GET, "/mixers") => mixers(admin, &query).await,
         (&Method::GET, "/enforce") => enforce(admin, None).await,
         (&Method::GET, "/shadow") => match admin.policy.shadow() {
             Some(shadow) => json(StatusCode::OK, &shadow.report()),
@@ -414,11 +416,11 @@ async fn route(admin: &Arc<Admin>, surface: &Surface, request: Request<Incoming>
         }
         (
             _,
-            "/metrics" | "/healthz" | "/readyz" | "/status" | "/legs" | "/reload" | "/reopen"
-            | "/enforce" | "/shadow",
+            "/metrics" | "/healthz" | "/readyz" | "/status" | "/legs" | "/mixers" | "/reload"
+            | "/reopen" | "/enforce" | "/shadow",
         ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
-            "GET /metrics /healthz /readyz /status /legs; POST /reload /reopen",
+            "GET /metrics /healthz /readyz /status /legs /mixers; POST /reload /reopen",
         ),
         _ => error(
             StatusCode::NOT_FOUND,
@@ -615,6 +617,51 @@ async fn legs(admin: &Admin, query: &str) -> Reply {
     let (reply, answer) = oneshot::channel();
     let asked = AdminQuery::Legs {
         nap,
+        after,
+        limit,
+        reply,
+    };
+    if admin.queries.send(asked).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the host is stopping");
+    }
+    match tokio::time::timeout(SUPERVISOR_WAIT, answer).await {
+        Ok(Ok(page)) => json(StatusCode::OK, &page),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the host is busy (a resync holds the table); try again",
+        ),
+    }
+}
+
+async fn mixers(admin: &Admin, query: &str) -> Reply {
+    let mut after = 0;
+    let mut limit = 100;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "after" => match value.parse() {
+                Ok(v) => after = v,
+                Err(_) => return error(StatusCode::BAD_REQUEST, "`after` must be a mixer id"),
+            },
+            "limit" => match value.parse::<usize>() {
+                Ok(v) if (1..=MAX_PAGE).contains(&v) => limit = v,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("`limit` must be 1 to {MAX_PAGE}"),
+                    );
+                }
+            },
+            other => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("unknown parameter `{other}` (after, limit)"),
+                );
+            }
+        }
+    }
+    let (reply, answer) = oneshot::channel();
+    let asked = AdminQuery::Mixers {
         after,
         limit,
         reply,

@@ -56,6 +56,14 @@ pub enum HostEvent {
         legs: u32,
         decision: Decision,
         plugin: PluginName,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        failure: Option<FailureKind>,
+        /// Why, in the plugin's words (`explain`), when it said.
+        #[serde(
+            skip_serializing_if = "Option::is_none",
+            serialize_with = "reason_text"
+        )]
+        reason: Option<crate::model::Reason>,
     },
     /// A mixer the host held ended (its legs live on, each on its own).
     MixerTerminated {

@@ -3,7 +3,7 @@
 //! legs is read where it lives, never behind a lock the hot path would take.
 
 use super::Host;
-use crate::model::{CallLeg, LegId};
+use crate::model::{CallLeg, LegId, MixerId};
 use crate::policy::held::{HeldLegs, HeldLegsError, HeldLegsPage, HeldSnapshot, MAX_HELD_PAGE};
 use serde::Serialize;
 use std::future::Future;
@@ -42,6 +42,12 @@ pub enum AdminQuery {
         )>,
         reply: oneshot::Sender<Result<crate::events::Enforced, super::enforce::EnforceRefused>>,
     },
+    /// A page of held mixers with their joins, by id, after `after`.
+    Mixers {
+        after: MixerId,
+        limit: usize,
+        reply: oneshot::Sender<MixersPage>,
+    },
     /// Legs and links from a position of the table's storage (a walk of
     /// the whole table for a reload's blast radius), and the table's size.
     Slots {
@@ -64,6 +70,31 @@ pub struct SlotsPage {
 /// The held legs' ids, sorted, each with its slot, and the table version
 /// they were read at.
 pub(super) type HeldOrder = (u64, Vec<(LegId, usize)>);
+
+/// One page of held mixers.
+#[derive(Debug, Clone, Serialize)]
+pub struct MixersPage {
+    /// Mixers held in all.
+    pub held: usize,
+    pub mixers: Vec<HeldMixerView>,
+    /// The `after` of the next page, if there is one.
+    pub next_after: Option<MixerId>,
+}
+
+/// A held mixer and the legs joined to it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldMixerView {
+    #[serde(flatten)]
+    pub mixer: crate::model::Mixer,
+    pub joins: Vec<JoinView>,
+}
+
+/// A leg of a mixer.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct JoinView {
+    pub leg: LegId,
+    pub role: crate::model::JoinRole,
+}
 
 /// One page of held legs.
 #[derive(Debug, Clone, Serialize)]
@@ -115,6 +146,36 @@ impl Host {
                     held: self.table.len(),
                     matched,
                     legs,
+                    next_after,
+                });
+            }
+            AdminQuery::Mixers {
+                after,
+                limit,
+                reply,
+            } => {
+                let limit = limit.clamp(1, MAX_PAGE);
+                let all = self.mixers.list();
+                let mut mixers: Vec<HeldMixerView> = all
+                    .iter()
+                    .filter(|held| held.mixer.id > after)
+                    .take(limit + 1)
+                    .map(|held| HeldMixerView {
+                        mixer: held.mixer.clone(),
+                        joins: held
+                            .joins
+                            .iter()
+                            .map(|&(leg, role)| JoinView { leg, role })
+                            .collect(),
+                    })
+                    .collect();
+                let next_after = (mixers.len() > limit).then(|| {
+                    mixers.truncate(limit);
+                    mixers.last().map_or(after, |m| m.mixer.id)
+                });
+                let _ = reply.send(MixersPage {
+                    held: all.len(),
+                    mixers,
                     next_after,
                 });
             }

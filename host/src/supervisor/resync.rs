@@ -527,6 +527,8 @@ impl Host {
                 legs: held.joins.len() as u32,
                 decision: verdict.decision,
                 plugin: verdict.plugin,
+                failure: verdict.failure,
+                reason: verdict.reason,
             });
             match verdict.decision {
                 Decision::Rebuild => {

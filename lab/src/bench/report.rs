@@ -160,6 +160,9 @@ impl fmt::Display for BenchReport {
             self.links_rebuilt,
             self.links_refused
         )?;
+        if self.mixers_rebuilt > 0 {
+            writeln!(f, "mixers rebuilt {}", self.mixers_rebuilt)?;
+        }
         writeln!(
             f,
             "peak RSS {:.1} MB ({:.0} bytes per leg), {:.1} MB at the end",

@@ -674,6 +674,7 @@ impl Demo {
                     legs,
                     decision,
                     plugin,
+                    ..
                 } => format!(
                     "mixer decision     {} ({legs} leg(s) joined) -> {} by {plugin}",
                     self.mixer_name(*mixer),
