@@ -21,6 +21,9 @@ pub struct HeldMixer {
 pub struct MixerTable {
     mixers: IdMap<MixerId, HeldMixer>,
     of_leg: IdMap<LegId, Vec<MixerId>>,
+    /// Joins held over every mixer, kept as they change: the host's
+    /// status reads it after every live event.
+    joins: usize,
 }
 
 /// Why a live join was not taken.
@@ -43,7 +46,7 @@ impl MixerTable {
 
     /// Joins held, over every mixer.
     pub fn joins_len(&self) -> usize {
-        self.mixers.values().map(|m| m.joins.len()).sum()
+        self.joins
     }
 
     pub fn get(&self, id: MixerId) -> Option<&HeldMixer> {
@@ -64,6 +67,7 @@ impl MixerTable {
         for &(leg, _) in &joins {
             self.of_leg.entry(leg).or_default().push(mixer.id);
         }
+        self.joins += joins.len();
         self.mixers.insert(mixer.id, HeldMixer { mixer, joins });
         previous
     }
@@ -74,12 +78,14 @@ impl MixerTable {
         for &(leg, _) in &held.joins {
             self.forget_membership(leg, id);
         }
+        self.joins -= held.joins.len();
         Some(held)
     }
 
     /// Every mixer, taken out (the grace timer's purge).
     pub fn drain(&mut self) -> Vec<HeldMixer> {
         self.of_leg.clear();
+        self.joins = 0;
         let mut all: Vec<HeldMixer> = self.mixers.drain().map(|(_, m)| m).collect();
         all.sort_unstable_by_key(|m| m.mixer.id);
         all
@@ -99,6 +105,7 @@ impl MixerTable {
         }
         held.joins.push((join.leg, join.role));
         self.of_leg.entry(join.leg).or_default().push(join.mixer);
+        self.joins += 1;
         Ok(())
     }
 
@@ -111,6 +118,7 @@ impl MixerTable {
         held.joins.retain(|&(l, _)| l != leg);
         let left = held.joins.len() < before;
         if left {
+            self.joins -= 1;
             self.forget_membership(leg, mixer);
         }
         left
@@ -121,7 +129,9 @@ impl MixerTable {
         let mixers = self.of_leg.remove(&leg).unwrap_or_default();
         for &mixer in &mixers {
             if let Some(held) = self.mixers.get_mut(&mixer) {
+                let before = held.joins.len();
                 held.joins.retain(|&(l, _)| l != leg);
+                self.joins -= before - held.joins.len();
             }
         }
         mixers
@@ -331,5 +341,12 @@ mod tests {
         table.join(join(1, 9)).unwrap();
         table.remove(1);
         assert!(table.leave_all(9).is_empty());
+        let counted: usize = table.list().iter().map(|m| m.joins.len()).sum();
+        assert_eq!(table.joins_len(), counted, "the running count follows");
+        table.insert(mixer(5, 1), vec![(1, JoinRole::Both), (2, JoinRole::Both)]);
+        table.insert(mixer(5, 2), vec![(3, JoinRole::Both)]);
+        assert_eq!(table.joins_len(), 1, "a replaced mixer's joins go with it");
+        table.drain();
+        assert_eq!(table.joins_len(), 0);
     }
 }
