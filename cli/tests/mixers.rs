@@ -450,3 +450,56 @@ async fn operators_see_mixers_in_status_the_mixers_view_metrics_and_the_event_lo
     assert_eq!(trial.event_lines("\"kind\":\"leg-unjoined\""), 2);
     assert_eq!(trial.get("/mixers").await["held"], 0);
 }
+
+/// A plugin that fails in its mixer decision gets its failure policy, as
+/// for legs: fail-closed refuses the conference (freed at the engine, its
+/// legs live on), the failure named in the audit; fail-open rebuilds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_failing_in_its_mixer_decision_gets_its_failure_policy() {
+    for (policy, expected) in [
+        (legsync::policy::FailurePolicy::FailClosed, Decision::Refuse),
+        (legsync::policy::FailurePolicy::FailOpen, Decision::Rebuild),
+    ] {
+        let world = World::new(
+            None,
+            &[("10-counter", "fixture-mixer-counter", Some("trap"))],
+        )
+        .await;
+        let leg = world
+            .sim
+            .ok_id("call SIP_A 15145550100 15145550199")
+            .await
+            .unwrap();
+        let mixer = world.sim.ok_id("mixer sales").await.unwrap();
+        world.sim.ok(&format!("join {leg} {mixer}")).await.unwrap();
+
+        let mut config = world.config(10.0);
+        config.policy.plugins.insert(
+            "10-counter".into(),
+            legsync::policy::config::PluginConfig {
+                failure: Some(policy),
+                ..Default::default()
+            },
+        );
+        let mut host = RunningHost::start(&config, world.decider(&config)).unwrap();
+        let events = host.next_resync(WAIT).await.unwrap();
+        let failure = events.iter().find_map(|e| match e {
+            HostEvent::MixerSync { failure, .. } => Some(*failure),
+            _ => None,
+        });
+        assert_eq!(failure, Some(Some(legsync::policy::FailureKind::Trap)));
+        assert_eq!(mixers_synced(&events), [(mixer, 1, expected)], "{policy:?}");
+        assert_eq!(
+            synced(&events),
+            [(leg, Decision::Rebuild)],
+            "the leg lives on"
+        );
+        let list = world.sim.control("list").await.unwrap();
+        assert_eq!(
+            list.contains("mixer "),
+            expected == Decision::Rebuild,
+            "freed at the engine only when refused: {list}"
+        );
+        host.stop().await.unwrap();
+    }
+}

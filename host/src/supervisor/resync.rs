@@ -204,7 +204,8 @@ impl Host {
             let phase = Instant::now();
             let mixers = std::mem::take(&mut diff.mixers);
             let joins = std::mem::take(&mut diff.joins);
-            self.resync_mixers(connection, &decider, mixers, joins, &refused_ids, &mut run);
+            self.resync_mixers(connection, &decider, mixers, joins, &refused_ids, &mut run)
+                .await?;
             run.summary.phases.mixers = micros(phase);
         }
 
@@ -499,7 +500,7 @@ impl Host {
     /// settled: known ones stay (with the engine's joins), gone and replaced
     /// ones end, unknown ones are decided: rebuilt with their joins to held
     /// legs, or refused and freed at the engine (their legs live on).
-    fn resync_mixers(
+    async fn resync_mixers(
         &mut self,
         connection: &mut Connection,
         decider: &Decider,
@@ -507,7 +508,7 @@ impl Host {
         joins: Vec<Join>,
         refused: &HashSet<LegId>,
         run: &mut Run,
-    ) {
+    ) -> Result<(), ResyncError> {
         let table = &self.table;
         let plan = self
             .mixers
@@ -517,9 +518,14 @@ impl Host {
         run.summary.mixers_absent = plan.gone.len() as u64;
         self.end_mixers(plan.replaced, TerminationReason::Replaced);
         self.end_mixers(plan.gone, TerminationReason::AbsentAfterResync);
-        let verdicts = decider.decide_mixers(&plan.unknown);
-        let mut events = Vec::with_capacity(plan.unknown.len());
-        for (held, verdict) in plan.unknown.into_iter().zip(verdicts) {
+        // Plugin calls block: off the async threads, as for legs and links.
+        let (unknown, verdicts) = self
+            .serving(decide_blocking(decider, plan.unknown, |d, mixers| {
+                d.decide_mixers(mixers)
+            }))
+            .await?;
+        let mut events = Vec::with_capacity(unknown.len());
+        for (held, verdict) in unknown.into_iter().zip(verdicts) {
             metrics::counter!(crate::metrics::MIXER_DECISIONS, "decision" => verdict.decision.as_str())
                 .increment(1);
             events.push(HostEvent::MixerSync {
@@ -551,6 +557,7 @@ impl Host {
         }
         self.events.emit_all(events);
         self.publish(None, None);
+        Ok(())
     }
 
     /// `OnLinkSync` for unknown links whose legs the host now holds.
