@@ -400,13 +400,9 @@ pub async fn reopen(args: AdminArgs) -> anyhow::Result<ExitCode> {
 /// with its legs.
 pub async fn mixers(args: MixersArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/mixers?after={}&limit={}", args.after, args.limit);
-    let (code, body) = args.admin.ask(Method::GET, &path).await?;
-    anyhow::ensure!(code == StatusCode::OK, "the host answered {code}: {body}");
-    if args.admin.json {
-        print!("{body}");
+    let Some(page) = page(&args.admin, &path).await? else {
         return Ok(ExitCode::SUCCESS);
-    }
-    let page: serde_json::Value = serde_json::from_str(&body)?;
+    };
     for mixer in page["mixers"].as_array().into_iter().flatten() {
         let joins: Vec<String> = mixer["joins"]
             .as_array()
@@ -424,12 +420,27 @@ pub async fn mixers(args: MixersArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let shown = page["mixers"].as_array().map_or(0, Vec::len);
-    print!("{shown} of {} mixers", page["held"]);
-    match page["next_after"].as_u64() {
-        Some(next) => println!("; more with --after {next}"),
-        None => println!(),
-    }
+    println!("{shown} of {} mixers{}", page["held"], more_with(&page));
     Ok(ExitCode::SUCCESS)
+}
+
+/// A page of a paged route, for people; with `--json`, printed as it came
+/// and none returned.
+async fn page(admin: &AdminArgs, path: &str) -> anyhow::Result<Option<serde_json::Value>> {
+    let (code, body) = admin.ask(Method::GET, path).await?;
+    anyhow::ensure!(code == StatusCode::OK, "the host answered {code}: {body}");
+    if admin.json {
+        print!("{body}");
+        return Ok(None);
+    }
+    Ok(Some(serde_json::from_str(&body)?))
+}
+
+/// How to ask for the page after `page`, if there is one.
+fn more_with(page: &serde_json::Value) -> String {
+    page["next_after"]
+        .as_u64()
+        .map_or(String::new(), |next| format!("; more with --after {next}"))
 }
 
 /// `legsync legs`: a page of the legs the host holds.
@@ -445,13 +456,9 @@ pub async fn legs(args: LegsArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let (code, body) = args.admin.ask(Method::GET, &path).await?;
-    anyhow::ensure!(code == StatusCode::OK, "the host answered {code}: {body}");
-    if args.admin.json {
-        print!("{body}");
+    let Some(page) = page(&args.admin, &path).await? else {
         return Ok(ExitCode::SUCCESS);
-    }
-    let page: serde_json::Value = serde_json::from_str(&body)?;
+    };
     for leg in page["legs"].as_array().into_iter().flatten() {
         let text = |key: &str| leg[key].as_str().unwrap_or("-").to_string();
         println!(
@@ -469,9 +476,6 @@ pub async fn legs(args: LegsArgs) -> anyhow::Result<ExitCode> {
     if args.nap.is_some() {
         print!(" of this NAP ({} held)", page["held"]);
     }
-    match page["next_after"].as_u64() {
-        Some(next) => println!("; more with --after {next}"),
-        None => println!(),
-    }
+    println!("{}", more_with(&page));
     Ok(ExitCode::SUCCESS)
 }

@@ -9,7 +9,9 @@ use common::world::{Calls, WAIT, World};
 use legsync::events::HostEvent;
 use legsync::model::{Decision, TerminationReason};
 use legsync::policy::Decider;
-use legsync_lab::demo::harness::{RunningHost, synced};
+use legsync_lab::demo::harness::{
+    RunningHost, mixers_synced, mixers_terminated, resync_summary, synced,
+};
 
 const RULES: &str =
     "[[rule]]\nname = \"no premium\"\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n";
@@ -35,24 +37,6 @@ async fn mixer_1(world: &World, host: &mut RunningHost, calls: &Calls) -> u64 {
     mixer
 }
 
-/// Each decided mixer, by id.
-fn mixers_synced(events: &[HostEvent]) -> Vec<(u64, u32, Decision)> {
-    let mut decided: Vec<_> = events
-        .iter()
-        .filter_map(|e| match e {
-            HostEvent::MixerSync {
-                mixer,
-                legs,
-                decision,
-                ..
-            } => Some((*mixer, *legs, *decision)),
-            _ => None,
-        })
-        .collect();
-    decided.sort_unstable_by_key(|(mixer, ..)| *mixer);
-    decided
-}
-
 /// Who decided each mixer, by id.
 fn mixer_deciders(events: &[HostEvent]) -> Vec<(u64, String)> {
     let mut deciders: Vec<_> = events
@@ -64,16 +48,6 @@ fn mixer_deciders(events: &[HostEvent]) -> Vec<(u64, String)> {
         .collect();
     deciders.sort_unstable();
     deciders
-}
-
-fn mixers_terminated(events: &[HostEvent]) -> Vec<(u64, TerminationReason)> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            HostEvent::MixerTerminated { mixer, reason } => Some((*mixer, *reason)),
-            _ => None,
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,7 +62,7 @@ async fn engine_back_within_grace_keeps_mixer_1_and_its_join_with_no_decision() 
 
     assert!(mixers_synced(&events).is_empty(), "known: no decision");
     assert!(mixers_terminated(&events).is_empty());
-    let summary = resync_summary(&events);
+    let summary = resync_summary(&events).expect("a resync summary");
     assert_eq!((summary.mixers_known, summary.mixers_absent), (1, 0));
     let status = host.status();
     assert_eq!((status.mixers, status.joins), (1, 1), "E's join stays");
@@ -180,7 +154,11 @@ async fn a_network_blip_changes_nothing_and_a_mixer_freed_meanwhile_is_terminate
         mixers_terminated(&events),
         [(second, TerminationReason::AbsentAfterResync)]
     );
-    assert!(!resync_summary(&events).engine_restarted);
+    assert!(
+        !resync_summary(&events)
+            .expect("a resync summary")
+            .engine_restarted
+    );
     let status = host.status();
     assert_eq!((status.mixers, status.joins), (1, 1));
     assert_eq!(
@@ -381,16 +359,6 @@ async fn the_rules_plugin_refuses_a_conference_by_name_and_the_engine_frees_it()
     host.wait_status(WAIT, |s| s.mixers == 0).await.unwrap();
     assert_eq!(plugin_counter(&decider, 0, "mixers_released", 1).await, 1);
     host.stop().await.unwrap();
-}
-
-fn resync_summary(events: &[HostEvent]) -> legsync::events::ResyncSummary {
-    events
-        .iter()
-        .find_map(|e| match e {
-            HostEvent::ResyncDone(s) => Some(**s),
-            _ => None,
-        })
-        .expect("a resync summary")
 }
 
 /// What an operator sees of conferences on a running host (`legsync run`):

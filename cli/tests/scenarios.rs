@@ -8,7 +8,7 @@ use common::world::{WAIT, World};
 use legsync::cdr::record::RecordKind;
 use legsync::events::HostEvent;
 use legsync::model::{Decision, TerminationReason};
-use legsync_lab::demo::harness::{links_synced, synced, terminated};
+use legsync_lab::demo::harness::{links_synced, resync_summary, synced, terminated};
 
 const RULES: &str =
     "[[rule]]\nname = \"no premium\"\naction = \"refuse\"\ncalled_prefix = [\"1900\"]\n";
@@ -18,16 +18,6 @@ fn standard_plugins() -> Vec<(&'static str, &'static str, Option<&'static str>)>
         ("10-accept-all", "accept-all", None),
         ("20-rules", "rules", Some(RULES)),
     ]
-}
-
-fn resync_summary(events: &[HostEvent]) -> legsync::events::ResyncSummary {
-    events
-        .iter()
-        .find_map(|e| match e {
-            HostEvent::ResyncDone(s) => Some(**s),
-            _ => None,
-        })
-        .expect("a resync summary")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,7 +43,7 @@ async fn scenario_1_engine_restart_within_grace_keeps_active_calls() {
         "known calls stay valid with no callback: {events:#?}"
     );
     assert!(links_synced(&events).is_empty());
-    let summary = resync_summary(&events);
+    let summary = resync_summary(&events).expect("a resync summary");
     assert!(summary.engine_restarted, "the boot id told a restart");
     assert_eq!((summary.known, summary.absent), (3, 2));
     let status = host.status();
@@ -195,7 +185,9 @@ async fn scenario_4_short_network_drop_keeps_known_calls() {
     );
     assert!(synced(&events).is_empty());
     assert!(
-        !resync_summary(&events).engine_restarted,
+        !resync_summary(&events)
+            .expect("a resync summary")
+            .engine_restarted,
         "same boot id: a network blip"
     );
     assert_eq!((host.status().legs, host.status().links), (2, 1));

@@ -585,87 +585,85 @@ fn status(admin: &Admin) -> StatusReport {
 }
 
 async fn legs(admin: &Admin, query: &str) -> Reply {
-    let mut nap = None;
-    let mut after = 0;
-    let mut limit = 100;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value);
-        match key {
-            "nap" => nap = Some(value),
-            "after" => match value.parse() {
-                Ok(v) => after = v,
-                Err(_) => return error(StatusCode::BAD_REQUEST, "`after` must be a leg id"),
-            },
-            "limit" => match value.parse::<usize>() {
-                Ok(v) if (1..=MAX_PAGE).contains(&v) => limit = v,
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        &format!("`limit` must be 1 to {MAX_PAGE}"),
-                    );
-                }
-            },
-            other => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("unknown parameter `{other}` (nap, after, limit)"),
-                );
-            }
-        }
-    }
+    let paging = match Paging::parse(query, "leg", true) {
+        Ok(paging) => paging,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+    };
     let (reply, answer) = oneshot::channel();
     let asked = AdminQuery::Legs {
-        nap,
-        after,
-        limit,
+        nap: paging.nap,
+        after: paging.after,
+        limit: paging.limit,
         reply,
     };
-    if admin.queries.send(asked).await.is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the host is stopping");
-    }
-    match tokio::time::timeout(SUPERVISOR_WAIT, answer).await {
-        Ok(Ok(page)) => json(StatusCode::OK, &page),
-        _ => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the host is busy (a resync holds the table); try again",
-        ),
-    }
+    ask_supervisor(admin, asked, answer).await
 }
 
 async fn mixers(admin: &Admin, query: &str) -> Reply {
-    let mut after = 0;
-    let mut limit = 100;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "after" => match value.parse() {
-                Ok(v) => after = v,
-                Err(_) => return error(StatusCode::BAD_REQUEST, "`after` must be a mixer id"),
-            },
-            "limit" => match value.parse::<usize>() {
-                Ok(v) if (1..=MAX_PAGE).contains(&v) => limit = v,
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        &format!("`limit` must be 1 to {MAX_PAGE}"),
-                    );
-                }
-            },
-            other => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("unknown parameter `{other}` (after, limit)"),
-                );
-            }
-        }
-    }
+    let paging = match Paging::parse(query, "mixer", false) {
+        Ok(paging) => paging,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+    };
     let (reply, answer) = oneshot::channel();
     let asked = AdminQuery::Mixers {
-        after,
-        limit,
+        after: paging.after,
+        limit: paging.limit,
         reply,
     };
+    ask_supervisor(admin, asked, answer).await
+}
+
+/// The parameters of a paged route (`/legs`, `/mixers`).
+struct Paging {
+    after: u64,
+    limit: usize,
+    /// `/legs` only.
+    nap: Option<String>,
+}
+
+impl Paging {
+    /// `after` (an `item` id), `limit` and, with `nap`, the NAP filter; or
+    /// what is wrong with a bad or unknown parameter.
+    fn parse(query: &str, item: &str, nap: bool) -> Result<Paging, String> {
+        let mut paging = Paging {
+            after: 0,
+            limit: 100,
+            nap: None,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value);
+            match key {
+                "nap" if nap => paging.nap = Some(value),
+                "after" => match value.parse() {
+                    Ok(v) => paging.after = v,
+                    Err(_) => return Err(format!("`after` must be a {item} id")),
+                },
+                "limit" => match value.parse::<usize>() {
+                    Ok(v) if (1..=MAX_PAGE).contains(&v) => paging.limit = v,
+                    _ => return Err(format!("`limit` must be 1 to {MAX_PAGE}")),
+                },
+                other => {
+                    let known = if nap {
+                        "nap, after, limit"
+                    } else {
+                        "after, limit"
+                    };
+                    return Err(format!("unknown parameter `{other}` ({known})"));
+                }
+            }
+        }
+        Ok(paging)
+    }
+}
+
+/// Sends the supervisor `asked` and replies with its answer as JSON, or
+/// says why there is none.
+async fn ask_supervisor<T: serde::Serialize>(
+    admin: &Admin,
+    asked: AdminQuery,
+    answer: oneshot::Receiver<T>,
+) -> Reply {
     if admin.queries.send(asked).await.is_err() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the host is stopping");
     }

@@ -189,6 +189,36 @@ pub fn links_synced(events: &[HostEvent]) -> Vec<(u64, legsync::model::Decision)
     }))
 }
 
+/// `(mixer, legs joined, decision)` of every mixer decision among
+/// `events`, sorted.
+pub fn mixers_synced(events: &[HostEvent]) -> Vec<(u64, u32, legsync::model::Decision)> {
+    sorted(events.iter().filter_map(|e| match e {
+        HostEvent::MixerSync {
+            mixer,
+            legs,
+            decision,
+            ..
+        } => Some((*mixer, *legs, *decision)),
+        _ => None,
+    }))
+}
+
+/// `(mixer, reason)` of every mixer that ended among `events`, sorted.
+pub fn mixers_terminated(events: &[HostEvent]) -> Vec<(u64, legsync::model::TerminationReason)> {
+    sorted(events.iter().filter_map(|e| match e {
+        HostEvent::MixerTerminated { mixer, reason } => Some((*mixer, *reason)),
+        _ => None,
+    }))
+}
+
+/// The summary of the resync among `events`.
+pub fn resync_summary(events: &[HostEvent]) -> Option<legsync::events::ResyncSummary> {
+    events.iter().find_map(|e| match e {
+        HostEvent::ResyncDone(summary) => Some(**summary),
+        _ => None,
+    })
+}
+
 fn sorted<T: Ord>(items: impl Iterator<Item = T>) -> Vec<T> {
     let mut items: Vec<T> = items.collect();
     items.sort();

@@ -1,6 +1,8 @@
 //! The demo's scenarios, narrated and checked.
 
-use super::harness::{RunningHost, links_synced, synced, terminated};
+use super::harness::{
+    RunningHost, links_synced, mixers_synced, mixers_terminated, synced, terminated,
+};
 use super::host_process::{HostProcess, count_lines, wait_for_count};
 use crate::sim::process::SimProcess;
 use anyhow::Context;
@@ -246,7 +248,7 @@ impl Demo {
         let [mixer] = self.mixer_ids(["Mixer-1"]);
         self.check(
             "Mixer-1 is destroyed locally with them (its termination notice to the plugins)",
-            mixers_ended(&events) == [(mixer, TerminationReason::GraceExpired)]
+            mixers_terminated(&events) == [(mixer, TerminationReason::GraceExpired)]
                 && self.status().mixers == 0,
         );
         let cdrs = self.new_cdrs();
@@ -348,7 +350,7 @@ impl Demo {
         );
         self.check(
             "Mixer-1, freed meanwhile, is terminated",
-            mixers_ended(&events) == [(mixer, TerminationReason::AbsentAfterResync)]
+            mixers_terminated(&events) == [(mixer, TerminationReason::AbsentAfterResync)]
                 && mixers_synced(&events).is_empty()
                 && self.status().mixers == 0,
         );
@@ -824,35 +826,6 @@ fn all_rebuilt<const N: usize>(legs: [u64; N]) -> Vec<(u64, Decision)> {
     sorted(legs)
         .into_iter()
         .map(|leg| (leg, Decision::Rebuild))
-        .collect()
-}
-
-/// Each mixer decided: (mixer, legs joined, decision), by id.
-fn mixers_synced(events: &[HostEvent]) -> Vec<(u64, u32, Decision)> {
-    let mut decided: Vec<_> = events
-        .iter()
-        .filter_map(|e| match e {
-            HostEvent::MixerSync {
-                mixer,
-                legs,
-                decision,
-                ..
-            } => Some((*mixer, *legs, *decision)),
-            _ => None,
-        })
-        .collect();
-    decided.sort_unstable_by_key(|(mixer, ..)| *mixer);
-    decided
-}
-
-/// Each mixer that ended, with why.
-fn mixers_ended(events: &[HostEvent]) -> Vec<(u64, TerminationReason)> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            HostEvent::MixerTerminated { mixer, reason } => Some((*mixer, *reason)),
-            _ => None,
-        })
         .collect()
 }
 
