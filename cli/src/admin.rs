@@ -314,9 +314,10 @@ pub async fn shadow(args: AdminArgs) -> anyhow::Result<ExitCode> {
         .collect();
     println!("shadow set: {}", plugins.join(", "));
     println!(
-        "compared {} legs and {} links; {} not compared (the shadow set was behind); {} shadow verdicts by a failure policy",
+        "compared {} legs, {} links and {} mixers; {} not compared (the shadow set was behind); {} shadow verdicts by a failure policy",
         report["compared_legs"],
         report["compared_links"],
+        report["compared_mixers"],
         report["skipped"],
         report["shadow_failures"]
     );

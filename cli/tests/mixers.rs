@@ -471,3 +471,65 @@ async fn a_plugin_failing_in_its_mixer_decision_gets_its_failure_policy() {
         host.stop().await.unwrap();
     }
 }
+
+/// A shadow set sees the mixer decision too: its verdicts on conferences are
+/// compared with the live ones (here the live set abstains and rebuilds,
+/// the candidate refuses test conferences), and never enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_set_compares_its_mixer_decisions_with_the_live_ones() {
+    use common::host_trial::HostTrial;
+    let mut trial = HostTrial::start(None, &[], "", |dir| {
+        common::install(&dir.join("plugins.d"), "10-accept-all", "accept-all", None);
+        let shadow = dir.join("shadow.d");
+        std::fs::create_dir(&shadow).unwrap();
+        common::install(&shadow, "20-rules", "rules", Some(MIXER_RULES));
+        format!("shadow_dir = \"{}\"\n", shadow.display())
+    })
+    .await;
+    let sim = &trial.sim;
+    let a = sim
+        .ok_id("call SIP_A 15145550100 15145550199")
+        .await
+        .unwrap();
+    let b = sim
+        .ok_id("call SIP_A 15145550101 15145550299")
+        .await
+        .unwrap();
+    let test_room = sim.ok_id("mixer test-room").await.unwrap();
+    let sales = sim.ok_id("mixer sales").await.unwrap();
+    sim.ok(&format!("join {a} {test_room}")).await.unwrap();
+    sim.ok(&format!("join {b} {sales}")).await.unwrap();
+    trial.wait_events("\"kind\":\"leg-joined\"", 2).await;
+
+    // A cold restart of the host: both conferences are unknown again.
+    trial.host.crash().await.unwrap();
+    trial.host.start().unwrap();
+    trial.resyncs(2).await;
+    trial.wait_events("\"kind\":\"shadow\"", 2).await;
+
+    let log = std::fs::read_to_string(trial.events()).unwrap();
+    let decided: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"mixer-sync\""))
+        .collect();
+    assert_eq!(decided.len(), 2, "{log}");
+    assert!(
+        decided
+            .iter()
+            .all(|l| l.contains("\"decision\":\"rebuild\"") && l.contains("no-mixer-policy")),
+        "the live set decides alone: {decided:?}"
+    );
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("\"kind\":\"shadow\""))
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(summary["compared_mixers"], 2, "{summary}");
+    assert_eq!(summary["shadow_refuses"], 1, "{summary}");
+    let first = &summary["differences"][0];
+    assert_eq!(
+        (first["item"].as_str(), first["plugin"].as_str()),
+        (Some("mixer"), Some("20-rules")),
+        "{summary}"
+    );
+}

@@ -1,6 +1,6 @@
 //! Shadow plugins: a second plugin set (`policy.shadow_dir`) that sees every
-//! decision the live set sees (resync legs and links, answers of unknown
-//! legs), whose verdicts are compared with the live ones and never
+//! decision the live set sees (resync legs, links and mixers, answers of
+//! unknown legs), whose verdicts are compared with the live ones and never
 //! enforced.
 //!
 //! The shadow set decides on its own thread, from a bounded queue: the live
@@ -13,6 +13,7 @@
 //! the live plugin directory: the normal reload, blast radius and guard.
 
 use super::chain::{PolicyChain, Verdict};
+use crate::mixers::HeldMixer;
 use crate::model::{CallLeg, Decision, Link};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ const QUEUE: usize = 64;
 enum Job {
     Legs(Vec<CallLeg>, Vec<Verdict>),
     Links(Vec<Link>, Vec<Verdict>),
+    Mixers(Vec<HeldMixer>, Vec<Verdict>),
     /// Report the differences since the last summary to `report`.
     Summary(Box<dyn FnOnce(ShadowSummary) + Send>),
 }
@@ -50,7 +52,7 @@ impl Difference {
 }
 
 /// Differences of one kind, item, plugin (the one that refused, live or
-/// shadow) and NAP (`-` for links).
+/// shadow) and NAP (`-` for links and mixers).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DifferenceCount {
     pub kind: Difference,
@@ -68,6 +70,7 @@ pub struct ShadowSummary {
     pub plugins: Vec<String>,
     pub compared_legs: u64,
     pub compared_links: u64,
+    pub compared_mixers: u64,
     /// Items not compared: the shadow set was behind (its queue full).
     pub skipped: u64,
     /// Shadow verdicts given by a shadow plugin's failure policy.
@@ -84,6 +87,7 @@ type Key = (Difference, &'static str, String, String);
 struct Tally {
     compared_legs: u64,
     compared_links: u64,
+    compared_mixers: u64,
     skipped: u64,
     shadow_failures: u64,
     differences: BTreeMap<Key, u64>,
@@ -114,6 +118,7 @@ impl Tally {
             plugins,
             compared_legs: self.compared_legs,
             compared_links: self.compared_links,
+            compared_mixers: self.compared_mixers,
             skipped: self.skipped,
             shadow_failures: self.shadow_failures,
             shadow_refuses: total(Difference::ShadowRefuses),
@@ -125,6 +130,7 @@ impl Tally {
     fn add(&mut self, other: &Tally) {
         self.compared_legs += other.compared_legs;
         self.compared_links += other.compared_links;
+        self.compared_mixers += other.compared_mixers;
         self.skipped += other.skipped;
         self.shadow_failures += other.shadow_failures;
         for (key, n) in &other.differences {
@@ -193,6 +199,13 @@ impl Shadow {
         }
     }
 
+    /// As [`Shadow::observe_legs`], for mixers.
+    pub fn observe_mixers(&self, mixers: &[HeldMixer], live: &[Verdict]) {
+        if !mixers.is_empty() {
+            self.send(mixers.len(), Job::Mixers(mixers.to_vec(), live.to_vec()));
+        }
+    }
+
     /// Once the shadow set has caught up with what was observed so far,
     /// `report` gets the differences since the last summary.
     pub fn summarize(&self, report: impl FnOnce(ShadowSummary) + Send + 'static) {
@@ -256,6 +269,13 @@ fn work(
                     compare(&mut tally, "link", "-", live, shadow);
                 }
             }
+            Job::Mixers(mixers, live) => {
+                let shadow = chain.decide_mixers(&mixers);
+                tally.compared_mixers = mixers.len() as u64;
+                for (live, shadow) in live.iter().zip(&shadow) {
+                    compare(&mut tally, "mixer", "-", live, shadow);
+                }
+            }
             Job::Summary(report) => {
                 let since = {
                     let mut totals = totals.lock().unwrap_or_else(|e| e.into_inner());
@@ -278,7 +298,7 @@ fn work(
             .increment(*n);
         }
         metrics::counter!(crate::metrics::SHADOW_COMPARED)
-            .increment(tally.compared_legs + tally.compared_links);
+            .increment(tally.compared_legs + tally.compared_links + tally.compared_mixers);
         totals
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -524,6 +524,9 @@ impl Host {
                 d.decide_mixers(mixers)
             }))
             .await?;
+        if let Some(shadow) = self.policy.shadow() {
+            shadow.observe_mixers(&unknown, &verdicts);
+        }
         let mut events = Vec::with_capacity(unknown.len());
         for (held, verdict) in unknown.into_iter().zip(verdicts) {
             metrics::counter!(crate::metrics::MIXER_DECISIONS, "decision" => verdict.decision.as_str())
