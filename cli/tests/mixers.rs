@@ -272,6 +272,33 @@ async fn a_version_3_engine_still_works_and_shows_no_mixers() {
 
 const MIXER_RULES: &str = "[[mixer_rule]]\nname = \"no test conferences\"\naction = \"refuse\"\nname_prefix = [\"test-\"]\n";
 
+/// Two answered calls, X in `test-room` and Y listening in `sales`.
+struct Conferences {
+    x: u64,
+    test_room: u64,
+    sales: u64,
+}
+
+async fn two_conferences(sim: &legsync_lab::sim::process::SimProcess) -> Conferences {
+    let x = sim
+        .ok_id("call SIP_A 15145550100 15145550199")
+        .await
+        .unwrap();
+    let y = sim
+        .ok_id("call SIP_A 15145550101 15145550299")
+        .await
+        .unwrap();
+    let test_room = sim.ok_id("mixer test-room").await.unwrap();
+    let sales = sim.ok_id("mixer sales").await.unwrap();
+    sim.ok(&format!("join {x} {test_room}")).await.unwrap();
+    sim.ok(&format!("join {y} {sales} listener")).await.unwrap();
+    Conferences {
+        x,
+        test_room,
+        sales,
+    }
+}
+
 /// The counter `name` of plugin `index` of the chain, once it reaches
 /// `at_least` (termination notices arrive off the live path).
 async fn plugin_counter(decider: &Decider, index: usize, name: &str, at_least: u64) -> u64 {
@@ -305,18 +332,11 @@ async fn the_rules_plugin_refuses_a_conference_by_name_and_the_engine_frees_it()
     )
     .await;
     let sim = &world.sim;
-    let x = sim
-        .ok_id("call SIP_A 15145550100 15145550199")
-        .await
-        .unwrap();
-    let y = sim
-        .ok_id("call SIP_A 15145550101 15145550299")
-        .await
-        .unwrap();
-    let test_room = sim.ok_id("mixer test-room").await.unwrap();
-    let sales = sim.ok_id("mixer sales").await.unwrap();
-    sim.ok(&format!("join {x} {test_room}")).await.unwrap();
-    sim.ok(&format!("join {y} {sales} listener")).await.unwrap();
+    let Conferences {
+        x,
+        test_room,
+        sales,
+    } = two_conferences(sim).await;
 
     let config = world.config(10.0);
     let decider = world.decider(&config);
@@ -486,19 +506,7 @@ async fn a_shadow_set_compares_its_mixer_decisions_with_the_live_ones() {
         format!("shadow_dir = \"{}\"\n", shadow.display())
     })
     .await;
-    let sim = &trial.sim;
-    let a = sim
-        .ok_id("call SIP_A 15145550100 15145550199")
-        .await
-        .unwrap();
-    let b = sim
-        .ok_id("call SIP_A 15145550101 15145550299")
-        .await
-        .unwrap();
-    let test_room = sim.ok_id("mixer test-room").await.unwrap();
-    let sales = sim.ok_id("mixer sales").await.unwrap();
-    sim.ok(&format!("join {a} {test_room}")).await.unwrap();
-    sim.ok(&format!("join {b} {sales}")).await.unwrap();
+    two_conferences(&trial.sim).await;
     trial.wait_events("\"kind\":\"leg-joined\"", 2).await;
 
     // A cold restart of the host: both conferences are unknown again.
