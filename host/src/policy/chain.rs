@@ -107,9 +107,13 @@ impl PolicyChain {
         legs.chunks(self.batch_size)
             .flat_map(|chunk| {
                 let batch = LegBatch::new(chunk);
-                self.decide_batch(Export::LegSync, batch.legs(), until, &|plugin, offered| {
-                    plugin.sync_legs(batch.with_legs(offered)).map(Some)
-                })
+                self.decide_batch(
+                    Export::LegSync,
+                    batch.legs(),
+                    until,
+                    self.default_name,
+                    &|plugin, offered| plugin.sync_legs(batch.with_legs(offered)).map(Some),
+                )
             })
             .collect()
     }
@@ -120,9 +124,13 @@ impl PolicyChain {
             .chunks(self.batch_size)
             .flat_map(|chunk| {
                 let batch: Vec<LinkRecord> = chunk.iter().map(LinkRecord::from).collect();
-                self.decide_batch(Export::LinkSync, &batch, None, &|plugin, links| {
-                    plugin.sync_links(links).map(Some)
-                })
+                self.decide_batch(
+                    Export::LinkSync,
+                    &batch,
+                    None,
+                    self.default_name,
+                    &|plugin, links| plugin.sync_links(links).map(Some),
+                )
             })
             .collect()
     }
@@ -136,14 +144,13 @@ impl PolicyChain {
             .chunks(self.batch_size)
             .flat_map(|chunk| {
                 let batch: Vec<wit::Mixer> = chunk.iter().map(wit::Mixer::from).collect();
-                let verdicts =
-                    self.decide_batch(Export::MixerSync, &batch, None, &Plugin::sync_mixers);
-                verdicts.into_iter().map(|mut verdict| {
-                    if verdict.plugin == self.default_name {
-                        verdict.plugin = PluginName::new(NO_MIXER_POLICY);
-                    }
-                    verdict
-                })
+                self.decide_batch(
+                    Export::MixerSync,
+                    &batch,
+                    None,
+                    PluginName::new(NO_MIXER_POLICY),
+                    &Plugin::sync_mixers,
+                )
             })
             .collect()
     }
@@ -181,11 +188,14 @@ impl PolicyChain {
         }
     }
 
+    /// One batch through the chain; an item no plugin voted on is rebuilt,
+    /// named `unvoted`.
     fn decide_batch<W: Clone>(
         &self,
         export: Export,
         batch: &[W],
         until: Option<Instant>,
+        unvoted: PluginName,
         call: &impl Fn(&Plugin, &[W]) -> Result<Option<Decided>, PluginFailure>,
     ) -> Vec<Verdict> {
         // Plain copies while deciding; each verdict takes its plugin's name
@@ -272,7 +282,7 @@ impl PolicyChain {
                 decision: slot.decision,
                 plugin: match slot.by {
                     Some(index) => self.plugins[index].name(),
-                    None => self.default_name,
+                    None => unvoted,
                 },
                 failure: slot.failure,
                 reason: slot.reason,

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use wasmtime::component::{ComponentType, Func, InstancePre, Lower};
+use wasmtime::component::{ComponentNamedList, ComponentType, Func, InstancePre, Lift, Lower};
 use wasmtime::{Store, UpdateDeadline};
 
 /// A live instance: its store, its typed exports and how many calls it
@@ -57,6 +57,29 @@ struct MixerExports {
 type Decisions = (Vec<wit::Decision>,);
 /// A mixer decision's answer: none when the plugin abstains.
 type MixerDecisions = (Option<Vec<wit::Decision>>,);
+
+/// What a sync export returns: its decisions, or none when the export may
+/// abstain (`on-mixer-sync`) and did.
+trait Answer: ComponentNamedList + Lift + Send + Sync + 'static {
+    fn decisions(self) -> Option<Vec<wit::Decision>>;
+}
+
+impl Answer for Decisions {
+    fn decisions(self) -> Option<Vec<wit::Decision>> {
+        Some(self.0)
+    }
+}
+
+impl Answer for MixerDecisions {
+    fn decisions(self) -> Option<Vec<wit::Decision>> {
+        self.0
+    }
+}
+
+/// The answer of an export that cannot abstain (legs, links).
+fn always(decided: Option<Decided>) -> Decided {
+    decided.expect("on-call-leg-sync and on-link-sync answer every item")
+}
 
 /// A call's answer: one decision per item, and the reasons the plugin gave
 /// for some of them (`explain`), by position in the call's items.
@@ -397,20 +420,26 @@ impl Plugin {
             &exports.leg_sync
         }
         let count = batch.legs.len();
-        match self.contract.contract {
-            Contract::V0_4 | Contract::V0_3 => self.decide(Export::LegSync, export, batch, count),
-            Contract::V0_2 => self.decide(Export::LegSync, export, batch.as_v0_2(), count),
-        }
+        let decided = match self.contract.contract {
+            Contract::V0_4 | Contract::V0_3 => {
+                self.decide::<_, Decisions>(Export::LegSync, export, batch, count)
+            }
+            Contract::V0_2 => {
+                self.decide::<_, Decisions>(Export::LegSync, export, batch.as_v0_2(), count)
+            }
+        };
+        decided.map(always)
     }
 
     /// `on-link-sync` for one batch.
     pub fn sync_links(&self, links: &[LinkRecord]) -> Result<Decided, PluginFailure> {
-        self.decide(
+        self.decide::<_, Decisions>(
             Export::LinkSync,
             |exports| &exports.link_sync,
             links,
             links.len(),
         )
+        .map(always)
     }
 
     /// `on-call-leg-terminated` for one batch (notification only), in the
@@ -445,40 +474,18 @@ impl Plugin {
         if !self.has_mixer_exports() {
             return Ok(None);
         }
-        let count = mixers.len();
-        let mut took = Duration::ZERO;
-        let result = self.call_guest(Export::MixerSync, |exports, store| {
-            let export = exports.mixers.as_ref().expect("a 0.4.0 plugin's exports");
-            let func = export
-                .sync
-                .typed::<(&[wit::Mixer],), MixerDecisions>(&*store)?;
-            let started = Instant::now();
-            let called = func.call(&mut *store, (mixers,));
-            took = started.elapsed();
-            let Some(decisions) = called?.0 else {
-                store.data_mut().take_explained();
-                return Ok(None);
-            };
-            if decisions.len() != count {
-                return Err(wasmtime::Error::new(Malformed(format!(
-                    "returned {} decisions for {count} mixers",
-                    decisions.len(),
-                ))));
-            }
-            let explained = store.data_mut().take_explained();
-            Ok(Some(Decided {
-                decisions: decisions.into_iter().map(Decision::from).collect(),
-                reasons: self.reasons_of(explained, count),
-            }))
-        });
-        match &result {
-            Ok(_) => self.cost[Export::MixerSync].measured(count, took),
-            Err(failure) if failure.kind == FailureKind::Deadline => {
-                self.cost[Export::MixerSync].overran(count, self.settings.limits.call_deadline)
-            }
-            Err(_) => {}
-        }
-        result
+        self.decide::<_, MixerDecisions>(
+            Export::MixerSync,
+            |exports| {
+                &exports
+                    .mixers
+                    .as_ref()
+                    .expect("a 0.4.0 plugin's exports")
+                    .sync
+            },
+            mixers,
+            mixers.len(),
+        )
     }
 
     /// `on-mixer-terminated` for one batch (notification only); nothing for
@@ -500,23 +507,26 @@ impl Plugin {
     }
 
     /// One sync export over a batch of `count` items: exactly one decision
-    /// per item.
-    fn decide<P: ComponentType + Lower>(
+    /// per item, or none when the export may abstain and did ([`Answer`]).
+    fn decide<P: ComponentType + Lower, A: Answer>(
         &self,
         name: Export,
         export: fn(&Exports) -> &Func,
         batch: P,
         count: usize,
-    ) -> Result<Decided, PluginFailure> {
+    ) -> Result<Option<Decided>, PluginFailure> {
         // The guest's own time: not the wait for a busy instance (another
         // chunk's call), which would make the plugin look slower per item.
         let mut took = Duration::ZERO;
         let result = self.call_guest(name, |exports, store| {
-            let func = export(exports).typed::<(P,), Decisions>(&*store)?;
+            let func = export(exports).typed::<(P,), A>(&*store)?;
             let started = Instant::now();
             let called = func.call(&mut *store, (batch,));
             took = started.elapsed();
-            let decisions = called?.0;
+            let Some(decisions) = called?.decisions() else {
+                store.data_mut().take_explained();
+                return Ok(None);
+            };
             if decisions.len() != count {
                 return Err(wasmtime::Error::new(Malformed(format!(
                     "returned {} decisions for {count} items",
@@ -524,10 +534,10 @@ impl Plugin {
                 ))));
             }
             let explained = store.data_mut().take_explained();
-            Ok(Decided {
+            Ok(Some(Decided {
                 decisions: decisions.into_iter().map(Decision::from).collect(),
                 reasons: self.reasons_of(explained, count),
-            })
+            }))
         });
         match &result {
             Ok(_) => self.cost[name].measured(count, took),

@@ -129,27 +129,33 @@ pub fn failures(chain: &PolicyChain) -> Vec<SampleFailure> {
             });
         }
     }
-    let before: Vec<u64> = chain.plugins().iter().map(|p| p.stats().failures).collect();
-    chain.notify_terminated(&ended, TerminationReason::Released);
-    for (plugin, before) in chain.plugins().iter().zip(before) {
-        if plugin.stats().failures > before {
-            failed.push(SampleFailure {
-                plugin: plugin.name().as_str().to_string(),
-                export: Export::Terminated,
-                kind: None,
-            });
-        }
-    }
-    let before: Vec<u64> = chain.plugins().iter().map(|p| p.stats().failures).collect();
-    chain.notify_mixers_terminated(&mixers, TerminationReason::Released);
-    for (plugin, before) in chain.plugins().iter().zip(before) {
-        if plugin.stats().failures > before {
-            failed.push(SampleFailure {
-                plugin: plugin.name().as_str().to_string(),
-                export: Export::MixerTerminated,
-                kind: None,
-            });
-        }
-    }
+    failed.extend(notice_failures(chain, Export::Terminated, || {
+        chain.notify_terminated(&ended, TerminationReason::Released)
+    }));
+    failed.extend(notice_failures(chain, Export::MixerTerminated, || {
+        chain.notify_mixers_terminated(&mixers, TerminationReason::Released)
+    }));
     failed
+}
+
+/// The plugins whose notice `export` failed while `notify` ran (a notice
+/// decides nothing: its failures show only in the plugins' counts).
+fn notice_failures(
+    chain: &PolicyChain,
+    export: Export,
+    notify: impl FnOnce(),
+) -> Vec<SampleFailure> {
+    let before: Vec<u64> = chain.plugins().iter().map(|p| p.stats().failures).collect();
+    notify();
+    chain
+        .plugins()
+        .iter()
+        .zip(before)
+        .filter(|(plugin, before)| plugin.stats().failures > *before)
+        .map(|(plugin, _)| SampleFailure {
+            plugin: plugin.name().as_str().to_string(),
+            export,
+            kind: None,
+        })
+        .collect()
 }

@@ -76,12 +76,18 @@ impl Host {
                 leg: ended.leg.id,
                 reason,
             }));
-        // Not awaited: a slow plugin never holds up a purge, the grace
-        // timer or the live path. The next decision waits for them
-        // ([`Host::settle_notices`]), so each plugin hears of endings
-        // before it decides again.
+        let decider = decider.clone();
+        self.notice(move || decider.notify_terminated(&ended, reason));
+    }
+
+    /// Tells the plugins of endings off the async threads (plugin calls
+    /// block). Not awaited: a slow plugin never holds up a purge, the grace
+    /// timer or the live path. The next decision waits for them
+    /// ([`Host::settle_notices`]), so each plugin hears of endings before
+    /// it decides again.
+    fn notice(&mut self, notify: impl FnOnce() + Send + 'static) {
         self.notices.retain(|h| !h.is_finished());
-        self.notices.push(notify(decider, ended, reason));
+        self.notices.push(tokio::task::spawn_blocking(notify));
     }
 
     /// Ends mixers the host held (already out of the table) for `reason`.
@@ -97,12 +103,8 @@ impl Host {
                 mixer: held.mixer.id,
                 reason,
             }));
-        // As for legs: not awaited, heard before the next decision.
         let decider = self.policy.current();
-        self.notices.retain(|h| !h.is_finished());
-        self.notices.push(tokio::task::spawn_blocking(move || {
-            decider.notify_mixers_terminated(&mixers, reason)
-        }));
+        self.notice(move || decider.notify_mixers_terminated(&mixers, reason));
     }
 
     /// Waits until the plugins have heard of every ending so far.
@@ -240,13 +242,3 @@ impl Host {
 
 /// How long a stop waits for the plugins' termination notices.
 const NOTICES_AT_STOP: std::time::Duration = std::time::Duration::from_millis(800);
-
-/// Tells the plugins, off the async threads (plugin calls block).
-fn notify(
-    decider: &Decider,
-    ended: Vec<EndedLeg>,
-    reason: TerminationReason,
-) -> tokio::task::JoinHandle<()> {
-    let decider = decider.clone();
-    tokio::task::spawn_blocking(move || decider.notify_terminated(&ended, reason))
-}
