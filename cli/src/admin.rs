@@ -187,6 +187,24 @@ pub async fn status(args: AdminArgs) -> anyhow::Result<ExitCode> {
                 resync["absent"]
             );
         }
+        if let Some(ship) = &s.ship {
+            println!(
+                "  shipping to {}: {}, shipped through record {} of {} ({} behind, {:.1} s){}",
+                ship.stream,
+                if ship.connected {
+                    "connected"
+                } else {
+                    "not connected"
+                },
+                ship.shipped,
+                ship.durable,
+                ship.behind_records,
+                ship.behind_seconds,
+                ship.error
+                    .as_deref()
+                    .map_or(String::new(), |e| format!("; interrupted: {e}"))
+            );
+        }
         if let Some(reload) = &s.last_reload {
             println!(
                 "  last reload: {} ({})",

@@ -1,8 +1,12 @@
 //! `legsync cdr bill` and `legsync cdr check`: billing reads the ledger,
-//! and only the ledger.
+//! and only the ledger: its files, or the fleet stream the hosts ship it
+//! to (`--nats`, `--config`).
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use legsync::cdr::bill::{self, BilledCall, CallState};
+use legsync::ship::config::ShipConfig;
+use legsync::ship::stream::StreamQuery;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,8 +22,18 @@ pub enum CdrCommand {
 #[derive(Debug, Args)]
 pub struct BillArgs {
     /// Ledger files (rotated pieces, oldest first; order does not matter).
-    #[arg(required = true)]
+    #[arg(required_unless_present_any = ["nats", "config"])]
     files: Vec<PathBuf>,
+    #[command(flatten)]
+    stream: StreamArgs,
+    /// Only calls answered at or after this time (Unix ms, or RFC 3339 such
+    /// as 2026-12-06T00:00:00Z); from the stream, only what was stored
+    /// since then is read.
+    #[arg(long, value_parser = parse_time)]
+    since: Option<u64>,
+    /// Only calls answered before this time (Unix ms, or RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    until: Option<u64>,
     /// One JSON object per line.
     #[arg(long, conflicts_with = "csv")]
     json: bool,
@@ -34,19 +48,129 @@ pub struct BillArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    #[arg(required = true)]
+    #[arg(required_unless_present_any = ["nats", "config"])]
     files: Vec<PathBuf>,
+    #[command(flatten)]
+    stream: StreamArgs,
+    /// From the stream, only what was stored since this time (Unix ms, or
+    /// RFC 3339): each host's numbering is checked from its first record read.
+    #[arg(long, value_parser = parse_time)]
+    since: Option<u64>,
+}
+
+/// Reading the fleet stream instead of files (see `[ship]`).
+#[derive(Debug, Args)]
+struct StreamArgs {
+    /// Read the fleet stream at this NATS server (repeat for a cluster)
+    /// instead of files.
+    #[arg(long, value_name = "URL", conflicts_with = "files")]
+    nats: Vec<String>,
+    /// Take the servers, stream, credentials and TLS from this host
+    /// config's `[ship]` (`--nats` and `--stream` override).
+    #[arg(long, value_name = "FILE", conflicts_with = "files")]
+    config: Option<PathBuf>,
+    /// The stream's name (default: `[ship]`'s, else LEGSYNC_CDR).
+    #[arg(long = "stream", value_name = "NAME")]
+    stream_name: Option<String>,
+    /// Only this engine's records (repeat for a set; default: the fleet).
+    #[arg(long, value_name = "NAME")]
+    engine: Vec<String>,
+}
+
+impl StreamArgs {
+    /// The `[ship]` settings to read the stream with, if asked to.
+    fn ship(&self) -> anyhow::Result<Option<ShipConfig>> {
+        let mut ship = match &self.config {
+            Some(path) => {
+                let config = legsync::config::HostConfig::load(path)?;
+                Some(config.ship.with_context(|| {
+                    format!("{} has no [ship] section: pass --nats", path.display())
+                })?)
+            }
+            None if self.nats.is_empty() => return Ok(None),
+            None => Some(ShipConfig::for_servers(self.nats.clone())),
+        };
+        if let Some(ship) = &mut ship {
+            if !self.nats.is_empty() {
+                ship.servers = self.nats.clone();
+            }
+            if let Some(stream) = &self.stream_name {
+                ship.stream = stream.clone();
+            }
+            ship.validate()?;
+        }
+        Ok(ship)
+    }
+}
+
+/// What billing reads: files, or the stream.
+struct Source {
+    ledgers: Vec<(String, Vec<bill::Line>)>,
+    numbering: bill::Numbering,
+    /// Said after the summary (what the stream held twice).
+    note: Option<String>,
+}
+
+fn load(files: &[PathBuf], stream: &StreamArgs, since: Option<u64>) -> anyhow::Result<Source> {
+    let Some(ship) = stream.ship()? else {
+        anyhow::ensure!(
+            stream.engine.is_empty() && stream.stream_name.is_none(),
+            "--engine and --stream read the fleet stream: pass --nats or --config too"
+        );
+        return Ok(Source {
+            ledgers: bill::read_ledgers(files)?,
+            numbering: bill::Numbering::FromOne,
+            note: None,
+        });
+    };
+    let query = StreamQuery {
+        engines: stream.engine.clone(),
+        since_ms: since,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let read = runtime.block_on(legsync::ship::stream::read(&ship, &query))?;
+    let note = (read.duplicates > 0).then(|| {
+        format!(
+            "{} message(s) repeated a record byte for byte (sent again after the stream's duplicate window) and were taken once",
+            read.duplicates
+        )
+    });
+    Ok(Source {
+        ledgers: read.ledgers,
+        // A stream read from a time on, or trimmed by its retention,
+        // begins each host's records where it begins.
+        numbering: bill::Numbering::FromFirstRead,
+        note,
+    })
+}
+
+/// A time given as Unix ms or RFC 3339.
+fn parse_time(text: &str) -> Result<u64, String> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| {
+            format!("not Unix ms nor an RFC 3339 time such as 2026-12-06T00:00:00Z: {e}")
+        })?;
+    u64::try_from(time.unix_timestamp_nanos() / 1_000_000).map_err(|_| "before 1970".to_string())
 }
 
 pub fn run(command: CdrCommand) -> anyhow::Result<ExitCode> {
     match command {
         CdrCommand::Bill(args) => {
-            let ledgers = bill::read_ledgers(&args.files)?;
+            let source = load(&args.files, &args.stream, args.since)?;
+            let ledgers = source.ledgers;
             if let Some(damaged) = bill::damaged_line(&ledgers) {
                 anyhow::bail!("{damaged}: not billed (run `legsync cdr check` for every problem)");
             }
+            if let Some(note) = &source.note {
+                eprintln!("legsync: {note}");
+            }
             let records = bill::records(&ledgers);
-            let gaps = bill::gaps(&records);
+            let gaps = bill::gaps_numbered(&records, source.numbering);
             for gap in &gaps {
                 eprintln!("legsync: {gap}");
             }
@@ -56,7 +180,11 @@ pub fn run(command: CdrCommand) -> anyhow::Result<ExitCode> {
                      Give every piece of every host's ledger, or `--partial` to bill what is here"
                 );
             }
-            let calls = bill::bill(&records);
+            let window = args.since.unwrap_or(0)..args.until.unwrap_or(u64::MAX);
+            let calls: Vec<BilledCall> = bill::bill(&records)
+                .into_iter()
+                .filter(|call| window.contains(&call.answer_time_ms))
+                .collect();
             let mut out = std::io::stdout().lock();
             let written = if args.json {
                 calls.iter().try_for_each(|call| {
@@ -73,18 +201,26 @@ pub fn run(command: CdrCommand) -> anyhow::Result<ExitCode> {
             }
         }
         CdrCommand::Check(args) => {
-            let ledgers = bill::read_ledgers(&args.files)?;
+            let source = load(&args.files, &args.stream, args.since)?;
+            let ledgers = source.ledgers;
             let lines: usize = ledgers.iter().map(|(_, lines)| lines.len()).sum();
             let hosts: std::collections::BTreeSet<_> = bill::records(&ledgers)
                 .into_iter()
                 .map(|r| r.host)
                 .collect();
-            let problems = bill::check(&ledgers);
+            let problems = bill::check_numbered(&ledgers, source.numbering);
+            let pieces = match source.numbering {
+                bill::Numbering::FromOne => "file(s)",
+                bill::Numbering::FromFirstRead => "stream subject(s)",
+            };
             let summary = format!(
-                "{lines} records of {} host(s) in {} file(s)",
+                "{lines} records of {} host(s) in {} {pieces}",
                 hosts.len(),
                 ledgers.len()
             );
+            if let Some(note) = &source.note {
+                eprintln!("legsync: {note}");
+            }
             if problems.is_empty() {
                 println!("ok: {summary}, every rule holds");
                 return Ok(ExitCode::SUCCESS);

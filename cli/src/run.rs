@@ -152,6 +152,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
     });
+    // The fleet stream: its own task, reading what the ledger made durable.
+    let shipping = match &config.ship {
+        Some(ship) => {
+            let shipper = legsync::ship::shipper::Shipper::new(
+                ship.clone(),
+                &config.cdr,
+                &config.name,
+                host.cdr_writer().durable_marks(),
+            )?;
+            let status = shipper.status();
+            tasks.spawn(shipper.run(shutdown.clone()));
+            Some(status)
+        }
+        None => None,
+    };
     let mut served = Vec::new();
     let (admin_addr, metrics_addr) = (config.admin_addr()?, config.metrics_addr()?);
     if admin_addr.is_some() || metrics_addr.is_some() {
@@ -163,6 +178,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Some(reloader),
             Some(files),
         );
+        if let Some(status) = shipping {
+            admin.show_shipping(status);
+        }
         served.push(legsync::admin::follow(&admin, &events, shutdown.clone()));
         if let Some(addr) = admin_addr {
             let token = AdminToken::load_or_create(&config.admin_token_path())?;

@@ -76,6 +76,10 @@ pub struct HostConfig {
     /// `[recording]`: resyncs recorded for `legsync replay` (off by default).
     #[serde(default)]
     pub recording: crate::recording::RecordingConfig,
+    /// `[ship]`: every durable ledger record published to a NATS JetStream
+    /// stream (see `crate::ship`); none: the ledger stays on this host.
+    #[serde(default)]
+    pub ship: Option<crate::ship::config::ShipConfig>,
 }
 
 /// `[tls]`: the engine link's certificates (PEM files; see `crate::tls`).
@@ -258,6 +262,7 @@ impl Default for HostConfig {
             tls: None,
             policy: PolicyConfig::default(),
             recording: Default::default(),
+            ship: None,
         }
     }
 }
@@ -305,6 +310,9 @@ impl HostConfig {
         );
         self.admin_addr()?;
         self.metrics_addr()?;
+        if let Some(ship) = &self.ship {
+            ship.validate()?;
+        }
         if let Some(engine) = &self.engine {
             check_engine_address(engine)?;
             anyhow::ensure!(

@@ -66,6 +66,7 @@ pub mod recording;
 pub mod reload;
 mod repeated;
 mod resync;
+pub mod ship;
 pub mod supervisor;
 pub mod tls;
 

@@ -50,6 +50,13 @@ pub const TABLE_FULL: &str = "legsync_table_full_refusals_total";
 pub const LIVE_DURABLE_SECONDS: &str = "legsync_live_batch_durable_seconds";
 pub const BUILD_INFO: &str = "legsync_build_info";
 pub const TLS_EXPIRY: &str = "legsync_tls_certificate_expiry_timestamp_seconds";
+pub const SHIP_RECORDS: &str = "legsync_ship_records_total";
+pub const SHIP_DUPLICATES: &str = "legsync_ship_duplicates_total";
+pub const SHIP_FAILURES: &str = "legsync_ship_failures_total";
+pub const SHIP_CONNECTED: &str = "legsync_ship_connected";
+pub const SHIP_BEHIND_RECORDS: &str = "legsync_ship_behind_records";
+pub const SHIP_BEHIND_SECONDS: &str = "legsync_ship_behind_seconds";
+pub const SHIP_LAG_SECONDS: &str = "legsync_ship_lag_seconds";
 
 /// Every metric: name, type, help (the list in docs/operations.md).
 pub const ALL: &[(&str, &str, &str)] = &[
@@ -187,6 +194,41 @@ pub const ALL: &[(&str, &str, &str)] = &[
         LIVE_DURABLE_SECONDS,
         "histogram",
         "time from reading a batch of live engine messages to its ledger records durable (the host acts on an answer or release only then)",
+    ),
+    (
+        SHIP_RECORDS,
+        "counter",
+        "ledger records the fleet stream acknowledged (`[ship]`)",
+    ),
+    (
+        SHIP_DUPLICATES,
+        "counter",
+        "records the stream acknowledged as duplicates (sent again after a restart or a lost acknowledgement, and dropped)",
+    ),
+    (
+        SHIP_FAILURES,
+        "counter",
+        "shipping interruptions: NATS away, a publish not acknowledged in time, the stream missing, a ledger piece missing",
+    ),
+    (
+        SHIP_CONNECTED,
+        "gauge",
+        "1 while the shipper is connected to NATS, 0 otherwise (only with `[ship]`)",
+    ),
+    (
+        SHIP_BEHIND_RECORDS,
+        "gauge",
+        "durable ledger records the stream has not acknowledged yet",
+    ),
+    (
+        SHIP_BEHIND_SECONDS,
+        "gauge",
+        "age of the oldest durable ledger record the stream has not acknowledged (0 when caught up)",
+    ),
+    (
+        SHIP_LAG_SECONDS,
+        "histogram",
+        "time from a ledger record durable on this host to its acknowledgement by the stream",
     ),
     (
         TABLE_FULL,

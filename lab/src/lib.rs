@@ -17,4 +17,5 @@
 pub mod bench;
 pub mod demo;
 pub mod native_rules;
+pub mod nats;
 pub mod sim;

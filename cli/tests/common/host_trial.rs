@@ -167,6 +167,13 @@ impl HostTrial {
         self.resyncs(resync).await;
     }
 
+    /// Starts the host again (after `self.host.stop()` or `crash()`), and
+    /// waits until its admin endpoint listens.
+    pub async fn start_again(&mut self) {
+        self.host.start().unwrap();
+        self.admin = self.host.admin_addr().await.unwrap();
+    }
+
     pub async fn stop(self) {
         let mut host = self.host;
         host.stop().await.unwrap();

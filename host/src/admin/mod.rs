@@ -65,6 +65,8 @@ pub struct Admin {
     pub reloader: Option<Arc<Reloader>>,
     /// What `POST /reopen` reopens after a rotation.
     pub files: Option<(crate::cdr::CdrWriter, Events)>,
+    /// Shipping to the fleet stream, with `[ship]`.
+    ship: std::sync::OnceLock<watch::Receiver<crate::ship::shipper::ShipStatus>>,
     latest: Mutex<Latest>,
     started_ms: u64,
 }
@@ -100,9 +102,15 @@ impl Admin {
             policy,
             reloader,
             files,
+            ship: Default::default(),
             latest: Mutex::new(Latest::default()),
             started_ms: crate::model::now_ms(),
         })
+    }
+
+    /// `/status` shows shipping from now on.
+    pub fn show_shipping(&self, status: watch::Receiver<crate::ship::shipper::ShipStatus>) {
+        let _ = self.ship.set(status);
     }
 
     fn latest(&self) -> std::sync::MutexGuard<'_, Latest> {
@@ -545,6 +553,9 @@ pub struct StatusReport {
     pub datasets: Vec<crate::policy::datasets::DatasetInfo>,
     pub last_resync: Option<serde_json::Value>,
     pub last_reload: Option<serde_json::Value>,
+    /// Shipping to the fleet stream (with `[ship]`).
+    #[serde(default)]
+    pub ship: Option<crate::ship::shipper::ShipStatus>,
 }
 
 fn status(admin: &Admin) -> StatusReport {
@@ -581,6 +592,7 @@ fn status(admin: &Admin) -> StatusReport {
         plugins,
         last_resync: latest.resync.and_then(|r| serde_json::to_value(r).ok()),
         last_reload: latest.reload.and_then(|r| serde_json::to_value(r).ok()),
+        ship: admin.ship.get().map(|s| s.borrow().clone()),
     }
 }
 

@@ -178,14 +178,30 @@ impl std::fmt::Display for Gap {
     }
 }
 
+/// Where each host's record numbers must begin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Numbering {
+    /// At 1: the whole ledger is given (files).
+    FromOne,
+    /// At the first record read of the host: a stream read from a time on,
+    /// or one whose retention dropped its oldest records.
+    FromFirstRead,
+}
+
 /// The gaps in `records` (each host's in its record order, as [`records`]
 /// returns them).
 pub fn gaps(records: &[CdrRecord]) -> Vec<Gap> {
+    gaps_numbered(records, Numbering::FromOne)
+}
+
+/// [`gaps`], each host's numbers beginning as `numbering` says.
+pub fn gaps_numbered(records: &[CdrRecord], numbering: Numbering) -> Vec<Gap> {
     let mut gaps = Vec::new();
     let mut last: Option<(&str, u64)> = None;
     for record in records {
         let expected = match last {
             Some((host, number)) if host == record.host => number + 1,
+            _ if numbering == Numbering::FromFirstRead => record.record,
             _ => 1,
         };
         if record.record > expected {
@@ -421,6 +437,11 @@ struct Located<'a> {
 /// missing piece is named by its range), then the pair: no epoch of an
 /// engine written by two hosts.
 pub fn check(ledgers: &[(String, Vec<Line>)]) -> Vec<String> {
+    check_numbered(ledgers, Numbering::FromOne)
+}
+
+/// [`check`], each host's numbers beginning as `numbering` says.
+pub fn check_numbered(ledgers: &[(String, Vec<Line>)], numbering: Numbering) -> Vec<String> {
     let mut problems = Vec::new();
     let mut located = Vec::new();
     for (file, lines) in ledgers {
@@ -472,7 +493,11 @@ pub fn check(ledgers: &[(String, Vec<Line>)]) -> Vec<String> {
             }
             continue;
         }
-        let expected = ledger.last_record.map_or(1, |last| last + 1);
+        let expected = match (ledger.last_record, numbering) {
+            (Some(last), _) => last + 1,
+            (None, Numbering::FromOne) => 1,
+            (None, Numbering::FromFirstRead) => record.record,
+        };
         if record.record > expected {
             let gap = Gap {
                 host: record.host.to_string(),

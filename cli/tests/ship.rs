@@ -1,0 +1,258 @@
+//! The fleet stream (`[ship]`) against a real 3-node JetStream cluster of
+//! `nats-server` processes on loopback, real `legsync run` hosts and
+//! engine-sim: records shipped once, resumed from the cursor, caught up
+//! after NATS was away, across rotation; billing from the stream equals
+//! billing from the files, and a hole in the stream is named.
+//!
+//! Needs `nats-server` (Debian package `nats-server`, installed by
+//! `.ci/run`): without it each test says SKIPPED; under `CI=true` it fails.
+
+mod common;
+
+use common::host_trial::{HostTrial, add_calls};
+use common::world::WAIT;
+use legsync_lab::nats::{NatsCluster, nats_server};
+use std::path::Path;
+use std::time::Instant;
+
+/// A 3-node cluster, or `None` (SKIPPED) without `nats-server`.
+async fn cluster() -> Option<NatsCluster> {
+    let Some(exe) = nats_server() else {
+        common::unavailable(
+            "nats-server is not installed (Debian package `nats-server`; .ci/run installs it)",
+        );
+        return None;
+    };
+    Some(NatsCluster::start(&exe, 3).await.unwrap())
+}
+
+/// `[ship]` for `cluster`, with more keys.
+fn ship_section(cluster: &NatsCluster, more: &str) -> String {
+    format!("\n[ship]\nservers = {}\n{more}", cluster.servers_toml())
+}
+
+/// A host on its own engine, shipping to `cluster`, with `calls` calls
+/// answered before it starts.
+async fn shipping_host(cluster: &NatsCluster, calls: usize) -> HostTrial {
+    let ship = ship_section(cluster, "");
+    HostTrial::start(None, &[("nap-a", calls)], "", move |_| ship).await
+}
+
+/// Waits until the host's `/status` says every durable record is shipped,
+/// with at least `records` of them; returns the shipping status.
+async fn shipped(trial: &HostTrial, records: u64) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = trial.get("/status").await;
+        let ship = &status["ship"];
+        let (done, durable) = (ship["shipped"].as_u64(), ship["durable"].as_u64());
+        if done.is_some() && done == durable && durable >= Some(records) {
+            return ship.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not shipped within {WAIT:?}: {ship}\n{}",
+            trial.host.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// `legsync cdr ARGS`: exit code, stdout, stderr.
+fn cdr(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut all = vec!["cdr"];
+    all.extend_from_slice(args);
+    let out = common::legsync(&all);
+    (
+        out.status.code(),
+        common::text(&out.stdout),
+        common::text(&out.stderr),
+    )
+}
+
+/// The bill (JSON lines) of the ledger files given.
+fn bill_files(files: &[&Path]) -> String {
+    let mut args = vec!["bill", "--json"];
+    args.extend(files.iter().map(|f| f.to_str().unwrap()));
+    let (code, out, err) = cdr(&args);
+    assert_eq!(code, Some(0), "{err}");
+    out
+}
+
+/// The bill (JSON lines) of the stream, with more arguments.
+fn bill_stream(cluster: &NatsCluster, more: &[&str]) -> (Option<i32>, String, String) {
+    let url = cluster.urls()[0].clone();
+    let mut args = vec!["bill", "--json", "--nats", &url];
+    args.extend_from_slice(more);
+    cdr(&args)
+}
+
+fn check_stream(cluster: &NatsCluster) -> (Option<i32>, String, String) {
+    let url = cluster.urls()[1].clone();
+    cdr(&["check", "--nats", &url])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_is_shipped_and_the_stream_bills_as_the_files_do() {
+    let Some(cluster) = cluster().await else {
+        return;
+    };
+    let trial = shipping_host(&cluster, 40).await;
+    // Live traffic after the resync: answers and hang-ups.
+    add_calls(&trial.sim, "nap-b", 20).await;
+    for leg in 1..=10 {
+        trial.sim.ok(&format!("release {leg}")).await.unwrap();
+    }
+    trial.wait_events("call-leg-terminated", 10).await;
+    let ledger = trial.dir.path().join("cdr.jsonl");
+    let records = legsync::cdr::CdrWriter::read_all(&ledger).unwrap().len() as u64;
+    let ship = shipped(&trial, records).await;
+    assert_eq!(ship["connected"], true, "{ship}");
+    assert_eq!(ship["behind_records"], 0, "{ship}");
+    assert!(ship["error"].is_null(), "{ship}");
+    assert_eq!(
+        trial.metric("legsync_ship_records_total").await,
+        records as f64
+    );
+    assert_eq!(trial.metric("legsync_ship_behind_records").await, 0.0);
+
+    let from_files = bill_files(&[&ledger]);
+    assert_eq!(from_files.lines().count(), 60, "{from_files}");
+    let (code, from_stream, err) = bill_stream(&cluster, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        from_stream, from_files,
+        "the stream's bill differs from the files'"
+    );
+    let (code, out, err) = check_stream(&cluster);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(&format!("ok: {records} records of 1 host(s)")),
+        "{out}"
+    );
+
+    // `legsync status` says it in words.
+    let (code, said) = trial.command("status", &[]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains(&format!(
+            "shipping to LEGSYNC_CDR: connected, shipped through record {records} of {records}"
+        )),
+        "{said}"
+    );
+    trial.stop().await;
+}
+
+/// How many records the ledger files hold.
+fn ledger_records(trial: &HostTrial) -> u64 {
+    let ledger = trial.dir.path().join("cdr.jsonl");
+    legsync::cdr::CdrWriter::read_all(&ledger).unwrap().len() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_host_resumes_from_its_cursor_and_a_lost_cursor_sends_only_duplicates() {
+    let Some(cluster) = cluster().await else {
+        return;
+    };
+    let mut trial = shipping_host(&cluster, 30).await;
+    let first = ledger_records(&trial);
+    shipped(&trial, first).await;
+    trial.host.stop().await.unwrap();
+    let cursor_file = trial.dir.path().join("cdr.jsonl.shipped");
+    let cursor = std::fs::read_to_string(&cursor_file).unwrap();
+    assert_eq!(
+        cursor.trim(),
+        format!("{first} pri"),
+        "the cursor names the last acknowledged record"
+    );
+
+    // While the host is down, calls end; the restarted host writes their
+    // ENDs and ships from the record after the cursor: nothing twice.
+    for leg in 1..=5 {
+        trial.sim.ok(&format!("release {leg}")).await.unwrap();
+    }
+    trial.start_again().await;
+    trial.resyncs(2).await;
+    let second = ledger_records(&trial);
+    assert!(second > first, "the restart wrote records");
+    let ship = shipped(&trial, second).await;
+    assert_eq!(
+        ship["acknowledged"],
+        second - first,
+        "only the new records were sent: {ship}"
+    );
+    assert_eq!(ship["duplicates"], 0, "{ship}");
+
+    // A lost cursor: the whole ledger is sent again, and the stream drops
+    // every record it has (its duplicate window).
+    trial.host.stop().await.unwrap();
+    std::fs::remove_file(&cursor_file).unwrap();
+    trial.start_again().await;
+    trial.resyncs(3).await;
+    let third = ledger_records(&trial);
+    let ship = shipped(&trial, third).await;
+    assert_eq!(ship["acknowledged"], third, "{ship}");
+    assert_eq!(
+        ship["duplicates"], second,
+        "the stream dropped what it had: {ship}"
+    );
+    assert_eq!(
+        trial.metric("legsync_ship_duplicates_total").await,
+        second as f64
+    );
+
+    let ledger = trial.dir.path().join("cdr.jsonl");
+    let (code, from_stream, err) = bill_stream(&cluster, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(from_stream, bill_files(&[&ledger]));
+    let (code, out, err) = check_stream(&cluster);
+    assert_eq!(code, Some(0), "{out}{err}");
+    trial.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_away_the_host_runs_on_and_catches_up() {
+    let Some(mut cluster) = cluster().await else {
+        return;
+    };
+    let trial = shipping_host(&cluster, 10).await;
+    shipped(&trial, ledger_records(&trial)).await;
+    cluster.kill_all().await.unwrap();
+    // Calls are answered and end while the whole cluster is away: the
+    // host acts on them (durable locally) as always.
+    add_calls(&trial.sim, "nap-b", 10).await;
+    for leg in 1..=4 {
+        trial.sim.ok(&format!("release {leg}")).await.unwrap();
+    }
+    trial.wait_events("call-leg-terminated", 4).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = trial.get("/status").await;
+        let ship = &status["ship"];
+        if ship["connected"] == false && ship["behind_records"].as_u64() >= Some(14) {
+            assert!(ship["behind_seconds"].as_f64().unwrap() > 0.0, "{ship}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lag never showed: {ship}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(trial.metric("legsync_ship_behind_records").await >= 14.0);
+    assert_eq!(trial.metric("legsync_ship_connected").await, 0.0);
+    assert_eq!(
+        trial.get("/readyz").await["ready"],
+        true,
+        "shipping never holds the host"
+    );
+
+    cluster.restart_all().await.unwrap();
+    let records = ledger_records(&trial);
+    let ship = shipped(&trial, records).await;
+    assert_eq!(ship["behind_records"], 0, "{ship}");
+    assert!(ship["error"].is_null(), "{ship}");
+    assert!(trial.metric("legsync_ship_failures_total").await >= 1.0);
+    let ledger = trial.dir.path().join("cdr.jsonl");
+    let (code, from_stream, err) = bill_stream(&cluster, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(from_stream, bill_files(&[&ledger]));
+    trial.stop().await;
+}

@@ -1,0 +1,81 @@
+//! The shipping cursor: `<ledger>.shipped`, the last record the stream
+//! acknowledged, so that a restarted host resumes where it stopped.
+//!
+//! Written after the acknowledgements (never before), through a temporary
+//! file renamed over it: a crash leaves it behind the stream, never ahead,
+//! and what is sent again is dropped by the stream's duplicate window (and
+//! by billing, which takes identical records once).
+
+use anyhow::Context;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The cursor beside `ledger`.
+pub fn cursor_path(ledger: &Path) -> PathBuf {
+    let mut name = ledger.as_os_str().to_owned();
+    name.push(".shipped");
+    PathBuf::from(name)
+}
+
+/// What the cursor says: the stream acknowledged `record` and every
+/// record before it, of the host `host`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Cursor {
+    pub record: u64,
+    pub host: String,
+}
+
+/// Reads the cursor (record 0 when there is none yet), refusing one that
+/// is damaged, another host's, or ahead of the ledger's last record.
+pub fn read(path: &Path, host: &str, last_record: u64) -> anyhow::Result<Cursor> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Cursor::default()),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read the shipping cursor {}", path.display()));
+        }
+    };
+    let mut words = text.split_whitespace();
+    let cursor = match (
+        words.next().map(str::parse::<u64>),
+        words.next(),
+        words.next(),
+    ) {
+        (Some(Ok(record)), Some(written_by), None) => Cursor {
+            record,
+            host: written_by.to_string(),
+        },
+        _ => anyhow::bail!(
+            "the shipping cursor {} is damaged: it must hold the last record the stream acknowledged and the host's name. \
+             Remove it to ship the whole ledger again (the stream drops what it already has within its duplicate window, and billing takes identical records once)",
+            path.display()
+        ),
+    };
+    anyhow::ensure!(
+        cursor.host == host,
+        "the shipping cursor {} is host `{}`'s, and this host is named `{host}`: it belongs with another ledger. \
+         Remove it to ship this ledger from its first record",
+        path.display(),
+        cursor.host
+    );
+    anyhow::ensure!(
+        cursor.record <= last_record,
+        "the shipping cursor {} says records up to {} were shipped, but the ledger ends at record {last_record}: \
+         it belongs with another ledger, or the ledger was replaced. Remove it to ship this ledger from its first record",
+        path.display(),
+        cursor.record
+    );
+    Ok(cursor)
+}
+
+/// Replaces the cursor (temporary file, fsync, rename).
+pub fn write(path: &Path, cursor: &Cursor) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = std::fs::File::create(&tmp)?;
+    writeln!(file, "{} {}", cursor.record, cursor.host)?;
+    file.sync_data()?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,328 @@
+//! Reading a host's ledger in record order from a record number, across
+//! the pieces logrotate leaves beside it.
+//!
+//! The shipper reads the file it has open to its end; records past it are
+//! in a newer piece (the file was moved away and the host reopened a new
+//! one at the ledger's path). At start, or when records are in neither,
+//! the piece holding a record is found among the files beside the ledger
+//! whose names begin with the ledger's (`cdr.jsonl.1`,
+//! `cdr.jsonl-20261206`): by their first record numbers, as pieces are
+//! consecutive ranges.
+
+use compact_str::CompactString;
+use serde::Deserialize;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Why the ledger cannot be read from a record on.
+#[derive(Debug, thiserror::Error)]
+pub enum PieceError {
+    #[error("cannot read {file}: {source}")]
+    Unreadable {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file} line {line} is not a CDR record: {reason}")]
+    Damaged {
+        file: String,
+        line: u64,
+        reason: String,
+    },
+    /// No file beside the ledger holds the record.
+    #[error(
+        "record {record} is in no file beside the ledger {ledger}{found}: put the rotated piece that holds it back beside the ledger (uncompressed, its name beginning with the ledger's); shipping waits for it, and ships nothing past it so that the stream never has a hole"
+    )]
+    Missing {
+        record: u64,
+        ledger: String,
+        /// What was found instead, said for people.
+        found: String,
+    },
+}
+
+/// One record as the shipper sends it: the ledger line itself, and what
+/// names it.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    pub record: u64,
+    pub engine: CompactString,
+    pub host: CompactString,
+    pub epoch: u64,
+    pub time_ms: u64,
+    /// The line as on disk, without its newline.
+    pub line: bytes::Bytes,
+}
+
+/// The fields of a ledger line that name it (the rest is carried as is).
+#[derive(Deserialize)]
+struct Head {
+    record: u64,
+    #[serde(default)]
+    engine: CompactString,
+    #[serde(default)]
+    host: CompactString,
+    #[serde(default)]
+    epoch: u64,
+    #[serde(default)]
+    time_ms: u64,
+}
+
+/// Reads a ledger's records in order, from a record number on.
+#[derive(Debug)]
+pub struct LedgerReader {
+    ledger: PathBuf,
+    /// The record to read next.
+    next: u64,
+    piece: Option<Piece>,
+}
+
+#[derive(Debug)]
+struct Piece {
+    path: PathBuf,
+    identity: (u64, u64),
+    reader: BufReader<File>,
+    /// Lines read so far (for errors).
+    line: u64,
+    /// The start of a line the writer has not finished yet.
+    partial: Vec<u8>,
+}
+
+impl LedgerReader {
+    /// A reader whose next record is `next` (found when first read).
+    pub fn new(ledger: &Path, next: u64) -> LedgerReader {
+        LedgerReader {
+            ledger: ledger.to_path_buf(),
+            next,
+            piece: None,
+        }
+    }
+
+    /// The record it reads next.
+    pub fn next_record(&self) -> u64 {
+        self.next
+    }
+
+    /// Appends to `out` the records from the next one up to `upto`, at
+    /// most `max`; fewer if the disk has no more yet.
+    pub fn read(
+        &mut self,
+        upto: u64,
+        max: usize,
+        out: &mut Vec<RawRecord>,
+    ) -> Result<(), PieceError> {
+        let start = out.len();
+        while self.next <= upto && out.len() - start < max {
+            if self.piece.is_none() {
+                self.piece = Some(locate(&self.ledger, self.next)?);
+            }
+            let piece = self.piece.as_mut().expect("located above");
+            match piece.next_line()? {
+                Some(record) if record.record < self.next => continue,
+                Some(record) if record.record > self.next => {
+                    let found = format!(
+                        " ({} jumps from record {} to {})",
+                        piece.path.display(),
+                        self.next - 1,
+                        record.record
+                    );
+                    return Err(self.missing(found));
+                }
+                Some(record) => {
+                    self.next = record.record + 1;
+                    out.push(record);
+                }
+                // This piece is read to its end, and a later one holds the
+                // rest if the file was rotated.
+                None => {
+                    let moved = std::fs::metadata(&self.ledger)
+                        .map(|m| (m.dev(), m.ino()) != piece.identity)
+                        .unwrap_or(true);
+                    if !moved {
+                        // Durable records always reach the file first: the
+                        // writer is mid-line, read again later.
+                        return Ok(());
+                    }
+                    let finished = piece.identity;
+                    let next = locate(&self.ledger, self.next)?;
+                    if next.identity == finished {
+                        return Err(self.missing(format!(
+                            " ({} ends at record {}, and no piece begins after it)",
+                            next.path.display(),
+                            self.next - 1
+                        )));
+                    }
+                    self.piece = Some(next);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LedgerReader {
+    fn missing(&mut self, found: String) -> PieceError {
+        // Found again from the start next time: the piece may come back.
+        self.piece = None;
+        PieceError::Missing {
+            record: self.next,
+            ledger: self.ledger.display().to_string(),
+            found,
+        }
+    }
+}
+
+impl Piece {
+    fn open(path: &Path) -> Result<Piece, PieceError> {
+        let unreadable = |source| PieceError::Unreadable {
+            file: path.display().to_string(),
+            source,
+        };
+        let file = File::open(path).map_err(unreadable)?;
+        let meta = file.metadata().map_err(unreadable)?;
+        Ok(Piece {
+            path: path.to_path_buf(),
+            identity: (meta.dev(), meta.ino()),
+            reader: BufReader::with_capacity(1 << 20, file),
+            line: 0,
+            partial: Vec::new(),
+        })
+    }
+
+    /// The next whole line's record; `None` at the end of what is written.
+    fn next_line(&mut self) -> Result<Option<RawRecord>, PieceError> {
+        let read = self
+            .reader
+            .read_until(b'\n', &mut self.partial)
+            .map_err(|source| PieceError::Unreadable {
+                file: self.path.display().to_string(),
+                source,
+            })?;
+        if read == 0 || self.partial.last() != Some(&b'\n') {
+            return Ok(None);
+        }
+        self.line += 1;
+        let raw = std::mem::take(&mut self.partial);
+        let length = raw.len() - 1;
+        let head: Head =
+            serde_json::from_slice(&raw[..length]).map_err(|e| PieceError::Damaged {
+                file: self.path.display().to_string(),
+                line: self.line,
+                reason: e.to_string(),
+            })?;
+        let mut line = bytes::Bytes::from(raw);
+        line.truncate(length);
+        Ok(Some(RawRecord {
+            record: head.record,
+            engine: head.engine,
+            host: head.host,
+            epoch: head.epoch,
+            time_ms: head.time_ms,
+            line,
+        }))
+    }
+
+    /// The first record's number (`None` for an empty file), the reader
+    /// left at the start.
+    fn first_record(&mut self) -> Result<Option<u64>, PieceError> {
+        let first = self.next_line()?.map(|r| r.record);
+        self.reader
+            .rewind()
+            .map_err(|source| PieceError::Unreadable {
+                file: self.path.display().to_string(),
+                source,
+            })?;
+        self.line = 0;
+        self.partial.clear();
+        Ok(first)
+    }
+}
+
+/// Endings of the files beside a ledger that are not pieces of it.
+const NOT_PIECES: [&str; 6] = [
+    ".checkpoint",
+    ".alive",
+    ".tmp",
+    ".shipped",
+    ".lock",
+    ".token",
+];
+
+/// Endings of compressed pieces, which the shipper cannot read.
+const COMPRESSED: [&str; 4] = [".gz", ".xz", ".zst", ".bz2"];
+
+/// The piece holding record `next`: of the ledger and the pieces beside
+/// it, the one whose first record is the highest at or below `next`.
+fn locate(ledger: &Path, next: u64) -> Result<Piece, PieceError> {
+    let dir = ledger
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = ledger
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut candidates = vec![ledger.to_path_buf()];
+    let mut compressed = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = file.strip_prefix(&name) else {
+                continue;
+            };
+            if !rest.starts_with(['.', '-', '_']) || NOT_PIECES.iter().any(|s| rest.ends_with(s)) {
+                continue;
+            }
+            if COMPRESSED.iter().any(|s| rest.ends_with(s)) {
+                compressed.push(file);
+                continue;
+            }
+            candidates.push(entry.path());
+        }
+    }
+    let mut best: Option<(u64, Piece)> = None;
+    let mut after: Option<u64> = None;
+    for path in candidates {
+        let mut piece = match Piece::open(&path) {
+            Ok(piece) => piece,
+            // The ledger itself may not exist yet (nothing written).
+            Err(_) if path == ledger => continue,
+            Err(e) => return Err(e),
+        };
+        let Some(first) = piece.first_record()? else {
+            continue;
+        };
+        if first > next {
+            after = Some(after.map_or(first, |a| a.min(first)));
+        } else if best.as_ref().is_none_or(|(b, _)| first > *b) {
+            best = Some((first, piece));
+        }
+    }
+    // A piece that starts below `next` holds it unless the pieces between
+    // are gone: then its records stop short, which reading finds out
+    // (records are consecutive); say which is missing here already when
+    // nothing starts at or below it.
+    match best {
+        Some((_, piece)) => Ok(piece),
+        None => Err(PieceError::Missing {
+            record: next,
+            ledger: ledger.display().to_string(),
+            found: describe(after, &compressed),
+        }),
+    }
+}
+
+fn describe(after: Option<u64>, compressed: &[String]) -> String {
+    let mut found = match after {
+        Some(first) => format!(" (the pieces there begin at record {first})"),
+        None => String::new(),
+    };
+    if !compressed.is_empty() {
+        found.push_str(&format!(
+            "; compressed pieces are not read ({}): decompress the one holding it",
+            compressed.join(", ")
+        ));
+    }
+    found
+}

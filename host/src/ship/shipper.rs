@@ -1,0 +1,396 @@
+//! The shipper: follows the ledger's durable mark and publishes every
+//! record to the stream, in order, acknowledged before the cursor moves.
+//!
+//! Records are read from the ledger file (after the writer made them
+//! durable: never from the writer's memory), published with up to
+//! `max_in_flight` acknowledgements outstanding, and the cursor is saved
+//! after the acknowledgements, at most every [`CURSOR_EVERY`] and at the
+//! stop. Any failure (NATS away, an acknowledgement late or refused, a
+//! ledger piece missing) drops what is in flight and starts again from the
+//! last acknowledged record after a pause: the stream's duplicate window
+//! drops what was stored already.
+
+use super::config::ShipConfig;
+use super::cursor::{self, Cursor};
+use super::pieces::{LedgerReader, RawRecord};
+use crate::cdr::DurableMark;
+use crate::metrics as m;
+use anyhow::Context;
+use async_nats::jetstream::{self, message::PublishMessage};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// How often the cursor is saved while records are acknowledged.
+pub const CURSOR_EVERY: Duration = Duration::from_millis(200);
+/// How long a stopping host waits for the acknowledgements in flight.
+pub const DRAIN: Duration = Duration::from_secs(2);
+/// The pause after a failure, doubling up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Durable marks remembered for the lag (older ones are merged).
+const MARKS_KEPT: usize = 4096;
+
+/// What `/status` and `legsync status` show of shipping.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShipStatus {
+    pub stream: String,
+    pub connected: bool,
+    /// The last record the stream acknowledged (and every one before it).
+    pub shipped: u64,
+    /// The last record durable in the ledger.
+    pub durable: u64,
+    pub behind_records: u64,
+    pub behind_seconds: f64,
+    /// Records the stream acknowledged since the start.
+    pub acknowledged: u64,
+    pub duplicates: u64,
+    /// Why shipping is interrupted, if it is.
+    pub error: Option<String>,
+}
+
+/// A shipper ready to run.
+pub struct Shipper {
+    config: ShipConfig,
+    ledger: PathBuf,
+    host: String,
+    marks: watch::Receiver<DurableMark>,
+    status: watch::Sender<ShipStatus>,
+    cursor: Cursor,
+    /// The cursor as last saved.
+    saved: u64,
+    /// Durable marks not yet acknowledged: (record, durable at, µs).
+    pending: VecDeque<(u64, u64)>,
+}
+
+impl Shipper {
+    /// A shipper for the ledger at `ledger`, written by `host`; reads the
+    /// cursor (a damaged or foreign one is refused, named).
+    pub fn new(
+        config: ShipConfig,
+        ledger: &Path,
+        host: &str,
+        marks: watch::Receiver<DurableMark>,
+    ) -> anyhow::Result<Shipper> {
+        let durable = *marks.borrow();
+        let path = cursor::cursor_path(ledger);
+        let mut cursor = cursor::read(&path, host, durable.record)?;
+        cursor.host = host.to_string();
+        let (status, _) = watch::channel(ShipStatus {
+            stream: config.stream.clone(),
+            shipped: cursor.record,
+            durable: durable.record,
+            behind_records: durable.record - cursor.record,
+            ..Default::default()
+        });
+        let mut pending = VecDeque::new();
+        if durable.record > cursor.record {
+            // Their age is found when they are read (their own time).
+            pending.push_back((durable.record, 0));
+        }
+        for name in [m::SHIP_RECORDS, m::SHIP_DUPLICATES, m::SHIP_FAILURES] {
+            metrics::counter!(name).absolute(0);
+        }
+        Ok(Shipper {
+            saved: cursor.record,
+            config,
+            ledger: ledger.to_path_buf(),
+            host: host.to_string(),
+            marks,
+            status,
+            cursor,
+            pending,
+        })
+    }
+
+    pub fn status(&self) -> watch::Receiver<ShipStatus> {
+        self.status.subscribe()
+    }
+
+    /// Ships until `shutdown`, then waits up to [`DRAIN`] for what is in
+    /// flight and saves the cursor.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let name = format!("legsync {}", self.host);
+        let mut pause = RETRY_FIRST;
+        let (client, jetstream) = loop {
+            match super::connect(&self.config, &name, true).await {
+                Ok(connected) => break connected,
+                Err(e) => {
+                    self.failed(&e);
+                    if !wait(&shutdown, RETRY_MAX).await {
+                        return;
+                    }
+                }
+            }
+        };
+        tracing::info!(stream = %self.config.stream, servers = %self.config.servers.join(", "), from = self.cursor.record + 1, "shipping the ledger to the fleet stream");
+        let mut stream_ready = false;
+        while !shutdown.is_cancelled() {
+            let connected = client.connection_state() == async_nats::connection::State::Connected;
+            let shipped = match stream_ready {
+                true => self.ship(&client, &jetstream, &shutdown).await,
+                false => self.ensure_stream(&jetstream).await.map(|()| {
+                    stream_ready = true;
+                    pause = RETRY_FIRST;
+                }),
+            };
+            match shipped {
+                Ok(()) => {}
+                Err(e) => {
+                    if connected {
+                        self.failed(&e);
+                    } else {
+                        self.failed(&anyhow::anyhow!(
+                            "NATS is away ({}): {e:#}",
+                            self.config.servers.join(", ")
+                        ));
+                    }
+                    if !wait(&shutdown, pause).await {
+                        break;
+                    }
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+            }
+            if self.status.borrow().error.is_none() {
+                pause = RETRY_FIRST;
+            }
+        }
+        self.save_cursor().await;
+        metrics::gauge!(m::SHIP_CONNECTED).set(0.0);
+    }
+
+    /// Finds the stream, or creates it with `[ship]`'s settings.
+    async fn ensure_stream(&mut self, jetstream: &jetstream::Context) -> anyhow::Result<()> {
+        let config = jetstream::stream::Config {
+            name: self.config.stream.clone(),
+            subjects: vec![format!("{}.>", self.config.subject_prefix)],
+            num_replicas: self.config.replicas,
+            duplicate_window: self.config.duplicate_window(),
+            max_age: Duration::from_secs(self.config.max_age_days * 86_400),
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        jetstream
+            .get_or_create_stream(config)
+            .await
+            .with_context(|| format!("cannot find or create the stream {}", self.config.stream))?;
+        Ok(())
+    }
+
+    /// Publishes from the record after the cursor on, until `shutdown` (Ok)
+    /// or a failure (Err: in-flight records are sent again).
+    async fn ship(
+        &mut self,
+        client: &async_nats::Client,
+        jetstream: &jetstream::Context,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let max = self.config.max_in_flight;
+        let mut reader = Some(LedgerReader::new(&self.ledger, self.cursor.record + 1));
+        let mut in_flight = FuturesOrdered::new();
+        let mut tick = tokio::time::interval(CURSOR_EVERY);
+        let mut draining: Option<Instant> = None;
+        loop {
+            let durable = self.note_mark();
+            let room = max - in_flight.len();
+            let next = reader.as_ref().map_or(u64::MAX, LedgerReader::next_record);
+            if draining.is_none() && room > 0 && next <= durable {
+                let taken = reader.take().expect("kept between reads");
+                let (back, records) = read(&self.ledger, taken, durable, room).await;
+                reader = Some(back);
+                let records = records?;
+                for record in records {
+                    self.age_from(&record);
+                    let subject =
+                        super::subject(&self.config.subject_prefix, &record.engine, &record.host);
+                    let id = super::message_id(
+                        &record.engine,
+                        &record.host,
+                        record.epoch,
+                        record.record,
+                    );
+                    let ack = jetstream
+                        .send_publish(
+                            subject,
+                            PublishMessage::build().payload(record.line).message_id(id),
+                        )
+                        .await
+                        .context("cannot publish to the stream")?;
+                    let number = record.record;
+                    in_flight.push_back(async move { (number, ack.await) });
+                }
+                self.report(client);
+                continue;
+            }
+            if draining.is_none() && shutdown.is_cancelled() {
+                draining = Some(Instant::now() + DRAIN);
+            }
+            if let Some(until) = draining
+                && (in_flight.is_empty() || Instant::now() >= until)
+            {
+                return Ok(());
+            }
+            tokio::select! {
+                acked = in_flight.next(), if !in_flight.is_empty() => {
+                    let (record, ack) = acked.expect("not empty");
+                    let ack = ack.with_context(|| format!("the stream did not acknowledge record {record}"))?;
+                    self.acknowledged(record, ack.duplicate);
+                }
+                changed = self.marks.changed(), if draining.is_none() => {
+                    if changed.is_err() {
+                        // The writer is gone: the host is stopping.
+                        draining.get_or_insert(Instant::now() + DRAIN);
+                    }
+                }
+                _ = shutdown.cancelled(), if draining.is_none() => {}
+                _ = tick.tick() => {
+                    self.save_cursor().await;
+                    self.report(client);
+                }
+                _ = tokio::time::sleep(DRAIN), if draining.is_some() => {}
+            }
+        }
+    }
+
+    /// The latest durable record, its mark remembered for the lag.
+    fn note_mark(&mut self) -> u64 {
+        let mark = *self.marks.borrow_and_update();
+        if mark.record > self.cursor.record
+            && self.pending.back().is_none_or(|&(r, _)| r < mark.record)
+        {
+            if self.pending.len() >= MARKS_KEPT {
+                // Merged into the last: the lag errs on the long side.
+                if let Some(last) = self.pending.back_mut() {
+                    last.0 = mark.record;
+                }
+            } else {
+                self.pending.push_back((mark.record, mark.at_us));
+            }
+        }
+        mark.record
+    }
+
+    /// Records from before this start have no mark: their age is their
+    /// own time.
+    fn age_from(&mut self, record: &RawRecord) {
+        if let Some(front) = self.pending.front_mut()
+            && front.1 == 0
+        {
+            front.1 = record.time_ms * 1000;
+        }
+    }
+
+    fn acknowledged(&mut self, record: u64, duplicate: bool) {
+        self.cursor.record = record;
+        metrics::counter!(m::SHIP_RECORDS).increment(1);
+        if duplicate {
+            metrics::counter!(m::SHIP_DUPLICATES).increment(1);
+        }
+        let now = crate::model::now_us();
+        while let Some(&(covered, at_us)) = self.pending.front() {
+            if covered > record {
+                break;
+            }
+            if at_us > 0 {
+                metrics::histogram!(m::SHIP_LAG_SECONDS)
+                    .record(now.saturating_sub(at_us) as f64 / 1e6);
+            }
+            self.pending.pop_front();
+        }
+        self.status.send_modify(|s| {
+            s.acknowledged += 1;
+            s.duplicates += u64::from(duplicate);
+            s.error = None;
+        });
+    }
+
+    /// Publishes the lag and the connection state.
+    fn report(&self, client: &async_nats::Client) {
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        let durable = self.marks.borrow().record;
+        let behind = durable.saturating_sub(self.cursor.record);
+        let now = crate::model::now_us();
+        let seconds = match self.pending.front() {
+            Some(&(_, at_us)) if behind > 0 && at_us > 0 => now.saturating_sub(at_us) as f64 / 1e6,
+            _ => 0.0,
+        };
+        metrics::gauge!(m::SHIP_CONNECTED).set(f64::from(u8::from(connected)));
+        metrics::gauge!(m::SHIP_BEHIND_RECORDS).set(behind as f64);
+        metrics::gauge!(m::SHIP_BEHIND_SECONDS).set(seconds);
+        self.status.send_modify(|s| {
+            s.connected = connected;
+            s.shipped = self.cursor.record;
+            s.durable = durable;
+            s.behind_records = behind;
+            s.behind_seconds = seconds;
+        });
+    }
+
+    fn failed(&self, error: &anyhow::Error) {
+        let error = format!("{error:#}");
+        metrics::counter!(m::SHIP_FAILURES).increment(1);
+        metrics::gauge!(m::SHIP_CONNECTED).set(0.0);
+        let repeated = self.status.borrow().error.as_deref() == Some(error.as_str());
+        if !repeated {
+            tracing::warn!(error = %error, shipped = self.cursor.record, "shipping interrupted; the ledger keeps every record, and shipping resumes from the last acknowledged one");
+        }
+        self.status.send_modify(|s| {
+            s.error = Some(error);
+            s.connected = false;
+        });
+    }
+
+    /// Saves the cursor if it moved (off the runtime's threads).
+    async fn save_cursor(&mut self) {
+        if self.cursor.record == self.saved {
+            return;
+        }
+        let (path, cursor) = (cursor::cursor_path(&self.ledger), self.cursor.clone());
+        let record = cursor.record;
+        let saved = tokio::task::spawn_blocking(move || cursor::write(&path, &cursor)).await;
+        match saved {
+            Ok(Ok(())) => self.saved = record,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, file = %cursor::cursor_path(&self.ledger).display(), "cannot save the shipping cursor (a restart sends more again; the stream drops the duplicates)")
+            }
+            Err(e) => tracing::warn!(error = %e, "the cursor's writer failed"),
+        }
+    }
+}
+
+/// Reads up to `max` records through `upto` on a blocking thread (the
+/// ledger is a file), handing the reader back.
+async fn read(
+    ledger: &Path,
+    mut reader: LedgerReader,
+    upto: u64,
+    max: usize,
+) -> (LedgerReader, anyhow::Result<Vec<RawRecord>>) {
+    let next = reader.next_record();
+    let ledger_reader = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::with_capacity(max.min(4096));
+        let read = reader.read(upto, max, &mut out).map(|()| out);
+        (reader, read)
+    })
+    .await;
+    match ledger_reader {
+        Ok((reader, read)) => (reader, read.map_err(anyhow::Error::from)),
+        Err(e) => (
+            LedgerReader::new(ledger, next),
+            Err(anyhow::anyhow!("the ledger reader failed: {e}")),
+        ),
+    }
+}
+
+/// Waits `pause`; false if `shutdown` came first.
+async fn wait(shutdown: &CancellationToken, pause: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(pause) => true,
+    }
+}

@@ -1,0 +1,139 @@
+//! Reading the fleet stream back for billing: each host's records of each
+//! engine (one subject) become a ledger piece, so that `legsync cdr bill`
+//! and `cdr check` apply the same rules to the stream as to files.
+
+use super::config::ShipConfig;
+use crate::cdr::bill::Line;
+use anyhow::Context;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use futures_util::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// What to read of the stream.
+#[derive(Debug, Clone, Default)]
+pub struct StreamQuery {
+    /// Engines to read (their names); empty: the whole fleet.
+    pub engines: Vec<String>,
+    /// Only messages stored from this time on (Unix ms), with a margin for
+    /// the clocks of hosts and servers ([`CLOCK_MARGIN`]).
+    pub since_ms: Option<u64>,
+}
+
+/// How much earlier than `since` the stream is read: records are stored
+/// after they are written, but a host's clock may run ahead of the
+/// servers'.
+pub const CLOCK_MARGIN: Duration = Duration::from_secs(600);
+
+/// The stream, read.
+#[derive(Debug, Default)]
+pub struct StreamRead {
+    /// One piece per subject, named `<stream> <subject>`, its line numbers
+    /// the messages' stream sequences.
+    pub ledgers: Vec<(String, Vec<Line>)>,
+    /// Messages read.
+    pub messages: u64,
+    /// Messages that repeated a record already read, byte for byte
+    /// (published again after the stream's duplicate window): taken once.
+    pub duplicates: u64,
+}
+
+/// Reads what `query` asks of the stream `[ship]` names.
+pub async fn read(config: &ShipConfig, query: &StreamQuery) -> anyhow::Result<StreamRead> {
+    let (client, jetstream) = super::connect(config, "legsync cdr", false).await?;
+    let stream = jetstream
+        .get_stream(&config.stream)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the stream {} at {}",
+                config.stream,
+                config.servers.join(", ")
+            )
+        })?;
+    let filters: Vec<String> = if query.engines.is_empty() {
+        vec![format!("{}.>", config.subject_prefix)]
+    } else {
+        query
+            .engines
+            .iter()
+            .map(|engine| format!("{}.{}.>", config.subject_prefix, super::token(engine)))
+            .collect()
+    };
+    let deliver_policy = match query.since_ms {
+        None => DeliverPolicy::All,
+        Some(since) => {
+            let from = since.saturating_sub(CLOCK_MARGIN.as_millis() as u64);
+            DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(from) * 1_000_000,
+                )
+                .context("--since is out of range")?,
+            }
+        }
+    };
+    let mut pieces: BTreeMap<String, Vec<Line>> = BTreeMap::new();
+    // Each subject's records by number: the payload first read.
+    let mut seen: HashMap<(String, u64), bytes::Bytes> = HashMap::new();
+    let mut read = StreamRead::default();
+    for filter in filters {
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: filter.clone(),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("cannot read {filter} from the stream {}", config.stream))?;
+        if consumer.cached_info().num_pending == 0 {
+            continue;
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .with_context(|| format!("cannot read {filter} from the stream {}", config.stream))?;
+        while let Some(message) = messages.next().await {
+            let message = message
+                .with_context(|| format!("reading {filter} from the stream {}", config.stream))?;
+            let info = message
+                .info()
+                .map_err(|e| anyhow::anyhow!("a message without its stream position: {e}"))?;
+            let (sequence, pending) = (info.stream_sequence, info.pending);
+            let subject = message.subject.to_string();
+            let payload = message.message.payload.clone();
+            read.messages += 1;
+            let record = serde_json::from_slice::<crate::cdr::record::CdrRecord>(&payload)
+                .map_err(|e| e.to_string());
+            if let Ok(record) = &record {
+                let key = (subject.clone(), record.record);
+                match seen.get(&key) {
+                    Some(first) if *first == payload => {
+                        read.duplicates += 1;
+                        if pending == 0 {
+                            break;
+                        }
+                        continue;
+                    }
+                    Some(_) => {}
+                    None => {
+                        seen.insert(key, payload);
+                    }
+                }
+            }
+            pieces
+                .entry(format!("{} {subject}", config.stream))
+                .or_default()
+                .push(Line {
+                    number: sequence as usize,
+                    record,
+                    torn: false,
+                });
+            if pending == 0 {
+                break;
+            }
+        }
+    }
+    drop(client);
+    read.ledgers = pieces.into_iter().collect();
+    Ok(read)
+}
