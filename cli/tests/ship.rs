@@ -31,11 +31,16 @@ fn ship_section(cluster: &NatsCluster, more: &str) -> String {
     format!("\n[ship]\nservers = {}\n{more}", cluster.servers_toml())
 }
 
-/// A host on its own engine, shipping to `cluster`, with `calls` calls
-/// answered before it starts.
+/// A host on its own engine (`gw-1`), shipping to `cluster`, with `calls`
+/// calls answered before it starts.
 async fn shipping_host(cluster: &NatsCluster, calls: usize) -> HostTrial {
+    shipping_host_on(cluster, "gw-1", calls).await
+}
+
+/// [`shipping_host`] on the engine named `engine`.
+async fn shipping_host_on(cluster: &NatsCluster, engine: &str, calls: usize) -> HostTrial {
     let ship = ship_section(cluster, "");
-    HostTrial::start(None, &[("nap-a", calls)], "", move |_| ship).await
+    HostTrial::start_engine(engine, None, &[("nap-a", calls)], "", move |_| ship).await
 }
 
 /// Waits until the host's `/status` says every durable record is shipped,
@@ -149,6 +154,15 @@ fn ledger_records(trial: &HostTrial) -> u64 {
     legsync::cdr::CdrWriter::read_all(&ledger).unwrap().len() as u64
 }
 
+/// Waits until the ledger holds at least `records` records.
+async fn wait_ledger(trial: &HostTrial, records: u64) {
+    let deadline = Instant::now() + WAIT;
+    while ledger_records(trial) < records {
+        assert!(Instant::now() < deadline, "the ledger never reached {records} records");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_host_resumes_from_its_cursor_and_a_lost_cursor_sends_only_duplicates() {
     let Some(cluster) = cluster().await else {
@@ -255,4 +269,128 @@ async fn with_nats_away_the_host_runs_on_and_catches_up() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(from_stream, bill_files(&[&ledger]));
     trial.stop().await;
+}
+
+/// Moves the ledger away as logrotate does and tells the host to reopen.
+fn rotate(trial: &HostTrial, piece: &str) -> std::path::PathBuf {
+    let ledger = trial.dir.path().join("cdr.jsonl");
+    let rotated = trial.dir.path().join(piece);
+    std::fs::rename(&ledger, &rotated).unwrap();
+    let (code, said) = trial.command("reopen", &[]);
+    assert_eq!(code, Some(0), "{said}");
+    rotated
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_behind_a_rotation_ships_from_the_rotated_piece_and_waits_for_a_missing_one() {
+    let Some(mut cluster) = cluster().await else { return };
+    let mut trial = shipping_host(&cluster, 20).await;
+    shipped(&trial, ledger_records(&trial)).await;
+    // NATS away: what follows is not shipped before the host stops.
+    cluster.kill_all().await.unwrap();
+    let before = ledger_records(&trial);
+    add_calls(&trial.sim, "nap-b", 10).await;
+    wait_ledger(&trial, before + 10).await;
+    let first_piece = rotate(&trial, "cdr.jsonl-20261206-1");
+    for leg in 1..=6 {
+        trial.sim.ok(&format!("release {leg}")).await.unwrap();
+    }
+    trial.wait_events("call-leg-terminated", 6).await;
+    trial.host.stop().await.unwrap();
+
+    // The piece holding the next record to ship is compressed away: the
+    // restarted host says which record it waits for, and ships nothing.
+    let hidden = trial.dir.path().join("cdr.jsonl-20261206-1.gz");
+    std::fs::rename(&first_piece, &hidden).unwrap();
+    cluster.restart_all().await.unwrap();
+    trial.start_again().await;
+    trial.resyncs(2).await;
+    let cursor: u64 = std::fs::read_to_string(trial.dir.path().join("cdr.jsonl.shipped"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let error = loop {
+        let status = trial.get("/status").await;
+        if let Some(error) = status["ship"]["error"].as_str() {
+            break error.to_string();
+        }
+        assert!(Instant::now() < deadline, "no shipping error shown: {status}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        error.contains(&format!("record {} is in no file beside the ledger", cursor + 1))
+            && error.contains("cdr.jsonl-20261206-1.gz")
+            && error.contains("decompress"),
+        "{error}"
+    );
+    assert_eq!(trial.get("/status").await["ship"]["shipped"], cursor);
+
+    // Put back, it is found (the shipper looks again) and everything ships.
+    std::fs::rename(&hidden, &first_piece).unwrap();
+    let ledger = trial.dir.path().join("cdr.jsonl");
+    let all = legsync::cdr::CdrWriter::read_all(&first_piece).unwrap().len()
+        + legsync::cdr::CdrWriter::read_all(&ledger).unwrap().len();
+    let ship = shipped(&trial, all as u64).await;
+    assert!(ship["error"].is_null(), "{ship}");
+    let (code, from_stream, err) = bill_stream(&cluster, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(from_stream, bill_files(&[&first_piece, &ledger]));
+    trial.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hole_in_the_stream_is_named_and_not_billed_and_engines_are_read_apart() {
+    let Some(cluster) = cluster().await else { return };
+    let one = shipping_host_on(&cluster, "gw-1", 12).await;
+    let two = shipping_host_on(&cluster, "gw.2", 7).await;
+    shipped(&one, ledger_records(&one)).await;
+    shipped(&two, ledger_records(&two)).await;
+    let file = |trial: &HostTrial| trial.dir.path().join("cdr.jsonl");
+    // The fleet, one engine, a set; both hosts are named `pri` (each in
+    // its own engine's pair).
+    let (code, out, err) = bill_stream(&cluster, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, bill_files(&[&file(&one), &file(&two)]));
+    let (code, out, err) = bill_stream(&cluster, &["--engine", "gw.2"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, bill_files(&[&file(&two)]));
+    assert_eq!(out.lines().count(), 7);
+    let (code, out, err) = bill_stream(&cluster, &["--engine", "gw-1", "--engine", "gw.2"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.lines().count(), 19, "{out}");
+    // A time window: calls answered from now on (none yet, then one).
+    let now = legsync::model::now_ms().to_string();
+    let before = ledger_records(&two);
+    add_calls(&two.sim, "nap-late", 1).await;
+    shipped(&two, before + 1).await;
+    let (code, out, err) = bill_stream(&cluster, &["--since", &now]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("nap-late"), "{out}");
+    let (code, out, err) = bill_stream(&cluster, &["--until", &now]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.lines().count(), 19, "{out}");
+    let engine_one = "gw-1";
+
+    // A message lost from the stream (deleted by hand here).
+    let subject = legsync::ship::subject("legsync.cdr", engine_one, "pri");
+    cluster.lose_record("LEGSYNC_CDR", &subject, 5).await.unwrap();
+    let url = cluster.urls()[0].clone();
+    let (code, out, err) = cdr(&["check", "--nats", &url, "--engine", engine_one]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("records 5 to 5 of host `pri` are missing"),
+        "{err}"
+    );
+    let (code, _, err) = bill_stream(&cluster, &["--engine", engine_one]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("records 5 to 5 of host `pri` are missing") && err.contains("not billed"), "{err}");
+    let (code, _, err) = bill_stream(&cluster, &["--engine", engine_one, "--partial"]);
+    assert_eq!(code, Some(0), "{err}");
+    one.stop().await;
+    two.stop().await;
 }

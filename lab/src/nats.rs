@@ -199,6 +199,30 @@ impl NatsCluster {
         )
     }
 
+    /// Deletes from `stream` the message holding ledger record `record`
+    /// of `subject` (a message lost, for the tests of the gap report);
+    /// returns its stream sequence.
+    pub async fn lose_record(&self, stream: &str, subject: &str, record: u64) -> anyhow::Result<u64> {
+        let client = async_nats::connect(self.urls()[0].as_str()).await?;
+        let jetstream = async_nats::jetstream::new(client);
+        let mut stream = jetstream.get_stream(stream).await?;
+        let last = stream.info().await?.state.last_sequence;
+        for sequence in 1..=last {
+            let Ok(message) = stream.get_raw_message(sequence).await else {
+                continue;
+            };
+            if message.subject.as_str() != subject {
+                continue;
+            }
+            let head: serde_json::Value = serde_json::from_slice(&message.payload)?;
+            if head["record"].as_u64() == Some(record) {
+                anyhow::ensure!(stream.delete_message(sequence).await?, "not deleted");
+                return Ok(sequence);
+            }
+        }
+        anyhow::bail!("record {record} of {subject} is not in the stream")
+    }
+
     async fn probe(&self) -> anyhow::Result<()> {
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(1))

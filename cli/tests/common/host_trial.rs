@@ -37,12 +37,24 @@ impl HostTrial {
         top: &str,
         setup: impl FnOnce(&Path) -> String,
     ) -> HostTrial {
+        Self::start_engine("engine-sim", preload, before, top, setup).await
+    }
+
+    /// [`HostTrial::start`] with an engine of its own name (the fleet's
+    /// engines differ by name).
+    pub async fn start_engine(
+        engine: &str,
+        preload: Option<u64>,
+        before: &[(&str, usize)],
+        top: &str,
+        setup: impl FnOnce(&Path) -> String,
+    ) -> HostTrial {
         let dir = tempfile::tempdir().unwrap();
         let sim = SimProcess::spawn(
             exe(),
             &dir.path().join("engine.state"),
             preload,
-            &["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "1000"],
+            &["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "1000", "--name", engine],
         )
         .await
         .unwrap();
