@@ -60,7 +60,21 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
 /// its host name), the engine link's TLS files, the admin address.
 fn check_host(config: &HostConfig, problems: &mut Vec<String>) {
     match legsync::cdr::CdrWriter::verify(&config.cdr, &config.name) {
-        Ok(open) => println!("ok   ledger {} ({open} calls open)", config.cdr.display()),
+        Ok((open, last_record)) => {
+            println!("ok   ledger {} ({open} calls open)", config.cdr.display());
+            if config.ship.is_some() {
+                // The shipping cursor, as `run` reads it at start.
+                let cursor = legsync::ship::cursor::cursor_path(&config.cdr);
+                match legsync::ship::cursor::read(&cursor, &config.name, last_record) {
+                    Ok(shipped) => println!(
+                        "ok   shipping cursor {} (shipped through record {} of {last_record})",
+                        cursor.display(),
+                        shipped.record
+                    ),
+                    Err(e) => problems.push(format!("{e:#}")),
+                }
+            }
+        }
         Err(e) => problems.push(format!("{e:#}")),
     }
     // As `run` loads it, for the engine the config names (without one,

@@ -43,7 +43,10 @@ mod common;
 
 use common::world::WAIT;
 use legsync::cdr::bill::{self, CallState};
+use legsync::ship::config::ShipConfig;
+use legsync::ship::stream::{StreamQuery, StreamRead};
 use legsync_lab::demo::host_process::{HostProcess, count_lines, wait_for_count};
+use legsync_lab::nats::{NatsCluster, nats_server};
 use legsync_lab::sim::history::{History, HistoryKind};
 use legsync_lab::sim::process::SimProcess;
 use std::collections::BTreeMap;
@@ -133,11 +136,17 @@ struct Run {
     blind: Vec<(u64, u64)>,
     /// What was done, for the failure report.
     log: Vec<String>,
+    /// When the engine was killed: a call it lost ended before one of them.
+    engine_kills: Vec<u64>,
     refusing: bool,
     /// Calls answered and released in the background, through every fault.
     traffic: Option<Background>,
     /// A checkpoint kept from an earlier rotation, to put back as a stale one.
     old_checkpoint: Option<Vec<u8>>,
+    /// With the fleet stream: the JetStream cluster every host ships to,
+    /// and, once healed, what the stream holds.
+    nats: Option<NatsCluster>,
+    stream: Option<StreamRead>,
 }
 
 /// A task that keeps `engine-sim` generating calls (its `traffic` command,
@@ -165,7 +174,7 @@ fn write_rules(path: &Path, refuse_b: bool) {
 }
 
 impl Run {
-    async fn start(hosts: usize) -> Run {
+    async fn start(hosts: usize, nats: Option<NatsCluster>) -> Run {
         let dir = tempfile::tempdir().unwrap();
         let plugins = dir.path().join("plugins.d");
         std::fs::create_dir(&plugins).unwrap();
@@ -201,9 +210,12 @@ impl Run {
             joined: Vec::new(),
             blind: Vec::new(),
             log: Vec::new(),
+            engine_kills: Vec::new(),
             refusing: false,
             traffic: None,
             old_checkpoint: None,
+            nats,
+            stream: None,
         };
         for (i, name) in HOST_NAMES.iter().take(hosts).enumerate() {
             run.spawn_host(name, &plugins);
@@ -289,13 +301,17 @@ impl Run {
             format!(
                 "engine = \"{}\"\nname = \"{name}\"\nadmin = \"127.0.0.1:0\"\ngrace_secs = {}\ncdr = \"{}\"\nevents = \"{}\"\n\
                  [link]\nheartbeat_ms = 100\nheartbeat_timeout_ms = 600\nbackoff_base_ms = 50\nbackoff_max_ms = 400\nstandby_retry_ms = 100\n\
-                 [policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n",
+                 [policy]\nplugin_dir = \"{}\"\ncache_dir = \"{}\"\n{}",
                 self.sim.listen,
                 GRACE_MS as f64 / 1000.0,
                 dir.join(format!("cdr-{name}.jsonl")).display(),
                 dir.join(format!("events-{name}.jsonl")).display(),
                 plugins.display(),
                 cache.display(),
+                self.nats.as_ref().map_or(String::new(), |nats| format!(
+                    "[ship]\nservers = {}\n",
+                    nats.servers_toml()
+                )),
             ),
         )
         .unwrap();
@@ -455,6 +471,9 @@ impl Run {
     }
 
     async fn step(&mut self, rng: &mut Rng) {
+        if self.nats.is_some() && rng.below(8) == 0 {
+            return self.nats_fault(rng).await;
+        }
         // Mostly recent legs: old ones are likely gone.
         let recent = &self.legs[self.legs.len().saturating_sub(8)..];
         let leg = rng.pick(recent);
@@ -505,14 +524,14 @@ impl Run {
                 // reach the host.
                 let start = now() - 500;
                 self.log.push("engine kill -9, back at once".into());
-                self.sim.crash().await.unwrap();
+                self.crash_engine().await;
                 self.sim.start_again().await.unwrap();
                 self.blind_from(start);
             }
             72..=74 => {
                 let start = now() - 500;
                 self.log.push("engine kill -9, down past grace".into());
-                self.sim.crash().await.unwrap();
+                self.crash_engine().await;
                 self.sim_up = false;
                 tokio::time::sleep(Duration::from_millis(GRACE_MS + 500)).await;
                 self.sim.start_again().await.unwrap();
@@ -551,7 +570,7 @@ impl Run {
                     "engine kill -9; host kill -9 at {at} ms (mid-purge); both back"
                 ));
                 let host = self.active().await;
-                self.sim.crash().await.unwrap();
+                self.crash_engine().await;
                 tokio::time::sleep(Duration::from_millis(at)).await;
                 self.hosts[host].crash().await.unwrap();
                 self.sim.start_again().await.unwrap();
@@ -652,6 +671,95 @@ impl Run {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
         }
+    }
+
+    /// A fault of the fleet stream, while hosts ship: a node killed and
+    /// back, the whole cluster away and back, or the cluster away until a
+    /// backlog builds and the active host killed in the middle of
+    /// publishing it once the cluster is back. None of it blinds a host.
+    async fn nats_fault(&mut self, rng: &mut Rng) {
+        let nats = self.nats.as_mut().expect("with the stream");
+        let ms = 200 + rng.below(1_500);
+        match rng.below(3) {
+            0 => {
+                let node = rng.below(3) as usize;
+                self.log
+                    .push(format!("NATS node n{node} kill -9, back after {ms} ms"));
+                nats.kill(node).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                nats.restart(node).await.unwrap();
+            }
+            1 => {
+                self.log.push(format!("NATS cluster away for {ms} ms"));
+                nats.kill_all().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                nats.restart_all().await.unwrap();
+            }
+            _ => {
+                let at = rng.below(300);
+                nats.kill_all().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                nats.restart_all().await.unwrap();
+                let host = self.active().await;
+                self.log.push(format!(
+                    "NATS cluster away for {ms} ms; back, host {} kill -9 at {at} ms (mid-publish), restart",
+                    HOST_NAMES[host]
+                ));
+                let start = now() - 1_000;
+                tokio::time::sleep(Duration::from_millis(at)).await;
+                self.hosts[host].crash().await.unwrap();
+                self.hosts[host].start().unwrap();
+                self.blind_from(start);
+            }
+        }
+    }
+
+    /// kill -9 of the engine, remembered.
+    async fn crash_engine(&mut self) {
+        self.engine_kills.push(now());
+        self.sim.crash().await.unwrap();
+    }
+
+    /// With the stream: waits until every host has shipped its whole
+    /// ledger (its cursor at its last record), then reads the stream.
+    async fn read_stream(&mut self) {
+        let Some(nats) = &mut self.nats else { return };
+        nats.restart_all().await.unwrap();
+        let urls = nats.urls();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        for name in HOST_NAMES.iter().take(self.hosts.len()) {
+            let ledger = self.dir.path().join(format!("cdr-{name}.jsonl"));
+            let cursor = ledger.with_extension("jsonl.shipped");
+            let last = bill::records(&bill::read_ledgers(&self.ledgers()).unwrap())
+                .iter()
+                .filter(|r| r.host == *name)
+                .map(|r| r.record)
+                .max()
+                .unwrap_or(0);
+            loop {
+                let shipped: u64 = std::fs::read_to_string(&cursor)
+                    .ok()
+                    .and_then(|t| t.split_whitespace().next()?.parse().ok())
+                    .unwrap_or(0);
+                if shipped >= last {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "host {name} shipped through record {shipped} of {last} only"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let ship = ShipConfig::for_servers(urls);
+        let read = legsync::ship::stream::read(&ship, &StreamQuery::default())
+            .await
+            .unwrap();
+        self.log.push(format!(
+            "stream: {} messages, {} repeated past the duplicate window",
+            read.messages, read.duplicates
+        ));
+        self.stream = Some(read);
     }
 
     /// Issue 28's F-a5: the active is killed, the standby takes over, the
@@ -831,12 +939,12 @@ impl Run {
             .and_then(|text| text.trim().parse().ok())
             .unwrap_or(0);
         let ahead = (legsync::model::now_us() + 86_400_000_000).max(stored + 1_000_000);
-        self.sim.crash().await.unwrap();
+        self.crash_engine().await;
         std::fs::write(&store, format!("{ahead}\n")).unwrap();
         self.sim.start_again().await.unwrap();
         self.wait_in_sync().await;
         // Lost: the clock's epochs are a day behind the ledgers'.
-        self.sim.crash().await.unwrap();
+        self.crash_engine().await;
         std::fs::remove_file(&store).unwrap();
         self.sim.start_again().await.unwrap();
         let refused = self.dir.path().join(format!("host-{}.log", HOST_NAMES[0]));
@@ -851,7 +959,7 @@ impl Run {
         ));
         assert!(seen.is_ok(), "no host refused the epoch that went back");
         // Back, ahead of everything the ledgers hold.
-        self.sim.crash().await.unwrap();
+        self.crash_engine().await;
         std::fs::write(&store, format!("{}\n", ahead + 1_000_000)).unwrap();
         self.sim.start_again().await.unwrap();
         self.blind_from(start);
@@ -953,6 +1061,7 @@ impl Run {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        self.read_stream().await;
         for host in &mut self.hosts {
             host.stop().await.unwrap();
         }
@@ -1020,6 +1129,23 @@ impl Run {
         let ledgers = bill::read_ledgers(&self.ledgers()).unwrap();
         problems.extend(bill::check(&ledgers));
         let billed = bill::bill(&bill::records(&ledgers));
+        if let Some(stream) = &self.stream {
+            // The stream holds every record of every host from the first:
+            // checked as whole ledgers, and billed as the files are.
+            problems.extend(
+                bill::check(&stream.ledgers)
+                    .into_iter()
+                    .map(|p| format!("in the stream: {p}")),
+            );
+            let from_stream = bill::bill(&bill::records(&stream.ledgers));
+            if from_stream != billed {
+                problems.push(format!(
+                    "the stream's bill ({} calls) differs from the files' ({} calls)",
+                    from_stream.len(),
+                    billed.len()
+                ));
+            }
+        }
         let mut by_key: BTreeMap<Key, &bill::BilledCall> = BTreeMap::new();
         for call in &billed {
             let key = call.key();
@@ -1054,7 +1180,15 @@ impl Run {
                     None => (t, t.saturating_sub(1_500), t + 1_500),
                 },
                 Ended::LostTerminating(t) | Ended::LostInRestart(t) => {
-                    let Some((a, b)) = self.disruptions().into_iter().find(|&(_, b)| b >= t) else {
+                    // The disruption of the first engine kill after its
+                    // last line lost it (a call answered in the tail of an
+                    // earlier disruption lives until the next kill).
+                    let kill = self.engine_kills.iter().copied().find(|&k| k >= t);
+                    let lost_in = self.disruptions().into_iter().find(|&(a, b)| match kill {
+                        Some(k) => a <= k && k <= b,
+                        None => b >= t,
+                    });
+                    let Some((a, b)) = lost_in else {
                         problems.push(format!(
                             "leg {} vanished while terminating with no engine restart after",
                             key.leg
@@ -1112,16 +1246,25 @@ impl Run {
     }
 }
 
-async fn one_history(seed: u64, ops: usize, hosts: usize) -> (usize, usize) {
+async fn one_history(seed: u64, ops: usize, hosts: usize, stream: bool) -> (usize, usize) {
     let mut rng = Rng(seed);
-    let mut run = Run::start(hosts).await;
+    let nats = match stream {
+        true => Some(
+            NatsCluster::start(&nats_server().unwrap(), 3)
+                .await
+                .unwrap(),
+        ),
+        false => None,
+    };
+    let mut run = Run::start(hosts, nats).await;
     run.start_traffic(200, 20).await;
     for _ in 0..ops {
         run.step(&mut rng).await;
     }
     run.heal_and_release_all().await;
+    let shipping = if stream { ", shipping to NATS" } else { "" };
     run.finish(
-        &format!("history with seed {seed} ({ops} operations, {hosts} host(s))"),
+        &format!("history with seed {seed} ({ops} operations, {hosts} host(s){shipping})"),
         &format!("LEGSYNC_SEED={seed} LEGSYNC_HISTORY_OPS={ops} cargo test --test histories"),
     )
 }
@@ -1156,7 +1299,7 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-async fn random_histories(hosts: usize) {
+async fn random_histories(hosts: usize, stream: bool) {
     let ops = env_number("LEGSYNC_HISTORY_OPS", 30) as usize;
     let seeds: Vec<u64> = match std::env::var("LEGSYNC_SEED") {
         Ok(seed) => vec![seed.parse().expect("LEGSYNC_SEED is a number")],
@@ -1170,7 +1313,7 @@ async fn random_histories(hosts: usize) {
     let (mut calls, mut unseen) = (0, 0);
     for &seed in &seeds {
         eprintln!("history seed {seed}, {ops} operations, {hosts} host(s)");
-        let (c, u) = one_history(seed, ops, hosts).await;
+        let (c, u) = one_history(seed, ops, hosts, stream).await;
         calls += c;
         unseen += u;
     }
@@ -1183,14 +1326,31 @@ async fn random_histories(hosts: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_histories_bill_every_answered_call_exactly_once() {
-    random_histories(1).await;
+    random_histories(1, false).await;
 }
 
 /// The same histories with an active/standby pair: kills, hangs and
 /// partitions of the active in the mix, the two ledgers billed together.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_histories_with_a_pair_bill_every_call_once_across_both_ledgers() {
-    random_histories(2).await;
+    random_histories(2, false).await;
+}
+
+/// The pair's histories with both hosts shipping to a 3-node JetStream
+/// cluster of real `nats-server` processes, NATS faults in the mix (a node
+/// killed, the cluster away, a host killed mid-publish; takeovers as
+/// above): at the end the stream holds every host's whole ledger, `cdr
+/// check` passes on it, and it bills exactly as the files do (which are
+/// billed against the engine's truth). Needs `nats-server` (SKIPPED
+/// without it, except under `CI=true`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_histories_with_a_pair_shipping_to_nats_bill_every_call_once_from_the_stream() {
+    if nats_server().is_none() {
+        return common::unavailable(
+            "nats-server is not installed (Debian package `nats-server`; .ci/run installs it)",
+        );
+    }
+    random_histories(2, true).await;
 }
 
 /// How the active host of a pair is lost.
@@ -1205,7 +1365,7 @@ enum Loss {
 /// is lost; the standby takes over and keeps every call; the old active
 /// rejoins as standby; the merged bill equals what the engine did.
 async fn takeover(loss: Loss) {
-    let mut run = Run::start(2).await;
+    let mut run = Run::start(2, None).await;
     let call = async |run: &mut Run| {
         let id: u64 = run
             .control("call SIP_A 15145550100 14385550100")
@@ -1302,7 +1462,7 @@ async fn takeover_after_only_the_active_is_cut_off_bills_once_despite_the_split_
 /// rotated pieces and the current file, no record lost or doubled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_under_load_loses_and_doubles_nothing() {
-    let mut run = Run::start(1).await;
+    let mut run = Run::start(1, None).await;
     run.control("calls 300").await;
     run.rotate(0).await;
     let list = run.control("list").await;
@@ -1350,7 +1510,7 @@ async fn rotation_under_load_loses_and_doubles_nothing() {
 /// billed once, as the engine's history says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_active_that_restarts_fast_and_takes_the_slot_back_bills_every_call_once() {
-    let mut run = Run::start(2).await;
+    let mut run = Run::start(2, None).await;
     let mut up = Vec::new();
     for n in 0..6 {
         let reply = run

@@ -158,7 +158,10 @@ fn ledger_records(trial: &HostTrial) -> u64 {
 async fn wait_ledger(trial: &HostTrial, records: u64) {
     let deadline = Instant::now() + WAIT;
     while ledger_records(trial) < records {
-        assert!(Instant::now() < deadline, "the ledger never reached {records} records");
+        assert!(
+            Instant::now() < deadline,
+            "the ledger never reached {records} records"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
@@ -283,7 +286,9 @@ fn rotate(trial: &HostTrial, piece: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_behind_a_rotation_ships_from_the_rotated_piece_and_waits_for_a_missing_one() {
-    let Some(mut cluster) = cluster().await else { return };
+    let Some(mut cluster) = cluster().await else {
+        return;
+    };
     let mut trial = shipping_host(&cluster, 20).await;
     shipped(&trial, ledger_records(&trial)).await;
     // NATS away: what follows is not shipped before the host stops.
@@ -318,12 +323,17 @@ async fn a_restart_behind_a_rotation_ships_from_the_rotated_piece_and_waits_for_
         if let Some(error) = status["ship"]["error"].as_str() {
             break error.to_string();
         }
-        assert!(Instant::now() < deadline, "no shipping error shown: {status}");
+        assert!(
+            Instant::now() < deadline,
+            "no shipping error shown: {status}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     assert!(
-        error.contains(&format!("record {} is in no file beside the ledger", cursor + 1))
-            && error.contains("cdr.jsonl-20261206-1.gz")
+        error.contains(&format!(
+            "record {} is in no file beside the ledger",
+            cursor + 1
+        )) && error.contains("cdr.jsonl-20261206-1.gz")
             && error.contains("decompress"),
         "{error}"
     );
@@ -332,7 +342,9 @@ async fn a_restart_behind_a_rotation_ships_from_the_rotated_piece_and_waits_for_
     // Put back, it is found (the shipper looks again) and everything ships.
     std::fs::rename(&hidden, &first_piece).unwrap();
     let ledger = trial.dir.path().join("cdr.jsonl");
-    let all = legsync::cdr::CdrWriter::read_all(&first_piece).unwrap().len()
+    let all = legsync::cdr::CdrWriter::read_all(&first_piece)
+        .unwrap()
+        .len()
         + legsync::cdr::CdrWriter::read_all(&ledger).unwrap().len();
     let ship = shipped(&trial, all as u64).await;
     assert!(ship["error"].is_null(), "{ship}");
@@ -344,7 +356,9 @@ async fn a_restart_behind_a_rotation_ships_from_the_rotated_piece_and_waits_for_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hole_in_the_stream_is_named_and_not_billed_and_engines_are_read_apart() {
-    let Some(cluster) = cluster().await else { return };
+    let Some(cluster) = cluster().await else {
+        return;
+    };
     let one = shipping_host_on(&cluster, "gw-1", 12).await;
     let two = shipping_host_on(&cluster, "gw.2", 7).await;
     shipped(&one, ledger_records(&one)).await;
@@ -378,7 +392,10 @@ async fn a_hole_in_the_stream_is_named_and_not_billed_and_engines_are_read_apart
 
     // A message lost from the stream (deleted by hand here).
     let subject = legsync::ship::subject("legsync.cdr", engine_one, "pri");
-    cluster.lose_record("LEGSYNC_CDR", &subject, 5).await.unwrap();
+    cluster
+        .lose_record("LEGSYNC_CDR", &subject, 5)
+        .await
+        .unwrap();
     let url = cluster.urls()[0].clone();
     let (code, out, err) = cdr(&["check", "--nats", &url, "--engine", engine_one]);
     assert_eq!(code, Some(1), "{out}{err}");
@@ -388,7 +405,10 @@ async fn a_hole_in_the_stream_is_named_and_not_billed_and_engines_are_read_apart
     );
     let (code, _, err) = bill_stream(&cluster, &["--engine", engine_one]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("records 5 to 5 of host `pri` are missing") && err.contains("not billed"), "{err}");
+    assert!(
+        err.contains("records 5 to 5 of host `pri` are missing") && err.contains("not billed"),
+        "{err}"
+    );
     let (code, _, err) = bill_stream(&cluster, &["--engine", engine_one, "--partial"]);
     assert_eq!(code, Some(0), "{err}");
     one.stop().await;

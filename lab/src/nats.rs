@@ -202,7 +202,12 @@ impl NatsCluster {
     /// Deletes from `stream` the message holding ledger record `record`
     /// of `subject` (a message lost, for the tests of the gap report);
     /// returns its stream sequence.
-    pub async fn lose_record(&self, stream: &str, subject: &str, record: u64) -> anyhow::Result<u64> {
+    pub async fn lose_record(
+        &self,
+        stream: &str,
+        subject: &str,
+        record: u64,
+    ) -> anyhow::Result<u64> {
         let client = async_nats::connect(self.urls()[0].as_str()).await?;
         let jetstream = async_nats::jetstream::new(client);
         let mut stream = jetstream.get_stream(stream).await?;

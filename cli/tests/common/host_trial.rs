@@ -54,7 +54,14 @@ impl HostTrial {
             exe(),
             &dir.path().join("engine.state"),
             preload,
-            &["--heartbeat-ms", "100", "--heartbeat-timeout-ms", "1000", "--name", engine],
+            &[
+                "--heartbeat-ms",
+                "100",
+                "--heartbeat-timeout-ms",
+                "1000",
+                "--name",
+                engine,
+            ],
         )
         .await
         .unwrap();

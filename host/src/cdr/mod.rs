@@ -286,8 +286,8 @@ impl CdrWriter {
     /// named `host`, without writing anything (`legsync check`): the
     /// ledger, its checkpoint and `.alive` file verified together, the host
     /// name, and a directory the host can write in. Returns how many calls
-    /// it has open.
-    pub fn verify(path: &Path, host: &str) -> anyhow::Result<usize> {
+    /// it has open and the number of its last record.
+    pub fn verify(path: &Path, host: &str) -> anyhow::Result<(usize, u64)> {
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -298,7 +298,7 @@ impl CdrWriter {
         let _ = std::fs::remove_file(&probe);
         let file = match std::fs::File::open(path) {
             Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
             Err(e) => {
                 return Err(e)
                     .with_context(|| format!("cannot read the CDR file {}", path.display()));
@@ -306,7 +306,8 @@ impl CdrWriter {
         };
         let loaded = load(path, &file)?;
         same_name(path, loaded.written_by.as_deref(), host)?;
-        Ok(loaded.recovered.len())
+        let last_record = loaded.index.next_record().saturating_sub(1);
+        Ok((loaded.recovered.len(), last_record))
     }
 
     /// Records hold what `engine` said under controller `epoch` from now on

@@ -30,6 +30,16 @@ pub enum PieceError {
         line: u64,
         reason: String,
     },
+    /// The file shrank under the reader: cut in place (logrotate's
+    /// `copytruncate`), which the host refuses at its next start.
+    #[error(
+        "{file} shrank to {length} bytes under the shipper, which had read {read}: it was truncated in place (logrotate's `copytruncate`: use `create` and `legsync reopen` instead)"
+    )]
+    CutInPlace {
+        file: String,
+        length: u64,
+        read: u64,
+    },
     /// No file beside the ledger holds the record.
     #[error(
         "record {record} is in no file beside the ledger {ledger}{found}: put the rotated piece that holds it back beside the ledger (uncompressed, its name beginning with the ledger's); shipping waits for it, and ships nothing past it so that the stream never has a hole"
@@ -85,6 +95,8 @@ struct Piece {
     reader: BufReader<File>,
     /// Lines read so far (for errors).
     line: u64,
+    /// Bytes read so far (whole lines and the partial one).
+    read: u64,
     /// The start of a line the writer has not finished yet.
     partial: Vec<u8>,
 }
@@ -136,9 +148,20 @@ impl LedgerReader {
                 // This piece is read to its end, and a later one holds the
                 // rest if the file was rotated.
                 None => {
-                    let moved = std::fs::metadata(&self.ledger)
-                        .map(|m| (m.dev(), m.ino()) != piece.identity)
-                        .unwrap_or(true);
+                    let now = std::fs::metadata(&self.ledger).ok();
+                    let moved = now
+                        .as_ref()
+                        .is_none_or(|m| (m.dev(), m.ino()) != piece.identity);
+                    if let Some(length) = now.map(|m| m.len()).filter(|&l| !moved && l < piece.read)
+                    {
+                        let error = PieceError::CutInPlace {
+                            file: piece.path.display().to_string(),
+                            length,
+                            read: piece.read,
+                        };
+                        self.piece = None;
+                        return Err(error);
+                    }
                     if !moved {
                         // Durable records always reach the file first: the
                         // writer is mid-line, read again later.
@@ -186,6 +209,7 @@ impl Piece {
             identity: (meta.dev(), meta.ino()),
             reader: BufReader::with_capacity(1 << 20, file),
             line: 0,
+            read: 0,
             partial: Vec::new(),
         })
     }
@@ -199,6 +223,7 @@ impl Piece {
                 file: self.path.display().to_string(),
                 source,
             })?;
+        self.read += read as u64;
         if read == 0 || self.partial.last() != Some(&b'\n') {
             return Ok(None);
         }
@@ -234,6 +259,7 @@ impl Piece {
                 source,
             })?;
         self.line = 0;
+        self.read = 0;
         self.partial.clear();
         Ok(first)
     }

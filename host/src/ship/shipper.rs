@@ -303,6 +303,7 @@ impl Shipper {
             self.pending.pop_front();
         }
         self.status.send_modify(|s| {
+            s.shipped = record;
             s.acknowledged += 1;
             s.duplicates += u64::from(duplicate);
             s.error = None;

@@ -40,6 +40,10 @@ pub struct LiveReport {
     /// The host's heartbeat interval: no gap should exceed it.
     pub heartbeat_ms: u64,
     pub phases: Vec<LivePhase>,
+    /// With `--ship`: for every durable mark of the traffic phases, the
+    /// time until the stream acknowledged its record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ship_lag_ms: Option<Latency>,
     /// Peak resident memory of this process (the host and the bench).
     pub peak_rss_bytes: u64,
 }
@@ -81,7 +85,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(mut micros: Vec<u64>) -> Latency {
+    pub fn of(mut micros: Vec<u64>) -> Latency {
         micros.sort_unstable();
         let at = |q: usize| {
             let i = (micros.len() * q / 100).min(micros.len().saturating_sub(1));
@@ -118,10 +122,30 @@ pub async fn run(
 ) -> anyhow::Result<LiveReport> {
     let config = super::host_config(sim, args, dir);
     let (decider, policy) = super::decider(args, rules, dir).await?;
+    let cluster = match args.ship {
+        true => Some(super::ship::cluster(args).await?),
+        false => None,
+    };
     let mut host = RunningHost::start_summaries(&config, decider)?;
+    let mut shipping = match &cluster {
+        Some(cluster) => Some(super::ship::ShipProbe::start(
+            cluster,
+            &config.cdr,
+            &config.name,
+            host.ledger.durable_marks(),
+        )?),
+        None => None,
+    };
     let summary = super::next_summary(&mut host).await?;
     let held = summary.known + summary.rebuilt;
+    if let Some(shipping) = &mut shipping {
+        // The resync's STARTs in the stream first: the lag measured is
+        // the live traffic's.
+        let resynced = host.ledger.durable_marks().borrow().record;
+        shipping.wait_shipped(resynced).await?;
+    }
     let mut probe = Probe::start(&host, &config.cdr, &traffic_log(dir))?;
+    let first_mark = probe.seen.lock().unwrap_or_else(|e| e.into_inner()).len();
     let mut phases = Vec::new();
     for &rate in &args.rates {
         eprintln!("{rate} events per second for {} s...", args.seconds);
@@ -139,15 +163,28 @@ pub async fn run(
         phase.phase = "burst";
         phases.push(phase);
     }
+    let ship_lag_ms = match &mut shipping {
+        Some(shipping) => {
+            let last = host.ledger.durable_marks().borrow().record;
+            shipping.wait_shipped(last).await?;
+            let marks = probe.seen.lock().unwrap_or_else(|e| e.into_inner())[first_mark..].to_vec();
+            Some(shipping.lag(&marks))
+        }
+        None => None,
+    };
     let report = LiveReport {
         mode: "live",
         policy,
         held,
         heartbeat_ms: config.link.heartbeat_ms,
         phases,
+        ship_lag_ms,
         peak_rss_bytes: super::report::peak_rss_bytes(),
     };
     host.stop().await?;
+    if let Some(shipping) = shipping {
+        shipping.stop().await;
+    }
     Ok(report)
 }
 
@@ -377,6 +414,13 @@ impl fmt::Display for LiveReport {
                 gap(p.host_heartbeat_longest_gap_ms),
                 gap(p.heartbeat_longest_gap_ms),
                 p.generator_late_ms
+            )?;
+        }
+        if let Some(lag) = &self.ship_lag_ms {
+            writeln!(
+                f,
+                "  stream lag (durable to acknowledged by the stream): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                lag.p50, lag.p99, lag.max
             )?;
         }
         writeln!(f, "peak RSS {:.1} MB", self.peak_rss_bytes as f64 / 1e6)

@@ -15,6 +15,7 @@ mod datasets;
 mod live;
 mod report;
 mod series;
+pub mod ship;
 mod sweep;
 mod takeover;
 
@@ -70,6 +71,10 @@ pub enum Mode {
     /// their build time, memory and look-up cost, and decisions' latency
     /// while one is rebuilt (see `bench/datasets.rs`).
     Datasets,
+    /// The fleet stream: `--hosts` shippers, each on a ledger of
+    /// `--fleet-records` records, publishing into one local JetStream
+    /// cluster at once (see `bench/ship.rs`).
+    ShipFleet,
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +147,20 @@ pub struct BenchArgs {
     /// run): what encryption costs (cold, warm, live).
     #[arg(long)]
     tls: bool,
+    /// The host ships its ledger to a local JetStream cluster of
+    /// `nats-server` processes (`--mode cold`: until every START is in
+    /// the stream; `--mode live`: the stream's lag).
+    #[arg(long)]
+    ship: bool,
+    /// Nodes of the local cluster (the stream's replicas: as many).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
+    ship_nodes: u8,
+    /// `--mode ship-fleet`: hosts shipping at once.
+    #[arg(long, default_value_t = 50)]
+    hosts: usize,
+    /// `--mode ship-fleet`: records in each host's ledger.
+    #[arg(long, default_value_t = 20_000)]
+    fleet_records: u64,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -150,6 +169,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.mode == Mode::Datasets {
         return datasets::run(&args).await;
+    }
+    if args.mode == Mode::ShipFleet {
+        let dir = tempfile::tempdir()?;
+        let report = ship::fleet(&args, dir.path()).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            print!("{report}");
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let one_policy = matches!(args.mode, Mode::Transfer | Mode::Takeover | Mode::Live);
     anyhow::ensure!(
@@ -219,7 +248,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Mode::Transfer => transfer(&sim, &args).await?,
         Mode::Takeover => takeover::run(&sim, &args, &rules, dir.path()).await?,
         Mode::Cold | Mode::Warm | Mode::Live => resync(&sim, &args, &rules, dir.path()).await?,
-        Mode::Datasets => unreachable!("measured before the engine starts"),
+        Mode::Datasets | Mode::ShipFleet => unreachable!("measured before the engine starts"),
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -283,9 +312,39 @@ async fn resync(
 ) -> anyhow::Result<BenchReport> {
     let config = host_config(sim, args, dir);
     let (decider, policy_name) = decider(args, rules, dir).await?;
+    let cluster = match args.ship {
+        true => Some(ship::cluster(args).await?),
+        false => None,
+    };
+    let started = Instant::now();
     let mut host = RunningHost::start_summaries(&config, decider)?;
+    let mut shipping = match &cluster {
+        Some(cluster) => Some(ship::ShipProbe::start(
+            cluster,
+            &config.cdr,
+            &config.name,
+            host.ledger.durable_marks(),
+        )?),
+        None => None,
+    };
     let progress = show_progress(&host);
     let first = next_summary(&mut host).await?;
+    let ship_figures = match &mut shipping {
+        Some(probe) => {
+            let resynced = started.elapsed();
+            let last = host.ledger.durable_marks().borrow().record;
+            probe.wait_shipped(last).await?;
+            let shipped = started.elapsed();
+            Some(ship::ShipFigures {
+                nodes: usize::from(args.ship_nodes),
+                records: last,
+                shipped_seconds: shipped.as_secs_f64(),
+                after_resync_seconds: (shipped - resynced).as_secs_f64(),
+                records_per_second: last as f64 / shipped.as_secs_f64(),
+            })
+        }
+        None => None,
+    };
     let summary = match args.mode {
         Mode::Warm => {
             sim.ok("partition 3600000").await?;
@@ -309,8 +368,12 @@ async fn resync(
     };
     let wall = Duration::from_millis(summary.millis);
     // Measured while the host still holds every context.
-    let report = BenchReport::new(mode, &policy_name, args.legs, wall, summary);
+    let mut report = BenchReport::new(mode, &policy_name, args.legs, wall, summary);
+    report.ship = ship_figures;
     host.stop().await?;
+    if let Some(probe) = shipping {
+        probe.stop().await;
+    }
     Ok(report)
 }
 

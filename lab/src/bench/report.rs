@@ -28,6 +28,9 @@ pub struct BenchReport {
     /// Mixers decided (rebuilt), and the time the mixer phase took.
     #[serde(default)]
     pub mixers_rebuilt: u64,
+    /// With `--ship`: when the stream had every record of the resync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ship: Option<super::ship::ShipFigures>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -120,6 +123,7 @@ impl BenchReport {
             links_rebuilt: s.links_rebuilt,
             links_refused: s.links_refused,
             mixers_rebuilt: s.mixers_rebuilt,
+            ship: None,
         }
     }
 }
@@ -162,6 +166,17 @@ impl fmt::Display for BenchReport {
         )?;
         if self.mixers_rebuilt > 0 {
             writeln!(f, "mixers rebuilt {}", self.mixers_rebuilt)?;
+        }
+        if let Some(ship) = &self.ship {
+            writeln!(
+                f,
+                "shipped: {} records in the stream ({} nodes) {:.2} s after the host started, {:.2} s after the resync ({:.0} records/s)",
+                ship.records,
+                ship.nodes,
+                ship.shipped_seconds,
+                ship.after_resync_seconds,
+                ship.records_per_second
+            )?;
         }
         writeln!(
             f,
