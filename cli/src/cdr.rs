@@ -133,15 +133,18 @@ fn load(files: &[PathBuf], stream: &StreamArgs, since: Option<u64>) -> anyhow::R
     let read = runtime.block_on(legsync::ship::stream::read(&ship, &query))?;
     let note = (read.duplicates > 0).then(|| {
         format!(
-            "{} message(s) repeated a record byte for byte (sent again after the stream's duplicate window) and were taken once",
+            "{} record(s) came twice, byte for byte (sent again past the stream's duplicate window), and were taken once",
             read.duplicates
         )
     });
     Ok(Source {
         ledgers: read.ledgers,
-        // A stream read from a time on, or trimmed by its retention,
-        // begins each host's records where it begins.
-        numbering: bill::Numbering::FromFirstRead,
+        // A stream read from a time on, or one whose limits drop its
+        // oldest records, begins each host's records where it begins.
+        numbering: match read.whole {
+            true => bill::Numbering::FromOne,
+            false => bill::Numbering::FromFirstRead,
+        },
         note,
     })
 }
@@ -209,9 +212,9 @@ pub fn run(command: CdrCommand) -> anyhow::Result<ExitCode> {
                 .map(|r| r.host)
                 .collect();
             let problems = bill::check_numbered(&ledgers, source.numbering);
-            let pieces = match source.numbering {
-                bill::Numbering::FromOne => "file(s)",
-                bill::Numbering::FromFirstRead => "stream subject(s)",
+            let pieces = match args.stream.ship()?.is_some() {
+                false => "file(s)",
+                true => "stream subject(s)",
             };
             let summary = format!(
                 "{lines} records of {} host(s) in {} {pieces}",

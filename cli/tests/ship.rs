@@ -167,7 +167,8 @@ async fn wait_ledger(trial: &HostTrial, records: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_host_resumes_from_its_cursor_and_a_lost_cursor_sends_only_duplicates() {
+async fn a_restarted_host_resumes_from_its_cursor_or_where_the_stream_stands_and_refuses_a_foreign_ledger()
+ {
     let Some(cluster) = cluster().await else {
         return;
     };
@@ -200,23 +201,58 @@ async fn a_restarted_host_resumes_from_its_cursor_and_a_lost_cursor_sends_only_d
     );
     assert_eq!(ship["duplicates"], 0, "{ship}");
 
-    // A lost cursor: the whole ledger is sent again, and the stream drops
-    // every record it has (its duplicate window).
+    // A lost cursor: the host finds where the stream stands (its last
+    // message of this host's subject, checked against the ledger) and
+    // sends nothing twice.
     trial.host.stop().await.unwrap();
     std::fs::remove_file(&cursor_file).unwrap();
     trial.start_again().await;
     trial.resyncs(3).await;
     let third = ledger_records(&trial);
     let ship = shipped(&trial, third).await;
-    assert_eq!(ship["acknowledged"], third, "{ship}");
-    assert_eq!(
-        ship["duplicates"], second,
-        "the stream dropped what it had: {ship}"
+    assert_eq!(ship["acknowledged"], third - second, "{ship}");
+    assert_eq!(ship["duplicates"], 0, "{ship}");
+    assert!(
+        trial
+            .host
+            .log()
+            .contains("the stream already holds these records")
     );
-    assert_eq!(
-        trial.metric("legsync_ship_duplicates_total").await,
-        second as f64
+
+    // A ledger that is not the one the stream holds under this name (the
+    // ledger replaced, the host named as another): refused, named.
+    trial.host.stop().await.unwrap();
+    std::fs::remove_file(&cursor_file).unwrap();
+    let ledger = trial.dir.path().join("cdr.jsonl");
+    let kept = trial.dir.path().join("cdr.jsonl.kept");
+    std::fs::rename(&ledger, &kept).unwrap();
+    for sidecar in ["cdr.jsonl.alive", "cdr.jsonl.checkpoint"] {
+        let _ = std::fs::remove_file(trial.dir.path().join(sidecar));
+    }
+    trial.start_again().await;
+    let deadline = Instant::now() + WAIT;
+    let error = loop {
+        let status = trial.get("/status").await;
+        if let Some(error) = status["ship"]["error"].as_str() {
+            break error.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no shipping error shown: {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        error.contains("another ledger's under this host's name"),
+        "{error}"
     );
+    trial.host.stop().await.unwrap();
+    std::fs::rename(&kept, &ledger).unwrap();
+    for sidecar in ["cdr.jsonl.alive", "cdr.jsonl.checkpoint"] {
+        let _ = std::fs::remove_file(trial.dir.path().join(sidecar));
+    }
+    std::fs::write(&cursor_file, format!("{third} pri\n")).unwrap();
+    trial.start_again().await;
 
     let ledger = trial.dir.path().join("cdr.jsonl");
     let (code, from_stream, err) = bill_stream(&cluster, &[]);
@@ -390,23 +426,25 @@ async fn a_hole_in_the_stream_is_named_and_not_billed_and_engines_are_read_apart
     assert_eq!(out.lines().count(), 19, "{out}");
     let engine_one = "gw-1";
 
-    // A message lost from the stream (deleted by hand here).
+    // A message lost from the stream (deleted by hand here): the first,
+    // which the resync's records filled; live calls came in later ones.
+    let before = ledger_records(&one);
+    add_calls(&one.sim, "nap-c", 3).await;
+    shipped(&one, before + 3).await;
     let subject = legsync::ship::subject("legsync.cdr", engine_one, "pri");
-    cluster
+    let (first, last) = cluster
         .lose_record("LEGSYNC_CDR", &subject, 5)
         .await
         .unwrap();
+    let missing = format!("records {first} to {last} of host `pri` are missing");
     let url = cluster.urls()[0].clone();
     let (code, out, err) = cdr(&["check", "--nats", &url, "--engine", engine_one]);
     assert_eq!(code, Some(1), "{out}{err}");
-    assert!(
-        err.contains("records 5 to 5 of host `pri` are missing"),
-        "{err}"
-    );
+    assert!(err.contains(&missing), "{err}");
     let (code, _, err) = bill_stream(&cluster, &["--engine", engine_one]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("records 5 to 5 of host `pri` are missing") && err.contains("not billed"),
+        err.contains(&missing) && err.contains("not billed"),
         "{err}"
     );
     let (code, _, err) = bill_stream(&cluster, &["--engine", engine_one, "--partial"]);

@@ -201,13 +201,13 @@ impl NatsCluster {
 
     /// Deletes from `stream` the message holding ledger record `record`
     /// of `subject` (a message lost, for the tests of the gap report);
-    /// returns its stream sequence.
+    /// returns the first and last records it held.
     pub async fn lose_record(
         &self,
         stream: &str,
         subject: &str,
         record: u64,
-    ) -> anyhow::Result<u64> {
+    ) -> anyhow::Result<(u64, u64)> {
         let client = async_nats::connect(self.urls()[0].as_str()).await?;
         let jetstream = async_nats::jetstream::new(client);
         let mut stream = jetstream.get_stream(stream).await?;
@@ -219,10 +219,18 @@ impl NatsCluster {
             if message.subject.as_str() != subject {
                 continue;
             }
-            let head: serde_json::Value = serde_json::from_slice(&message.payload)?;
-            if head["record"].as_u64() == Some(record) {
+            let records: Vec<u64> = message
+                .payload
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|line| serde_json::from_slice::<serde_json::Value>(line))
+                .collect::<Result<Vec<_>, _>>()?
+                .iter()
+                .filter_map(|v| v["record"].as_u64())
+                .collect();
+            if records.contains(&record) {
                 anyhow::ensure!(stream.delete_message(sequence).await?, "not deleted");
-                return Ok(sequence);
+                return Ok((records[0], records[records.len() - 1]));
             }
         }
         anyhow::bail!("record {record} of {subject} is not in the stream")

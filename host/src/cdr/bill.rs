@@ -172,7 +172,7 @@ impl std::fmt::Display for Gap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "records {} to {} of host `{}` are missing (a rotated piece left out?)",
+            "records {} to {} of host `{}` are missing (a rotated piece left out, or messages lost from the stream?)",
             self.first, self.last, self.host
         )
     }

@@ -36,9 +36,14 @@ pub struct ShipConfig {
     /// (default 0: until deleted by the operator).
     #[serde(default)]
     pub max_age_days: u64,
-    /// Records published and not yet acknowledged, at most (default 4096).
+    /// Records published and not yet acknowledged, at most (default 16384).
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
+    /// Records in one message at most (default 512; a message also stays
+    /// under 256 KiB). Records durable together go together: the live
+    /// path's few records a batch are sent at once, never held back.
+    #[serde(default = "default_batch_records")]
+    pub batch_records: usize,
     /// A NATS credentials file (`.creds`: JWT and NKey seed).
     #[serde(default)]
     pub credentials: Option<PathBuf>,
@@ -77,7 +82,11 @@ fn default_duplicate_window() -> u64 {
 }
 
 fn default_in_flight() -> usize {
-    4096
+    16_384
+}
+
+fn default_batch_records() -> usize {
+    512
 }
 
 impl ShipConfig {
@@ -91,6 +100,7 @@ impl ShipConfig {
             duplicate_window_secs: default_duplicate_window(),
             max_age_days: 0,
             max_in_flight: default_in_flight(),
+            batch_records: default_batch_records(),
             credentials: None,
             tls: None,
         }
@@ -129,9 +139,14 @@ impl ShipConfig {
             self.duplicate_window_secs
         );
         anyhow::ensure!(
-            (1..=65_536).contains(&self.max_in_flight),
-            "ship.max_in_flight must be between 1 and 65536 (it is {})",
+            (1..=1_048_576).contains(&self.max_in_flight),
+            "ship.max_in_flight must be between 1 and 1048576 (it is {})",
             self.max_in_flight
+        );
+        anyhow::ensure!(
+            (1..=4096).contains(&self.batch_records),
+            "ship.batch_records must be between 1 and 4096 (it is {})",
+            self.batch_records
         );
         if let Some(tls) = &self.tls {
             anyhow::ensure!(

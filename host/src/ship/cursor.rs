@@ -79,3 +79,35 @@ pub fn write(path: &Path, cursor: &Cursor) -> std::io::Result<()> {
     file.sync_data()?;
     std::fs::rename(&tmp, path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_is_read_back_and_a_damaged_foreign_or_ahead_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = cursor_path(&dir.path().join("cdr.jsonl"));
+        assert_eq!(
+            read(&path, "pri", 0).unwrap(),
+            Cursor::default(),
+            "none yet"
+        );
+        let cursor = Cursor {
+            record: 42,
+            host: "pri".into(),
+        };
+        write(&path, &cursor).unwrap();
+        assert_eq!(read(&path, "pri", 50).unwrap(), cursor);
+        let said = read(&path, "alt", 50).unwrap_err().to_string();
+        assert!(
+            said.contains("host `pri`'s, and this host is named `alt`"),
+            "{said}"
+        );
+        let said = read(&path, "pri", 41).unwrap_err().to_string();
+        assert!(said.contains("the ledger ends at record 41"), "{said}");
+        std::fs::write(&path, "42\n").unwrap();
+        let said = read(&path, "pri", 50).unwrap_err().to_string();
+        assert!(said.contains("is damaged"), "{said}");
+    }
+}

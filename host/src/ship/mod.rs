@@ -4,8 +4,10 @@
 //!
 //! - [`config`]: `[ship]`.
 //! - [`shipper`]: the task that follows the ledger's durable mark and
-//!   publishes, with the message id `engine/host/epoch/record` so the
-//!   stream drops what a retry or a restart sends twice.
+//!   publishes consecutive records as messages (the ledger's own lines),
+//!   with the message id `engine/host/epoch/first-last` so the stream
+//!   drops what a retry sends twice, and resumes where the stream stands
+//!   after a restart.
 //! - [`cursor`]: the last record the stream acknowledged, beside the ledger.
 //! - [`pieces`]: reading the ledger from a record on, across rotation.
 //! - [`stream`]: reading the stream back, as ledger pieces for `bill` and
@@ -51,10 +53,12 @@ pub fn token(name: &str) -> String {
     token
 }
 
-/// The message id of a record: the stream drops a second message with it
+/// The message id of the records `first` to `last` (a message carries
+/// consecutive records of one subject): engine, host, the first record's
+/// epoch and the numbers. The stream drops a second message with it
 /// (within its duplicate window).
-pub fn message_id(engine: &str, host: &str, epoch: u64, record: u64) -> String {
-    format!("{engine}/{host}/{epoch}/{record}")
+pub fn message_id(engine: &str, host: &str, epoch: u64, first: u64, last: u64) -> String {
+    format!("{engine}/{host}/{epoch}/{first}-{last}")
 }
 
 /// How long a publish or a stream request waits for its answer.

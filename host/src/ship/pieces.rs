@@ -352,3 +352,114 @@ fn describe(after: Option<u64>, compressed: &[String]) -> String {
     }
     found
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cdr::CdrWriter;
+    use crate::cdr::record::StartReason;
+
+    /// `count` STARTs, durable.
+    async fn write(writer: &CdrWriter, from: u64, count: u64) {
+        let legs: Vec<_> = (from..from + count)
+            .map(|id| crate::model::test_leg(id, 1_000))
+            .collect();
+        writer
+            .open_calls(&legs, StartReason::Found)
+            .durable()
+            .await
+            .unwrap();
+    }
+
+    fn numbers(records: &[RawRecord]) -> Vec<u64> {
+        records.iter().map(|r| r.record).collect()
+    }
+
+    #[tokio::test]
+    async fn reads_on_across_a_rotation_and_from_a_rotated_piece_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = dir.path().join("cdr.jsonl");
+        let (writer, _) = CdrWriter::open(&ledger).unwrap();
+        write(&writer, 1, 3).await;
+        let mut reader = LedgerReader::new(&ledger, 2);
+        let mut out = Vec::new();
+        reader.read(3, 100, &mut out).unwrap();
+        assert_eq!(numbers(&out), [2, 3], "from the record asked");
+        // Rotated while the reader holds the file: 4 goes to the moved
+        // piece, 5 and 6 to the new file.
+        write(&writer, 4, 1).await;
+        std::fs::rename(&ledger, dir.path().join("cdr.jsonl-1")).unwrap();
+        writer.reopen().durable().await.unwrap();
+        write(&writer, 5, 2).await;
+        out.clear();
+        reader.read(6, 100, &mut out).unwrap();
+        assert_eq!(numbers(&out), [4, 5, 6]);
+        assert!(out.iter().all(|r| !r.line.ends_with(b"\n")));
+        // A restart behind the rotation finds record 2 in the piece.
+        let mut restarted = LedgerReader::new(&ledger, 2);
+        out.clear();
+        restarted.read(6, 100, &mut out).unwrap();
+        assert_eq!(numbers(&out), [2, 3, 4, 5, 6]);
+        // At most `max`, and nothing past `upto`.
+        let mut limited = LedgerReader::new(&ledger, 1);
+        out.clear();
+        limited.read(5, 2, &mut out).unwrap();
+        assert_eq!(numbers(&out), [1, 2]);
+        limited.read(5, 100, &mut out).unwrap();
+        assert_eq!(numbers(&out), [1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_missing_piece_is_named_and_a_half_written_line_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = dir.path().join("cdr.jsonl");
+        let (writer, _) = CdrWriter::open(&ledger).unwrap();
+        write(&writer, 1, 2).await;
+        std::fs::rename(&ledger, dir.path().join("cdr.jsonl-1.gz")).unwrap();
+        writer.reopen().durable().await.unwrap();
+        write(&writer, 3, 1).await;
+        let mut out = Vec::new();
+        let error = LedgerReader::new(&ledger, 1)
+            .read(3, 100, &mut out)
+            .unwrap_err();
+        assert!(
+            matches!(error, PieceError::Missing { record: 1, .. }),
+            "{error}"
+        );
+        let said = error.to_string();
+        assert!(
+            said.contains("begin at record 3") && said.contains("cdr.jsonl-1.gz"),
+            "{said}"
+        );
+
+        // A line the writer has not finished is not read, then is.
+        let mut reader = LedgerReader::new(&ledger, 3);
+        reader.read(3, 100, &mut out).unwrap();
+        assert_eq!(numbers(&out), [3]);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&ledger)
+            .unwrap();
+        let line = std::fs::read_to_string(&ledger)
+            .unwrap()
+            .replace("\"record\":3", "\"record\":4");
+        let (head, tail) = line.split_at(20);
+        std::io::Write::write_all(&mut file, head.as_bytes()).unwrap();
+        out.clear();
+        reader.read(4, 100, &mut out).unwrap();
+        assert!(out.is_empty(), "half a line is not a record");
+        std::io::Write::write_all(&mut file, tail.as_bytes()).unwrap();
+        reader.read(4, 100, &mut out).unwrap();
+        assert_eq!(numbers(&out), [4]);
+
+        // Cut in place under the reader.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&ledger)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let error = reader.read(5, 100, &mut out).unwrap_err();
+        assert!(matches!(error, PieceError::CutInPlace { .. }), "{error}");
+    }
+}

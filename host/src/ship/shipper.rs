@@ -17,8 +17,8 @@ use crate::cdr::DurableMark;
 use crate::metrics as m;
 use anyhow::Context;
 use async_nats::jetstream::{self, message::PublishMessage};
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,12 @@ pub const DRAIN: Duration = Duration::from_secs(2);
 /// The pause after a failure, doubling up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// A message's body stays under this size (the servers' default largest
+/// payload is 1 MiB).
+const BATCH_BYTES: usize = 256 * 1024;
+/// Below this many records in flight, any durable record is read at once
+/// (the live path: a few records at a time, sent without waiting).
+const READ_AT_LEAST: usize = 64;
 /// Durable marks remembered for the lag (older ones are merged).
 const MARKS_KEPT: usize = 4096;
 
@@ -192,37 +198,54 @@ impl Shipper {
     ) -> anyhow::Result<()> {
         let max = self.config.max_in_flight;
         let mut reader = Some(LedgerReader::new(&self.ledger, self.cursor.record + 1));
+        // Records read and not yet sent: the first, read to find where the
+        // stream stands.
+        let mut unsent = self.resume(jetstream, &mut reader).await?;
+        // (last record, records) of each message in flight, with its ack.
         let mut in_flight = FuturesOrdered::new();
+        let mut records_in_flight = 0usize;
         let mut tick = tokio::time::interval(CURSOR_EVERY);
         let mut draining: Option<Instant> = None;
         loop {
             let durable = self.note_mark();
-            let room = max - in_flight.len();
+            let room = max.saturating_sub(records_in_flight);
             let next = reader.as_ref().map_or(u64::MAX, LedgerReader::next_record);
-            if draining.is_none() && room > 0 && next <= durable {
-                let taken = reader.take().expect("kept between reads");
-                let (back, records) = read(&self.ledger, taken, durable, room).await;
-                reader = Some(back);
-                let records = records?;
-                for record in records {
-                    self.age_from(&record);
+            // Read in batches: a read per acknowledgement would cost a
+            // blocking-thread hop per message.
+            let worth_reading = room >= max / 2 || records_in_flight < READ_AT_LEAST;
+            if draining.is_none() && worth_reading && (next <= durable || !unsent.is_empty()) {
+                let mut records = std::mem::take(&mut unsent);
+                if next <= durable && room > records.len() {
+                    let taken = reader.take().expect("kept between reads");
+                    let (back, read) =
+                        read(&self.ledger, taken, durable, room - records.len()).await;
+                    reader = Some(back);
+                    records.extend(read?);
+                }
+                for message in messages(records, self.config.batch_records, BATCH_BYTES) {
+                    self.age_from(&message[0]);
+                    let (first, last) = (&message[0], &message[message.len() - 1]);
                     let subject =
-                        super::subject(&self.config.subject_prefix, &record.engine, &record.host);
+                        super::subject(&self.config.subject_prefix, &first.engine, &first.host);
                     let id = super::message_id(
-                        &record.engine,
-                        &record.host,
-                        record.epoch,
-                        record.record,
+                        &first.engine,
+                        &first.host,
+                        first.epoch,
+                        first.record,
+                        last.record,
                     );
+                    let (number, count) = (last.record, message.len());
                     let ack = jetstream
                         .send_publish(
                             subject,
-                            PublishMessage::build().payload(record.line).message_id(id),
+                            PublishMessage::build()
+                                .payload(payload(&message))
+                                .message_id(id),
                         )
                         .await
                         .context("cannot publish to the stream")?;
-                    let number = record.record;
-                    in_flight.push_back(async move { (number, ack.await) });
+                    records_in_flight += count;
+                    in_flight.push_back(async move { (number, count, ack.await) });
                 }
                 self.report(client);
                 continue;
@@ -237,9 +260,14 @@ impl Shipper {
             }
             tokio::select! {
                 acked = in_flight.next(), if !in_flight.is_empty() => {
-                    let (record, ack) = acked.expect("not empty");
-                    let ack = ack.with_context(|| format!("the stream did not acknowledge record {record}"))?;
-                    self.acknowledged(record, ack.duplicate);
+                    let mut acked = acked;
+                    // Every acknowledgement already in, before reading more.
+                    while let Some((record, count, ack)) = acked {
+                        let ack = ack.with_context(|| format!("the stream did not acknowledge records up to {record}"))?;
+                        records_in_flight -= count;
+                        self.acknowledged(record, count as u64, ack.duplicate);
+                        acked = in_flight.next().now_or_never().flatten();
+                    }
                 }
                 changed = self.marks.changed(), if draining.is_none() => {
                     if changed.is_err() {
@@ -255,6 +283,90 @@ impl Shipper {
                 _ = tokio::time::sleep(DRAIN), if draining.is_some() => {}
             }
         }
+    }
+
+    /// Where the stream stands: its last message of the subject the next
+    /// record goes to may hold records past the cursor (sent before a
+    /// crash, acknowledged after the cursor was saved, or the cursor lost).
+    /// Those are not sent again: the cursor moves past them, once the last
+    /// of them is found byte for byte in this ledger (a stream holding
+    /// other records under this host's name is refused). Returns the
+    /// records read and still to send.
+    async fn resume(
+        &mut self,
+        jetstream: &jetstream::Context,
+        reader: &mut Option<LedgerReader>,
+    ) -> anyhow::Result<Vec<RawRecord>> {
+        let durable = self.note_mark();
+        if self.cursor.record >= durable {
+            return Ok(Vec::new());
+        }
+        let taken = reader.take().expect("kept between reads");
+        let (back, first) = read(&self.ledger, taken, durable, 1).await;
+        *reader = Some(back);
+        let first = first?;
+        let Some(next) = first.first() else {
+            return Ok(first);
+        };
+        let subject = super::subject(&self.config.subject_prefix, &next.engine, &next.host);
+        let stream = jetstream
+            .get_stream(&self.config.stream)
+            .await
+            .with_context(|| format!("cannot open the stream {}", self.config.stream))?;
+        let last = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => message,
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                return Ok(first);
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot read the stream's last message of {subject}")
+                });
+            }
+        };
+        let line = last_line(&last.payload);
+        let stored: u64 = serde_json::from_slice::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v["record"].as_u64())
+            .with_context(|| {
+                format!(
+                    "the stream's last message of {subject} (sequence {}) is not a ledger record",
+                    last.sequence
+                )
+            })?;
+        if stored < next.record {
+            return Ok(first);
+        }
+        anyhow::ensure!(
+            stored <= durable,
+            "the stream's records of {subject} go up to record {stored}, and this ledger to {durable}: \
+             they are another ledger's under this host's name (a host renamed, or its ledger replaced). \
+             Give this host its own name, or ship to another stream"
+        );
+        // Read on to the stream's last record, and compare it.
+        let mut ours = first;
+        while ours.last().is_some_and(|r| r.record < stored) {
+            let taken = reader.take().expect("kept between reads");
+            let (back, more) = read(&self.ledger, taken, stored, 4096).await;
+            *reader = Some(back);
+            let more = more?;
+            anyhow::ensure!(!more.is_empty(), "the ledger ended before record {stored}");
+            ours = more;
+        }
+        let found = ours.last().expect("read above");
+        anyhow::ensure!(
+            found.record == stored && found.line.as_ref() == line,
+            "the stream's record {stored} of {subject} differs from this ledger's: they are another ledger's under this host's name \
+             (a host renamed, or its ledger replaced). Give this host its own name, or ship to another stream"
+        );
+        tracing::info!(subject = %subject, from = self.cursor.record + 1, to = stored, "the stream already holds these records: not sent again");
+        self.cursor.record = stored;
+        self.pending.retain(|&(covered, _)| covered > stored);
+        self.report_lag();
+        Ok(Vec::new())
     }
 
     /// The latest durable record, its mark remembered for the lag.
@@ -285,11 +397,11 @@ impl Shipper {
         }
     }
 
-    fn acknowledged(&mut self, record: u64, duplicate: bool) {
+    fn acknowledged(&mut self, record: u64, records: u64, duplicate: bool) {
         self.cursor.record = record;
-        metrics::counter!(m::SHIP_RECORDS).increment(1);
+        metrics::counter!(m::SHIP_RECORDS).increment(records);
         if duplicate {
-            metrics::counter!(m::SHIP_DUPLICATES).increment(1);
+            metrics::counter!(m::SHIP_DUPLICATES).increment(records);
         }
         let now = crate::model::now_us();
         while let Some(&(covered, at_us)) = self.pending.front() {
@@ -303,16 +415,23 @@ impl Shipper {
             self.pending.pop_front();
         }
         self.status.send_modify(|s| {
-            s.shipped = record;
-            s.acknowledged += 1;
-            s.duplicates += u64::from(duplicate);
+            s.acknowledged += records;
+            s.duplicates += if duplicate { records } else { 0 };
             s.error = None;
         });
+        self.report_lag();
     }
 
     /// Publishes the lag and the connection state.
     fn report(&self, client: &async_nats::Client) {
         let connected = client.connection_state() == async_nats::connection::State::Connected;
+        metrics::gauge!(m::SHIP_CONNECTED).set(f64::from(u8::from(connected)));
+        self.status.send_modify(|s| s.connected = connected);
+        self.report_lag();
+    }
+
+    /// Publishes how far behind the stream is.
+    fn report_lag(&self) {
         let durable = self.marks.borrow().record;
         let behind = durable.saturating_sub(self.cursor.record);
         let now = crate::model::now_us();
@@ -320,11 +439,9 @@ impl Shipper {
             Some(&(_, at_us)) if behind > 0 && at_us > 0 => now.saturating_sub(at_us) as f64 / 1e6,
             _ => 0.0,
         };
-        metrics::gauge!(m::SHIP_CONNECTED).set(f64::from(u8::from(connected)));
         metrics::gauge!(m::SHIP_BEHIND_RECORDS).set(behind as f64);
         metrics::gauge!(m::SHIP_BEHIND_SECONDS).set(seconds);
         self.status.send_modify(|s| {
-            s.connected = connected;
             s.shipped = self.cursor.record;
             s.durable = durable;
             s.behind_records = behind;
@@ -385,6 +502,48 @@ async fn read(
             LedgerReader::new(ledger, next),
             Err(anyhow::anyhow!("the ledger reader failed: {e}")),
         ),
+    }
+}
+
+/// Consecutive records cut into messages: one subject each (engine and
+/// host), at most `records` records and about `bytes` bytes.
+fn messages(records: Vec<RawRecord>, most: usize, bytes: usize) -> Vec<Vec<RawRecord>> {
+    let mut out: Vec<Vec<RawRecord>> = Vec::new();
+    let mut size = 0;
+    for record in records {
+        let fits = out.last().is_some_and(|message| {
+            let first = &message[0];
+            message.len() < most
+                && size + record.line.len() < bytes
+                && first.engine == record.engine
+                && first.host == record.host
+        });
+        if !fits {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size += record.line.len() + 1;
+        out.last_mut().expect("pushed above").push(record);
+    }
+    out
+}
+
+/// A message's body: its ledger lines, each with its newline, as on disk.
+fn payload(message: &[RawRecord]) -> bytes::Bytes {
+    let mut body = Vec::with_capacity(message.iter().map(|r| r.line.len() + 1).sum());
+    for record in message {
+        body.extend_from_slice(&record.line);
+        body.push(b'\n');
+    }
+    body.into()
+}
+
+/// The last line of a message's body, without its newline.
+fn last_line(body: &[u8]) -> &[u8] {
+    let body = body.strip_suffix(b"\n").unwrap_or(body);
+    match body.iter().rposition(|&b| b == b'\n') {
+        Some(at) => &body[at + 1..],
+        None => body,
     }
 }
 

@@ -28,20 +28,24 @@ pub const CLOCK_MARGIN: Duration = Duration::from_secs(600);
 /// The stream, read.
 #[derive(Debug, Default)]
 pub struct StreamRead {
-    /// One piece per subject, named `<stream> <subject>`, its line numbers
-    /// the messages' stream sequences.
+    /// One piece per subject, named `<stream> <subject>`, its lines the
+    /// records of its messages in stream order.
     pub ledgers: Vec<(String, Vec<Line>)>,
     /// Messages read.
     pub messages: u64,
-    /// Messages that repeated a record already read, byte for byte
-    /// (published again after the stream's duplicate window): taken once.
+    /// Every host's records from its first: read from the start of a
+    /// stream that drops nothing by itself (no age, count or size limit).
+    /// Otherwise each host's numbering begins where the stream does.
+    pub whole: bool,
+    /// Records that repeated one already read, byte for byte (published
+    /// again past the stream's duplicate window): taken once.
     pub duplicates: u64,
 }
 
 /// Reads what `query` asks of the stream `[ship]` names.
 pub async fn read(config: &ShipConfig, query: &StreamQuery) -> anyhow::Result<StreamRead> {
     let (client, jetstream) = super::connect(config, "legsync cdr", false).await?;
-    let stream = jetstream
+    let mut stream = jetstream
         .get_stream(&config.stream)
         .await
         .with_context(|| {
@@ -72,10 +76,23 @@ pub async fn read(config: &ShipConfig, query: &StreamQuery) -> anyhow::Result<St
             }
         }
     };
+    let limits = stream
+        .info()
+        .await
+        .with_context(|| format!("cannot read the stream {}'s settings", config.stream))?
+        .config
+        .clone();
+    let keeps_all = limits.max_age.is_zero()
+        && limits.max_messages <= 0
+        && limits.max_bytes <= 0
+        && limits.max_messages_per_subject <= 0;
     let mut pieces: BTreeMap<String, Vec<Line>> = BTreeMap::new();
     // Each subject's records by number: the payload first read.
     let mut seen: HashMap<(String, u64), bytes::Bytes> = HashMap::new();
-    let mut read = StreamRead::default();
+    let mut read = StreamRead {
+        whole: keeps_all && query.since_ms.is_none(),
+        ..Default::default()
+    };
     for filter in filters {
         let consumer = stream
             .create_consumer(OrderedConfig {
@@ -98,36 +115,39 @@ pub async fn read(config: &ShipConfig, query: &StreamQuery) -> anyhow::Result<St
             let info = message
                 .info()
                 .map_err(|e| anyhow::anyhow!("a message without its stream position: {e}"))?;
-            let (sequence, pending) = (info.stream_sequence, info.pending);
+            let pending = info.pending;
             let subject = message.subject.to_string();
-            let payload = message.message.payload.clone();
             read.messages += 1;
-            let record = serde_json::from_slice::<crate::cdr::record::CdrRecord>(&payload)
-                .map_err(|e| e.to_string());
-            if let Ok(record) = &record {
-                let key = (subject.clone(), record.record);
-                match seen.get(&key) {
-                    Some(first) if *first == payload => {
-                        read.duplicates += 1;
-                        if pending == 0 {
-                            break;
+            let piece = pieces
+                .entry(format!("{} {subject}", config.stream))
+                .or_default();
+            for raw in message
+                .message
+                .payload
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+            {
+                let record = serde_json::from_slice::<crate::cdr::record::CdrRecord>(raw)
+                    .map_err(|e| e.to_string());
+                if let Ok(record) = &record {
+                    let key = (subject.clone(), record.record);
+                    match seen.get(&key) {
+                        Some(first) if first.as_ref() == raw => {
+                            read.duplicates += 1;
+                            continue;
                         }
-                        continue;
-                    }
-                    Some(_) => {}
-                    None => {
-                        seen.insert(key, payload);
+                        Some(_) => {}
+                        None => {
+                            seen.insert(key, bytes::Bytes::copy_from_slice(raw));
+                        }
                     }
                 }
-            }
-            pieces
-                .entry(format!("{} {subject}", config.stream))
-                .or_default()
-                .push(Line {
-                    number: sequence as usize,
+                piece.push(Line {
+                    number: piece.len() + 1,
                     record,
                     torn: false,
                 });
+            }
             if pending == 0 {
                 break;
             }

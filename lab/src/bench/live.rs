@@ -127,15 +127,7 @@ pub async fn run(
         false => None,
     };
     let mut host = RunningHost::start_summaries(&config, decider)?;
-    let mut shipping = match &cluster {
-        Some(cluster) => Some(super::ship::ShipProbe::start(
-            cluster,
-            &config.cdr,
-            &config.name,
-            host.ledger.durable_marks(),
-        )?),
-        None => None,
-    };
+    let mut shipping = super::ship::ShipProbe::for_host(cluster.as_ref(), &host, &config)?;
     let summary = super::next_summary(&mut host).await?;
     let held = summary.known + summary.rebuilt;
     if let Some(shipping) = &mut shipping {

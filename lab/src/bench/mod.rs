@@ -318,15 +318,7 @@ async fn resync(
     };
     let started = Instant::now();
     let mut host = RunningHost::start_summaries(&config, decider)?;
-    let mut shipping = match &cluster {
-        Some(cluster) => Some(ship::ShipProbe::start(
-            cluster,
-            &config.cdr,
-            &config.name,
-            host.ledger.durable_marks(),
-        )?),
-        None => None,
-    };
+    let mut shipping = ship::ShipProbe::for_host(cluster.as_ref(), &host, &config)?;
     let progress = show_progress(&host);
     let first = next_summary(&mut host).await?;
     let ship_figures = match &mut shipping {

@@ -59,6 +59,24 @@ pub struct ShipProbe {
 }
 
 impl ShipProbe {
+    /// With a cluster (`--ship`): ships the in-process host's ledger.
+    pub fn for_host(
+        cluster: Option<&NatsCluster>,
+        host: &crate::demo::harness::RunningHost,
+        config: &legsync::config::HostConfig,
+    ) -> anyhow::Result<Option<ShipProbe>> {
+        cluster
+            .map(|cluster| {
+                ShipProbe::start(
+                    cluster,
+                    &config.cdr,
+                    &config.name,
+                    host.ledger.durable_marks(),
+                )
+            })
+            .transpose()
+    }
+
     /// Ships the ledger at `ledger` (written by `name`) to `cluster`.
     pub fn start(
         cluster: &NatsCluster,
