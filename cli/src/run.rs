@@ -160,7 +160,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 &config.cdr,
                 &config.name,
                 host.cdr_writer().durable_marks(),
-            )?;
+            )?
+            .yield_to_resyncs(host.status());
             let status = shipper.status();
             tasks.spawn(shipper.run(shutdown.clone()));
             Some(status)

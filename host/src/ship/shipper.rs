@@ -72,6 +72,9 @@ pub struct Shipper {
     saved: u64,
     /// Durable marks not yet acknowledged: (record, durable at, µs).
     pending: VecDeque<(u64, u64)>,
+    /// The host's state: no new reads while it resyncs (see
+    /// [`Shipper::yield_to_resyncs`]).
+    host_status: Option<watch::Receiver<crate::supervisor::HostStatus>>,
 }
 
 impl Shipper {
@@ -111,7 +114,19 @@ impl Shipper {
             status,
             cursor,
             pending,
+            host_status: None,
         })
+    }
+
+    /// While the host resyncs, ship nothing new (what is in flight is
+    /// acknowledged): a resync has the machine's cores to itself, and its
+    /// STARTs go out right after it.
+    pub fn yield_to_resyncs(
+        mut self,
+        host: watch::Receiver<crate::supervisor::HostStatus>,
+    ) -> Shipper {
+        self.host_status = Some(host);
+        self
     }
 
     pub fn status(&self) -> watch::Receiver<ShipStatus> {
@@ -206,14 +221,22 @@ impl Shipper {
         let mut records_in_flight = 0usize;
         let mut tick = tokio::time::interval(CURSOR_EVERY);
         let mut draining: Option<Instant> = None;
+        let mut host = self.host_status.clone();
         loop {
             let durable = self.note_mark();
+            let resyncing = host.as_mut().is_some_and(|h| {
+                h.borrow_and_update().link == Some(crate::events::LinkState::Resyncing)
+            });
             let room = max.saturating_sub(records_in_flight);
             let next = reader.as_ref().map_or(u64::MAX, LedgerReader::next_record);
             // Read in batches: a read per acknowledgement would cost a
             // blocking-thread hop per message.
             let worth_reading = room >= max / 2 || records_in_flight < READ_AT_LEAST;
-            if draining.is_none() && worth_reading && (next <= durable || !unsent.is_empty()) {
+            if draining.is_none()
+                && !resyncing
+                && worth_reading
+                && (next <= durable || !unsent.is_empty())
+            {
                 let mut records = std::mem::take(&mut unsent);
                 if next <= durable && room > records.len() {
                     let taken = reader.take().expect("kept between reads");
@@ -276,6 +299,11 @@ impl Shipper {
                     }
                 }
                 _ = shutdown.cancelled(), if draining.is_none() => {}
+                changed = async { host.as_mut().expect("with a host").changed().await }, if resyncing => {
+                    if changed.is_err() {
+                        host = None;
+                    }
+                }
                 _ = tick.tick() => {
                     self.save_cursor().await;
                     self.report(client);

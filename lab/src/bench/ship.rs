@@ -72,6 +72,7 @@ impl ShipProbe {
                     &config.cdr,
                     &config.name,
                     host.ledger.durable_marks(),
+                    Some(host.status_receiver()),
                 )
             })
             .transpose()
@@ -83,9 +84,13 @@ impl ShipProbe {
         ledger: &Path,
         name: &str,
         marks: watch::Receiver<DurableMark>,
+        host: Option<watch::Receiver<legsync::supervisor::HostStatus>>,
     ) -> anyhow::Result<ShipProbe> {
         let config = ship_config(cluster, cluster.urls().len());
-        let shipper = Shipper::new(config, ledger, name, marks)?;
+        let mut shipper = Shipper::new(config, ledger, name, marks)?;
+        if let Some(host) = host {
+            shipper = shipper.yield_to_resyncs(host);
+        }
         let status = shipper.status();
         let (shutdown, tasks) = (
             CancellationToken::new(),
@@ -180,20 +185,25 @@ pub struct FleetReport {
     /// Each host's time to ship its whole ledger: p50, max.
     pub host_seconds_p50: f64,
     pub host_seconds_max: f64,
+    /// The stream's size on one replica, and per record.
+    pub stream_bytes: u64,
+    pub stream_bytes_per_record: f64,
 }
 
 impl std::fmt::Display for FleetReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "mode ship-fleet: {} hosts x {} records into a {}-node cluster in {:.2} s ({:.0} records/s); per host p50 {:.2} s, slowest {:.2} s",
+            "mode ship-fleet: {} hosts x {} records into a {}-node cluster in {:.2} s ({:.0} records/s); per host p50 {:.2} s, slowest {:.2} s; stream {:.1} MB per replica ({:.0} bytes a record)",
             self.hosts,
             self.records_per_host,
             self.nodes,
             self.seconds,
             self.records_per_second,
             self.host_seconds_p50,
-            self.host_seconds_max
+            self.host_seconds_max,
+            self.stream_bytes as f64 / 1e6,
+            self.stream_bytes_per_record
         )
     }
 }
@@ -229,6 +239,7 @@ pub async fn fleet(args: &BenchArgs, dir: &Path) -> anyhow::Result<FleetReport> 
             &ledger,
             &format!("host-{host}"),
             mark.clone(),
+            None,
         )?);
     }
     let mut times = Vec::new();
@@ -253,6 +264,7 @@ pub async fn fleet(args: &BenchArgs, dir: &Path) -> anyhow::Result<FleetReport> 
     }
     drop(senders);
     let total = args.hosts as u64 * args.fleet_records;
+    let stream_bytes = stream_bytes(&cluster).await?;
     Ok(FleetReport {
         mode: "ship-fleet",
         nodes: usize::from(args.ship_nodes),
@@ -262,7 +274,19 @@ pub async fn fleet(args: &BenchArgs, dir: &Path) -> anyhow::Result<FleetReport> 
         records_per_second: total as f64 / seconds,
         host_seconds_p50: per_host.get(per_host.len() / 2).copied().unwrap_or(0.0),
         host_seconds_max: per_host.last().copied().unwrap_or(0.0),
+        stream_bytes,
+        stream_bytes_per_record: stream_bytes as f64 / total as f64,
     })
+}
+
+/// The size of the stream (on one replica), as the servers report it.
+async fn stream_bytes(cluster: &NatsCluster) -> anyhow::Result<u64> {
+    let client = async_nats::connect(cluster.urls()[0].as_str()).await?;
+    let jetstream = async_nats::jetstream::new(client);
+    let mut stream = jetstream
+        .get_stream(legsync::ship::config::DEFAULT_STREAM)
+        .await?;
+    Ok(stream.info().await?.state.bytes)
 }
 
 /// A ledger of `records` STARTs of host `host-N` on engine `gw-N`, as the
