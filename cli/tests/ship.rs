@@ -452,3 +452,43 @@ async fn a_hole_in_the_stream_is_named_and_not_billed_and_engines_are_read_apart
     one.stop().await;
     two.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipping_over_mutual_tls_and_billing_with_the_hosts_config() {
+    let Some(exe) = nats_server() else {
+        return common::unavailable(
+            "nats-server is not installed (Debian package `nats-server`; .ci/run installs it)",
+        );
+    };
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = legsync::tls::generate(pki_dir.path(), &["127.0.0.1".into()]).unwrap();
+    let cluster = NatsCluster::start_tls(&exe, 1, &pki).await.unwrap();
+    let tls = format!(
+        "replicas = 1\n[ship.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        pki.host.ca.display(),
+        pki.host.cert.display(),
+        pki.host.key.display()
+    );
+    let ship = ship_section(&cluster, &tls);
+    let trial = HostTrial::start_engine("gw-1", None, &[("nap-a", 8)], "", move |_| ship).await;
+    let records = ledger_records(&trial);
+    let ship = shipped(&trial, records).await;
+    assert!(ship["error"].is_null(), "{ship}");
+
+    // Billing reads the stream as the host reaches it: its config.
+    let config = trial.dir.path().join("host.toml");
+    let (code, from_stream, err) = cdr(&["bill", "--json", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        from_stream,
+        bill_files(&[&trial.dir.path().join("cdr.jsonl")])
+    );
+    assert_eq!(from_stream.lines().count(), 8);
+
+    // Without a client certificate the servers refuse it: said, named.
+    let url = cluster.urls()[0].clone();
+    let (code, _, err) = cdr(&["check", "--nats", &url]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot connect to NATS at"), "{err}");
+    trial.stop().await;
+}

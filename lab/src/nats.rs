@@ -40,6 +40,8 @@ pub struct NatsCluster {
     exe: PathBuf,
     dir: tempfile::TempDir,
     nodes: Vec<Node>,
+    /// With TLS: the client side of the trial PKI (for its own probes).
+    client_tls: Option<legsync::tls::TlsFiles>,
 }
 
 /// Ports free on loopback now (taken together so they differ).
@@ -57,6 +59,25 @@ impl NatsCluster {
     /// Starts `size` nodes (1 runs JetStream alone, without a cluster) and
     /// waits until JetStream answers.
     pub async fn start(exe: &Path, size: usize) -> anyhow::Result<NatsCluster> {
+        Self::start_with(exe, size, None).await
+    }
+
+    /// [`NatsCluster::start`] with clients over mutual TLS: the servers
+    /// show `pki.engine`'s certificate (for 127.0.0.1) and require one
+    /// chaining to its CA; `pki.host`'s is a client's.
+    pub async fn start_tls(
+        exe: &Path,
+        size: usize,
+        pki: &legsync::tls::Pki,
+    ) -> anyhow::Result<NatsCluster> {
+        Self::start_with(exe, size, Some(pki)).await
+    }
+
+    async fn start_with(
+        exe: &Path,
+        size: usize,
+        pki: Option<&legsync::tls::Pki>,
+    ) -> anyhow::Result<NatsCluster> {
         let dir = tempfile::tempdir()?;
         let ports = free_ports(size * 2)?;
         let (clients, routes) = ports.split_at(size);
@@ -68,6 +89,14 @@ impl NatsCluster {
                 clients[i],
                 store.display()
             );
+            if let Some(pki) = pki {
+                text.push_str(&format!(
+                    "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\n",
+                    pki.engine.cert.display(),
+                    pki.engine.key.display(),
+                    pki.engine.ca.display()
+                ));
+            }
             if size > 1 {
                 let others: Vec<String> = routes
                     .iter()
@@ -93,6 +122,7 @@ impl NatsCluster {
             exe: exe.to_path_buf(),
             dir,
             nodes,
+            client_tls: pki.map(|pki| pki.host.clone()),
         };
         for i in 0..size {
             cluster.start_node(i)?;
@@ -223,7 +253,7 @@ impl NatsCluster {
                 .payload
                 .split(|&b| b == b'\n')
                 .filter(|l| !l.is_empty())
-                .map(|line| serde_json::from_slice::<serde_json::Value>(line))
+                .map(serde_json::from_slice::<serde_json::Value>)
                 .collect::<Result<Vec<_>, _>>()?
                 .iter()
                 .filter_map(|v| v["record"].as_u64())
@@ -237,8 +267,15 @@ impl NatsCluster {
     }
 
     async fn probe(&self) -> anyhow::Result<()> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(1))
+        let mut options =
+            async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(1));
+        if let Some(tls) = &self.client_tls {
+            options = options
+                .require_tls(true)
+                .add_root_certificates(tls.ca.clone())
+                .add_client_certificate(tls.cert.clone(), tls.key.clone());
+        }
+        let client = options
             .connect(
                 self.urls()
                     .iter()

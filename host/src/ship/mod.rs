@@ -2,7 +2,7 @@
 //! published to a replicated NATS JetStream stream, where billing reads the
 //! whole fleet's records (`legsync cdr bill --nats`).
 //!
-//! - [`config`]: `[ship]`.
+//! - [`config`]: the `[ship]` section.
 //! - [`shipper`]: the task that follows the ledger's durable mark and
 //!   publishes consecutive records as messages (the ledger's own lines),
 //!   with the message id `engine/host/epoch/first-last` so the stream
