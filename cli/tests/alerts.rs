@@ -144,7 +144,7 @@ fn every_alert_has_its_runbook_entry() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 17);
+    assert_eq!(alerts.len(), 18);
     for alert in alerts {
         assert!(
             runbook.contains(&format!("\n#### {alert}\n")),

@@ -222,6 +222,8 @@ impl Shipper {
         let mut tick = tokio::time::interval(CURSOR_EVERY);
         let mut draining: Option<Instant> = None;
         let mut host = self.host_status.clone();
+        let linger = Duration::from_millis(self.config.linger_ms);
+        let mut lingering: Option<Instant> = None;
         loop {
             let durable = self.note_mark();
             let resyncing = host.as_mut().is_some_and(|h| {
@@ -232,9 +234,22 @@ impl Shipper {
             // Read in batches: a read per acknowledgement would cost a
             // blocking-thread hop per message.
             let worth_reading = room >= max / 2 || records_in_flight < READ_AT_LEAST;
+            // A few records wait up to `linger_ms` for more (fewer, fuller
+            // messages: less work for the servers); a message's worth goes
+            // at once.
+            let available = durable.saturating_sub(next.saturating_sub(1)) as usize + unsent.len();
+            if available == 0 {
+                lingering = None;
+            } else if lingering.is_none() {
+                lingering = Some(Instant::now() + linger);
+            }
+            let due = available >= self.config.batch_records
+                || lingering.is_some_and(|until| Instant::now() >= until)
+                || shutdown.is_cancelled();
             if draining.is_none()
                 && !resyncing
                 && worth_reading
+                && due
                 && (next <= durable || !unsent.is_empty())
             {
                 let mut records = std::mem::take(&mut unsent);
@@ -309,6 +324,7 @@ impl Shipper {
                     self.report(client);
                 }
                 _ = tokio::time::sleep(DRAIN), if draining.is_some() => {}
+                _ = tokio::time::sleep_until(lingering.unwrap_or_else(Instant::now).into()), if lingering.is_some() && !due => {}
             }
         }
     }

@@ -127,7 +127,8 @@ pub async fn run(
         false => None,
     };
     let mut host = RunningHost::start_summaries(&config, decider)?;
-    let mut shipping = super::ship::ShipProbe::for_host(cluster.as_ref(), &host, &config)?;
+    let mut shipping =
+        super::ship::ShipProbe::for_host(cluster.as_ref(), args.ship_linger_ms, &host, &config)?;
     let summary = super::next_summary(&mut host).await?;
     let held = summary.known + summary.rebuilt;
     if let Some(shipping) = &mut shipping {

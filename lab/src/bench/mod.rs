@@ -155,6 +155,9 @@ pub struct BenchArgs {
     /// Nodes of the local cluster (the stream's replicas: as many).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
     ship_nodes: u8,
+    /// `ship.linger_ms` of the shipping host (default: the host's).
+    #[arg(long)]
+    ship_linger_ms: Option<u64>,
     /// `--mode ship-fleet`: hosts shipping at once.
     #[arg(long, default_value_t = 50)]
     hosts: usize,
@@ -318,7 +321,8 @@ async fn resync(
     };
     let started = Instant::now();
     let mut host = RunningHost::start_summaries(&config, decider)?;
-    let mut shipping = ship::ShipProbe::for_host(cluster.as_ref(), &host, &config)?;
+    let mut shipping =
+        ship::ShipProbe::for_host(cluster.as_ref(), args.ship_linger_ms, &host, &config)?;
     let progress = show_progress(&host);
     let first = next_summary(&mut host).await?;
     let ship_figures = match &mut shipping {

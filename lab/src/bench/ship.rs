@@ -62,6 +62,7 @@ impl ShipProbe {
     /// With a cluster (`--ship`): ships the in-process host's ledger.
     pub fn for_host(
         cluster: Option<&NatsCluster>,
+        linger_ms: Option<u64>,
         host: &crate::demo::harness::RunningHost,
         config: &legsync::config::HostConfig,
     ) -> anyhow::Result<Option<ShipProbe>> {
@@ -73,6 +74,7 @@ impl ShipProbe {
                     &config.name,
                     host.ledger.durable_marks(),
                     Some(host.status_receiver()),
+                    linger_ms,
                 )
             })
             .transpose()
@@ -85,8 +87,12 @@ impl ShipProbe {
         name: &str,
         marks: watch::Receiver<DurableMark>,
         host: Option<watch::Receiver<legsync::supervisor::HostStatus>>,
+        linger_ms: Option<u64>,
     ) -> anyhow::Result<ShipProbe> {
-        let config = ship_config(cluster, cluster.urls().len());
+        let mut config = ship_config(cluster, cluster.urls().len());
+        if let Some(linger_ms) = linger_ms {
+            config.linger_ms = linger_ms;
+        }
         let mut shipper = Shipper::new(config, ledger, name, marks)?;
         if let Some(host) = host {
             shipper = shipper.yield_to_resyncs(host);
@@ -240,6 +246,7 @@ pub async fn fleet(args: &BenchArgs, dir: &Path) -> anyhow::Result<FleetReport> 
             &format!("host-{host}"),
             mark.clone(),
             None,
+            args.ship_linger_ms,
         )?);
     }
     let mut times = Vec::new();
