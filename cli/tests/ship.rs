@@ -43,24 +43,45 @@ async fn shipping_host_on(cluster: &NatsCluster, engine: &str, calls: usize) -> 
     HostTrial::start_engine(engine, None, &[("nap-a", calls)], "", move |_| ship).await
 }
 
-/// Waits until the host's `/status` says every durable record is shipped,
-/// with at least `records` of them; returns the shipping status.
-async fn shipped(trial: &HostTrial, records: u64) -> serde_json::Value {
+/// Polls the host's `/status` until `found` finds what the test waits for
+/// in its `ship` part; `what` names it if it never comes.
+async fn wait_ship<T>(
+    trial: &HostTrial,
+    what: &str,
+    found: impl Fn(&serde_json::Value) -> Option<T>,
+) -> T {
     let deadline = Instant::now() + WAIT;
     loop {
         let status = trial.get("/status").await;
-        let ship = &status["ship"];
-        let (done, durable) = (ship["shipped"].as_u64(), ship["durable"].as_u64());
-        if done.is_some() && done == durable && durable >= Some(records) {
-            return ship.clone();
+        if let Some(found) = found(&status["ship"]) {
+            return found;
         }
         assert!(
             Instant::now() < deadline,
-            "not shipped within {WAIT:?}: {ship}\n{}",
+            "{what} within {WAIT:?}: {}\n{}",
+            status["ship"],
             trial.host.log()
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Waits until the host's `/status` says every durable record is shipped,
+/// with at least `records` of them; returns the shipping status.
+async fn shipped(trial: &HostTrial, records: u64) -> serde_json::Value {
+    wait_ship(trial, "not shipped", |ship| {
+        let (done, durable) = (ship["shipped"].as_u64(), ship["durable"].as_u64());
+        (done.is_some() && done == durable && durable >= Some(records)).then(|| ship.clone())
+    })
+    .await
+}
+
+/// Waits until the host's `/status` says why shipping is interrupted.
+async fn shipping_error(trial: &HostTrial) -> String {
+    wait_ship(trial, "no shipping error shown", |ship| {
+        ship["error"].as_str().map(str::to_string)
+    })
+    .await
 }
 
 /// `legsync cdr ARGS`: exit code, stdout, stderr.
@@ -230,18 +251,7 @@ async fn a_restarted_host_resumes_from_its_cursor_or_where_the_stream_stands_and
         let _ = std::fs::remove_file(trial.dir.path().join(sidecar));
     }
     trial.start_again().await;
-    let deadline = Instant::now() + WAIT;
-    let error = loop {
-        let status = trial.get("/status").await;
-        if let Some(error) = status["ship"]["error"].as_str() {
-            break error.to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no shipping error shown: {status}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let error = shipping_error(&trial).await;
     assert!(
         error.contains("another ledger's under this host's name"),
         "{error}"
@@ -278,17 +288,12 @@ async fn with_nats_away_the_host_runs_on_and_catches_up() {
         trial.sim.ok(&format!("release {leg}")).await.unwrap();
     }
     trial.wait_events("call-leg-terminated", 4).await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let status = trial.get("/status").await;
-        let ship = &status["ship"];
-        if ship["connected"] == false && ship["behind_records"].as_u64() >= Some(14) {
-            assert!(ship["behind_seconds"].as_f64().unwrap() > 0.0, "{ship}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the lag never showed: {ship}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let ship = wait_ship(&trial, "the lag never showed", |ship| {
+        (ship["connected"] == false && ship["behind_records"].as_u64() >= Some(14))
+            .then(|| ship.clone())
+    })
+    .await;
+    assert!(ship["behind_seconds"].as_f64().unwrap() > 0.0, "{ship}");
     assert!(trial.metric("legsync_ship_behind_records").await >= 14.0);
     assert_eq!(trial.metric("legsync_ship_connected").await, 0.0);
     assert_eq!(
@@ -353,18 +358,7 @@ async fn a_restart_behind_a_rotation_ships_from_the_rotated_piece_and_waits_for_
         .unwrap()
         .parse()
         .unwrap();
-    let deadline = Instant::now() + WAIT;
-    let error = loop {
-        let status = trial.get("/status").await;
-        if let Some(error) = status["ship"]["error"].as_str() {
-            break error.to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no shipping error shown: {status}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let error = shipping_error(&trial).await;
     assert!(
         error.contains(&format!(
             "record {} is in no file beside the ledger",
