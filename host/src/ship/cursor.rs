@@ -2,9 +2,9 @@
 //! acknowledged, so that a restarted host resumes where it stopped.
 //!
 //! Written after the acknowledgements (never before), through a temporary
-//! file renamed over it: a crash leaves it behind the stream, never ahead,
-//! and what is sent again is dropped by the stream's duplicate window (and
-//! by billing, which takes identical records once).
+//! file renamed over it: a crash leaves it behind the stream, never ahead.
+//! It also holds the stream sequence of that record's message, from which
+//! a restarted host reads where the stream stands (see the shipper).
 
 use anyhow::Context;
 use std::io::Write;
@@ -18,11 +18,13 @@ pub fn cursor_path(ledger: &Path) -> PathBuf {
 }
 
 /// What the cursor says: the stream acknowledged `record` and every
-/// record before it, of the host `host`.
+/// record before it, of the host `host`, the last in its message
+/// `sequence` (0: not known).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Cursor {
     pub record: u64,
     pub host: String,
+    pub sequence: u64,
 }
 
 /// Reads the cursor (record 0 when there is none yet), refusing one that
@@ -36,19 +38,22 @@ pub fn read(path: &Path, host: &str, last_record: u64) -> anyhow::Result<Cursor>
                 .with_context(|| format!("cannot read the shipping cursor {}", path.display()));
         }
     };
-    let mut words = text.split_whitespace();
-    let cursor = match (
-        words.next().map(str::parse::<u64>),
-        words.next(),
-        words.next(),
-    ) {
-        (Some(Ok(record)), Some(written_by), None) => Cursor {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let number = |i: usize| words.get(i).and_then(|w| w.parse::<u64>().ok());
+    let cursor = match (words.len(), number(0), number(2)) {
+        (2, Some(record), _) => Cursor {
             record,
-            host: written_by.to_string(),
+            host: words[1].to_string(),
+            sequence: 0,
+        },
+        (3, Some(record), Some(sequence)) => Cursor {
+            record,
+            host: words[1].to_string(),
+            sequence,
         },
         _ => anyhow::bail!(
-            "the shipping cursor {} is damaged: it must hold the last record the stream acknowledged and the host's name. \
-             Remove it to ship the whole ledger again (the stream drops what it already has within its duplicate window, and billing takes identical records once)",
+            "the shipping cursor {} is damaged: it must hold the last record the stream acknowledged, the host's name \
+             and the message's stream sequence. Remove it: the host then finds where the stream stands and ships from there",
             path.display()
         ),
     };
@@ -75,7 +80,11 @@ pub fn write(path: &Path, cursor: &Cursor) -> std::io::Result<()> {
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let mut file = std::fs::File::create(&tmp)?;
-    writeln!(file, "{} {}", cursor.record, cursor.host)?;
+    writeln!(
+        file,
+        "{} {} {}",
+        cursor.record, cursor.host, cursor.sequence
+    )?;
     file.sync_data()?;
     std::fs::rename(&tmp, path)
 }
@@ -96,6 +105,7 @@ mod tests {
         let cursor = Cursor {
             record: 42,
             host: "pri".into(),
+            sequence: 7,
         };
         write(&path, &cursor).unwrap();
         assert_eq!(read(&path, "pri", 50).unwrap(), cursor);

@@ -33,6 +33,10 @@ pub const DRAIN: Duration = Duration::from_secs(2);
 /// The pause after a failure, doubling up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// The header naming a message's records, `first-last` (for people and
+/// tools reading the stream; the bodies say the same).
+pub const RECORDS_HEADER: &str = "Legsync-Records";
+
 /// A message's body stays under this size (the servers' default largest
 /// payload is 1 MiB).
 const BATCH_BYTES: usize = 256 * 1024;
@@ -303,7 +307,7 @@ impl Shipper {
                     while let Some((record, count, ack)) = acked {
                         let ack = ack.with_context(|| format!("the stream did not acknowledge records up to {record}"))?;
                         records_in_flight -= count;
-                        self.acknowledged(record, count as u64, ack.duplicate);
+                        self.acknowledged(record, count as u64, &ack);
                         acked = in_flight.next().now_or_never().flatten();
                     }
                 }
@@ -357,39 +361,20 @@ impl Shipper {
             .get_stream(&self.config.stream)
             .await
             .with_context(|| format!("cannot open the stream {}", self.config.stream))?;
-        let last = match stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(message) => message,
-            Err(e)
-                if e.kind()
-                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-            {
-                return Ok(first);
-            }
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("cannot read the stream's last message of {subject}")
-                });
-            }
-        };
-        let line = last_line(&last.payload);
-        let stored: u64 = serde_json::from_slice::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v["record"].as_u64())
-            .with_context(|| {
-                format!(
-                    "the stream's last message of {subject} (sequence {}) is not a ledger record",
-                    last.sequence
-                )
-            })?;
-        if stored < next.record {
+        let Some((stored, sequence)) = self.stream_reach(&stream, &subject).await? else {
             return Ok(first);
-        }
+        };
         anyhow::ensure!(
             stored <= durable,
             "the stream's records of {subject} go up to record {stored}, and this ledger to {durable}: \
              they are another ledger's under this host's name (a host renamed, or its ledger replaced). \
              Give this host its own name, or ship to another stream"
         );
+        let message = stream
+            .get_raw_message(sequence)
+            .await
+            .with_context(|| format!("cannot read message {sequence} of the stream"))?;
+        let line = last_line(&message.payload);
         // Read on to the stream's last record, and compare it.
         let mut ours = first;
         while ours.last().is_some_and(|r| r.record < stored) {
@@ -408,9 +393,72 @@ impl Shipper {
         );
         tracing::info!(subject = %subject, from = self.cursor.record + 1, to = stored, "the stream already holds these records: not sent again");
         self.cursor.record = stored;
+        self.cursor.sequence = sequence;
         self.pending.retain(|&(covered, _)| covered > stored);
         self.report_lag();
         Ok(Vec::new())
+    }
+
+    /// How far the stream holds this ledger's records past the cursor
+    /// without a hole (a message lost while a later one was stored, in a
+    /// leader change, must be sent again): the last such record and the
+    /// sequence of its message. Reads `subject`'s messages after the
+    /// cursor's (all of them if the cursor has no sequence: a lost cursor).
+    async fn stream_reach(
+        &self,
+        stream: &jetstream::stream::Stream,
+        subject: &str,
+    ) -> anyhow::Result<Option<(u64, u64)>> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+        let deliver_policy = match self.cursor.sequence {
+            0 => DeliverPolicy::All,
+            sequence => DeliverPolicy::ByStartSequence {
+                start_sequence: sequence + 1,
+            },
+        };
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: subject.to_string(),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("cannot read {subject} in the stream"))?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(None);
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .with_context(|| format!("cannot read {subject} in the stream"))?;
+        // (first, last, sequence) of each message.
+        let mut held = Vec::new();
+        while let Some(message) = messages.next().await {
+            let message = message.with_context(|| format!("reading {subject} in the stream"))?;
+            let info = message
+                .info()
+                .map_err(|e| anyhow::anyhow!("a message without its stream position: {e}"))?;
+            let (sequence, pending) = (info.stream_sequence, info.pending);
+            if let Some(range) = records_of(&message.payload) {
+                held.push((range.0, range.1, sequence));
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        held.sort_unstable();
+        let mut reach = None;
+        let mut last = self.cursor.record;
+        for (first, end, sequence) in held {
+            if first > last + 1 {
+                break;
+            }
+            if end > last {
+                last = end;
+                reach = Some((end, sequence));
+            }
+        }
+        Ok(reach)
     }
 
     /// The latest durable record, its mark remembered for the lag.
@@ -441,8 +489,10 @@ impl Shipper {
         }
     }
 
-    fn acknowledged(&mut self, record: u64, records: u64, duplicate: bool) {
+    fn acknowledged(&mut self, record: u64, records: u64, ack: &jetstream::publish::PublishAck) {
+        let duplicate = ack.duplicate;
         self.cursor.record = record;
+        self.cursor.sequence = ack.sequence;
         metrics::counter!(m::SHIP_RECORDS).increment(records);
         if duplicate {
             metrics::counter!(m::SHIP_DUPLICATES).increment(records);
@@ -580,6 +630,18 @@ fn payload(message: &[RawRecord]) -> bytes::Bytes {
         body.push(b'\n');
     }
     body.into()
+}
+
+/// The first and last record numbers of a message's body.
+fn records_of(body: &[u8]) -> Option<(u64, u64)> {
+    let number = |line: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(line)
+            .ok()?
+            .get("record")?
+            .as_u64()
+    };
+    let first = body.split(|&b| b == b'\n').next()?;
+    Some((number(first)?, number(last_line(body))?))
 }
 
 /// The last line of a message's body, without its newline.
