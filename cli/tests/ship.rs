@@ -208,6 +208,23 @@ async fn a_restarted_host_resumes_from_its_cursor_or_where_the_stream_stands_and
         cursor.starts_with(&format!("{first} pri ")),
         "the cursor names the last acknowledged record, the host, its message: {cursor}"
     );
+    // `legsync check` reads it as `run` would, and names a damaged one.
+    let config = trial.dir.path().join("host.toml");
+    let check = || {
+        let out = common::legsync(&["check", "--config", config.to_str().unwrap()]);
+        (out.status.code(), common::text(&out.stdout))
+    };
+    let (code, said) = check();
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains(&format!("shipped through record {first} of {first}")),
+        "{said}"
+    );
+    std::fs::write(&cursor_file, "garbage\n").unwrap();
+    let (code, said) = check();
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("cdr.jsonl.shipped is damaged"), "{said}");
+    std::fs::write(&cursor_file, &cursor).unwrap();
 
     // While the host is down, calls end; the restarted host writes their
     // ENDs and ships from the record after the cursor: nothing twice.
