@@ -107,6 +107,8 @@ impl StreamArgs {
 struct Source {
     ledgers: Vec<(String, Vec<bill::Line>)>,
     numbering: bill::Numbering,
+    /// What its pieces are, for the summary.
+    pieces: &'static str,
     /// Said after the summary (what the stream held twice).
     note: Option<String>,
 }
@@ -120,6 +122,7 @@ fn load(files: &[PathBuf], stream: &StreamArgs, since: Option<u64>) -> anyhow::R
         return Ok(Source {
             ledgers: bill::read_ledgers(files)?,
             numbering: bill::Numbering::FromOne,
+            pieces: "file(s)",
             note: None,
         });
     };
@@ -145,6 +148,7 @@ fn load(files: &[PathBuf], stream: &StreamArgs, since: Option<u64>) -> anyhow::R
             true => bill::Numbering::FromOne,
             false => bill::Numbering::FromFirstRead,
         },
+        pieces: "stream subject(s)",
         note,
     })
 }
@@ -212,14 +216,11 @@ pub fn run(command: CdrCommand) -> anyhow::Result<ExitCode> {
                 .map(|r| r.host)
                 .collect();
             let problems = bill::check_numbered(&ledgers, source.numbering);
-            let pieces = match args.stream.ship()?.is_some() {
-                false => "file(s)",
-                true => "stream subject(s)",
-            };
             let summary = format!(
-                "{lines} records of {} host(s) in {} {pieces}",
+                "{lines} records of {} host(s) in {} {}",
                 hosts.len(),
-                ledgers.len()
+                ledgers.len(),
+                source.pieces
             );
             if let Some(note) = &source.note {
                 eprintln!("legsync: {note}");

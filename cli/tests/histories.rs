@@ -731,20 +731,20 @@ impl Run {
         nats.restart_all().await.unwrap();
         let urls = nats.urls();
         let deadline = tokio::time::Instant::now() + WAIT;
+        let records = bill::records(&bill::read_ledgers(&self.ledgers()).unwrap());
         for name in HOST_NAMES.iter().take(self.hosts.len()) {
             let ledger = self.dir.path().join(format!("cdr-{name}.jsonl"));
-            let cursor = ledger.with_extension("jsonl.shipped");
-            let last = bill::records(&bill::read_ledgers(&self.ledgers()).unwrap())
+            let cursor = legsync::ship::cursor::cursor_path(&ledger);
+            let last = records
                 .iter()
                 .filter(|r| r.host == *name)
                 .map(|r| r.record)
                 .max()
                 .unwrap_or(0);
             loop {
-                let shipped: u64 = std::fs::read_to_string(&cursor)
-                    .ok()
-                    .and_then(|t| t.split_whitespace().next()?.parse().ok())
-                    .unwrap_or(0);
+                let shipped = legsync::ship::cursor::read(&cursor, name, u64::MAX)
+                    .unwrap()
+                    .record;
                 if shipped >= last {
                     break;
                 }

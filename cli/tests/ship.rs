@@ -377,13 +377,10 @@ async fn a_restart_behind_a_rotation_ships_from_the_rotated_piece_and_waits_for_
     cluster.restart_all().await.unwrap();
     trial.start_again().await;
     trial.resyncs(2).await;
-    let cursor: u64 = std::fs::read_to_string(trial.dir.path().join("cdr.jsonl.shipped"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let cursor =
+        legsync::ship::cursor::read(&trial.dir.path().join("cdr.jsonl.shipped"), "pri", u64::MAX)
+            .unwrap()
+            .record;
     let error = shipping_error(&trial, "is in no file beside the ledger").await;
     assert!(
         error.contains(&format!(

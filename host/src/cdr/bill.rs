@@ -78,12 +78,22 @@ pub enum LedgerFileError {
 }
 
 /// What a ledger's sidecar files are, by their suffix.
-const SIDECARS: [(&str, &str); 4] = [
+const SIDECARS: [(&str, &str); 5] = [
     (".checkpoint", "checkpoint"),
     (".alive", "`.alive` file (its last moment in sync)"),
+    (".shipped", "shipping cursor"),
     (".tmp", "temporary file"),
     (".checkpoint.tmp", "temporary checkpoint"),
 ];
+
+/// What the file named `name` is beside its ledger, if it is one of the
+/// host's own bookkeeping files rather than a ledger piece.
+pub(crate) fn sidecar(name: &str) -> Option<&'static str> {
+    SIDECARS
+        .iter()
+        .find(|(suffix, _)| name.ends_with(suffix))
+        .map(|&(_, what)| what)
+}
 
 /// Reads the records of `files` (rotated pieces in any order). A torn last
 /// line (a crash mid-write: never reported durable) is kept as torn,
@@ -97,7 +107,7 @@ pub fn read_ledgers(
         .map(|file| {
             let file = file.as_ref();
             let name = file.display().to_string();
-            if let Some((_, what)) = SIDECARS.iter().find(|(suffix, _)| name.ends_with(suffix)) {
+            if let Some(what) = sidecar(&name) {
                 return Err(LedgerFileError::Sidecar { file: name, what });
             }
             let bytes = std::fs::read(file).map_err(|source| LedgerFileError::Unreadable {
@@ -854,10 +864,12 @@ mod tests {
         let path = |name: &str| dir.path().join(name);
         std::fs::write(path("cdr.jsonl.alive"), "1700000000000 12\n").unwrap();
         std::fs::write(path("cdr.jsonl.checkpoint"), &pieces("a")[0]).unwrap();
+        std::fs::write(path("cdr.jsonl.shipped"), "12 pri 3\n").unwrap();
         std::fs::write(path("hostname"), "gw-host-1\n").unwrap();
         for (file, expected) in [
             ("cdr.jsonl.alive", "is the ledger's `.alive` file"),
             ("cdr.jsonl.checkpoint", "is the ledger's checkpoint"),
+            ("cdr.jsonl.shipped", "is the ledger's shipping cursor"),
             ("hostname", "is not a ledger: line 1 is not a CDR record"),
         ] {
             let err = read_ledgers(&[path(file)]).unwrap_err();

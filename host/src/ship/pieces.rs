@@ -265,16 +265,6 @@ impl Piece {
     }
 }
 
-/// Endings of the files beside a ledger that are not pieces of it.
-const NOT_PIECES: [&str; 6] = [
-    ".checkpoint",
-    ".alive",
-    ".tmp",
-    ".shipped",
-    ".lock",
-    ".token",
-];
-
 /// Endings of compressed pieces, which the shipper cannot read.
 const COMPRESSED: [&str; 4] = [".gz", ".xz", ".zst", ".bz2"];
 
@@ -297,7 +287,7 @@ fn locate(ledger: &Path, next: u64) -> Result<Piece, PieceError> {
             let Some(rest) = file.strip_prefix(&name) else {
                 continue;
             };
-            if !rest.starts_with(['.', '-', '_']) || NOT_PIECES.iter().any(|s| rest.ends_with(s)) {
+            if !rest.starts_with(['.', '-', '_']) || crate::cdr::bill::sidecar(rest).is_some() {
                 continue;
             }
             if COMPRESSED.iter().any(|s| rest.ends_with(s)) {

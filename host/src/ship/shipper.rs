@@ -6,9 +6,9 @@
 //! `max_in_flight` acknowledgements outstanding, and the cursor is saved
 //! after the acknowledgements, at most every [`CURSOR_EVERY`] and at the
 //! stop. Any failure (NATS away, an acknowledgement late or refused, a
-//! ledger piece missing) drops what is in flight and starts again from the
-//! last acknowledged record after a pause: the stream's duplicate window
-//! drops what was stored already.
+//! ledger piece missing) drops what is in flight and starts again after a
+//! pause, past what the stream holds without a hole from the cursor on
+//! (see `Shipper::resume`); a message sent again is dropped by its id.
 
 use super::config::ShipConfig;
 use super::cursor::{self, Cursor};
@@ -33,10 +33,6 @@ pub const DRAIN: Duration = Duration::from_secs(2);
 /// The pause after a failure, doubling up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
-/// The header naming a message's records, `first-last` (for people and
-/// tools reading the stream; the bodies say the same).
-pub const RECORDS_HEADER: &str = "Legsync-Records";
-
 /// A message's body stays under this size (the servers' default largest
 /// payload is 1 MiB).
 const BATCH_BYTES: usize = 256 * 1024;
@@ -333,13 +329,14 @@ impl Shipper {
         }
     }
 
-    /// Where the stream stands: its last message of the subject the next
-    /// record goes to may hold records past the cursor (sent before a
-    /// crash, acknowledged after the cursor was saved, or the cursor lost).
-    /// Those are not sent again: the cursor moves past them, once the last
-    /// of them is found byte for byte in this ledger (a stream holding
-    /// other records under this host's name is refused). Returns the
-    /// records read and still to send.
+    /// Where the stream stands: its messages of the subject the next record
+    /// goes to may hold records past the cursor (sent before a crash,
+    /// acknowledged after the cursor was saved, or the cursor lost). Those
+    /// the stream holds without a hole from the cursor on are not sent
+    /// again: the cursor moves past them, once the last of them is found
+    /// byte for byte in this ledger (a stream holding other records under
+    /// this host's name is refused). Returns the records read and still to
+    /// send.
     async fn resume(
         &mut self,
         jetstream: &jetstream::Context,
@@ -409,43 +406,22 @@ impl Shipper {
         stream: &jetstream::stream::Stream,
         subject: &str,
     ) -> anyhow::Result<Option<(u64, u64)>> {
-        use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+        use async_nats::jetstream::consumer::DeliverPolicy;
         let deliver_policy = match self.cursor.sequence {
             0 => DeliverPolicy::All,
             sequence => DeliverPolicy::ByStartSequence {
                 start_sequence: sequence + 1,
             },
         };
-        let consumer = stream
-            .create_consumer(OrderedConfig {
-                filter_subject: subject.to_string(),
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("cannot read {subject} in the stream"))?;
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(None);
-        }
-        let mut messages = consumer
-            .messages()
-            .await
-            .with_context(|| format!("cannot read {subject} in the stream"))?;
         // (first, last, sequence) of each message.
         let mut held = Vec::new();
-        while let Some(message) = messages.next().await {
-            let message = message.with_context(|| format!("reading {subject} in the stream"))?;
-            let info = message
-                .info()
-                .map_err(|e| anyhow::anyhow!("a message without its stream position: {e}"))?;
-            let (sequence, pending) = (info.stream_sequence, info.pending);
-            if let Some(range) = records_of(&message.payload) {
-                held.push((range.0, range.1, sequence));
+        super::stream::each_message(stream, subject, deliver_policy, |sequence, _, body| {
+            if let Some((first, last)) = records_of(body) {
+                held.push((first, last, sequence));
             }
-            if pending == 0 {
-                break;
-            }
-        }
+        })
+        .await
+        .with_context(|| format!("cannot read {subject} in the stream"))?;
         held.sort_unstable();
         let mut reach = None;
         let mut last = self.cursor.record;

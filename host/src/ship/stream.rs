@@ -42,6 +42,40 @@ pub struct StreamRead {
     pub duplicates: u64,
 }
 
+/// Hands `each` every message of `stream` that `filter` takes, from
+/// `deliver_policy` on, in stream order: its sequence, subject and body.
+/// Returns at the last message there is (at once when there is none).
+pub(crate) async fn each_message(
+    stream: &async_nats::jetstream::stream::Stream,
+    filter: &str,
+    deliver_policy: DeliverPolicy,
+    mut each: impl FnMut(u64, &str, &bytes::Bytes),
+) -> anyhow::Result<()> {
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: filter.to_string(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await?;
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(());
+    }
+    let mut messages = consumer.messages().await?;
+    while let Some(message) = messages.next().await {
+        let message = message?;
+        let info = message
+            .info()
+            .map_err(|e| anyhow::anyhow!("a message without its stream position: {e}"))?;
+        let (sequence, pending) = (info.stream_sequence, info.pending);
+        each(sequence, message.subject.as_str(), &message.payload);
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Reads what `query` asks of the stream `[ship]` names.
 pub async fn read(config: &ShipConfig, query: &StreamQuery) -> anyhow::Result<StreamRead> {
     let (client, jetstream) = super::connect(config, "legsync cdr", false).await?;
@@ -94,43 +128,16 @@ pub async fn read(config: &ShipConfig, query: &StreamQuery) -> anyhow::Result<St
         ..Default::default()
     };
     for filter in filters {
-        let consumer = stream
-            .create_consumer(OrderedConfig {
-                filter_subject: filter.clone(),
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-            .with_context(|| format!("cannot read {filter} from the stream {}", config.stream))?;
-        if consumer.cached_info().num_pending == 0 {
-            continue;
-        }
-        let mut messages = consumer
-            .messages()
-            .await
-            .with_context(|| format!("cannot read {filter} from the stream {}", config.stream))?;
-        while let Some(message) = messages.next().await {
-            let message = message
-                .with_context(|| format!("reading {filter} from the stream {}", config.stream))?;
-            let info = message
-                .info()
-                .map_err(|e| anyhow::anyhow!("a message without its stream position: {e}"))?;
-            let pending = info.pending;
-            let subject = message.subject.to_string();
+        each_message(&stream, &filter, deliver_policy, |_, subject, payload| {
             read.messages += 1;
             let piece = pieces
                 .entry(format!("{} {subject}", config.stream))
                 .or_default();
-            for raw in message
-                .message
-                .payload
-                .split(|&b| b == b'\n')
-                .filter(|l| !l.is_empty())
-            {
+            for raw in payload.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                 let record = serde_json::from_slice::<crate::cdr::record::CdrRecord>(raw)
                     .map_err(|e| e.to_string());
                 if let Ok(record) = &record {
-                    let key = (subject.clone(), record.record);
+                    let key = (subject.to_string(), record.record);
                     match seen.get(&key) {
                         Some(first) if first.as_ref() == raw => {
                             read.duplicates += 1;
@@ -138,7 +145,7 @@ pub async fn read(config: &ShipConfig, query: &StreamQuery) -> anyhow::Result<St
                         }
                         Some(_) => {}
                         None => {
-                            seen.insert(key, bytes::Bytes::copy_from_slice(raw));
+                            seen.insert(key, payload.slice_ref(raw));
                         }
                     }
                 }
@@ -148,10 +155,9 @@ pub async fn read(config: &ShipConfig, query: &StreamQuery) -> anyhow::Result<St
                     torn: false,
                 });
             }
-            if pending == 0 {
-                break;
-            }
-        }
+        })
+        .await
+        .with_context(|| format!("cannot read {filter} from the stream {}", config.stream))?;
     }
     drop(client);
     read.ledgers = pieces.into_iter().collect();

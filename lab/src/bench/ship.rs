@@ -24,7 +24,7 @@ use legsync::ship::shipper::{ShipStatus, Shipper};
 use serde::Serialize;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -237,7 +237,7 @@ pub async fn fleet(args: &BenchArgs, dir: &Path) -> anyhow::Result<FleetReport> 
         senders.push(keep);
     }
     eprintln!("shipping...");
-    let started = Instant::now();
+    let started_us = legsync::model::now_us();
     for (host, mark) in marks.iter().enumerate() {
         let ledger = dir.join(format!("cdr-{host}.jsonl"));
         probes.push(ShipProbe::start(
@@ -249,23 +249,16 @@ pub async fn fleet(args: &BenchArgs, dir: &Path) -> anyhow::Result<FleetReport> 
             args.ship_linger_ms,
         )?);
     }
-    let mut times = Vec::new();
+    // Each host was done at its last acknowledgement.
+    let mut per_host = Vec::new();
     for probe in &mut probes {
         probe.wait_shipped(args.fleet_records).await?;
-        times.push(started.elapsed().as_secs_f64());
+        let acks = probe.acks.lock().unwrap_or_else(|e| e.into_inner());
+        let done_us = acks.last().map_or(started_us, |&(_, us)| us);
+        per_host.push(done_us.saturating_sub(started_us) as f64 / 1e6);
     }
-    // Each probe's last acknowledgement is when it was done.
-    let done: Vec<f64> = probes
-        .iter()
-        .map(|p| {
-            let acks = p.acks.lock().unwrap_or_else(|e| e.into_inner());
-            acks.last().map_or(0.0, |&(_, us)| us as f64 / 1e6)
-        })
-        .collect();
-    let seconds = times.iter().cloned().fold(0.0, f64::max);
-    let start_s = legsync::model::now_us() as f64 / 1e6 - started.elapsed().as_secs_f64();
-    let mut per_host: Vec<f64> = done.iter().map(|d| d - start_s).collect();
     per_host.sort_by(f64::total_cmp);
+    let seconds = per_host.last().copied().unwrap_or(0.0);
     for probe in probes {
         probe.stop().await;
     }
@@ -280,7 +273,7 @@ pub async fn fleet(args: &BenchArgs, dir: &Path) -> anyhow::Result<FleetReport> 
         seconds,
         records_per_second: total as f64 / seconds,
         host_seconds_p50: per_host.get(per_host.len() / 2).copied().unwrap_or(0.0),
-        host_seconds_max: per_host.last().copied().unwrap_or(0.0),
+        host_seconds_max: seconds,
         stream_bytes,
         stream_bytes_per_record: stream_bytes as f64 / total as f64,
     })
