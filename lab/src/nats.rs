@@ -94,8 +94,7 @@ impl NatsCluster {
                     .map(|(_, port)| format!("\"nats-route://127.0.0.1:{port}\""))
                     .collect();
                 text.push_str(&format!(
-                    "cluster {{\n  name: legsync-trial-{}\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
-                    routes[0],
+                    "cluster {{\n  name: legsync-trial\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
                     routes[i],
                     others.join(", ")
                 ));

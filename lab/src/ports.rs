@@ -7,13 +7,7 @@
 //! reconnecting, NATS routes and clients coming back) may take its port,
 //! and the restart cannot bind it. These ports come from below that range.
 
-use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Mutex;
-
-/// Ports already handed out by this process: tests running at once must
-/// not get the same port (a port is free only until its process binds it).
-static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// Where the kernel's ephemeral range begins (Linux's default if unread).
 fn ephemeral_start() -> u16 {
@@ -31,10 +25,8 @@ pub fn stable_ports(count: usize) -> anyhow::Result<Vec<u16>> {
         high > low,
         "no port range below the ephemeral ports ({high})"
     );
-    // Tried from a random place, so that processes running at once differ.
+    // Tried from a random place, so that tests running at once differ.
     let seed = legsync::model::now_us() ^ u64::from(std::process::id()).rotate_left(32);
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    let handed_out = handed_out.get_or_insert_with(HashSet::new);
     let span = u64::from(high - low);
     let mut held = Vec::new();
     for step in 0..span {
@@ -42,9 +34,6 @@ pub fn stable_ports(count: usize) -> anyhow::Result<Vec<u16>> {
             break;
         }
         let port = low + ((seed.wrapping_add(step.wrapping_mul(7919))) % span) as u16;
-        if handed_out.contains(&port) {
-            continue;
-        }
         if let Ok(listener) = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))) {
             held.push(listener);
         }
