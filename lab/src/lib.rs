@@ -18,5 +18,4 @@ pub mod bench;
 pub mod demo;
 pub mod native_rules;
 pub mod nats;
-pub mod ports;
 pub mod sim;

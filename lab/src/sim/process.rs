@@ -36,20 +36,10 @@ impl SimProcess {
         preload: Option<u64>,
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
-        // Ports it keeps across restarts: below the ephemeral range (see
-        // `crate::ports`).
-        let ports = crate::ports::stable_ports(2)?;
-        let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let localhost: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let (child, listen, control, boot_id) = start(
-            exe,
-            state_file,
-            preload,
-            &extra_args,
-            at(ports[0]),
-            at(ports[1]),
-        )
-        .await?;
+        let (child, listen, control, boot_id) =
+            start(exe, state_file, preload, &extra_args, localhost, localhost).await?;
         Ok(SimProcess {
             exe: exe.into(),
             state_file: state_file.into(),
